@@ -1,0 +1,603 @@
+//! In-memory ports: the fast flow tests and the local stack's embedded default.
+//!
+//! They keep the same semantics as the real adapters (conditional writes, idempotent attach,
+//! exact-name lookup, Stripe idempotency-key replay), which `tests/contract.rs` checks against
+//! both. A shared [`Meter`] counts calls, can delay each call (to measure round trips) and can
+//! inject a fault before or after any named operation (to test crash safety).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, IssuedKey, LookupKey,
+    Plan, SessionId, SubscriptionId, UserName, UserProfile,
+};
+use crate::ports::{
+    CheckoutState, Claim, Clock, CreatedCheckout, Fulfil, Ids, KeyRegistry, NewCheckout, Payments,
+    PriceInfo, Result, SessionStore, UserDirectory,
+};
+
+/// When an injected fault strikes, relative to the operation's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call fails and changes nothing.
+    Before,
+    /// The call takes effect, then the caller sees a failure (a timeout after commit, or a
+    /// crash right after the call).
+    After,
+}
+
+#[derive(Default)]
+struct MeterState {
+    calls: Vec<&'static str>,
+    faults: Vec<(&'static str, Fault)>,
+}
+
+/// Counts calls, injects faults and adds latency; shared by the in-memory adapters.
+#[derive(Default)]
+pub struct Meter {
+    state: Mutex<MeterState>,
+    latency: Mutex<Duration>,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+impl Meter {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MeterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every later call sleeps this long before it acts.
+    pub fn set_latency(&self, d: Duration) {
+        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+
+    /// The next call of `op` fails (once).
+    pub fn inject(&self, op: &'static str, fault: Fault) {
+        self.lock().faults.push((op, fault));
+    }
+
+    /// Names of the operations called so far, in order.
+    pub fn calls(&self) -> Vec<&'static str> {
+        self.lock().calls.clone()
+    }
+
+    pub fn count(&self, op: &str) -> usize {
+        self.lock().calls.iter().filter(|c| **c == op).count()
+    }
+
+    pub fn reset_calls(&self) {
+        self.lock().calls.clear();
+        self.max_in_flight.store(0, Ordering::SeqCst);
+    }
+
+    /// Most calls that were under way at once since the last reset.
+    pub fn max_in_flight(&self) -> u64 {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    fn take_fault(&self, op: &'static str, when: Fault) -> bool {
+        let mut st = self.lock();
+        if let Some(i) = st.faults.iter().position(|f| *f == (op, when)) {
+            st.faults.remove(i);
+            true
+        } else {
+            false
+        }
+    }
+
+    async fn enter(&self, service: &'static str, op: &'static str) -> Result<()> {
+        self.lock().calls.push(op);
+        let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(n, Ordering::SeqCst);
+        let latency = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        if latency.is_zero() {
+            // Let other tasks run between calls, so concurrency tests interleave.
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(latency).await;
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.take_fault(op, Fault::Before) {
+            return Err(BackendError::new(service, op, "injected fault before the call"));
+        }
+        Ok(())
+    }
+
+    fn exit(&self, service: &'static str, op: &'static str) -> Result<()> {
+        if self.take_fault(op, Fault::After) {
+            return Err(BackendError::new(service, op, "injected fault after the call"));
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions and accounts (DynamoDB)
+
+#[derive(Default)]
+struct StoreState {
+    sessions: BTreeMap<String, CheckoutRecord>,
+    accounts: BTreeMap<String, AccountRecord>,
+}
+
+/// Sessions table and API keys table in memory.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<StoreState>>,
+    meter: Arc<Meter>,
+}
+
+impl MemoryStore {
+    pub fn new(meter: Arc<Meter>) -> Self {
+        Self { state: Arc::default(), meter }
+    }
+
+    /// Every session, for assertions and for persisting the local stack.
+    pub fn sessions(&self) -> Vec<CheckoutRecord> {
+        lock(&self.state).sessions.values().cloned().collect()
+    }
+
+    pub fn accounts(&self) -> Vec<AccountRecord> {
+        lock(&self.state).accounts.values().cloned().collect()
+    }
+}
+
+const DDB: &str = "dynamodb";
+
+impl SessionStore for MemoryStore {
+    async fn put_new(&self, record: &CheckoutRecord) -> Result<()> {
+        self.meter.enter(DDB, "ddb.put_session").await?;
+        {
+            let mut st = lock(&self.state);
+            let id = record.session_id.as_str().to_string();
+            if st.sessions.contains_key(&id) {
+                return Err(BackendError::new(DDB, "ddb.put_session", "session exists already"));
+            }
+            st.sessions.insert(id, record.clone());
+        }
+        self.meter.exit(DDB, "ddb.put_session")
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Option<CheckoutRecord>> {
+        self.meter.enter(DDB, "ddb.get_session").await?;
+        let r = lock(&self.state).sessions.get(id.as_str()).cloned();
+        self.meter.exit(DDB, "ddb.get_session")?;
+        Ok(r)
+    }
+
+    async fn claim(
+        &self,
+        id: &SessionId,
+        token: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Claim> {
+        self.meter.enter(DDB, "ddb.claim").await?;
+        let outcome = {
+            let mut st = lock(&self.state);
+            match st.sessions.get_mut(id.as_str()) {
+                None => Claim::Missing,
+                Some(r) => match (r.status, &r.lease) {
+                    (CheckoutStatus::Fulfilled, _) => Claim::AlreadyFulfilled,
+                    (CheckoutStatus::Issuing, Some((_, until))) if *until >= now => Claim::Busy,
+                    _ => {
+                        r.status = CheckoutStatus::Issuing;
+                        r.lease = Some((token.to_string(), lease_until));
+                        r.updated_at = now;
+                        Claim::Acquired { token: token.to_string(), record: r.clone() }
+                    }
+                },
+            }
+        };
+        self.meter.exit(DDB, "ddb.claim")?;
+        Ok(outcome)
+    }
+
+    async fn fulfil(
+        &self,
+        id: &SessionId,
+        token: &str,
+        account: &AccountRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Fulfil> {
+        self.meter.enter(DDB, "ddb.fulfil").await?;
+        let outcome = {
+            let mut st = lock(&self.state);
+            let holds = match st.sessions.get(id.as_str()) {
+                Some(r) => {
+                    r.status == CheckoutStatus::Issuing
+                        && r.lease.as_ref().is_some_and(|(t, _)| t == token)
+                }
+                None => false,
+            };
+            if holds {
+                if let Some(r) = st.sessions.get_mut(id.as_str()) {
+                    r.status = CheckoutStatus::Fulfilled;
+                    r.paid = true;
+                    r.lease = None;
+                    r.updated_at = now;
+                }
+                st.accounts.insert(account.user_name.as_str().to_string(), account.clone());
+                Fulfil::Done
+            } else {
+                Fulfil::LeaseLost
+            }
+        };
+        self.meter.exit(DDB, "ddb.fulfil")?;
+        Ok(outcome)
+    }
+
+    async fn get_account(&self, user: &UserName) -> Result<Option<AccountRecord>> {
+        self.meter.enter(DDB, "ddb.get_account").await?;
+        let r = lock(&self.state).accounts.get(user.as_str()).cloned();
+        self.meter.exit(DDB, "ddb.get_account")?;
+        Ok(r)
+    }
+
+    async fn put_account(&self, account: &AccountRecord) -> Result<()> {
+        self.meter.enter(DDB, "ddb.put_account").await?;
+        lock(&self.state)
+            .accounts
+            .insert(account.user_name.as_str().to_string(), account.clone());
+        self.meter.exit(DDB, "ddb.put_account")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys and the usage plan (API Gateway)
+
+#[derive(Default)]
+struct KeysState {
+    keys: BTreeMap<String, (IssuedKey, String)>,
+    plan: Vec<String>,
+    next: u64,
+}
+
+/// API Gateway keys and one usage plan in memory.
+#[derive(Clone, Default)]
+pub struct MemoryKeys {
+    state: Arc<Mutex<KeysState>>,
+    meter: Arc<Meter>,
+}
+
+impl MemoryKeys {
+    pub fn new(meter: Arc<Meter>) -> Self {
+        Self { state: Arc::default(), meter }
+    }
+
+    /// Every key, for assertions.
+    pub fn all(&self) -> Vec<IssuedKey> {
+        lock(&self.state).keys.values().map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The id of the key with this value, if it is enabled and in the usage plan: what API
+    /// Gateway checks when a request to the product API carries `x-api-key`.
+    pub fn authorize(&self, value: &str) -> Option<String> {
+        let st = lock(&self.state);
+        st.keys
+            .values()
+            .find(|(k, v)| v == value && k.enabled && st.plan.contains(&k.id))
+            .map(|(k, _)| k.id.clone())
+    }
+}
+
+const APIGW: &str = "apigateway";
+
+impl KeyRegistry for MemoryKeys {
+    async fn find_by_name(&self, name: &str) -> Result<Vec<IssuedKey>> {
+        self.meter.enter(APIGW, "apigw.find_key").await?;
+        let r = lock(&self.state)
+            .keys
+            .values()
+            .filter(|(k, _)| k.name == name)
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.meter.exit(APIGW, "apigw.find_key")?;
+        Ok(r)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<IssuedKey>> {
+        self.meter.enter(APIGW, "apigw.get_key").await?;
+        let r = lock(&self.state).keys.get(id).map(|(k, _)| k.clone());
+        self.meter.exit(APIGW, "apigw.get_key")?;
+        Ok(r)
+    }
+
+    async fn create(&self, name: &str) -> Result<IssuedKey> {
+        self.meter.enter(APIGW, "apigw.create_key").await?;
+        let key = {
+            let mut st = lock(&self.state);
+            st.next += 1;
+            let id = format!("memkey{:06}", st.next);
+            let value = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            let key = IssuedKey { id: id.clone(), name: name.to_string(), enabled: true };
+            st.keys.insert(id, (key.clone(), value));
+            key
+        };
+        self.meter.exit(APIGW, "apigw.create_key")?;
+        Ok(key)
+    }
+
+    async fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
+        self.meter.enter(APIGW, "apigw.set_enabled").await?;
+        match lock(&self.state).keys.get_mut(id) {
+            Some((k, _)) => k.enabled = enabled,
+            None => return Err(BackendError::new(APIGW, "apigw.set_enabled", "NotFoundException: Invalid API Key identifier specified")),
+        }
+        self.meter.exit(APIGW, "apigw.set_enabled")
+    }
+
+    async fn attach_to_plan(&self, id: &str) -> Result<()> {
+        self.meter.enter(APIGW, "apigw.attach").await?;
+        {
+            let mut st = lock(&self.state);
+            if !st.keys.contains_key(id) {
+                return Err(BackendError::new(APIGW, "apigw.attach", "NotFoundException: Invalid API Key identifier specified"));
+            }
+            if !st.plan.iter().any(|k| k == id) {
+                st.plan.push(id.to_string());
+            }
+        }
+        self.meter.exit(APIGW, "apigw.attach")
+    }
+
+    async fn detach_from_plan(&self, id: &str) -> Result<()> {
+        self.meter.enter(APIGW, "apigw.detach").await?;
+        lock(&self.state).plan.retain(|k| k != id);
+        self.meter.exit(APIGW, "apigw.detach")
+    }
+
+    async fn plan_key_ids(&self) -> Result<Vec<String>> {
+        self.meter.enter(APIGW, "apigw.plan_keys").await?;
+        let r = lock(&self.state).plan.clone();
+        self.meter.exit(APIGW, "apigw.plan_keys")?;
+        Ok(r)
+    }
+
+    async fn get_with_value(&self, id: &str) -> Result<Option<(IssuedKey, String)>> {
+        self.meter.enter(APIGW, "apigw.key_value").await?;
+        let r = lock(&self.state).keys.get(id).cloned();
+        self.meter.exit(APIGW, "apigw.key_value")?;
+        Ok(r)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users (Cognito)
+
+/// Cognito users and their custom attributes in memory.
+#[derive(Clone, Default)]
+pub struct MemoryUsers {
+    users: Arc<Mutex<BTreeMap<String, UserProfile>>>,
+    meter: Arc<Meter>,
+}
+
+impl MemoryUsers {
+    pub fn new(meter: Arc<Meter>) -> Self {
+        Self { users: Arc::default(), meter }
+    }
+
+    /// Adds a user with no custom attributes (what sign-up does).
+    pub fn add_user(&self, user: &UserName) {
+        lock(&self.users).entry(user.as_str().to_string()).or_default();
+    }
+}
+
+const COGNITO: &str = "cognito-idp";
+
+impl UserDirectory for MemoryUsers {
+    async fn get_user(&self, user: &UserName) -> Result<Option<UserProfile>> {
+        self.meter.enter(COGNITO, "cognito.get_user").await?;
+        let r = lock(&self.users).get(user.as_str()).cloned();
+        self.meter.exit(COGNITO, "cognito.get_user")?;
+        Ok(r)
+    }
+
+    async fn set_plan(&self, user: &UserName, plan: Plan, customer: Option<&CustomerId>) -> Result<()> {
+        self.meter.enter(COGNITO, "cognito.set_plan").await?;
+        match lock(&self.users).get_mut(user.as_str()) {
+            Some(p) => {
+                p.plan = Some(plan);
+                if let Some(c) = customer {
+                    p.customer_id = Some(c.clone());
+                }
+            }
+            None => return Err(BackendError::new(COGNITO, "cognito.set_plan", "UserNotFoundException: User does not exist.")),
+        }
+        self.meter.exit(COGNITO, "cognito.set_plan")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stripe
+
+#[derive(Clone)]
+struct MemCheckout {
+    state: CheckoutState,
+    price_id: String,
+}
+
+#[derive(Default)]
+struct PaymentsState {
+    prices: BTreeMap<String, PriceInfo>,
+    checkouts: BTreeMap<String, MemCheckout>,
+    customers: Vec<CustomerId>,
+    replay: HashMap<String, String>,
+    next: u64,
+}
+
+/// Stripe prices, Checkout Sessions, customers and portal sessions in memory, with
+/// idempotency-key replay.
+#[derive(Clone, Default)]
+pub struct MemoryPayments {
+    state: Arc<Mutex<PaymentsState>>,
+    meter: Arc<Meter>,
+}
+
+const STRIPE: &str = "stripe";
+
+impl MemoryPayments {
+    pub fn new(meter: Arc<Meter>) -> Self {
+        Self { state: Arc::default(), meter }
+    }
+
+    /// Adds an active recurring price.
+    pub fn add_price(&self, lookup_key: &str, unit_amount: i64, currency: &str) -> PriceInfo {
+        let mut st = lock(&self.state);
+        st.next += 1;
+        let p = PriceInfo {
+            id: format!("price_mem{:06}", st.next),
+            lookup_key: lookup_key.to_string(),
+            unit_amount: Some(unit_amount),
+            currency: currency.to_string(),
+        };
+        st.prices.insert(lookup_key.to_string(), p.clone());
+        p
+    }
+
+    /// Completes a checkout as if the customer paid: creates the customer (unless the session
+    /// had one) and the subscription.
+    pub fn pay(&self, id: &SessionId) -> Option<CheckoutState> {
+        let mut st = lock(&self.state);
+        st.next += 1;
+        let n = st.next;
+        let customer = {
+            let c = st.checkouts.get(id.as_str())?;
+            c.state.customer.clone()
+        }
+        .unwrap_or_else(|| CustomerId::parse(&format!("cus_mem{n:06}")).expect("valid id"));
+        if !st.customers.contains(&customer) {
+            st.customers.push(customer.clone());
+        }
+        let c = st.checkouts.get_mut(id.as_str())?;
+        c.state.paid = true;
+        c.state.customer = Some(customer);
+        c.state.subscription = Some(SubscriptionId::parse(&format!("sub_mem{n:06}")).expect("valid id"));
+        Some(c.state.clone())
+    }
+
+    /// The price a checkout was created for.
+    pub fn checkout_price(&self, id: &SessionId) -> Option<String> {
+        lock(&self.state).checkouts.get(id.as_str()).map(|c| c.price_id.clone())
+    }
+}
+
+impl Payments for MemoryPayments {
+    async fn find_price(&self, lookup_key: &LookupKey) -> Result<Option<PriceInfo>> {
+        self.meter.enter(STRIPE, "stripe.find_price").await?;
+        let r = lock(&self.state).prices.get(lookup_key.as_str()).cloned();
+        self.meter.exit(STRIPE, "stripe.find_price")?;
+        Ok(r)
+    }
+
+    async fn create_checkout(&self, req: NewCheckout<'_>) -> Result<CreatedCheckout> {
+        self.meter.enter(STRIPE, "stripe.create_checkout").await?;
+        let created = {
+            let mut st = lock(&self.state);
+            let replay_key = format!("checkout:{}", req.idempotency_key);
+            if let Some(id) = st.replay.get(&replay_key).cloned() {
+                let id = SessionId::parse(&id).expect("stored ids are valid");
+                let url = format!("https://checkout.memory.invalid/pay/{id}");
+                CreatedCheckout { id, url }
+            } else {
+                if !st.prices.values().any(|p| p.id == req.price_id) {
+                    return Err(BackendError::new(STRIPE, "stripe.create_checkout", format!("resource_missing: No such price: '{}'", req.price_id)));
+                }
+                if let Some(c) = req.customer {
+                    if !st.customers.contains(c) {
+                        return Err(BackendError::new(STRIPE, "stripe.create_checkout", format!("resource_missing: No such customer: '{c}'")));
+                    }
+                }
+                st.next += 1;
+                let id = SessionId::parse(&format!("cs_test_mem{:06}", st.next)).expect("valid id");
+                st.checkouts.insert(
+                    id.as_str().to_string(),
+                    MemCheckout {
+                        state: CheckoutState {
+                            id: id.clone(),
+                            paid: false,
+                            client_reference_id: Some(req.user.as_str().to_string()),
+                            customer: req.customer.cloned(),
+                            subscription: None,
+                        },
+                        price_id: req.price_id.to_string(),
+                    },
+                );
+                st.replay.insert(replay_key, id.as_str().to_string());
+                let url = format!("https://checkout.memory.invalid/pay/{id}");
+                CreatedCheckout { id, url }
+            }
+        };
+        self.meter.exit(STRIPE, "stripe.create_checkout")?;
+        Ok(created)
+    }
+
+    async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
+        self.meter.enter(STRIPE, "stripe.get_checkout").await?;
+        let r = lock(&self.state).checkouts.get(id.as_str()).map(|c| c.state.clone());
+        self.meter.exit(STRIPE, "stripe.get_checkout")?;
+        Ok(r)
+    }
+
+    async fn create_portal(&self, customer: &CustomerId, return_url: &str, _idempotency_key: &str) -> Result<String> {
+        self.meter.enter(STRIPE, "stripe.create_portal").await?;
+        if !lock(&self.state).customers.contains(customer) {
+            return Err(BackendError::new(STRIPE, "stripe.create_portal", format!("resource_missing: No such customer: '{customer}'")));
+        }
+        let url = format!("https://billing.memory.invalid/p/session/{customer}?return_url={return_url}");
+        self.meter.exit(STRIPE, "stripe.create_portal")?;
+        Ok(url)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clock and ids for tests
+
+/// A clock that stands still until moved.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> Self {
+        Self(Mutex::new(start))
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        *lock(&self.0) += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *lock(&self.0)
+    }
+}
+
+/// Counting ids: deterministic one-time keys and tokens for tests.
+#[derive(Debug, Default)]
+pub struct SequentialIds(AtomicU64);
+
+impl Ids for SequentialIds {
+    fn one_time_key(&self) -> crate::domain::OneTimeKey {
+        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        let u = uuid::Builder::from_random_bytes((n as u128).to_be_bytes()).into_uuid();
+        crate::domain::OneTimeKey::from_uuid(u)
+    }
+
+    fn token(&self) -> String {
+        format!("token-{}", self.0.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}

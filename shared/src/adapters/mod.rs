@@ -1,0 +1,5 @@
+//! Adapters: the ports implemented on AWS, Stripe, and in memory.
+
+pub mod aws;
+pub mod memory;
+pub mod stripe;

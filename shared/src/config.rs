@@ -1,0 +1,237 @@
+//! Environment → settings, read once per cold start. A missing or malformed variable fails
+//! init with an error naming it. The variable names of the original Python version are kept
+//! where they mean the same.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::domain::LookupKey;
+use crate::flows::Settings;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("missing environment variable {0}")]
+    Missing(&'static str),
+    #[error("environment variable {name} is malformed: {reason}")]
+    Malformed { name: &'static str, reason: String },
+}
+
+/// A secret value: never shown by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A snapshot of the environment (the process's, or given pairs in tests).
+#[derive(Debug, Clone, Default)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self(std::env::vars().collect())
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    /// The value, or `None` when unset or blank.
+    pub fn optional(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    pub fn require(&self, name: &'static str) -> Result<&str, ConfigError> {
+        self.optional(name).ok_or(ConfigError::Missing(name))
+    }
+
+    fn parse_secs(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        match self.optional(name) {
+            None => Ok(Duration::from_secs(default)),
+            Some(v) => v.parse::<u64>().map(Duration::from_secs).map_err(|_| ConfigError::Malformed {
+                name,
+                reason: format!("expected a whole number of seconds, got {v:?}"),
+            }),
+        }
+    }
+}
+
+fn http_url(name: &'static str, v: &str) -> Result<String, ConfigError> {
+    let v = v.trim_end_matches('/');
+    let rest = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(v.to_string()),
+        _ => Err(ConfigError::Malformed { name, reason: format!("expected an http(s) URL, got {v:?}") }),
+    }
+}
+
+/// Flow settings. `MY_DOMAIN` (the front end's URL) is required. The API's own URL, where
+/// Stripe redirects after payment, is `API_URL`, or else built from `REST_API_ID`,
+/// `AWS_REGION` and `STAGE_NAME`; only checkout needs it (`require_api_url`).
+pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
+    let app_url = http_url("MY_DOMAIN", env.require("MY_DOMAIN")?)?;
+    let api_url = match (env.optional("API_URL"), env.optional("REST_API_ID")) {
+        (Some(url), _) => http_url("API_URL", url)?,
+        (None, Some(id)) => {
+            let region = env.require("AWS_REGION")?;
+            let stage = env.optional("STAGE_NAME").unwrap_or("prod");
+            format!("https://{id}.execute-api.{region}.amazonaws.com/{stage}")
+        }
+        (None, None) => String::new(),
+    };
+    let mut s = Settings::new(app_url, api_url);
+    if let Some(keys) = env.optional("ALLOWED_LOOKUP_KEYS") {
+        s.allowed_lookup_keys = keys
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                LookupKey::parse(k).map_err(|e| ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", reason: e.to_string() })
+            })
+            .collect::<Result<_, _>>()?;
+        if s.allowed_lookup_keys.is_empty() {
+            return Err(ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", reason: "lists no lookup key".into() });
+        }
+    }
+    if let Some(p) = env.optional("API_KEY_NAME_PREFIX") {
+        s.key_name_prefix = p.to_string();
+    }
+    s.lease = env.parse_secs("FULFILMENT_LEASE_SECONDS", 60)?;
+    Ok(s)
+}
+
+/// Checkout needs the API's URL for Stripe's success redirect.
+pub fn require_api_url(s: &Settings) -> Result<(), ConfigError> {
+    if s.api_url.is_empty() {
+        Err(ConfigError::Missing("API_URL (or REST_API_ID with AWS_REGION)"))
+    } else {
+        Ok(())
+    }
+}
+
+/// DynamoDB table names.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    /// `DYNAMODB_STRIPE_TABLE`: checkout sessions.
+    pub sessions: String,
+    /// `DYNAMODB_API_KEY_TABLE`: plans and key ids.
+    pub api_keys: String,
+}
+
+impl Tables {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            sessions: env.require("DYNAMODB_STRIPE_TABLE")?.to_string(),
+            api_keys: env.require("DYNAMODB_API_KEY_TABLE")?.to_string(),
+        })
+    }
+}
+
+/// `USER_POOL_ID`.
+pub fn user_pool_id(env: &Env) -> Result<String, ConfigError> {
+    Ok(env.require("USER_POOL_ID")?.to_string())
+}
+
+/// `USAGE_PLAN_ID`: the PRO usage plan.
+pub fn usage_plan_id(env: &Env) -> Result<String, ConfigError> {
+    Ok(env.require("USAGE_PLAN_ID")?.to_string())
+}
+
+/// Stripe client settings.
+#[derive(Debug, Clone)]
+pub struct StripeConfig {
+    /// `STRIPE_API_KEY`: `sk_…` or `rk_…`.
+    pub secret_key: Secret,
+    /// `STRIPE_API_BASE`: another Stripe-compatible server (the local emulator), e.g.
+    /// `http://127.0.0.1:12111/`. Unset: api.stripe.com.
+    pub api_base: Option<String>,
+    /// `PRICE_CACHE_SECONDS`: how long a warm container reuses a price lookup (0 = off).
+    pub price_cache: Duration,
+}
+
+impl StripeConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let key = env.require("STRIPE_API_KEY")?;
+        if !(key.starts_with("sk_") || key.starts_with("rk_")) {
+            // Never echo the value: it may be a real key pasted in the wrong variable.
+            return Err(ConfigError::Malformed {
+                name: "STRIPE_API_KEY",
+                reason: "expected a secret (sk_…) or restricted (rk_…) key".into(),
+            });
+        }
+        let api_base = match env.optional("STRIPE_API_BASE") {
+            Some(b) => Some(format!("{}/", http_url("STRIPE_API_BASE", b)?)),
+            None => None,
+        };
+        Ok(Self {
+            secret_key: Secret::new(key),
+            api_base,
+            price_cache: env.parse_secs("PRICE_CACHE_SECONDS", 300)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        let env = Env::from_pairs([("MY_DOMAIN", "https://app.example.com")]);
+        assert_eq!(Tables::from_env(&env).unwrap_err(), ConfigError::Missing("DYNAMODB_STRIPE_TABLE"));
+        assert_eq!(StripeConfig::from_env(&env).unwrap_err(), ConfigError::Missing("STRIPE_API_KEY"));
+        assert_eq!(settings(&Env::default()).unwrap_err(), ConfigError::Missing("MY_DOMAIN"));
+    }
+
+    #[test]
+    fn malformed_values_are_named_and_secrets_not_echoed() {
+        let env = Env::from_pairs([("STRIPE_API_KEY", "pk_live_oops_public_key")]);
+        let err = StripeConfig::from_env(&env).unwrap_err().to_string();
+        assert!(err.contains("STRIPE_API_KEY"), "{err}");
+        assert!(!err.contains("pk_live_oops"), "{err}");
+        let env = Env::from_pairs([("MY_DOMAIN", "app.example.com")]);
+        assert!(settings(&env).unwrap_err().to_string().contains("MY_DOMAIN"));
+        let env = Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("ALLOWED_LOOKUP_KEYS", "ok, bad key")]);
+        assert!(settings(&env).unwrap_err().to_string().contains("ALLOWED_LOOKUP_KEYS"));
+        let env = Env::from_pairs([("STRIPE_API_KEY", "sk_test_x"), ("PRICE_CACHE_SECONDS", "soon")]);
+        assert!(StripeConfig::from_env(&env).unwrap_err().to_string().contains("PRICE_CACHE_SECONDS"));
+    }
+
+    #[test]
+    fn the_api_url_is_built_from_the_rest_api_id() {
+        let env = Env::from_pairs([
+            ("MY_DOMAIN", "https://app.example.com/"),
+            ("REST_API_ID", "abc123"),
+            ("AWS_REGION", "ap-northeast-1"),
+            ("STAGE_NAME", "v1"),
+        ]);
+        let s = settings(&env).unwrap();
+        assert_eq!(s.app_url, "https://app.example.com");
+        assert_eq!(s.api_url, "https://abc123.execute-api.ap-northeast-1.amazonaws.com/v1");
+        let no_api = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example")])).unwrap();
+        assert!(require_api_url(&no_api).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("sk_test_very_secret");
+        assert_eq!(format!("{s:?}"), "Secret([redacted])");
+        let cfg = StripeConfig::from_env(&Env::from_pairs([("STRIPE_API_KEY", "sk_test_very_secret")])).unwrap();
+        assert!(!format!("{cfg:?}").contains("very_secret"));
+    }
+}

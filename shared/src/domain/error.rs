@@ -1,0 +1,83 @@
+use thiserror::Error;
+
+/// A backend (DynamoDB, Cognito, API Gateway, Stripe) call failed for a reason the flow cannot
+/// handle. The message never carries secrets: adapters build it from error codes and messages
+/// of the service, not from request bodies or headers.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{service} {operation} failed: {message}")]
+pub struct BackendError {
+    pub service: &'static str,
+    pub operation: &'static str,
+    pub message: String,
+}
+
+impl BackendError {
+    pub fn new(service: &'static str, operation: &'static str, message: impl Into<String>) -> Self {
+        Self { service, operation, message: message.into() }
+    }
+}
+
+/// Everything a flow can answer besides success. `crate::http::error_response` is the one
+/// place that turns it into an HTTP status and a JSON body.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("the request is not signed in: {0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("lookup key {0:?} is not offered")]
+    LookupKeyNotAllowed(String),
+    #[error("no active price has lookup key {0:?}")]
+    PriceNotFound(String),
+    #[error("the signed-in user does not exist in the user pool")]
+    UserNotFound,
+    #[error("the user is already on the PRO plan")]
+    AlreadyPro,
+    #[error("the user has no Stripe customer yet: subscribe first")]
+    NoCustomer,
+    #[error("fulfilment of this checkout is in progress: retry in a few seconds")]
+    FulfilmentInProgress,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl Error {
+    /// HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::Unauthorized(_) => 401,
+            Error::BadRequest(_) => 400,
+            Error::LookupKeyNotAllowed(_) => 400,
+            Error::PriceNotFound(_) => 404,
+            Error::UserNotFound => 404,
+            Error::AlreadyPro => 409,
+            Error::NoCustomer => 409,
+            Error::FulfilmentInProgress => 503,
+            Error::Backend(_) => 502,
+        }
+    }
+
+    /// Stable machine-readable code, the `error` field of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Unauthorized(_) => "unauthorized",
+            Error::BadRequest(_) => "bad_request",
+            Error::LookupKeyNotAllowed(_) => "lookup_key_not_allowed",
+            Error::PriceNotFound(_) => "price_not_found",
+            Error::UserNotFound => "user_not_found",
+            Error::AlreadyPro => "already_pro",
+            Error::NoCustomer => "no_customer",
+            Error::FulfilmentInProgress => "fulfilment_in_progress",
+            Error::Backend(_) => "backend_unavailable",
+        }
+    }
+
+    /// What the client is told. Backend failures are logged in full at the edge and answered
+    /// with a short message only.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Backend(_) => "a backend service failed; try again later".to_string(),
+            other => other.to_string(),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Plain types: identifiers parsed at the edge, records, plans and the one error enum.
+
+mod error;
+mod ids;
+mod records;
+
+pub use error::{BackendError, Error};
+pub use ids::{CustomerId, IdError, LookupKey, OneTimeKey, SessionId, SubscriptionId, UserName};
+pub use records::{
+    AccountRecord, CheckoutRecord, CheckoutStatus, IssuedKey, Plan, UserProfile,
+};

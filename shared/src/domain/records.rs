@@ -1,0 +1,123 @@
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{CustomerId, OneTimeKey, SessionId, SubscriptionId, UserName};
+
+/// The plan a user is on, as written to `custom:plan_type` and the API keys table (`Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Plan {
+    Free,
+    Pro,
+}
+
+impl Plan {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Plan::Free => "FREE",
+            Plan::Pro => "PRO",
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Plan {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "FREE" | "free" => Ok(Plan::Free),
+            "PRO" | "pro" => Ok(Plan::Pro),
+            other => Err(format!("unknown plan {other:?}")),
+        }
+    }
+}
+
+/// Where a checkout stands in the sessions table (`Status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckoutStatus {
+    /// Created; nobody has started fulfilling it.
+    Pending,
+    /// Claimed by a fulfilment attempt holding the lease.
+    Issuing,
+    /// Key issued, user updated: done.
+    Fulfilled,
+}
+
+impl CheckoutStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CheckoutStatus::Pending => "PENDING",
+            CheckoutStatus::Issuing => "ISSUING",
+            CheckoutStatus::Fulfilled => "FULFILLED",
+        }
+    }
+}
+
+impl FromStr for CheckoutStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "PENDING" => Ok(CheckoutStatus::Pending),
+            "ISSUING" => Ok(CheckoutStatus::Issuing),
+            "FULFILLED" => Ok(CheckoutStatus::Fulfilled),
+            other => Err(format!("unknown checkout status {other:?}")),
+        }
+    }
+}
+
+/// One row of the sessions table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutRecord {
+    pub session_id: SessionId,
+    pub user_name: UserName,
+    pub one_time_key: OneTimeKey,
+    pub paid: bool,
+    pub status: CheckoutStatus,
+    /// Fulfilment lease: who holds it and until when (only while `Issuing`).
+    pub lease: Option<(String, DateTime<Utc>)>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// DynamoDB TTL.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One row of the API keys table: the user's plan and the id (not the value) of their key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    pub user_name: UserName,
+    pub plan: Plan,
+    pub api_key_id: Option<String>,
+    pub customer_id: Option<CustomerId>,
+    pub subscription_id: Option<SubscriptionId>,
+    pub subscription_status: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What the user directory (Cognito) knows about a user.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserProfile {
+    pub plan: Option<Plan>,
+    pub customer_id: Option<CustomerId>,
+}
+
+impl UserProfile {
+    pub fn plan(&self) -> Plan {
+        self.plan.unwrap_or(Plan::Free)
+    }
+}
+
+/// An API key in the key registry (API Gateway), without its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedKey {
+    pub id: String,
+    pub name: String,
+    pub enabled: bool,
+}

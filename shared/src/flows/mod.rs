@@ -1,0 +1,74 @@
+//! Use-cases, generic over the ports: no AWS or Stripe types here.
+
+mod account;
+mod checkout;
+mod fulfil;
+mod portal;
+
+pub use account::{get_account, AccountView, ApiKeyView};
+pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
+pub use fulfil::{complete_checkout, Completion, Rejection};
+pub use portal::open_billing_portal;
+
+use std::time::Duration;
+
+use crate::domain::LookupKey;
+
+/// Settings the flows need, read once per cold start (`crate::config`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The front end's origin, e.g. `https://app.example.com` (no trailing slash).
+    pub app_url: String,
+    /// This API's public base URL (where Stripe redirects after payment), no trailing slash.
+    pub api_url: String,
+    /// Lookup keys a checkout may ask for.
+    pub allowed_lookup_keys: Vec<LookupKey>,
+    /// API key names are this prefix plus the user name.
+    pub key_name_prefix: String,
+    /// How long a fulfilment attempt holds its claim; longer than the function timeout, so a
+    /// lease only expires once its holder is gone.
+    pub lease: Duration,
+    /// How long a concurrent request waits for another attempt to finish fulfilment.
+    pub wait_for_peer: Duration,
+    /// How long checkout records are kept (DynamoDB TTL).
+    pub session_ttl: Duration,
+}
+
+impl Settings {
+    /// Defaults for everything but the two URLs.
+    pub fn new(app_url: impl Into<String>, api_url: impl Into<String>) -> Self {
+        Self {
+            app_url: app_url.into(),
+            api_url: api_url.into(),
+            allowed_lookup_keys: vec![LookupKey::parse("FMMailPro").expect("valid lookup key")],
+            key_name_prefix: "paykey-pro-".to_string(),
+            lease: Duration::from_secs(60),
+            wait_for_peer: Duration::from_secs(5),
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+
+    pub fn key_name(&self, user: &crate::domain::UserName) -> String {
+        format!("{}{}", self.key_name_prefix, user)
+    }
+
+    pub fn thanks_url(&self) -> String {
+        format!("{}/thanks_upgrade", self.app_url)
+    }
+
+    pub fn cancel_url(&self) -> String {
+        format!("{}/canceled_upgrade", self.app_url)
+    }
+}
+
+/// The clock, id source and settings every flow may use.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub clock: &'a dyn crate::ports::Clock,
+    pub ids: &'a dyn crate::ports::Ids,
+    pub settings: &'a Settings,
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

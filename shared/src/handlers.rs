@@ -1,0 +1,147 @@
+//! The four upgrade-path handlers: one request in, one response out, every expected failure
+//! an `Ok` response through [`http::error_response`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use lambda_http::http::Method;
+use lambda_http::{Body, Request, Response};
+use serde::Serialize;
+
+use crate::domain::{Error, OneTimeKey, SessionId};
+use crate::flows::{self, CheckoutRequest, Completion, Ctx, Settings};
+use crate::http;
+use crate::ports::{Clock, Ids, KeyRegistry, Payments, SessionStore, UserDirectory};
+
+/// Ports and settings of one function. Ports a function does not use are `()`.
+pub struct App<S = (), K = (), U = (), P = ()> {
+    pub store: S,
+    pub keys: K,
+    pub users: U,
+    pub payments: P,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn Ids>,
+    pub settings: Settings,
+}
+
+impl<S, K, U, P> App<S, K, U, P> {
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx { clock: self.clock.as_ref(), ids: self.ids.as_ref(), settings: &self.settings }
+    }
+}
+
+type HandlerResult = Result<Response<Body>, Infallible>;
+
+/// `POST /checkout-sessions` `{"lookup_key": "…"}` → `{"url": "…"}`.
+pub async fn create_checkout_session<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
+where
+    S: SessionStore,
+    U: UserDirectory,
+    P: Payments,
+{
+    let origin = &app.settings.app_url;
+    if req.method() == Method::OPTIONS {
+        return Ok(http::preflight(origin, "POST, OPTIONS"));
+    }
+    let result = async {
+        if req.method() != Method::POST {
+            return Err(Error::BadRequest(format!("method {} is not allowed; use POST", req.method())));
+        }
+        let user = http::caller(&req)?;
+        let body: CheckoutRequest = http::json_body(&req)?;
+        flows::start_checkout(&app.users, &app.payments, &app.store, app.ctx(), &user, body).await
+    }
+    .await;
+    Ok(match result {
+        Ok(started) => http::json(200, &started, origin),
+        Err(e) => http::error_response(&e, origin),
+    })
+}
+
+/// `GET /create-api-key/{session_id}/{one_time_key}`: Stripe's success redirect. 302 to the
+/// thanks page once the key is issued (also on a refresh), to the cancel page when the session
+/// is unknown, unpaid or the key does not match; nothing is written in those cases.
+pub async fn create_api_key<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
+where
+    S: SessionStore,
+    K: KeyRegistry,
+    U: UserDirectory,
+    P: Payments,
+{
+    let s = &app.settings;
+    let session_id = http::path_param(&req, "session_id").and_then(|v| SessionId::parse(&v).ok());
+    let one_time_key = http::path_param(&req, "one_time_key").and_then(|v| OneTimeKey::parse(&v).ok());
+    let (Some(session_id), Some(one_time_key)) = (session_id, one_time_key) else {
+        tracing::info!("verification with malformed path parameters");
+        return Ok(http::redirect(&s.cancel_url(), &s.app_url));
+    };
+    let result = flows::complete_checkout(
+        &app.store,
+        &app.keys,
+        &app.users,
+        &app.payments,
+        app.ctx(),
+        &session_id,
+        Some(&one_time_key),
+    )
+    .await;
+    Ok(match result {
+        Ok(c) if c.is_success() => http::redirect(&s.thanks_url(), &s.app_url),
+        Ok(Completion::Rejected(why)) => {
+            tracing::info!(session_id = %session_id, reason = ?why, "verification refused");
+            http::redirect(&s.cancel_url(), &s.app_url)
+        }
+        Ok(_) => http::redirect(&s.cancel_url(), &s.app_url),
+        Err(e) => http::error_response(&e, &s.app_url),
+    })
+}
+
+#[derive(Serialize)]
+struct PortalAnswer {
+    status: &'static str,
+    billing_portal_url: String,
+}
+
+/// `GET /create-billing-portal-by-user` → `{"status":"OK","billing_portal_url":"…"}` for the
+/// caller's own Stripe customer.
+pub async fn create_billing_portal<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
+where
+    U: UserDirectory,
+    P: Payments,
+{
+    let origin = &app.settings.app_url;
+    if req.method() == Method::OPTIONS {
+        return Ok(http::preflight(origin, "GET, OPTIONS"));
+    }
+    let result = async {
+        let user = http::caller(&req)?;
+        flows::open_billing_portal(&app.users, &app.payments, app.ctx(), &user).await
+    }
+    .await;
+    Ok(match result {
+        Ok(url) => http::json(200, &PortalAnswer { status: "OK", billing_portal_url: url }, origin),
+        Err(e) => http::error_response(&e, origin),
+    })
+}
+
+/// `GET /account` → plan, subscription status and the caller's API key.
+pub async fn get_account<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
+where
+    S: SessionStore,
+    K: KeyRegistry,
+    U: UserDirectory,
+{
+    let origin = &app.settings.app_url;
+    if req.method() == Method::OPTIONS {
+        return Ok(http::preflight(origin, "GET, OPTIONS"));
+    }
+    let result = async {
+        let user = http::caller(&req)?;
+        flows::get_account(&app.store, &app.keys, &app.users, &user).await
+    }
+    .await;
+    Ok(match result {
+        Ok(view) => http::json(200, &view, origin),
+        Err(e) => http::error_response(&e, origin),
+    })
+}

@@ -1,0 +1,189 @@
+//! The small traits the flows are generic over. Each has an AWS or Stripe adapter and an
+//! in-memory one (`adapters::memory`); `tests/contract.rs` runs one suite against both.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    AccountRecord, BackendError, CheckoutRecord, CustomerId, IssuedKey, LookupKey, OneTimeKey,
+    Plan, SessionId, SubscriptionId, UserName, UserProfile,
+};
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// Outcome of trying to take the fulfilment lease on a checkout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// We hold the lease; `token` must be presented to `fulfil`.
+    Acquired { token: String, record: CheckoutRecord },
+    /// Someone else holds an unexpired lease.
+    Busy,
+    /// The checkout is already fulfilled.
+    AlreadyFulfilled,
+    /// No such session.
+    Missing,
+}
+
+/// Outcome of writing the fulfilment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fulfil {
+    Done,
+    /// The lease was lost (it expired and another attempt took it over).
+    LeaseLost,
+}
+
+/// Sessions table and API keys table (DynamoDB).
+pub trait SessionStore: Send + Sync {
+    /// Stores a new checkout; fails if the session id exists already.
+    fn put_new(&self, record: &CheckoutRecord) -> impl Future<Output = Result<()>> + Send;
+    fn get(&self, id: &SessionId) -> impl Future<Output = Result<Option<CheckoutRecord>>> + Send;
+    /// PENDING → ISSUING, or ISSUING with a lease older than `now` → ISSUING with a new lease.
+    fn claim(
+        &self,
+        id: &SessionId,
+        token: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Claim>> + Send;
+    /// In one transaction: session → FULFILLED (only while `token` holds the lease), and the
+    /// account record written.
+    fn fulfil(
+        &self,
+        id: &SessionId,
+        token: &str,
+        account: &AccountRecord,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Fulfil>> + Send;
+    fn get_account(
+        &self,
+        user: &UserName,
+    ) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
+    fn put_account(&self, account: &AccountRecord) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// API keys and the PRO usage plan (API Gateway).
+pub trait KeyRegistry: Send + Sync {
+    /// The keys whose name is exactly `name`.
+    fn find_by_name(&self, name: &str) -> impl Future<Output = Result<Vec<IssuedKey>>> + Send;
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<IssuedKey>>> + Send;
+    /// Creates an enabled key (no stage keys: the usage plan binds it to the stage).
+    fn create(&self, name: &str) -> impl Future<Output = Result<IssuedKey>> + Send;
+    fn set_enabled(&self, id: &str, enabled: bool) -> impl Future<Output = Result<()>> + Send;
+    /// Attaches the key to the PRO usage plan; attaching twice is not an error.
+    fn attach_to_plan(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Detaches the key from the PRO usage plan; detaching a key not in it is not an error.
+    fn detach_from_plan(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Ids of the keys attached to the PRO usage plan.
+    fn plan_key_ids(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// The key with its secret value, for showing to its owner.
+    fn get_with_value(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<(IssuedKey, String)>>> + Send;
+}
+
+/// User attributes (Cognito).
+pub trait UserDirectory: Send + Sync {
+    fn get_user(&self, user: &UserName) -> impl Future<Output = Result<Option<UserProfile>>> + Send;
+    /// Writes `custom:plan_type` and, when given, `custom:stripe_customer_id`.
+    fn set_plan(
+        &self,
+        user: &UserName,
+        plan: Plan,
+        customer: Option<&CustomerId>,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A price found by lookup key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceInfo {
+    pub id: String,
+    pub lookup_key: String,
+    /// Amount in the currency's minor unit (JPY has none: 980 means ¥980).
+    pub unit_amount: Option<i64>,
+    pub currency: String,
+}
+
+/// What we ask Stripe Checkout for.
+#[derive(Debug, Clone)]
+pub struct NewCheckout<'a> {
+    pub price_id: &'a str,
+    pub user: &'a UserName,
+    pub customer: Option<&'a CustomerId>,
+    pub success_url: String,
+    pub cancel_url: String,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedCheckout {
+    pub id: SessionId,
+    pub url: String,
+}
+
+/// The state of a Checkout Session as Stripe reports it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutState {
+    pub id: SessionId,
+    /// `payment_status` is `paid` or `no_payment_required`, and the session is `complete`.
+    pub paid: bool,
+    pub client_reference_id: Option<String>,
+    pub customer: Option<CustomerId>,
+    pub subscription: Option<SubscriptionId>,
+}
+
+/// Stripe.
+pub trait Payments: Send + Sync {
+    fn find_price(
+        &self,
+        lookup_key: &LookupKey,
+    ) -> impl Future<Output = Result<Option<PriceInfo>>> + Send;
+    fn create_checkout(
+        &self,
+        req: NewCheckout<'_>,
+    ) -> impl Future<Output = Result<CreatedCheckout>> + Send;
+    fn get_checkout(
+        &self,
+        id: &SessionId,
+    ) -> impl Future<Output = Result<Option<CheckoutState>>> + Send;
+    fn create_portal(
+        &self,
+        customer: &CustomerId,
+        return_url: &str,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<String>> + Send;
+}
+
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub trait Ids: Send + Sync {
+    fn one_time_key(&self) -> OneTimeKey;
+    /// A fresh lease token.
+    fn token(&self) -> String;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Random uuid v4 ids.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomIds;
+
+impl Ids for RandomIds {
+    fn one_time_key(&self) -> OneTimeKey {
+        OneTimeKey::new_random()
+    }
+    fn token(&self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+}

@@ -235,3 +235,35 @@ mod tests {
         assert!(!format!("{cfg:?}").contains("very_secret"));
     }
 }
+
+/// Stripe Connect destination charges (platforms): `STRIPE_CONNECT_DESTINATION` (an
+/// `acct_…` id) and `STRIPE_APPLICATION_FEE_PERCENT` (0–100, two decimals at most). Off when
+/// the destination is unset.
+pub fn connect(env: &Env) -> Result<Option<crate::adapters::stripe::Connect>, ConfigError> {
+    let Some(destination) = env.optional("STRIPE_CONNECT_DESTINATION") else {
+        if env.optional("STRIPE_APPLICATION_FEE_PERCENT").is_some() {
+            return Err(ConfigError::Missing("STRIPE_CONNECT_DESTINATION (set with STRIPE_APPLICATION_FEE_PERCENT)"));
+        }
+        return Ok(None);
+    };
+    if !destination.starts_with("acct_") {
+        return Err(ConfigError::Malformed { name: "STRIPE_CONNECT_DESTINATION", reason: "expected an acct_… id".into() });
+    }
+    let fee = match env.optional("STRIPE_APPLICATION_FEE_PERCENT") {
+        None => None,
+        Some(v) => {
+            let f: f64 = v.parse().map_err(|_| ConfigError::Malformed {
+                name: "STRIPE_APPLICATION_FEE_PERCENT",
+                reason: format!("expected a number, got {v:?}"),
+            })?;
+            if !(0.0..=100.0).contains(&f) || (f * 100.0).fract() != 0.0 {
+                return Err(ConfigError::Malformed {
+                    name: "STRIPE_APPLICATION_FEE_PERCENT",
+                    reason: "must be between 0 and 100 with at most two decimals".into(),
+                });
+            }
+            Some(f)
+        }
+    };
+    Ok(Some(crate::adapters::stripe::Connect { destination: destination.to_string(), application_fee_percent: fee }))
+}

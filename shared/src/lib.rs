@@ -15,5 +15,6 @@ pub mod handlers;
 pub mod http;
 pub mod ports;
 pub mod telemetry;
+pub mod wiring;
 
 pub use domain::Error;

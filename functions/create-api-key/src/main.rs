@@ -1,1 +1,13 @@
-fn main() { paykey::x(); }
+//! `create-api-key` Lambda: build everything once per cold start, then serve.
+
+use lambda_http::{run, service_fn, Error};
+use paykey::{config::Env, handlers, telemetry, wiring};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let app = wiring::fulfil_app(&Env::from_process())
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
+    run(service_fn(|req| handlers::create_api_key(&app, req))).await
+}

@@ -1,5 +1,6 @@
 //! Adapters: the ports implemented on AWS, Stripe, and in memory.
 
 pub mod aws;
+pub mod cached;
 pub mod memory;
 pub mod stripe;

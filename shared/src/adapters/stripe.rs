@@ -1,1 +1,179 @@
-pub mod x {}
+//! Stripe through async-stripe (1.0 line): prices by lookup key, Checkout Sessions, Billing
+//! Portal sessions. Every create call carries an idempotency key built from our own data. The
+//! base URL can point at the local Stripe emulator (`STRIPE_API_BASE`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_billing::billing_portal_session::CreateBillingPortalSession;
+use stripe_checkout::checkout_session::{
+    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
+    RetrieveCheckoutSession,
+};
+use stripe_checkout::{CheckoutSessionMode, CheckoutSessionPaymentStatus, CheckoutSessionStatus};
+use stripe_product::price::ListPrice;
+
+use crate::config::StripeConfig;
+use crate::domain::{BackendError, CustomerId, LookupKey, SessionId, SubscriptionId};
+use crate::ports::{CheckoutState, CreatedCheckout, NewCheckout, Payments, PriceInfo, Result};
+
+const SERVICE: &str = "stripe";
+
+/// Stripe Connect destination charges for platforms: the connected account that receives the
+/// subscription's payments, and the platform's fee in percent. Off unless configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connect {
+    pub destination: String,
+    pub application_fee_percent: Option<f64>,
+}
+
+/// The Stripe adapter.
+#[derive(Clone)]
+pub struct StripePayments {
+    client: Client,
+    connect: Option<Connect>,
+}
+
+impl std::fmt::Debug for StripePayments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripePayments").finish_non_exhaustive()
+    }
+}
+
+impl StripePayments {
+    /// Builds the client once per cold start. The secret only goes into the (sensitive)
+    /// Authorization header.
+    pub fn new(config: &StripeConfig) -> std::result::Result<Self, BackendError> {
+        let mut builder = ClientBuilder::new(config.secret_key.expose())
+            .app_info("paykey", Some(env!("CARGO_PKG_VERSION").to_string()), None)
+            .timeout(Duration::from_secs(10));
+        if let Some(base) = &config.api_base {
+            builder = builder.url(base.clone());
+        }
+        let client = builder.build().map_err(|e| BackendError::new(SERVICE, "client", describe(&e)))?;
+        Ok(Self { client, connect: None })
+    }
+
+    pub fn with_connect(mut self, connect: Option<Connect>) -> Self {
+        self.connect = connect;
+        self
+    }
+}
+
+/// Code and message of a Stripe error; never the request.
+fn describe(e: &StripeError) -> String {
+    match e {
+        StripeError::Stripe(err, status) => format!(
+            "{status} {}: {}",
+            err.code.as_ref().map(|c| c.to_string()).unwrap_or_else(|| err.type_.to_string()),
+            err.message.as_deref().unwrap_or("no message")
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn is_missing(e: &StripeError) -> bool {
+    matches!(e, StripeError::Stripe(_, 404))
+}
+
+fn idempotent(key: &str, op: &'static str) -> Result<RequestStrategy> {
+    IdempotencyKey::new(key)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|e| BackendError::new(SERVICE, op, e.to_string()))
+}
+
+impl Payments for StripePayments {
+    async fn find_price(&self, lookup_key: &LookupKey) -> Result<Option<PriceInfo>> {
+        const OP: &str = "GET /v1/prices";
+        let list = ListPrice::new()
+            .lookup_keys(vec![lookup_key.to_string()])
+            .active(true)
+            .limit(1)
+            .send(&self.client)
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        Ok(list.data.into_iter().next().map(|p| PriceInfo {
+            id: p.id.to_string(),
+            lookup_key: p.lookup_key.unwrap_or_else(|| lookup_key.to_string()),
+            unit_amount: p.unit_amount,
+            currency: p.currency.to_string(),
+        }))
+    }
+
+    async fn create_checkout(&self, req: NewCheckout<'_>) -> Result<CreatedCheckout> {
+        const OP: &str = "POST /v1/checkout/sessions";
+        let metadata = HashMap::from([("user_name".to_string(), req.user.to_string())]);
+        let mut item = CreateCheckoutSessionLineItems::new();
+        item.price = Some(req.price_id.to_string());
+        item.quantity = Some(1);
+        let mut sub = CreateCheckoutSessionSubscriptionData::new();
+        sub.metadata = Some(metadata.clone());
+        if let Some(c) = &self.connect {
+            sub.application_fee_percent = c.application_fee_percent;
+            sub.transfer_data = Some(stripe_checkout::checkout_session::CreateCheckoutSessionSubscriptionDataTransferData {
+                amount_percent: None,
+                destination: c.destination.clone(),
+            });
+        }
+        let mut create = CreateCheckoutSession::new()
+            .mode(CheckoutSessionMode::Subscription)
+            .line_items(vec![item])
+            .success_url(req.success_url)
+            .cancel_url(req.cancel_url)
+            .client_reference_id(req.user.to_string())
+            .metadata(metadata)
+            .subscription_data(sub);
+        if let Some(c) = req.customer {
+            create = create.customer(c.to_string());
+        }
+        let session = create
+            .customize()
+            .request_strategy(idempotent(&req.idempotency_key, OP)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        let id = SessionId::parse(session.id.as_str()).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        let url = session.url.ok_or_else(|| BackendError::new(SERVICE, OP, "session without url"))?;
+        Ok(CreatedCheckout { id, url })
+    }
+
+    async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
+        const OP: &str = "GET /v1/checkout/sessions/{id}";
+        let session = match RetrieveCheckoutSession::new(id.as_str()).send(&self.client).await {
+            Ok(s) => s,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
+        };
+        let paid = matches!(
+            session.payment_status,
+            CheckoutSessionPaymentStatus::Paid | CheckoutSessionPaymentStatus::NoPaymentRequired
+        ) && session.status == Some(CheckoutSessionStatus::Complete);
+        let customer = session
+            .customer
+            .as_ref()
+            .map(|c| CustomerId::parse(c.id().as_str()))
+            .transpose()
+            .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        let subscription = session
+            .subscription
+            .as_ref()
+            .map(|s| SubscriptionId::parse(s.id().as_str()))
+            .transpose()
+            .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        Ok(Some(CheckoutState { id: id.clone(), paid, client_reference_id: session.client_reference_id, customer, subscription }))
+    }
+
+    async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
+        const OP: &str = "POST /v1/billing_portal/sessions";
+        let session = CreateBillingPortalSession::new()
+            .customer(customer.to_string())
+            .return_url(return_url)
+            .customize()
+            .request_strategy(idempotent(idempotency_key, OP)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        Ok(session.url)
+    }
+}

@@ -1,0 +1,288 @@
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::describe;
+use crate::config::Tables;
+use crate::domain::{
+    AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan,
+    SessionId, SubscriptionId, UserName,
+};
+use crate::ports::{Claim, Fulfil, Result, SessionStore};
+
+const SERVICE: &str = "dynamodb";
+type Item = HashMap<String, AttributeValue>;
+
+/// Sessions table (`DYNAMODB_STRIPE_TABLE`, key `SessionID`) and API keys table
+/// (`DYNAMODB_API_KEY_TABLE`, key `UserID`), attribute names kept from the Python version.
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    tables: Tables,
+}
+
+impl DynamoStore {
+    pub fn new(config: &aws_config::SdkConfig, tables: Tables) -> Self {
+        Self { client: Client::new(config), tables }
+    }
+
+    pub fn from_client(client: Client, tables: Tables) -> Self {
+        Self { client, tables }
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn ts(t: DateTime<Utc>) -> AttributeValue {
+    AttributeValue::S(t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn epoch(t: DateTime<Utc>) -> AttributeValue {
+    AttributeValue::N(t.timestamp().to_string())
+}
+
+fn bad(op: &'static str, what: impl Into<String>) -> BackendError {
+    BackendError::new(SERVICE, op, format!("malformed item: {}", what.into()))
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+fn req_s<'a>(item: &'a Item, name: &str, op: &'static str) -> Result<&'a str> {
+    get_s(item, name).ok_or_else(|| bad(op, format!("{name} missing")))
+}
+
+fn get_time(item: &Item, name: &str, op: &'static str) -> Result<DateTime<Utc>> {
+    let v = req_s(item, name, op)?;
+    DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc)).map_err(|_| bad(op, format!("{name} is not RFC 3339")))
+}
+
+fn get_epoch(item: &Item, name: &str) -> Option<DateTime<Utc>> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse::<i64>().ok())
+        .and_then(|n| DateTime::from_timestamp(n, 0))
+}
+
+fn session_item(r: &CheckoutRecord) -> Item {
+    let mut item = HashMap::from([
+        ("SessionID".to_string(), s(r.session_id.as_str())),
+        ("UserName".to_string(), s(r.user_name.as_str())),
+        ("OneTimeKey".to_string(), s(r.one_time_key.to_string())),
+        ("PaidFlag".to_string(), AttributeValue::Bool(r.paid)),
+        ("Status".to_string(), s(r.status.as_str())),
+        ("CreatedAt".to_string(), ts(r.created_at)),
+        ("UpdatedAt".to_string(), ts(r.updated_at)),
+        ("ExpiresAt".to_string(), epoch(r.expires_at)),
+    ]);
+    if let Some((token, until)) = &r.lease {
+        item.insert("LeaseToken".to_string(), s(token.clone()));
+        item.insert("LeaseUntil".to_string(), AttributeValue::N(until.timestamp_millis().to_string()));
+    }
+    item
+}
+
+fn session_from_item(item: &Item, op: &'static str) -> Result<CheckoutRecord> {
+    let lease = match (get_s(item, "LeaseToken"), item.get("LeaseUntil").and_then(|v| v.as_n().ok())) {
+        (Some(t), Some(n)) => {
+            let ms = n.parse::<i64>().map_err(|_| bad(op, "LeaseUntil"))?;
+            Some((t.to_string(), DateTime::from_timestamp_millis(ms).ok_or_else(|| bad(op, "LeaseUntil"))?))
+        }
+        _ => None,
+    };
+    Ok(CheckoutRecord {
+        session_id: SessionId::parse(req_s(item, "SessionID", op)?).map_err(|e| bad(op, e.to_string()))?,
+        user_name: UserName::parse(req_s(item, "UserName", op)?).map_err(|e| bad(op, e.to_string()))?,
+        one_time_key: OneTimeKey::parse(req_s(item, "OneTimeKey", op)?).map_err(|e| bad(op, e.to_string()))?,
+        paid: item.get("PaidFlag").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        status: req_s(item, "Status", op)?.parse::<CheckoutStatus>().map_err(|e| bad(op, e))?,
+        lease,
+        created_at: get_time(item, "CreatedAt", op)?,
+        updated_at: get_time(item, "UpdatedAt", op)?,
+        expires_at: get_epoch(item, "ExpiresAt").ok_or_else(|| bad(op, "ExpiresAt"))?,
+    })
+}
+
+fn account_item(a: &AccountRecord) -> Item {
+    let mut item = HashMap::from([
+        ("UserID".to_string(), s(a.user_name.as_str())),
+        ("Type".to_string(), s(a.plan.as_str())),
+        ("UpdatedAt".to_string(), ts(a.updated_at)),
+    ]);
+    let optional = [
+        ("ApiKeyId", a.api_key_id.clone()),
+        ("StripeCustomerId", a.customer_id.as_ref().map(|c| c.to_string())),
+        ("StripeSubscriptionId", a.subscription_id.as_ref().map(|c| c.to_string())),
+        ("SubscriptionStatus", a.subscription_status.clone()),
+    ];
+    for (k, v) in optional {
+        if let Some(v) = v {
+            item.insert(k.to_string(), s(v));
+        }
+    }
+    item
+}
+
+fn account_from_item(item: &Item, op: &'static str) -> Result<AccountRecord> {
+    Ok(AccountRecord {
+        user_name: UserName::parse(req_s(item, "UserID", op)?).map_err(|e| bad(op, e.to_string()))?,
+        plan: get_s(item, "Type").unwrap_or("FREE").parse::<Plan>().map_err(|e| bad(op, e))?,
+        api_key_id: get_s(item, "ApiKeyId").map(str::to_string),
+        customer_id: get_s(item, "StripeCustomerId").map(CustomerId::parse).transpose().map_err(|e| bad(op, e.to_string()))?,
+        subscription_id: get_s(item, "StripeSubscriptionId")
+            .map(SubscriptionId::parse)
+            .transpose()
+            .map_err(|e| bad(op, e.to_string()))?,
+        subscription_status: get_s(item, "SubscriptionStatus").map(str::to_string),
+        // Records written by the Python version have no UpdatedAt.
+        updated_at: get_time(item, "UpdatedAt", op).unwrap_or(DateTime::UNIX_EPOCH),
+    })
+}
+
+impl SessionStore for DynamoStore {
+    async fn put_new(&self, record: &CheckoutRecord) -> Result<()> {
+        const OP: &str = "PutItem(session)";
+        self.client
+            .put_item()
+            .table_name(&self.tables.sessions)
+            .set_item(Some(session_item(record)))
+            .condition_expression("attribute_not_exists(SessionID)")
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Option<CheckoutRecord>> {
+        const OP: &str = "GetItem(session)";
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        out.item.as_ref().map(|i| session_from_item(i, OP)).transpose()
+    }
+
+    async fn claim(&self, id: &SessionId, token: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> Result<Claim> {
+        const OP: &str = "UpdateItem(claim)";
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(id.as_str()))
+            .update_expression("SET #st = :issuing, LeaseToken = :tok, LeaseUntil = :until, UpdatedAt = :now")
+            .condition_expression(
+                "attribute_exists(SessionID) AND (#st = :pending OR (#st = :issuing AND LeaseUntil < :nowms))",
+            )
+            .expression_attribute_names("#st", "Status")
+            .expression_attribute_values(":issuing", s(CheckoutStatus::Issuing.as_str()))
+            .expression_attribute_values(":pending", s(CheckoutStatus::Pending.as_str()))
+            .expression_attribute_values(":tok", s(token))
+            .expression_attribute_values(":until", AttributeValue::N(lease_until.timestamp_millis().to_string()))
+            .expression_attribute_values(":nowms", AttributeValue::N(now.timestamp_millis().to_string()))
+            .expression_attribute_values(":now", ts(now))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => {
+                let item = out.attributes.ok_or_else(|| bad(OP, "no attributes returned"))?;
+                Ok(Claim::Acquired { token: token.to_string(), record: session_from_item(&item, OP)? })
+            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                Ok(match self.get(id).await? {
+                    None => Claim::Missing,
+                    Some(r) if r.status == CheckoutStatus::Fulfilled => Claim::AlreadyFulfilled,
+                    Some(_) => Claim::Busy,
+                })
+            }
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn fulfil(&self, id: &SessionId, token: &str, account: &AccountRecord, now: DateTime<Utc>) -> Result<Fulfil> {
+        const OP: &str = "TransactWriteItems(fulfil)";
+        let update = Update::builder()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(id.as_str()))
+            .update_expression("SET #st = :fulfilled, PaidFlag = :paid, UpdatedAt = :now REMOVE LeaseToken, LeaseUntil")
+            .condition_expression("#st = :issuing AND LeaseToken = :tok")
+            .expression_attribute_names("#st", "Status")
+            .expression_attribute_values(":fulfilled", s(CheckoutStatus::Fulfilled.as_str()))
+            .expression_attribute_values(":issuing", s(CheckoutStatus::Issuing.as_str()))
+            .expression_attribute_values(":paid", AttributeValue::Bool(true))
+            .expression_attribute_values(":tok", s(token))
+            .expression_attribute_values(":now", ts(now))
+            .build()
+            .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        let put = Put::builder()
+            .table_name(&self.tables.api_keys)
+            .set_item(Some(account_item(account)))
+            .build()
+            .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Fulfil::Done),
+            Err(e) => {
+                let condition_failed = e.as_service_error().is_some_and(|se| {
+                    se.is_transaction_canceled_exception()
+                        && match se {
+                            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t) => t
+                                .cancellation_reasons()
+                                .iter()
+                                .any(|r| r.code() == Some("ConditionalCheckFailed")),
+                            _ => false,
+                        }
+                });
+                if condition_failed {
+                    Ok(Fulfil::LeaseLost)
+                } else {
+                    let msg = e.as_service_error().and_then(|se| se.message()).map(str::to_string);
+                    Err(BackendError::new(SERVICE, OP, msg.unwrap_or_else(|| describe(&e))))
+                }
+            }
+        }
+    }
+
+    async fn get_account(&self, user: &UserName) -> Result<Option<AccountRecord>> {
+        const OP: &str = "GetItem(account)";
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.api_keys)
+            .key("UserID", s(user.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        out.item.as_ref().map(|i| account_from_item(i, OP)).transpose()
+    }
+
+    async fn put_account(&self, account: &AccountRecord) -> Result<()> {
+        const OP: &str = "PutItem(account)";
+        self.client
+            .put_item()
+            .table_name(&self.tables.api_keys)
+            .set_item(Some(account_item(account)))
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        Ok(())
+    }
+}

@@ -48,7 +48,12 @@ impl Env {
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     /// The value, or `None` when unset or blank.
@@ -63,20 +68,29 @@ impl Env {
     fn parse_secs(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
         match self.optional(name) {
             None => Ok(Duration::from_secs(default)),
-            Some(v) => v.parse::<u64>().map(Duration::from_secs).map_err(|_| ConfigError::Malformed {
-                name,
-                reason: format!("expected a whole number of seconds, got {v:?}"),
-            }),
+            Some(v) => {
+                v.parse::<u64>()
+                    .map(Duration::from_secs)
+                    .map_err(|_| ConfigError::Malformed {
+                        name,
+                        reason: format!("expected a whole number of seconds, got {v:?}"),
+                    })
+            }
         }
     }
 }
 
 fn http_url(name: &'static str, v: &str) -> Result<String, ConfigError> {
     let v = v.trim_end_matches('/');
-    let rest = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://"));
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"));
     match rest {
         Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(v.to_string()),
-        _ => Err(ConfigError::Malformed { name, reason: format!("expected an http(s) URL, got {v:?}") }),
+        _ => Err(ConfigError::Malformed {
+            name,
+            reason: format!("expected an http(s) URL, got {v:?}"),
+        }),
     }
 }
 
@@ -101,11 +115,17 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .map(|k| {
-                LookupKey::parse(k).map_err(|e| ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", reason: e.to_string() })
+                LookupKey::parse(k).map_err(|e| ConfigError::Malformed {
+                    name: "ALLOWED_LOOKUP_KEYS",
+                    reason: e.to_string(),
+                })
             })
             .collect::<Result<_, _>>()?;
         if s.allowed_lookup_keys.is_empty() {
-            return Err(ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", reason: "lists no lookup key".into() });
+            return Err(ConfigError::Malformed {
+                name: "ALLOWED_LOOKUP_KEYS",
+                reason: "lists no lookup key".into(),
+            });
         }
     }
     if let Some(p) = env.optional("API_KEY_NAME_PREFIX") {
@@ -118,7 +138,9 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
 /// Checkout needs the API's URL for Stripe's success redirect.
 pub fn require_api_url(s: &Settings) -> Result<(), ConfigError> {
     if s.api_url.is_empty() {
-        Err(ConfigError::Missing("API_URL (or REST_API_ID with AWS_REGION)"))
+        Err(ConfigError::Missing(
+            "API_URL (or REST_API_ID with AWS_REGION)",
+        ))
     } else {
         Ok(())
     }
@@ -186,68 +208,23 @@ impl StripeConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_variable_is_named() {
-        let env = Env::from_pairs([("MY_DOMAIN", "https://app.example.com")]);
-        assert_eq!(Tables::from_env(&env).unwrap_err(), ConfigError::Missing("DYNAMODB_STRIPE_TABLE"));
-        assert_eq!(StripeConfig::from_env(&env).unwrap_err(), ConfigError::Missing("STRIPE_API_KEY"));
-        assert_eq!(settings(&Env::default()).unwrap_err(), ConfigError::Missing("MY_DOMAIN"));
-    }
-
-    #[test]
-    fn malformed_values_are_named_and_secrets_not_echoed() {
-        let env = Env::from_pairs([("STRIPE_API_KEY", "pk_live_oops_public_key")]);
-        let err = StripeConfig::from_env(&env).unwrap_err().to_string();
-        assert!(err.contains("STRIPE_API_KEY"), "{err}");
-        assert!(!err.contains("pk_live_oops"), "{err}");
-        let env = Env::from_pairs([("MY_DOMAIN", "app.example.com")]);
-        assert!(settings(&env).unwrap_err().to_string().contains("MY_DOMAIN"));
-        let env = Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("ALLOWED_LOOKUP_KEYS", "ok, bad key")]);
-        assert!(settings(&env).unwrap_err().to_string().contains("ALLOWED_LOOKUP_KEYS"));
-        let env = Env::from_pairs([("STRIPE_API_KEY", "sk_test_x"), ("PRICE_CACHE_SECONDS", "soon")]);
-        assert!(StripeConfig::from_env(&env).unwrap_err().to_string().contains("PRICE_CACHE_SECONDS"));
-    }
-
-    #[test]
-    fn the_api_url_is_built_from_the_rest_api_id() {
-        let env = Env::from_pairs([
-            ("MY_DOMAIN", "https://app.example.com/"),
-            ("REST_API_ID", "abc123"),
-            ("AWS_REGION", "ap-northeast-1"),
-            ("STAGE_NAME", "v1"),
-        ]);
-        let s = settings(&env).unwrap();
-        assert_eq!(s.app_url, "https://app.example.com");
-        assert_eq!(s.api_url, "https://abc123.execute-api.ap-northeast-1.amazonaws.com/v1");
-        let no_api = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example")])).unwrap();
-        assert!(require_api_url(&no_api).is_err());
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("sk_test_very_secret");
-        assert_eq!(format!("{s:?}"), "Secret([redacted])");
-        let cfg = StripeConfig::from_env(&Env::from_pairs([("STRIPE_API_KEY", "sk_test_very_secret")])).unwrap();
-        assert!(!format!("{cfg:?}").contains("very_secret"));
-    }
-}
-
 /// Stripe Connect destination charges (platforms): `STRIPE_CONNECT_DESTINATION` (an
 /// `acct_…` id) and `STRIPE_APPLICATION_FEE_PERCENT` (0–100, two decimals at most). Off when
 /// the destination is unset.
 pub fn connect(env: &Env) -> Result<Option<crate::adapters::stripe::Connect>, ConfigError> {
     let Some(destination) = env.optional("STRIPE_CONNECT_DESTINATION") else {
         if env.optional("STRIPE_APPLICATION_FEE_PERCENT").is_some() {
-            return Err(ConfigError::Missing("STRIPE_CONNECT_DESTINATION (set with STRIPE_APPLICATION_FEE_PERCENT)"));
+            return Err(ConfigError::Missing(
+                "STRIPE_CONNECT_DESTINATION (set with STRIPE_APPLICATION_FEE_PERCENT)",
+            ));
         }
         return Ok(None);
     };
     if !destination.starts_with("acct_") {
-        return Err(ConfigError::Malformed { name: "STRIPE_CONNECT_DESTINATION", reason: "expected an acct_… id".into() });
+        return Err(ConfigError::Malformed {
+            name: "STRIPE_CONNECT_DESTINATION",
+            reason: "expected an acct_… id".into(),
+        });
     }
     let fee = match env.optional("STRIPE_APPLICATION_FEE_PERCENT") {
         None => None,
@@ -265,5 +242,89 @@ pub fn connect(env: &Env) -> Result<Option<crate::adapters::stripe::Connect>, Co
             Some(f)
         }
     };
-    Ok(Some(crate::adapters::stripe::Connect { destination: destination.to_string(), application_fee_percent: fee }))
+    Ok(Some(crate::adapters::stripe::Connect {
+        destination: destination.to_string(),
+        application_fee_percent: fee,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        let env = Env::from_pairs([("MY_DOMAIN", "https://app.example.com")]);
+        assert_eq!(
+            Tables::from_env(&env).unwrap_err(),
+            ConfigError::Missing("DYNAMODB_STRIPE_TABLE")
+        );
+        assert_eq!(
+            StripeConfig::from_env(&env).unwrap_err(),
+            ConfigError::Missing("STRIPE_API_KEY")
+        );
+        assert_eq!(
+            settings(&Env::default()).unwrap_err(),
+            ConfigError::Missing("MY_DOMAIN")
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_named_and_secrets_not_echoed() {
+        let env = Env::from_pairs([("STRIPE_API_KEY", "pk_live_oops_public_key")]);
+        let err = StripeConfig::from_env(&env).unwrap_err().to_string();
+        assert!(err.contains("STRIPE_API_KEY"), "{err}");
+        assert!(!err.contains("pk_live_oops"), "{err}");
+        let env = Env::from_pairs([("MY_DOMAIN", "app.example.com")]);
+        assert!(settings(&env)
+            .unwrap_err()
+            .to_string()
+            .contains("MY_DOMAIN"));
+        let env = Env::from_pairs([
+            ("MY_DOMAIN", "https://a.example"),
+            ("ALLOWED_LOOKUP_KEYS", "ok, bad key"),
+        ]);
+        assert!(settings(&env)
+            .unwrap_err()
+            .to_string()
+            .contains("ALLOWED_LOOKUP_KEYS"));
+        let env = Env::from_pairs([
+            ("STRIPE_API_KEY", "sk_test_x"),
+            ("PRICE_CACHE_SECONDS", "soon"),
+        ]);
+        assert!(StripeConfig::from_env(&env)
+            .unwrap_err()
+            .to_string()
+            .contains("PRICE_CACHE_SECONDS"));
+    }
+
+    #[test]
+    fn the_api_url_is_built_from_the_rest_api_id() {
+        let env = Env::from_pairs([
+            ("MY_DOMAIN", "https://app.example.com/"),
+            ("REST_API_ID", "abc123"),
+            ("AWS_REGION", "ap-northeast-1"),
+            ("STAGE_NAME", "v1"),
+        ]);
+        let s = settings(&env).unwrap();
+        assert_eq!(s.app_url, "https://app.example.com");
+        assert_eq!(
+            s.api_url,
+            "https://abc123.execute-api.ap-northeast-1.amazonaws.com/v1"
+        );
+        let no_api = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example")])).unwrap();
+        assert!(require_api_url(&no_api).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("sk_test_very_secret");
+        assert_eq!(format!("{s:?}"), "Secret([redacted])");
+        let cfg = StripeConfig::from_env(&Env::from_pairs([(
+            "STRIPE_API_KEY",
+            "sk_test_very_secret",
+        )]))
+        .unwrap();
+        assert!(!format!("{cfg:?}").contains("very_secret"));
+    }
 }

@@ -26,14 +26,21 @@ pub struct App<S = (), K = (), U = (), P = ()> {
 
 impl<S, K, U, P> App<S, K, U, P> {
     pub fn ctx(&self) -> Ctx<'_> {
-        Ctx { clock: self.clock.as_ref(), ids: self.ids.as_ref(), settings: &self.settings }
+        Ctx {
+            clock: self.clock.as_ref(),
+            ids: self.ids.as_ref(),
+            settings: &self.settings,
+        }
     }
 }
 
 type HandlerResult = Result<Response<Body>, Infallible>;
 
 /// `POST /checkout-sessions` `{"lookup_key": "…"}` → `{"url": "…"}`.
-pub async fn create_checkout_session<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
+pub async fn create_checkout_session<S, K, U, P>(
+    app: &App<S, K, U, P>,
+    req: Request,
+) -> HandlerResult
 where
     S: SessionStore,
     U: UserDirectory,
@@ -45,11 +52,22 @@ where
     }
     let result = async {
         if req.method() != Method::POST {
-            return Err(Error::BadRequest(format!("method {} is not allowed; use POST", req.method())));
+            return Err(Error::BadRequest(format!(
+                "method {} is not allowed; use POST",
+                req.method()
+            )));
         }
         let user = http::caller(&req)?;
         let body: CheckoutRequest = http::json_body(&req)?;
-        flows::start_checkout(&app.users, &app.payments, &app.store, app.ctx(), &user, body).await
+        flows::start_checkout(
+            &app.users,
+            &app.payments,
+            &app.store,
+            app.ctx(),
+            &user,
+            body,
+        )
+        .await
     }
     .await;
     Ok(match result {
@@ -70,7 +88,8 @@ where
 {
     let s = &app.settings;
     let session_id = http::path_param(&req, "session_id").and_then(|v| SessionId::parse(&v).ok());
-    let one_time_key = http::path_param(&req, "one_time_key").and_then(|v| OneTimeKey::parse(&v).ok());
+    let one_time_key =
+        http::path_param(&req, "one_time_key").and_then(|v| OneTimeKey::parse(&v).ok());
     let (Some(session_id), Some(one_time_key)) = (session_id, one_time_key) else {
         tracing::info!("verification with malformed path parameters");
         return Ok(http::redirect(&s.cancel_url(), &s.app_url));
@@ -119,7 +138,14 @@ where
     }
     .await;
     Ok(match result {
-        Ok(url) => http::json(200, &PortalAnswer { status: "OK", billing_portal_url: url }, origin),
+        Ok(url) => http::json(
+            200,
+            &PortalAnswer {
+                status: "OK",
+                billing_portal_url: url,
+            },
+            origin,
+        ),
         Err(e) => http::error_response(&e, origin),
     })
 }

@@ -40,24 +40,42 @@ pub fn caller(req: &Request) -> Result<UserName, Error> {
 
 /// A path parameter as API Gateway passed it.
 pub fn path_param(req: &Request, name: &str) -> Option<String> {
-    req.path_parameters_ref().and_then(|p| p.first(name)).map(str::to_string)
+    req.path_parameters_ref()
+        .and_then(|p| p.first(name))
+        .map(str::to_string)
 }
 
 /// A JSON object body of at most [`MAX_BODY_BYTES`].
 pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, Error> {
     let bytes: &[u8] = match req.body() {
-        Body::Empty => return Err(Error::BadRequest("the request body is empty; send a JSON object".into())),
+        Body::Empty => {
+            return Err(Error::BadRequest(
+                "the request body is empty; send a JSON object".into(),
+            ))
+        }
         Body::Text(t) => t.as_bytes(),
         Body::Binary(b) => b,
         _ => return Err(Error::BadRequest("unsupported body".into())),
     };
     if bytes.len() > MAX_BODY_BYTES {
-        return Err(Error::BadRequest(format!("the request body is larger than {MAX_BODY_BYTES} bytes")));
+        return Err(Error::BadRequest(format!(
+            "the request body is larger than {MAX_BODY_BYTES} bytes"
+        )));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::BadRequest("the request body is empty; send a JSON object".into()));
+        return Err(Error::BadRequest(
+            "the request body is empty; send a JSON object".into(),
+        ));
     }
-    serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("the request body is not the expected JSON: {e}")))
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::BadRequest(format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Error::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Error::BadRequest(format!("the request body is not the expected JSON: {e}")))
 }
 
 fn base(status: u16, app_url: &str) -> lambda_http::http::response::Builder {
@@ -80,7 +98,10 @@ fn finish(b: lambda_http::http::response::Builder, body: Body) -> Response<Body>
 /// A JSON response with CORS for the front end's origin.
 pub fn json<T: Serialize>(status: u16, body: &T, app_url: &str) -> Response<Body> {
     let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_string());
-    finish(base(status, app_url).header(CONTENT_TYPE, "application/json"), Body::Text(text))
+    finish(
+        base(status, app_url).header(CONTENT_TYPE, "application/json"),
+        Body::Text(text),
+    )
 }
 
 #[derive(Serialize)]
@@ -98,9 +119,19 @@ pub fn error_response(err: &Error, app_url: &str) -> Response<Body> {
     } else {
         tracing::info!(error = %err, code = err.code(), status, "request refused");
     }
-    let mut resp = json(status, &ErrorBody { error: err.code(), message: err.public_message() }, app_url);
+    let mut resp = json(
+        status,
+        &ErrorBody {
+            error: err.code(),
+            message: err.public_message(),
+        },
+        app_url,
+    );
     if matches!(err, Error::FulfilmentInProgress) {
-        resp.headers_mut().insert(RETRY_AFTER, lambda_http::http::HeaderValue::from_static("2"));
+        resp.headers_mut().insert(
+            RETRY_AFTER,
+            lambda_http::http::HeaderValue::from_static("2"),
+        );
     }
     resp
 }

@@ -16,7 +16,10 @@ pub type Result<T> = std::result::Result<T, BackendError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// We hold the lease; `token` must be presented to `fulfil`.
-    Acquired { token: String, record: CheckoutRecord },
+    Acquired {
+        token: String,
+        record: CheckoutRecord,
+    },
     /// Someone else holds an unexpired lease.
     Busy,
     /// The checkout is already fulfilled.
@@ -85,7 +88,8 @@ pub trait KeyRegistry: Send + Sync {
 
 /// User attributes (Cognito).
 pub trait UserDirectory: Send + Sync {
-    fn get_user(&self, user: &UserName) -> impl Future<Output = Result<Option<UserProfile>>> + Send;
+    fn get_user(&self, user: &UserName)
+        -> impl Future<Output = Result<Option<UserProfile>>> + Send;
     /// Writes `custom:plan_type` and, when given, `custom:stripe_customer_id`.
     fn set_plan(
         &self,

@@ -20,8 +20,22 @@ pub enum InitError {
     Client(#[from] BackendError),
 }
 
-fn app<S, K, U, P>(store: S, keys: K, users: U, payments: P, settings: crate::flows::Settings) -> App<S, K, U, P> {
-    App { store, keys, users, payments, clock: Arc::new(SystemClock), ids: Arc::new(RandomIds), settings }
+fn app<S, K, U, P>(
+    store: S,
+    keys: K,
+    users: U,
+    payments: P,
+    settings: crate::flows::Settings,
+) -> App<S, K, U, P> {
+    App {
+        store,
+        keys,
+        users,
+        payments,
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        settings,
+    }
 }
 
 pub type CheckoutApp = App<DynamoStore, (), CognitoUsers, CachedPrices<StripePayments>>;
@@ -36,9 +50,18 @@ pub async fn checkout_app(env: &Env) -> Result<CheckoutApp, InitError> {
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
     let stripe = StripeConfig::from_env(env)?;
-    let payments = CachedPrices::new(StripePayments::new(&stripe)?.with_connect(config::connect(env)?), stripe.price_cache);
+    let payments = CachedPrices::new(
+        StripePayments::new(&stripe)?.with_connect(config::connect(env)?),
+        stripe.price_cache,
+    );
     let aws = aws::load_config().await;
-    Ok(app(DynamoStore::new(&aws, tables), (), CognitoUsers::new(&aws, pool), payments, settings))
+    Ok(app(
+        DynamoStore::new(&aws, tables),
+        (),
+        CognitoUsers::new(&aws, pool),
+        payments,
+        settings,
+    ))
 }
 
 /// `create-api-key`.
@@ -49,7 +72,13 @@ pub async fn fulfil_app(env: &Env) -> Result<FulfilApp, InitError> {
     let plan = config::usage_plan_id(env)?;
     let payments = StripePayments::new(&StripeConfig::from_env(env)?)?;
     let aws = aws::load_config().await;
-    Ok(app(DynamoStore::new(&aws, tables), ApiGatewayKeys::new(&aws, plan), CognitoUsers::new(&aws, pool), payments, settings))
+    Ok(app(
+        DynamoStore::new(&aws, tables),
+        ApiGatewayKeys::new(&aws, plan),
+        CognitoUsers::new(&aws, pool),
+        payments,
+        settings,
+    ))
 }
 
 /// `create-billing-portal`.
@@ -58,7 +87,13 @@ pub async fn portal_app(env: &Env) -> Result<PortalApp, InitError> {
     let pool = config::user_pool_id(env)?;
     let payments = StripePayments::new(&StripeConfig::from_env(env)?)?;
     let aws = aws::load_config().await;
-    Ok(app((), (), CognitoUsers::new(&aws, pool), payments, settings))
+    Ok(app(
+        (),
+        (),
+        CognitoUsers::new(&aws, pool),
+        payments,
+        settings,
+    ))
 }
 
 /// `get-account`.
@@ -68,5 +103,11 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
     let pool = config::user_pool_id(env)?;
     let plan = config::usage_plan_id(env)?;
     let aws = aws::load_config().await;
-    Ok(app(DynamoStore::new(&aws, tables), ApiGatewayKeys::new(&aws, plan), CognitoUsers::new(&aws, pool), (), settings))
+    Ok(app(
+        DynamoStore::new(&aws, tables),
+        ApiGatewayKeys::new(&aws, plan),
+        CognitoUsers::new(&aws, pool),
+        (),
+        settings,
+    ))
 }

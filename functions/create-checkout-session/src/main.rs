@@ -9,5 +9,8 @@ async fn main() -> Result<(), Error> {
     let app = wiring::checkout_app(&Env::from_process())
         .await
         .inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
-    run(service_fn(|req| handlers::create_checkout_session(&app, req))).await
+    run(service_fn(|req| {
+        handlers::create_checkout_session(&app, req)
+    }))
+    .await
 }

@@ -17,7 +17,11 @@ pub struct CachedPrices<P> {
 impl<P> CachedPrices<P> {
     /// `ttl` zero turns the cache off.
     pub fn new(inner: P, ttl: Duration) -> Self {
-        Self { inner, ttl, cache: Mutex::default() }
+        Self {
+            inner,
+            ttl,
+            cache: Mutex::default(),
+        }
     }
 
     pub fn inner(&self) -> &P {
@@ -53,8 +57,15 @@ impl<P: Payments> Payments for CachedPrices<P> {
         self.inner.get_checkout(id).await
     }
 
-    async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
-        self.inner.create_portal(customer, return_url, idempotency_key).await
+    async fn create_portal(
+        &self,
+        customer: &CustomerId,
+        return_url: &str,
+        idempotency_key: &str,
+    ) -> Result<String> {
+        self.inner
+            .create_portal(customer, return_url, idempotency_key)
+            .await
     }
 }
 
@@ -63,7 +74,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::adapters::memory::{Meter, MemoryPayments};
+    use crate::adapters::memory::{MemoryPayments, Meter};
 
     #[tokio::test]
     async fn a_found_price_is_reused_until_the_ttl_passes_and_a_missing_one_is_not_cached() {
@@ -77,7 +88,11 @@ mod tests {
             assert!(cached.find_price(&key).await.unwrap().is_some());
             assert!(cached.find_price(&missing).await.unwrap().is_none());
         }
-        assert_eq!(meter.count("stripe.find_price"), 4, "1 for the found price, 3 for the missing one");
+        assert_eq!(
+            meter.count("stripe.find_price"),
+            4,
+            "1 for the found price, 3 for the missing one"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
         cached.find_price(&key).await.unwrap();
         assert_eq!(meter.count("stripe.find_price"), 5);

@@ -107,14 +107,22 @@ impl Meter {
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.take_fault(op, Fault::Before) {
-            return Err(BackendError::new(service, op, "injected fault before the call"));
+            return Err(BackendError::new(
+                service,
+                op,
+                "injected fault before the call",
+            ));
         }
         Ok(())
     }
 
     fn exit(&self, service: &'static str, op: &'static str) -> Result<()> {
         if self.take_fault(op, Fault::After) {
-            return Err(BackendError::new(service, op, "injected fault after the call"));
+            return Err(BackendError::new(
+                service,
+                op,
+                "injected fault after the call",
+            ));
         }
         Ok(())
     }
@@ -142,7 +150,10 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self { state: Arc::default(), meter }
+        Self {
+            state: Arc::default(),
+            meter,
+        }
     }
 
     /// Every session, for assertions and for persisting the local stack.
@@ -164,7 +175,11 @@ impl SessionStore for MemoryStore {
             let mut st = lock(&self.state);
             let id = record.session_id.as_str().to_string();
             if st.sessions.contains_key(&id) {
-                return Err(BackendError::new(DDB, "ddb.put_session", "session exists already"));
+                return Err(BackendError::new(
+                    DDB,
+                    "ddb.put_session",
+                    "session exists already",
+                ));
             }
             st.sessions.insert(id, record.clone());
         }
@@ -197,7 +212,10 @@ impl SessionStore for MemoryStore {
                         r.status = CheckoutStatus::Issuing;
                         r.lease = Some((token.to_string(), lease_until));
                         r.updated_at = now;
-                        Claim::Acquired { token: token.to_string(), record: r.clone() }
+                        Claim::Acquired {
+                            token: token.to_string(),
+                            record: r.clone(),
+                        }
                     }
                 },
             }
@@ -230,7 +248,8 @@ impl SessionStore for MemoryStore {
                     r.lease = None;
                     r.updated_at = now;
                 }
-                st.accounts.insert(account.user_name.as_str().to_string(), account.clone());
+                st.accounts
+                    .insert(account.user_name.as_str().to_string(), account.clone());
                 Fulfil::Done
             } else {
                 Fulfil::LeaseLost
@@ -275,12 +294,24 @@ pub struct MemoryKeys {
 
 impl MemoryKeys {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self { state: Arc::default(), meter }
+        Self {
+            state: Arc::default(),
+            meter,
+        }
     }
 
     /// Every key, for assertions.
     pub fn all(&self) -> Vec<IssuedKey> {
-        lock(&self.state).keys.values().map(|(k, _)| k.clone()).collect()
+        lock(&self.state)
+            .keys
+            .values()
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Ids of the keys in the usage plan, for assertions.
+    pub fn plan_members(&self) -> Vec<String> {
+        lock(&self.state).plan.clone()
     }
 
     /// The id of the key with this value, if it is enabled and in the usage plan: what API
@@ -322,8 +353,16 @@ impl KeyRegistry for MemoryKeys {
             let mut st = lock(&self.state);
             st.next += 1;
             let id = format!("memkey{:06}", st.next);
-            let value = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-            let key = IssuedKey { id: id.clone(), name: name.to_string(), enabled: true };
+            let value = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            let key = IssuedKey {
+                id: id.clone(),
+                name: name.to_string(),
+                enabled: true,
+            };
             st.keys.insert(id, (key.clone(), value));
             key
         };
@@ -335,7 +374,13 @@ impl KeyRegistry for MemoryKeys {
         self.meter.enter(APIGW, "apigw.set_enabled").await?;
         match lock(&self.state).keys.get_mut(id) {
             Some((k, _)) => k.enabled = enabled,
-            None => return Err(BackendError::new(APIGW, "apigw.set_enabled", "NotFoundException: Invalid API Key identifier specified")),
+            None => {
+                return Err(BackendError::new(
+                    APIGW,
+                    "apigw.set_enabled",
+                    "NotFoundException: Invalid API Key identifier specified",
+                ))
+            }
         }
         self.meter.exit(APIGW, "apigw.set_enabled")
     }
@@ -345,7 +390,11 @@ impl KeyRegistry for MemoryKeys {
         {
             let mut st = lock(&self.state);
             if !st.keys.contains_key(id) {
-                return Err(BackendError::new(APIGW, "apigw.attach", "NotFoundException: Invalid API Key identifier specified"));
+                return Err(BackendError::new(
+                    APIGW,
+                    "apigw.attach",
+                    "NotFoundException: Invalid API Key identifier specified",
+                ));
             }
             if !st.plan.iter().any(|k| k == id) {
                 st.plan.push(id.to_string());
@@ -387,12 +436,22 @@ pub struct MemoryUsers {
 
 impl MemoryUsers {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self { users: Arc::default(), meter }
+        Self {
+            users: Arc::default(),
+            meter,
+        }
+    }
+
+    /// Every user and their attributes, for assertions.
+    pub fn dump(&self) -> String {
+        format!("{:?}", *lock(&self.users))
     }
 
     /// Adds a user with no custom attributes (what sign-up does).
     pub fn add_user(&self, user: &UserName) {
-        lock(&self.users).entry(user.as_str().to_string()).or_default();
+        lock(&self.users)
+            .entry(user.as_str().to_string())
+            .or_default();
     }
 }
 
@@ -406,7 +465,12 @@ impl UserDirectory for MemoryUsers {
         Ok(r)
     }
 
-    async fn set_plan(&self, user: &UserName, plan: Plan, customer: Option<&CustomerId>) -> Result<()> {
+    async fn set_plan(
+        &self,
+        user: &UserName,
+        plan: Plan,
+        customer: Option<&CustomerId>,
+    ) -> Result<()> {
         self.meter.enter(COGNITO, "cognito.set_plan").await?;
         match lock(&self.users).get_mut(user.as_str()) {
             Some(p) => {
@@ -415,7 +479,13 @@ impl UserDirectory for MemoryUsers {
                     p.customer_id = Some(c.clone());
                 }
             }
-            None => return Err(BackendError::new(COGNITO, "cognito.set_plan", "UserNotFoundException: User does not exist.")),
+            None => {
+                return Err(BackendError::new(
+                    COGNITO,
+                    "cognito.set_plan",
+                    "UserNotFoundException: User does not exist.",
+                ))
+            }
         }
         self.meter.exit(COGNITO, "cognito.set_plan")
     }
@@ -451,7 +521,10 @@ const STRIPE: &str = "stripe";
 
 impl MemoryPayments {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self { state: Arc::default(), meter }
+        Self {
+            state: Arc::default(),
+            meter,
+        }
     }
 
     /// Adds an active recurring price.
@@ -485,13 +558,17 @@ impl MemoryPayments {
         let c = st.checkouts.get_mut(id.as_str())?;
         c.state.paid = true;
         c.state.customer = Some(customer);
-        c.state.subscription = Some(SubscriptionId::parse(&format!("sub_mem{n:06}")).expect("valid id"));
+        c.state.subscription =
+            Some(SubscriptionId::parse(&format!("sub_mem{n:06}")).expect("valid id"));
         Some(c.state.clone())
     }
 
     /// The price a checkout was created for.
     pub fn checkout_price(&self, id: &SessionId) -> Option<String> {
-        lock(&self.state).checkouts.get(id.as_str()).map(|c| c.price_id.clone())
+        lock(&self.state)
+            .checkouts
+            .get(id.as_str())
+            .map(|c| c.price_id.clone())
     }
 }
 
@@ -514,11 +591,19 @@ impl Payments for MemoryPayments {
                 CreatedCheckout { id, url }
             } else {
                 if !st.prices.values().any(|p| p.id == req.price_id) {
-                    return Err(BackendError::new(STRIPE, "stripe.create_checkout", format!("resource_missing: No such price: '{}'", req.price_id)));
+                    return Err(BackendError::new(
+                        STRIPE,
+                        "stripe.create_checkout",
+                        format!("resource_missing: No such price: '{}'", req.price_id),
+                    ));
                 }
                 if let Some(c) = req.customer {
                     if !st.customers.contains(c) {
-                        return Err(BackendError::new(STRIPE, "stripe.create_checkout", format!("resource_missing: No such customer: '{c}'")));
+                        return Err(BackendError::new(
+                            STRIPE,
+                            "stripe.create_checkout",
+                            format!("resource_missing: No such customer: '{c}'"),
+                        ));
                     }
                 }
                 st.next += 1;
@@ -547,17 +632,30 @@ impl Payments for MemoryPayments {
 
     async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
         self.meter.enter(STRIPE, "stripe.get_checkout").await?;
-        let r = lock(&self.state).checkouts.get(id.as_str()).map(|c| c.state.clone());
+        let r = lock(&self.state)
+            .checkouts
+            .get(id.as_str())
+            .map(|c| c.state.clone());
         self.meter.exit(STRIPE, "stripe.get_checkout")?;
         Ok(r)
     }
 
-    async fn create_portal(&self, customer: &CustomerId, return_url: &str, _idempotency_key: &str) -> Result<String> {
+    async fn create_portal(
+        &self,
+        customer: &CustomerId,
+        return_url: &str,
+        _idempotency_key: &str,
+    ) -> Result<String> {
         self.meter.enter(STRIPE, "stripe.create_portal").await?;
         if !lock(&self.state).customers.contains(customer) {
-            return Err(BackendError::new(STRIPE, "stripe.create_portal", format!("resource_missing: No such customer: '{customer}'")));
+            return Err(BackendError::new(
+                STRIPE,
+                "stripe.create_portal",
+                format!("resource_missing: No such customer: '{customer}'"),
+            ));
         }
-        let url = format!("https://billing.memory.invalid/p/session/{customer}?return_url={return_url}");
+        let url =
+            format!("https://billing.memory.invalid/p/session/{customer}?return_url={return_url}");
         self.meter.exit(STRIPE, "stripe.create_portal")?;
         Ok(url)
     }

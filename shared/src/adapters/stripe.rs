@@ -51,8 +51,13 @@ impl StripePayments {
         if let Some(base) = &config.api_base {
             builder = builder.url(base.clone());
         }
-        let client = builder.build().map_err(|e| BackendError::new(SERVICE, "client", describe(&e)))?;
-        Ok(Self { client, connect: None })
+        let client = builder
+            .build()
+            .map_err(|e| BackendError::new(SERVICE, "client", describe(&e)))?;
+        Ok(Self {
+            client,
+            connect: None,
+        })
     }
 
     pub fn with_connect(mut self, connect: Option<Connect>) -> Self {
@@ -66,7 +71,10 @@ fn describe(e: &StripeError) -> String {
     match e {
         StripeError::Stripe(err, status) => format!(
             "{status} {}: {}",
-            err.code.as_ref().map(|c| c.to_string()).unwrap_or_else(|| err.type_.to_string()),
+            err.code
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| err.type_.to_string()),
             err.message.as_deref().unwrap_or("no message")
         ),
         other => other.to_string(),
@@ -133,14 +141,20 @@ impl Payments for StripePayments {
             .send(&self.client)
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        let id = SessionId::parse(session.id.as_str()).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
-        let url = session.url.ok_or_else(|| BackendError::new(SERVICE, OP, "session without url"))?;
+        let id = SessionId::parse(session.id.as_str())
+            .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        let url = session
+            .url
+            .ok_or_else(|| BackendError::new(SERVICE, OP, "session without url"))?;
         Ok(CreatedCheckout { id, url })
     }
 
     async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
         const OP: &str = "GET /v1/checkout/sessions/{id}";
-        let session = match RetrieveCheckoutSession::new(id.as_str()).send(&self.client).await {
+        let session = match RetrieveCheckoutSession::new(id.as_str())
+            .send(&self.client)
+            .await
+        {
             Ok(s) => s,
             Err(e) if is_missing(&e) => return Ok(None),
             Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
@@ -161,10 +175,21 @@ impl Payments for StripePayments {
             .map(|s| SubscriptionId::parse(s.id().as_str()))
             .transpose()
             .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
-        Ok(Some(CheckoutState { id: id.clone(), paid, client_reference_id: session.client_reference_id, customer, subscription }))
+        Ok(Some(CheckoutState {
+            id: id.clone(),
+            paid,
+            client_reference_id: session.client_reference_id,
+            customer,
+            subscription,
+        }))
     }
 
-    async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
+    async fn create_portal(
+        &self,
+        customer: &CustomerId,
+        return_url: &str,
+        idempotency_key: &str,
+    ) -> Result<String> {
         const OP: &str = "POST /v1/billing_portal/sessions";
         let session = CreateBillingPortalSession::new()
             .customer(customer.to_string())

@@ -6,6 +6,4 @@ mod records;
 
 pub use error::{BackendError, Error};
 pub use ids::{CustomerId, IdError, LookupKey, OneTimeKey, SessionId, SubscriptionId, UserName};
-pub use records::{
-    AccountRecord, CheckoutRecord, CheckoutStatus, IssuedKey, Plan, UserProfile,
-};
+pub use records::{AccountRecord, CheckoutRecord, CheckoutStatus, IssuedKey, Plan, UserProfile};

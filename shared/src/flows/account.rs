@@ -35,10 +35,11 @@ where
     let (account, profile) = tokio::try_join!(store.get_account(user), users.get_user(user))?;
     let profile = profile.ok_or(Error::UserNotFound)?;
     let api_key = match account.as_ref().and_then(|a| a.api_key_id.as_deref()) {
-        Some(id) => keys
-            .get_with_value(id)
-            .await?
-            .map(|(k, value)| ApiKeyView { id: k.id, value, enabled: k.enabled }),
+        Some(id) => keys.get_with_value(id).await?.map(|(k, value)| ApiKeyView {
+            id: k.id,
+            value,
+            enabled: k.enabled,
+        }),
         None => None,
     };
     Ok(AccountView {

@@ -39,7 +39,8 @@ where
     }
 
     // Independent reads, one round trip.
-    let (profile, price) = tokio::try_join!(users.get_user(user), payments.find_price(&lookup_key))?;
+    let (profile, price) =
+        tokio::try_join!(users.get_user(user), payments.find_price(&lookup_key))?;
     let profile = profile.ok_or(Error::UserNotFound)?;
     if profile.plan() == Plan::Pro {
         return Err(Error::AlreadyPro);

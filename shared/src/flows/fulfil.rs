@@ -13,9 +13,7 @@
 use std::time::Instant;
 
 use super::{chrono_duration, Ctx};
-use crate::domain::{
-    AccountRecord, CheckoutStatus, Error, IssuedKey, OneTimeKey, Plan, SessionId,
-};
+use crate::domain::{AccountRecord, CheckoutStatus, Error, IssuedKey, OneTimeKey, Plan, SessionId};
 use crate::ports::{Claim, Fulfil, KeyRegistry, Payments, SessionStore, UserDirectory};
 
 /// Why a verification was turned away (the user is sent to the cancel page; nothing written).
@@ -31,7 +29,9 @@ pub enum Rejection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
     /// This call issued (or re-enabled) the key and finished the checkout.
-    Issued { api_key_id: String },
+    Issued {
+        api_key_id: String,
+    },
     /// Finished earlier, by this or another call.
     AlreadyFulfilled,
     Rejected(Rejection),
@@ -65,7 +65,8 @@ where
 {
     let settings = ctx.settings;
     // Round trip 1: our record and Stripe's view of the session, side by side.
-    let (record, state) = tokio::try_join!(store.get(session_id), payments.get_checkout(session_id))?;
+    let (record, state) =
+        tokio::try_join!(store.get(session_id), payments.get_checkout(session_id))?;
     let Some(record) = record else {
         return Ok(Completion::Rejected(Rejection::UnknownSession));
     };
@@ -113,7 +114,12 @@ where
     }
 
     // Round trip 3: the one key of this user, found or created, and enabled.
-    let key = choose_key(keys, &named, account.as_ref().and_then(|a| a.api_key_id.as_deref())).await?;
+    let key = choose_key(
+        keys,
+        &named,
+        account.as_ref().and_then(|a| a.api_key_id.as_deref()),
+    )
+    .await?;
     let key = match key {
         Some(k) if k.enabled => k,
         Some(k) => {
@@ -139,7 +145,10 @@ where
         subscription_status: Some("active".to_string()),
         updated_at: ctx.clock.now(),
     };
-    match store.fulfil(session_id, &token, &account, ctx.clock.now()).await? {
+    match store
+        .fulfil(session_id, &token, &account, ctx.clock.now())
+        .await?
+    {
         Fulfil::Done => {
             tracing::info!(user = %user, session_id = %session_id, api_key_id = %key.id, "PRO key issued");
             Ok(Completion::Issued { api_key_id: key.id })
@@ -148,7 +157,9 @@ where
             // Another attempt took over; it does the same idempotent work.
             tracing::warn!(session_id = %session_id, "fulfilment lease lost to another attempt");
             match store.get(session_id).await? {
-                Some(r) if r.status == CheckoutStatus::Fulfilled => Ok(Completion::AlreadyFulfilled),
+                Some(r) if r.status == CheckoutStatus::Fulfilled => {
+                    Ok(Completion::AlreadyFulfilled)
+                }
                 _ => Err(Error::FulfilmentInProgress),
             }
         }
@@ -163,7 +174,10 @@ async fn choose_key<K: KeyRegistry>(
     recorded: Option<&str>,
 ) -> Result<Option<IssuedKey>, Error> {
     if named.len() > 1 {
-        tracing::warn!(count = named.len(), "several API keys share one user's key name");
+        tracing::warn!(
+            count = named.len(),
+            "several API keys share one user's key name"
+        );
     }
     if let Some(id) = recorded {
         if let Some(k) = named.iter().find(|k| k.id == id) {
@@ -174,7 +188,11 @@ async fn choose_key<K: KeyRegistry>(
             return Ok(Some(k));
         }
     }
-    Ok(named.iter().find(|k| k.enabled).or_else(|| named.first()).cloned())
+    Ok(named
+        .iter()
+        .find(|k| k.enabled)
+        .or_else(|| named.first())
+        .cloned())
 }
 
 /// Another attempt holds the lease: wait a little for it to finish, and never report a

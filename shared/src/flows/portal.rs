@@ -19,7 +19,11 @@ where
     // Double clicks within the same minute get the same portal session.
     let minute = ctx.clock.now().timestamp() / 60;
     let url = payments
-        .create_portal(&customer, &format!("{}/", ctx.settings.app_url), &format!("paykey-portal-{customer}-{minute}"))
+        .create_portal(
+            &customer,
+            &format!("{}/", ctx.settings.app_url),
+            &format!("paykey-portal-{customer}-{minute}"),
+        )
         .await?;
     tracing::info!(user = %user, customer = %customer, "billing portal session opened");
     Ok(url)

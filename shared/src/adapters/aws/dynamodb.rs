@@ -26,7 +26,10 @@ pub struct DynamoStore {
 
 impl DynamoStore {
     pub fn new(config: &aws_config::SdkConfig, tables: Tables) -> Self {
-        Self { client: Client::new(config), tables }
+        Self {
+            client: Client::new(config),
+            tables,
+        }
     }
 
     pub fn from_client(client: Client, tables: Tables) -> Self {
@@ -51,7 +54,9 @@ fn bad(op: &'static str, what: impl Into<String>) -> BackendError {
 }
 
 fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
-    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
 }
 
 fn req_s<'a>(item: &'a Item, name: &str, op: &'static str) -> Result<&'a str> {
@@ -60,7 +65,9 @@ fn req_s<'a>(item: &'a Item, name: &str, op: &'static str) -> Result<&'a str> {
 
 fn get_time(item: &Item, name: &str, op: &'static str) -> Result<DateTime<Utc>> {
     let v = req_s(item, name, op)?;
-    DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc)).map_err(|_| bad(op, format!("{name} is not RFC 3339")))
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| bad(op, format!("{name} is not RFC 3339")))
 }
 
 fn get_epoch(item: &Item, name: &str) -> Option<DateTime<Utc>> {
@@ -83,25 +90,43 @@ fn session_item(r: &CheckoutRecord) -> Item {
     ]);
     if let Some((token, until)) = &r.lease {
         item.insert("LeaseToken".to_string(), s(token.clone()));
-        item.insert("LeaseUntil".to_string(), AttributeValue::N(until.timestamp_millis().to_string()));
+        item.insert(
+            "LeaseUntil".to_string(),
+            AttributeValue::N(until.timestamp_millis().to_string()),
+        );
     }
     item
 }
 
 fn session_from_item(item: &Item, op: &'static str) -> Result<CheckoutRecord> {
-    let lease = match (get_s(item, "LeaseToken"), item.get("LeaseUntil").and_then(|v| v.as_n().ok())) {
+    let lease = match (
+        get_s(item, "LeaseToken"),
+        item.get("LeaseUntil").and_then(|v| v.as_n().ok()),
+    ) {
         (Some(t), Some(n)) => {
             let ms = n.parse::<i64>().map_err(|_| bad(op, "LeaseUntil"))?;
-            Some((t.to_string(), DateTime::from_timestamp_millis(ms).ok_or_else(|| bad(op, "LeaseUntil"))?))
+            Some((
+                t.to_string(),
+                DateTime::from_timestamp_millis(ms).ok_or_else(|| bad(op, "LeaseUntil"))?,
+            ))
         }
         _ => None,
     };
     Ok(CheckoutRecord {
-        session_id: SessionId::parse(req_s(item, "SessionID", op)?).map_err(|e| bad(op, e.to_string()))?,
-        user_name: UserName::parse(req_s(item, "UserName", op)?).map_err(|e| bad(op, e.to_string()))?,
-        one_time_key: OneTimeKey::parse(req_s(item, "OneTimeKey", op)?).map_err(|e| bad(op, e.to_string()))?,
-        paid: item.get("PaidFlag").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
-        status: req_s(item, "Status", op)?.parse::<CheckoutStatus>().map_err(|e| bad(op, e))?,
+        session_id: SessionId::parse(req_s(item, "SessionID", op)?)
+            .map_err(|e| bad(op, e.to_string()))?,
+        user_name: UserName::parse(req_s(item, "UserName", op)?)
+            .map_err(|e| bad(op, e.to_string()))?,
+        one_time_key: OneTimeKey::parse(req_s(item, "OneTimeKey", op)?)
+            .map_err(|e| bad(op, e.to_string()))?,
+        paid: item
+            .get("PaidFlag")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
+        status: req_s(item, "Status", op)?
+            .parse::<CheckoutStatus>()
+            .map_err(|e| bad(op, e))?,
         lease,
         created_at: get_time(item, "CreatedAt", op)?,
         updated_at: get_time(item, "UpdatedAt", op)?,
@@ -117,8 +142,14 @@ fn account_item(a: &AccountRecord) -> Item {
     ]);
     let optional = [
         ("ApiKeyId", a.api_key_id.clone()),
-        ("StripeCustomerId", a.customer_id.as_ref().map(|c| c.to_string())),
-        ("StripeSubscriptionId", a.subscription_id.as_ref().map(|c| c.to_string())),
+        (
+            "StripeCustomerId",
+            a.customer_id.as_ref().map(|c| c.to_string()),
+        ),
+        (
+            "StripeSubscriptionId",
+            a.subscription_id.as_ref().map(|c| c.to_string()),
+        ),
         ("SubscriptionStatus", a.subscription_status.clone()),
     ];
     for (k, v) in optional {
@@ -131,10 +162,17 @@ fn account_item(a: &AccountRecord) -> Item {
 
 fn account_from_item(item: &Item, op: &'static str) -> Result<AccountRecord> {
     Ok(AccountRecord {
-        user_name: UserName::parse(req_s(item, "UserID", op)?).map_err(|e| bad(op, e.to_string()))?,
-        plan: get_s(item, "Type").unwrap_or("FREE").parse::<Plan>().map_err(|e| bad(op, e))?,
+        user_name: UserName::parse(req_s(item, "UserID", op)?)
+            .map_err(|e| bad(op, e.to_string()))?,
+        plan: get_s(item, "Type")
+            .unwrap_or("FREE")
+            .parse::<Plan>()
+            .map_err(|e| bad(op, e))?,
         api_key_id: get_s(item, "ApiKeyId").map(str::to_string),
-        customer_id: get_s(item, "StripeCustomerId").map(CustomerId::parse).transpose().map_err(|e| bad(op, e.to_string()))?,
+        customer_id: get_s(item, "StripeCustomerId")
+            .map(CustomerId::parse)
+            .transpose()
+            .map_err(|e| bad(op, e.to_string()))?,
         subscription_id: get_s(item, "StripeSubscriptionId")
             .map(SubscriptionId::parse)
             .transpose()
@@ -170,10 +208,19 @@ impl SessionStore for DynamoStore {
             .send()
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        out.item.as_ref().map(|i| session_from_item(i, OP)).transpose()
+        out.item
+            .as_ref()
+            .map(|i| session_from_item(i, OP))
+            .transpose()
     }
 
-    async fn claim(&self, id: &SessionId, token: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> Result<Claim> {
+    async fn claim(
+        &self,
+        id: &SessionId,
+        token: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Claim> {
         const OP: &str = "UpdateItem(claim)";
         let res = self
             .client
@@ -196,10 +243,18 @@ impl SessionStore for DynamoStore {
             .await;
         match res {
             Ok(out) => {
-                let item = out.attributes.ok_or_else(|| bad(OP, "no attributes returned"))?;
-                Ok(Claim::Acquired { token: token.to_string(), record: session_from_item(&item, OP)? })
+                let item = out
+                    .attributes
+                    .ok_or_else(|| bad(OP, "no attributes returned"))?;
+                Ok(Claim::Acquired {
+                    token: token.to_string(),
+                    record: session_from_item(&item, OP)?,
+                })
             }
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
                 Ok(match self.get(id).await? {
                     None => Claim::Missing,
                     Some(r) if r.status == CheckoutStatus::Fulfilled => Claim::AlreadyFulfilled,
@@ -210,7 +265,13 @@ impl SessionStore for DynamoStore {
         }
     }
 
-    async fn fulfil(&self, id: &SessionId, token: &str, account: &AccountRecord, now: DateTime<Utc>) -> Result<Fulfil> {
+    async fn fulfil(
+        &self,
+        id: &SessionId,
+        token: &str,
+        account: &AccountRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Fulfil> {
         const OP: &str = "TransactWriteItems(fulfil)";
         let update = Update::builder()
             .table_name(&self.tables.sessions)
@@ -253,8 +314,15 @@ impl SessionStore for DynamoStore {
                 if condition_failed {
                     Ok(Fulfil::LeaseLost)
                 } else {
-                    let msg = e.as_service_error().and_then(|se| se.message()).map(str::to_string);
-                    Err(BackendError::new(SERVICE, OP, msg.unwrap_or_else(|| describe(&e))))
+                    let msg = e
+                        .as_service_error()
+                        .and_then(|se| se.message())
+                        .map(str::to_string);
+                    Err(BackendError::new(
+                        SERVICE,
+                        OP,
+                        msg.unwrap_or_else(|| describe(&e)),
+                    ))
                 }
             }
         }
@@ -271,7 +339,10 @@ impl SessionStore for DynamoStore {
             .send()
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        out.item.as_ref().map(|i| account_from_item(i, OP)).transpose()
+        out.item
+            .as_ref()
+            .map(|i| account_from_item(i, OP))
+            .transpose()
     }
 
     async fn put_account(&self, account: &AccountRecord) -> Result<()> {

@@ -27,7 +27,11 @@ where
     match err {
         SdkError::ServiceError(e) => {
             let e = e.err();
-            format!("{}: {}", e.code().unwrap_or("ServiceError"), e.message().unwrap_or("no message"))
+            format!(
+                "{}: {}",
+                e.code().unwrap_or("ServiceError"),
+                e.message().unwrap_or("no message")
+            )
         }
         SdkError::TimeoutError(_) => "timed out".to_string(),
         SdkError::DispatchFailure(e) => format!("dispatch failure: {e:?}"),

@@ -1,0 +1,423 @@
+//! The use-cases on in-memory ports: behaviour, concurrency, and crash safety.
+
+mod support;
+
+use std::sync::Arc;
+
+use paykey::adapters::memory::Fault;
+use paykey::domain::{CheckoutStatus, Error, OneTimeKey, Plan};
+use paykey::flows::{self, CheckoutRequest, Completion, Rejection};
+use paykey::ports::{KeyRegistry, UserDirectory};
+use support::World;
+
+fn req(k: &str) -> CheckoutRequest {
+    CheckoutRequest {
+        lookup_key: k.into(),
+    }
+}
+
+#[tokio::test]
+async fn checkout_records_a_pending_session_with_a_one_time_key_in_the_success_url() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let started = flows::start_checkout(
+        &w.app.users,
+        &w.app.payments,
+        &w.app.store,
+        w.app.ctx(),
+        &alice,
+        req("FMMailPro"),
+    )
+    .await
+    .unwrap();
+    assert!(started
+        .url
+        .starts_with("https://checkout.memory.invalid/pay/cs_test_"));
+    let sessions = w.app.store.sessions();
+    assert_eq!(sessions.len(), 1);
+    let r = &sessions[0];
+    assert_eq!(r.user_name, alice);
+    assert_eq!(r.status, CheckoutStatus::Pending);
+    assert!(!r.paid);
+    assert!(r.expires_at > r.created_at + chrono::Duration::days(29));
+    assert_eq!(w.meter.count("stripe.create_checkout"), 1);
+}
+
+#[tokio::test]
+async fn checkout_refuses_lookup_keys_outside_the_allow_list_and_writes_nothing() {
+    let w = World::new();
+    w.app.payments.add_price("Secret", 1, "jpy");
+    let alice = w.user("alice");
+    let before = w.snapshot();
+    let err = flows::start_checkout(
+        &w.app.users,
+        &w.app.payments,
+        &w.app.store,
+        w.app.ctx(),
+        &alice,
+        req("Secret"),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::LookupKeyNotAllowed(_)), "{err:?}");
+    assert_eq!(w.snapshot(), before);
+    assert_eq!(w.meter.count("stripe.create_checkout"), 0);
+}
+
+#[tokio::test]
+async fn checkout_for_a_pro_user_is_a_conflict() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    let err = flows::start_checkout(
+        &w.app.users,
+        &w.app.payments,
+        &w.app.store,
+        w.app.ctx(),
+        &alice,
+        req("FMMailPro"),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::AlreadyPro));
+    assert_eq!(err.status(), 409);
+}
+
+#[tokio::test]
+async fn a_returning_customer_is_reused_so_one_user_never_has_two_customers() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    let first_customer = w
+        .app
+        .users
+        .get_user(&alice)
+        .await
+        .unwrap()
+        .unwrap()
+        .customer_id
+        .unwrap();
+    // Downgraded later (e.g. cancelled): she subscribes again.
+    w.app
+        .users
+        .set_plan(&alice, Plan::Free, None)
+        .await
+        .unwrap();
+    let (id2, _) = w.checkout(&alice).await;
+    let state = w.app.payments.pay(&id2).unwrap();
+    assert_eq!(state.customer, Some(first_customer));
+}
+
+#[tokio::test]
+async fn a_price_missing_from_stripe_is_not_found() {
+    let w = World::new();
+    let mut settings = w.app.settings.clone();
+    settings
+        .allowed_lookup_keys
+        .push(paykey::domain::LookupKey::parse("Gone").unwrap());
+    let ctx = paykey::flows::Ctx {
+        settings: &settings,
+        ..w.app.ctx()
+    };
+    let alice = w.user("alice");
+    let err = flows::start_checkout(
+        &w.app.users,
+        &w.app.payments,
+        &w.app.store,
+        ctx,
+        &alice,
+        req("Gone"),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::PriceNotFound(_)));
+    assert_eq!(err.status(), 404);
+}
+
+#[tokio::test]
+async fn a_paid_checkout_issues_one_key_and_a_refresh_only_says_thanks_again() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    let first = w.complete(&id, &key).await.unwrap();
+    assert!(matches!(first, Completion::Issued { .. }));
+    w.assert_fulfilled_once(&alice, &id).await;
+    w.meter.reset_calls();
+    let again = w.complete(&id, &key).await.unwrap();
+    assert_eq!(again, Completion::AlreadyFulfilled);
+    assert_eq!(w.meter.count("apigw.create_key"), 0);
+    w.assert_fulfilled_once(&alice, &id).await;
+}
+
+#[tokio::test]
+async fn unpaid_unknown_mismatched_and_foreign_sessions_are_rejected_without_writes() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    let (unpaid, unpaid_key) = w.checkout(&alice).await;
+    let (paid, paid_key) = w.checkout_and_pay(&bob).await;
+    let before = w.snapshot();
+
+    assert_eq!(
+        w.complete(&unpaid, &unpaid_key).await.unwrap(),
+        Completion::Rejected(Rejection::Unpaid)
+    );
+    assert_eq!(
+        w.complete(&paid, &OneTimeKey::new_random()).await.unwrap(),
+        Completion::Rejected(Rejection::WrongOneTimeKey)
+    );
+    // bob's session with alice's one-time key
+    assert_eq!(
+        w.complete(&paid, &unpaid_key).await.unwrap(),
+        Completion::Rejected(Rejection::WrongOneTimeKey)
+    );
+    let unknown = paykey::domain::SessionId::parse("cs_test_nope").unwrap();
+    assert_eq!(
+        w.complete(&unknown, &paid_key).await.unwrap(),
+        Completion::Rejected(Rejection::UnknownSession)
+    );
+    assert_eq!(w.snapshot(), before, "nothing written");
+}
+
+#[tokio::test]
+async fn a_session_whose_stripe_reference_names_another_user_is_rejected() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let mallory = w.user("mallory");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    // Tamper with our record so it names mallory (as if a record was forged or mixed up).
+    let mut rec = w
+        .app
+        .store
+        .sessions()
+        .into_iter()
+        .find(|r| r.session_id == id)
+        .unwrap();
+    rec.user_name = mallory.clone();
+    rec.session_id = paykey::domain::SessionId::parse("cs_test_forged").unwrap();
+    use paykey::ports::SessionStore;
+    w.app.store.put_new(&rec).await.unwrap();
+    // Stripe knows no cs_test_forged: unpaid. The real one stays alice's.
+    assert_eq!(
+        w.complete(&rec.session_id, &key).await.unwrap(),
+        Completion::Rejected(Rejection::Unpaid)
+    );
+    assert!(matches!(
+        w.complete(&id, &key).await.unwrap(),
+        Completion::Issued { .. }
+    ));
+    assert_eq!(
+        w.app
+            .users
+            .get_user(&mallory)
+            .await
+            .unwrap()
+            .unwrap()
+            .plan(),
+        Plan::Free
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_verifications_issue_exactly_one_key_and_one_plan_association() {
+    let w = Arc::new(World::new());
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.meter.reset_calls();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (w, id) = (Arc::clone(&w), id.clone());
+        tasks.push(tokio::spawn(async move { w.complete(&id, &key).await }));
+    }
+    let mut issued = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Completion::Issued { .. }) => issued += 1,
+            Ok(Completion::AlreadyFulfilled) => {}
+            other => panic!("every caller ends on the thanks page, got {other:?}"),
+        }
+    }
+    assert_eq!(issued, 1, "one caller issued");
+    assert_eq!(w.meter.count("apigw.create_key"), 1);
+    assert_eq!(w.meter.count("apigw.attach"), 1);
+    assert!(w.meter.max_in_flight() > 1, "the calls really overlapped");
+    w.assert_fulfilled_once(&alice, &id).await;
+}
+
+/// Every backend call of the fulfilment path, failing before or after its effect, then a retry
+/// once the failed attempt's lease has expired: always one enabled key, user PRO, FULFILLED.
+#[tokio::test]
+async fn a_fault_at_any_call_followed_by_a_retry_converges() {
+    let ops = [
+        "ddb.get_session",
+        "stripe.get_checkout",
+        "ddb.claim",
+        "apigw.find_key",
+        "ddb.get_account",
+        "apigw.create_key",
+        "apigw.attach",
+        "cognito.set_plan",
+        "ddb.fulfil",
+    ];
+    let mut cases = 0;
+    for op in ops {
+        for fault in [Fault::Before, Fault::After] {
+            let w = World::new();
+            let alice = w.user("alice");
+            let (id, key) = w.checkout_and_pay(&alice).await;
+            w.meter.inject(op, fault);
+            let first = w.complete(&id, &key).await;
+            assert!(
+                first.is_err(),
+                "{op} {fault:?}: the failed attempt reports failure, got {first:?}"
+            );
+            let record = w
+                .app
+                .store
+                .sessions()
+                .into_iter()
+                .find(|r| r.session_id == id)
+                .unwrap();
+            if !(op == "ddb.fulfil" && fault == Fault::After) {
+                assert_ne!(
+                    record.status,
+                    CheckoutStatus::Fulfilled,
+                    "{op} {fault:?}: not fulfilled yet"
+                );
+            }
+            // The crashed attempt's lease runs out; the user (or Stripe's webhook) retries.
+            w.clock.advance(chrono::Duration::seconds(61));
+            let retry = w
+                .complete(&id, &key)
+                .await
+                .unwrap_or_else(|e| panic!("{op} {fault:?}: retry failed: {e}"));
+            assert!(retry.is_success(), "{op} {fault:?}: {retry:?}");
+            w.assert_fulfilled_once(&alice, &id).await;
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 18);
+}
+
+#[tokio::test]
+async fn a_retry_while_the_crashed_attempt_still_holds_its_lease_is_not_reported_as_success() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.meter.inject("apigw.create_key", Fault::After);
+    assert!(w.complete(&id, &key).await.is_err());
+    let err = w.complete(&id, &key).await.unwrap_err();
+    assert!(matches!(err, Error::FulfilmentInProgress), "{err:?}");
+    assert_eq!(err.status(), 503);
+}
+
+#[tokio::test]
+async fn a_disabled_key_from_an_earlier_subscription_is_re_enabled_not_duplicated() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    let key_id = w.app.keys.all()[0].id.clone();
+    // Cancellation: key disabled and detached, user FREE.
+    w.app.keys.set_enabled(&key_id, false).await.unwrap();
+    w.app.keys.detach_from_plan(&key_id).await.unwrap();
+    w.app
+        .users
+        .set_plan(&alice, Plan::Free, None)
+        .await
+        .unwrap();
+    let (id2, key2) = w.checkout_and_pay(&alice).await;
+    assert_eq!(
+        w.complete(&id2, &key2).await.unwrap(),
+        Completion::Issued { api_key_id: key_id }
+    );
+    w.assert_fulfilled_once(&alice, &id2).await;
+}
+
+/// Counted on tokio's paused clock: each call sleeps 50 ms of virtual time, so the elapsed
+/// virtual time is the number of sequential waves × 50 ms, exactly, whatever the machine does.
+#[tokio::test(start_paused = true)]
+async fn the_fulfilment_critical_path_is_five_sequential_round_trips() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.meter.set_latency(std::time::Duration::from_millis(50));
+    w.meter.reset_calls();
+    let started = tokio::time::Instant::now();
+    w.complete(&id, &key).await.unwrap();
+    assert_eq!(w.meter.calls().len(), 9, "{:?}", w.meter.calls());
+    assert_eq!(
+        started.elapsed(),
+        std::time::Duration::from_millis(5 * 50),
+        "5 waves"
+    );
+    assert_eq!(
+        w.meter.max_in_flight(),
+        3,
+        "claim, key lookup and account read overlap"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn checkout_is_three_sequential_round_trips() {
+    let w = World::new();
+    let alice = w.user("alice");
+    w.meter.set_latency(std::time::Duration::from_millis(50));
+    let started = tokio::time::Instant::now();
+    w.checkout(&alice).await;
+    assert_eq!(
+        started.elapsed(),
+        std::time::Duration::from_millis(3 * 50),
+        "user ∥ price, create, put"
+    );
+}
+
+#[tokio::test]
+async fn the_portal_opens_for_the_callers_own_customer_only() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    let err = flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &bob)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoCustomer));
+    assert_eq!(err.status(), 409);
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    let customer = w
+        .app
+        .users
+        .get_user(&alice)
+        .await
+        .unwrap()
+        .unwrap()
+        .customer_id
+        .unwrap();
+    let url = flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &alice)
+        .await
+        .unwrap();
+    assert!(url.contains(customer.as_str()), "{url}");
+}
+
+#[tokio::test]
+async fn the_account_shows_plan_and_key_value_once_issued() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &alice)
+        .await
+        .unwrap();
+    assert_eq!(view.plan, Plan::Free);
+    assert!(view.api_key.is_none());
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &alice)
+        .await
+        .unwrap();
+    assert_eq!(view.plan, Plan::Pro);
+    assert_eq!(view.subscription_status.as_deref(), Some("active"));
+    let k = view.api_key.unwrap();
+    assert!(k.enabled);
+    assert_eq!(w.app.keys.authorize(&k.value), Some(k.id));
+}

@@ -1,0 +1,469 @@
+//! Handlers fed with real API Gateway REST proxy events (Cognito authorizer claims included),
+//! on in-memory ports: status, headers and body, and that refused requests write nothing.
+
+mod support;
+
+use lambda_http::{Body, Request, Response};
+use paykey::handlers;
+use serde_json::{json, Value};
+use support::{World, APP_URL};
+
+const FIXTURE: &str = include_str!("data/apigw-rest-cognito.json");
+
+/// The fixture event, re-aimed at another route.
+struct Event(Value);
+
+impl Event {
+    fn new(method: &str, resource: &str, path: &str) -> Self {
+        let mut v: Value = serde_json::from_str(FIXTURE).unwrap();
+        v["httpMethod"] = json!(method);
+        v["requestContext"]["httpMethod"] = json!(method);
+        v["resource"] = json!(resource);
+        v["requestContext"]["resourcePath"] = json!(resource);
+        v["path"] = json!(path);
+        v["requestContext"]["path"] = json!(format!("/prod{path}"));
+        v["body"] = Value::Null;
+        Self(v)
+    }
+    fn checkout(body: &str) -> Self {
+        Self::new("POST", "/checkout-sessions", "/checkout-sessions").body(body)
+    }
+    fn verify(session_id: &str, key: &str) -> Self {
+        let mut e = Self::new(
+            "GET",
+            "/create-api-key/{session_id}/{one_time_key}",
+            &format!("/create-api-key/{session_id}/{key}"),
+        )
+        .no_claims();
+        e.0["pathParameters"] = json!({"session_id": session_id, "one_time_key": key});
+        e
+    }
+    fn portal() -> Self {
+        Self::new(
+            "GET",
+            "/create-billing-portal-by-user",
+            "/create-billing-portal-by-user",
+        )
+    }
+    fn account() -> Self {
+        Self::new("GET", "/account", "/account")
+    }
+    fn body(mut self, body: &str) -> Self {
+        self.0["body"] = json!(body);
+        self
+    }
+    fn user(mut self, name: &str) -> Self {
+        self.0["requestContext"]["authorizer"]["claims"]["cognito:username"] = json!(name);
+        self
+    }
+    fn no_claims(mut self) -> Self {
+        self.0["requestContext"]
+            .as_object_mut()
+            .unwrap()
+            .remove("authorizer");
+        self
+    }
+    fn with(mut self, f: impl FnOnce(&mut Value)) -> Self {
+        f(&mut self.0);
+        self
+    }
+    fn request(&self) -> Request {
+        lambda_http::request::from_str(&self.0.to_string()).expect("a valid API Gateway event")
+    }
+}
+
+fn body_json(r: &Response<Body>) -> Value {
+    match r.body() {
+        Body::Text(t) => serde_json::from_str(t).unwrap(),
+        other => panic!("expected a JSON text body, got {other:?}"),
+    }
+}
+
+fn header<'a>(r: &'a Response<Body>, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
+}
+
+fn assert_json_with_cors(r: &Response<Body>) {
+    assert_eq!(header(r, "content-type"), "application/json");
+    assert_eq!(header(r, "access-control-allow-origin"), APP_URL);
+    assert_eq!(header(r, "cache-control"), "no-store");
+}
+
+#[tokio::test]
+async fn checkout_answers_the_stripe_url_with_json_and_cors() {
+    let w = World::new();
+    w.user("alice");
+    let r = handlers::create_checkout_session(
+        &w.app,
+        Event::checkout(r#"{"lookup_key":"FMMailPro"}"#).request(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_json_with_cors(&r);
+    let url = body_json(&r)["url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with("https://checkout.memory.invalid/pay/cs_test_"),
+        "{url}"
+    );
+    assert_eq!(w.app.store.sessions()[0].user_name.as_str(), "alice");
+}
+
+#[tokio::test]
+async fn checkout_takes_the_user_from_the_claims_never_from_the_body() {
+    let w = World::new();
+    w.user("alice");
+    w.user("bob");
+    let ev = Event::checkout(r#"{"lookup_key":"FMMailPro","user_name":"bob"}"#);
+    let r = handlers::create_checkout_session(&w.app, ev.request())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(w.app.store.sessions()[0].user_name.as_str(), "alice");
+}
+
+#[tokio::test]
+async fn a_base64_encoded_body_is_decoded() {
+    let w = World::new();
+    w.user("alice");
+    let ev = Event::checkout("eyJsb29rdXBfa2V5IjoiRk1NYWlsUHJvIn0=")
+        .with(|v| v["isBase64Encoded"] = json!(true));
+    let r = handlers::create_checkout_session(&w.app, ev.request())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+}
+
+#[tokio::test]
+async fn preflight_is_answered_for_the_app_origin_only() {
+    let w = World::new();
+    let r = handlers::create_checkout_session(
+        &w.app,
+        Event::new("OPTIONS", "/checkout-sessions", "/checkout-sessions")
+            .no_claims()
+            .request(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "access-control-allow-origin"), APP_URL);
+    assert!(header(&r, "access-control-allow-headers").contains("Authorization"));
+    assert!(header(&r, "access-control-allow-methods").contains("POST"));
+}
+
+#[tokio::test]
+async fn the_success_redirect_issues_the_key_and_a_refresh_shows_thanks_again() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    for _ in 0..2 {
+        let r = handlers::create_api_key(
+            &w.app,
+            Event::verify(id.as_str(), &key.to_string()).request(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 302);
+        assert_eq!(header(&r, "location"), format!("{APP_URL}/thanks_upgrade"));
+    }
+    w.assert_fulfilled_once(&alice, &id).await;
+}
+
+#[tokio::test]
+async fn the_portal_answers_the_shape_existing_front_ends_expect() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    let r = handlers::create_billing_portal(&w.app, Event::portal().request())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_json_with_cors(&r);
+    let b = body_json(&r);
+    assert_eq!(b["status"], "OK");
+    assert!(b["billing_portal_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://billing.memory.invalid/"));
+}
+
+#[tokio::test]
+async fn the_account_shows_plan_and_key() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    let r = handlers::get_account(&w.app, Event::account().request())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_json_with_cors(&r);
+    let b = body_json(&r);
+    assert_eq!(b["plan"], "PRO");
+    assert_eq!(b["user_name"], "alice");
+    assert_eq!(b["api_key"]["enabled"], true);
+    assert_eq!(b["api_key"]["value"].as_str().unwrap().len(), 64);
+}
+
+enum Expect {
+    Json(u16, &'static str),
+    Redirect(&'static str),
+}
+
+/// Bad input of every kind: exact status (or redirect) and error code, and no store changed.
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer_and_writes_nothing() {
+    let w = World::new();
+    let alice = w.user("alice");
+    w.user("bob");
+    let (unpaid, unpaid_key) = w.checkout(&alice).await;
+    let bob = paykey::domain::UserName::parse("bob").unwrap();
+    let (bobs, bobs_key) = w.checkout_and_pay(&bob).await;
+    let (unpaid, unpaid_key, bobs, bobs_key) = (
+        unpaid.to_string(),
+        unpaid_key.to_string(),
+        bobs.to_string(),
+        bobs_key.to_string(),
+    );
+    let ok_body = r#"{"lookup_key":"FMMailPro"}"#;
+    let random_key = paykey::domain::OneTimeKey::new_random().to_string();
+
+    #[derive(Clone, Copy)]
+    enum H {
+        Checkout,
+        Verify,
+        Portal,
+        Account,
+    }
+    use Expect::*;
+    let cases: Vec<(&str, H, Event, Expect)> = vec![
+        (
+            "no authorizer at all",
+            H::Checkout,
+            Event::checkout(ok_body).no_claims(),
+            Json(401, "unauthorized"),
+        ),
+        (
+            "claims without cognito:username",
+            H::Checkout,
+            Event::checkout(ok_body).with(|v| {
+                v["requestContext"]["authorizer"]["claims"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("cognito:username");
+            }),
+            Json(401, "unauthorized"),
+        ),
+        (
+            "empty cognito:username",
+            H::Checkout,
+            Event::checkout(ok_body).user(""),
+            Json(401, "unauthorized"),
+        ),
+        (
+            "cognito:username with a newline",
+            H::Checkout,
+            Event::checkout(ok_body).user("alice\nbob"),
+            Json(401, "unauthorized"),
+        ),
+        (
+            "claims not an object",
+            H::Checkout,
+            Event::checkout(ok_body)
+                .with(|v| v["requestContext"]["authorizer"]["claims"] = json!("alice")),
+            Json(401, "unauthorized"),
+        ),
+        (
+            "user not in the pool",
+            H::Checkout,
+            Event::checkout(ok_body).user("ghost"),
+            Json(404, "user_not_found"),
+        ),
+        (
+            "no body",
+            H::Checkout,
+            Event::checkout("").with(|v| v["body"] = Value::Null),
+            Json(400, "bad_request"),
+        ),
+        (
+            "blank body",
+            H::Checkout,
+            Event::checkout("  \n"),
+            Json(400, "bad_request"),
+        ),
+        (
+            "malformed JSON",
+            H::Checkout,
+            Event::checkout(r#"{"lookup_key":"#),
+            Json(400, "bad_request"),
+        ),
+        (
+            "a JSON array",
+            H::Checkout,
+            Event::checkout(r#"["FMMailPro"]"#),
+            Json(400, "bad_request"),
+        ),
+        (
+            "lookup_key missing",
+            H::Checkout,
+            Event::checkout(r#"{"lookupKey":"FMMailPro"}"#),
+            Json(400, "bad_request"),
+        ),
+        (
+            "lookup_key a number",
+            H::Checkout,
+            Event::checkout(r#"{"lookup_key":42}"#),
+            Json(400, "bad_request"),
+        ),
+        (
+            "oversized body",
+            H::Checkout,
+            Event::checkout(&format!(
+                r#"{{"lookup_key":"FMMailPro","pad":"{}"}}"#,
+                "x".repeat(5000)
+            )),
+            Json(400, "bad_request"),
+        ),
+        (
+            "lookup key not offered",
+            H::Checkout,
+            Event::checkout(r#"{"lookup_key":"FMMailEnterprise"}"#),
+            Json(400, "lookup_key_not_allowed"),
+        ),
+        (
+            "lookup key with odd characters",
+            H::Checkout,
+            Event::checkout(r#"{"lookup_key":"FM Mail;Pro"}"#),
+            Json(400, "bad_request"),
+        ),
+        (
+            "unknown session",
+            H::Verify,
+            Event::verify("cs_test_unknown", &random_key),
+            Redirect("/canceled_upgrade"),
+        ),
+        (
+            "wrong one-time key",
+            H::Verify,
+            Event::verify(&bobs, &random_key),
+            Redirect("/canceled_upgrade"),
+        ),
+        (
+            "another session's one-time key",
+            H::Verify,
+            Event::verify(&bobs, &unpaid_key),
+            Redirect("/canceled_upgrade"),
+        ),
+        (
+            "one-time key not a uuid",
+            H::Verify,
+            Event::verify(&bobs, "00000000"),
+            Redirect("/canceled_upgrade"),
+        ),
+        (
+            "session id with path characters",
+            H::Verify,
+            Event::verify("cs_test_..%2F..%2Fadmin", &bobs_key),
+            Redirect("/canceled_upgrade"),
+        ),
+        (
+            "session id not a checkout session",
+            H::Verify,
+            Event::verify("pi_3Nxyz", &bobs_key),
+            Redirect("/canceled_upgrade"),
+        ),
+        (
+            "unpaid session",
+            H::Verify,
+            Event::verify(&unpaid, &unpaid_key),
+            Redirect("/canceled_upgrade"),
+        ),
+        (
+            "missing path parameters",
+            H::Verify,
+            Event::verify(&bobs, &bobs_key).with(|v| v["pathParameters"] = Value::Null),
+            Redirect("/canceled_upgrade"),
+        ),
+        (
+            "portal without sign-in",
+            H::Portal,
+            Event::portal().no_claims(),
+            Json(401, "unauthorized"),
+        ),
+        (
+            "portal for a user with no customer",
+            H::Portal,
+            Event::portal(),
+            Json(409, "no_customer"),
+        ),
+        (
+            "account without sign-in",
+            H::Account,
+            Event::account().no_claims(),
+            Json(401, "unauthorized"),
+        ),
+        (
+            "account of a user not in the pool",
+            H::Account,
+            Event::account().user("ghost"),
+            Json(404, "user_not_found"),
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    for (name, h, ev, expect) in cases {
+        let before = w.snapshot();
+        let req = ev.request();
+        let r = match h {
+            H::Checkout => handlers::create_checkout_session(&w.app, req).await,
+            H::Verify => handlers::create_api_key(&w.app, req).await,
+            H::Portal => handlers::create_billing_portal(&w.app, req).await,
+            H::Account => handlers::get_account(&w.app, req).await,
+        }
+        .unwrap();
+        match expect {
+            Json(status, code) => {
+                assert_eq!(r.status(), status, "{name}: {:?}", r.body());
+                assert_json_with_cors(&r);
+                let b = body_json(&r);
+                assert_eq!(b["error"], code, "{name}");
+                assert!(
+                    !b["message"].as_str().unwrap().is_empty(),
+                    "{name}: a message"
+                );
+            }
+            Redirect(path) => {
+                assert_eq!(r.status(), 302, "{name}");
+                assert_eq!(header(&r, "location"), format!("{APP_URL}{path}"), "{name}");
+            }
+        }
+        assert_eq!(w.snapshot(), before, "{name}: nothing written");
+    }
+}
+
+#[tokio::test]
+async fn a_backend_failure_is_a_short_502_without_internal_detail() {
+    let w = World::new();
+    w.user("alice");
+    w.meter.inject(
+        "stripe.create_checkout",
+        paykey::adapters::memory::Fault::Before,
+    );
+    let r = handlers::create_checkout_session(
+        &w.app,
+        Event::checkout(r#"{"lookup_key":"FMMailPro"}"#).request(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 502);
+    let b = body_json(&r);
+    assert_eq!(b["error"], "backend_unavailable");
+    assert!(
+        !b["message"].as_str().unwrap().contains("injected"),
+        "no internal detail leaks"
+    );
+    assert!(w.app.store.sessions().is_empty());
+}

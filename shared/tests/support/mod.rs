@@ -1,0 +1,166 @@
+//! A whole paykey on in-memory ports, for flow and handler tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use paykey::adapters::memory::{
+    ManualClock, MemoryKeys, MemoryPayments, MemoryStore, MemoryUsers, Meter, SequentialIds,
+};
+use paykey::domain::{OneTimeKey, Plan, SessionId, UserName};
+use paykey::flows::{self, CheckoutRequest, Completion, Settings};
+use paykey::handlers::App;
+use paykey::ports::{KeyRegistry, UserDirectory};
+
+pub type MemApp = App<MemoryStore, MemoryKeys, MemoryUsers, MemoryPayments>;
+
+pub struct World {
+    pub meter: Arc<Meter>,
+    pub clock: Arc<ManualClock>,
+    pub app: MemApp,
+}
+
+pub const APP_URL: &str = "https://app.example.com";
+pub const API_URL: &str = "https://api.example.com/prod";
+
+impl World {
+    pub fn new() -> Self {
+        let meter = Meter::new();
+        let clock = Arc::new(ManualClock::new(
+            Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap(),
+        ));
+        let payments = MemoryPayments::new(Arc::clone(&meter));
+        payments.add_price("FMMailPro", 980, "jpy");
+        let mut settings = Settings::new(APP_URL, API_URL);
+        settings.wait_for_peer = std::time::Duration::from_millis(300);
+        let app = App {
+            store: MemoryStore::new(Arc::clone(&meter)),
+            keys: MemoryKeys::new(Arc::clone(&meter)),
+            users: MemoryUsers::new(Arc::clone(&meter)),
+            payments,
+            clock: clock.clone(),
+            ids: Arc::new(SequentialIds::default()),
+            settings,
+        };
+        Self { meter, clock, app }
+    }
+
+    pub fn user(&self, name: &str) -> UserName {
+        let u = UserName::parse(name).unwrap();
+        self.app.users.add_user(&u);
+        u
+    }
+
+    /// Starts a checkout for `user` and returns (session id, one-time key) as the success URL
+    /// carries them.
+    pub async fn checkout(&self, user: &UserName) -> (SessionId, OneTimeKey) {
+        let started = flows::start_checkout(
+            &self.app.users,
+            &self.app.payments,
+            &self.app.store,
+            self.app.ctx(),
+            user,
+            CheckoutRequest {
+                lookup_key: "FMMailPro".into(),
+            },
+        )
+        .await
+        .expect("checkout starts");
+        let id = SessionId::parse(started.url.rsplit('/').next().unwrap()).unwrap();
+        let record = self
+            .app
+            .store
+            .sessions()
+            .into_iter()
+            .find(|r| r.session_id == id)
+            .unwrap();
+        (id, record.one_time_key)
+    }
+
+    pub async fn checkout_and_pay(&self, user: &UserName) -> (SessionId, OneTimeKey) {
+        let (id, key) = self.checkout(user).await;
+        self.app.payments.pay(&id).unwrap();
+        (id, key)
+    }
+
+    pub async fn complete(
+        &self,
+        id: &SessionId,
+        key: &OneTimeKey,
+    ) -> Result<Completion, paykey::Error> {
+        flows::complete_checkout(
+            &self.app.store,
+            &self.app.keys,
+            &self.app.users,
+            &self.app.payments,
+            self.app.ctx(),
+            id,
+            Some(key),
+        )
+        .await
+    }
+
+    /// The invariant after fulfilment: exactly one enabled key for the user, in the plan once,
+    /// user PRO with the customer id, the record FULFILLED and the account pointing at the key.
+    pub async fn assert_fulfilled_once(&self, user: &UserName, id: &SessionId) {
+        let name = self.app.settings.key_name(user);
+        let keys: Vec<_> = self
+            .app
+            .keys
+            .all()
+            .into_iter()
+            .filter(|k| k.name == name)
+            .collect();
+        assert_eq!(keys.len(), 1, "exactly one key for {user}: {keys:?}");
+        assert!(keys[0].enabled, "the key is enabled");
+        let plan = self.app.keys.plan_key_ids().await.unwrap();
+        assert_eq!(
+            plan.iter().filter(|k| **k == keys[0].id).count(),
+            1,
+            "one usage-plan association"
+        );
+        let profile = self.app.users.get_user(user).await.unwrap().unwrap();
+        assert_eq!(profile.plan, Some(Plan::Pro));
+        assert!(profile.customer_id.is_some(), "customer id written");
+        let record = self
+            .app
+            .store
+            .sessions()
+            .into_iter()
+            .find(|r| &r.session_id == id)
+            .unwrap();
+        assert_eq!(record.status, paykey::domain::CheckoutStatus::Fulfilled);
+        assert!(record.paid);
+        let account = self
+            .app
+            .store
+            .accounts()
+            .into_iter()
+            .find(|a| &a.user_name == user)
+            .unwrap();
+        assert_eq!(account.api_key_id.as_deref(), Some(keys[0].id.as_str()));
+        assert_eq!(account.plan, Plan::Pro);
+    }
+
+    /// A fingerprint of every store, to assert that a refused request wrote nothing.
+    pub fn snapshot(&self) -> String {
+        format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.app.store.sessions(),
+            self.app.store.accounts(),
+            self.app.keys.all(),
+            self.app.keys.plan_members(),
+            self.app.users_snapshot()
+        )
+    }
+}
+
+pub trait UsersSnapshot {
+    fn users_snapshot(&self) -> String;
+}
+
+impl UsersSnapshot for MemApp {
+    fn users_snapshot(&self) -> String {
+        self.users.dump()
+    }
+}

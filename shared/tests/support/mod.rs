@@ -155,6 +155,8 @@ impl World {
     }
 }
 
+pub mod moto;
+
 pub trait UsersSnapshot {
     fn users_snapshot(&self) -> String;
 }

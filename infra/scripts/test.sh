@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# paykey's test command: installs what the tests need (moto_server into a venv), starts moto on
+# a free loopback port, and runs formatting, lints and every test. Safe to run on a fresh
+# machine; reuses ~/.cache/paykey (venv, cargo target dir) when present.
+#
+#   bash infra/scripts/test.sh            # everything
+#   PAYKEY_QUICK=1 bash infra/scripts/test.sh   # skip lints
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+cache=${PAYKEY_CACHE:-$HOME/.cache/paykey}
+mkdir -p "$cache"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+venv=$cache/venv
+MOTO_VERSION=5.2.5
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "python tools (moto[server]==$MOTO_VERSION) in $venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
+
+step "moto_server on loopback"
+port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+moto_log=$(mktemp)
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$moto_log" 2>&1 &
+moto_pid=$!
+cleanup() { kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; rm -f "$moto_log"; }
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+  if curl -sf -X POST "http://127.0.0.1:$port/moto-api/reset" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$moto_pid" 2>/dev/null; then cat "$moto_log"; echo "moto_server did not start" >&2; exit 1; fi
+  sleep 0.2
+done
+export PAYKEY_MOTO_URL="http://127.0.0.1:$port"
+echo "moto_server $MOTO_VERSION at $PAYKEY_MOTO_URL"
+
+if [ -z "${PAYKEY_QUICK:-}" ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+fi
+
+step "cargo test (flows, handlers, adapter contracts on memory and moto)"
+cargo test --workspace --lib --bins --tests 2>&1 | tee "$cache/last-test.log"
+
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "\ntotal: %d passed, %d failed\n", p, f }' "$cache/last-test.log"

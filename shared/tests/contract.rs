@@ -1,0 +1,396 @@
+//! One contract suite for every port with a real backend, run against the in-memory adapters
+//! and against the AWS adapters on moto_server, so the fakes provably behave like the real
+//! APIs. The README's test command starts moto and sets `PAYKEY_MOTO_URL`; without it the
+//! moto half fails (set `PAYKEY_SKIP_MOTO=1` to run only the in-memory half on purpose).
+
+mod support;
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use paykey::adapters::memory::{MemoryKeys, MemoryStore, MemoryUsers, Meter};
+use paykey::domain::{
+    AccountRecord, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId,
+    SubscriptionId, UserName,
+};
+use paykey::ports::{Claim, Fulfil, KeyRegistry, SessionStore, UserDirectory};
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+fn record(user: &UserName) -> CheckoutRecord {
+    let t = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+    CheckoutRecord {
+        session_id: SessionId::parse(&unique("cs_test_")).unwrap(),
+        user_name: user.clone(),
+        one_time_key: OneTimeKey::new_random(),
+        paid: false,
+        status: CheckoutStatus::Pending,
+        lease: None,
+        created_at: t,
+        updated_at: t,
+        expires_at: t + chrono::Duration::days(30),
+    }
+}
+
+fn account(user: &UserName, key: &str) -> AccountRecord {
+    AccountRecord {
+        user_name: user.clone(),
+        plan: Plan::Pro,
+        api_key_id: Some(key.to_string()),
+        customer_id: Some(CustomerId::parse("cus_contract1").unwrap()),
+        subscription_id: Some(SubscriptionId::parse("sub_contract1").unwrap()),
+        subscription_status: Some("active".into()),
+        updated_at: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 5).unwrap(),
+    }
+}
+
+async fn session_store_contract<S: SessionStore>(store: &S) {
+    let alice = UserName::parse(&unique("alice-")).unwrap();
+    let r = record(&alice);
+    let t = r.created_at;
+
+    // put_new / get round-trip, and a second put of the same id is refused.
+    assert_eq!(store.get(&r.session_id).await.unwrap(), None);
+    store.put_new(&r).await.unwrap();
+    assert_eq!(store.get(&r.session_id).await.unwrap().as_ref(), Some(&r));
+    assert!(
+        store.put_new(&r).await.is_err(),
+        "put_new refuses an existing session"
+    );
+
+    // claim: PENDING → ISSUING; a second claim within the lease is Busy.
+    let lease_until = t + chrono::Duration::seconds(60);
+    let Claim::Acquired {
+        token,
+        record: claimed,
+    } = store
+        .claim(&r.session_id, "tok-1", t, lease_until)
+        .await
+        .unwrap()
+    else {
+        panic!("first claim is acquired")
+    };
+    assert_eq!(token, "tok-1");
+    assert_eq!(claimed.status, CheckoutStatus::Issuing);
+    assert_eq!(claimed.lease, Some(("tok-1".to_string(), lease_until)));
+    assert_eq!(
+        store
+            .claim(
+                &r.session_id,
+                "tok-2",
+                t + chrono::Duration::seconds(59),
+                lease_until
+            )
+            .await
+            .unwrap(),
+        Claim::Busy
+    );
+
+    // after the lease expires another attempt takes over; the old token can no longer fulfil.
+    let later = t + chrono::Duration::seconds(61);
+    assert!(matches!(
+        store
+            .claim(
+                &r.session_id,
+                "tok-3",
+                later,
+                later + chrono::Duration::seconds(60)
+            )
+            .await
+            .unwrap(),
+        Claim::Acquired { .. }
+    ));
+    let acct = account(&alice, "key123");
+    assert_eq!(
+        store
+            .fulfil(&r.session_id, "tok-1", &acct, later)
+            .await
+            .unwrap(),
+        Fulfil::LeaseLost
+    );
+    assert_eq!(
+        store.get_account(&alice).await.unwrap(),
+        None,
+        "a lost lease writes no account"
+    );
+
+    // fulfil with the current token: session FULFILLED and account written together.
+    assert_eq!(
+        store
+            .fulfil(&r.session_id, "tok-3", &acct, later)
+            .await
+            .unwrap(),
+        Fulfil::Done
+    );
+    let done = store.get(&r.session_id).await.unwrap().unwrap();
+    assert_eq!(done.status, CheckoutStatus::Fulfilled);
+    assert!(done.paid);
+    assert_eq!(done.lease, None);
+    assert_eq!(done.updated_at, later);
+    assert_eq!(store.get_account(&alice).await.unwrap(), Some(acct.clone()));
+
+    // a fulfilled session can be neither claimed nor fulfilled again.
+    let much_later = later + chrono::Duration::hours(1);
+    assert_eq!(
+        store
+            .claim(&r.session_id, "tok-4", much_later, much_later)
+            .await
+            .unwrap(),
+        Claim::AlreadyFulfilled
+    );
+    assert_eq!(
+        store
+            .fulfil(&r.session_id, "tok-3", &acct, much_later)
+            .await
+            .unwrap(),
+        Fulfil::LeaseLost
+    );
+
+    // unknown sessions
+    let ghost = SessionId::parse(&unique("cs_test_ghost")).unwrap();
+    assert_eq!(
+        store.claim(&ghost, "t", t, t).await.unwrap(),
+        Claim::Missing
+    );
+    assert_eq!(
+        store.fulfil(&ghost, "t", &acct, t).await.unwrap(),
+        Fulfil::LeaseLost
+    );
+
+    // put_account overwrites; optional fields may be absent.
+    let free = AccountRecord {
+        plan: Plan::Free,
+        api_key_id: None,
+        customer_id: None,
+        subscription_id: None,
+        subscription_status: None,
+        ..acct
+    };
+    store.put_account(&free).await.unwrap();
+    assert_eq!(store.get_account(&alice).await.unwrap(), Some(free));
+}
+
+async fn key_registry_contract<K: KeyRegistry>(keys: &K) {
+    let name = unique("paykey-pro-contract-");
+    assert!(keys.find_by_name(&name).await.unwrap().is_empty());
+    let k = keys.create(&name).await.unwrap();
+    assert_eq!(k.name, name);
+    assert!(k.enabled);
+    // exact-name lookup: a longer name sharing the prefix is not returned
+    let longer = keys.create(&format!("{name}-other")).await.unwrap();
+    assert_eq!(keys.find_by_name(&name).await.unwrap(), vec![k.clone()]);
+    assert_eq!(keys.get(&k.id).await.unwrap(), Some(k.clone()));
+    assert_eq!(keys.get("doesnotexist").await.unwrap(), None);
+
+    let (with_value, value) = keys.get_with_value(&k.id).await.unwrap().unwrap();
+    assert_eq!(with_value, k);
+    assert!(value.len() >= 20, "a real key value");
+    assert_eq!(keys.get_with_value("doesnotexist").await.unwrap(), None);
+
+    // attach is idempotent; detach removes; detaching again is fine.
+    keys.attach_to_plan(&k.id).await.unwrap();
+    keys.attach_to_plan(&k.id).await.unwrap();
+    let in_plan = keys.plan_key_ids().await.unwrap();
+    assert_eq!(in_plan.iter().filter(|id| **id == k.id).count(), 1);
+    assert!(!in_plan.contains(&longer.id));
+    keys.detach_from_plan(&k.id).await.unwrap();
+    assert!(!keys.plan_key_ids().await.unwrap().contains(&k.id));
+    keys.detach_from_plan(&k.id).await.unwrap();
+
+    // enable / disable
+    keys.set_enabled(&k.id, false).await.unwrap();
+    assert!(!keys.get(&k.id).await.unwrap().unwrap().enabled);
+    assert!(!keys.find_by_name(&name).await.unwrap()[0].enabled);
+    keys.set_enabled(&k.id, true).await.unwrap();
+    assert!(keys.get(&k.id).await.unwrap().unwrap().enabled);
+    assert!(keys.set_enabled("doesnotexist", true).await.is_err());
+}
+
+async fn user_directory_contract<U: UserDirectory>(users: &U, existing: &UserName) {
+    let ghost = UserName::parse(&unique("ghost-")).unwrap();
+    assert_eq!(users.get_user(&ghost).await.unwrap(), None);
+    assert!(
+        users.set_plan(&ghost, Plan::Pro, None).await.is_err(),
+        "unknown user"
+    );
+
+    let fresh = users.get_user(existing).await.unwrap().unwrap();
+    assert_eq!(fresh.plan, None);
+    assert_eq!(fresh.plan(), Plan::Free);
+    assert_eq!(fresh.customer_id, None);
+
+    let cus = CustomerId::parse("cus_contractABC").unwrap();
+    users
+        .set_plan(existing, Plan::Pro, Some(&cus))
+        .await
+        .unwrap();
+    let pro = users.get_user(existing).await.unwrap().unwrap();
+    assert_eq!(pro.plan, Some(Plan::Pro));
+    assert_eq!(pro.customer_id, Some(cus.clone()));
+
+    // downgrading keeps the customer id
+    users.set_plan(existing, Plan::Free, None).await.unwrap();
+    let free = users.get_user(existing).await.unwrap().unwrap();
+    assert_eq!(free.plan, Some(Plan::Free));
+    assert_eq!(free.customer_id, Some(cus));
+}
+
+// ----------------------------------------------------------------------------------------
+// In memory
+
+#[tokio::test]
+async fn memory_session_store_meets_the_contract() {
+    session_store_contract(&MemoryStore::new(Meter::new())).await;
+}
+
+#[tokio::test]
+async fn memory_key_registry_meets_the_contract() {
+    key_registry_contract(&MemoryKeys::new(Meter::new())).await;
+}
+
+#[tokio::test]
+async fn memory_user_directory_meets_the_contract() {
+    let users = MemoryUsers::new(Arc::new(Meter::default()));
+    let u = UserName::parse("contract-user").unwrap();
+    users.add_user(&u);
+    user_directory_contract(&users, &u).await;
+}
+
+// ----------------------------------------------------------------------------------------
+// On moto_server
+
+mod moto {
+    use super::*;
+    use paykey::adapters::aws::{ApiGatewayKeys, CognitoUsers, DynamoStore};
+    use paykey::config::Tables;
+    pub use support::moto::*;
+
+    #[tokio::test]
+    async fn dynamodb_session_store_meets_the_contract() {
+        let Some(m) = Moto::connect().await else {
+            return;
+        };
+        let tables = m.create_tables().await;
+        session_store_contract(&DynamoStore::new(
+            &m.config,
+            Tables {
+                sessions: tables.0,
+                api_keys: tables.1,
+            },
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn api_gateway_key_registry_meets_the_contract() {
+        let Some(m) = Moto::connect().await else {
+            return;
+        };
+        let plan = m.create_usage_plan().await;
+        key_registry_contract(&ApiGatewayKeys::new(&m.config, plan)).await;
+    }
+
+    #[tokio::test]
+    async fn cognito_user_directory_meets_the_contract() {
+        let Some(m) = Moto::connect().await else {
+            return;
+        };
+        let pool = m.create_user_pool().await;
+        let u = UserName::parse(&unique("contract-user-")).unwrap();
+        m.create_user(&pool, &u).await;
+        user_directory_contract(&CognitoUsers::new(&m.config, pool), &u).await;
+    }
+
+    /// The whole fulfilment flow on the AWS adapters (Stripe in memory): ten concurrent
+    /// verifications of one paid session end in one key, one plan association, user PRO.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_fulfilment_on_moto_issues_exactly_one_key() {
+        use paykey::adapters::memory::{MemoryPayments, SequentialIds};
+        use paykey::flows::{self, CheckoutRequest, Completion, Settings};
+        use paykey::handlers::App;
+
+        let Some(m) = Moto::connect().await else {
+            return;
+        };
+        let (sessions, api_keys) = m.create_tables().await;
+        let plan = m.create_usage_plan().await;
+        let pool = m.create_user_pool().await;
+        let user = UserName::parse(&unique("moto-alice-")).unwrap();
+        m.create_user(&pool, &user).await;
+        let payments = MemoryPayments::new(Meter::new());
+        payments.add_price("FMMailPro", 980, "jpy");
+        let app = Arc::new(App {
+            store: DynamoStore::new(&m.config, Tables { sessions, api_keys }),
+            keys: ApiGatewayKeys::new(&m.config, plan),
+            users: CognitoUsers::new(&m.config, pool),
+            payments,
+            clock: Arc::new(paykey::ports::SystemClock),
+            ids: Arc::new(SequentialIds::default()),
+            settings: Settings::new("https://app.example.com", "https://api.example.com"),
+        });
+        let started = flows::start_checkout(
+            &app.users,
+            &app.payments,
+            &app.store,
+            app.ctx(),
+            &user,
+            CheckoutRequest {
+                lookup_key: "FMMailPro".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let id = SessionId::parse(started.url.rsplit('/').next().unwrap()).unwrap();
+        let key = app.store.get(&id).await.unwrap().unwrap().one_time_key;
+        app.payments.pay(&id).unwrap();
+
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (app, id) = (Arc::clone(&app), id.clone());
+            tasks.push(tokio::spawn(async move {
+                flows::complete_checkout(
+                    &app.store,
+                    &app.keys,
+                    &app.users,
+                    &app.payments,
+                    app.ctx(),
+                    &id,
+                    Some(&key),
+                )
+                .await
+            }));
+        }
+        let mut issued = 0;
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                Completion::Issued { .. } => issued += 1,
+                Completion::AlreadyFulfilled => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(issued, 1);
+        let name = app.settings.key_name(&user);
+        let keys = app.keys.find_by_name(&name).await.unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let in_plan = app.keys.plan_key_ids().await.unwrap();
+        assert_eq!(in_plan, vec![keys[0].id.clone()]);
+        let profile = app.users.get_user(&user).await.unwrap().unwrap();
+        assert_eq!(profile.plan, Some(Plan::Pro));
+        assert!(profile.customer_id.is_some());
+        assert_eq!(
+            app.store.get(&id).await.unwrap().unwrap().status,
+            CheckoutStatus::Fulfilled
+        );
+        assert_eq!(
+            app.store
+                .get_account(&user)
+                .await
+                .unwrap()
+                .unwrap()
+                .api_key_id,
+            Some(keys[0].id.clone())
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! Resources on moto_server for the AWS adapter tests.
+
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use paykey::domain::UserName;
+
+pub struct Moto {
+    pub config: aws_config::SdkConfig,
+}
+
+impl Moto {
+    /// The moto_server named by `PAYKEY_MOTO_URL`. `None` (test skipped, said on stderr) only
+    /// when `PAYKEY_SKIP_MOTO=1`; otherwise a missing URL fails the test.
+    pub async fn connect() -> Option<Self> {
+        let url = match std::env::var("PAYKEY_MOTO_URL") {
+            Ok(u) if !u.is_empty() => u,
+            _ if std::env::var("PAYKEY_SKIP_MOTO").as_deref() == Ok("1") => {
+                eprintln!("PAYKEY_SKIP_MOTO=1: skipping a moto test");
+                return None;
+            }
+            _ => panic!("PAYKEY_MOTO_URL is not set: run the README's test command (scripts/test), which starts moto_server"),
+        };
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .load()
+            .await;
+        Some(Self { config })
+    }
+
+    fn unique(prefix: &str) -> String {
+        format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+    }
+
+    /// (sessions table, api keys table), named as in the SAM template.
+    pub async fn create_tables(&self) -> (String, String) {
+        let ddb = aws_sdk_dynamodb::Client::new(&self.config);
+        let mut names = Vec::new();
+        for (prefix, pk) in [
+            ("paykey-sessions-", "SessionID"),
+            ("paykey-api-keys-", "UserID"),
+        ] {
+            let name = Self::unique(prefix);
+            ddb.create_table()
+                .table_name(&name)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(pk)
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .unwrap(),
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(pk)
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .expect("create table on moto");
+            names.push(name);
+        }
+        (names.remove(0), names.remove(0))
+    }
+
+    /// A user pool with the two custom attributes.
+    pub async fn create_user_pool(&self) -> String {
+        use aws_sdk_cognitoidentityprovider::types::{AttributeDataType, SchemaAttributeType};
+        let idp = aws_sdk_cognitoidentityprovider::Client::new(&self.config);
+        let attr = |n: &str| {
+            SchemaAttributeType::builder()
+                .name(n)
+                .attribute_data_type(AttributeDataType::String)
+                .mutable(true)
+                .build()
+        };
+        let out = idp
+            .create_user_pool()
+            .pool_name(Self::unique("paykey-"))
+            .schema(attr("plan_type"))
+            .schema(attr("stripe_customer_id"))
+            .send()
+            .await
+            .expect("create user pool on moto");
+        out.user_pool()
+            .and_then(|p| p.id())
+            .expect("pool id")
+            .to_string()
+    }
+
+    pub async fn create_user(&self, pool: &str, user: &UserName) {
+        let idp = aws_sdk_cognitoidentityprovider::Client::new(&self.config);
+        idp.admin_create_user()
+            .user_pool_id(pool)
+            .username(user.as_str())
+            .send()
+            .await
+            .expect("create user on moto");
+    }
+
+    /// A REST API with a stage and a PRO usage plan bound to it; returns the plan id.
+    pub async fn create_usage_plan(&self) -> String {
+        use aws_sdk_apigateway::types::{ApiStage, QuotaPeriodType, QuotaSettings};
+        let apigw = aws_sdk_apigateway::Client::new(&self.config);
+        let api = apigw
+            .create_rest_api()
+            .name(Self::unique("paykey-product-"))
+            .send()
+            .await
+            .expect("create rest api");
+        let api_id = api.id().expect("api id").to_string();
+        let plan = apigw
+            .create_usage_plan()
+            .name(Self::unique("paykey-pro-"))
+            .quota(
+                QuotaSettings::builder()
+                    .limit(100_000)
+                    .period(QuotaPeriodType::Month)
+                    .build(),
+            )
+            .api_stages(ApiStage::builder().api_id(api_id).stage("prod").build())
+            .send()
+            .await
+            .expect("create usage plan");
+        plan.id().expect("plan id").to_string()
+    }
+}

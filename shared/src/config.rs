@@ -132,6 +132,7 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
         s.key_name_prefix = p.to_string();
     }
     s.lease = env.parse_secs("FULFILMENT_LEASE_SECONDS", 60)?;
+    s.past_due_grace = env.parse_secs("PAST_DUE_GRACE_SECONDS", 7 * 24 * 3600)?;
     Ok(s)
 }
 
@@ -144,6 +145,18 @@ pub fn require_api_url(s: &Settings) -> Result<(), ConfigError> {
     } else {
         Ok(())
     }
+}
+
+/// `STRIPE_WEBHOOK_SECRET`: the webhook endpoint's signing secret (`whsec_…`).
+pub fn webhook_secret(env: &Env) -> Result<Secret, ConfigError> {
+    let v = env.require("STRIPE_WEBHOOK_SECRET")?;
+    if !v.starts_with("whsec_") {
+        return Err(ConfigError::Malformed {
+            name: "STRIPE_WEBHOOK_SECRET",
+            reason: "expected a whsec_… signing secret".into(),
+        });
+    }
+    Ok(Secret::new(v))
 }
 
 /// DynamoDB table names.

@@ -9,7 +9,7 @@ use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
 use crate::domain::{Error, OneTimeKey, SessionId};
-use crate::flows::{self, CheckoutRequest, Completion, Ctx, Settings};
+use crate::flows::{self, CheckoutRequest, Completion, Ctx, EventOutcome, Settings};
 use crate::http;
 use crate::ports::{Clock, Ids, KeyRegistry, Payments, SessionStore, UserDirectory};
 
@@ -168,6 +168,75 @@ where
     .await;
     Ok(match result {
         Ok(view) => http::json(200, &view, origin),
+        Err(e) => http::error_response(&e, origin),
+    })
+}
+
+#[derive(Serialize)]
+struct WebhookAnswer {
+    received: bool,
+    outcome: String,
+}
+
+/// `POST /stripe/webhook`: verified on the raw body; 400 on a missing or bad signature or a
+/// stale timestamp (nothing done); 200 once acted on, for duplicates and for ignored events;
+/// 5xx when acting failed, so Stripe retries.
+pub async fn stripe_webhook<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
+where
+    S: SessionStore,
+    K: KeyRegistry,
+    U: UserDirectory,
+    P: Payments,
+{
+    let origin = &app.settings.app_url;
+    let result = async {
+        let secret = app
+            .settings
+            .webhook_secret
+            .as_ref()
+            .ok_or_else(|| Error::BadSignature("no webhook secret is configured".into()))?;
+        let signature = req
+            .headers()
+            .get("stripe-signature")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Error::BadSignature("the Stripe-Signature header is missing".into()))?;
+        let raw: &[u8] = match req.body() {
+            Body::Text(t) => t.as_bytes(),
+            Body::Binary(b) => b,
+            _ => &[],
+        };
+        let payload = std::str::from_utf8(raw)
+            .map_err(|_| Error::BadSignature("the body is not UTF-8".into()))?;
+        let now = app.clock.now().timestamp();
+        let event =
+            crate::adapters::stripe::verify_event(payload, signature, secret.expose(), now)?;
+        flows::handle_stripe_event(
+            &app.store,
+            &app.keys,
+            &app.users,
+            &app.payments,
+            app.ctx(),
+            &event,
+        )
+        .await
+    }
+    .await;
+    Ok(match result {
+        Ok(outcome) => {
+            let outcome = match outcome {
+                EventOutcome::Processed(s) => format!("processed: {s}"),
+                EventOutcome::Duplicate => "duplicate".to_string(),
+                EventOutcome::Ignored(s) => format!("ignored: {s}"),
+            };
+            http::json(
+                200,
+                &WebhookAnswer {
+                    received: true,
+                    outcome,
+                },
+                origin,
+            )
+        }
         Err(e) => http::error_response(&e, origin),
     })
 }

@@ -28,12 +28,21 @@ pub enum Claim {
     Missing,
 }
 
-/// Outcome of writing the fulfilment.
+/// Outcome of a write that is conditional on holding a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fulfil {
+pub enum Commit {
     Done,
     /// The lease was lost (it expired and another attempt took it over).
     LeaseLost,
+}
+
+/// Outcome of trying to lock a user's account record (one key manager per user at a time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountLock {
+    /// Locked; the record as it stands (`None`: the user has none yet).
+    Acquired(Option<AccountRecord>),
+    /// Another attempt holds an unexpired lock.
+    Busy,
 }
 
 /// Sessions table and API keys table (DynamoDB).
@@ -49,20 +58,54 @@ pub trait SessionStore: Send + Sync {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> impl Future<Output = Result<Claim>> + Send;
-    /// In one transaction: session → FULFILLED (only while `token` holds the lease), and the
-    /// account record written.
+    /// In one transaction, only while `token` holds both the session's lease and the
+    /// account lock: session → FULFILLED, and the account record written (which releases
+    /// the account lock).
     fn fulfil(
         &self,
         id: &SessionId,
         token: &str,
         account: &AccountRecord,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Fulfil>> + Send;
+    ) -> impl Future<Output = Result<Commit>> + Send;
     fn get_account(
         &self,
         user: &UserName,
     ) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
-    fn put_account(&self, account: &AccountRecord) -> impl Future<Output = Result<()>> + Send;
+    /// The account whose Stripe customer is `customer`.
+    fn find_account_by_customer(
+        &self,
+        customer: &CustomerId,
+    ) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
+    /// Locks the user's account record until `until` (or takes over an expired lock).
+    fn lock_account(
+        &self,
+        user: &UserName,
+        token: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<AccountLock>> + Send;
+    /// Releases the lock if `token` still holds it.
+    fn unlock_account(
+        &self,
+        user: &UserName,
+        token: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Writes the account record while `token` holds its lock, releasing the lock.
+    fn put_account(
+        &self,
+        account: &AccountRecord,
+        token: &str,
+    ) -> impl Future<Output = Result<Commit>> + Send;
+    /// Whether a Stripe event id was processed already.
+    fn event_seen(&self, event_id: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Remembers a processed Stripe event id until `expires_at` (TTL).
+    fn mark_event(
+        &self,
+        event_id: &str,
+        event_type: &str,
+        expires_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// API keys and the PRO usage plan (API Gateway).
@@ -137,8 +180,92 @@ pub struct CheckoutState {
     pub subscription: Option<SubscriptionId>,
 }
 
+/// A subscription's status as Stripe reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionStatus {
+    Active,
+    Trialing,
+    PastDue,
+    Canceled,
+    Unpaid,
+    Incomplete,
+    IncompleteExpired,
+    Paused,
+    Other(String),
+}
+
+impl SubscriptionStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::Trialing => "trialing",
+            SubscriptionStatus::PastDue => "past_due",
+            SubscriptionStatus::Canceled => "canceled",
+            SubscriptionStatus::Unpaid => "unpaid",
+            SubscriptionStatus::Incomplete => "incomplete",
+            SubscriptionStatus::IncompleteExpired => "incomplete_expired",
+            SubscriptionStatus::Paused => "paused",
+            SubscriptionStatus::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "active" => SubscriptionStatus::Active,
+            "trialing" => SubscriptionStatus::Trialing,
+            "past_due" => SubscriptionStatus::PastDue,
+            "canceled" => SubscriptionStatus::Canceled,
+            "unpaid" => SubscriptionStatus::Unpaid,
+            "incomplete" => SubscriptionStatus::Incomplete,
+            "incomplete_expired" => SubscriptionStatus::IncompleteExpired,
+            "paused" => SubscriptionStatus::Paused,
+            other => SubscriptionStatus::Other(other.to_string()),
+        }
+    }
+}
+
+/// A subscription as Stripe reports it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionState {
+    pub id: SubscriptionId,
+    pub customer: CustomerId,
+    pub status: SubscriptionStatus,
+    pub cancel_at_period_end: bool,
+    /// When the subscription ends (if it is set to cancel) or renews.
+    pub period_end: Option<DateTime<Utc>>,
+    /// `metadata.user_name`, set at checkout.
+    pub user_name: Option<String>,
+}
+
+/// What a verified Stripe event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSubject {
+    Checkout(SessionId),
+    Subscription {
+        id: SubscriptionId,
+        customer: Option<CustomerId>,
+    },
+    Invoice {
+        subscription: Option<SubscriptionId>,
+        customer: Option<CustomerId>,
+    },
+    Other,
+}
+
+/// A Stripe event whose signature was verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeEvent {
+    pub id: String,
+    pub kind: String,
+    pub subject: EventSubject,
+}
+
 /// Stripe.
 pub trait Payments: Send + Sync {
+    fn get_subscription(
+        &self,
+        id: &SubscriptionId,
+    ) -> impl Future<Output = Result<Option<SubscriptionState>>> + Send;
     fn find_price(
         &self,
         lookup_key: &LookupKey,

@@ -41,6 +41,7 @@ fn app<S, K, U, P>(
 pub type CheckoutApp = App<DynamoStore, (), CognitoUsers, CachedPrices<StripePayments>>;
 pub type FulfilApp = App<DynamoStore, ApiGatewayKeys, CognitoUsers, StripePayments>;
 pub type PortalApp = App<(), (), CognitoUsers, StripePayments>;
+pub type WebhookApp = App<DynamoStore, ApiGatewayKeys, CognitoUsers, StripePayments>;
 pub type AccountApp = App<DynamoStore, ApiGatewayKeys, CognitoUsers, ()>;
 
 /// `create-checkout-session`.
@@ -108,6 +109,24 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
         ApiGatewayKeys::new(&aws, plan),
         CognitoUsers::new(&aws, pool),
         (),
+        settings,
+    ))
+}
+
+/// `stripe-webhook`.
+pub async fn webhook_app(env: &Env) -> Result<WebhookApp, InitError> {
+    let mut settings = config::settings(env)?;
+    settings.webhook_secret = Some(config::webhook_secret(env)?);
+    let tables = Tables::from_env(env)?;
+    let pool = config::user_pool_id(env)?;
+    let plan = config::usage_plan_id(env)?;
+    let payments = StripePayments::new(&StripeConfig::from_env(env)?)?;
+    let aws = aws::load_config().await;
+    Ok(app(
+        DynamoStore::new(&aws, tables),
+        ApiGatewayKeys::new(&aws, plan),
+        CognitoUsers::new(&aws, pool),
+        payments,
         settings,
     ))
 }

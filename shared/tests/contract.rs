@@ -13,7 +13,7 @@ use paykey::domain::{
     AccountRecord, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId,
     SubscriptionId, UserName,
 };
-use paykey::ports::{Claim, Fulfil, KeyRegistry, SessionStore, UserDirectory};
+use paykey::ports::{AccountLock, Claim, Commit, KeyRegistry, SessionStore, UserDirectory};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
@@ -42,6 +42,9 @@ fn account(user: &UserName, key: &str) -> AccountRecord {
         customer_id: Some(CustomerId::parse("cus_contract1").unwrap()),
         subscription_id: Some(SubscriptionId::parse("sub_contract1").unwrap()),
         subscription_status: Some("active".into()),
+        cancel_at_period_end: true,
+        period_end: Some(Utc.with_ymd_and_hms(2026, 12, 23, 12, 0, 0).unwrap()),
+        past_due_since: None,
         updated_at: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 5).unwrap(),
     }
 }
@@ -105,10 +108,28 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
     let acct = account(&alice, "key123");
     assert_eq!(
         store
+            .lock_account(
+                &alice,
+                "tok-3",
+                later,
+                later + chrono::Duration::seconds(60)
+            )
+            .await
+            .unwrap(),
+        AccountLock::Acquired(None),
+        "locking a user with no record yet"
+    );
+    assert_eq!(
+        store.get_account(&alice).await.unwrap(),
+        None,
+        "a lock alone is no account record"
+    );
+    assert_eq!(
+        store
             .fulfil(&r.session_id, "tok-1", &acct, later)
             .await
             .unwrap(),
-        Fulfil::LeaseLost
+        Commit::LeaseLost
     );
     assert_eq!(
         store.get_account(&alice).await.unwrap(),
@@ -122,7 +143,7 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
             .fulfil(&r.session_id, "tok-3", &acct, later)
             .await
             .unwrap(),
-        Fulfil::Done
+        Commit::Done
     );
     let done = store.get(&r.session_id).await.unwrap().unwrap();
     assert_eq!(done.status, CheckoutStatus::Fulfilled);
@@ -145,7 +166,7 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
             .fulfil(&r.session_id, "tok-3", &acct, much_later)
             .await
             .unwrap(),
-        Fulfil::LeaseLost
+        Commit::LeaseLost
     );
 
     // unknown sessions
@@ -156,20 +177,112 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
     );
     assert_eq!(
         store.fulfil(&ghost, "t", &acct, t).await.unwrap(),
-        Fulfil::LeaseLost
+        Commit::LeaseLost
     );
 
-    // put_account overwrites; optional fields may be absent.
+    // fulfil released the account lock: it can be taken again at once.
+    let t2 = much_later;
+    assert_eq!(
+        store
+            .lock_account(&alice, "tok-5", t2, t2 + chrono::Duration::seconds(60))
+            .await
+            .unwrap(),
+        AccountLock::Acquired(Some(acct.clone()))
+    );
+    assert_eq!(
+        store.lock_account(&alice, "tok-6", t2, t2).await.unwrap(),
+        AccountLock::Busy
+    );
+    // put_account needs the lock and releases it; optional fields may be absent.
     let free = AccountRecord {
         plan: Plan::Free,
         api_key_id: None,
-        customer_id: None,
         subscription_id: None,
         subscription_status: None,
-        ..acct
+        cancel_at_period_end: false,
+        period_end: None,
+        past_due_since: Some(t2),
+        ..acct.clone()
     };
-    store.put_account(&free).await.unwrap();
-    assert_eq!(store.get_account(&alice).await.unwrap(), Some(free));
+    assert_eq!(
+        store.put_account(&free, "tok-6").await.unwrap(),
+        Commit::LeaseLost
+    );
+    assert_eq!(store.get_account(&alice).await.unwrap(), Some(acct.clone()));
+    assert_eq!(
+        store.put_account(&free, "tok-5").await.unwrap(),
+        Commit::Done
+    );
+    assert_eq!(store.get_account(&alice).await.unwrap(), Some(free.clone()));
+    assert_eq!(
+        store.put_account(&free, "tok-5").await.unwrap(),
+        Commit::LeaseLost,
+        "the lock was released"
+    );
+
+    // an expired lock is taken over; unlock by a stale token is a no-op; unlock frees.
+    let t3 = t2 + chrono::Duration::seconds(1);
+    assert!(matches!(
+        store.lock_account(&alice, "tok-7", t3, t3).await.unwrap(),
+        AccountLock::Acquired(_)
+    ));
+    let t4 = t3 + chrono::Duration::seconds(1);
+    assert!(matches!(
+        store
+            .lock_account(&alice, "tok-8", t4, t4 + chrono::Duration::seconds(60))
+            .await
+            .unwrap(),
+        AccountLock::Acquired(_)
+    ));
+    store.unlock_account(&alice, "tok-7").await.unwrap();
+    assert_eq!(
+        store.lock_account(&alice, "tok-9", t4, t4).await.unwrap(),
+        AccountLock::Busy
+    );
+    store.unlock_account(&alice, "tok-8").await.unwrap();
+    assert!(matches!(
+        store.lock_account(&alice, "tok-9", t4, t4).await.unwrap(),
+        AccountLock::Acquired(_)
+    ));
+    store.unlock_account(&alice, "tok-9").await.unwrap();
+
+    // the account is found by its Stripe customer
+    let cus = CustomerId::parse(&unique("cus_")).unwrap();
+    let bob = UserName::parse(&unique("bob-")).unwrap();
+    let bobs = AccountRecord {
+        user_name: bob.clone(),
+        customer_id: Some(cus.clone()),
+        ..free.clone()
+    };
+    assert!(matches!(
+        store
+            .lock_account(&bob, "b", t4, t4 + chrono::Duration::seconds(60))
+            .await
+            .unwrap(),
+        AccountLock::Acquired(None)
+    ));
+    assert_eq!(store.put_account(&bobs, "b").await.unwrap(), Commit::Done);
+    assert_eq!(
+        store.find_account_by_customer(&cus).await.unwrap(),
+        Some(bobs)
+    );
+    assert_eq!(
+        store
+            .find_account_by_customer(&CustomerId::parse(&unique("cus_")).unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+
+    // processed events are remembered
+    let evt = unique("evt_");
+    assert!(!store.event_seen(&evt).await.unwrap());
+    store
+        .mark_event(&evt, "invoice.paid", t4 + chrono::Duration::days(30))
+        .await
+        .unwrap();
+    assert!(store.event_seen(&evt).await.unwrap());
+    assert!(!store.event_seen(&unique("evt_")).await.unwrap());
 }
 
 async fn key_registry_contract<K: KeyRegistry>(keys: &K) {

@@ -255,7 +255,7 @@ async fn a_fault_at_any_call_followed_by_a_retry_converges() {
         "stripe.get_checkout",
         "ddb.claim",
         "apigw.find_key",
-        "ddb.get_account",
+        "ddb.lock_account",
         "apigw.create_key",
         "apigw.attach",
         "cognito.set_plan",

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::domain::{CustomerId, LookupKey, SessionId};
-use crate::ports::{CheckoutState, CreatedCheckout, NewCheckout, Payments, PriceInfo, Result};
+use crate::domain::{CustomerId, LookupKey, SessionId, SubscriptionId};
+use crate::ports::{
+    CheckoutState, CreatedCheckout, NewCheckout, Payments, PriceInfo, Result, SubscriptionState,
+};
 
 pub struct CachedPrices<P> {
     inner: P,
@@ -30,6 +32,10 @@ impl<P> CachedPrices<P> {
 }
 
 impl<P: Payments> Payments for CachedPrices<P> {
+    async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<SubscriptionState>> {
+        self.inner.get_subscription(id).await
+    }
+
     async fn find_price(&self, lookup_key: &LookupKey) -> Result<Option<PriceInfo>> {
         if !self.ttl.is_zero() {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());

@@ -17,8 +17,9 @@ use crate::domain::{
     Plan, SessionId, SubscriptionId, UserName, UserProfile,
 };
 use crate::ports::{
-    CheckoutState, Claim, Clock, CreatedCheckout, Fulfil, Ids, KeyRegistry, NewCheckout, Payments,
-    PriceInfo, Result, SessionStore, UserDirectory,
+    AccountLock, CheckoutState, Claim, Clock, Commit, CreatedCheckout, Ids, KeyRegistry,
+    NewCheckout, Payments, PriceInfo, Result, SessionStore, SubscriptionState, SubscriptionStatus,
+    UserDirectory,
 };
 
 /// When an injected fault strikes, relative to the operation's effect.
@@ -135,10 +136,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------------
 // Sessions and accounts (DynamoDB)
 
+#[derive(Default, Clone)]
+struct AccountSlot {
+    record: Option<AccountRecord>,
+    lock: Option<(String, DateTime<Utc>)>,
+}
+
 #[derive(Default)]
 struct StoreState {
     sessions: BTreeMap<String, CheckoutRecord>,
-    accounts: BTreeMap<String, AccountRecord>,
+    accounts: BTreeMap<String, AccountSlot>,
+    events: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl StoreState {
+    fn holds_lock(&self, user: &UserName, token: &str) -> bool {
+        self.accounts
+            .get(user.as_str())
+            .and_then(|a| a.lock.as_ref())
+            .is_some_and(|(t, _)| t == token)
+    }
 }
 
 /// Sessions table and API keys table in memory.
@@ -161,8 +178,54 @@ impl MemoryStore {
         lock(&self.state).sessions.values().cloned().collect()
     }
 
+    /// Every account record (locks aside).
     pub fn accounts(&self) -> Vec<AccountRecord> {
-        lock(&self.state).accounts.values().cloned().collect()
+        lock(&self.state)
+            .accounts
+            .values()
+            .filter_map(|a| a.record.clone())
+            .collect()
+    }
+
+    /// Processed Stripe event ids.
+    pub fn events(&self) -> Vec<String> {
+        lock(&self.state).events.keys().cloned().collect()
+    }
+
+    /// Restores persisted state (the local stack's data folder).
+    pub fn restore(
+        &self,
+        sessions: Vec<CheckoutRecord>,
+        accounts: Vec<AccountRecord>,
+        events: Vec<(String, DateTime<Utc>)>,
+    ) {
+        let mut st = lock(&self.state);
+        st.sessions = sessions
+            .into_iter()
+            .map(|r| (r.session_id.as_str().to_string(), r))
+            .collect();
+        st.accounts = accounts
+            .into_iter()
+            .map(|a| {
+                (
+                    a.user_name.as_str().to_string(),
+                    AccountSlot {
+                        record: Some(a),
+                        lock: None,
+                    },
+                )
+            })
+            .collect();
+        st.events = events.into_iter().collect();
+    }
+
+    /// Processed event ids with their expiry, for persisting.
+    pub fn event_entries(&self) -> Vec<(String, DateTime<Utc>)> {
+        lock(&self.state)
+            .events
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 }
 
@@ -178,7 +241,7 @@ impl SessionStore for MemoryStore {
                 return Err(BackendError::new(
                     DDB,
                     "ddb.put_session",
-                    "session exists already",
+                    "ConditionalCheckFailedException: session exists already",
                 ));
             }
             st.sessions.insert(id, record.clone());
@@ -230,29 +293,31 @@ impl SessionStore for MemoryStore {
         token: &str,
         account: &AccountRecord,
         now: DateTime<Utc>,
-    ) -> Result<Fulfil> {
+    ) -> Result<Commit> {
         self.meter.enter(DDB, "ddb.fulfil").await?;
         let outcome = {
             let mut st = lock(&self.state);
-            let holds = match st.sessions.get(id.as_str()) {
-                Some(r) => {
-                    r.status == CheckoutStatus::Issuing
-                        && r.lease.as_ref().is_some_and(|(t, _)| t == token)
-                }
-                None => false,
-            };
-            if holds {
+            let holds_session = st.sessions.get(id.as_str()).is_some_and(|r| {
+                r.status == CheckoutStatus::Issuing
+                    && r.lease.as_ref().is_some_and(|(t, _)| t == token)
+            });
+            if holds_session && st.holds_lock(&account.user_name, token) {
                 if let Some(r) = st.sessions.get_mut(id.as_str()) {
                     r.status = CheckoutStatus::Fulfilled;
                     r.paid = true;
                     r.lease = None;
                     r.updated_at = now;
                 }
-                st.accounts
-                    .insert(account.user_name.as_str().to_string(), account.clone());
-                Fulfil::Done
+                st.accounts.insert(
+                    account.user_name.as_str().to_string(),
+                    AccountSlot {
+                        record: Some(account.clone()),
+                        lock: None,
+                    },
+                );
+                Commit::Done
             } else {
-                Fulfil::LeaseLost
+                Commit::LeaseLost
             }
         };
         self.meter.exit(DDB, "ddb.fulfil")?;
@@ -261,17 +326,104 @@ impl SessionStore for MemoryStore {
 
     async fn get_account(&self, user: &UserName) -> Result<Option<AccountRecord>> {
         self.meter.enter(DDB, "ddb.get_account").await?;
-        let r = lock(&self.state).accounts.get(user.as_str()).cloned();
+        let r = lock(&self.state)
+            .accounts
+            .get(user.as_str())
+            .and_then(|a| a.record.clone());
         self.meter.exit(DDB, "ddb.get_account")?;
         Ok(r)
     }
 
-    async fn put_account(&self, account: &AccountRecord) -> Result<()> {
-        self.meter.enter(DDB, "ddb.put_account").await?;
-        lock(&self.state)
+    async fn find_account_by_customer(
+        &self,
+        customer: &CustomerId,
+    ) -> Result<Option<AccountRecord>> {
+        self.meter.enter(DDB, "ddb.find_account").await?;
+        let r = lock(&self.state)
             .accounts
-            .insert(account.user_name.as_str().to_string(), account.clone());
-        self.meter.exit(DDB, "ddb.put_account")
+            .values()
+            .filter_map(|a| a.record.as_ref())
+            .find(|a| a.customer_id.as_ref() == Some(customer))
+            .cloned();
+        self.meter.exit(DDB, "ddb.find_account")?;
+        Ok(r)
+    }
+
+    async fn lock_account(
+        &self,
+        user: &UserName,
+        token: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<AccountLock> {
+        self.meter.enter(DDB, "ddb.lock_account").await?;
+        let outcome = {
+            let mut st = lock(&self.state);
+            let slot = st.accounts.entry(user.as_str().to_string()).or_default();
+            match &slot.lock {
+                Some((_, held_until)) if *held_until >= now => AccountLock::Busy,
+                _ => {
+                    slot.lock = Some((token.to_string(), until));
+                    AccountLock::Acquired(slot.record.clone())
+                }
+            }
+        };
+        self.meter.exit(DDB, "ddb.lock_account")?;
+        Ok(outcome)
+    }
+
+    async fn unlock_account(&self, user: &UserName, token: &str) -> Result<()> {
+        self.meter.enter(DDB, "ddb.unlock_account").await?;
+        {
+            let mut st = lock(&self.state);
+            if let Some(slot) = st.accounts.get_mut(user.as_str()) {
+                if slot.lock.as_ref().is_some_and(|(t, _)| t == token) {
+                    slot.lock = None;
+                }
+            }
+        }
+        self.meter.exit(DDB, "ddb.unlock_account")
+    }
+
+    async fn put_account(&self, account: &AccountRecord, token: &str) -> Result<Commit> {
+        self.meter.enter(DDB, "ddb.put_account").await?;
+        let outcome = {
+            let mut st = lock(&self.state);
+            if st.holds_lock(&account.user_name, token) {
+                st.accounts.insert(
+                    account.user_name.as_str().to_string(),
+                    AccountSlot {
+                        record: Some(account.clone()),
+                        lock: None,
+                    },
+                );
+                Commit::Done
+            } else {
+                Commit::LeaseLost
+            }
+        };
+        self.meter.exit(DDB, "ddb.put_account")?;
+        Ok(outcome)
+    }
+
+    async fn event_seen(&self, event_id: &str) -> Result<bool> {
+        self.meter.enter(DDB, "ddb.event_seen").await?;
+        let seen = lock(&self.state).events.contains_key(event_id);
+        self.meter.exit(DDB, "ddb.event_seen")?;
+        Ok(seen)
+    }
+
+    async fn mark_event(
+        &self,
+        event_id: &str,
+        _event_type: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.meter.enter(DDB, "ddb.mark_event").await?;
+        lock(&self.state)
+            .events
+            .insert(event_id.to_string(), expires_at);
+        self.meter.exit(DDB, "ddb.mark_event")
     }
 }
 
@@ -504,6 +656,7 @@ struct MemCheckout {
 struct PaymentsState {
     prices: BTreeMap<String, PriceInfo>,
     checkouts: BTreeMap<String, MemCheckout>,
+    subscriptions: BTreeMap<String, SubscriptionState>,
     customers: Vec<CustomerId>,
     replay: HashMap<String, String>,
     next: u64,
@@ -555,12 +708,36 @@ impl MemoryPayments {
         if !st.customers.contains(&customer) {
             st.customers.push(customer.clone());
         }
+        let sub_id = SubscriptionId::parse(&format!("sub_mem{n:06}")).expect("valid id");
         let c = st.checkouts.get_mut(id.as_str())?;
         c.state.paid = true;
-        c.state.customer = Some(customer);
-        c.state.subscription =
-            Some(SubscriptionId::parse(&format!("sub_mem{n:06}")).expect("valid id"));
-        Some(c.state.clone())
+        c.state.customer = Some(customer.clone());
+        c.state.subscription = Some(sub_id.clone());
+        let state = c.state.clone();
+        st.subscriptions.insert(
+            sub_id.as_str().to_string(),
+            SubscriptionState {
+                id: sub_id,
+                customer,
+                status: SubscriptionStatus::Active,
+                cancel_at_period_end: false,
+                period_end: Some(Utc::now() + chrono::Duration::days(30)),
+                user_name: state.client_reference_id.clone(),
+            },
+        );
+        Some(state)
+    }
+
+    /// Changes a subscription as Stripe would (a cancellation, a failed renewal, …).
+    pub fn update_subscription(
+        &self,
+        id: &SubscriptionId,
+        f: impl FnOnce(&mut SubscriptionState),
+    ) -> Option<SubscriptionState> {
+        let mut st = lock(&self.state);
+        let sub = st.subscriptions.get_mut(id.as_str())?;
+        f(sub);
+        Some(sub.clone())
     }
 
     /// The price a checkout was created for.
@@ -573,6 +750,13 @@ impl MemoryPayments {
 }
 
 impl Payments for MemoryPayments {
+    async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<SubscriptionState>> {
+        self.meter.enter(STRIPE, "stripe.get_subscription").await?;
+        let r = lock(&self.state).subscriptions.get(id.as_str()).cloned();
+        self.meter.exit(STRIPE, "stripe.get_subscription")?;
+        Ok(r)
+    }
+
     async fn find_price(&self, lookup_key: &LookupKey) -> Result<Option<PriceInfo>> {
         self.meter.enter(STRIPE, "stripe.find_price").await?;
         let r = lock(&self.state).prices.get(lookup_key.as_str()).cloned();

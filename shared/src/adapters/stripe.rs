@@ -14,9 +14,82 @@ use stripe_checkout::checkout_session::{
 use stripe_checkout::{CheckoutSessionMode, CheckoutSessionPaymentStatus, CheckoutSessionStatus};
 use stripe_product::price::ListPrice;
 
+use stripe_billing::subscription::RetrieveSubscription;
+use stripe_webhook::{EventObject, Webhook, WebhookError};
+
 use crate::config::StripeConfig;
-use crate::domain::{BackendError, CustomerId, LookupKey, SessionId, SubscriptionId};
-use crate::ports::{CheckoutState, CreatedCheckout, NewCheckout, Payments, PriceInfo, Result};
+use crate::domain::{BackendError, CustomerId, Error, LookupKey, SessionId, SubscriptionId};
+use crate::ports::{
+    CheckoutState, CreatedCheckout, EventSubject, NewCheckout, Payments, PriceInfo, Result,
+    StripeEvent, SubscriptionState, SubscriptionStatus,
+};
+
+/// Checks a webhook's `Stripe-Signature` header against the raw body (HMAC-SHA256 with the
+/// endpoint's `whsec_` secret, any `v1` signature, timestamp within 300 s of `now`) and reads
+/// what the event is about.
+pub fn verify_event(
+    payload: &str,
+    signature: &str,
+    secret: &str,
+    now: i64,
+) -> std::result::Result<StripeEvent, Error> {
+    let event =
+        Webhook::construct_event_with_timestamp(payload, signature, secret, now).map_err(|e| {
+            Error::BadSignature(match e {
+                WebhookError::BadSignature => "signature mismatch".into(),
+                WebhookError::BadTimestamp(t) => {
+                    format!("timestamp {t} is outside the 300 s tolerance")
+                }
+                WebhookError::BadHeader(_) => "malformed Stripe-Signature header".into(),
+                WebhookError::BadKey => "unusable webhook secret".into(),
+                WebhookError::BadParse(m) => format!("signed body is not a Stripe event: {m}"),
+            })
+        })?;
+    let id_of = |c: &stripe_types::Expandable<stripe_shared::Customer>| {
+        CustomerId::parse(c.id().as_str()).ok()
+    };
+    let sub_of = |s: &stripe_types::Expandable<stripe_shared::Subscription>| {
+        SubscriptionId::parse(s.id().as_str()).ok()
+    };
+    let subject = match &event.data.object {
+        EventObject::CheckoutSessionCompleted(s)
+        | EventObject::CheckoutSessionAsyncPaymentSucceeded(s) => SessionId::parse(s.id.as_str())
+            .map(EventSubject::Checkout)
+            .unwrap_or(EventSubject::Other),
+        EventObject::CustomerSubscriptionCreated(s)
+        | EventObject::CustomerSubscriptionUpdated(s)
+        | EventObject::CustomerSubscriptionDeleted(s) => match SubscriptionId::parse(s.id.as_str())
+        {
+            Ok(id) => EventSubject::Subscription {
+                id,
+                customer: id_of(&s.customer),
+            },
+            Err(_) => EventSubject::Other,
+        },
+        EventObject::InvoicePaid(i) | EventObject::InvoicePaymentFailed(i) => {
+            EventSubject::Invoice {
+                subscription: i
+                    .parent
+                    .as_ref()
+                    .and_then(|p| p.subscription_details.as_ref())
+                    .and_then(|d| sub_of(&d.subscription))
+                    .or_else(|| i.subscription.as_ref().and_then(sub_of)),
+                customer: i.customer.as_ref().and_then(id_of),
+            }
+        }
+        _ => EventSubject::Other,
+    };
+    Ok(StripeEvent {
+        id: event.id.to_string(),
+        kind: event.type_.as_str().to_string(),
+        subject,
+    })
+}
+
+/// A `Stripe-Signature` header for `payload`, as Stripe computes it (tests, the emulator).
+pub fn sign_payload(payload: &str, secret: &str, timestamp: i64) -> String {
+    Webhook::generate_test_header(payload, secret, Some(timestamp))
+}
 
 const SERVICE: &str = "stripe";
 
@@ -92,6 +165,32 @@ fn idempotent(key: &str, op: &'static str) -> Result<RequestStrategy> {
 }
 
 impl Payments for StripePayments {
+    async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<SubscriptionState>> {
+        const OP: &str = "GET /v1/subscriptions/{id}";
+        let sub = match RetrieveSubscription::new(id.as_str())
+            .send(&self.client)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
+        };
+        let customer = CustomerId::parse(sub.customer.id().as_str())
+            .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        let period_end = sub
+            .cancel_at
+            .or_else(|| sub.items.data.iter().map(|i| i.current_period_end).max())
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
+        Ok(Some(SubscriptionState {
+            id: id.clone(),
+            customer,
+            status: SubscriptionStatus::parse(sub.status.as_str()),
+            cancel_at_period_end: sub.cancel_at_period_end || sub.cancel_at.is_some(),
+            period_end,
+            user_name: sub.metadata.get("user_name").cloned(),
+        }))
+    }
+
     async fn find_price(&self, lookup_key: &LookupKey) -> Result<Option<PriceInfo>> {
         const OP: &str = "GET /v1/prices";
         let list = ListPrice::new()

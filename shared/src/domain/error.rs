@@ -39,7 +39,9 @@ pub enum Error {
     AlreadyPro,
     #[error("the user has no Stripe customer yet: subscribe first")]
     NoCustomer,
-    #[error("fulfilment of this checkout is in progress: retry in a few seconds")]
+    #[error("the Stripe-Signature header is missing or does not match the body: {0}")]
+    BadSignature(String),
+    #[error("another request is updating this account: retry in a few seconds")]
     FulfilmentInProgress,
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -56,6 +58,7 @@ impl Error {
             Error::UserNotFound => 404,
             Error::AlreadyPro => 409,
             Error::NoCustomer => 409,
+            Error::BadSignature(_) => 400,
             Error::FulfilmentInProgress => 503,
             Error::Backend(_) => 502,
         }
@@ -71,6 +74,7 @@ impl Error {
             Error::UserNotFound => "user_not_found",
             Error::AlreadyPro => "already_pro",
             Error::NoCustomer => "no_customer",
+            Error::BadSignature(_) => "bad_signature",
             Error::FulfilmentInProgress => "fulfilment_in_progress",
             Error::Backend(_) => "backend_unavailable",
         }

@@ -98,7 +98,31 @@ pub struct AccountRecord {
     pub customer_id: Option<CustomerId>,
     pub subscription_id: Option<SubscriptionId>,
     pub subscription_status: Option<String>,
+    /// The subscription ends at `period_end` instead of renewing.
+    pub cancel_at_period_end: bool,
+    /// End of the current period (renewal or, with `cancel_at_period_end`, the end).
+    pub period_end: Option<DateTime<Utc>>,
+    /// First time the subscription was seen `past_due` (grace period start).
+    pub past_due_since: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl AccountRecord {
+    /// A FREE record with nothing else known.
+    pub fn new(user_name: UserName, updated_at: DateTime<Utc>) -> Self {
+        Self {
+            user_name,
+            plan: Plan::Free,
+            api_key_id: None,
+            customer_id: None,
+            subscription_id: None,
+            subscription_status: None,
+            cancel_at_period_end: false,
+            period_end: None,
+            past_due_since: None,
+            updated_at,
+        }
+    }
 }
 
 /// What the user directory (Cognito) knows about a user.

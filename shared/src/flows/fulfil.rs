@@ -12,9 +12,11 @@
 
 use std::time::Instant;
 
-use super::{chrono_duration, Ctx};
-use crate::domain::{AccountRecord, CheckoutStatus, Error, IssuedKey, OneTimeKey, Plan, SessionId};
-use crate::ports::{Claim, Fulfil, KeyRegistry, Payments, SessionStore, UserDirectory};
+use super::{account_keys, Ctx};
+use crate::domain::{AccountRecord, CheckoutStatus, Error, OneTimeKey, Plan, SessionId};
+use crate::ports::{
+    AccountLock, Claim, Commit, KeyRegistry, Payments, SessionStore, UserDirectory,
+};
 
 /// Why a verification was turned away (the user is sent to the cancel page; nothing written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,66 +98,69 @@ where
     let user = record.user_name.clone();
     let key_name = settings.key_name(&user);
 
-    // Round trip 2: take the lease; the key lookup and the account read are reads, so they
-    // run beside it and are simply dropped if the claim is refused.
+    // Round trip 2: take the session's lease and the user's account lock (which returns the
+    // account record); the key lookup is a read and runs beside them.
     let token = ctx.ids.token();
     let now = ctx.clock.now();
-    let lease_until = now + chrono_duration(settings.lease);
-    let (claim, named, account) = tokio::try_join!(
+    let lease_until = account_keys::lease_until(ctx, now);
+    let (claim, named, lock) = tokio::try_join!(
         store.claim(session_id, &token, now, lease_until),
         keys.find_by_name(&key_name),
-        store.get_account(&user),
+        store.lock_account(&user, &token, now, lease_until),
     )?;
-    match claim {
-        Claim::Acquired { .. } => {}
-        Claim::AlreadyFulfilled => return Ok(Completion::AlreadyFulfilled),
-        Claim::Missing => return Ok(Completion::Rejected(Rejection::UnknownSession)),
-        Claim::Busy => return wait_for_peer(store, ctx, session_id).await,
+    let early = match claim {
+        Claim::Acquired { .. } => None,
+        Claim::AlreadyFulfilled => Some(Ok(Completion::AlreadyFulfilled)),
+        Claim::Missing => Some(Ok(Completion::Rejected(Rejection::UnknownSession))),
+        Claim::Busy => Some(Err(())),
+    };
+    if let Some(outcome) = early {
+        if matches!(lock, AccountLock::Acquired(_)) {
+            account_keys::release(store, &user, &token).await;
+        }
+        return match outcome {
+            Ok(c) => Ok(c),
+            Err(()) => wait_for_peer(store, ctx, session_id).await,
+        };
     }
 
-    // Round trip 3: the one key of this user, found or created, and enabled.
-    let key = choose_key(
-        keys,
-        &named,
-        account.as_ref().and_then(|a| a.api_key_id.as_deref()),
-    )
-    .await?;
-    let key = match key {
-        Some(k) if k.enabled => k,
-        Some(k) => {
-            keys.set_enabled(&k.id, true).await?;
-            IssuedKey { enabled: true, ..k }
+    let result = async {
+        let account =
+            account_keys::lock_account_waiting(store, ctx, &user, &token, Some(lock)).await?;
+        // Round trip 3: the user's one key, found or created, and enabled.
+        let recorded = account.as_ref().and_then(|a| a.api_key_id.clone());
+        let key =
+            account_keys::ensure_pro_key(keys, &key_name, &named, recorded.as_deref()).await?;
+        // Round trip 4: both idempotent, independent of each other.
+        tokio::try_join!(
+            keys.attach_to_plan(&key.id),
+            users.set_plan(&user, Plan::Pro, Some(&customer))
+        )?;
+        // Round trip 5: session FULFILLED and account record, in one transaction.
+        let now = ctx.clock.now();
+        let mut next = account.unwrap_or_else(|| AccountRecord::new(user.clone(), now));
+        next.plan = Plan::Pro;
+        next.api_key_id = Some(key.id.clone());
+        next.customer_id = Some(customer.clone());
+        if state.subscription.is_some() {
+            next.subscription_id = state.subscription.clone();
         }
-        None => keys.create(&key_name).await?,
-    };
+        next.subscription_status = Some("active".to_string());
+        next.past_due_since = None;
+        next.updated_at = now;
+        Ok::<_, Error>((key, store.fulfil(session_id, &token, &next, now).await?))
+    }
+    .await;
 
-    // Round trip 4: both idempotent, independent of each other.
-    tokio::try_join!(
-        keys.attach_to_plan(&key.id),
-        users.set_plan(&user, Plan::Pro, Some(&customer)),
-    )?;
-
-    // Round trip 5: session FULFILLED and account record, in one transaction.
-    let account = AccountRecord {
-        user_name: user.clone(),
-        plan: Plan::Pro,
-        api_key_id: Some(key.id.clone()),
-        customer_id: Some(customer),
-        subscription_id: state.subscription.clone(),
-        subscription_status: Some("active".to_string()),
-        updated_at: ctx.clock.now(),
-    };
-    match store
-        .fulfil(session_id, &token, &account, ctx.clock.now())
-        .await?
-    {
-        Fulfil::Done => {
+    match result {
+        Ok((key, Commit::Done)) => {
             tracing::info!(user = %user, session_id = %session_id, api_key_id = %key.id, "PRO key issued");
             Ok(Completion::Issued { api_key_id: key.id })
         }
-        Fulfil::LeaseLost => {
+        Ok((_, Commit::LeaseLost)) => {
             // Another attempt took over; it does the same idempotent work.
             tracing::warn!(session_id = %session_id, "fulfilment lease lost to another attempt");
+            account_keys::release(store, &user, &token).await;
             match store.get(session_id).await? {
                 Some(r) if r.status == CheckoutStatus::Fulfilled => {
                     Ok(Completion::AlreadyFulfilled)
@@ -163,36 +168,11 @@ where
                 _ => Err(Error::FulfilmentInProgress),
             }
         }
-    }
-}
-
-/// The key to reuse, if any: the one the account record names, else one with the user's key
-/// name (an enabled one first).
-async fn choose_key<K: KeyRegistry>(
-    keys: &K,
-    named: &[IssuedKey],
-    recorded: Option<&str>,
-) -> Result<Option<IssuedKey>, Error> {
-    if named.len() > 1 {
-        tracing::warn!(
-            count = named.len(),
-            "several API keys share one user's key name"
-        );
-    }
-    if let Some(id) = recorded {
-        if let Some(k) = named.iter().find(|k| k.id == id) {
-            return Ok(Some(k.clone()));
-        }
-        // A key from before the naming scheme (e.g. migrated from the Python version).
-        if let Some(k) = keys.get(id).await? {
-            return Ok(Some(k));
+        Err(e) => {
+            account_keys::release(store, &user, &token).await;
+            Err(e)
         }
     }
-    Ok(named
-        .iter()
-        .find(|k| k.enabled)
-        .or_else(|| named.first())
-        .cloned())
 }
 
 /// Another attempt holds the lease: wait a little for it to finish, and never report a

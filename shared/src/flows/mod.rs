@@ -1,13 +1,19 @@
 //! Use-cases, generic over the ports: no AWS or Stripe types here.
 
 mod account;
+mod account_keys;
 mod checkout;
 mod fulfil;
+mod lifecycle;
 mod portal;
 
 pub use account::{get_account, AccountView, ApiKeyView};
 pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
 pub use fulfil::{complete_checkout, Completion, Rejection};
+pub use lifecycle::{
+    desired_plan, handle_stripe_event, handled_event_types, sync_subscription, EventOutcome,
+    SyncOutcome,
+};
 pub use portal::open_billing_portal;
 
 use std::time::Duration;
@@ -32,6 +38,12 @@ pub struct Settings {
     pub wait_for_peer: Duration,
     /// How long checkout records are kept (DynamoDB TTL).
     pub session_ttl: Duration,
+    /// How long a `past_due` subscription keeps PRO while Stripe retries the payment.
+    pub past_due_grace: Duration,
+    /// How long processed webhook event ids are remembered.
+    pub event_ttl: Duration,
+    /// `STRIPE_WEBHOOK_SECRET` (`whsec_…`), for the webhook function.
+    pub webhook_secret: Option<crate::config::Secret>,
 }
 
 impl Settings {
@@ -45,6 +57,9 @@ impl Settings {
             lease: Duration::from_secs(60),
             wait_for_peer: Duration::from_secs(5),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
+            past_due_grace: Duration::from_secs(7 * 24 * 3600),
+            event_ttl: Duration::from_secs(30 * 24 * 3600),
+            webhook_secret: None,
         }
     }
 

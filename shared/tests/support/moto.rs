@@ -3,7 +3,8 @@
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType,
 };
 use paykey::domain::UserName;
 
@@ -39,32 +40,49 @@ impl Moto {
     /// (sessions table, api keys table), named as in the SAM template.
     pub async fn create_tables(&self) -> (String, String) {
         let ddb = aws_sdk_dynamodb::Client::new(&self.config);
+        let def = |n: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap()
+        };
+        let hash = |n: &str| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap()
+        };
         let mut names = Vec::new();
         for (prefix, pk) in [
             ("paykey-sessions-", "SessionID"),
             ("paykey-api-keys-", "UserID"),
         ] {
             let name = Self::unique(prefix);
-            ddb.create_table()
+            let mut req = ddb
+                .create_table()
                 .table_name(&name)
                 .billing_mode(BillingMode::PayPerRequest)
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name(pk)
-                        .attribute_type(ScalarAttributeType::S)
-                        .build()
-                        .unwrap(),
-                )
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name(pk)
-                        .key_type(KeyType::Hash)
-                        .build()
-                        .unwrap(),
-                )
-                .send()
-                .await
-                .expect("create table on moto");
+                .attribute_definitions(def(pk))
+                .key_schema(hash(pk));
+            if pk == "UserID" {
+                req = req
+                    .attribute_definitions(def("StripeCustomerId"))
+                    .global_secondary_indexes(
+                        GlobalSecondaryIndex::builder()
+                            .index_name(paykey::adapters::aws::CUSTOMER_INDEX)
+                            .key_schema(hash("StripeCustomerId"))
+                            .projection(
+                                Projection::builder()
+                                    .projection_type(ProjectionType::All)
+                                    .build(),
+                            )
+                            .build()
+                            .unwrap(),
+                    );
+            }
+            req.send().await.expect("create table on moto");
             names.push(name);
         }
         (names.remove(0), names.remove(0))

@@ -11,9 +11,14 @@ use crate::domain::{
     AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan,
     SessionId, SubscriptionId, UserName,
 };
-use crate::ports::{Claim, Fulfil, Result, SessionStore};
+use crate::ports::{AccountLock, Claim, Commit, Result, SessionStore};
 
 const SERVICE: &str = "dynamodb";
+/// Global secondary index of the API keys table on `StripeCustomerId` (for webhooks whose
+/// subscription carries no user name).
+pub const CUSTOMER_INDEX: &str = "StripeCustomerId-index";
+/// Processed Stripe events live in the sessions table under this key prefix, with a TTL.
+const EVENT_PREFIX: &str = "EVENT#";
 type Item = HashMap<String, AttributeValue>;
 
 /// Sessions table (`DYNAMODB_STRIPE_TABLE`, key `SessionID`) and API keys table
@@ -151,13 +156,43 @@ fn account_item(a: &AccountRecord) -> Item {
             a.subscription_id.as_ref().map(|c| c.to_string()),
         ),
         ("SubscriptionStatus", a.subscription_status.clone()),
+        (
+            "PeriodEnd",
+            a.period_end
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        ),
+        (
+            "PastDueSince",
+            a.past_due_since
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        ),
     ];
+    item.insert(
+        "CancelAtPeriodEnd".to_string(),
+        AttributeValue::Bool(a.cancel_at_period_end),
+    );
     for (k, v) in optional {
         if let Some(v) = v {
             item.insert(k.to_string(), s(v));
         }
     }
     item
+}
+
+fn opt_time(item: &Item, name: &str, op: &'static str) -> Result<Option<DateTime<Utc>>> {
+    match get_s(item, name) {
+        None => Ok(None),
+        Some(_) => get_time(item, name, op).map(Some),
+    }
+}
+
+/// The record in an API keys item; `None` for an item that only holds a lock.
+fn account_from_item_opt(item: &Item, op: &'static str) -> Result<Option<AccountRecord>> {
+    if item.contains_key("Type") {
+        account_from_item(item, op).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 fn account_from_item(item: &Item, op: &'static str) -> Result<AccountRecord> {
@@ -178,6 +213,13 @@ fn account_from_item(item: &Item, op: &'static str) -> Result<AccountRecord> {
             .transpose()
             .map_err(|e| bad(op, e.to_string()))?,
         subscription_status: get_s(item, "SubscriptionStatus").map(str::to_string),
+        cancel_at_period_end: item
+            .get("CancelAtPeriodEnd")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
+        period_end: opt_time(item, "PeriodEnd", op)?,
+        past_due_since: opt_time(item, "PastDueSince", op)?,
         // Records written by the Python version have no UpdatedAt.
         updated_at: get_time(item, "UpdatedAt", op).unwrap_or(DateTime::UNIX_EPOCH),
     })
@@ -271,7 +313,7 @@ impl SessionStore for DynamoStore {
         token: &str,
         account: &AccountRecord,
         now: DateTime<Utc>,
-    ) -> Result<Fulfil> {
+    ) -> Result<Commit> {
         const OP: &str = "TransactWriteItems(fulfil)";
         let update = Update::builder()
             .table_name(&self.tables.sessions)
@@ -289,6 +331,8 @@ impl SessionStore for DynamoStore {
         let put = Put::builder()
             .table_name(&self.tables.api_keys)
             .set_item(Some(account_item(account)))
+            .condition_expression("LockToken = :tok")
+            .expression_attribute_values(":tok", s(token))
             .build()
             .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
         let res = self
@@ -299,7 +343,7 @@ impl SessionStore for DynamoStore {
             .send()
             .await;
         match res {
-            Ok(_) => Ok(Fulfil::Done),
+            Ok(_) => Ok(Commit::Done),
             Err(e) => {
                 let condition_failed = e.as_service_error().is_some_and(|se| {
                     se.is_transaction_canceled_exception()
@@ -312,7 +356,7 @@ impl SessionStore for DynamoStore {
                         }
                 });
                 if condition_failed {
-                    Ok(Fulfil::LeaseLost)
+                    Ok(Commit::LeaseLost)
                 } else {
                     let msg = e
                         .as_service_error()
@@ -339,18 +383,152 @@ impl SessionStore for DynamoStore {
             .send()
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        out.item
-            .as_ref()
-            .map(|i| account_from_item(i, OP))
-            .transpose()
+        match out.item.as_ref() {
+            Some(i) => account_from_item_opt(i, OP),
+            None => Ok(None),
+        }
     }
 
-    async fn put_account(&self, account: &AccountRecord) -> Result<()> {
+    async fn find_account_by_customer(
+        &self,
+        customer: &CustomerId,
+    ) -> Result<Option<AccountRecord>> {
+        const OP: &str = "Query(account by customer)";
+        let out = self
+            .client
+            .query()
+            .table_name(&self.tables.api_keys)
+            .index_name(CUSTOMER_INDEX)
+            .key_condition_expression("StripeCustomerId = :c")
+            .expression_attribute_values(":c", s(customer.as_str()))
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        for item in out.items() {
+            if let Some(a) = account_from_item_opt(item, OP)? {
+                return Ok(Some(a));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn lock_account(
+        &self,
+        user: &UserName,
+        token: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<AccountLock> {
+        const OP: &str = "UpdateItem(lock account)";
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.api_keys)
+            .key("UserID", s(user.as_str()))
+            .update_expression("SET LockToken = :tok, LockUntil = :until")
+            .condition_expression("attribute_not_exists(LockUntil) OR LockUntil < :now")
+            .expression_attribute_values(":tok", s(token))
+            .expression_attribute_values(
+                ":until",
+                AttributeValue::N(until.timestamp_millis().to_string()),
+            )
+            .expression_attribute_values(
+                ":now",
+                AttributeValue::N(now.timestamp_millis().to_string()),
+            )
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(AccountLock::Acquired(match out.attributes.as_ref() {
+                Some(item) => account_from_item_opt(item, OP)?,
+                None => None,
+            })),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(AccountLock::Busy)
+            }
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn unlock_account(&self, user: &UserName, token: &str) -> Result<()> {
+        const OP: &str = "UpdateItem(unlock account)";
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.api_keys)
+            .key("UserID", s(user.as_str()))
+            .update_expression("REMOVE LockToken, LockUntil")
+            .condition_expression("LockToken = :tok")
+            .expression_attribute_values(":tok", s(token))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn put_account(&self, account: &AccountRecord, token: &str) -> Result<Commit> {
         const OP: &str = "PutItem(account)";
-        self.client
+        let res = self
+            .client
             .put_item()
             .table_name(&self.tables.api_keys)
             .set_item(Some(account_item(account)))
+            .condition_expression("LockToken = :tok")
+            .expression_attribute_values(":tok", s(token))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Commit::Done),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Commit::LeaseLost)
+            }
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn event_seen(&self, event_id: &str) -> Result<bool> {
+        const OP: &str = "GetItem(event)";
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(format!("{EVENT_PREFIX}{event_id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        Ok(out.item.is_some())
+    }
+
+    async fn mark_event(
+        &self,
+        event_id: &str,
+        event_type: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        const OP: &str = "PutItem(event)";
+        self.client
+            .put_item()
+            .table_name(&self.tables.sessions)
+            .item("SessionID", s(format!("{EVENT_PREFIX}{event_id}")))
+            .item("RecordType", s("stripe-event"))
+            .item("EventType", s(event_type))
+            .item("ExpiresAt", epoch(expires_at))
             .send()
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;

@@ -8,7 +8,7 @@ mod dynamodb;
 
 pub use apigateway::ApiGatewayKeys;
 pub use cognito::CognitoUsers;
-pub use dynamodb::DynamoStore;
+pub use dynamodb::{DynamoStore, CUSTOMER_INDEX};
 
 use aws_config::BehaviorVersion;
 

@@ -1,0 +1,13 @@
+//! `stripe-webhook` Lambda: build everything once per cold start, then serve.
+
+use lambda_http::{run, service_fn, Error};
+use paykey::{config::Env, handlers, telemetry, wiring};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let app = wiring::webhook_app(&Env::from_process())
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
+    run(service_fn(|req| handlers::stripe_webhook(&app, req))).await
+}

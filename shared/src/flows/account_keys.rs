@@ -1,0 +1,131 @@
+//! Key management shared by fulfilment and the subscription lifecycle. Callers hold the
+//! user's account lock, so one attempt at a time manages a user's key.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use super::Ctx;
+use crate::domain::{AccountRecord, Error, IssuedKey, UserName};
+use crate::ports::{AccountLock, KeyRegistry, SessionStore};
+
+/// The user's one enabled PRO key: the recorded one, else one with the user's key name, else
+/// a new one. Other enabled keys with the same name are disabled: never two enabled PRO keys.
+/// The caller attaches it to the usage plan.
+pub(crate) async fn ensure_pro_key<K: KeyRegistry>(
+    keys: &K,
+    key_name: &str,
+    named: &[IssuedKey],
+    recorded: Option<&str>,
+) -> Result<IssuedKey, Error> {
+    let chosen = choose_key(keys, named, recorded).await?;
+    let key = match chosen {
+        Some(k) if k.enabled => k,
+        Some(k) => {
+            keys.set_enabled(&k.id, true).await?;
+            IssuedKey { enabled: true, ..k }
+        }
+        None => keys.create(key_name).await?,
+    };
+    for extra in named.iter().filter(|k| k.enabled && k.id != key.id) {
+        tracing::warn!(api_key_id = %extra.id, "disabling a second enabled PRO key of one user");
+        keys.set_enabled(&extra.id, false).await?;
+        keys.detach_from_plan(&extra.id).await?;
+    }
+    Ok(key)
+}
+
+async fn choose_key<K: KeyRegistry>(
+    keys: &K,
+    named: &[IssuedKey],
+    recorded: Option<&str>,
+) -> Result<Option<IssuedKey>, Error> {
+    if let Some(id) = recorded {
+        if let Some(k) = named.iter().find(|k| k.id == id) {
+            return Ok(Some(k.clone()));
+        }
+        // A key from before the naming scheme (e.g. migrated from the Python version).
+        if let Some(k) = keys.get(id).await? {
+            return Ok(Some(k));
+        }
+    }
+    Ok(named
+        .iter()
+        .find(|k| k.enabled)
+        .or_else(|| named.first())
+        .cloned())
+}
+
+/// Disables every PRO key of the user and detaches it from the usage plan.
+pub(crate) async fn revoke_pro_keys<K: KeyRegistry>(
+    keys: &K,
+    named: &[IssuedKey],
+    recorded: Option<&str>,
+) -> Result<(), Error> {
+    let mut ids: Vec<&str> = named.iter().map(|k| k.id.as_str()).collect();
+    if let Some(r) = recorded {
+        if !ids.contains(&r) {
+            ids.push(r);
+        }
+    }
+    for id in ids {
+        // Independent calls: side by side.
+        let (disabled, detached) =
+            tokio::join!(keys.set_enabled(id, false), keys.detach_from_plan(id));
+        match disabled {
+            Ok(()) => {}
+            // A recorded key deleted by hand in the console: nothing left to disable.
+            Err(e) if keys.get(id).await?.is_none() => {
+                tracing::warn!(api_key_id = %id, error = %e, "recorded key no longer exists")
+            }
+            Err(e) => return Err(e.into()),
+        }
+        detached?;
+    }
+    Ok(())
+}
+
+/// Takes the user's account lock, waiting a little for another holder to finish. Returns the
+/// account record as it stands.
+pub(crate) async fn lock_account_waiting<S: SessionStore>(
+    store: &S,
+    ctx: Ctx<'_>,
+    user: &UserName,
+    token: &str,
+    first_try: Option<AccountLock>,
+) -> Result<Option<AccountRecord>, Error> {
+    let started = Instant::now();
+    let mut pause = std::time::Duration::from_millis(50);
+    let mut attempt = first_try;
+    loop {
+        let outcome = match attempt.take() {
+            Some(o) => o,
+            None => {
+                let now = ctx.clock.now();
+                store
+                    .lock_account(user, token, now, lease_until(ctx, now))
+                    .await?
+            }
+        };
+        match outcome {
+            AccountLock::Acquired(record) => return Ok(record),
+            AccountLock::Busy if started.elapsed() < ctx.settings.wait_for_peer => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            AccountLock::Busy => return Err(Error::FulfilmentInProgress),
+        }
+    }
+}
+
+pub(crate) fn lease_until(ctx: Ctx<'_>, now: DateTime<Utc>) -> DateTime<Utc> {
+    now + super::chrono_duration(ctx.settings.lease)
+}
+
+/// Releases the lock after a failure, so a retry need not wait for the lease to expire. Best
+/// effort: a crash leaves the lease to expire instead.
+pub(crate) async fn release<S: SessionStore>(store: &S, user: &UserName, token: &str) {
+    if let Err(e) = store.unlock_account(user, token).await {
+        tracing::warn!(user = %user, error = %e, "could not release the account lock; it expires with its lease");
+    }
+}

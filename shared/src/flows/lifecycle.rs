@@ -1,0 +1,349 @@
+//! The subscription lifecycle: Stripe events keep plan and key in step with Stripe.
+//!
+//! Events arrive out of order and more than once, so every subscription event is acted on
+//! through the subscription's *current* state fetched from Stripe, never the payload, and
+//! each event id is processed once (remembered with a TTL). A failure to act is an error, so
+//! the webhook answers 5xx and Stripe retries.
+
+use chrono::{DateTime, Utc};
+
+use super::{account_keys, chrono_duration, complete_checkout, Completion, Ctx, Rejection};
+use crate::domain::{AccountRecord, Error, Plan, SubscriptionId, UserName};
+use crate::ports::{
+    EventSubject, KeyRegistry, Payments, SessionStore, StripeEvent, SubscriptionState,
+    SubscriptionStatus, UserDirectory,
+};
+
+/// What became of one webhook event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Acted on; the words say what happened.
+    Processed(String),
+    /// Seen before.
+    Duplicate,
+    /// Nothing to do (recorded, answered 200 so Stripe does not disable the endpoint).
+    Ignored(String),
+}
+
+/// What a subscription sync did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The user is PRO with one enabled, attached key.
+    Pro { user: UserName },
+    /// The user was downgraded (or stays FREE); keys disabled and detached.
+    Free { user: UserName },
+    /// The status asks for no change (e.g. `incomplete`: first payment pending).
+    Unchanged { user: UserName },
+    /// No paykey user has this subscription's customer.
+    UnknownCustomer,
+    /// Stripe does not know the subscription.
+    UnknownSubscription,
+}
+
+/// The plan a subscription status grants, or `None` for "leave it as it is".
+///
+/// | status | plan |
+/// |---|---|
+/// | `active`, `trialing` | PRO (also with `cancel_at_period_end`: PRO until the period ends) |
+/// | `past_due` | PRO while within the grace period since first seen past due, then FREE |
+/// | `canceled`, `unpaid`, `incomplete_expired`, `paused` | FREE |
+/// | `incomplete`, unknown | unchanged |
+pub fn desired_plan(
+    status: &SubscriptionStatus,
+    past_due_since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    grace: std::time::Duration,
+) -> Option<Plan> {
+    match status {
+        SubscriptionStatus::Active | SubscriptionStatus::Trialing => Some(Plan::Pro),
+        SubscriptionStatus::PastDue => {
+            let since = past_due_since.unwrap_or(now);
+            Some(if now - since <= chrono_duration(grace) {
+                Plan::Pro
+            } else {
+                Plan::Free
+            })
+        }
+        SubscriptionStatus::Canceled
+        | SubscriptionStatus::Unpaid
+        | SubscriptionStatus::IncompleteExpired
+        | SubscriptionStatus::Paused => Some(Plan::Free),
+        SubscriptionStatus::Incomplete | SubscriptionStatus::Other(_) => None,
+    }
+}
+
+const CHECKOUT_EVENTS: [&str; 2] = [
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+];
+const SUBSCRIPTION_EVENTS: [&str; 5] = [
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.paid",
+    "invoice.payment_failed",
+];
+
+/// Every event type paykey acts on.
+pub fn handled_event_types() -> Vec<&'static str> {
+    CHECKOUT_EVENTS
+        .iter()
+        .chain(SUBSCRIPTION_EVENTS.iter())
+        .copied()
+        .collect()
+}
+
+/// Acts on one verified Stripe event, once per event id.
+pub async fn handle_stripe_event<S, K, U, P>(
+    store: &S,
+    keys: &K,
+    users: &U,
+    payments: &P,
+    ctx: Ctx<'_>,
+    event: &StripeEvent,
+) -> Result<EventOutcome, Error>
+where
+    S: SessionStore,
+    K: KeyRegistry,
+    U: UserDirectory,
+    P: Payments,
+{
+    if store.event_seen(&event.id).await? {
+        tracing::info!(event_id = %event.id, event_type = %event.kind, "duplicate event");
+        return Ok(EventOutcome::Duplicate);
+    }
+    let kind = event.kind.as_str();
+    let outcome = if CHECKOUT_EVENTS.contains(&kind) {
+        match &event.subject {
+            EventSubject::Checkout(session_id) => {
+                match complete_checkout(store, keys, users, payments, ctx, session_id, None).await?
+                {
+                    Completion::Issued { api_key_id } => {
+                        EventOutcome::Processed(format!("issued key {api_key_id}"))
+                    }
+                    Completion::AlreadyFulfilled => {
+                        EventOutcome::Processed("already fulfilled".into())
+                    }
+                    Completion::Rejected(Rejection::UnknownSession) => {
+                        EventOutcome::Ignored("checkout session not started by paykey".into())
+                    }
+                    Completion::Rejected(Rejection::Unpaid) => {
+                        EventOutcome::Ignored("checkout session not paid yet".into())
+                    }
+                    Completion::Rejected(why) => {
+                        EventOutcome::Ignored(format!("checkout session refused: {why:?}"))
+                    }
+                }
+            }
+            _ => EventOutcome::Ignored("checkout event without a session".into()),
+        }
+    } else if SUBSCRIPTION_EVENTS.contains(&kind) {
+        let sub = match &event.subject {
+            EventSubject::Subscription { id, .. } => Some(id.clone()),
+            EventSubject::Invoice { subscription, .. } => subscription.clone(),
+            _ => None,
+        };
+        match sub {
+            None => EventOutcome::Ignored("not about a subscription".into()),
+            Some(id) => match sync_subscription(store, keys, users, payments, ctx, &id).await? {
+                SyncOutcome::Pro { user } => EventOutcome::Processed(format!("{user} is PRO")),
+                SyncOutcome::Free { user } => EventOutcome::Processed(format!("{user} is FREE")),
+                SyncOutcome::Unchanged { user } => {
+                    EventOutcome::Processed(format!("{user} unchanged"))
+                }
+                SyncOutcome::UnknownCustomer => {
+                    tracing::warn!(event_id = %event.id, subscription = %id, "event for a customer paykey does not know");
+                    EventOutcome::Ignored("unknown customer".into())
+                }
+                SyncOutcome::UnknownSubscription => {
+                    EventOutcome::Ignored("unknown subscription".into())
+                }
+            },
+        }
+    } else {
+        tracing::info!(event_id = %event.id, event_type = %kind, "event type not handled; ignored");
+        EventOutcome::Ignored(format!("event type {kind} not handled"))
+    };
+    let expires = ctx.clock.now() + chrono_duration(ctx.settings.event_ttl);
+    store.mark_event(&event.id, kind, expires).await?;
+    tracing::info!(event_id = %event.id, event_type = %kind, outcome = ?outcome, "event processed");
+    Ok(outcome)
+}
+
+/// Brings the user's plan, key and account record in line with the subscription's current
+/// state in Stripe. Safe to run any number of times, in any order, concurrently.
+pub async fn sync_subscription<S, K, U, P>(
+    store: &S,
+    keys: &K,
+    users: &U,
+    payments: &P,
+    ctx: Ctx<'_>,
+    subscription: &SubscriptionId,
+) -> Result<SyncOutcome, Error>
+where
+    S: SessionStore,
+    K: KeyRegistry,
+    U: UserDirectory,
+    P: Payments,
+{
+    let Some(state) = payments.get_subscription(subscription).await? else {
+        return Ok(SyncOutcome::UnknownSubscription);
+    };
+    let user = match state
+        .user_name
+        .as_deref()
+        .and_then(|u| UserName::parse(u).ok())
+    {
+        Some(u) => Some(u),
+        None => store
+            .find_account_by_customer(&state.customer)
+            .await?
+            .map(|a| a.user_name),
+    };
+    let Some(user) = user else {
+        return Ok(SyncOutcome::UnknownCustomer);
+    };
+    if users.get_user(&user).await?.is_none() {
+        return Ok(SyncOutcome::UnknownCustomer);
+    }
+
+    let token = ctx.ids.token();
+    let key_name = ctx.settings.key_name(&user);
+    let now = ctx.clock.now();
+    let (lock, named) = tokio::try_join!(
+        store.lock_account(&user, &token, now, account_keys::lease_until(ctx, now)),
+        keys.find_by_name(&key_name),
+    )?;
+    let result = async {
+        let account =
+            account_keys::lock_account_waiting(store, ctx, &user, &token, Some(lock)).await?;
+        apply(
+            store, keys, users, ctx, &user, &token, &key_name, &named, account, &state,
+        )
+        .await
+    }
+    .await;
+    if result.is_err() {
+        account_keys::release(store, &user, &token).await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply<S, K, U>(
+    store: &S,
+    keys: &K,
+    users: &U,
+    ctx: Ctx<'_>,
+    user: &UserName,
+    token: &str,
+    key_name: &str,
+    named: &[crate::domain::IssuedKey],
+    account: Option<AccountRecord>,
+    state: &SubscriptionState,
+) -> Result<SyncOutcome, Error>
+where
+    S: SessionStore,
+    K: KeyRegistry,
+    U: UserDirectory,
+{
+    let now = ctx.clock.now();
+    let mut next = account.unwrap_or_else(|| AccountRecord::new(user.clone(), now));
+    // A record for another subscription of the same customer that is still active wins over
+    // an old, cancelled one: only the recorded (or first) subscription steers the plan.
+    if let Some(recorded) = &next.subscription_id {
+        if recorded != &state.id
+            && next.plan == Plan::Pro
+            && desired_plan(&state.status, None, now, ctx.settings.past_due_grace)
+                != Some(Plan::Pro)
+        {
+            tracing::info!(user = %user, subscription = %state.id, current = %recorded, "event for an older subscription; the current one stays");
+            account_keys::release(store, user, token).await;
+            return Ok(SyncOutcome::Unchanged { user: user.clone() });
+        }
+    }
+    next.past_due_since = match state.status {
+        SubscriptionStatus::PastDue => next.past_due_since.or(Some(now)),
+        _ => None,
+    };
+    let desired = desired_plan(
+        &state.status,
+        next.past_due_since,
+        now,
+        ctx.settings.past_due_grace,
+    );
+    next.subscription_id = Some(state.id.clone());
+    next.subscription_status = Some(state.status.as_str().to_string());
+    next.customer_id = Some(state.customer.clone());
+    next.cancel_at_period_end = state.cancel_at_period_end;
+    next.period_end = state.period_end;
+    next.updated_at = now;
+
+    let outcome = match desired {
+        Some(Plan::Pro) => {
+            let key =
+                account_keys::ensure_pro_key(keys, key_name, named, next.api_key_id.as_deref())
+                    .await?;
+            tokio::try_join!(
+                keys.attach_to_plan(&key.id),
+                users.set_plan(user, Plan::Pro, Some(&state.customer))
+            )?;
+            next.plan = Plan::Pro;
+            next.api_key_id = Some(key.id);
+            SyncOutcome::Pro { user: user.clone() }
+        }
+        Some(Plan::Free) => {
+            // The customer id is kept: re-subscribing reuses the Stripe customer.
+            tokio::try_join!(
+                account_keys::revoke_pro_keys(keys, named, next.api_key_id.as_deref()),
+                async {
+                    users
+                        .set_plan(user, Plan::Free, Some(&state.customer))
+                        .await
+                        .map_err(Error::from)
+                },
+            )?;
+            next.plan = Plan::Free;
+            SyncOutcome::Free { user: user.clone() }
+        }
+        None => SyncOutcome::Unchanged { user: user.clone() },
+    };
+    match store.put_account(&next, token).await? {
+        crate::ports::Commit::Done => Ok(outcome),
+        crate::ports::Commit::LeaseLost => Err(Error::FulfilmentInProgress),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn the_plan_follows_the_status_with_a_grace_period_for_past_due() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();
+        let grace = std::time::Duration::from_secs(3 * 24 * 3600);
+        let day = chrono::Duration::days(1);
+        use SubscriptionStatus::*;
+        let table = [
+            (Active, None, Some(Plan::Pro)),
+            (Trialing, None, Some(Plan::Pro)),
+            (PastDue, None, Some(Plan::Pro)),
+            (PastDue, Some(now - day * 2), Some(Plan::Pro)),
+            (PastDue, Some(now - day * 4), Some(Plan::Free)),
+            (Canceled, None, Some(Plan::Free)),
+            (Unpaid, None, Some(Plan::Free)),
+            (IncompleteExpired, None, Some(Plan::Free)),
+            (Paused, None, Some(Plan::Free)),
+            (Incomplete, None, None),
+            (Other("future_status".into()), None, None),
+        ];
+        for (status, since, want) in table {
+            assert_eq!(
+                desired_plan(&status, since, now, grace),
+                want,
+                "{status:?} since {since:?}"
+            );
+        }
+    }
+}

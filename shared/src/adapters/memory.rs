@@ -740,6 +740,15 @@ impl MemoryPayments {
         Some(sub.clone())
     }
 
+    /// A checkout's state (panics on an unknown id: for tests).
+    pub fn get_checkout_state(&self, id: &SessionId) -> CheckoutState {
+        lock(&self.state)
+            .checkouts
+            .get(id.as_str())
+            .map(|c| c.state.clone())
+            .expect("known checkout session")
+    }
+
     /// The price a checkout was created for.
     pub fn checkout_price(&self, id: &SessionId) -> Option<String> {
         lock(&self.state)

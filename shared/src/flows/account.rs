@@ -9,6 +9,10 @@ pub struct AccountView {
     pub user_name: String,
     pub plan: Plan,
     pub subscription_status: Option<String>,
+    /// The subscription ends at `current_period_end` instead of renewing.
+    pub cancel_at_period_end: bool,
+    /// RFC 3339; the end date when `cancel_at_period_end`, else the renewal date.
+    pub current_period_end: Option<String>,
     pub has_billing_account: bool,
     pub api_key: Option<ApiKeyView>,
 }
@@ -46,6 +50,11 @@ where
         user_name: user.to_string(),
         plan: profile.plan(),
         subscription_status: account.as_ref().and_then(|a| a.subscription_status.clone()),
+        cancel_at_period_end: account.as_ref().is_some_and(|a| a.cancel_at_period_end),
+        current_period_end: account
+            .as_ref()
+            .and_then(|a| a.period_end)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         has_billing_account: profile.customer_id.is_some(),
         api_key,
     })

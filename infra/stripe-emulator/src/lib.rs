@@ -1,0 +1,408 @@
+#![recursion_limit = "256"]
+//! A local Stripe for paykey: speaks Stripe's REST wire format (form-encoded requests, JSON
+//! objects, Stripe-shaped errors, `Idempotency-Key` replay, `expand[]`) for the calls paykey
+//! makes, serves hosted checkout and billing portal pages, and delivers webhooks signed
+//! exactly as Stripe signs them, retried with backoff on non-2xx answers.
+//!
+//! Test cards on the checkout page: `4242 4242 4242 4242` succeeds; `4000 0000 0000 0002` is
+//! declined and leaves the session unpaid.
+
+mod form;
+pub mod objects;
+mod pages;
+mod state;
+pub mod webhooks;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+pub use form::Form;
+pub use state::Emu;
+
+/// How the emulator starts.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where events are delivered besides the webhook endpoints created through the API
+    /// (the local stack points this at its own webhook route).
+    pub webhook_url: Option<String>,
+    /// The signing secret for `webhook_url` (`whsec_…`).
+    pub webhook_secret: String,
+    /// Delivery attempts per event and the first backoff delay (doubling).
+    pub max_attempts: u32,
+    pub retry_delay: Duration,
+    /// `cancel` button of the portal: `immediately` (default) or `at_period_end`.
+    pub portal_cancel_mode: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            webhook_secret: format!("whsec_{}", uuid::Uuid::new_v4().simple()),
+            max_attempts: 5,
+            retry_delay: Duration::from_millis(500),
+            portal_cancel_mode: "immediately".into(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Shared {
+    pub(crate) emu: Arc<Mutex<Emu>>,
+    pub(crate) config: Arc<Config>,
+    /// The emulator's own base URL, for hosted page links.
+    pub(crate) base: Arc<Mutex<String>>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Self {
+        Self {
+            emu: Arc::new(Mutex::new(Emu::default())),
+            config: Arc::new(config),
+            base: Arc::default(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Emu> {
+        self.emu.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn base(&self) -> String {
+        self.base.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_base(&self, base: &str) {
+        *self.base.lock().unwrap_or_else(|p| p.into_inner()) =
+            base.trim_end_matches('/').to_string();
+    }
+
+    /// Sends every pending event to every endpoint that wants it.
+    pub(crate) fn flush_events(&self) {
+        let (events, endpoints) = {
+            let mut emu = self.lock();
+            (std::mem::take(&mut emu.outbox), emu.endpoints())
+        };
+        for ev in events {
+            let kind = ev["type"].as_str().unwrap_or_default().to_string();
+            let id = ev["id"].as_str().unwrap_or_default().to_string();
+            let payload = serde_json::to_string_pretty(&ev).unwrap_or_default();
+            let mut targets: Vec<(String, String)> = endpoints
+                .iter()
+                .filter(|(_, _, events)| events.iter().any(|e| e == "*" || *e == kind))
+                .map(|(url, secret, _)| (url.clone(), secret.clone()))
+                .collect();
+            if let Some(url) = &self.config.webhook_url {
+                targets.push((url.clone(), self.config.webhook_secret.clone()));
+            }
+            for (url, secret) in targets {
+                let shared = self.clone();
+                let (id, kind, payload) = (id.clone(), kind.clone(), payload.clone());
+                let (attempts, delay) = (self.config.max_attempts, self.config.retry_delay);
+                let d = webhooks::Delivery {
+                    url,
+                    secret,
+                    event_id: id,
+                    event_type: kind,
+                    payload,
+                };
+                tokio::spawn(webhooks::deliver(d, attempts, delay, move |a| {
+                    shared.lock().deliveries.push(a);
+                }));
+            }
+        }
+    }
+
+    /// Runs one API call in-process (no HTTP, no auth), delivering its events: for seeding
+    /// catalogs and driving scenarios in tests.
+    pub fn call(&self, method: &str, path: &str, form: &str) -> (u16, Value) {
+        let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
+        let base = self.base();
+        let ApiResult(status, v) =
+            self.lock()
+                .route(&method, path, &Form::parse(form.as_bytes()), &base);
+        self.flush_events();
+        (status.as_u16(), v)
+    }
+
+    /// Pays a checkout session as the hosted page does with card 4242: returns the success URL.
+    pub fn pay(&self, session_id: &str) -> Option<String> {
+        let url = self.lock().pay(session_id);
+        self.flush_events();
+        url
+    }
+
+    /// Moves a subscription to a status (`canceled` cancels at once), with Stripe's events.
+    pub fn set_subscription_status(&self, id: &str, status: &str) -> Option<Value> {
+        let s = self.lock().set_subscription_status(id, status);
+        self.flush_events();
+        s
+    }
+
+    /// Every event emitted so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.lock().events.clone()
+    }
+
+    /// Every webhook delivery attempt so far.
+    pub fn deliveries(&self) -> Vec<webhooks::Attempt> {
+        self.lock().deliveries.clone()
+    }
+
+    /// The router: API under `/v1`, hosted pages, and `/_emulator` helpers for tests.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/{*path}", get(api).post(api).delete(api))
+            .route(
+                "/checkout/{id}",
+                get(pages::checkout_page).post(pages::checkout_pay),
+            )
+            .route("/portal/{id}", get(pages::portal_page))
+            .route("/portal/{id}/cancel/{sub}", post(pages::portal_cancel))
+            .route("/_emulator/events", get(emulator_events))
+            .route("/_emulator/deliveries", get(emulator_deliveries))
+            .route(
+                "/_emulator/subscriptions/{id}",
+                post(emulator_set_subscription),
+            )
+            .route(
+                "/",
+                get(|| async { Html("<h1>paykey Stripe emulator</h1><p>API under /v1.</p>") }),
+            )
+            .with_state(self)
+    }
+}
+
+/// A running emulator on a loopback port.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shared: Shared,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn webhook_secret(&self) -> &str {
+        &self.shared.config.webhook_secret
+    }
+}
+
+/// Starts the emulator on `addr` (port 0 picks a free one).
+pub async fn start(addr: SocketAddr, config: Config) -> std::io::Result<Running> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let shared = Shared::new(config);
+    shared.set_base(&format!("http://{addr}"));
+    let router = shared.clone().router();
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "stripe emulator stopped");
+        }
+    });
+    Ok(Running { addr, shared, task })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// An API answer: status and JSON body.
+pub(crate) struct ApiResult(pub StatusCode, pub Value);
+
+impl ApiResult {
+    pub fn ok(v: Value) -> Self {
+        Self(StatusCode::OK, v)
+    }
+    pub fn missing(kind: &str, id: &str, param: &str) -> Self {
+        Self(
+            StatusCode::NOT_FOUND,
+            objects::error(
+                "invalid_request_error",
+                Some("resource_missing"),
+                &format!("No such {kind}: '{id}'"),
+                Some(param),
+            ),
+        )
+    }
+    pub fn invalid(message: &str, param: Option<&str>) -> Self {
+        Self(
+            StatusCode::BAD_REQUEST,
+            objects::error(
+                "invalid_request_error",
+                Some("parameter_invalid"),
+                message,
+                param,
+            ),
+        )
+    }
+    pub fn missing_param(param: &str) -> Self {
+        Self(
+            StatusCode::BAD_REQUEST,
+            objects::error(
+                "invalid_request_error",
+                Some("parameter_missing"),
+                &format!("Missing required param: {param}."),
+                Some(param),
+            ),
+        )
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value, replayed: bool) -> Response {
+    let mut r = (status, Json(body.clone())).into_response();
+    r.headers_mut().insert(
+        "request-id",
+        format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14])
+            .parse()
+            .expect("header"),
+    );
+    if replayed {
+        r.headers_mut()
+            .insert("idempotent-replayed", "true".parse().expect("header"));
+    }
+    r
+}
+
+async fn api(
+    State(shared): State<Shared>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    // Authentication, as Stripe: a test secret or restricted key as a bearer token.
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let key = auth.strip_prefix("Bearer ").unwrap_or("");
+    if !(key.starts_with("sk_test_") || key.starts_with("rk_test_")) {
+        let shown = if key.len() > 12 {
+            format!("{}…", &key[..12])
+        } else {
+            "(none)".to_string()
+        };
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            &objects::error(
+                "invalid_request_error",
+                None,
+                &format!("Invalid API Key provided: {shown}"),
+                None,
+            ),
+            false,
+        );
+    }
+    let form = if method == Method::GET || method == Method::DELETE {
+        Form::parse(query.as_deref().unwrap_or("").as_bytes())
+    } else {
+        Form::parse(&body)
+    };
+    // Idempotency-Key: the same key with the same request replays the first answer.
+    let idem = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let fingerprint = format!("{method} {path} {}", String::from_utf8_lossy(&body));
+    if let (Some(k), true) = (&idem, method == Method::POST) {
+        if let Some((fp, status, saved)) = shared.lock().idempotency.get(k).cloned() {
+            if fp != fingerprint {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &objects::error(
+                        "idempotency_error",
+                        None,
+                        &format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{k}' if you meant to execute a different request."),
+                        None,
+                    ),
+                    false,
+                );
+            }
+            return json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                &saved,
+                true,
+            );
+        }
+    }
+    let base = shared.base();
+    let ApiResult(status, value) = {
+        let mut emu = shared.lock();
+        emu.route(&method, &path, &form, &base)
+    };
+    let value = match (status.is_success(), form.list("expand")) {
+        (true, expand) if !expand.is_empty() => shared.lock().expand(value, &expand),
+        _ => value,
+    };
+    if let (Some(k), true) = (idem, method == Method::POST) {
+        // Stripe saves the answer unless it was a 5xx (then the request may be retried).
+        if status.as_u16() < 500 {
+            shared
+                .lock()
+                .idempotency
+                .insert(k, (fingerprint, status.as_u16(), value.clone()));
+        }
+    }
+    shared.flush_events();
+    json_response(status, &value, false)
+}
+
+async fn emulator_events(State(shared): State<Shared>) -> Json<Value> {
+    Json(Value::Array(shared.lock().events.clone()))
+}
+
+async fn emulator_deliveries(State(shared): State<Shared>) -> Json<Value> {
+    Json(Value::Array(
+        shared
+            .lock()
+            .deliveries
+            .iter()
+            .map(|a| a.to_json())
+            .collect(),
+    ))
+}
+
+/// Test helper: moves a subscription to another status as a renewal would
+/// (`status=past_due|unpaid|active|canceled`), with the events Stripe sends for it.
+async fn emulator_set_subscription(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let form = Form::parse(&body);
+    let Some(status) = form.get("status") else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "status is required"}),
+            false,
+        );
+    };
+    let result = shared.lock().set_subscription_status(&id, status);
+    shared.flush_events();
+    match result {
+        Some(sub) => json_response(StatusCode::OK, &sub, false),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no subscription {id}")}),
+            false,
+        ),
+    }
+}
+
+pub(crate) fn html_page(status: StatusCode, body: String) -> Response {
+    (status, Html(body)).into_response()
+}
+
+pub(crate) fn see_other(url: &str) -> Response {
+    Redirect::to(url).into_response()
+}

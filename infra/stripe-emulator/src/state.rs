@@ -1,0 +1,644 @@
+//! The emulator's objects and the API operations on them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::objects::{self, NewInvoice, NewPrice, NewSession, NewSubscription};
+use crate::webhooks::Attempt;
+use crate::{ApiResult, Form};
+
+#[derive(Default)]
+pub struct Emu {
+    pub products: BTreeMap<String, Value>,
+    pub prices: BTreeMap<String, Value>,
+    pub customers: BTreeMap<String, Value>,
+    pub sessions: BTreeMap<String, Value>,
+    pub subscriptions: BTreeMap<String, Value>,
+    pub invoices: BTreeMap<String, Value>,
+    pub portal_sessions: BTreeMap<String, Value>,
+    pub portal_configs: BTreeMap<String, Value>,
+    pub webhook_endpoints: BTreeMap<String, Value>,
+    /// Idempotency-Key → (request fingerprint, status, answer).
+    pub idempotency: HashMap<String, (String, u16, Value)>,
+    /// Every event, and those not yet delivered.
+    pub events: Vec<Value>,
+    pub outbox: Vec<Value>,
+    pub deliveries: Vec<Attempt>,
+    counter: u64,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn month_after(t: i64) -> i64 {
+    t + 30 * 24 * 3600
+}
+
+fn metadata(form: &Form, key: &str) -> Value {
+    json!(form.map(key))
+}
+
+impl Emu {
+    pub fn new_id(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        let rand = uuid::Uuid::new_v4().simple().to_string();
+        format!("{prefix}_{}{:04}", &rand[..20], self.counter)
+    }
+
+    pub(crate) fn emit(&mut self, kind: &str, object: Value) {
+        let id = self.new_id("evt");
+        let ev = objects::event(&id, kind, object, now());
+        self.events.push(ev.clone());
+        self.outbox.push(ev);
+    }
+
+    /// (url, secret, enabled events) of every enabled webhook endpoint.
+    pub(crate) fn endpoints(&self) -> Vec<(String, String, Vec<String>)> {
+        self.webhook_endpoints
+            .values()
+            .filter(|e| e["status"] == "enabled")
+            .map(|e| {
+                let events = e["enabled_events"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (
+                    e["url"].as_str().unwrap_or_default().to_string(),
+                    e["secret_for_delivery"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    events,
+                )
+            })
+            .collect()
+    }
+
+    /// Replaces ids with the objects they name, for the fields listed in `expand[]`.
+    pub fn expand(&self, mut value: Value, fields: &[String]) -> Value {
+        for field in fields {
+            let path: Vec<&str> = field.split('.').collect();
+            if path.len() == 2 && path[0] == "data" {
+                if let Some(items) = value["data"].as_array_mut() {
+                    for item in items {
+                        self.expand_field(item, path[1]);
+                    }
+                }
+            } else {
+                self.expand_field(&mut value, field);
+            }
+        }
+        value
+    }
+
+    fn expand_field(&self, obj: &mut Value, field: &str) {
+        let Some(id) = obj.get(field).and_then(|v| v.as_str()).map(str::to_string) else {
+            return;
+        };
+        let found = match field {
+            "customer" => self.customers.get(&id),
+            "subscription" => self.subscriptions.get(&id),
+            "invoice" | "latest_invoice" => self.invoices.get(&id),
+            "product" => self.products.get(&id),
+            _ => None,
+        };
+        if let Some(o) = found {
+            obj[field] = o.clone();
+        }
+    }
+
+    pub(crate) fn route(
+        &mut self,
+        method: &Method,
+        path: &str,
+        form: &Form,
+        base: &str,
+    ) -> ApiResult {
+        let parts: Vec<&str> = path
+            .trim_start_matches("/v1/")
+            .trim_end_matches('/')
+            .split('/')
+            .collect();
+        match (method.as_str(), parts.as_slice()) {
+            ("POST", ["products"]) => self.create_product(form),
+            ("GET", ["products"]) => ApiResult::ok(objects::list(self.products.values().cloned().collect(), "/v1/products")),
+            ("GET", ["products", id]) => self.products.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("product", id, "id")),
+            ("POST", ["prices"]) => self.create_price(form),
+            ("GET", ["prices"]) => self.list_prices(form),
+            ("GET", ["prices", id]) => self.prices.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("price", id, "price")),
+            ("POST", ["prices", id]) => self.update_price(id, form),
+            ("POST", ["customers"]) => {
+                let id = self.new_id("cus");
+                let c = objects::customer(&id, form.get("email"), now(), metadata(form, "metadata"));
+                self.customers.insert(id, c.clone());
+                self.emit("customer.created", c.clone());
+                ApiResult::ok(c)
+            }
+            ("GET", ["customers", id]) => self.customers.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("customer", id, "id")),
+            ("POST", ["checkout", "sessions"]) => self.create_session(form, base),
+            ("GET", ["checkout", "sessions", id]) => self.sessions.get(*id).map(|s| ApiResult::ok(public(s))).unwrap_or_else(|| ApiResult::missing("checkout.session", id, "session")),
+            ("POST", ["billing_portal", "sessions"]) => self.create_portal_session(form, base),
+            ("POST", ["billing_portal", "configurations"]) => self.save_portal_config(None, form),
+            ("POST", ["billing_portal", "configurations", id]) => self.save_portal_config(Some(id), form),
+            ("GET", ["billing_portal", "configurations"]) => ApiResult::ok(objects::list(self.portal_configs.values().cloned().collect(), "/v1/billing_portal/configurations")),
+            ("GET", ["subscriptions", id]) => self.subscriptions.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("subscription", id, "id")),
+            ("POST", ["subscriptions", id]) => self.update_subscription(id, form),
+            ("DELETE", ["subscriptions", id]) => match self.cancel_now(id) {
+                Some(s) => ApiResult::ok(s),
+                None => ApiResult::missing("subscription", id, "id"),
+            },
+            ("GET", ["invoices"]) => {
+                let customer = form.get("customer");
+                let data = self.invoices.values().filter(|i| customer.is_none_or(|c| i["customer"] == c)).cloned().collect();
+                ApiResult::ok(objects::list(data, "/v1/invoices"))
+            }
+            ("POST", ["webhook_endpoints"]) => self.save_webhook_endpoint(None, form),
+            ("POST", ["webhook_endpoints", id]) => self.save_webhook_endpoint(Some(id), form),
+            ("GET", ["webhook_endpoints"]) => {
+                let data = self.webhook_endpoints.values().map(public_endpoint).collect();
+                ApiResult::ok(objects::list(data, "/v1/webhook_endpoints"))
+            }
+            _ => {
+                ApiResult(
+                    StatusCode::NOT_FOUND,
+                    objects::error("invalid_request_error", None, &format!("Unrecognized request URL ({method}: {path}). The paykey Stripe emulator implements only the calls paykey makes."), None),
+                )
+            }
+        }
+    }
+
+    fn create_product(&mut self, form: &Form) -> ApiResult {
+        let Some(name) = form.get("name") else {
+            return ApiResult::missing_param("name");
+        };
+        let id = form
+            .get("id")
+            .map(str::to_string)
+            .unwrap_or_else(|| self.new_id("prod"));
+        if self.products.contains_key(&id) {
+            return ApiResult::invalid(&format!("Product already exists: {id}"), Some("id"));
+        }
+        let p = objects::product(&id, name, now(), metadata(form, "metadata"));
+        self.products.insert(id, p.clone());
+        ApiResult::ok(p)
+    }
+
+    fn create_price(&mut self, form: &Form) -> ApiResult {
+        let Some(product) = form.get("product") else {
+            return ApiResult::missing_param("product");
+        };
+        if !self.products.contains_key(product) {
+            return ApiResult::missing("product", product, "product");
+        }
+        let Some(currency) = form.get("currency") else {
+            return ApiResult::missing_param("currency");
+        };
+        let Some(amount) = form.get("unit_amount").and_then(|a| a.parse::<i64>().ok()) else {
+            return ApiResult::missing_param("unit_amount");
+        };
+        let interval = form.sub("recurring").get("interval").map(str::to_string);
+        let Some(interval) = interval else {
+            return ApiResult::missing_param("recurring[interval]");
+        };
+        let lookup_key = form.get("lookup_key");
+        if let Some(k) = lookup_key {
+            let taken = self.prices.values().any(|p| p["lookup_key"] == k);
+            if taken && form.get("transfer_lookup_key") != Some("true") {
+                return ApiResult::invalid(
+                    &format!("A price (`{k}`) already uses that lookup key."),
+                    Some("lookup_key"),
+                );
+            }
+            for p in self.prices.values_mut().filter(|p| p["lookup_key"] == k) {
+                p["lookup_key"] = Value::Null;
+            }
+        }
+        let id = self.new_id("price");
+        let p = objects::price(NewPrice {
+            id: &id,
+            product,
+            unit_amount: amount,
+            currency,
+            interval: &interval,
+            lookup_key,
+            nickname: form.get("nickname"),
+            created: now(),
+            metadata: metadata(form, "metadata"),
+        });
+        self.prices.insert(id, p.clone());
+        ApiResult::ok(p)
+    }
+
+    fn update_price(&mut self, id: &str, form: &Form) -> ApiResult {
+        let Some(p) = self.prices.get_mut(id) else {
+            return ApiResult::missing("price", id, "price");
+        };
+        if let Some(a) = form.get("active") {
+            p["active"] = json!(a == "true");
+        }
+        if let Some(n) = form.get("nickname") {
+            p["nickname"] = json!(n);
+        }
+        for (k, v) in form.map("metadata") {
+            p["metadata"][k] = json!(v);
+        }
+        ApiResult::ok(p.clone())
+    }
+
+    fn list_prices(&self, form: &Form) -> ApiResult {
+        let keys = form.list("lookup_keys");
+        let active = form.get("active").map(|a| a == "true");
+        let product = form.get("product");
+        let limit = form
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(10);
+        let data: Vec<Value> = self
+            .prices
+            .values()
+            .filter(|p| {
+                keys.is_empty()
+                    || p["lookup_key"]
+                        .as_str()
+                        .is_some_and(|k| keys.iter().any(|x| x == k))
+            })
+            .filter(|p| active.is_none_or(|a| p["active"] == a))
+            .filter(|p| product.is_none_or(|x| p["product"] == x))
+            .take(limit)
+            .cloned()
+            .collect();
+        ApiResult::ok(objects::list(data, "/v1/prices"))
+    }
+
+    fn create_session(&mut self, form: &Form, base: &str) -> ApiResult {
+        if form.get("mode") != Some("subscription") {
+            return ApiResult::invalid(
+                "The emulator supports mode=subscription only.",
+                Some("mode"),
+            );
+        }
+        let Some(success_url) = form.get("success_url") else {
+            return ApiResult::missing_param("success_url");
+        };
+        let items = form.items("line_items");
+        let Some(item) = items.first() else {
+            return ApiResult::missing_param("line_items");
+        };
+        let Some(price_id) = item.get("price") else {
+            return ApiResult::missing_param("line_items[0][price]");
+        };
+        let Some(price) = self.prices.get(price_id).cloned() else {
+            return ApiResult::missing("price", price_id, "line_items[0][price]");
+        };
+        if price["active"] != true {
+            return ApiResult::invalid(
+                &format!("The price specified is inactive: {price_id}"),
+                Some("line_items[0][price]"),
+            );
+        }
+        let customer = form.get("customer");
+        if let Some(c) = customer {
+            if !self.customers.contains_key(c) {
+                return ApiResult::missing("customer", c, "customer");
+            }
+        }
+        let id = self.new_id("cs_test");
+        let url = format!("{base}/checkout/{id}");
+        let mut s = objects::checkout_session(NewSession {
+            id: &id,
+            url: &url,
+            created: now(),
+            success_url,
+            cancel_url: form.get("cancel_url"),
+            client_reference_id: form.get("client_reference_id"),
+            customer,
+            metadata: metadata(form, "metadata"),
+            amount_total: price["unit_amount"].as_i64().unwrap_or(0),
+            currency: price["currency"].as_str().unwrap_or("usd"),
+        });
+        // Kept for the payment step (not part of Stripe's object).
+        let sd = form.sub("subscription_data");
+        s["_price"] = json!(price_id);
+        s["_subscription_metadata"] = json!(sd.map("metadata"));
+        s["_application_fee_percent"] = sd
+            .get("application_fee_percent")
+            .and_then(|f| f.parse::<f64>().ok())
+            .map(Value::from)
+            .unwrap_or(Value::Null);
+        s["_transfer_destination"] = sd
+            .sub("transfer_data")
+            .get("destination")
+            .map(Value::from)
+            .unwrap_or(Value::Null);
+        self.sessions.insert(id, s.clone());
+        ApiResult::ok(public(&s))
+    }
+
+    /// Completes a checkout as a successful card payment would, emitting Stripe's events.
+    pub fn pay(&mut self, id: &str) -> Option<String> {
+        let s = self.sessions.get(id)?.clone();
+        if s["status"] != "open" {
+            return s["success_url"]
+                .as_str()
+                .map(|u| u.replace("{CHECKOUT_SESSION_ID}", id));
+        }
+        let t = now();
+        let customer = match s["customer"].as_str() {
+            Some(c) => c.to_string(),
+            None => {
+                let cid = self.new_id("cus");
+                let c = objects::customer(&cid, None, t, json!({}));
+                self.customers.insert(cid.clone(), c.clone());
+                self.emit("customer.created", c);
+                cid
+            }
+        };
+        let price = self.prices.get(s["_price"].as_str()?)?.clone();
+        let (sub_id, item_id, inv_id) = (self.new_id("sub"), self.new_id("si"), self.new_id("in"));
+        let sub = objects::subscription(NewSubscription {
+            id: &sub_id,
+            item_id: &item_id,
+            customer: &customer,
+            price: &price,
+            now: t,
+            period_end: month_after(t),
+            metadata: s["_subscription_metadata"].clone(),
+            latest_invoice: &inv_id,
+            application_fee_percent: s["_application_fee_percent"].as_f64(),
+            transfer_destination: s["_transfer_destination"].as_str(),
+        });
+        let inv = objects::invoice(NewInvoice {
+            id: &inv_id,
+            customer: &customer,
+            subscription: &sub_id,
+            amount: price["unit_amount"].as_i64().unwrap_or(0),
+            currency: price["currency"].as_str().unwrap_or("usd"),
+            paid: true,
+            period_start: t,
+            period_end: month_after(t),
+            now: t,
+        });
+        self.subscriptions.insert(sub_id.clone(), sub.clone());
+        self.invoices.insert(inv_id.clone(), inv.clone());
+        let session = self.sessions.get_mut(id)?;
+        session["status"] = json!("complete");
+        session["payment_status"] = json!("paid");
+        session["customer"] = json!(customer);
+        session["subscription"] = json!(sub_id);
+        session["invoice"] = json!(inv_id);
+        session["customer_details"] = json!({"address": null, "email": null, "name": null, "phone": null, "tax_exempt": "none", "tax_ids": []});
+        let session = public(session);
+        self.emit("customer.subscription.created", sub);
+        self.emit("invoice.paid", inv);
+        self.emit("checkout.session.completed", session.clone());
+        session["success_url"]
+            .as_str()
+            .map(|u| u.replace("{CHECKOUT_SESSION_ID}", id))
+    }
+
+    fn create_portal_session(&mut self, form: &Form, base: &str) -> ApiResult {
+        let Some(customer) = form.get("customer") else {
+            return ApiResult::missing_param("customer");
+        };
+        if !self.customers.contains_key(customer) {
+            return ApiResult::missing("customer", customer, "customer");
+        }
+        let config = match form.get("configuration") {
+            Some(c) if self.portal_configs.contains_key(c) => c.to_string(),
+            Some(c) => {
+                return ApiResult::missing("billing_portal.configuration", c, "configuration")
+            }
+            None => match self
+                .portal_configs
+                .values()
+                .find(|c| c["is_default"] == true)
+            {
+                Some(c) => c["id"].as_str().unwrap_or_default().to_string(),
+                None => {
+                    let r = self.save_portal_config(None, &Form::parse(b"features[subscription_cancel][enabled]=true&features[invoice_history][enabled]=true"));
+                    r.1["id"].as_str().unwrap_or_default().to_string()
+                }
+            },
+        };
+        let id = self.new_id("bps");
+        let url = format!("{base}/portal/{id}");
+        let p =
+            objects::portal_session(&id, &config, customer, form.get("return_url"), &url, now());
+        self.portal_sessions.insert(id, p.clone());
+        ApiResult::ok(p)
+    }
+
+    fn save_portal_config(&mut self, id: Option<&str>, form: &Form) -> ApiResult {
+        let existing = id.and_then(|i| self.portal_configs.get(i).cloned());
+        if let (Some(i), None) = (id, &existing) {
+            return ApiResult::missing("billing_portal.configuration", i, "configuration");
+        }
+        let id = id.map(str::to_string).unwrap_or_else(|| self.new_id("bpc"));
+        let is_default = existing
+            .as_ref()
+            .map(|e| e["is_default"] == true)
+            .unwrap_or(self.portal_configs.is_empty());
+        let mut c = existing.unwrap_or_else(|| {
+            json!({
+                "id": id, "object": "billing_portal.configuration", "active": true, "application": null,
+                "business_profile": {"headline": null, "privacy_policy_url": null, "terms_of_service_url": null},
+                "created": now(), "default_return_url": null,
+                "features": {
+                    "customer_update": {"allowed_updates": [], "enabled": false},
+                    "invoice_history": {"enabled": false},
+                    "payment_method_update": {"enabled": false, "payment_method_configuration": null},
+                    "subscription_cancel": {"cancellation_reason": {"enabled": false, "options": []}, "enabled": false, "mode": "at_period_end", "proration_behavior": "none"},
+                    "subscription_update": {"billing_cycle_anchor": null, "default_allowed_updates": [], "enabled": false, "products": [], "proration_behavior": "none", "schedule_at_period_end": {"conditions": []}, "trial_update_behavior": "continue_trial"}
+                },
+                "is_default": is_default, "livemode": false, "login_page": {"enabled": false, "url": null},
+                "metadata": {}, "name": null, "updated": now(),
+            })
+        });
+        let f = form.sub("features");
+        for feature in [
+            "invoice_history",
+            "payment_method_update",
+            "customer_update",
+            "subscription_update",
+        ] {
+            if let Some(e) = f.sub(feature).get("enabled") {
+                c["features"][feature]["enabled"] = json!(e == "true");
+            }
+        }
+        let cancel = f.sub("subscription_cancel");
+        if let Some(e) = cancel.get("enabled") {
+            c["features"]["subscription_cancel"]["enabled"] = json!(e == "true");
+        }
+        if let Some(m) = cancel.get("mode") {
+            c["features"]["subscription_cancel"]["mode"] = json!(m);
+        }
+        if let Some(h) = form.sub("business_profile").get("headline") {
+            c["business_profile"]["headline"] = json!(h);
+        }
+        if let Some(u) = form.get("default_return_url") {
+            c["default_return_url"] = json!(u);
+        }
+        for (k, v) in form.map("metadata") {
+            c["metadata"][k] = json!(v);
+        }
+        c["updated"] = json!(now());
+        self.portal_configs.insert(id, c.clone());
+        ApiResult::ok(c)
+    }
+
+    fn update_subscription(&mut self, id: &str, form: &Form) -> ApiResult {
+        let Some(sub) = self.subscriptions.get_mut(id) else {
+            return ApiResult::missing("subscription", id, "id");
+        };
+        if let Some(v) = form.get("cancel_at_period_end") {
+            let on = v == "true";
+            sub["cancel_at_period_end"] = json!(on);
+            let end = sub["items"]["data"][0]["current_period_end"].clone();
+            sub["cancel_at"] = if on { end } else { Value::Null };
+            sub["canceled_at"] = if on { json!(now()) } else { Value::Null };
+        }
+        for (k, v) in form.map("metadata") {
+            sub["metadata"][k] = json!(v);
+        }
+        let s = sub.clone();
+        self.emit("customer.subscription.updated", s.clone());
+        ApiResult::ok(s)
+    }
+
+    /// Cancels at once: `canceled`, with `customer.subscription.deleted`.
+    pub fn cancel_now(&mut self, id: &str) -> Option<Value> {
+        let sub = self.subscriptions.get_mut(id)?;
+        if sub["status"] != "canceled" {
+            let t = now();
+            sub["status"] = json!("canceled");
+            sub["canceled_at"] = json!(t);
+            sub["ended_at"] = json!(t);
+            sub["cancellation_details"]["reason"] = json!("cancellation_requested");
+            let s = sub.clone();
+            self.emit("customer.subscription.deleted", s);
+        }
+        self.subscriptions.get(id).cloned()
+    }
+
+    /// Cancels at the end of the period: stays `active` with `cancel_at_period_end`.
+    pub(crate) fn cancel_at_period_end(&mut self, id: &str) -> Option<Value> {
+        let r = self.update_subscription(id, &Form::parse(b"cancel_at_period_end=true"));
+        r.0.is_success().then_some(r.1)
+    }
+
+    pub fn set_subscription_status(&mut self, id: &str, status: &str) -> Option<Value> {
+        if status == "canceled" {
+            return self.cancel_now(id);
+        }
+        let sub = self.subscriptions.get_mut(id)?;
+        sub["status"] = json!(status);
+        let s = sub.clone();
+        let customer = s["customer"].as_str().unwrap_or_default().to_string();
+        let price = s["items"]["data"][0]["price"].clone();
+        let inv_id = self.new_id("in");
+        let t = now();
+        let paid = status == "active";
+        let inv = objects::invoice(NewInvoice {
+            id: &inv_id,
+            customer: &customer,
+            subscription: id,
+            amount: price["unit_amount"].as_i64().unwrap_or(0),
+            currency: price["currency"].as_str().unwrap_or("usd"),
+            paid,
+            period_start: t,
+            period_end: month_after(t),
+            now: t,
+        });
+        self.invoices.insert(inv_id.clone(), inv.clone());
+        if let Some(sub) = self.subscriptions.get_mut(id) {
+            sub["latest_invoice"] = json!(inv_id);
+        }
+        let s = self.subscriptions.get(id).cloned()?;
+        self.emit("customer.subscription.updated", s.clone());
+        self.emit(
+            if paid {
+                "invoice.paid"
+            } else {
+                "invoice.payment_failed"
+            },
+            inv,
+        );
+        Some(s)
+    }
+
+    fn save_webhook_endpoint(&mut self, id: Option<&str>, form: &Form) -> ApiResult {
+        let existing = id.and_then(|i| self.webhook_endpoints.get(i).cloned());
+        if let (Some(i), None) = (id, &existing) {
+            return ApiResult::missing("webhook_endpoint", i, "webhook_endpoint");
+        }
+        let mut e = match existing {
+            Some(e) => e,
+            None => {
+                let Some(url) = form.get("url") else {
+                    return ApiResult::missing_param("url");
+                };
+                let events = form.list("enabled_events");
+                if events.is_empty() {
+                    return ApiResult::missing_param("enabled_events");
+                }
+                let id = self.new_id("we");
+                let secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
+                json!({
+                    "id": id, "object": "webhook_endpoint", "api_version": form.get("api_version"),
+                    "application": null, "created": now(), "description": form.get("description"),
+                    "enabled_events": events, "livemode": false, "metadata": {}, "status": "enabled",
+                    "url": url, "secret_for_delivery": secret,
+                })
+            }
+        };
+        if let Some(u) = form.get("url") {
+            e["url"] = json!(u);
+        }
+        let events = form.list("enabled_events");
+        if !events.is_empty() {
+            e["enabled_events"] = json!(events);
+        }
+        if let Some(d) = form.get("disabled") {
+            e["status"] = json!(if d == "true" { "disabled" } else { "enabled" });
+        }
+        if let Some(d) = form.get("description") {
+            e["description"] = json!(d);
+        }
+        for (k, v) in form.map("metadata") {
+            e["metadata"][k] = json!(v);
+        }
+        let created_now = id.is_none();
+        let key = e["id"].as_str().unwrap_or_default().to_string();
+        self.webhook_endpoints.insert(key, e.clone());
+        let mut shown = public_endpoint(&e);
+        if created_now {
+            // Like Stripe, the secret is shown only when the endpoint is created.
+            shown["secret"] = e["secret_for_delivery"].clone();
+        }
+        ApiResult::ok(shown)
+    }
+}
+
+/// An object without the emulator's private `_…` fields.
+pub(crate) fn public(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|k, _| !k.starts_with('_'));
+    }
+    v
+}
+
+fn public_endpoint(e: &Value) -> Value {
+    let mut e = e.clone();
+    if let Some(o) = e.as_object_mut() {
+        o.remove("secret_for_delivery");
+    }
+    e
+}

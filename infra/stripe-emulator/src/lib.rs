@@ -76,7 +76,7 @@ impl Shared {
         self.emu.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         self.base.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -145,6 +145,16 @@ impl Shared {
         let s = self.lock().set_subscription_status(id, status);
         self.flush_events();
         s
+    }
+
+    /// The emulator's objects, for persisting across restarts.
+    pub fn export(&self) -> Value {
+        self.lock().export()
+    }
+
+    /// Restores what `export` saved.
+    pub fn import(&self, v: &Value) -> Result<(), String> {
+        self.lock().import(v)
     }
 
     /// Every event emitted so far.

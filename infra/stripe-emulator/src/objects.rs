@@ -91,7 +91,7 @@ pub fn checkout_session(s: NewSession<'_>) -> Value {
         "payment_status": "unpaid", "recovered_from": null, "setup_intent": null, "shipping_address_collection": null,
         "shipping_cost": null, "shipping_options": [], "status": "open", "submit_type": null, "subscription": null,
         "success_url": s.success_url, "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-        "ui_mode": "hosted", "url": s.url,
+        "ui_mode": "hosted_page", "url": s.url,
     })
 }
 

@@ -95,7 +95,7 @@ fn render_checkout(shared: &Shared, id: &str, error: Option<&str>) -> Response {
     let body = format!(
         r#"{back}<p class="muted">Subscribe to</p><h1 id="product">{product}</h1>
 <p class="amount" id="amount">{amount} <span class="muted">per {interval}</span></p>
-<form method="post" action="/checkout/{id}">
+<form method="post" action="{base}/checkout/{id}">
 <label for="email">Email</label><input id="email" name="email" type="email" placeholder="you@example.com">
 <label for="card">Card number</label><input id="card" name="card_number" inputmode="numeric" autocomplete="cc-number" placeholder="4242 4242 4242 4242" required>
 <label for="exp">Expiry</label><input id="exp" name="exp" placeholder="12 / 34">
@@ -104,6 +104,7 @@ fn render_checkout(shared: &Shared, id: &str, error: Option<&str>) -> Response {
         product = esc(&product),
         interval = esc(price["recurring"]["interval"].as_str().unwrap_or("month")),
         id = esc(id),
+        base = esc(&shared.base()),
     );
     let status = if error.is_some() {
         StatusCode::PAYMENT_REQUIRED
@@ -194,7 +195,8 @@ pub async fn portal_page(State(shared): State<Shared>, Path(id): Path<String>) -
             && config["features"]["subscription_cancel"]["enabled"] != false
         {
             format!(
-                r#"<form method="post" action="/portal/{}/cancel/{}"><button class="danger" id="cancel" type="submit">Cancel subscription</button></form>"#,
+                r#"<form method="post" action="{}/portal/{}/cancel/{}"><button class="danger" id="cancel" type="submit">Cancel subscription</button></form>"#,
+                esc(&shared.base()),
                 esc(&id),
                 esc(s["id"].as_str().unwrap_or(""))
             )
@@ -270,7 +272,7 @@ pub async fn portal_cancel(
     };
     shared.flush_events();
     if ok {
-        see_other(&format!("/portal/{id}"))
+        see_other(&format!("{}/portal/{id}", shared.base()))
     } else {
         html_page(
             StatusCode::NOT_FOUND,

@@ -48,6 +48,43 @@ impl Emu {
         format!("{prefix}_{}{:04}", &rand[..20], self.counter)
     }
 
+    pub fn export(&self) -> Value {
+        json!({
+            "products": self.products, "prices": self.prices, "customers": self.customers,
+            "sessions": self.sessions, "subscriptions": self.subscriptions, "invoices": self.invoices,
+            "portal_sessions": self.portal_sessions, "portal_configs": self.portal_configs,
+            "webhook_endpoints": self.webhook_endpoints, "events": self.events, "counter": self.counter,
+        })
+    }
+
+    pub fn import(&mut self, v: &Value) -> Result<(), String> {
+        fn map(v: &Value, k: &str) -> Result<BTreeMap<String, Value>, String> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(BTreeMap::new()),
+                Some(Value::Object(o)) => {
+                    Ok(o.iter().map(|(a, b)| (a.clone(), b.clone())).collect())
+                }
+                Some(_) => Err(format!("stripe.{k} is not an object")),
+            }
+        }
+        self.products = map(v, "products")?;
+        self.prices = map(v, "prices")?;
+        self.customers = map(v, "customers")?;
+        self.sessions = map(v, "sessions")?;
+        self.subscriptions = map(v, "subscriptions")?;
+        self.invoices = map(v, "invoices")?;
+        self.portal_sessions = map(v, "portal_sessions")?;
+        self.portal_configs = map(v, "portal_configs")?;
+        self.webhook_endpoints = map(v, "webhook_endpoints")?;
+        self.events = v
+            .get("events")
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default();
+        self.counter = v.get("counter").and_then(|c| c.as_u64()).unwrap_or(0);
+        Ok(())
+    }
+
     pub(crate) fn emit(&mut self, kind: &str, object: Value) {
         let id = self.new_id("evt");
         let ev = objects::event(&id, kind, object, now());

@@ -437,6 +437,14 @@ struct KeysState {
     next: u64,
 }
 
+/// What `MemoryKeys::export` saves.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct KeysSnapshot {
+    pub keys: Vec<(IssuedKey, String)>,
+    pub plan: Vec<String>,
+    pub next: u64,
+}
+
 /// API Gateway keys and one usage plan in memory.
 #[derive(Clone, Default)]
 pub struct MemoryKeys {
@@ -459,6 +467,28 @@ impl MemoryKeys {
             .values()
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// Everything, key values included, for persisting (the local stack's data folder).
+    pub fn export(&self) -> KeysSnapshot {
+        let st = lock(&self.state);
+        KeysSnapshot {
+            keys: st.keys.values().cloned().collect(),
+            plan: st.plan.clone(),
+            next: st.next,
+        }
+    }
+
+    /// Restores what `export` saved.
+    pub fn restore(&self, snap: KeysSnapshot) {
+        let mut st = lock(&self.state);
+        st.keys = snap
+            .keys
+            .into_iter()
+            .map(|(k, v)| (k.id.clone(), (k, v)))
+            .collect();
+        st.plan = snap.plan;
+        st.next = snap.next;
     }
 
     /// Ids of the keys in the usage plan, for assertions.

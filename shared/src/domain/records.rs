@@ -2,12 +2,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{CustomerId, OneTimeKey, SessionId, SubscriptionId, UserName};
 
 /// The plan a user is on, as written to `custom:plan_type` and the API keys table (`Type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Plan {
     Free,
@@ -41,7 +41,8 @@ impl FromStr for Plan {
 }
 
 /// Where a checkout stands in the sessions table (`Status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum CheckoutStatus {
     /// Created; nobody has started fulfilling it.
     Pending,
@@ -74,7 +75,7 @@ impl FromStr for CheckoutStatus {
 }
 
 /// One row of the sessions table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckoutRecord {
     pub session_id: SessionId,
     pub user_name: UserName,
@@ -90,7 +91,7 @@ pub struct CheckoutRecord {
 }
 
 /// One row of the API keys table: the user's plan and the id (not the value) of their key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRecord {
     pub user_name: UserName,
     pub plan: Plan,
@@ -126,7 +127,7 @@ impl AccountRecord {
 }
 
 /// What the user directory (Cognito) knows about a user.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct UserProfile {
     pub plan: Option<Plan>,
     pub customer_id: Option<CustomerId>,
@@ -139,7 +140,7 @@ impl UserProfile {
 }
 
 /// An API key in the key registry (API Gateway), without its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedKey {
     pub id: String,
     pub name: String,

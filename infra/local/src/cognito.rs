@@ -1,0 +1,485 @@
+//! A local Cognito user pool: sign-up and sign-in with a username and password, RS256 ID
+//! tokens shaped like Cognito's (`cognito:username`, `sub`, `token_use`, `iss`, `aud`, `exp`,
+//! custom attributes), a JWKS, and the admin attribute API behind paykey's `UserDirectory`
+//! port. Passwords are stored as salted PBKDF2-HMAC-SHA256 hashes.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::signature::{
+    KeyPair, RsaKeyPair, RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256,
+};
+use aws_lc_rs::{pbkdf2, rsa::KeySize};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use paykey::domain::{BackendError, CustomerId, Plan, UserName, UserProfile};
+use paykey::ports::UserDirectory;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+const PBKDF2_ROUNDS: u32 = 100_000;
+pub const TOKEN_LIFETIME_SECS: i64 = 3600;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalUser {
+    pub sub: String,
+    pub email: Option<String>,
+    salt: String,
+    password_hash: String,
+    pub plan_type: Option<String>,
+    pub stripe_customer_id: Option<String>,
+}
+
+/// What is persisted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolSnapshot {
+    pub pool_id: String,
+    pub client_id: String,
+    /// PKCS#8 DER of the signing key, base64.
+    pub signing_key: String,
+    pub kid: String,
+    pub users: BTreeMap<String, LocalUser>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("User already exists")]
+    UsernameExists,
+    #[error("Incorrect username or password.")]
+    NotAuthorized,
+}
+
+struct Inner {
+    snapshot: PoolSnapshot,
+    key: RsaKeyPair,
+}
+
+/// The pool; cheap to clone.
+#[derive(Clone)]
+pub struct LocalCognito {
+    inner: Arc<Mutex<Inner>>,
+    issuer: String,
+}
+
+fn hash_password(salt: &[u8], password: &str) -> Vec<u8> {
+    let mut out = vec![0u8; 32];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        NonZeroU32::new(PBKDF2_ROUNDS).expect("nonzero"),
+        salt,
+        password.as_bytes(),
+        &mut out,
+    );
+    out
+}
+
+impl LocalCognito {
+    /// A new pool with a fresh 2048-bit signing key.
+    pub fn create(issuer_base: &str) -> Result<Self, String> {
+        let key = RsaKeyPair::generate(KeySize::Rsa2048)
+            .map_err(|_| "could not generate an RSA key".to_string())?;
+        let der = key
+            .as_der()
+            .map_err(|_| "could not encode the RSA key".to_string())?;
+        let snapshot = PoolSnapshot {
+            pool_id: "local_paykey".into(),
+            client_id: format!(
+                "paykeylocal{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..14]
+            ),
+            signing_key: STANDARD.encode(der.as_ref()),
+            kid: uuid::Uuid::new_v4().simple().to_string(),
+            users: BTreeMap::new(),
+        };
+        Ok(Self {
+            issuer: format!("{issuer_base}/{}", snapshot.pool_id),
+            inner: Arc::new(Mutex::new(Inner { snapshot, key })),
+        })
+    }
+
+    /// A pool restored from its snapshot.
+    pub fn restore(issuer_base: &str, snapshot: PoolSnapshot) -> Result<Self, String> {
+        let der = STANDARD
+            .decode(&snapshot.signing_key)
+            .map_err(|_| "cognito.signing_key is not base64".to_string())?;
+        let key = RsaKeyPair::from_pkcs8(&der)
+            .map_err(|e| format!("cognito.signing_key is not a PKCS#8 RSA key: {e}"))?;
+        Ok(Self {
+            issuer: format!("{issuer_base}/{}", snapshot.pool_id),
+            inner: Arc::new(Mutex::new(Inner { snapshot, key })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn snapshot(&self) -> PoolSnapshot {
+        self.lock().snapshot.clone()
+    }
+
+    pub fn client_id(&self) -> String {
+        self.lock().snapshot.client_id.clone()
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn sign_up(
+        &self,
+        username: &str,
+        password: &str,
+        email: Option<&str>,
+    ) -> Result<(), AuthError> {
+        let name =
+            UserName::parse(username).map_err(|e| AuthError::InvalidParameter(e.to_string()))?;
+        if password.chars().count() < 8 {
+            return Err(AuthError::InvalidParameter("Password did not conform with policy: Password not long enough (8 characters at least)".into()));
+        }
+        let mut inner = self.lock();
+        if inner.snapshot.users.contains_key(name.as_str()) {
+            return Err(AuthError::UsernameExists);
+        }
+        let mut salt = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| AuthError::InvalidParameter("no randomness".into()))?;
+        let user = LocalUser {
+            sub: uuid::Uuid::new_v4().to_string(),
+            email: email.filter(|e| !e.is_empty()).map(str::to_string),
+            salt: STANDARD.encode(salt),
+            password_hash: STANDARD.encode(hash_password(&salt, password)),
+            plan_type: None,
+            stripe_customer_id: None,
+        };
+        inner.snapshot.users.insert(name.to_string(), user);
+        Ok(())
+    }
+
+    /// Checks the password and issues an ID token valid for an hour.
+    pub fn sign_in(&self, username: &str, password: &str, now: i64) -> Result<String, AuthError> {
+        let inner = self.lock();
+        let user = inner
+            .snapshot
+            .users
+            .get(username)
+            .ok_or(AuthError::NotAuthorized)?;
+        let salt = STANDARD
+            .decode(&user.salt)
+            .map_err(|_| AuthError::NotAuthorized)?;
+        let expected = STANDARD
+            .decode(&user.password_hash)
+            .map_err(|_| AuthError::NotAuthorized)?;
+        pbkdf2::verify(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            NonZeroU32::new(PBKDF2_ROUNDS).expect("nonzero"),
+            &salt,
+            password.as_bytes(),
+            &expected,
+        )
+        .map_err(|_| AuthError::NotAuthorized)?;
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!(user.sub));
+        claims.insert("cognito:username".into(), json!(username));
+        claims.insert("token_use".into(), json!("id"));
+        claims.insert("iss".into(), json!(self.issuer));
+        claims.insert("aud".into(), json!(inner.snapshot.client_id));
+        claims.insert("auth_time".into(), json!(now));
+        claims.insert("iat".into(), json!(now));
+        claims.insert("exp".into(), json!(now + TOKEN_LIFETIME_SECS));
+        claims.insert("jti".into(), json!(uuid::Uuid::new_v4().to_string()));
+        if let Some(e) = &user.email {
+            claims.insert("email".into(), json!(e));
+        }
+        if let Some(p) = &user.plan_type {
+            claims.insert("custom:plan_type".into(), json!(p));
+        }
+        if let Some(c) = &user.stripe_customer_id {
+            claims.insert("custom:stripe_customer_id".into(), json!(c));
+        }
+        sign_jwt(&inner.key, &inner.snapshot.kid, &Value::Object(claims))
+            .map_err(|_| AuthError::NotAuthorized)
+    }
+
+    /// The JSON Web Key Set with the pool's public key.
+    pub fn jwks(&self) -> Value {
+        let inner = self.lock();
+        let public = inner.key.public_key();
+        let n = URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero());
+        let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
+        json!({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": inner.snapshot.kid, "n": n, "e": e}]})
+    }
+}
+
+/// `header.payload.signature`, RS256.
+pub fn sign_jwt(
+    key: &RsaKeyPair,
+    kid: &str,
+    claims: &Value,
+) -> Result<String, aws_lc_rs::error::Unspecified> {
+    let header = json!({"kid": kid, "alg": "RS256", "typ": "JWT"});
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut sig = vec![0u8; key.public_modulus_len()];
+    key.sign(
+        &RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        signing_input.as_bytes(),
+        &mut sig,
+    )?;
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+}
+
+/// Why a bearer token was refused (API Gateway answers 401 for all of them).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("unknown signing key")]
+    UnknownKey,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("wrong audience")]
+    Audience,
+    #[error("wrong issuer")]
+    Issuer,
+    #[error("not an ID token")]
+    TokenUse,
+}
+
+/// Verifies an ID token the way API Gateway's Cognito authorizer does: RS256 signature by a
+/// key of the JWKS, `exp` in the future, `aud` the app client, `iss` the pool, `token_use` id.
+/// Returns the claims, every value as a string (as API Gateway passes them to the Lambda).
+pub fn verify_id_token(
+    token: &str,
+    jwks: &Value,
+    audience: &str,
+    issuer: &str,
+    now: i64,
+) -> Result<Map<String, Value>, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(h)
+            .map_err(|_| TokenError::Malformed)?,
+    )
+    .map_err(|_| TokenError::Malformed)?;
+    if header["alg"] != "RS256" {
+        return Err(TokenError::Malformed);
+    }
+    let kid = header["kid"].as_str().ok_or(TokenError::Malformed)?;
+    let jwk = jwks["keys"]
+        .as_array()
+        .and_then(|ks| ks.iter().find(|k| k["kid"] == kid))
+        .ok_or(TokenError::UnknownKey)?;
+    let n = URL_SAFE_NO_PAD
+        .decode(jwk["n"].as_str().unwrap_or_default())
+        .map_err(|_| TokenError::UnknownKey)?;
+    let e = URL_SAFE_NO_PAD
+        .decode(jwk["e"].as_str().unwrap_or_default())
+        .map_err(|_| TokenError::UnknownKey)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| TokenError::Malformed)?;
+    RsaPublicKeyComponents { n: &n, e: &e }
+        .verify(
+            &RSA_PKCS1_2048_8192_SHA256,
+            format!("{h}.{p}").as_bytes(),
+            &sig,
+        )
+        .map_err(|_| TokenError::BadSignature)?;
+    let claims: Map<String, Value> = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|_| TokenError::Malformed)?,
+    )
+    .map_err(|_| TokenError::Malformed)?;
+    if claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .is_none_or(|exp| exp <= now)
+    {
+        return Err(TokenError::Expired);
+    }
+    if claims.get("aud").and_then(Value::as_str) != Some(audience) {
+        return Err(TokenError::Audience);
+    }
+    if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
+        return Err(TokenError::Issuer);
+    }
+    if claims.get("token_use").and_then(Value::as_str) != Some("id") {
+        return Err(TokenError::TokenUse);
+    }
+    Ok(claims
+        .into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, Value::String(s))
+        })
+        .collect())
+}
+
+const SERVICE: &str = "cognito-idp(local)";
+
+impl UserDirectory for LocalCognito {
+    async fn get_user(&self, user: &UserName) -> paykey::ports::Result<Option<UserProfile>> {
+        let inner = self.lock();
+        let Some(u) = inner.snapshot.users.get(user.as_str()) else {
+            return Ok(None);
+        };
+        Ok(Some(UserProfile {
+            plan: u.plan_type.as_deref().and_then(|p| p.parse().ok()),
+            customer_id: u
+                .stripe_customer_id
+                .as_deref()
+                .map(CustomerId::parse)
+                .transpose()
+                .map_err(|e| BackendError::new(SERVICE, "AdminGetUser", e.to_string()))?,
+        }))
+    }
+
+    async fn set_plan(
+        &self,
+        user: &UserName,
+        plan: Plan,
+        customer: Option<&CustomerId>,
+    ) -> paykey::ports::Result<()> {
+        let mut inner = self.lock();
+        let Some(u) = inner.snapshot.users.get_mut(user.as_str()) else {
+            return Err(BackendError::new(
+                SERVICE,
+                "AdminUpdateUserAttributes",
+                "UserNotFoundException: User does not exist.",
+            ));
+        };
+        u.plan_type = Some(plan.as_str().to_string());
+        if let Some(c) = customer {
+            u.stripe_customer_id = Some(c.to_string());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> LocalCognito {
+        let p = LocalCognito::create("http://127.0.0.1:1").unwrap();
+        p.sign_up("alice", "correct horse", Some("alice@example.com"))
+            .unwrap();
+        p
+    }
+
+    #[test]
+    fn a_signed_in_users_token_verifies_like_api_gateway_checks_it() {
+        let p = pool();
+        let now = 1_800_000_000;
+        let t = p.sign_in("alice", "correct horse", now).unwrap();
+        let claims = verify_id_token(&t, &p.jwks(), &p.client_id(), p.issuer(), now + 10).unwrap();
+        assert_eq!(claims["cognito:username"], "alice");
+        assert_eq!(claims["token_use"], "id");
+        assert_eq!(
+            claims["exp"],
+            (now + 3600).to_string(),
+            "claims are strings, as API Gateway passes them"
+        );
+    }
+
+    #[test]
+    fn expired_forged_foreign_and_wrong_audience_tokens_are_refused() {
+        let p = pool();
+        let now = 1_800_000_000;
+        let t = p.sign_in("alice", "correct horse", now).unwrap();
+        let (jwks, aud, iss) = (p.jwks(), p.client_id(), p.issuer().to_string());
+        assert_eq!(
+            verify_id_token(&t, &jwks, &aud, &iss, now + 3600),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify_id_token(&t, &jwks, "other-client", &iss, now),
+            Err(TokenError::Audience)
+        );
+        assert_eq!(
+            verify_id_token(&t, &jwks, &aud, "https://elsewhere", now),
+            Err(TokenError::Issuer)
+        );
+        // payload swapped for one that says bob: the signature no longer matches
+        let parts: Vec<&str> = t.split('.').collect();
+        let forged_payload = URL_SAFE_NO_PAD.encode(
+            String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap())
+                .unwrap()
+                .replace("alice", "bob"),
+        );
+        let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+        assert_eq!(
+            verify_id_token(&forged, &jwks, &aud, &iss, now),
+            Err(TokenError::BadSignature)
+        );
+        // signed by another pool's key
+        let other = LocalCognito::create("http://127.0.0.1:1").unwrap();
+        other.sign_up("alice", "correct horse", None).unwrap();
+        let foreign = other.sign_in("alice", "correct horse", now).unwrap();
+        assert_eq!(
+            verify_id_token(&foreign, &jwks, &aud, &iss, now),
+            Err(TokenError::UnknownKey)
+        );
+        assert_eq!(
+            verify_id_token("not.a.token", &jwks, &aud, &iss, now),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn sign_in_needs_the_right_password_and_sign_up_a_new_name() {
+        let p = pool();
+        assert_eq!(
+            p.sign_in("alice", "wrong password", 0),
+            Err(AuthError::NotAuthorized)
+        );
+        assert_eq!(
+            p.sign_in("nobody", "correct horse", 0),
+            Err(AuthError::NotAuthorized)
+        );
+        assert_eq!(
+            p.sign_up("alice", "another pass", None),
+            Err(AuthError::UsernameExists)
+        );
+        assert!(matches!(
+            p.sign_up("bob", "short", None),
+            Err(AuthError::InvalidParameter(_))
+        ));
+        assert!(matches!(
+            p.sign_up("bad name", "long enough", None),
+            Err(AuthError::InvalidParameter(_))
+        ));
+    }
+
+    #[test]
+    fn a_restored_pool_keeps_users_and_key() {
+        let p = pool();
+        let t = p.sign_in("alice", "correct horse", 100).unwrap();
+        let q = LocalCognito::restore("http://127.0.0.1:1", p.snapshot()).unwrap();
+        assert!(verify_id_token(&t, &q.jwks(), &q.client_id(), q.issuer(), 200).is_ok());
+        assert!(q.sign_in("alice", "correct horse", 100).is_ok());
+    }
+}

@@ -1,0 +1,234 @@
+//! An API Gateway REST API on loopback: each HTTP request becomes the REST proxy event API
+//! Gateway would send (Cognito authorizer claims included, after verifying the bearer ID
+//! token as the authorizer does) and is answered by the same handler code as the Lambdas.
+
+use std::collections::BTreeMap;
+
+use axum::body::{Body as AxumBody, Bytes};
+use axum::http::{HeaderMap, Method, Response as HttpResponse, StatusCode};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+/// The functions behind the routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    CreateCheckoutSession,
+    CreateApiKey,
+    CreateBillingPortal,
+    GetAccount,
+    StripeWebhook,
+}
+
+/// (method, resource, Cognito authorizer?, function): the routes of template.yaml.
+pub const ROUTES: &[(&str, &str, bool, Function)] = &[
+    (
+        "POST",
+        "/checkout-sessions",
+        true,
+        Function::CreateCheckoutSession,
+    ),
+    (
+        "GET",
+        "/create-api-key/{session_id}/{one_time_key}",
+        false,
+        Function::CreateApiKey,
+    ),
+    (
+        "GET",
+        "/create-billing-portal-by-user",
+        true,
+        Function::CreateBillingPortal,
+    ),
+    ("GET", "/account", true, Function::GetAccount),
+    ("POST", "/stripe/webhook", false, Function::StripeWebhook),
+];
+
+/// The matched route: function, resource template, path parameters, whether it needs auth.
+pub struct Matched {
+    pub function: Function,
+    pub resource: &'static str,
+    pub params: BTreeMap<String, String>,
+    pub auth: bool,
+}
+
+/// Finds the route for `method path`; OPTIONS matches any route's path (CORS preflight, no auth).
+pub fn route(method: &Method, path: &str) -> Option<Matched> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    for (m, resource, auth, function) in ROUTES {
+        let tpl: Vec<&str> = resource.trim_matches('/').split('/').collect();
+        if tpl.len() != segs.len() {
+            continue;
+        }
+        let mut params = BTreeMap::new();
+        let ok = tpl.iter().zip(&segs).all(|(t, s)| {
+            if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                if s.is_empty() {
+                    return false;
+                }
+                params.insert(name.to_string(), percent_decode(s));
+                true
+            } else {
+                t == s
+            }
+        });
+        if ok && (method.as_str() == *m || method == Method::OPTIONS) {
+            return Some(Matched {
+                function: *function,
+                resource,
+                params,
+                auth: *auth && method != Method::OPTIONS,
+            });
+        }
+    }
+    None
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The REST proxy event for one request.
+#[allow(clippy::too_many_arguments)]
+pub fn event(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    matched: &Matched,
+    claims: Option<Map<String, Value>>,
+    host: &str,
+) -> Value {
+    let mut single = Map::new();
+    let mut multi: Map<String, Value> = Map::new();
+    for (k, v) in headers {
+        let v = v.to_str().unwrap_or_default().to_string();
+        single.insert(k.as_str().to_string(), json!(v));
+        if let Some(a) = multi
+            .entry(k.as_str().to_string())
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+        {
+            a.push(json!(v));
+        }
+    }
+    let (qs, mqs) = match query.filter(|q| !q.is_empty()) {
+        None => (Value::Null, Value::Null),
+        Some(q) => {
+            let mut one = Map::new();
+            let mut many: Map<String, Value> = Map::new();
+            for pair in q.split('&') {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let (k, v) = (percent_decode(k), percent_decode(v));
+                one.insert(k.clone(), json!(v));
+                if let Some(a) = many.entry(k).or_insert_with(|| json!([])).as_array_mut() {
+                    a.push(json!(v));
+                }
+            }
+            (Value::Object(one), Value::Object(many))
+        }
+    };
+    let (body, b64) = if body.is_empty() {
+        (Value::Null, false)
+    } else {
+        match std::str::from_utf8(body) {
+            Ok(t) => (json!(t), false),
+            Err(_) => (json!(STANDARD.encode(body)), true),
+        }
+    };
+    let mut ctx = json!({
+        "resourceId": "local", "resourcePath": matched.resource, "httpMethod": method.as_str(),
+        "extendedRequestId": uuid::Uuid::new_v4().simple().to_string(), "path": format!("/local{path}"),
+        "accountId": "000000000000", "protocol": "HTTP/1.1", "stage": "local", "domainPrefix": "127",
+        "requestTimeEpoch": chrono::Utc::now().timestamp_millis(), "requestId": uuid::Uuid::new_v4().to_string(),
+        "identity": {"sourceIp": "127.0.0.1", "userAgent": headers.get("user-agent").and_then(|v| v.to_str().ok())},
+        "domainName": host, "apiId": "local",
+    });
+    if let Some(c) = claims {
+        ctx["authorizer"] = json!({"claims": c});
+    }
+    let params = if matched.params.is_empty() {
+        Value::Null
+    } else {
+        json!(matched.params)
+    };
+    json!({
+        "resource": matched.resource, "path": path, "httpMethod": method.as_str(),
+        "headers": single, "multiValueHeaders": multi,
+        "queryStringParameters": qs, "multiValueQueryStringParameters": mqs,
+        "pathParameters": params, "stageVariables": null, "requestContext": ctx,
+        "body": body, "isBase64Encoded": b64,
+    })
+}
+
+/// A handler's response, as API Gateway would send it.
+pub fn into_http(resp: lambda_http::Response<lambda_http::Body>) -> HttpResponse<AxumBody> {
+    let (parts, body) = resp.into_parts();
+    let bytes: Vec<u8> = match body {
+        lambda_http::Body::Empty => Vec::new(),
+        lambda_http::Body::Text(t) => t.into_bytes(),
+        lambda_http::Body::Binary(b) => b,
+        _ => Vec::new(),
+    };
+    let mut out = HttpResponse::new(AxumBody::from(bytes));
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = parts.headers;
+    out
+}
+
+/// API Gateway's own answers: unknown route, missing or refused token.
+pub fn gateway_error(status: StatusCode, message: &str) -> HttpResponse<AxumBody> {
+    let mut r = HttpResponse::new(AxumBody::from(json!({ "message": message }).to_string()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    r.headers_mut().insert(
+        "x-amzn-errortype",
+        if status == StatusCode::UNAUTHORIZED {
+            "UnauthorizedException"
+        } else {
+            "MissingAuthenticationTokenException"
+        }
+        .parse()
+        .expect("header"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_templates_and_decode_path_parameters() {
+        let m = route(&Method::GET, "/create-api-key/cs_test_1/0f8e%2D1").unwrap();
+        assert_eq!(m.function, Function::CreateApiKey);
+        assert_eq!(m.params["session_id"], "cs_test_1");
+        assert_eq!(m.params["one_time_key"], "0f8e-1");
+        assert!(!m.auth);
+        assert!(route(&Method::POST, "/checkout-sessions").unwrap().auth);
+        assert!(
+            !route(&Method::OPTIONS, "/checkout-sessions").unwrap().auth,
+            "preflight needs no token"
+        );
+        assert!(route(&Method::GET, "/checkout-sessions").is_none());
+        assert!(route(&Method::GET, "/create-api-key/only-one").is_none());
+        assert!(route(&Method::GET, "/nothing").is_none());
+    }
+}

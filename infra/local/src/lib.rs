@@ -1,0 +1,388 @@
+//! paykey on one loopback port, offline: the Lambda handlers behind an API Gateway
+//! emulation (`/api/…`), the Stripe emulator (`/stripe/…`), a local Cognito (`/cognito/…`),
+//! a product API guarded by the issued keys (`/product/hello`), and a page that walks the
+//! upgrade flow (`/`). Stores persist under a data folder.
+
+pub mod cognito;
+pub mod gateway;
+pub mod persist;
+mod web;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use paykey::adapters::memory::{MemoryKeys, MemoryStore, Meter};
+use paykey::adapters::stripe::StripePayments;
+use paykey::config::{Secret, StripeConfig};
+use paykey::flows::Settings;
+use paykey::handlers::{self, App};
+use paykey::ports::{RandomIds, SystemClock};
+use serde_json::{json, Value};
+
+use cognito::LocalCognito;
+use gateway::Function;
+
+pub type LocalApp = App<MemoryStore, MemoryKeys, LocalCognito, StripePayments>;
+
+/// How to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Loopback port (0: any free one).
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// `sk_test_…`: talk to Stripe test mode instead of the emulator.
+    pub stripe_api_key: Option<String>,
+    /// With real Stripe: the signing secret of the endpoint forwarding webhooks here.
+    pub stripe_webhook_secret: Option<String>,
+    /// Emulator webhook retry delay (first backoff).
+    pub webhook_retry_delay: std::time::Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            port: 8787,
+            data_dir: PathBuf::from(".paykey-data"),
+            stripe_api_key: None,
+            stripe_webhook_secret: None,
+            webhook_retry_delay: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Data(#[from] persist::PersistError),
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub struct LocalState {
+    pub app: LocalApp,
+    pub cognito: LocalCognito,
+    pub emulator: Option<stripe_emulator::Shared>,
+    pub data_dir: PathBuf,
+    webhook_secret: String,
+    save_lock: Mutex<()>,
+}
+
+impl LocalState {
+    fn snapshot(&self) -> persist::Snapshot {
+        persist::Snapshot {
+            version: 1,
+            sessions: self.app.store.sessions(),
+            accounts: self.app.store.accounts(),
+            events: self.app.store.event_entries(),
+            keys: self.app.keys.export(),
+            cognito: self.cognito.snapshot(),
+            stripe: self.emulator.as_ref().map(|e| e.export()),
+            webhook_secret: self.webhook_secret.clone(),
+        }
+    }
+
+    /// Writes every store to the data folder.
+    pub fn save(&self) -> Result<(), persist::PersistError> {
+        let _guard = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+        persist::save(&self.data_dir, &self.snapshot())
+    }
+}
+
+/// A running local stack.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub state: Arc<LocalState>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Started {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn webhook_secret(&self) -> &str {
+        &self.state.webhook_secret
+    }
+}
+
+pub async fn start(opts: Options) -> Result<Started, StartError> {
+    let snapshot = persist::load(&opts.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], opts.port)))
+        .await
+        .map_err(|source| StartError::Bind {
+            port: opts.port,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        port: opts.port,
+        source,
+    })?;
+    let base = format!("http://{addr}");
+
+    let issuer_base = format!("{base}/cognito");
+    let cognito = match &snapshot {
+        Some(s) => LocalCognito::restore(&issuer_base, s.cognito.clone()),
+        None => LocalCognito::create(&issuer_base),
+    }
+    .map_err(StartError::Setup)?;
+
+    let real_stripe = opts
+        .stripe_api_key
+        .as_deref()
+        .filter(|k| k.starts_with("sk_test_") || k.starts_with("rk_test_"));
+    let (emulator, stripe_cfg, webhook_secret) = match real_stripe {
+        Some(key) => {
+            let cfg = StripeConfig {
+                secret_key: Secret::new(key),
+                api_base: None,
+                price_cache: std::time::Duration::from_secs(300),
+            };
+            (
+                None,
+                cfg,
+                opts.stripe_webhook_secret.clone().unwrap_or_default(),
+            )
+        }
+        None => {
+            let secret = snapshot
+                .as_ref()
+                .map(|s| s.webhook_secret.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| format!("whsec_{}", uuid::Uuid::new_v4().simple()));
+            let config = stripe_emulator::Config {
+                webhook_url: Some(format!("{base}/api/stripe/webhook")),
+                webhook_secret: secret.clone(),
+                retry_delay: opts.webhook_retry_delay,
+                ..Default::default()
+            };
+            let shared = stripe_emulator::Shared::new(config);
+            shared.set_base(&format!("{base}/stripe"));
+            if let Some(v) = snapshot.as_ref().and_then(|s| s.stripe.as_ref()) {
+                shared.import(v).map_err(|e| {
+                    StartError::Setup(format!("the data file's Stripe state is corrupt: {e}"))
+                })?;
+            }
+            seed_catalog(&shared);
+            let cfg = StripeConfig {
+                secret_key: Secret::new("sk_test_paykey_local"),
+                api_base: Some(format!("{base}/stripe/")),
+                price_cache: std::time::Duration::from_secs(300),
+            };
+            (Some(shared), cfg, secret)
+        }
+    };
+    let payments =
+        StripePayments::new(&stripe_cfg).map_err(|e| StartError::Setup(e.to_string()))?;
+
+    let meter = Meter::new();
+    let store = MemoryStore::new(meter.clone());
+    let keys = MemoryKeys::new(meter);
+    if let Some(s) = snapshot {
+        store.restore(s.sessions, s.accounts, s.events);
+        keys.restore(s.keys);
+    }
+    let mut settings = Settings::new(base.clone(), format!("{base}/api"));
+    settings.webhook_secret =
+        (!webhook_secret.is_empty()).then(|| Secret::new(webhook_secret.clone()));
+    let app = App {
+        store,
+        keys,
+        users: cognito.clone(),
+        payments,
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        settings,
+    };
+    let state = Arc::new(LocalState {
+        app,
+        cognito,
+        emulator: emulator.clone(),
+        data_dir: opts.data_dir.clone(),
+        webhook_secret,
+        save_lock: Mutex::new(()),
+    });
+    state.save()?;
+
+    let mut router = Router::new()
+        .route("/api/{*rest}", any(api))
+        .route("/cognito/sign-up", post(sign_up))
+        .route("/cognito/sign-in", post(sign_in))
+        .route("/cognito/local_paykey/.well-known/jwks.json", get(jwks))
+        .route("/product/hello", get(product_api))
+        .route("/", get(page))
+        .route("/thanks_upgrade", get(page))
+        .route("/canceled_upgrade", get(page))
+        .with_state(state.clone());
+    if let Some(e) = emulator {
+        router = router.nest("/stripe", e.router());
+    }
+    let router = router.layer(middleware::from_fn_with_state(state.clone(), persist_after));
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "local stack stopped");
+        }
+    });
+    Ok(Started { addr, state, task })
+}
+
+/// The PRO product and its monthly price (¥980, lookup key `FMMailPro`) in a new emulator.
+fn seed_catalog(shared: &stripe_emulator::Shared) {
+    let (_, prices) = shared.call("GET", "/v1/prices", "lookup_keys[0]=FMMailPro");
+    if prices["data"].as_array().is_some_and(|d| !d.is_empty()) {
+        return;
+    }
+    let (_, product) = shared.call("POST", "/v1/products", "name=FMMail+PRO");
+    let form = format!(
+        "product={}&unit_amount=980&currency=jpy&recurring[interval]=month&lookup_key=FMMailPro&nickname=PRO+monthly",
+        product["id"].as_str().unwrap_or_default()
+    );
+    shared.call("POST", "/v1/prices", &form);
+}
+
+async fn persist_after(State(state): State<Arc<LocalState>>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if let Err(e) = state.save() {
+        tracing::error!(error = %e, "could not save the local stack's data");
+    }
+    resp
+}
+
+async fn api(
+    State(state): State<Arc<LocalState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().strip_prefix("/api").unwrap_or("/").to_string();
+    let Some(matched) = gateway::route(&method, &path) else {
+        return gateway::gateway_error(StatusCode::FORBIDDEN, "Missing Authentication Token");
+    };
+    let claims = if matched.auth {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_string());
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return gateway::gateway_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+        };
+        let c = &state.cognito;
+        match cognito::verify_id_token(
+            &token,
+            &c.jwks(),
+            &c.client_id(),
+            c.issuer(),
+            chrono::Utc::now().timestamp(),
+        ) {
+            Ok(claims) => Some(claims),
+            Err(e) => {
+                tracing::info!(reason = %e, "token refused by the authorizer");
+                return gateway::gateway_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+            }
+        }
+    } else {
+        None
+    };
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let ev = gateway::event(
+        &method,
+        &path,
+        uri.query(),
+        &headers,
+        &body,
+        &matched,
+        claims,
+        &host,
+    );
+    let req = match lambda_http::request::from_str(&ev.to_string()) {
+        Ok(r) => r,
+        Err(e) => {
+            return gateway::gateway_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("could not build the event: {e}"),
+            )
+        }
+    };
+    let app = &state.app;
+    let resp = match matched.function {
+        Function::CreateCheckoutSession => handlers::create_checkout_session(app, req).await,
+        Function::CreateApiKey => handlers::create_api_key(app, req).await,
+        Function::CreateBillingPortal => handlers::create_billing_portal(app, req).await,
+        Function::GetAccount => handlers::get_account(app, req).await,
+        Function::StripeWebhook => handlers::stripe_webhook(app, req).await,
+    };
+    match resp {
+        Ok(r) => gateway::into_http(r),
+        Err(never) => match never {},
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+    #[serde(default)]
+    email: Option<String>,
+}
+
+fn auth_error(status: StatusCode, kind: &str, e: &dyn std::fmt::Display) -> Response {
+    (
+        status,
+        Json(json!({"__type": kind, "message": e.to_string()})),
+    )
+        .into_response()
+}
+
+async fn sign_up(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials>) -> Response {
+    match state
+        .cognito
+        .sign_up(&c.username, &c.password, c.email.as_deref())
+    {
+        Ok(()) => Json(json!({"UserConfirmed": true, "username": c.username})).into_response(),
+        Err(e @ cognito::AuthError::UsernameExists) => {
+            auth_error(StatusCode::BAD_REQUEST, "UsernameExistsException", &e)
+        }
+        Err(e) => auth_error(StatusCode::BAD_REQUEST, "InvalidParameterException", &e),
+    }
+}
+
+async fn sign_in(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials>) -> Response {
+    match state.cognito.sign_in(&c.username, &c.password, chrono::Utc::now().timestamp()) {
+        Ok(t) => Json(json!({"AuthenticationResult": {"IdToken": t, "ExpiresIn": cognito::TOKEN_LIFETIME_SECS, "TokenType": "Bearer"}})).into_response(),
+        Err(e) => auth_error(StatusCode::BAD_REQUEST, "NotAuthorizedException", &e),
+    }
+}
+
+async fn jwks(State(state): State<Arc<LocalState>>) -> Json<Value> {
+    Json(state.cognito.jwks())
+}
+
+/// The API being sold: answers only requests carrying an enabled key of the PRO usage plan,
+/// as API Gateway's API key check does.
+async fn product_api(State(state): State<Arc<LocalState>>, headers: HeaderMap) -> Response {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match state.app.keys.authorize(key) {
+        Some(_) => Json(json!({"message": "Hello from the PRO API"})).into_response(),
+        None => gateway::gateway_error(StatusCode::FORBIDDEN, "Forbidden"),
+    }
+}
+
+async fn page() -> Html<&'static str> {
+    Html(web::PAGE)
+}

@@ -1,0 +1,63 @@
+//! `cargo run -p paykey-local`: the whole upgrade flow offline on http://127.0.0.1:8787.
+//!
+//! Environment: `PAYKEY_PORT` (8787), `PAYKEY_DATA_DIR` (.paykey-data), `STRIPE_API_KEY`
+//! (`sk_test_…`: real Stripe test mode instead of the emulator) with `STRIPE_WEBHOOK_SECRET`.
+
+use std::path::PathBuf;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    paykey::telemetry::init();
+    let mut opts = paykey_local::Options::default();
+    if let Ok(p) = std::env::var("PAYKEY_PORT") {
+        match p.parse() {
+            Ok(p) => opts.port = p,
+            Err(_) => {
+                eprintln!("PAYKEY_PORT must be a port number, got {p:?}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    if let Ok(d) = std::env::var("PAYKEY_DATA_DIR") {
+        opts.data_dir = PathBuf::from(d);
+    }
+    opts.stripe_api_key = std::env::var("STRIPE_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    if let Some(k) = &opts.stripe_api_key {
+        if !(k.starts_with("sk_test_") || k.starts_with("rk_test_")) {
+            eprintln!("STRIPE_API_KEY must be a test-mode key (sk_test_… or rk_test_…) for the local stack");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    opts.stripe_webhook_secret = std::env::var("STRIPE_WEBHOOK_SECRET")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let started = match paykey_local::start(opts.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("paykey-local: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let base = started.base_url();
+    println!("paykey local stack on {base}");
+    println!(
+        "  open {base}/ in a browser: create an account, upgrade, pay with 4242 4242 4242 4242"
+    );
+    println!("  API (API Gateway emulation): {base}/api");
+    if started.state.emulator.is_some() {
+        println!("  Stripe emulator: {base}/stripe (STRIPE_API_BASE={base}/stripe/)");
+        println!("  webhook signing secret: {}", started.webhook_secret());
+    } else {
+        println!(
+            "  Stripe: test mode at api.stripe.com; forward webhooks to {base}/api/stripe/webhook"
+        );
+    }
+    println!("  data folder: {}", opts.data_dir.display());
+    tokio::select! {
+        _ = started.task => {}
+        _ = tokio::signal::ctrl_c() => { println!("stopping"); }
+    }
+    std::process::ExitCode::SUCCESS
+}

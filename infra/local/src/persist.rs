@@ -1,0 +1,102 @@
+//! The local stack's data folder: one JSON file with every store, written atomically after
+//! each request. A file that cannot be read or parsed stops the stack with a clear error;
+//! it is never silently replaced.
+
+use std::path::{Path, PathBuf};
+
+use paykey::adapters::memory::KeysSnapshot;
+use paykey::domain::{AccountRecord, CheckoutRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::cognito::PoolSnapshot;
+
+pub const FILE: &str = "state.json";
+const VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u32,
+    pub sessions: Vec<CheckoutRecord>,
+    pub accounts: Vec<AccountRecord>,
+    pub events: Vec<(String, chrono::DateTime<chrono::Utc>)>,
+    pub keys: KeysSnapshot,
+    pub cognito: PoolSnapshot,
+    /// The Stripe emulator's objects (absent when talking to real Stripe).
+    pub stripe: Option<serde_json::Value>,
+    pub webhook_secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("cannot read the data file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the data file {path} is corrupt ({reason}); move it away to start with empty stores")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot write the data file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Snapshot {
+    pub fn new(
+        cognito: PoolSnapshot,
+        stripe: Option<serde_json::Value>,
+        webhook_secret: String,
+    ) -> Self {
+        Self {
+            version: VERSION,
+            sessions: vec![],
+            accounts: vec![],
+            events: vec![],
+            keys: KeysSnapshot::default(),
+            cognito,
+            stripe,
+            webhook_secret,
+        }
+    }
+}
+
+/// `Ok(None)` when there is no data file yet.
+pub fn load(dir: &Path) -> Result<Option<Snapshot>, PersistError> {
+    let path = dir.join(FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(PersistError::Read { path, source }),
+    };
+    let snap: Snapshot = serde_json::from_str(&text).map_err(|e| PersistError::Corrupt {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if snap.version != VERSION {
+        return Err(PersistError::Corrupt {
+            path,
+            reason: format!("version {} is not {VERSION}", snap.version),
+        });
+    }
+    Ok(Some(snap))
+}
+
+/// Writes `state.json.tmp`, then renames it over `state.json`.
+pub fn save(dir: &Path, snap: &Snapshot) -> Result<(), PersistError> {
+    let path = dir.join(FILE);
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let text = serde_json::to_vec_pretty(snap).map_err(|e| PersistError::Write {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    std::fs::create_dir_all(dir).map_err(|source| PersistError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&tmp, text).map_err(|source| PersistError::Write {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|source| PersistError::Write { path, source })
+}

@@ -1,0 +1,111 @@
+//! The demo front end: the original React upgrade screen's flow in one page of plain
+//! JavaScript, calling the API exactly as a front end would (`Authorization: <ID token>`).
+
+pub const PAGE: &str = r##"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>paykey · FMMail PRO</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font-family:system-ui,sans-serif;background:#f4f6fb;margin:0;color:#1f2937}
+main{max-width:520px;margin:40px auto;background:#fff;border-radius:10px;box-shadow:0 2px 10px #0002;padding:28px}
+h1{font-size:22px;margin-top:0} label{display:block;margin:12px 0 4px;font-size:14px}
+input{width:100%;padding:9px;font-size:15px;box-sizing:border-box;border:1px solid #d1d5db;border-radius:6px}
+button{margin:14px 8px 0 0;padding:10px 16px;font-size:15px;border:0;border-radius:6px;background:#4f46e5;color:#fff;cursor:pointer}
+button.secondary{background:#e5e7eb;color:#111827} .banner{padding:10px 14px;border-radius:6px;margin-bottom:14px}
+.ok{background:#dcfce7} .warn{background:#fef3c7} .err{color:#b91c1c} code{background:#f3f4f6;padding:3px 6px;border-radius:4px;word-break:break-all}
+.plan{font-size:18px;font-weight:600} .hidden{display:none}
+</style></head>
+<body><main>
+<h1>FMMail <span id="brand-plan"></span></h1>
+<div id="banner"></div>
+<section id="signin">
+  <label for="username">Username</label><input id="username" autocomplete="username">
+  <label for="password">Password</label><input id="password" type="password" autocomplete="current-password">
+  <button id="signin-btn">Sign in</button><button id="signup-btn" class="secondary">Create account</button>
+</section>
+<section id="account" class="hidden">
+  <p>Signed in as <b id="who"></b> · <a href="#" id="signout">sign out</a></p>
+  <p>Plan: <span class="plan" id="plan">…</span> <span id="sub-status"></span></p>
+  <p id="period" class="hidden"></p>
+  <div id="key-box" class="hidden"><p>Your PRO API key:</p><p><code id="api-key"></code></p></div>
+  <button id="upgrade" class="hidden">Upgrade to PRO</button>
+  <button id="portal" class="hidden secondary">Open billing portal</button>
+  <button id="try" class="hidden secondary">Call the PRO API</button>
+  <p id="try-result"></p>
+</section>
+<p id="error" class="err" role="alert"></p>
+</main>
+<script>
+const API = "/api";
+const $ = (id) => document.getElementById(id);
+const token = () => localStorage.getItem("paykey.idToken");
+function show(id, on) { $(id).classList.toggle("hidden", !on); }
+function fail(msg) { $("error").textContent = msg; }
+
+async function cognito(action, body) {
+  const r = await fetch(`/cognito/${action}`, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const j = await r.json();
+  if (!r.ok) throw new Error(j.message || r.statusText);
+  return j;
+}
+async function api(path, init = {}) {
+  const r = await fetch(API + path, {...init, headers: {...(init.headers || {}), Authorization: token()}});
+  const j = await r.json().catch(() => ({}));
+  if (r.status === 401) { localStorage.removeItem("paykey.idToken"); render(); throw new Error("Please sign in again."); }
+  if (!r.ok) throw new Error(j.message || `HTTP ${r.status}`);
+  return j;
+}
+async function signIn() {
+  fail("");
+  try {
+    const j = await cognito("sign-in", {username: $("username").value, password: $("password").value});
+    localStorage.setItem("paykey.idToken", j.AuthenticationResult.IdToken);
+    localStorage.setItem("paykey.user", $("username").value);
+    await render();
+  } catch (e) { fail(e.message); }
+}
+async function signUp() {
+  fail("");
+  try { await cognito("sign-up", {username: $("username").value, password: $("password").value}); await signIn(); }
+  catch (e) { fail(e.message); }
+}
+async function render() {
+  const path = location.pathname;
+  $("banner").innerHTML = path === "/thanks_upgrade" ? '<div class="banner ok" id="thanks">Thanks! You are now on the PRO plan.</div>'
+    : path === "/canceled_upgrade" ? '<div class="banner warn" id="canceled">Checkout was canceled: nothing was charged.</div>' : "";
+  const signedIn = !!token();
+  show("signin", !signedIn); show("account", signedIn);
+  if (!signedIn) return;
+  $("who").textContent = localStorage.getItem("paykey.user") || "";
+  try {
+    const a = await api("/account");
+    $("plan").textContent = a.plan; $("brand-plan").textContent = a.plan === "PRO" ? "PRO" : "";
+    $("sub-status").textContent = a.subscription_status ? `(${a.subscription_status})` : "";
+    show("period", !!a.current_period_end);
+    $("period").textContent = a.current_period_end ? (a.cancel_at_period_end ? `Ends on ${a.current_period_end.slice(0, 10)}` : `Renews on ${a.current_period_end.slice(0, 10)}`) : "";
+    const key = a.api_key && a.api_key.enabled ? a.api_key.value : null;
+    show("key-box", !!key); $("api-key").textContent = key || "";
+    show("upgrade", a.plan !== "PRO"); show("portal", a.has_billing_account); show("try", !!(a.api_key));
+    window.lastKey = a.api_key ? a.api_key.value : null;
+  } catch (e) { fail(e.message); }
+}
+$("signin-btn").onclick = signIn;
+$("signup-btn").onclick = signUp;
+$("signout").onclick = (e) => { e.preventDefault(); localStorage.clear(); history.replaceState(null, "", "/"); render(); };
+$("upgrade").onclick = async () => {
+  fail("");
+  try {
+    const j = await api("/checkout-sessions", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({lookup_key: "FMMailPro"})});
+    location.href = j.url;
+  } catch (e) { fail(e.message); }
+};
+$("portal").onclick = async () => {
+  fail("");
+  try { location.href = (await api("/create-billing-portal-by-user")).billing_portal_url; } catch (e) { fail(e.message); }
+};
+$("try").onclick = async () => {
+  const r = await fetch("/product/hello", {headers: {"x-api-key": window.lastKey || ""}});
+  $("try-result").textContent = `${r.status} ${(await r.json()).message}`;
+};
+render();
+</script></body></html>
+"##;

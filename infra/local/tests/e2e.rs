@@ -1,0 +1,400 @@
+//! End to end over HTTP against the real `paykey-local` binary: sign up, sign in, checkout,
+//! pay through the emulator's form (declined card, cancel link), redirects, key issued,
+//! `/account`, product API, portal, cancel → webhook → FREE, restart keeps everything.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+struct Stack {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &std::path::Path) -> Stack {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paykey-local"))
+        .env("PAYKEY_PORT", "0")
+        .env("PAYKEY_DATA_DIR", data)
+        .env("RUST_LOG", "warn")
+        .env_remove("STRIPE_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start paykey-local");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").unwrap();
+    let base = first
+        .strip_prefix("paykey local stack on ")
+        .expect("the URL line")
+        .trim()
+        .to_string();
+    // keep draining stdout so the child never blocks on a full pipe
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Stack { child, base }
+}
+
+struct Resp {
+    status: u16,
+    location: Option<String>,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+async fn call(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    Resp {
+        status,
+        location,
+        body,
+    }
+}
+
+async fn sign_in(base: &str, user: &str, password: &str) -> String {
+    let r = call(
+        "POST",
+        &format!("{base}/cognito/sign-in"),
+        &[("content-type", "application/json")],
+        &json!({"username": user, "password": password}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["AuthenticationResult"]["IdToken"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn account(base: &str, token: &str) -> Value {
+    let r = call(
+        "GET",
+        &format!("{base}/api/account"),
+        &[("authorization", token)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+async fn checkout(base: &str, token: &str) -> String {
+    let r = call(
+        "POST",
+        &format!("{base}/api/checkout-sessions"),
+        &[
+            ("authorization", token),
+            ("content-type", "application/json"),
+        ],
+        r#"{"lookup_key":"FMMailPro"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["url"].as_str().unwrap().to_string()
+}
+
+/// Pays on the hosted checkout page and follows Stripe's redirect to paykey's success URL.
+async fn pay(base: &str, checkout_url: &str) -> String {
+    let r = call(
+        "POST",
+        checkout_url,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "card_number=4242+4242+4242+4242&exp=12%2F34&cvc=123",
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let success = r.location.unwrap();
+    assert!(
+        success.starts_with(&format!("{base}/api/create-api-key/cs_test_")),
+        "{success}"
+    );
+    success
+}
+
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_upgrade_flow_over_http() {
+    let data = std::env::temp_dir().join(format!("paykey-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let stack = start(&data);
+    let base = stack.base.clone();
+
+    // sign up and sign in
+    let r = call(
+        "POST",
+        &format!("{base}/cognito/sign-up"),
+        &[("content-type", "application/json")],
+        r#"{"username":"alice","password":"correct horse"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = sign_in(&base, "alice", "correct horse").await;
+    assert_eq!(account(&base, &token).await["plan"], "FREE");
+
+    // forged, foreign and missing tokens are refused by the authorizer
+    let mut forged = token.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    for bad in [
+        forged.as_str(),
+        "eyJhbGciOiJub25lIn0.eyJjb2duaXRvOnVzZXJuYW1lIjoiYWxpY2UifQ.",
+        "",
+    ] {
+        let r = call(
+            "GET",
+            &format!("{base}/api/account"),
+            &[("authorization", bad)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 401, "token {bad:?}: {}", r.body);
+    }
+
+    // checkout page; the back link goes to the cancel page
+    let url = checkout(&base, &token).await;
+    let page = call("GET", &url, &[], "").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("FMMail PRO") && page.body.contains("¥980"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains(&format!(r#"href="{base}/canceled_upgrade""#)),
+        "back link to cancel_url"
+    );
+    assert_eq!(
+        call("GET", &format!("{base}/canceled_upgrade"), &[], "")
+            .await
+            .status,
+        200
+    );
+
+    // a declined card leaves the session unpaid
+    let declined = call(
+        "POST",
+        &url,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "card_number=4000000000000002",
+    )
+    .await;
+    assert_eq!(declined.status, 402);
+    assert!(declined.body.contains("Your card was declined."));
+    let session_id = url.rsplit('/').next().unwrap();
+    let early = call(
+        "GET",
+        &format!("{base}/api/create-api-key/{session_id}/00000000-0000-4000-8000-000000000000"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(
+        early.location.as_deref(),
+        Some(format!("{base}/canceled_upgrade").as_str())
+    );
+    assert_eq!(account(&base, &token).await["plan"], "FREE");
+
+    // pay, follow the redirect: thanks page; a refresh says thanks again
+    let success = pay(&base, &url).await;
+    for _ in 0..2 {
+        let r = call("GET", &success, &[], "").await;
+        assert_eq!(r.status, 302, "{}", r.body);
+        assert_eq!(
+            r.location.as_deref(),
+            Some(format!("{base}/thanks_upgrade").as_str())
+        );
+    }
+    let acct = account(&base, &token).await;
+    assert_eq!(acct["plan"], "PRO");
+    let key = acct["api_key"]["value"].as_str().unwrap().to_string();
+    let key_id = acct["api_key"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{base}/product/hello"),
+            &[("x-api-key", &key)],
+            ""
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{base}/product/hello"),
+            &[("x-api-key", "guess")],
+            ""
+        )
+        .await
+        .status,
+        403
+    );
+
+    // a second checkout while PRO is refused
+    let r = call(
+        "POST",
+        &format!("{base}/api/checkout-sessions"),
+        &[
+            ("authorization", &token),
+            ("content-type", "application/json"),
+        ],
+        r#"{"lookup_key":"FMMailPro"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 409);
+
+    // the portal opens for her customer; cancel there → webhook → FREE, key refused
+    let r = call(
+        "GET",
+        &format!("{base}/api/create-billing-portal-by-user"),
+        &[("authorization", &token)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "OK");
+    let portal_url = r.json()["billing_portal_url"].as_str().unwrap().to_string();
+    let portal = call("GET", &portal_url, &[], "").await;
+    assert!(
+        portal.body.contains("Cancel subscription") && portal.body.contains("Invoice history"),
+        "{}",
+        portal.body
+    );
+    let action = portal
+        .body
+        .split(r#"action=""#)
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(call("POST", &action, &[], "").await.status, 303);
+    eventually("the cancellation webhook downgrades alice", async || {
+        account(&base, &token).await["plan"] == "FREE"
+    })
+    .await;
+    let acct = account(&base, &token).await;
+    assert_eq!(acct["subscription_status"], "canceled");
+    assert_eq!(acct["api_key"]["enabled"], false);
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{base}/product/hello"),
+            &[("x-api-key", &key)],
+            ""
+        )
+        .await
+        .status,
+        403,
+        "the product API rejects the key"
+    );
+
+    // restart: users, keys and plans survive; re-subscribing reuses the customer and the key
+    drop(stack);
+    let stack = start(&data);
+    let base = stack.base.clone();
+    let token = sign_in(&base, "alice", "correct horse").await;
+    let acct = account(&base, &token).await;
+    assert_eq!(acct["plan"], "FREE");
+    assert_eq!(acct["has_billing_account"], true);
+    let url = checkout(&base, &token).await;
+    let success = pay(&base, &url).await;
+    assert_eq!(
+        call("GET", &success, &[], "").await.location.as_deref(),
+        Some(format!("{base}/thanks_upgrade").as_str())
+    );
+    let acct = account(&base, &token).await;
+    assert_eq!(acct["plan"], "PRO");
+    assert_eq!(
+        acct["api_key"]["id"],
+        key_id.as_str(),
+        "the same key, re-enabled"
+    );
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{base}/product/hello"),
+            &[("x-api-key", &key)],
+            ""
+        )
+        .await
+        .status,
+        200
+    );
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn a_corrupt_data_file_stops_the_stack_with_a_clear_error() {
+    let data =
+        std::env::temp_dir().join(format!("paykey-corrupt-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("state.json"), "{ not json").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_paykey-local"))
+        .env("PAYKEY_PORT", "0")
+        .env("PAYKEY_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("corrupt") && err.contains("state.json"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("state.json")).unwrap(),
+        "{ not json",
+        "never silently replaced"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}

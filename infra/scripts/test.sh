@@ -47,9 +47,25 @@ if [ -z "${PAYKEY_QUICK:-}" ]; then
   cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
-step "cargo test (flows, handlers, adapter contracts on memory and moto)"
-cargo test --workspace --lib --bins --tests 2>&1 | tee "$cache/last-test.log"
+step "cargo test (flows, handlers, adapter contracts on memory, moto and the Stripe emulator, local stack e2e)"
+log=$cache/last-test.log
+cargo test --workspace --lib --bins --tests 2>&1 | tee "$log"
 
-# One closing line for the whole run (cargo prints one per test binary).
+step "browser test: headless Chromium (Debian) driven by playwright-core"
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Debian's chromium"
+  if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+  $apt_get update -qq
+  DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq chromium >/dev/null
+fi
+if [ ! -d infra/e2e/node_modules/playwright-core ]; then
+  (cd infra/e2e && npm ci --no-audit --no-fund --loglevel=error)
+fi
+export PAYKEY_ARTIFACTS=$root/artifacts/screenshots
+PAYKEY_LOCAL_BIN=$CARGO_TARGET_DIR/debug/paykey-local CHROMIUM_PATH=$(command -v chromium) \
+  node --test infra/e2e/browser.test.mjs 2>&1 | tee -a "$log"
+
+# One closing line for the whole run (cargo prints one per test binary, node one in all).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
-     END { printf "\ntotal: %d passed, %d failed\n", p, f }' "$cache/last-test.log"
+     /^# pass / { p += $3 } /^# fail / { f += $3 }
+     END { printf "\ntotal: %d passed, %d failed\n", p, f }' "$log"

@@ -48,12 +48,7 @@ impl Env {
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Self(pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
     /// The value, or `None` when unset or blank.
@@ -68,35 +63,27 @@ impl Env {
     fn parse_secs(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
         match self.optional(name) {
             None => Ok(Duration::from_secs(default)),
-            Some(v) => {
-                v.parse::<u64>()
-                    .map(Duration::from_secs)
-                    .map_err(|_| ConfigError::Malformed {
-                        name,
-                        reason: format!("expected a whole number of seconds, got {v:?}"),
-                    })
-            }
+            Some(v) => v.parse::<u64>().map(Duration::from_secs).map_err(|_| ConfigError::Malformed {
+                name,
+                reason: format!("expected a whole number of seconds, got {v:?}"),
+            }),
         }
     }
 }
 
 fn http_url(name: &'static str, v: &str) -> Result<String, ConfigError> {
     let v = v.trim_end_matches('/');
-    let rest = v
-        .strip_prefix("https://")
-        .or_else(|| v.strip_prefix("http://"));
+    let rest = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://"));
     match rest {
         Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(v.to_string()),
-        _ => Err(ConfigError::Malformed {
-            name,
-            reason: format!("expected an http(s) URL, got {v:?}"),
-        }),
+        _ => Err(ConfigError::Malformed { name, reason: format!("expected an http(s) URL, got {v:?}") }),
     }
 }
 
 /// Flow settings. `MY_DOMAIN` (the front end's URL) is required. The API's own URL, where
 /// Stripe redirects after payment, is `API_URL`, or else built from `REST_API_ID`,
-/// `AWS_REGION` and `STAGE_NAME`; only checkout needs it (`require_api_url`).
+/// `AWS_REGION` and `STAGE_NAME`, or else (empty) taken from each request's API Gateway
+/// domain and stage.
 pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
     let app_url = http_url("MY_DOMAIN", env.require("MY_DOMAIN")?)?;
     let api_url = match (env.optional("API_URL"), env.optional("REST_API_ID")) {
@@ -115,17 +102,12 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .map(|k| {
-                LookupKey::parse(k).map_err(|e| ConfigError::Malformed {
-                    name: "ALLOWED_LOOKUP_KEYS",
-                    reason: e.to_string(),
-                })
+                LookupKey::parse(k)
+                    .map_err(|e| ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", reason: e.to_string() })
             })
             .collect::<Result<_, _>>()?;
         if s.allowed_lookup_keys.is_empty() {
-            return Err(ConfigError::Malformed {
-                name: "ALLOWED_LOOKUP_KEYS",
-                reason: "lists no lookup key".into(),
-            });
+            return Err(ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", reason: "lists no lookup key".into() });
         }
     }
     if let Some(p) = env.optional("API_KEY_NAME_PREFIX") {
@@ -136,27 +118,16 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
     Ok(s)
 }
 
-/// Checkout needs the API's URL for Stripe's success redirect.
-pub fn require_api_url(s: &Settings) -> Result<(), ConfigError> {
-    if s.api_url.is_empty() {
-        Err(ConfigError::Missing(
-            "API_URL (or REST_API_ID with AWS_REGION)",
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// `STRIPE_WEBHOOK_SECRET`: the webhook endpoint's signing secret (`whsec_…`).
-pub fn webhook_secret(env: &Env) -> Result<Secret, ConfigError> {
-    let v = env.require("STRIPE_WEBHOOK_SECRET")?;
+/// Checks a webhook signing secret (`whsec_…`).
+pub fn check_webhook_secret(secret: Secret) -> Result<Secret, ConfigError> {
+    let v = secret.expose();
     if !v.starts_with("whsec_") {
         return Err(ConfigError::Malformed {
             name: "STRIPE_WEBHOOK_SECRET",
             reason: "expected a whsec_… signing secret".into(),
         });
     }
-    Ok(Secret::new(v))
+    Ok(secret)
 }
 
 /// DynamoDB table names.
@@ -200,8 +171,15 @@ pub struct StripeConfig {
 }
 
 impl StripeConfig {
+    /// With the secret key from `STRIPE_API_KEY`.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let key = env.require("STRIPE_API_KEY")?;
+        Self::with_secret(env, Secret::new(key))
+    }
+
+    /// With a secret key obtained elsewhere (SSM Parameter Store in the deployed stack).
+    pub fn with_secret(env: &Env, secret_key: Secret) -> Result<Self, ConfigError> {
+        let key = secret_key.expose();
         if !(key.starts_with("sk_") || key.starts_with("rk_")) {
             // Never echo the value: it may be a real key pasted in the wrong variable.
             return Err(ConfigError::Malformed {
@@ -213,11 +191,27 @@ impl StripeConfig {
             Some(b) => Some(format!("{}/", http_url("STRIPE_API_BASE", b)?)),
             None => None,
         };
-        Ok(Self {
-            secret_key: Secret::new(key),
-            api_base,
-            price_cache: env.parse_secs("PRICE_CACHE_SECONDS", 300)?,
-        })
+        Ok(Self { secret_key, api_base, price_cache: env.parse_secs("PRICE_CACHE_SECONDS", 300)? })
+    }
+}
+
+/// Where a secret comes from: the variable itself (local use), or the name of an SSM
+/// SecureString parameter in `<NAME>_PARAMETER` (the deployed stack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Value(Secret),
+    SsmParameter(String),
+}
+
+pub fn secret_source(env: &Env, name: &'static str, parameter: &'static str) -> Result<SecretSource, ConfigError> {
+    match (env.optional(name), env.optional(parameter)) {
+        (Some(v), _) => Ok(SecretSource::Value(Secret::new(v))),
+        (None, Some(p)) => Ok(SecretSource::SsmParameter(p.to_string())),
+        (None, None) => Err(ConfigError::Missing(if name == "STRIPE_API_KEY" {
+            "STRIPE_API_KEY (or STRIPE_API_KEY_PARAMETER)"
+        } else {
+            "STRIPE_WEBHOOK_SECRET (or STRIPE_WEBHOOK_SECRET_PARAMETER)"
+        })),
     }
 }
 
@@ -227,9 +221,7 @@ impl StripeConfig {
 pub fn connect(env: &Env) -> Result<Option<crate::adapters::stripe::Connect>, ConfigError> {
     let Some(destination) = env.optional("STRIPE_CONNECT_DESTINATION") else {
         if env.optional("STRIPE_APPLICATION_FEE_PERCENT").is_some() {
-            return Err(ConfigError::Missing(
-                "STRIPE_CONNECT_DESTINATION (set with STRIPE_APPLICATION_FEE_PERCENT)",
-            ));
+            return Err(ConfigError::Missing("STRIPE_CONNECT_DESTINATION (set with STRIPE_APPLICATION_FEE_PERCENT)"));
         }
         return Ok(None);
     };
@@ -255,10 +247,7 @@ pub fn connect(env: &Env) -> Result<Option<crate::adapters::stripe::Connect>, Co
             Some(f)
         }
     };
-    Ok(Some(crate::adapters::stripe::Connect {
-        destination: destination.to_string(),
-        application_fee_percent: fee,
-    }))
+    Ok(Some(crate::adapters::stripe::Connect { destination: destination.to_string(), application_fee_percent: fee }))
 }
 
 #[cfg(test)]
@@ -268,18 +257,9 @@ mod tests {
     #[test]
     fn a_missing_variable_is_named() {
         let env = Env::from_pairs([("MY_DOMAIN", "https://app.example.com")]);
-        assert_eq!(
-            Tables::from_env(&env).unwrap_err(),
-            ConfigError::Missing("DYNAMODB_STRIPE_TABLE")
-        );
-        assert_eq!(
-            StripeConfig::from_env(&env).unwrap_err(),
-            ConfigError::Missing("STRIPE_API_KEY")
-        );
-        assert_eq!(
-            settings(&Env::default()).unwrap_err(),
-            ConfigError::Missing("MY_DOMAIN")
-        );
+        assert_eq!(Tables::from_env(&env).unwrap_err(), ConfigError::Missing("DYNAMODB_STRIPE_TABLE"));
+        assert_eq!(StripeConfig::from_env(&env).unwrap_err(), ConfigError::Missing("STRIPE_API_KEY"));
+        assert_eq!(settings(&Env::default()).unwrap_err(), ConfigError::Missing("MY_DOMAIN"));
     }
 
     #[test]
@@ -289,26 +269,11 @@ mod tests {
         assert!(err.contains("STRIPE_API_KEY"), "{err}");
         assert!(!err.contains("pk_live_oops"), "{err}");
         let env = Env::from_pairs([("MY_DOMAIN", "app.example.com")]);
-        assert!(settings(&env)
-            .unwrap_err()
-            .to_string()
-            .contains("MY_DOMAIN"));
-        let env = Env::from_pairs([
-            ("MY_DOMAIN", "https://a.example"),
-            ("ALLOWED_LOOKUP_KEYS", "ok, bad key"),
-        ]);
-        assert!(settings(&env)
-            .unwrap_err()
-            .to_string()
-            .contains("ALLOWED_LOOKUP_KEYS"));
-        let env = Env::from_pairs([
-            ("STRIPE_API_KEY", "sk_test_x"),
-            ("PRICE_CACHE_SECONDS", "soon"),
-        ]);
-        assert!(StripeConfig::from_env(&env)
-            .unwrap_err()
-            .to_string()
-            .contains("PRICE_CACHE_SECONDS"));
+        assert!(settings(&env).unwrap_err().to_string().contains("MY_DOMAIN"));
+        let env = Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("ALLOWED_LOOKUP_KEYS", "ok, bad key")]);
+        assert!(settings(&env).unwrap_err().to_string().contains("ALLOWED_LOOKUP_KEYS"));
+        let env = Env::from_pairs([("STRIPE_API_KEY", "sk_test_x"), ("PRICE_CACHE_SECONDS", "soon")]);
+        assert!(StripeConfig::from_env(&env).unwrap_err().to_string().contains("PRICE_CACHE_SECONDS"));
     }
 
     #[test]
@@ -321,23 +286,16 @@ mod tests {
         ]);
         let s = settings(&env).unwrap();
         assert_eq!(s.app_url, "https://app.example.com");
-        assert_eq!(
-            s.api_url,
-            "https://abc123.execute-api.ap-northeast-1.amazonaws.com/v1"
-        );
+        assert_eq!(s.api_url, "https://abc123.execute-api.ap-northeast-1.amazonaws.com/v1");
         let no_api = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example")])).unwrap();
-        assert!(require_api_url(&no_api).is_err());
+        assert_eq!(no_api.api_url, "", "derived from each request instead");
     }
 
     #[test]
     fn secrets_do_not_print() {
         let s = Secret::new("sk_test_very_secret");
         assert_eq!(format!("{s:?}"), "Secret([redacted])");
-        let cfg = StripeConfig::from_env(&Env::from_pairs([(
-            "STRIPE_API_KEY",
-            "sk_test_very_secret",
-        )]))
-        .unwrap();
+        let cfg = StripeConfig::from_env(&Env::from_pairs([("STRIPE_API_KEY", "sk_test_very_secret")])).unwrap();
         assert!(!format!("{cfg:?}").contains("very_secret"));
     }
 }

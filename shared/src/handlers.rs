@@ -26,21 +26,14 @@ pub struct App<S = (), K = (), U = (), P = ()> {
 
 impl<S, K, U, P> App<S, K, U, P> {
     pub fn ctx(&self) -> Ctx<'_> {
-        Ctx {
-            clock: self.clock.as_ref(),
-            ids: self.ids.as_ref(),
-            settings: &self.settings,
-        }
+        Ctx { clock: self.clock.as_ref(), ids: self.ids.as_ref(), settings: &self.settings }
     }
 }
 
 type HandlerResult = Result<Response<Body>, Infallible>;
 
 /// `POST /checkout-sessions` `{"lookup_key": "…"}` → `{"url": "…"}`.
-pub async fn create_checkout_session<S, K, U, P>(
-    app: &App<S, K, U, P>,
-    req: Request,
-) -> HandlerResult
+pub async fn create_checkout_session<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
     S: SessionStore,
     U: UserDirectory,
@@ -52,22 +45,22 @@ where
     }
     let result = async {
         if req.method() != Method::POST {
-            return Err(Error::BadRequest(format!(
-                "method {} is not allowed; use POST",
-                req.method()
-            )));
+            return Err(Error::BadRequest(format!("method {} is not allowed; use POST", req.method())));
         }
         let user = http::caller(&req)?;
         let body: CheckoutRequest = http::json_body(&req)?;
-        flows::start_checkout(
-            &app.users,
-            &app.payments,
-            &app.store,
-            app.ctx(),
-            &user,
-            body,
-        )
-        .await
+        // Stripe's success redirect comes back to this API: its configured URL, or the URL
+        // this request came in on (API Gateway's domain and stage).
+        let derived;
+        let ctx = if app.settings.api_url.is_empty() {
+            let api_url = http::api_base_url(&req)
+                .ok_or_else(|| Error::BadRequest("cannot tell this API's URL; set API_URL".into()))?;
+            derived = Settings { api_url, ..app.settings.clone() };
+            Ctx { settings: &derived, ..app.ctx() }
+        } else {
+            app.ctx()
+        };
+        flows::start_checkout(&app.users, &app.payments, &app.store, ctx, &user, body).await
     }
     .await;
     Ok(match result {
@@ -88,8 +81,7 @@ where
 {
     let s = &app.settings;
     let session_id = http::path_param(&req, "session_id").and_then(|v| SessionId::parse(&v).ok());
-    let one_time_key =
-        http::path_param(&req, "one_time_key").and_then(|v| OneTimeKey::parse(&v).ok());
+    let one_time_key = http::path_param(&req, "one_time_key").and_then(|v| OneTimeKey::parse(&v).ok());
     let (Some(session_id), Some(one_time_key)) = (session_id, one_time_key) else {
         tracing::info!("verification with malformed path parameters");
         return Ok(http::redirect(&s.cancel_url(), &s.app_url));
@@ -138,14 +130,7 @@ where
     }
     .await;
     Ok(match result {
-        Ok(url) => http::json(
-            200,
-            &PortalAnswer {
-                status: "OK",
-                billing_portal_url: url,
-            },
-            origin,
-        ),
+        Ok(url) => http::json(200, &PortalAnswer { status: "OK", billing_portal_url: url }, origin),
         Err(e) => http::error_response(&e, origin),
     })
 }
@@ -205,20 +190,10 @@ where
             Body::Binary(b) => b,
             _ => &[],
         };
-        let payload = std::str::from_utf8(raw)
-            .map_err(|_| Error::BadSignature("the body is not UTF-8".into()))?;
+        let payload = std::str::from_utf8(raw).map_err(|_| Error::BadSignature("the body is not UTF-8".into()))?;
         let now = app.clock.now().timestamp();
-        let event =
-            crate::adapters::stripe::verify_event(payload, signature, secret.expose(), now)?;
-        flows::handle_stripe_event(
-            &app.store,
-            &app.keys,
-            &app.users,
-            &app.payments,
-            app.ctx(),
-            &event,
-        )
-        .await
+        let event = crate::adapters::stripe::verify_event(payload, signature, secret.expose(), now)?;
+        flows::handle_stripe_event(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), &event).await
     }
     .await;
     Ok(match result {
@@ -228,14 +203,7 @@ where
                 EventOutcome::Duplicate => "duplicate".to_string(),
                 EventOutcome::Ignored(s) => format!("ignored: {s}"),
             };
-            http::json(
-                200,
-                &WebhookAnswer {
-                    received: true,
-                    outcome,
-                },
-                origin,
-            )
+            http::json(200, &WebhookAnswer { received: true, outcome }, origin)
         }
         Err(e) => http::error_response(&e, origin),
     })

@@ -4,8 +4,7 @@
 
 use lambda_http::http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, CACHE_CONTROL, CONTENT_TYPE, LOCATION,
-    RETRY_AFTER, VARY,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, VARY,
 };
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -38,41 +37,42 @@ pub fn caller(req: &Request) -> Result<UserName, Error> {
     UserName::parse(name).map_err(|_| Error::Unauthorized("malformed cognito:username claim"))
 }
 
+/// `https://{domainName}/{stage}` of the API the request came in on.
+pub fn api_base_url(req: &Request) -> Option<String> {
+    #[allow(unreachable_patterns)]
+    match req.request_context_ref()? {
+        RequestContext::ApiGatewayV1(c) => {
+            let domain = c.domain_name.as_deref().filter(|d| !d.is_empty())?;
+            let stage = c.stage.as_deref().filter(|s| !s.is_empty())?;
+            Some(format!("https://{domain}/{stage}"))
+        }
+        _ => None,
+    }
+}
+
 /// A path parameter as API Gateway passed it.
 pub fn path_param(req: &Request, name: &str) -> Option<String> {
-    req.path_parameters_ref()
-        .and_then(|p| p.first(name))
-        .map(str::to_string)
+    req.path_parameters_ref().and_then(|p| p.first(name)).map(str::to_string)
 }
 
 /// A JSON object body of at most [`MAX_BODY_BYTES`].
 pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, Error> {
     let bytes: &[u8] = match req.body() {
-        Body::Empty => {
-            return Err(Error::BadRequest(
-                "the request body is empty; send a JSON object".into(),
-            ))
-        }
+        Body::Empty => return Err(Error::BadRequest("the request body is empty; send a JSON object".into())),
         Body::Text(t) => t.as_bytes(),
         Body::Binary(b) => b,
         _ => return Err(Error::BadRequest("unsupported body".into())),
     };
     if bytes.len() > MAX_BODY_BYTES {
-        return Err(Error::BadRequest(format!(
-            "the request body is larger than {MAX_BODY_BYTES} bytes"
-        )));
+        return Err(Error::BadRequest(format!("the request body is larger than {MAX_BODY_BYTES} bytes")));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::BadRequest(
-            "the request body is empty; send a JSON object".into(),
-        ));
+        return Err(Error::BadRequest("the request body is empty; send a JSON object".into()));
     }
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Error::BadRequest(format!("the request body is not valid JSON: {e}")))?;
     if !value.is_object() {
-        return Err(Error::BadRequest(
-            "the request body must be a JSON object".into(),
-        ));
+        return Err(Error::BadRequest("the request body must be a JSON object".into()));
     }
     serde_json::from_value(value)
         .map_err(|e| Error::BadRequest(format!("the request body is not the expected JSON: {e}")))
@@ -98,10 +98,7 @@ fn finish(b: lambda_http::http::response::Builder, body: Body) -> Response<Body>
 /// A JSON response with CORS for the front end's origin.
 pub fn json<T: Serialize>(status: u16, body: &T, app_url: &str) -> Response<Body> {
     let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_string());
-    finish(
-        base(status, app_url).header(CONTENT_TYPE, "application/json"),
-        Body::Text(text),
-    )
+    finish(base(status, app_url).header(CONTENT_TYPE, "application/json"), Body::Text(text))
 }
 
 #[derive(Serialize)]
@@ -119,19 +116,9 @@ pub fn error_response(err: &Error, app_url: &str) -> Response<Body> {
     } else {
         tracing::info!(error = %err, code = err.code(), status, "request refused");
     }
-    let mut resp = json(
-        status,
-        &ErrorBody {
-            error: err.code(),
-            message: err.public_message(),
-        },
-        app_url,
-    );
+    let mut resp = json(status, &ErrorBody { error: err.code(), message: err.public_message() }, app_url);
     if matches!(err, Error::FulfilmentInProgress) {
-        resp.headers_mut().insert(
-            RETRY_AFTER,
-            lambda_http::http::HeaderValue::from_static("2"),
-        );
+        resp.headers_mut().insert(RETRY_AFTER, lambda_http::http::HeaderValue::from_static("2"));
     }
     resp
 }

@@ -6,8 +6,8 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    AccountRecord, BackendError, CheckoutRecord, CustomerId, IssuedKey, LookupKey, OneTimeKey,
-    Plan, SessionId, SubscriptionId, UserName, UserProfile,
+    AccountRecord, BackendError, CheckoutRecord, CustomerId, IssuedKey, LookupKey, OneTimeKey, Plan, SessionId,
+    SubscriptionId, UserName, UserProfile,
 };
 
 pub type Result<T> = std::result::Result<T, BackendError>;
@@ -16,10 +16,7 @@ pub type Result<T> = std::result::Result<T, BackendError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// We hold the lease; `token` must be presented to `fulfil`.
-    Acquired {
-        token: String,
-        record: CheckoutRecord,
-    },
+    Acquired { token: String, record: CheckoutRecord },
     /// Someone else holds an unexpired lease.
     Busy,
     /// The checkout is already fulfilled.
@@ -68,10 +65,7 @@ pub trait SessionStore: Send + Sync {
         account: &AccountRecord,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Commit>> + Send;
-    fn get_account(
-        &self,
-        user: &UserName,
-    ) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
+    fn get_account(&self, user: &UserName) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
     /// The account whose Stripe customer is `customer`.
     fn find_account_by_customer(
         &self,
@@ -86,17 +80,9 @@ pub trait SessionStore: Send + Sync {
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<AccountLock>> + Send;
     /// Releases the lock if `token` still holds it.
-    fn unlock_account(
-        &self,
-        user: &UserName,
-        token: &str,
-    ) -> impl Future<Output = Result<()>> + Send;
+    fn unlock_account(&self, user: &UserName, token: &str) -> impl Future<Output = Result<()>> + Send;
     /// Writes the account record while `token` holds its lock, releasing the lock.
-    fn put_account(
-        &self,
-        account: &AccountRecord,
-        token: &str,
-    ) -> impl Future<Output = Result<Commit>> + Send;
+    fn put_account(&self, account: &AccountRecord, token: &str) -> impl Future<Output = Result<Commit>> + Send;
     /// Whether a Stripe event id was processed already.
     fn event_seen(&self, event_id: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Remembers a processed Stripe event id until `expires_at` (TTL).
@@ -123,16 +109,12 @@ pub trait KeyRegistry: Send + Sync {
     /// Ids of the keys attached to the PRO usage plan.
     fn plan_key_ids(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// The key with its secret value, for showing to its owner.
-    fn get_with_value(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<(IssuedKey, String)>>> + Send;
+    fn get_with_value(&self, id: &str) -> impl Future<Output = Result<Option<(IssuedKey, String)>>> + Send;
 }
 
 /// User attributes (Cognito).
 pub trait UserDirectory: Send + Sync {
-    fn get_user(&self, user: &UserName)
-        -> impl Future<Output = Result<Option<UserProfile>>> + Send;
+    fn get_user(&self, user: &UserName) -> impl Future<Output = Result<Option<UserProfile>>> + Send;
     /// Writes `custom:plan_type` and, when given, `custom:stripe_customer_id`.
     fn set_plan(
         &self,
@@ -241,14 +223,8 @@ pub struct SubscriptionState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventSubject {
     Checkout(SessionId),
-    Subscription {
-        id: SubscriptionId,
-        customer: Option<CustomerId>,
-    },
-    Invoice {
-        subscription: Option<SubscriptionId>,
-        customer: Option<CustomerId>,
-    },
+    Subscription { id: SubscriptionId, customer: Option<CustomerId> },
+    Invoice { subscription: Option<SubscriptionId>, customer: Option<CustomerId> },
     Other,
 }
 
@@ -262,22 +238,10 @@ pub struct StripeEvent {
 
 /// Stripe.
 pub trait Payments: Send + Sync {
-    fn get_subscription(
-        &self,
-        id: &SubscriptionId,
-    ) -> impl Future<Output = Result<Option<SubscriptionState>>> + Send;
-    fn find_price(
-        &self,
-        lookup_key: &LookupKey,
-    ) -> impl Future<Output = Result<Option<PriceInfo>>> + Send;
-    fn create_checkout(
-        &self,
-        req: NewCheckout<'_>,
-    ) -> impl Future<Output = Result<CreatedCheckout>> + Send;
-    fn get_checkout(
-        &self,
-        id: &SessionId,
-    ) -> impl Future<Output = Result<Option<CheckoutState>>> + Send;
+    fn get_subscription(&self, id: &SubscriptionId) -> impl Future<Output = Result<Option<SubscriptionState>>> + Send;
+    fn find_price(&self, lookup_key: &LookupKey) -> impl Future<Output = Result<Option<PriceInfo>>> + Send;
+    fn create_checkout(&self, req: NewCheckout<'_>) -> impl Future<Output = Result<CreatedCheckout>> + Send;
+    fn get_checkout(&self, id: &SessionId) -> impl Future<Output = Result<Option<CheckoutState>>> + Send;
     fn create_portal(
         &self,
         customer: &CustomerId,

@@ -1,13 +1,17 @@
 //! What each Lambda builds once per cold start: settings from the environment, AWS and
 //! Stripe clients, the ports. `main` only sets up logging, calls one of these and runs.
+//!
+//! Every variable is checked before the first network call, so a misconfigured function
+//! fails at init with the variable's name, fast.
 
 use std::sync::Arc;
 
 use crate::adapters::aws::{self, ApiGatewayKeys, CognitoUsers, DynamoStore};
 use crate::adapters::cached::CachedPrices;
 use crate::adapters::stripe::StripePayments;
-use crate::config::{self, ConfigError, Env, StripeConfig, Tables};
+use crate::config::{self, ConfigError, Env, Secret, SecretSource, StripeConfig, Tables};
 use crate::domain::BackendError;
+use crate::flows::Settings;
 use crate::handlers::App;
 use crate::ports::{RandomIds, SystemClock};
 
@@ -20,49 +24,45 @@ pub enum InitError {
     Client(#[from] BackendError),
 }
 
-fn app<S, K, U, P>(
-    store: S,
-    keys: K,
-    users: U,
-    payments: P,
-    settings: crate::flows::Settings,
-) -> App<S, K, U, P> {
-    App {
-        store,
-        keys,
-        users,
-        payments,
-        clock: Arc::new(SystemClock),
-        ids: Arc::new(RandomIds),
-        settings,
-    }
+fn app<S, K, U, P>(store: S, keys: K, users: U, payments: P, settings: Settings) -> App<S, K, U, P> {
+    App { store, keys, users, payments, clock: Arc::new(SystemClock), ids: Arc::new(RandomIds), settings }
+}
+
+async fn resolve(source: SecretSource, aws: &aws_config::SdkConfig) -> Result<Secret, InitError> {
+    Ok(match source {
+        SecretSource::Value(s) => s,
+        SecretSource::SsmParameter(name) => aws::secure_parameter(aws, &name).await?,
+    })
+}
+
+/// The Stripe client, its key from `STRIPE_API_KEY` or the SSM parameter named by
+/// `STRIPE_API_KEY_PARAMETER`.
+async fn stripe(
+    env: &Env,
+    source: SecretSource,
+    aws: &aws_config::SdkConfig,
+) -> Result<(StripePayments, StripeConfig), InitError> {
+    let cfg = StripeConfig::with_secret(env, resolve(source, aws).await?)?;
+    Ok((StripePayments::new(&cfg)?, cfg))
 }
 
 pub type CheckoutApp = App<DynamoStore, (), CognitoUsers, CachedPrices<StripePayments>>;
 pub type FulfilApp = App<DynamoStore, ApiGatewayKeys, CognitoUsers, StripePayments>;
 pub type PortalApp = App<(), (), CognitoUsers, StripePayments>;
-pub type WebhookApp = App<DynamoStore, ApiGatewayKeys, CognitoUsers, StripePayments>;
 pub type AccountApp = App<DynamoStore, ApiGatewayKeys, CognitoUsers, ()>;
+pub type WebhookApp = App<DynamoStore, ApiGatewayKeys, CognitoUsers, StripePayments>;
 
 /// `create-checkout-session`.
 pub async fn checkout_app(env: &Env) -> Result<CheckoutApp, InitError> {
     let settings = config::settings(env)?;
-    config::require_api_url(&settings)?;
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
-    let stripe = StripeConfig::from_env(env)?;
-    let payments = CachedPrices::new(
-        StripePayments::new(&stripe)?.with_connect(config::connect(env)?),
-        stripe.price_cache,
-    );
+    let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
+    let connect = config::connect(env)?;
     let aws = aws::load_config().await;
-    Ok(app(
-        DynamoStore::new(&aws, tables),
-        (),
-        CognitoUsers::new(&aws, pool),
-        payments,
-        settings,
-    ))
+    let (stripe, cfg) = stripe(env, key, &aws).await?;
+    let payments = CachedPrices::new(stripe.with_connect(connect), cfg.price_cache);
+    Ok(app(DynamoStore::new(&aws, tables), (), CognitoUsers::new(&aws, pool), payments, settings))
 }
 
 /// `create-api-key`.
@@ -71,8 +71,9 @@ pub async fn fulfil_app(env: &Env) -> Result<FulfilApp, InitError> {
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
     let plan = config::usage_plan_id(env)?;
-    let payments = StripePayments::new(&StripeConfig::from_env(env)?)?;
+    let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let aws = aws::load_config().await;
+    let (payments, _) = stripe(env, key, &aws).await?;
     Ok(app(
         DynamoStore::new(&aws, tables),
         ApiGatewayKeys::new(&aws, plan),
@@ -86,15 +87,10 @@ pub async fn fulfil_app(env: &Env) -> Result<FulfilApp, InitError> {
 pub async fn portal_app(env: &Env) -> Result<PortalApp, InitError> {
     let settings = config::settings(env)?;
     let pool = config::user_pool_id(env)?;
-    let payments = StripePayments::new(&StripeConfig::from_env(env)?)?;
+    let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let aws = aws::load_config().await;
-    Ok(app(
-        (),
-        (),
-        CognitoUsers::new(&aws, pool),
-        payments,
-        settings,
-    ))
+    let (payments, _) = stripe(env, key, &aws).await?;
+    Ok(app((), (), CognitoUsers::new(&aws, pool), payments, settings))
 }
 
 /// `get-account`.
@@ -116,12 +112,14 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
 /// `stripe-webhook`.
 pub async fn webhook_app(env: &Env) -> Result<WebhookApp, InitError> {
     let mut settings = config::settings(env)?;
-    settings.webhook_secret = Some(config::webhook_secret(env)?);
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
     let plan = config::usage_plan_id(env)?;
-    let payments = StripePayments::new(&StripeConfig::from_env(env)?)?;
+    let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
+    let hook = config::secret_source(env, "STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PARAMETER")?;
     let aws = aws::load_config().await;
+    let (payments, _) = stripe(env, key, &aws).await?;
+    settings.webhook_secret = Some(config::check_webhook_secret(resolve(hook, &aws).await?)?);
     Ok(app(
         DynamoStore::new(&aws, tables),
         ApiGatewayKeys::new(&aws, plan),
@@ -129,4 +127,35 @@ pub async fn webhook_app(env: &Env) -> Result<WebhookApp, InitError> {
         payments,
         settings,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_function_names_the_first_missing_variable_before_any_network_call() {
+        let empty = Env::default();
+        assert_eq!(checkout_app(&empty).await.err().unwrap().to_string(), "missing environment variable MY_DOMAIN");
+        let env = Env::from_pairs([
+            ("MY_DOMAIN", "https://app.example.com"),
+            ("DYNAMODB_STRIPE_TABLE", "s"),
+            ("DYNAMODB_API_KEY_TABLE", "k"),
+            ("USER_POOL_ID", "p"),
+            ("USAGE_PLAN_ID", "u"),
+        ]);
+        for err in [
+            checkout_app(&env).await.err().unwrap(),
+            fulfil_app(&env).await.err().unwrap(),
+            portal_app(&env).await.err().unwrap(),
+            webhook_app(&env).await.err().unwrap(),
+        ] {
+            assert_eq!(err.to_string(), "missing environment variable STRIPE_API_KEY (or STRIPE_API_KEY_PARAMETER)");
+        }
+        let env = Env::from_pairs([("MY_DOMAIN", "https://app.example.com"), ("DYNAMODB_STRIPE_TABLE", "s")]);
+        assert_eq!(
+            account_app(&env).await.err().unwrap().to_string(),
+            "missing environment variable DYNAMODB_API_KEY_TABLE"
+        );
+    }
 }

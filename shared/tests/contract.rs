@@ -10,8 +10,7 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use paykey::adapters::memory::{MemoryKeys, MemoryStore, MemoryUsers, Meter};
 use paykey::domain::{
-    AccountRecord, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId,
-    SubscriptionId, UserName,
+    AccountRecord, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId, SubscriptionId, UserName,
 };
 use paykey::ports::{AccountLock, Claim, Commit, KeyRegistry, SessionStore, UserDirectory};
 
@@ -58,20 +57,11 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
     assert_eq!(store.get(&r.session_id).await.unwrap(), None);
     store.put_new(&r).await.unwrap();
     assert_eq!(store.get(&r.session_id).await.unwrap().as_ref(), Some(&r));
-    assert!(
-        store.put_new(&r).await.is_err(),
-        "put_new refuses an existing session"
-    );
+    assert!(store.put_new(&r).await.is_err(), "put_new refuses an existing session");
 
     // claim: PENDING → ISSUING; a second claim within the lease is Busy.
     let lease_until = t + chrono::Duration::seconds(60);
-    let Claim::Acquired {
-        token,
-        record: claimed,
-    } = store
-        .claim(&r.session_id, "tok-1", t, lease_until)
-        .await
-        .unwrap()
+    let Claim::Acquired { token, record: claimed } = store.claim(&r.session_id, "tok-1", t, lease_until).await.unwrap()
     else {
         panic!("first claim is acquired")
     };
@@ -79,72 +69,28 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
     assert_eq!(claimed.status, CheckoutStatus::Issuing);
     assert_eq!(claimed.lease, Some(("tok-1".to_string(), lease_until)));
     assert_eq!(
-        store
-            .claim(
-                &r.session_id,
-                "tok-2",
-                t + chrono::Duration::seconds(59),
-                lease_until
-            )
-            .await
-            .unwrap(),
+        store.claim(&r.session_id, "tok-2", t + chrono::Duration::seconds(59), lease_until).await.unwrap(),
         Claim::Busy
     );
 
     // after the lease expires another attempt takes over; the old token can no longer fulfil.
     let later = t + chrono::Duration::seconds(61);
     assert!(matches!(
-        store
-            .claim(
-                &r.session_id,
-                "tok-3",
-                later,
-                later + chrono::Duration::seconds(60)
-            )
-            .await
-            .unwrap(),
+        store.claim(&r.session_id, "tok-3", later, later + chrono::Duration::seconds(60)).await.unwrap(),
         Claim::Acquired { .. }
     ));
     let acct = account(&alice, "key123");
     assert_eq!(
-        store
-            .lock_account(
-                &alice,
-                "tok-3",
-                later,
-                later + chrono::Duration::seconds(60)
-            )
-            .await
-            .unwrap(),
+        store.lock_account(&alice, "tok-3", later, later + chrono::Duration::seconds(60)).await.unwrap(),
         AccountLock::Acquired(None),
         "locking a user with no record yet"
     );
-    assert_eq!(
-        store.get_account(&alice).await.unwrap(),
-        None,
-        "a lock alone is no account record"
-    );
-    assert_eq!(
-        store
-            .fulfil(&r.session_id, "tok-1", &acct, later)
-            .await
-            .unwrap(),
-        Commit::LeaseLost
-    );
-    assert_eq!(
-        store.get_account(&alice).await.unwrap(),
-        None,
-        "a lost lease writes no account"
-    );
+    assert_eq!(store.get_account(&alice).await.unwrap(), None, "a lock alone is no account record");
+    assert_eq!(store.fulfil(&r.session_id, "tok-1", &acct, later).await.unwrap(), Commit::LeaseLost);
+    assert_eq!(store.get_account(&alice).await.unwrap(), None, "a lost lease writes no account");
 
     // fulfil with the current token: session FULFILLED and account written together.
-    assert_eq!(
-        store
-            .fulfil(&r.session_id, "tok-3", &acct, later)
-            .await
-            .unwrap(),
-        Commit::Done
-    );
+    assert_eq!(store.fulfil(&r.session_id, "tok-3", &acct, later).await.unwrap(), Commit::Done);
     let done = store.get(&r.session_id).await.unwrap().unwrap();
     assert_eq!(done.status, CheckoutStatus::Fulfilled);
     assert!(done.paid);
@@ -154,45 +100,21 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
 
     // a fulfilled session can be neither claimed nor fulfilled again.
     let much_later = later + chrono::Duration::hours(1);
-    assert_eq!(
-        store
-            .claim(&r.session_id, "tok-4", much_later, much_later)
-            .await
-            .unwrap(),
-        Claim::AlreadyFulfilled
-    );
-    assert_eq!(
-        store
-            .fulfil(&r.session_id, "tok-3", &acct, much_later)
-            .await
-            .unwrap(),
-        Commit::LeaseLost
-    );
+    assert_eq!(store.claim(&r.session_id, "tok-4", much_later, much_later).await.unwrap(), Claim::AlreadyFulfilled);
+    assert_eq!(store.fulfil(&r.session_id, "tok-3", &acct, much_later).await.unwrap(), Commit::LeaseLost);
 
     // unknown sessions
     let ghost = SessionId::parse(&unique("cs_test_ghost")).unwrap();
-    assert_eq!(
-        store.claim(&ghost, "t", t, t).await.unwrap(),
-        Claim::Missing
-    );
-    assert_eq!(
-        store.fulfil(&ghost, "t", &acct, t).await.unwrap(),
-        Commit::LeaseLost
-    );
+    assert_eq!(store.claim(&ghost, "t", t, t).await.unwrap(), Claim::Missing);
+    assert_eq!(store.fulfil(&ghost, "t", &acct, t).await.unwrap(), Commit::LeaseLost);
 
     // fulfil released the account lock: it can be taken again at once.
     let t2 = much_later;
     assert_eq!(
-        store
-            .lock_account(&alice, "tok-5", t2, t2 + chrono::Duration::seconds(60))
-            .await
-            .unwrap(),
+        store.lock_account(&alice, "tok-5", t2, t2 + chrono::Duration::seconds(60)).await.unwrap(),
         AccountLock::Acquired(Some(acct.clone()))
     );
-    assert_eq!(
-        store.lock_account(&alice, "tok-6", t2, t2).await.unwrap(),
-        AccountLock::Busy
-    );
+    assert_eq!(store.lock_account(&alice, "tok-6", t2, t2).await.unwrap(), AccountLock::Busy);
     // put_account needs the lock and releases it; optional fields may be absent.
     let free = AccountRecord {
         plan: Plan::Free,
@@ -204,83 +126,42 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
         past_due_since: Some(t2),
         ..acct.clone()
     };
-    assert_eq!(
-        store.put_account(&free, "tok-6").await.unwrap(),
-        Commit::LeaseLost
-    );
+    assert_eq!(store.put_account(&free, "tok-6").await.unwrap(), Commit::LeaseLost);
     assert_eq!(store.get_account(&alice).await.unwrap(), Some(acct.clone()));
-    assert_eq!(
-        store.put_account(&free, "tok-5").await.unwrap(),
-        Commit::Done
-    );
+    assert_eq!(store.put_account(&free, "tok-5").await.unwrap(), Commit::Done);
     assert_eq!(store.get_account(&alice).await.unwrap(), Some(free.clone()));
-    assert_eq!(
-        store.put_account(&free, "tok-5").await.unwrap(),
-        Commit::LeaseLost,
-        "the lock was released"
-    );
+    assert_eq!(store.put_account(&free, "tok-5").await.unwrap(), Commit::LeaseLost, "the lock was released");
 
     // an expired lock is taken over; unlock by a stale token is a no-op; unlock frees.
     let t3 = t2 + chrono::Duration::seconds(1);
-    assert!(matches!(
-        store.lock_account(&alice, "tok-7", t3, t3).await.unwrap(),
-        AccountLock::Acquired(_)
-    ));
+    assert!(matches!(store.lock_account(&alice, "tok-7", t3, t3).await.unwrap(), AccountLock::Acquired(_)));
     let t4 = t3 + chrono::Duration::seconds(1);
     assert!(matches!(
-        store
-            .lock_account(&alice, "tok-8", t4, t4 + chrono::Duration::seconds(60))
-            .await
-            .unwrap(),
+        store.lock_account(&alice, "tok-8", t4, t4 + chrono::Duration::seconds(60)).await.unwrap(),
         AccountLock::Acquired(_)
     ));
     store.unlock_account(&alice, "tok-7").await.unwrap();
-    assert_eq!(
-        store.lock_account(&alice, "tok-9", t4, t4).await.unwrap(),
-        AccountLock::Busy
-    );
+    assert_eq!(store.lock_account(&alice, "tok-9", t4, t4).await.unwrap(), AccountLock::Busy);
     store.unlock_account(&alice, "tok-8").await.unwrap();
-    assert!(matches!(
-        store.lock_account(&alice, "tok-9", t4, t4).await.unwrap(),
-        AccountLock::Acquired(_)
-    ));
+    assert!(matches!(store.lock_account(&alice, "tok-9", t4, t4).await.unwrap(), AccountLock::Acquired(_)));
     store.unlock_account(&alice, "tok-9").await.unwrap();
 
     // the account is found by its Stripe customer
     let cus = CustomerId::parse(&unique("cus_")).unwrap();
     let bob = UserName::parse(&unique("bob-")).unwrap();
-    let bobs = AccountRecord {
-        user_name: bob.clone(),
-        customer_id: Some(cus.clone()),
-        ..free.clone()
-    };
+    let bobs = AccountRecord { user_name: bob.clone(), customer_id: Some(cus.clone()), ..free.clone() };
     assert!(matches!(
-        store
-            .lock_account(&bob, "b", t4, t4 + chrono::Duration::seconds(60))
-            .await
-            .unwrap(),
+        store.lock_account(&bob, "b", t4, t4 + chrono::Duration::seconds(60)).await.unwrap(),
         AccountLock::Acquired(None)
     ));
     assert_eq!(store.put_account(&bobs, "b").await.unwrap(), Commit::Done);
-    assert_eq!(
-        store.find_account_by_customer(&cus).await.unwrap(),
-        Some(bobs)
-    );
-    assert_eq!(
-        store
-            .find_account_by_customer(&CustomerId::parse(&unique("cus_")).unwrap())
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(store.find_account_by_customer(&cus).await.unwrap(), Some(bobs));
+    assert_eq!(store.find_account_by_customer(&CustomerId::parse(&unique("cus_")).unwrap()).await.unwrap(), None);
 
     // processed events are remembered
     let evt = unique("evt_");
     assert!(!store.event_seen(&evt).await.unwrap());
-    store
-        .mark_event(&evt, "invoice.paid", t4 + chrono::Duration::days(30))
-        .await
-        .unwrap();
+    store.mark_event(&evt, "invoice.paid", t4 + chrono::Duration::days(30)).await.unwrap();
     assert!(store.event_seen(&evt).await.unwrap());
     assert!(!store.event_seen(&unique("evt_")).await.unwrap());
 }
@@ -324,10 +205,7 @@ async fn key_registry_contract<K: KeyRegistry>(keys: &K) {
 async fn user_directory_contract<U: UserDirectory>(users: &U, existing: &UserName) {
     let ghost = UserName::parse(&unique("ghost-")).unwrap();
     assert_eq!(users.get_user(&ghost).await.unwrap(), None);
-    assert!(
-        users.set_plan(&ghost, Plan::Pro, None).await.is_err(),
-        "unknown user"
-    );
+    assert!(users.set_plan(&ghost, Plan::Pro, None).await.is_err(), "unknown user");
 
     let fresh = users.get_user(existing).await.unwrap().unwrap();
     assert_eq!(fresh.plan, None);
@@ -335,10 +213,7 @@ async fn user_directory_contract<U: UserDirectory>(users: &U, existing: &UserNam
     assert_eq!(fresh.customer_id, None);
 
     let cus = CustomerId::parse("cus_contractABC").unwrap();
-    users
-        .set_plan(existing, Plan::Pro, Some(&cus))
-        .await
-        .unwrap();
+    users.set_plan(existing, Plan::Pro, Some(&cus)).await.unwrap();
     let pro = users.get_user(existing).await.unwrap().unwrap();
     assert_eq!(pro.plan, Some(Plan::Pro));
     assert_eq!(pro.customer_id, Some(cus.clone()));
@@ -386,14 +261,7 @@ mod moto {
             return;
         };
         let tables = m.create_tables().await;
-        session_store_contract(&DynamoStore::new(
-            &m.config,
-            Tables {
-                sessions: tables.0,
-                api_keys: tables.1,
-            },
-        ))
-        .await;
+        session_store_contract(&DynamoStore::new(&m.config, Tables { sessions: tables.0, api_keys: tables.1 })).await;
     }
 
     #[tokio::test]
@@ -449,9 +317,7 @@ mod moto {
             &app.store,
             app.ctx(),
             &user,
-            CheckoutRequest {
-                lookup_key: "FMMailPro".into(),
-            },
+            CheckoutRequest { lookup_key: "FMMailPro".into() },
         )
         .await
         .unwrap();
@@ -463,16 +329,8 @@ mod moto {
         for _ in 0..10 {
             let (app, id) = (Arc::clone(&app), id.clone());
             tasks.push(tokio::spawn(async move {
-                flows::complete_checkout(
-                    &app.store,
-                    &app.keys,
-                    &app.users,
-                    &app.payments,
-                    app.ctx(),
-                    &id,
-                    Some(&key),
-                )
-                .await
+                flows::complete_checkout(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), &id, Some(&key))
+                    .await
             }));
         }
         let mut issued = 0;
@@ -492,18 +350,26 @@ mod moto {
         let profile = app.users.get_user(&user).await.unwrap().unwrap();
         assert_eq!(profile.plan, Some(Plan::Pro));
         assert!(profile.customer_id.is_some());
-        assert_eq!(
-            app.store.get(&id).await.unwrap().unwrap().status,
-            CheckoutStatus::Fulfilled
-        );
-        assert_eq!(
-            app.store
-                .get_account(&user)
-                .await
-                .unwrap()
-                .unwrap()
-                .api_key_id,
-            Some(keys[0].id.clone())
-        );
+        assert_eq!(app.store.get(&id).await.unwrap().unwrap().status, CheckoutStatus::Fulfilled);
+        assert_eq!(app.store.get_account(&user).await.unwrap().unwrap().api_key_id, Some(keys[0].id.clone()));
+    }
+
+    /// The deployed functions read the Stripe secrets from SSM SecureString parameters.
+    #[tokio::test]
+    async fn secure_parameters_are_read_decrypted_from_ssm() {
+        let Some(m) = Moto::connect().await else { return };
+        let name = format!("/paykey/test/{}", uuid::Uuid::new_v4().simple());
+        aws_sdk_ssm::Client::new(&m.config)
+            .put_parameter()
+            .name(&name)
+            .value("sk_test_from_ssm")
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send()
+            .await
+            .unwrap();
+        let secret = paykey::adapters::aws::secure_parameter(&m.config, &name).await.unwrap();
+        assert_eq!(secret.expose(), "sk_test_from_ssm");
+        let err = paykey::adapters::aws::secure_parameter(&m.config, "/paykey/missing").await.unwrap_err();
+        assert!(err.message.contains("ParameterNotFound"), "{err}");
     }
 }

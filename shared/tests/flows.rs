@@ -11,28 +11,18 @@ use paykey::ports::{KeyRegistry, UserDirectory};
 use support::World;
 
 fn req(k: &str) -> CheckoutRequest {
-    CheckoutRequest {
-        lookup_key: k.into(),
-    }
+    CheckoutRequest { lookup_key: k.into() }
 }
 
 #[tokio::test]
 async fn checkout_records_a_pending_session_with_a_one_time_key_in_the_success_url() {
     let w = World::new();
     let alice = w.user("alice");
-    let started = flows::start_checkout(
-        &w.app.users,
-        &w.app.payments,
-        &w.app.store,
-        w.app.ctx(),
-        &alice,
-        req("FMMailPro"),
-    )
-    .await
-    .unwrap();
-    assert!(started
-        .url
-        .starts_with("https://checkout.memory.invalid/pay/cs_test_"));
+    let started =
+        flows::start_checkout(&w.app.users, &w.app.payments, &w.app.store, w.app.ctx(), &alice, req("FMMailPro"))
+            .await
+            .unwrap();
+    assert!(started.url.starts_with("https://checkout.memory.invalid/pay/cs_test_"));
     let sessions = w.app.store.sessions();
     assert_eq!(sessions.len(), 1);
     let r = &sessions[0];
@@ -49,16 +39,9 @@ async fn checkout_refuses_lookup_keys_outside_the_allow_list_and_writes_nothing(
     w.app.payments.add_price("Secret", 1, "jpy");
     let alice = w.user("alice");
     let before = w.snapshot();
-    let err = flows::start_checkout(
-        &w.app.users,
-        &w.app.payments,
-        &w.app.store,
-        w.app.ctx(),
-        &alice,
-        req("Secret"),
-    )
-    .await
-    .unwrap_err();
+    let err = flows::start_checkout(&w.app.users, &w.app.payments, &w.app.store, w.app.ctx(), &alice, req("Secret"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::LookupKeyNotAllowed(_)), "{err:?}");
     assert_eq!(w.snapshot(), before);
     assert_eq!(w.meter.count("stripe.create_checkout"), 0);
@@ -70,16 +53,9 @@ async fn checkout_for_a_pro_user_is_a_conflict() {
     let alice = w.user("alice");
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let err = flows::start_checkout(
-        &w.app.users,
-        &w.app.payments,
-        &w.app.store,
-        w.app.ctx(),
-        &alice,
-        req("FMMailPro"),
-    )
-    .await
-    .unwrap_err();
+    let err = flows::start_checkout(&w.app.users, &w.app.payments, &w.app.store, w.app.ctx(), &alice, req("FMMailPro"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::AlreadyPro));
     assert_eq!(err.status(), 409);
 }
@@ -90,21 +66,9 @@ async fn a_returning_customer_is_reused_so_one_user_never_has_two_customers() {
     let alice = w.user("alice");
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let first_customer = w
-        .app
-        .users
-        .get_user(&alice)
-        .await
-        .unwrap()
-        .unwrap()
-        .customer_id
-        .unwrap();
+    let first_customer = w.app.users.get_user(&alice).await.unwrap().unwrap().customer_id.unwrap();
     // Downgraded later (e.g. cancelled): she subscribes again.
-    w.app
-        .users
-        .set_plan(&alice, Plan::Free, None)
-        .await
-        .unwrap();
+    w.app.users.set_plan(&alice, Plan::Free, None).await.unwrap();
     let (id2, _) = w.checkout(&alice).await;
     let state = w.app.payments.pay(&id2).unwrap();
     assert_eq!(state.customer, Some(first_customer));
@@ -114,24 +78,11 @@ async fn a_returning_customer_is_reused_so_one_user_never_has_two_customers() {
 async fn a_price_missing_from_stripe_is_not_found() {
     let w = World::new();
     let mut settings = w.app.settings.clone();
-    settings
-        .allowed_lookup_keys
-        .push(paykey::domain::LookupKey::parse("Gone").unwrap());
-    let ctx = paykey::flows::Ctx {
-        settings: &settings,
-        ..w.app.ctx()
-    };
+    settings.allowed_lookup_keys.push(paykey::domain::LookupKey::parse("Gone").unwrap());
+    let ctx = paykey::flows::Ctx { settings: &settings, ..w.app.ctx() };
     let alice = w.user("alice");
-    let err = flows::start_checkout(
-        &w.app.users,
-        &w.app.payments,
-        &w.app.store,
-        ctx,
-        &alice,
-        req("Gone"),
-    )
-    .await
-    .unwrap_err();
+    let err =
+        flows::start_checkout(&w.app.users, &w.app.payments, &w.app.store, ctx, &alice, req("Gone")).await.unwrap_err();
     assert!(matches!(err, Error::PriceNotFound(_)));
     assert_eq!(err.status(), 404);
 }
@@ -160,24 +111,15 @@ async fn unpaid_unknown_mismatched_and_foreign_sessions_are_rejected_without_wri
     let (paid, paid_key) = w.checkout_and_pay(&bob).await;
     let before = w.snapshot();
 
-    assert_eq!(
-        w.complete(&unpaid, &unpaid_key).await.unwrap(),
-        Completion::Rejected(Rejection::Unpaid)
-    );
+    assert_eq!(w.complete(&unpaid, &unpaid_key).await.unwrap(), Completion::Rejected(Rejection::Unpaid));
     assert_eq!(
         w.complete(&paid, &OneTimeKey::new_random()).await.unwrap(),
         Completion::Rejected(Rejection::WrongOneTimeKey)
     );
     // bob's session with alice's one-time key
-    assert_eq!(
-        w.complete(&paid, &unpaid_key).await.unwrap(),
-        Completion::Rejected(Rejection::WrongOneTimeKey)
-    );
+    assert_eq!(w.complete(&paid, &unpaid_key).await.unwrap(), Completion::Rejected(Rejection::WrongOneTimeKey));
     let unknown = paykey::domain::SessionId::parse("cs_test_nope").unwrap();
-    assert_eq!(
-        w.complete(&unknown, &paid_key).await.unwrap(),
-        Completion::Rejected(Rejection::UnknownSession)
-    );
+    assert_eq!(w.complete(&unknown, &paid_key).await.unwrap(), Completion::Rejected(Rejection::UnknownSession));
     assert_eq!(w.snapshot(), before, "nothing written");
 }
 
@@ -188,36 +130,15 @@ async fn a_session_whose_stripe_reference_names_another_user_is_rejected() {
     let mallory = w.user("mallory");
     let (id, key) = w.checkout_and_pay(&alice).await;
     // Tamper with our record so it names mallory (as if a record was forged or mixed up).
-    let mut rec = w
-        .app
-        .store
-        .sessions()
-        .into_iter()
-        .find(|r| r.session_id == id)
-        .unwrap();
+    let mut rec = w.app.store.sessions().into_iter().find(|r| r.session_id == id).unwrap();
     rec.user_name = mallory.clone();
     rec.session_id = paykey::domain::SessionId::parse("cs_test_forged").unwrap();
     use paykey::ports::SessionStore;
     w.app.store.put_new(&rec).await.unwrap();
     // Stripe knows no cs_test_forged: unpaid. The real one stays alice's.
-    assert_eq!(
-        w.complete(&rec.session_id, &key).await.unwrap(),
-        Completion::Rejected(Rejection::Unpaid)
-    );
-    assert!(matches!(
-        w.complete(&id, &key).await.unwrap(),
-        Completion::Issued { .. }
-    ));
-    assert_eq!(
-        w.app
-            .users
-            .get_user(&mallory)
-            .await
-            .unwrap()
-            .unwrap()
-            .plan(),
-        Plan::Free
-    );
+    assert_eq!(w.complete(&rec.session_id, &key).await.unwrap(), Completion::Rejected(Rejection::Unpaid));
+    assert!(matches!(w.complete(&id, &key).await.unwrap(), Completion::Issued { .. }));
+    assert_eq!(w.app.users.get_user(&mallory).await.unwrap().unwrap().plan(), Plan::Free);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -269,30 +190,14 @@ async fn a_fault_at_any_call_followed_by_a_retry_converges() {
             let (id, key) = w.checkout_and_pay(&alice).await;
             w.meter.inject(op, fault);
             let first = w.complete(&id, &key).await;
-            assert!(
-                first.is_err(),
-                "{op} {fault:?}: the failed attempt reports failure, got {first:?}"
-            );
-            let record = w
-                .app
-                .store
-                .sessions()
-                .into_iter()
-                .find(|r| r.session_id == id)
-                .unwrap();
+            assert!(first.is_err(), "{op} {fault:?}: the failed attempt reports failure, got {first:?}");
+            let record = w.app.store.sessions().into_iter().find(|r| r.session_id == id).unwrap();
             if !(op == "ddb.fulfil" && fault == Fault::After) {
-                assert_ne!(
-                    record.status,
-                    CheckoutStatus::Fulfilled,
-                    "{op} {fault:?}: not fulfilled yet"
-                );
+                assert_ne!(record.status, CheckoutStatus::Fulfilled, "{op} {fault:?}: not fulfilled yet");
             }
             // The crashed attempt's lease runs out; the user (or Stripe's webhook) retries.
             w.clock.advance(chrono::Duration::seconds(61));
-            let retry = w
-                .complete(&id, &key)
-                .await
-                .unwrap_or_else(|e| panic!("{op} {fault:?}: retry failed: {e}"));
+            let retry = w.complete(&id, &key).await.unwrap_or_else(|e| panic!("{op} {fault:?}: retry failed: {e}"));
             assert!(retry.is_success(), "{op} {fault:?}: {retry:?}");
             w.assert_fulfilled_once(&alice, &id).await;
             cases += 1;
@@ -323,16 +228,9 @@ async fn a_disabled_key_from_an_earlier_subscription_is_re_enabled_not_duplicate
     // Cancellation: key disabled and detached, user FREE.
     w.app.keys.set_enabled(&key_id, false).await.unwrap();
     w.app.keys.detach_from_plan(&key_id).await.unwrap();
-    w.app
-        .users
-        .set_plan(&alice, Plan::Free, None)
-        .await
-        .unwrap();
+    w.app.users.set_plan(&alice, Plan::Free, None).await.unwrap();
     let (id2, key2) = w.checkout_and_pay(&alice).await;
-    assert_eq!(
-        w.complete(&id2, &key2).await.unwrap(),
-        Completion::Issued { api_key_id: key_id }
-    );
+    assert_eq!(w.complete(&id2, &key2).await.unwrap(), Completion::Issued { api_key_id: key_id });
     w.assert_fulfilled_once(&alice, &id2).await;
 }
 
@@ -348,16 +246,8 @@ async fn the_fulfilment_critical_path_is_five_sequential_round_trips() {
     let started = tokio::time::Instant::now();
     w.complete(&id, &key).await.unwrap();
     assert_eq!(w.meter.calls().len(), 9, "{:?}", w.meter.calls());
-    assert_eq!(
-        started.elapsed(),
-        std::time::Duration::from_millis(5 * 50),
-        "5 waves"
-    );
-    assert_eq!(
-        w.meter.max_in_flight(),
-        3,
-        "claim, key lookup and account read overlap"
-    );
+    assert_eq!(started.elapsed(), std::time::Duration::from_millis(5 * 50), "5 waves");
+    assert_eq!(w.meter.max_in_flight(), 3, "claim, key lookup and account read overlap");
 }
 
 #[tokio::test(start_paused = true)]
@@ -367,11 +257,7 @@ async fn checkout_is_three_sequential_round_trips() {
     w.meter.set_latency(std::time::Duration::from_millis(50));
     let started = tokio::time::Instant::now();
     w.checkout(&alice).await;
-    assert_eq!(
-        started.elapsed(),
-        std::time::Duration::from_millis(3 * 50),
-        "user ∥ price, create, put"
-    );
+    assert_eq!(started.elapsed(), std::time::Duration::from_millis(3 * 50), "user ∥ price, create, put");
 }
 
 #[tokio::test]
@@ -379,25 +265,13 @@ async fn the_portal_opens_for_the_callers_own_customer_only() {
     let w = World::new();
     let alice = w.user("alice");
     let bob = w.user("bob");
-    let err = flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &bob)
-        .await
-        .unwrap_err();
+    let err = flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &bob).await.unwrap_err();
     assert!(matches!(err, Error::NoCustomer));
     assert_eq!(err.status(), 409);
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let customer = w
-        .app
-        .users
-        .get_user(&alice)
-        .await
-        .unwrap()
-        .unwrap()
-        .customer_id
-        .unwrap();
-    let url = flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &alice)
-        .await
-        .unwrap();
+    let customer = w.app.users.get_user(&alice).await.unwrap().unwrap().customer_id.unwrap();
+    let url = flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &alice).await.unwrap();
     assert!(url.contains(customer.as_str()), "{url}");
 }
 
@@ -405,16 +279,12 @@ async fn the_portal_opens_for_the_callers_own_customer_only() {
 async fn the_account_shows_plan_and_key_value_once_issued() {
     let w = World::new();
     let alice = w.user("alice");
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &alice)
-        .await
-        .unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &alice).await.unwrap();
     assert_eq!(view.plan, Plan::Free);
     assert!(view.api_key.is_none());
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &alice)
-        .await
-        .unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &alice).await.unwrap();
     assert_eq!(view.plan, Plan::Pro);
     assert_eq!(view.subscription_status.as_deref(), Some("active"));
     let k = view.api_key.unwrap();

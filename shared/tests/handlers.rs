@@ -39,11 +39,7 @@ impl Event {
         e
     }
     fn portal() -> Self {
-        Self::new(
-            "GET",
-            "/create-billing-portal-by-user",
-            "/create-billing-portal-by-user",
-        )
+        Self::new("GET", "/create-billing-portal-by-user", "/create-billing-portal-by-user")
     }
     fn account() -> Self {
         Self::new("GET", "/account", "/account")
@@ -57,10 +53,7 @@ impl Event {
         self
     }
     fn no_claims(mut self) -> Self {
-        self.0["requestContext"]
-            .as_object_mut()
-            .unwrap()
-            .remove("authorizer");
+        self.0["requestContext"].as_object_mut().unwrap().remove("authorizer");
         self
     }
     fn with(mut self, f: impl FnOnce(&mut Value)) -> Self {
@@ -80,10 +73,7 @@ fn body_json(r: &Response<Body>) -> Value {
 }
 
 fn header<'a>(r: &'a Response<Body>, name: &str) -> &'a str {
-    r.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap())
-        .unwrap_or("")
+    r.headers().get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
 }
 
 fn assert_json_with_cors(r: &Response<Body>) {
@@ -96,19 +86,13 @@ fn assert_json_with_cors(r: &Response<Body>) {
 async fn checkout_answers_the_stripe_url_with_json_and_cors() {
     let w = World::new();
     w.user("alice");
-    let r = handlers::create_checkout_session(
-        &w.app,
-        Event::checkout(r#"{"lookup_key":"FMMailPro"}"#).request(),
-    )
-    .await
-    .unwrap();
+    let r = handlers::create_checkout_session(&w.app, Event::checkout(r#"{"lookup_key":"FMMailPro"}"#).request())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_json_with_cors(&r);
     let url = body_json(&r)["url"].as_str().unwrap().to_string();
-    assert!(
-        url.starts_with("https://checkout.memory.invalid/pay/cs_test_"),
-        "{url}"
-    );
+    assert!(url.starts_with("https://checkout.memory.invalid/pay/cs_test_"), "{url}");
     assert_eq!(w.app.store.sessions()[0].user_name.as_str(), "alice");
 }
 
@@ -118,9 +102,7 @@ async fn checkout_takes_the_user_from_the_claims_never_from_the_body() {
     w.user("alice");
     w.user("bob");
     let ev = Event::checkout(r#"{"lookup_key":"FMMailPro","user_name":"bob"}"#);
-    let r = handlers::create_checkout_session(&w.app, ev.request())
-        .await
-        .unwrap();
+    let r = handlers::create_checkout_session(&w.app, ev.request()).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(w.app.store.sessions()[0].user_name.as_str(), "alice");
 }
@@ -129,11 +111,8 @@ async fn checkout_takes_the_user_from_the_claims_never_from_the_body() {
 async fn a_base64_encoded_body_is_decoded() {
     let w = World::new();
     w.user("alice");
-    let ev = Event::checkout("eyJsb29rdXBfa2V5IjoiRk1NYWlsUHJvIn0=")
-        .with(|v| v["isBase64Encoded"] = json!(true));
-    let r = handlers::create_checkout_session(&w.app, ev.request())
-        .await
-        .unwrap();
+    let ev = Event::checkout("eyJsb29rdXBfa2V5IjoiRk1NYWlsUHJvIn0=").with(|v| v["isBase64Encoded"] = json!(true));
+    let r = handlers::create_checkout_session(&w.app, ev.request()).await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.body());
 }
 
@@ -142,9 +121,7 @@ async fn preflight_is_answered_for_the_app_origin_only() {
     let w = World::new();
     let r = handlers::create_checkout_session(
         &w.app,
-        Event::new("OPTIONS", "/checkout-sessions", "/checkout-sessions")
-            .no_claims()
-            .request(),
+        Event::new("OPTIONS", "/checkout-sessions", "/checkout-sessions").no_claims().request(),
     )
     .await
     .unwrap();
@@ -160,12 +137,7 @@ async fn the_success_redirect_issues_the_key_and_a_refresh_shows_thanks_again() 
     let alice = w.user("alice");
     let (id, key) = w.checkout_and_pay(&alice).await;
     for _ in 0..2 {
-        let r = handlers::create_api_key(
-            &w.app,
-            Event::verify(id.as_str(), &key.to_string()).request(),
-        )
-        .await
-        .unwrap();
+        let r = handlers::create_api_key(&w.app, Event::verify(id.as_str(), &key.to_string()).request()).await.unwrap();
         assert_eq!(r.status(), 302);
         assert_eq!(header(&r, "location"), format!("{APP_URL}/thanks_upgrade"));
     }
@@ -178,17 +150,12 @@ async fn the_portal_answers_the_shape_existing_front_ends_expect() {
     let alice = w.user("alice");
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let r = handlers::create_billing_portal(&w.app, Event::portal().request())
-        .await
-        .unwrap();
+    let r = handlers::create_billing_portal(&w.app, Event::portal().request()).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_json_with_cors(&r);
     let b = body_json(&r);
     assert_eq!(b["status"], "OK");
-    assert!(b["billing_portal_url"]
-        .as_str()
-        .unwrap()
-        .starts_with("https://billing.memory.invalid/"));
+    assert!(b["billing_portal_url"].as_str().unwrap().starts_with("https://billing.memory.invalid/"));
 }
 
 #[tokio::test]
@@ -197,9 +164,7 @@ async fn the_account_shows_plan_and_key() {
     let alice = w.user("alice");
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let r = handlers::get_account(&w.app, Event::account().request())
-        .await
-        .unwrap();
+    let r = handlers::get_account(&w.app, Event::account().request()).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_json_with_cors(&r);
     let b = body_json(&r);
@@ -223,12 +188,8 @@ async fn bad_input_gets_a_clear_answer_and_writes_nothing() {
     let (unpaid, unpaid_key) = w.checkout(&alice).await;
     let bob = paykey::domain::UserName::parse("bob").unwrap();
     let (bobs, bobs_key) = w.checkout_and_pay(&bob).await;
-    let (unpaid, unpaid_key, bobs, bobs_key) = (
-        unpaid.to_string(),
-        unpaid_key.to_string(),
-        bobs.to_string(),
-        bobs_key.to_string(),
-    );
+    let (unpaid, unpaid_key, bobs, bobs_key) =
+        (unpaid.to_string(), unpaid_key.to_string(), bobs.to_string(), bobs_key.to_string());
     let ok_body = r#"{"lookup_key":"FMMailPro"}"#;
     let random_key = paykey::domain::OneTimeKey::new_random().to_string();
 
@@ -241,29 +202,16 @@ async fn bad_input_gets_a_clear_answer_and_writes_nothing() {
     }
     use Expect::*;
     let cases: Vec<(&str, H, Event, Expect)> = vec![
-        (
-            "no authorizer at all",
-            H::Checkout,
-            Event::checkout(ok_body).no_claims(),
-            Json(401, "unauthorized"),
-        ),
+        ("no authorizer at all", H::Checkout, Event::checkout(ok_body).no_claims(), Json(401, "unauthorized")),
         (
             "claims without cognito:username",
             H::Checkout,
             Event::checkout(ok_body).with(|v| {
-                v["requestContext"]["authorizer"]["claims"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("cognito:username");
+                v["requestContext"]["authorizer"]["claims"].as_object_mut().unwrap().remove("cognito:username");
             }),
             Json(401, "unauthorized"),
         ),
-        (
-            "empty cognito:username",
-            H::Checkout,
-            Event::checkout(ok_body).user(""),
-            Json(401, "unauthorized"),
-        ),
+        ("empty cognito:username", H::Checkout, Event::checkout(ok_body).user(""), Json(401, "unauthorized")),
         (
             "cognito:username with a newline",
             H::Checkout,
@@ -273,59 +221,20 @@ async fn bad_input_gets_a_clear_answer_and_writes_nothing() {
         (
             "claims not an object",
             H::Checkout,
-            Event::checkout(ok_body)
-                .with(|v| v["requestContext"]["authorizer"]["claims"] = json!("alice")),
+            Event::checkout(ok_body).with(|v| v["requestContext"]["authorizer"]["claims"] = json!("alice")),
             Json(401, "unauthorized"),
         ),
-        (
-            "user not in the pool",
-            H::Checkout,
-            Event::checkout(ok_body).user("ghost"),
-            Json(404, "user_not_found"),
-        ),
-        (
-            "no body",
-            H::Checkout,
-            Event::checkout("").with(|v| v["body"] = Value::Null),
-            Json(400, "bad_request"),
-        ),
-        (
-            "blank body",
-            H::Checkout,
-            Event::checkout("  \n"),
-            Json(400, "bad_request"),
-        ),
-        (
-            "malformed JSON",
-            H::Checkout,
-            Event::checkout(r#"{"lookup_key":"#),
-            Json(400, "bad_request"),
-        ),
-        (
-            "a JSON array",
-            H::Checkout,
-            Event::checkout(r#"["FMMailPro"]"#),
-            Json(400, "bad_request"),
-        ),
-        (
-            "lookup_key missing",
-            H::Checkout,
-            Event::checkout(r#"{"lookupKey":"FMMailPro"}"#),
-            Json(400, "bad_request"),
-        ),
-        (
-            "lookup_key a number",
-            H::Checkout,
-            Event::checkout(r#"{"lookup_key":42}"#),
-            Json(400, "bad_request"),
-        ),
+        ("user not in the pool", H::Checkout, Event::checkout(ok_body).user("ghost"), Json(404, "user_not_found")),
+        ("no body", H::Checkout, Event::checkout("").with(|v| v["body"] = Value::Null), Json(400, "bad_request")),
+        ("blank body", H::Checkout, Event::checkout("  \n"), Json(400, "bad_request")),
+        ("malformed JSON", H::Checkout, Event::checkout(r#"{"lookup_key":"#), Json(400, "bad_request")),
+        ("a JSON array", H::Checkout, Event::checkout(r#"["FMMailPro"]"#), Json(400, "bad_request")),
+        ("lookup_key missing", H::Checkout, Event::checkout(r#"{"lookupKey":"FMMailPro"}"#), Json(400, "bad_request")),
+        ("lookup_key a number", H::Checkout, Event::checkout(r#"{"lookup_key":42}"#), Json(400, "bad_request")),
         (
             "oversized body",
             H::Checkout,
-            Event::checkout(&format!(
-                r#"{{"lookup_key":"FMMailPro","pad":"{}"}}"#,
-                "x".repeat(5000)
-            )),
+            Event::checkout(&format!(r#"{{"lookup_key":"FMMailPro","pad":"{}"}}"#, "x".repeat(5000))),
             Json(400, "bad_request"),
         ),
         (
@@ -340,30 +249,10 @@ async fn bad_input_gets_a_clear_answer_and_writes_nothing() {
             Event::checkout(r#"{"lookup_key":"FM Mail;Pro"}"#),
             Json(400, "bad_request"),
         ),
-        (
-            "unknown session",
-            H::Verify,
-            Event::verify("cs_test_unknown", &random_key),
-            Redirect("/canceled_upgrade"),
-        ),
-        (
-            "wrong one-time key",
-            H::Verify,
-            Event::verify(&bobs, &random_key),
-            Redirect("/canceled_upgrade"),
-        ),
-        (
-            "another session's one-time key",
-            H::Verify,
-            Event::verify(&bobs, &unpaid_key),
-            Redirect("/canceled_upgrade"),
-        ),
-        (
-            "one-time key not a uuid",
-            H::Verify,
-            Event::verify(&bobs, "00000000"),
-            Redirect("/canceled_upgrade"),
-        ),
+        ("unknown session", H::Verify, Event::verify("cs_test_unknown", &random_key), Redirect("/canceled_upgrade")),
+        ("wrong one-time key", H::Verify, Event::verify(&bobs, &random_key), Redirect("/canceled_upgrade")),
+        ("another session's one-time key", H::Verify, Event::verify(&bobs, &unpaid_key), Redirect("/canceled_upgrade")),
+        ("one-time key not a uuid", H::Verify, Event::verify(&bobs, "00000000"), Redirect("/canceled_upgrade")),
         (
             "session id with path characters",
             H::Verify,
@@ -376,42 +265,17 @@ async fn bad_input_gets_a_clear_answer_and_writes_nothing() {
             Event::verify("pi_3Nxyz", &bobs_key),
             Redirect("/canceled_upgrade"),
         ),
-        (
-            "unpaid session",
-            H::Verify,
-            Event::verify(&unpaid, &unpaid_key),
-            Redirect("/canceled_upgrade"),
-        ),
+        ("unpaid session", H::Verify, Event::verify(&unpaid, &unpaid_key), Redirect("/canceled_upgrade")),
         (
             "missing path parameters",
             H::Verify,
             Event::verify(&bobs, &bobs_key).with(|v| v["pathParameters"] = Value::Null),
             Redirect("/canceled_upgrade"),
         ),
-        (
-            "portal without sign-in",
-            H::Portal,
-            Event::portal().no_claims(),
-            Json(401, "unauthorized"),
-        ),
-        (
-            "portal for a user with no customer",
-            H::Portal,
-            Event::portal(),
-            Json(409, "no_customer"),
-        ),
-        (
-            "account without sign-in",
-            H::Account,
-            Event::account().no_claims(),
-            Json(401, "unauthorized"),
-        ),
-        (
-            "account of a user not in the pool",
-            H::Account,
-            Event::account().user("ghost"),
-            Json(404, "user_not_found"),
-        ),
+        ("portal without sign-in", H::Portal, Event::portal().no_claims(), Json(401, "unauthorized")),
+        ("portal for a user with no customer", H::Portal, Event::portal(), Json(409, "no_customer")),
+        ("account without sign-in", H::Account, Event::account().no_claims(), Json(401, "unauthorized")),
+        ("account of a user not in the pool", H::Account, Event::account().user("ghost"), Json(404, "user_not_found")),
     ];
     assert!(cases.len() >= 15);
     for (name, h, ev, expect) in cases {
@@ -430,10 +294,7 @@ async fn bad_input_gets_a_clear_answer_and_writes_nothing() {
                 assert_json_with_cors(&r);
                 let b = body_json(&r);
                 assert_eq!(b["error"], code, "{name}");
-                assert!(
-                    !b["message"].as_str().unwrap().is_empty(),
-                    "{name}: a message"
-                );
+                assert!(!b["message"].as_str().unwrap().is_empty(), "{name}: a message");
             }
             Redirect(path) => {
                 assert_eq!(r.status(), 302, "{name}");
@@ -448,22 +309,33 @@ async fn bad_input_gets_a_clear_answer_and_writes_nothing() {
 async fn a_backend_failure_is_a_short_502_without_internal_detail() {
     let w = World::new();
     w.user("alice");
-    w.meter.inject(
-        "stripe.create_checkout",
-        paykey::adapters::memory::Fault::Before,
-    );
-    let r = handlers::create_checkout_session(
-        &w.app,
-        Event::checkout(r#"{"lookup_key":"FMMailPro"}"#).request(),
-    )
-    .await
-    .unwrap();
+    w.meter.inject("stripe.create_checkout", paykey::adapters::memory::Fault::Before);
+    let r = handlers::create_checkout_session(&w.app, Event::checkout(r#"{"lookup_key":"FMMailPro"}"#).request())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     let b = body_json(&r);
     assert_eq!(b["error"], "backend_unavailable");
-    assert!(
-        !b["message"].as_str().unwrap().contains("injected"),
-        "no internal detail leaks"
-    );
+    assert!(!b["message"].as_str().unwrap().contains("injected"), "no internal detail leaks");
     assert!(w.app.store.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn without_api_url_the_success_redirect_comes_back_to_the_api_the_request_used() {
+    let mut w = World::new();
+    w.app.settings.api_url = String::new();
+    w.user("alice");
+    let r = handlers::create_checkout_session(&w.app, Event::checkout(r#"{"lookup_key":"FMMailPro"}"#).request())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let record = &w.app.store.sessions()[0];
+    let success = w.app.payments.checkout_success_url(&record.session_id).unwrap();
+    assert_eq!(
+        success,
+        format!(
+            "https://abc123defg.execute-api.ap-northeast-1.amazonaws.com/prod/create-api-key/{{CHECKOUT_SESSION_ID}}/{}",
+            record.one_time_key
+        )
+    );
 }

@@ -12,34 +12,15 @@ use paykey::ports::{EventSubject, KeyRegistry, StripeEvent, SubscriptionStatus, 
 use support::World;
 
 fn event(id: &str, kind: &str, subject: EventSubject) -> StripeEvent {
-    StripeEvent {
-        id: id.into(),
-        kind: kind.into(),
-        subject,
-    }
+    StripeEvent { id: id.into(), kind: kind.into(), subject }
 }
 
 fn sub_event(id: &str, kind: &str, sub: &SubscriptionId) -> StripeEvent {
-    event(
-        id,
-        kind,
-        EventSubject::Subscription {
-            id: sub.clone(),
-            customer: None,
-        },
-    )
+    event(id, kind, EventSubject::Subscription { id: sub.clone(), customer: None })
 }
 
 async fn handle(w: &World, e: &StripeEvent) -> Result<EventOutcome, paykey::Error> {
-    flows::handle_stripe_event(
-        &w.app.store,
-        &w.app.keys,
-        &w.app.users,
-        &w.app.payments,
-        w.app.ctx(),
-        e,
-    )
-    .await
+    flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), e).await
 }
 
 /// A PRO user through checkout and the success redirect; returns the subscription id.
@@ -47,15 +28,7 @@ async fn pro_user(w: &World, name: &str) -> (UserName, SubscriptionId) {
     let u = w.user(name);
     let (id, key) = w.checkout_and_pay(&u).await;
     w.complete(&id, &key).await.unwrap();
-    let sub = w
-        .app
-        .store
-        .accounts()
-        .into_iter()
-        .find(|a| a.user_name == u)
-        .unwrap()
-        .subscription_id
-        .unwrap();
+    let sub = w.app.store.accounts().into_iter().find(|a| a.user_name == u).unwrap().subscription_id.unwrap();
     (u, sub)
 }
 
@@ -65,12 +38,7 @@ async fn plan_of(w: &World, u: &UserName) -> Plan {
 
 fn enabled_keys(w: &World, u: &UserName) -> usize {
     let name = w.app.settings.key_name(u);
-    w.app
-        .keys
-        .all()
-        .into_iter()
-        .filter(|k| k.name == name && k.enabled)
-        .count()
+    w.app.keys.all().into_iter().filter(|k| k.name == name && k.enabled).count()
 }
 
 #[tokio::test]
@@ -78,24 +46,10 @@ async fn checkout_completed_before_the_redirect_fulfils_and_the_redirect_then_sa
     let w = World::new();
     let u = w.user("alice");
     let (id, key) = w.checkout_and_pay(&u).await;
-    let out = handle(
-        &w,
-        &event(
-            "evt_1",
-            "checkout.session.completed",
-            EventSubject::Checkout(id.clone()),
-        ),
-    )
-    .await
-    .unwrap();
-    assert!(
-        matches!(out, EventOutcome::Processed(ref s) if s.starts_with("issued key")),
-        "{out:?}"
-    );
-    assert_eq!(
-        w.complete(&id, &key).await.unwrap(),
-        flows::Completion::AlreadyFulfilled
-    );
+    let out =
+        handle(&w, &event("evt_1", "checkout.session.completed", EventSubject::Checkout(id.clone()))).await.unwrap();
+    assert!(matches!(out, EventOutcome::Processed(ref s) if s.starts_with("issued key")), "{out:?}");
+    assert_eq!(w.complete(&id, &key).await.unwrap(), flows::Completion::AlreadyFulfilled);
     w.assert_fulfilled_once(&u, &id).await;
 }
 
@@ -103,51 +57,19 @@ async fn checkout_completed_before_the_redirect_fulfils_and_the_redirect_then_sa
 async fn cancellation_downgrades_disables_and_detaches_the_key_and_keeps_the_customer() {
     let w = World::new();
     let (u, sub) = pro_user(&w, "alice").await;
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &u)
-        .await
-        .unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &u).await.unwrap();
     let value = view.api_key.unwrap().value;
     assert!(w.app.keys.authorize(&value).is_some());
 
-    w.app
-        .payments
-        .update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
-    let out = handle(
-        &w,
-        &sub_event("evt_del", "customer.subscription.deleted", &sub),
-    )
-    .await
-    .unwrap();
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    let out = handle(&w, &sub_event("evt_del", "customer.subscription.deleted", &sub)).await.unwrap();
     assert_eq!(out, EventOutcome::Processed("alice is FREE".into()));
     assert_eq!(plan_of(&w, &u).await, Plan::Free);
     assert_eq!(enabled_keys(&w, &u), 0);
-    assert!(
-        w.app.keys.plan_key_ids().await.unwrap().is_empty(),
-        "detached from the PRO plan"
-    );
-    assert_eq!(
-        w.app.keys.authorize(&value),
-        None,
-        "the product API would reject the key"
-    );
-    assert!(
-        w.app
-            .users
-            .get_user(&u)
-            .await
-            .unwrap()
-            .unwrap()
-            .customer_id
-            .is_some(),
-        "customer id kept"
-    );
-    let acct = w
-        .app
-        .store
-        .accounts()
-        .into_iter()
-        .find(|a| a.user_name == u)
-        .unwrap();
+    assert!(w.app.keys.plan_key_ids().await.unwrap().is_empty(), "detached from the PRO plan");
+    assert_eq!(w.app.keys.authorize(&value), None, "the product API would reject the key");
+    assert!(w.app.users.get_user(&u).await.unwrap().unwrap().customer_id.is_some(), "customer id kept");
+    let acct = w.app.store.accounts().into_iter().find(|a| a.user_name == u).unwrap();
     assert_eq!(acct.plan, Plan::Free);
     assert_eq!(acct.subscription_status.as_deref(), Some("canceled"));
 }
@@ -157,17 +79,10 @@ async fn a_duplicate_event_is_processed_once() {
     let w = World::new();
     let (_u, sub) = pro_user(&w, "alice").await;
     let e = sub_event("evt_dup", "customer.subscription.updated", &sub);
-    assert!(matches!(
-        handle(&w, &e).await.unwrap(),
-        EventOutcome::Processed(_)
-    ));
+    assert!(matches!(handle(&w, &e).await.unwrap(), EventOutcome::Processed(_)));
     w.meter.reset_calls();
     assert_eq!(handle(&w, &e).await.unwrap(), EventOutcome::Duplicate);
-    assert_eq!(
-        w.meter.calls(),
-        vec!["ddb.event_seen"],
-        "nothing else was called"
-    );
+    assert_eq!(w.meter.calls(), vec!["ddb.event_seen"], "nothing else was called");
 }
 
 #[tokio::test]
@@ -175,29 +90,10 @@ async fn out_of_order_events_converge_on_stripes_current_state() {
     // deleted arrives before an older updated (and before invoice.paid): still FREE.
     let w = World::new();
     let (u, sub) = pro_user(&w, "alice").await;
-    w.app
-        .payments
-        .update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
-    handle(
-        &w,
-        &sub_event("evt_2", "customer.subscription.deleted", &sub),
-    )
-    .await
-    .unwrap();
-    handle(
-        &w,
-        &sub_event("evt_1", "customer.subscription.updated", &sub),
-    )
-    .await
-    .unwrap();
-    let inv = event(
-        "evt_0",
-        "invoice.paid",
-        EventSubject::Invoice {
-            subscription: Some(sub.clone()),
-            customer: None,
-        },
-    );
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    handle(&w, &sub_event("evt_2", "customer.subscription.deleted", &sub)).await.unwrap();
+    handle(&w, &sub_event("evt_1", "customer.subscription.updated", &sub)).await.unwrap();
+    let inv = event("evt_0", "invoice.paid", EventSubject::Invoice { subscription: Some(sub.clone()), customer: None });
     handle(&w, &inv).await.unwrap();
     assert_eq!(plan_of(&w, &u).await, Plan::Free);
     assert_eq!(enabled_keys(&w, &u), 0);
@@ -205,18 +101,8 @@ async fn out_of_order_events_converge_on_stripes_current_state() {
     // and the other way round: created after updated (both active) → PRO with one key.
     let w = World::new();
     let (u, sub) = pro_user(&w, "bob").await;
-    handle(
-        &w,
-        &sub_event("evt_b2", "customer.subscription.updated", &sub),
-    )
-    .await
-    .unwrap();
-    handle(
-        &w,
-        &sub_event("evt_b1", "customer.subscription.created", &sub),
-    )
-    .await
-    .unwrap();
+    handle(&w, &sub_event("evt_b2", "customer.subscription.updated", &sub)).await.unwrap();
+    handle(&w, &sub_event("evt_b1", "customer.subscription.created", &sub)).await.unwrap();
     assert_eq!(plan_of(&w, &u).await, Plan::Pro);
     assert_eq!(enabled_keys(&w, &u), 1);
 }
@@ -225,82 +111,40 @@ async fn out_of_order_events_converge_on_stripes_current_state() {
 async fn past_due_keeps_pro_during_the_grace_period_then_downgrades() {
     let w = World::new();
     let (u, sub) = pro_user(&w, "alice").await;
-    w.app
-        .payments
-        .update_subscription(&sub, |s| s.status = SubscriptionStatus::PastDue);
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::PastDue);
     let failed = |n: &str| {
-        event(
-            n,
-            "invoice.payment_failed",
-            EventSubject::Invoice {
-                subscription: Some(sub.clone()),
-                customer: None,
-            },
-        )
+        event(n, "invoice.payment_failed", EventSubject::Invoice { subscription: Some(sub.clone()), customer: None })
     };
     handle(&w, &failed("evt_f1")).await.unwrap();
     assert_eq!(plan_of(&w, &u).await, Plan::Pro, "within the grace period");
     assert_eq!(enabled_keys(&w, &u), 1);
     w.clock.advance(chrono::Duration::days(8));
     handle(&w, &failed("evt_f2")).await.unwrap();
-    assert_eq!(
-        plan_of(&w, &u).await,
-        Plan::Free,
-        "grace period (7 days) over"
-    );
+    assert_eq!(plan_of(&w, &u).await, Plan::Free, "grace period (7 days) over");
     assert_eq!(enabled_keys(&w, &u), 0);
     // the payment finally succeeds: PRO again, with the same key.
-    w.app
-        .payments
-        .update_subscription(&sub, |s| s.status = SubscriptionStatus::Active);
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Active);
     handle(
         &w,
-        &event(
-            "evt_p",
-            "invoice.paid",
-            EventSubject::Invoice {
-                subscription: Some(sub.clone()),
-                customer: None,
-            },
-        ),
+        &event("evt_p", "invoice.paid", EventSubject::Invoice { subscription: Some(sub.clone()), customer: None }),
     )
     .await
     .unwrap();
     assert_eq!(plan_of(&w, &u).await, Plan::Pro);
     assert_eq!(enabled_keys(&w, &u), 1);
-    assert_eq!(
-        w.app.keys.all().len(),
-        1,
-        "the key was re-enabled, not re-issued"
-    );
+    assert_eq!(w.app.keys.all().len(), 1, "the key was re-enabled, not re-issued");
 }
 
 #[tokio::test]
 async fn cancel_at_period_end_stays_pro_and_the_account_shows_the_end_date() {
     let w = World::new();
     let (u, sub) = pro_user(&w, "alice").await;
-    let end = w
-        .app
-        .payments
-        .update_subscription(&sub, |s| s.cancel_at_period_end = true)
-        .unwrap()
-        .period_end
-        .unwrap();
-    handle(
-        &w,
-        &sub_event("evt_c", "customer.subscription.updated", &sub),
-    )
-    .await
-    .unwrap();
+    let end = w.app.payments.update_subscription(&sub, |s| s.cancel_at_period_end = true).unwrap().period_end.unwrap();
+    handle(&w, &sub_event("evt_c", "customer.subscription.updated", &sub)).await.unwrap();
     assert_eq!(plan_of(&w, &u).await, Plan::Pro);
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &u)
-        .await
-        .unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &u).await.unwrap();
     assert!(view.cancel_at_period_end);
-    assert_eq!(
-        view.current_period_end,
-        Some(end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-    );
+    assert_eq!(view.current_period_end, Some(end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
     assert!(view.api_key.unwrap().enabled);
 }
 
@@ -308,47 +152,20 @@ async fn cancel_at_period_end_stays_pro_and_the_account_shows_the_end_date() {
 async fn resubscribing_after_cancellation_reuses_the_customer_and_the_key() {
     let w = World::new();
     let (u, sub) = pro_user(&w, "alice").await;
-    let customer = w
-        .app
-        .users
-        .get_user(&u)
-        .await
-        .unwrap()
-        .unwrap()
-        .customer_id
-        .unwrap();
+    let customer = w.app.users.get_user(&u).await.unwrap().unwrap().customer_id.unwrap();
     let key_id = w.app.keys.all()[0].id.clone();
-    w.app
-        .payments
-        .update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
-    handle(
-        &w,
-        &sub_event("evt_x", "customer.subscription.deleted", &sub),
-    )
-    .await
-    .unwrap();
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    handle(&w, &sub_event("evt_x", "customer.subscription.deleted", &sub)).await.unwrap();
     assert_eq!(plan_of(&w, &u).await, Plan::Free);
 
     let (id, key) = w.checkout_and_pay(&u).await;
     let paid = w.app.payments.get_checkout_state(&id);
-    assert_eq!(
-        paid.customer,
-        Some(customer),
-        "the Stripe customer is reused"
-    );
-    assert_eq!(
-        w.complete(&id, &key).await.unwrap(),
-        flows::Completion::Issued { api_key_id: key_id }
-    );
+    assert_eq!(paid.customer, Some(customer), "the Stripe customer is reused");
+    assert_eq!(w.complete(&id, &key).await.unwrap(), flows::Completion::Issued { api_key_id: key_id });
     assert_eq!(enabled_keys(&w, &u), 1);
     assert_eq!(w.app.keys.all().len(), 1);
     // the old subscription's late events do not undo the new one
-    handle(
-        &w,
-        &sub_event("evt_late", "customer.subscription.updated", &sub),
-    )
-    .await
-    .unwrap();
+    handle(&w, &sub_event("evt_late", "customer.subscription.updated", &sub)).await.unwrap();
     assert_eq!(plan_of(&w, &u).await, Plan::Pro);
 }
 
@@ -356,16 +173,9 @@ async fn resubscribing_after_cancellation_reuses_the_customer_and_the_key() {
 async fn events_for_unknown_customers_and_types_are_recorded_and_ignored() {
     let w = World::new();
     let ghost = SubscriptionId::parse("sub_ghost").unwrap();
-    let out = handle(
-        &w,
-        &sub_event("evt_g", "customer.subscription.updated", &ghost),
-    )
-    .await
-    .unwrap();
+    let out = handle(&w, &sub_event("evt_g", "customer.subscription.updated", &ghost)).await.unwrap();
     assert_eq!(out, EventOutcome::Ignored("unknown subscription".into()));
-    let out = handle(&w, &event("evt_t", "charge.refunded", EventSubject::Other))
-        .await
-        .unwrap();
+    let out = handle(&w, &event("evt_t", "charge.refunded", EventSubject::Other)).await.unwrap();
     assert!(matches!(out, EventOutcome::Ignored(_)));
     assert!(w.app.store.events().contains(&"evt_g".to_string()));
     assert!(w.app.store.events().contains(&"evt_t".to_string()));
@@ -380,12 +190,7 @@ async fn a_subscription_whose_customer_paykey_does_not_know_is_ignored_with_a_wa
         s.user_name = Some("nobody".into());
         s.customer = paykey::domain::CustomerId::parse("cus_stranger").unwrap();
     });
-    let out = handle(
-        &w,
-        &sub_event("evt_s", "customer.subscription.updated", &sub),
-    )
-    .await
-    .unwrap();
+    let out = handle(&w, &sub_event("evt_s", "customer.subscription.updated", &sub)).await.unwrap();
     assert_eq!(out, EventOutcome::Ignored("unknown customer".into()));
 }
 
@@ -403,32 +208,19 @@ async fn a_fault_while_acting_is_an_error_and_redelivery_converges() {
         for fault in [Fault::Before, Fault::After] {
             let w = World::new();
             let (u, sub) = pro_user(&w, "alice").await;
-            w.app
-                .payments
-                .update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+            w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
             let e = sub_event("evt_f", "customer.subscription.deleted", &sub);
             w.meter.inject(op, fault);
-            assert!(
-                handle(&w, &e).await.is_err(),
-                "{op} {fault:?}: a failure to act is an error (5xx)"
-            );
+            assert!(handle(&w, &e).await.is_err(), "{op} {fault:?}: a failure to act is an error (5xx)");
             w.clock.advance(chrono::Duration::seconds(61));
-            let out = handle(&w, &e)
-                .await
-                .unwrap_or_else(|err| panic!("{op} {fault:?}: redelivery failed: {err}"));
+            let out = handle(&w, &e).await.unwrap_or_else(|err| panic!("{op} {fault:?}: redelivery failed: {err}"));
             // a fault after mark_event means the work was done and recorded
             if !(op == "ddb.mark_event" && fault == Fault::After) {
-                assert!(
-                    matches!(out, EventOutcome::Processed(_)),
-                    "{op} {fault:?}: {out:?}"
-                );
+                assert!(matches!(out, EventOutcome::Processed(_)), "{op} {fault:?}: {out:?}");
             }
             assert_eq!(plan_of(&w, &u).await, Plan::Free, "{op} {fault:?}");
             assert_eq!(enabled_keys(&w, &u), 0, "{op} {fault:?}");
-            assert!(
-                w.app.keys.plan_key_ids().await.unwrap().is_empty(),
-                "{op} {fault:?}"
-            );
+            assert!(w.app.keys.plan_key_ids().await.unwrap().is_empty(), "{op} {fault:?}");
         }
     }
 }
@@ -442,33 +234,18 @@ async fn the_redirect_and_the_first_webhooks_racing_issue_one_key() {
     let (id, key) = w.checkout_and_pay(&u).await;
     let sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
     let events = vec![
-        event(
-            "evt_a",
-            "checkout.session.completed",
-            EventSubject::Checkout(id.clone()),
-        ),
+        event("evt_a", "checkout.session.completed", EventSubject::Checkout(id.clone())),
         sub_event("evt_b", "customer.subscription.created", &sub),
-        event(
-            "evt_c",
-            "invoice.paid",
-            EventSubject::Invoice {
-                subscription: Some(sub.clone()),
-                customer: None,
-            },
-        ),
+        event("evt_c", "invoice.paid", EventSubject::Invoice { subscription: Some(sub.clone()), customer: None }),
     ];
     let mut tasks = Vec::new();
     for e in events {
         let w = Arc::clone(&w);
-        tasks.push(tokio::spawn(
-            async move { handle(&w, &e).await.map(|_| ()) },
-        ));
+        tasks.push(tokio::spawn(async move { handle(&w, &e).await.map(|_| ()) }));
     }
     for _ in 0..3 {
         let (w, id) = (Arc::clone(&w), id.clone());
-        tasks.push(tokio::spawn(async move {
-            w.complete(&id, &key).await.map(|_| ())
-        }));
+        tasks.push(tokio::spawn(async move { w.complete(&id, &key).await.map(|_| ()) }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();

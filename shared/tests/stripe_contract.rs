@@ -25,8 +25,7 @@ impl Driver for MemoryPayments {
         MemoryPayments::pay(self, id).expect("known session");
     }
     fn cancel(&self, sub: &SubscriptionId) {
-        self.update_subscription(sub, |s| s.status = SubscriptionStatus::Canceled)
-            .expect("known subscription");
+        self.update_subscription(sub, |s| s.status = SubscriptionStatus::Canceled).expect("known subscription");
     }
 }
 
@@ -34,10 +33,7 @@ struct Emulated(stripe_emulator::Running);
 
 impl Driver for Emulated {
     fn add_price(&self, lookup_key: &str, amount: i64, currency: &str) -> PriceInfo {
-        let (s, product) = self
-            .0
-            .shared
-            .call("POST", "/v1/products", "name=paykey+PRO");
+        let (s, product) = self.0.shared.call("POST", "/v1/products", "name=paykey+PRO");
         assert_eq!(s, 200, "{product}");
         let form = format!(
             "product={}&unit_amount={amount}&currency={currency}&recurring[interval]=month&lookup_key={lookup_key}",
@@ -56,19 +52,11 @@ impl Driver for Emulated {
         self.0.shared.pay(id.as_str()).expect("known session");
     }
     fn cancel(&self, sub: &SubscriptionId) {
-        self.0
-            .shared
-            .set_subscription_status(sub.as_str(), "canceled")
-            .expect("known subscription");
+        self.0.shared.set_subscription_status(sub.as_str(), "canceled").expect("known subscription");
     }
 }
 
-fn checkout<'a>(
-    price: &'a str,
-    user: &'a UserName,
-    customer: Option<&'a CustomerId>,
-    key: &str,
-) -> NewCheckout<'a> {
+fn checkout<'a>(price: &'a str, user: &'a UserName, customer: Option<&'a CustomerId>, key: &str) -> NewCheckout<'a> {
     NewCheckout {
         price_id: price,
         user,
@@ -81,120 +69,54 @@ fn checkout<'a>(
 
 async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     let key = LookupKey::parse(&format!("Pro{}", uuid::Uuid::new_v4().simple())).unwrap();
-    assert_eq!(
-        p.find_price(&key).await.unwrap(),
-        None,
-        "unknown lookup key"
-    );
+    assert_eq!(p.find_price(&key).await.unwrap(), None, "unknown lookup key");
     let price = d.add_price(key.as_str(), 980, "jpy");
-    let found = p
-        .find_price(&key)
-        .await
-        .unwrap()
-        .expect("price by lookup key");
+    let found = p.find_price(&key).await.unwrap().expect("price by lookup key");
     assert_eq!(found, price);
 
     let alice = UserName::parse("alice").unwrap();
-    let a = p
-        .create_checkout(checkout(&price.id, &alice, None, "idem-a"))
-        .await
-        .unwrap();
+    let a = p.create_checkout(checkout(&price.id, &alice, None, "idem-a")).await.unwrap();
     assert!(a.id.as_str().starts_with("cs_test_"), "{:?}", a.id);
     assert!(a.url.starts_with("http"), "{}", a.url);
-    let replay = p
-        .create_checkout(checkout(&price.id, &alice, None, "idem-a"))
-        .await
-        .unwrap();
-    assert_eq!(
-        replay, a,
-        "the same idempotency key replays the same session"
-    );
-    let b = p
-        .create_checkout(checkout(&price.id, &alice, None, "idem-b"))
-        .await
-        .unwrap();
+    let replay = p.create_checkout(checkout(&price.id, &alice, None, "idem-a")).await.unwrap();
+    assert_eq!(replay, a, "the same idempotency key replays the same session");
+    let b = p.create_checkout(checkout(&price.id, &alice, None, "idem-b")).await.unwrap();
     assert_ne!(b.id, a.id);
 
-    let state = p
-        .get_checkout(&a.id)
-        .await
-        .unwrap()
-        .expect("created session");
+    let state = p.get_checkout(&a.id).await.unwrap().expect("created session");
     assert!(!state.paid);
     assert_eq!(state.client_reference_id.as_deref(), Some("alice"));
     assert_eq!(state.customer, None);
-    assert_eq!(
-        p.get_checkout(&SessionId::parse("cs_test_nope").unwrap())
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(p.get_checkout(&SessionId::parse("cs_test_nope").unwrap()).await.unwrap(), None);
 
     d.pay(&a.id);
     let paid = p.get_checkout(&a.id).await.unwrap().unwrap();
     assert!(paid.paid);
     let customer = paid.customer.clone().expect("a customer after payment");
-    let sub_id = paid
-        .subscription
-        .clone()
-        .expect("a subscription after payment");
+    let sub_id = paid.subscription.clone().expect("a subscription after payment");
 
-    let sub = p
-        .get_subscription(&sub_id)
-        .await
-        .unwrap()
-        .expect("the subscription");
+    let sub = p.get_subscription(&sub_id).await.unwrap().expect("the subscription");
     assert_eq!(sub.status, SubscriptionStatus::Active);
     assert_eq!(sub.customer, customer);
-    assert_eq!(
-        sub.user_name.as_deref(),
-        Some("alice"),
-        "metadata set at checkout"
-    );
+    assert_eq!(sub.user_name.as_deref(), Some("alice"), "metadata set at checkout");
     assert!(!sub.cancel_at_period_end);
     assert!(sub.period_end.is_some());
-    assert_eq!(
-        p.get_subscription(&SubscriptionId::parse("sub_nope").unwrap())
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(p.get_subscription(&SubscriptionId::parse("sub_nope").unwrap()).await.unwrap(), None);
 
     // a returning customer keeps the customer id through the next checkout
-    let again = p
-        .create_checkout(checkout(&price.id, &alice, Some(&customer), "idem-c"))
-        .await
-        .unwrap();
+    let again = p.create_checkout(checkout(&price.id, &alice, Some(&customer), "idem-c")).await.unwrap();
     d.pay(&again.id);
-    assert_eq!(
-        p.get_checkout(&again.id).await.unwrap().unwrap().customer,
-        Some(customer.clone())
-    );
+    assert_eq!(p.get_checkout(&again.id).await.unwrap().unwrap().customer, Some(customer.clone()));
     let ghost = CustomerId::parse("cus_ghost").unwrap();
-    assert!(p
-        .create_checkout(checkout(&price.id, &alice, Some(&ghost), "idem-d"))
-        .await
-        .is_err());
-    assert!(p
-        .create_checkout(checkout("price_missing", &alice, None, "idem-e"))
-        .await
-        .is_err());
+    assert!(p.create_checkout(checkout(&price.id, &alice, Some(&ghost), "idem-d")).await.is_err());
+    assert!(p.create_checkout(checkout("price_missing", &alice, None, "idem-e")).await.is_err());
 
-    let url = p
-        .create_portal(&customer, "https://app.example.com/", "portal-1")
-        .await
-        .unwrap();
+    let url = p.create_portal(&customer, "https://app.example.com/", "portal-1").await.unwrap();
     assert!(url.starts_with("http"), "{url}");
-    assert!(p
-        .create_portal(&ghost, "https://app.example.com/", "portal-2")
-        .await
-        .is_err());
+    assert!(p.create_portal(&ghost, "https://app.example.com/", "portal-2").await.is_err());
 
     d.cancel(&sub_id);
-    assert_eq!(
-        p.get_subscription(&sub_id).await.unwrap().unwrap().status,
-        SubscriptionStatus::Canceled
-    );
+    assert_eq!(p.get_subscription(&sub_id).await.unwrap().unwrap().status, SubscriptionStatus::Canceled);
 }
 
 #[tokio::test]
@@ -205,9 +127,7 @@ async fn memory_payments_meet_the_contract() {
 
 #[tokio::test]
 async fn the_async_stripe_adapter_on_the_emulator_meets_the_contract() {
-    let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Default::default())
-        .await
-        .unwrap();
+    let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Default::default()).await.unwrap();
     let cfg = StripeConfig {
         secret_key: Secret::new("sk_test_paykey_contract"),
         api_base: Some(format!("{}/", emu.base_url())),
@@ -219,9 +139,7 @@ async fn the_async_stripe_adapter_on_the_emulator_meets_the_contract() {
 
 #[tokio::test]
 async fn the_emulator_refuses_a_bad_key_and_a_reused_idempotency_key_with_other_params() {
-    let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Default::default())
-        .await
-        .unwrap();
+    let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Default::default()).await.unwrap();
     let d = Emulated(emu);
     let price = d.add_price("K1", 100, "usd");
     let bad = StripePayments::new(&StripeConfig {
@@ -230,15 +148,9 @@ async fn the_emulator_refuses_a_bad_key_and_a_reused_idempotency_key_with_other_
         price_cache: std::time::Duration::ZERO,
     })
     .unwrap();
-    let err = bad
-        .find_price(&LookupKey::parse("K1").unwrap())
-        .await
-        .unwrap_err();
+    let err = bad.find_price(&LookupKey::parse("K1").unwrap()).await.unwrap_err();
     assert!(err.message.starts_with("401"), "{err}");
-    assert!(
-        !err.message.contains("not_for_the_emulator"),
-        "the key is not echoed: {err}"
-    );
+    assert!(!err.message.contains("not_for_the_emulator"), "the key is not echoed: {err}");
 
     let good = StripePayments::new(&StripeConfig {
         secret_key: Secret::new("sk_test_x"),
@@ -248,12 +160,7 @@ async fn the_emulator_refuses_a_bad_key_and_a_reused_idempotency_key_with_other_
     .unwrap();
     let alice = UserName::parse("alice").unwrap();
     let bob = UserName::parse("bob").unwrap();
-    good.create_checkout(checkout(&price.id, &alice, None, "same-key"))
-        .await
-        .unwrap();
-    let err = good
-        .create_checkout(checkout(&price.id, &bob, None, "same-key"))
-        .await
-        .unwrap_err();
+    good.create_checkout(checkout(&price.id, &alice, None, "same-key")).await.unwrap();
+    let err = good.create_checkout(checkout(&price.id, &bob, None, "same-key")).await.unwrap_err();
     assert!(err.message.contains("idempotency"), "{err}");
 }

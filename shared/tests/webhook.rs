@@ -27,12 +27,8 @@ fn request(payload: &str, signature: Option<&str>, base64: bool) -> Request {
     v["httpMethod"] = json!("POST");
     v["resource"] = json!("/stripe/webhook");
     v["path"] = json!("/stripe/webhook");
-    v["requestContext"]
-        .as_object_mut()
-        .unwrap()
-        .remove("authorizer");
-    let mut headers =
-        json!({"Content-Type": "application/json; charset=utf-8", "User-Agent": "Stripe/1.0"});
+    v["requestContext"].as_object_mut().unwrap().remove("authorizer");
+    let mut headers = json!({"Content-Type": "application/json; charset=utf-8", "User-Agent": "Stripe/1.0"});
     if let Some(s) = signature {
         headers["Stripe-Signature"] = json!(s);
     }
@@ -116,25 +112,12 @@ async fn a_signed_checkout_completed_event_fulfils() {
     let u = w.user("alice");
     let (id, _) = w.checkout_and_pay(&u).await;
     let payload = completed_event(&w, "evt_1", id.as_str());
-    let r = handlers::stripe_webhook(
-        &w.app,
-        request(&payload, Some(&signed(&w, &payload)), false),
-    )
-    .await
-    .unwrap();
+    let r = handlers::stripe_webhook(&w.app, request(&payload, Some(&signed(&w, &payload)), false)).await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.body());
-    assert!(body(&r)["outcome"]
-        .as_str()
-        .unwrap()
-        .starts_with("processed: issued key"));
+    assert!(body(&r)["outcome"].as_str().unwrap().starts_with("processed: issued key"));
     w.assert_fulfilled_once(&u, &id).await;
     // the same delivery again: 200, duplicate
-    let r = handlers::stripe_webhook(
-        &w.app,
-        request(&payload, Some(&signed(&w, &payload)), false),
-    )
-    .await
-    .unwrap();
+    let r = handlers::stripe_webhook(&w.app, request(&payload, Some(&signed(&w, &payload)), false)).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(body(&r)["outcome"], "duplicate");
 }
@@ -145,9 +128,7 @@ async fn a_base64_encoded_body_is_verified_after_decoding() {
     let u = w.user("alice");
     let (id, _) = w.checkout_and_pay(&u).await;
     let payload = completed_event(&w, "evt_b64", id.as_str());
-    let r = handlers::stripe_webhook(&w.app, request(&payload, Some(&signed(&w, &payload)), true))
-        .await
-        .unwrap();
+    let r = handlers::stripe_webhook(&w.app, request(&payload, Some(&signed(&w, &payload)), true)).await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.body());
 }
 
@@ -159,9 +140,7 @@ async fn a_subscription_deleted_event_downgrades() {
     w.complete(&id, &key).await.unwrap();
     let state = w.app.payments.get_checkout_state(&id);
     let sub = state.subscription.unwrap();
-    w.app
-        .payments
-        .update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
     let payload = subscription_event(
         &w,
         "evt_del",
@@ -169,12 +148,7 @@ async fn a_subscription_deleted_event_downgrades() {
         sub.as_str(),
         state.customer.unwrap().as_str(),
     );
-    let r = handlers::stripe_webhook(
-        &w.app,
-        request(&payload, Some(&signed(&w, &payload)), false),
-    )
-    .await
-    .unwrap();
+    let r = handlers::stripe_webhook(&w.app, request(&payload, Some(&signed(&w, &payload)), false)).await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.body());
     assert_eq!(body(&r)["outcome"], "processed: alice is FREE");
 }
@@ -188,43 +162,17 @@ async fn bad_signatures_stale_timestamps_and_missing_headers_are_400_and_do_noth
     let now = w.app.clock.now().timestamp();
     let cases: Vec<(&str, Option<String>, String)> = vec![
         ("no Stripe-Signature header", None, payload.clone()),
-        (
-            "signed with another secret",
-            Some(signature_header(&payload, "whsec_other", now)),
-            payload.clone(),
-        ),
-        (
-            "signature of another body",
-            Some(signed(&w, "{}")),
-            payload.clone(),
-        ),
-        (
-            "body changed after signing",
-            Some(signed(&w, &payload)),
-            payload.replace("alice", "mallory"),
-        ),
-        (
-            "timestamp 301 s old",
-            Some(signature_header(&payload, SECRET, now - 301)),
-            payload.clone(),
-        ),
-        (
-            "timestamp 301 s ahead",
-            Some(signature_header(&payload, SECRET, now + 301)),
-            payload.clone(),
-        ),
-        (
-            "garbage header",
-            Some("v1=zzz".to_string()),
-            payload.clone(),
-        ),
+        ("signed with another secret", Some(signature_header(&payload, "whsec_other", now)), payload.clone()),
+        ("signature of another body", Some(signed(&w, "{}")), payload.clone()),
+        ("body changed after signing", Some(signed(&w, &payload)), payload.replace("alice", "mallory")),
+        ("timestamp 301 s old", Some(signature_header(&payload, SECRET, now - 301)), payload.clone()),
+        ("timestamp 301 s ahead", Some(signature_header(&payload, SECRET, now + 301)), payload.clone()),
+        ("garbage header", Some("v1=zzz".to_string()), payload.clone()),
         ("empty body", Some(signed(&w, "")), String::new()),
     ];
     for (name, sig, body_text) in cases {
         let before = w.snapshot();
-        let r = handlers::stripe_webhook(&w.app, request(&body_text, sig.as_deref(), false))
-            .await
-            .unwrap();
+        let r = handlers::stripe_webhook(&w.app, request(&body_text, sig.as_deref(), false)).await.unwrap();
         assert_eq!(r.status(), 400, "{name}: {:?}", r.body());
         assert_eq!(body(&r)["error"], "bad_signature", "{name}");
         assert_eq!(w.snapshot(), before, "{name}: nothing done");
@@ -233,11 +181,7 @@ async fn bad_signatures_stale_timestamps_and_missing_headers_are_400_and_do_noth
     // within tolerance is fine
     let r = handlers::stripe_webhook(
         &w.app,
-        request(
-            &payload,
-            Some(&signature_header(&payload, SECRET, now - 299)),
-            false,
-        ),
+        request(&payload, Some(&signature_header(&payload, SECRET, now - 299)), false),
     )
     .await
     .unwrap();
@@ -248,19 +192,9 @@ async fn bad_signatures_stale_timestamps_and_missing_headers_are_400_and_do_noth
 async fn an_unknown_event_type_is_answered_200_and_ignored() {
     let w = world();
     let t = w.app.clock.now().timestamp();
-    let payload = objects::event(
-        "evt_u",
-        "customer.created",
-        objects::customer("cus_1", None, t, json!({})),
-        t,
-    )
-    .to_string();
-    let r = handlers::stripe_webhook(
-        &w.app,
-        request(&payload, Some(&signed(&w, &payload)), false),
-    )
-    .await
-    .unwrap();
+    let payload =
+        objects::event("evt_u", "customer.created", objects::customer("cus_1", None, t, json!({})), t).to_string();
+    let r = handlers::stripe_webhook(&w.app, request(&payload, Some(&signed(&w, &payload)), false)).await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.body());
     assert!(body(&r)["outcome"].as_str().unwrap().starts_with("ignored"));
 }
@@ -271,23 +205,12 @@ async fn a_failure_to_act_is_5xx_so_stripe_retries_and_the_retry_converges() {
     let u = w.user("alice");
     let (id, _) = w.checkout_and_pay(&u).await;
     let payload = completed_event(&w, "evt_retry", id.as_str());
-    w.meter
-        .inject("apigw.create_key", paykey::adapters::memory::Fault::Before);
-    let r = handlers::stripe_webhook(
-        &w.app,
-        request(&payload, Some(&signed(&w, &payload)), false),
-    )
-    .await
-    .unwrap();
+    w.meter.inject("apigw.create_key", paykey::adapters::memory::Fault::Before);
+    let r = handlers::stripe_webhook(&w.app, request(&payload, Some(&signed(&w, &payload)), false)).await.unwrap();
     assert!(r.status().is_server_error(), "{}", r.status());
     assert!(w.app.store.events().is_empty(), "not marked processed");
     w.clock.advance(chrono::Duration::seconds(61));
-    let r = handlers::stripe_webhook(
-        &w.app,
-        request(&payload, Some(&signed(&w, &payload)), false),
-    )
-    .await
-    .unwrap();
+    let r = handlers::stripe_webhook(&w.app, request(&payload, Some(&signed(&w, &payload)), false)).await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.body());
     w.assert_fulfilled_once(&u, &id).await;
 }
@@ -296,8 +219,6 @@ async fn a_failure_to_act_is_5xx_so_stripe_retries_and_the_retry_converges() {
 async fn without_a_configured_secret_every_event_is_refused() {
     let w = World::new();
     let payload = "{}";
-    let r = handlers::stripe_webhook(&w.app, request(payload, Some(&signed(&w, payload)), false))
-        .await
-        .unwrap();
+    let r = handlers::stripe_webhook(&w.app, request(payload, Some(&signed(&w, payload)), false)).await.unwrap();
     assert_eq!(r.status(), 400);
 }

@@ -6,8 +6,7 @@ use paykey::{config::Env, handlers, telemetry, wiring};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     telemetry::init();
-    let app = wiring::portal_app(&Env::from_process())
-        .await
-        .inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
+    let app =
+        wiring::portal_app(&Env::from_process()).await.inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
     run(service_fn(|req| handlers::create_billing_portal(&app, req))).await
 }

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::signature::{
-    KeyPair, RsaKeyPair, RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256,
-};
+use aws_lc_rs::signature::{KeyPair, RsaKeyPair, RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256};
 use aws_lc_rs::{pbkdf2, rsa::KeySize};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -81,17 +79,11 @@ fn hash_password(salt: &[u8], password: &str) -> Vec<u8> {
 impl LocalCognito {
     /// A new pool with a fresh 2048-bit signing key.
     pub fn create(issuer_base: &str) -> Result<Self, String> {
-        let key = RsaKeyPair::generate(KeySize::Rsa2048)
-            .map_err(|_| "could not generate an RSA key".to_string())?;
-        let der = key
-            .as_der()
-            .map_err(|_| "could not encode the RSA key".to_string())?;
+        let key = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| "could not generate an RSA key".to_string())?;
+        let der = key.as_der().map_err(|_| "could not encode the RSA key".to_string())?;
         let snapshot = PoolSnapshot {
             pool_id: "local_paykey".into(),
-            client_id: format!(
-                "paykeylocal{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..14]
-            ),
+            client_id: format!("paykeylocal{}", &uuid::Uuid::new_v4().simple().to_string()[..14]),
             signing_key: STANDARD.encode(der.as_ref()),
             kid: uuid::Uuid::new_v4().simple().to_string(),
             users: BTreeMap::new(),
@@ -104,11 +96,10 @@ impl LocalCognito {
 
     /// A pool restored from its snapshot.
     pub fn restore(issuer_base: &str, snapshot: PoolSnapshot) -> Result<Self, String> {
-        let der = STANDARD
-            .decode(&snapshot.signing_key)
-            .map_err(|_| "cognito.signing_key is not base64".to_string())?;
-        let key = RsaKeyPair::from_pkcs8(&der)
-            .map_err(|e| format!("cognito.signing_key is not a PKCS#8 RSA key: {e}"))?;
+        let der =
+            STANDARD.decode(&snapshot.signing_key).map_err(|_| "cognito.signing_key is not base64".to_string())?;
+        let key =
+            RsaKeyPair::from_pkcs8(&der).map_err(|e| format!("cognito.signing_key is not a PKCS#8 RSA key: {e}"))?;
         Ok(Self {
             issuer: format!("{issuer_base}/{}", snapshot.pool_id),
             inner: Arc::new(Mutex::new(Inner { snapshot, key })),
@@ -131,25 +122,19 @@ impl LocalCognito {
         &self.issuer
     }
 
-    pub fn sign_up(
-        &self,
-        username: &str,
-        password: &str,
-        email: Option<&str>,
-    ) -> Result<(), AuthError> {
-        let name =
-            UserName::parse(username).map_err(|e| AuthError::InvalidParameter(e.to_string()))?;
+    pub fn sign_up(&self, username: &str, password: &str, email: Option<&str>) -> Result<(), AuthError> {
+        let name = UserName::parse(username).map_err(|e| AuthError::InvalidParameter(e.to_string()))?;
         if password.chars().count() < 8 {
-            return Err(AuthError::InvalidParameter("Password did not conform with policy: Password not long enough (8 characters at least)".into()));
+            return Err(AuthError::InvalidParameter(
+                "Password did not conform with policy: Password not long enough (8 characters at least)".into(),
+            ));
         }
         let mut inner = self.lock();
         if inner.snapshot.users.contains_key(name.as_str()) {
             return Err(AuthError::UsernameExists);
         }
         let mut salt = [0u8; 16];
-        SystemRandom::new()
-            .fill(&mut salt)
-            .map_err(|_| AuthError::InvalidParameter("no randomness".into()))?;
+        SystemRandom::new().fill(&mut salt).map_err(|_| AuthError::InvalidParameter("no randomness".into()))?;
         let user = LocalUser {
             sub: uuid::Uuid::new_v4().to_string(),
             email: email.filter(|e| !e.is_empty()).map(str::to_string),
@@ -165,17 +150,9 @@ impl LocalCognito {
     /// Checks the password and issues an ID token valid for an hour.
     pub fn sign_in(&self, username: &str, password: &str, now: i64) -> Result<String, AuthError> {
         let inner = self.lock();
-        let user = inner
-            .snapshot
-            .users
-            .get(username)
-            .ok_or(AuthError::NotAuthorized)?;
-        let salt = STANDARD
-            .decode(&user.salt)
-            .map_err(|_| AuthError::NotAuthorized)?;
-        let expected = STANDARD
-            .decode(&user.password_hash)
-            .map_err(|_| AuthError::NotAuthorized)?;
+        let user = inner.snapshot.users.get(username).ok_or(AuthError::NotAuthorized)?;
+        let salt = STANDARD.decode(&user.salt).map_err(|_| AuthError::NotAuthorized)?;
+        let expected = STANDARD.decode(&user.password_hash).map_err(|_| AuthError::NotAuthorized)?;
         pbkdf2::verify(
             pbkdf2::PBKDF2_HMAC_SHA256,
             NonZeroU32::new(PBKDF2_ROUNDS).expect("nonzero"),
@@ -203,8 +180,7 @@ impl LocalCognito {
         if let Some(c) = &user.stripe_customer_id {
             claims.insert("custom:stripe_customer_id".into(), json!(c));
         }
-        sign_jwt(&inner.key, &inner.snapshot.kid, &Value::Object(claims))
-            .map_err(|_| AuthError::NotAuthorized)
+        sign_jwt(&inner.key, &inner.snapshot.kid, &Value::Object(claims)).map_err(|_| AuthError::NotAuthorized)
     }
 
     /// The JSON Web Key Set with the pool's public key.
@@ -218,24 +194,12 @@ impl LocalCognito {
 }
 
 /// `header.payload.signature`, RS256.
-pub fn sign_jwt(
-    key: &RsaKeyPair,
-    kid: &str,
-    claims: &Value,
-) -> Result<String, aws_lc_rs::error::Unspecified> {
+pub fn sign_jwt(key: &RsaKeyPair, kid: &str, claims: &Value) -> Result<String, aws_lc_rs::error::Unspecified> {
     let header = json!({"kid": kid, "alg": "RS256", "typ": "JWT"});
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
+    let signing_input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
     let mut sig = vec![0u8; key.public_modulus_len()];
-    key.sign(
-        &RSA_PKCS1_SHA256,
-        &SystemRandom::new(),
-        signing_input.as_bytes(),
-        &mut sig,
-    )?;
+    key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut sig)?;
     Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
@@ -269,52 +233,27 @@ pub fn verify_id_token(
     now: i64,
 ) -> Result<Map<String, Value>, TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(TokenError::Malformed);
     };
-    let header: Value = serde_json::from_slice(
-        &URL_SAFE_NO_PAD
-            .decode(h)
-            .map_err(|_| TokenError::Malformed)?,
-    )
-    .map_err(|_| TokenError::Malformed)?;
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).map_err(|_| TokenError::Malformed)?)
+        .map_err(|_| TokenError::Malformed)?;
     if header["alg"] != "RS256" {
         return Err(TokenError::Malformed);
     }
     let kid = header["kid"].as_str().ok_or(TokenError::Malformed)?;
-    let jwk = jwks["keys"]
-        .as_array()
-        .and_then(|ks| ks.iter().find(|k| k["kid"] == kid))
-        .ok_or(TokenError::UnknownKey)?;
-    let n = URL_SAFE_NO_PAD
-        .decode(jwk["n"].as_str().unwrap_or_default())
-        .map_err(|_| TokenError::UnknownKey)?;
-    let e = URL_SAFE_NO_PAD
-        .decode(jwk["e"].as_str().unwrap_or_default())
-        .map_err(|_| TokenError::UnknownKey)?;
-    let sig = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| TokenError::Malformed)?;
+    let jwk =
+        jwks["keys"].as_array().and_then(|ks| ks.iter().find(|k| k["kid"] == kid)).ok_or(TokenError::UnknownKey)?;
+    let n = URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap_or_default()).map_err(|_| TokenError::UnknownKey)?;
+    let e = URL_SAFE_NO_PAD.decode(jwk["e"].as_str().unwrap_or_default()).map_err(|_| TokenError::UnknownKey)?;
+    let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed)?;
     RsaPublicKeyComponents { n: &n, e: &e }
-        .verify(
-            &RSA_PKCS1_2048_8192_SHA256,
-            format!("{h}.{p}").as_bytes(),
-            &sig,
-        )
+        .verify(&RSA_PKCS1_2048_8192_SHA256, format!("{h}.{p}").as_bytes(), &sig)
         .map_err(|_| TokenError::BadSignature)?;
-    let claims: Map<String, Value> = serde_json::from_slice(
-        &URL_SAFE_NO_PAD
-            .decode(p)
-            .map_err(|_| TokenError::Malformed)?,
-    )
-    .map_err(|_| TokenError::Malformed)?;
-    if claims
-        .get("exp")
-        .and_then(Value::as_i64)
-        .is_none_or(|exp| exp <= now)
-    {
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Malformed)?)
+            .map_err(|_| TokenError::Malformed)?;
+    if claims.get("exp").and_then(Value::as_i64).is_none_or(|exp| exp <= now) {
         return Err(TokenError::Expired);
     }
     if claims.get("aud").and_then(Value::as_str) != Some(audience) {
@@ -357,12 +296,7 @@ impl UserDirectory for LocalCognito {
         }))
     }
 
-    async fn set_plan(
-        &self,
-        user: &UserName,
-        plan: Plan,
-        customer: Option<&CustomerId>,
-    ) -> paykey::ports::Result<()> {
+    async fn set_plan(&self, user: &UserName, plan: Plan, customer: Option<&CustomerId>) -> paykey::ports::Result<()> {
         let mut inner = self.lock();
         let Some(u) = inner.snapshot.users.get_mut(user.as_str()) else {
             return Err(BackendError::new(
@@ -385,8 +319,7 @@ mod tests {
 
     fn pool() -> LocalCognito {
         let p = LocalCognito::create("http://127.0.0.1:1").unwrap();
-        p.sign_up("alice", "correct horse", Some("alice@example.com"))
-            .unwrap();
+        p.sign_up("alice", "correct horse", Some("alice@example.com")).unwrap();
         p
     }
 
@@ -398,11 +331,7 @@ mod tests {
         let claims = verify_id_token(&t, &p.jwks(), &p.client_id(), p.issuer(), now + 10).unwrap();
         assert_eq!(claims["cognito:username"], "alice");
         assert_eq!(claims["token_use"], "id");
-        assert_eq!(
-            claims["exp"],
-            (now + 3600).to_string(),
-            "claims are strings, as API Gateway passes them"
-        );
+        assert_eq!(claims["exp"], (now + 3600).to_string(), "claims are strings, as API Gateway passes them");
     }
 
     #[test]
@@ -411,67 +340,31 @@ mod tests {
         let now = 1_800_000_000;
         let t = p.sign_in("alice", "correct horse", now).unwrap();
         let (jwks, aud, iss) = (p.jwks(), p.client_id(), p.issuer().to_string());
-        assert_eq!(
-            verify_id_token(&t, &jwks, &aud, &iss, now + 3600),
-            Err(TokenError::Expired)
-        );
-        assert_eq!(
-            verify_id_token(&t, &jwks, "other-client", &iss, now),
-            Err(TokenError::Audience)
-        );
-        assert_eq!(
-            verify_id_token(&t, &jwks, &aud, "https://elsewhere", now),
-            Err(TokenError::Issuer)
-        );
+        assert_eq!(verify_id_token(&t, &jwks, &aud, &iss, now + 3600), Err(TokenError::Expired));
+        assert_eq!(verify_id_token(&t, &jwks, "other-client", &iss, now), Err(TokenError::Audience));
+        assert_eq!(verify_id_token(&t, &jwks, &aud, "https://elsewhere", now), Err(TokenError::Issuer));
         // payload swapped for one that says bob: the signature no longer matches
         let parts: Vec<&str> = t.split('.').collect();
-        let forged_payload = URL_SAFE_NO_PAD.encode(
-            String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap())
-                .unwrap()
-                .replace("alice", "bob"),
-        );
+        let forged_payload = URL_SAFE_NO_PAD
+            .encode(String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap().replace("alice", "bob"));
         let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
-        assert_eq!(
-            verify_id_token(&forged, &jwks, &aud, &iss, now),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(verify_id_token(&forged, &jwks, &aud, &iss, now), Err(TokenError::BadSignature));
         // signed by another pool's key
         let other = LocalCognito::create("http://127.0.0.1:1").unwrap();
         other.sign_up("alice", "correct horse", None).unwrap();
         let foreign = other.sign_in("alice", "correct horse", now).unwrap();
-        assert_eq!(
-            verify_id_token(&foreign, &jwks, &aud, &iss, now),
-            Err(TokenError::UnknownKey)
-        );
-        assert_eq!(
-            verify_id_token("not.a.token", &jwks, &aud, &iss, now),
-            Err(TokenError::Malformed)
-        );
+        assert_eq!(verify_id_token(&foreign, &jwks, &aud, &iss, now), Err(TokenError::UnknownKey));
+        assert_eq!(verify_id_token("not.a.token", &jwks, &aud, &iss, now), Err(TokenError::Malformed));
     }
 
     #[test]
     fn sign_in_needs_the_right_password_and_sign_up_a_new_name() {
         let p = pool();
-        assert_eq!(
-            p.sign_in("alice", "wrong password", 0),
-            Err(AuthError::NotAuthorized)
-        );
-        assert_eq!(
-            p.sign_in("nobody", "correct horse", 0),
-            Err(AuthError::NotAuthorized)
-        );
-        assert_eq!(
-            p.sign_up("alice", "another pass", None),
-            Err(AuthError::UsernameExists)
-        );
-        assert!(matches!(
-            p.sign_up("bob", "short", None),
-            Err(AuthError::InvalidParameter(_))
-        ));
-        assert!(matches!(
-            p.sign_up("bad name", "long enough", None),
-            Err(AuthError::InvalidParameter(_))
-        ));
+        assert_eq!(p.sign_in("alice", "wrong password", 0), Err(AuthError::NotAuthorized));
+        assert_eq!(p.sign_in("nobody", "correct horse", 0), Err(AuthError::NotAuthorized));
+        assert_eq!(p.sign_up("alice", "another pass", None), Err(AuthError::UsernameExists));
+        assert!(matches!(p.sign_up("bob", "short", None), Err(AuthError::InvalidParameter(_))));
+        assert!(matches!(p.sign_up("bad name", "long enough", None), Err(AuthError::InvalidParameter(_))));
     }
 
     #[test]

@@ -22,24 +22,9 @@ pub enum Function {
 
 /// (method, resource, Cognito authorizer?, function): the routes of template.yaml.
 pub const ROUTES: &[(&str, &str, bool, Function)] = &[
-    (
-        "POST",
-        "/checkout-sessions",
-        true,
-        Function::CreateCheckoutSession,
-    ),
-    (
-        "GET",
-        "/create-api-key/{session_id}/{one_time_key}",
-        false,
-        Function::CreateApiKey,
-    ),
-    (
-        "GET",
-        "/create-billing-portal-by-user",
-        true,
-        Function::CreateBillingPortal,
-    ),
+    ("POST", "/checkout-sessions", true, Function::CreateCheckoutSession),
+    ("GET", "/create-api-key/{session_id}/{one_time_key}", false, Function::CreateApiKey),
+    ("GET", "/create-billing-portal-by-user", true, Function::CreateBillingPortal),
     ("GET", "/account", true, Function::GetAccount),
     ("POST", "/stripe/webhook", false, Function::StripeWebhook),
 ];
@@ -73,12 +58,7 @@ pub fn route(method: &Method, path: &str) -> Option<Matched> {
             }
         });
         if ok && (method.as_str() == *m || method == Method::OPTIONS) {
-            return Some(Matched {
-                function: *function,
-                resource,
-                params,
-                auth: *auth && method != Method::OPTIONS,
-            });
+            return Some(Matched { function: *function, resource, params, auth: *auth && method != Method::OPTIONS });
         }
     }
     None
@@ -120,11 +100,7 @@ pub fn event(
     for (k, v) in headers {
         let v = v.to_str().unwrap_or_default().to_string();
         single.insert(k.as_str().to_string(), json!(v));
-        if let Some(a) = multi
-            .entry(k.as_str().to_string())
-            .or_insert_with(|| json!([]))
-            .as_array_mut()
-        {
+        if let Some(a) = multi.entry(k.as_str().to_string()).or_insert_with(|| json!([])).as_array_mut() {
             a.push(json!(v));
         }
     }
@@ -163,11 +139,7 @@ pub fn event(
     if let Some(c) = claims {
         ctx["authorizer"] = json!({"claims": c});
     }
-    let params = if matched.params.is_empty() {
-        Value::Null
-    } else {
-        json!(matched.params)
-    };
+    let params = if matched.params.is_empty() { Value::Null } else { json!(matched.params) };
     json!({
         "resource": matched.resource, "path": path, "httpMethod": method.as_str(),
         "headers": single, "multiValueHeaders": multi,
@@ -196,8 +168,7 @@ pub fn into_http(resp: lambda_http::Response<lambda_http::Body>) -> HttpResponse
 pub fn gateway_error(status: StatusCode, message: &str) -> HttpResponse<AxumBody> {
     let mut r = HttpResponse::new(AxumBody::from(json!({ "message": message }).to_string()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().expect("header"));
+    r.headers_mut().insert("content-type", "application/json".parse().expect("header"));
     r.headers_mut().insert(
         "x-amzn-errortype",
         if status == StatusCode::UNAUTHORIZED {
@@ -223,10 +194,7 @@ mod tests {
         assert_eq!(m.params["one_time_key"], "0f8e-1");
         assert!(!m.auth);
         assert!(route(&Method::POST, "/checkout-sessions").unwrap().auth);
-        assert!(
-            !route(&Method::OPTIONS, "/checkout-sessions").unwrap().auth,
-            "preflight needs no token"
-        );
+        assert!(!route(&Method::OPTIONS, "/checkout-sessions").unwrap().auth, "preflight needs no token");
         assert!(route(&Method::GET, "/checkout-sessions").is_none());
         assert!(route(&Method::GET, "/create-api-key/only-one").is_none());
         assert!(route(&Method::GET, "/nothing").is_none());

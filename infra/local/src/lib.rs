@@ -118,14 +118,8 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     let snapshot = persist::load(&opts.data_dir)?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], opts.port)))
         .await
-        .map_err(|source| StartError::Bind {
-            port: opts.port,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        port: opts.port,
-        source,
-    })?;
+        .map_err(|source| StartError::Bind { port: opts.port, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { port: opts.port, source })?;
     let base = format!("http://{addr}");
 
     let issuer_base = format!("{base}/cognito");
@@ -135,10 +129,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     }
     .map_err(StartError::Setup)?;
 
-    let real_stripe = opts
-        .stripe_api_key
-        .as_deref()
-        .filter(|k| k.starts_with("sk_test_") || k.starts_with("rk_test_"));
+    let real_stripe = opts.stripe_api_key.as_deref().filter(|k| k.starts_with("sk_test_") || k.starts_with("rk_test_"));
     let (emulator, stripe_cfg, webhook_secret) = match real_stripe {
         Some(key) => {
             let cfg = StripeConfig {
@@ -146,11 +137,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
                 api_base: None,
                 price_cache: std::time::Duration::from_secs(300),
             };
-            (
-                None,
-                cfg,
-                opts.stripe_webhook_secret.clone().unwrap_or_default(),
-            )
+            (None, cfg, opts.stripe_webhook_secret.clone().unwrap_or_default())
         }
         None => {
             let secret = snapshot
@@ -167,9 +154,9 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
             let shared = stripe_emulator::Shared::new(config);
             shared.set_base(&format!("{base}/stripe"));
             if let Some(v) = snapshot.as_ref().and_then(|s| s.stripe.as_ref()) {
-                shared.import(v).map_err(|e| {
-                    StartError::Setup(format!("the data file's Stripe state is corrupt: {e}"))
-                })?;
+                shared
+                    .import(v)
+                    .map_err(|e| StartError::Setup(format!("the data file's Stripe state is corrupt: {e}")))?;
             }
             seed_catalog(&shared);
             let cfg = StripeConfig {
@@ -180,8 +167,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
             (Some(shared), cfg, secret)
         }
     };
-    let payments =
-        StripePayments::new(&stripe_cfg).map_err(|e| StartError::Setup(e.to_string()))?;
+    let payments = StripePayments::new(&stripe_cfg).map_err(|e| StartError::Setup(e.to_string()))?;
 
     let meter = Meter::new();
     let store = MemoryStore::new(meter.clone());
@@ -191,8 +177,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         keys.restore(s.keys);
     }
     let mut settings = Settings::new(base.clone(), format!("{base}/api"));
-    settings.webhook_secret =
-        (!webhook_secret.is_empty()).then(|| Secret::new(webhook_secret.clone()));
+    settings.webhook_secret = (!webhook_secret.is_empty()).then(|| Secret::new(webhook_secret.clone()));
     let app = App {
         store,
         keys,
@@ -276,13 +261,7 @@ async fn api(
             return gateway::gateway_error(StatusCode::UNAUTHORIZED, "Unauthorized");
         };
         let c = &state.cognito;
-        match cognito::verify_id_token(
-            &token,
-            &c.jwks(),
-            &c.client_id(),
-            c.issuer(),
-            chrono::Utc::now().timestamp(),
-        ) {
+        match cognito::verify_id_token(&token, &c.jwks(), &c.client_id(), c.issuer(), chrono::Utc::now().timestamp()) {
             Ok(claims) => Some(claims),
             Err(e) => {
                 tracing::info!(reason = %e, "token refused by the authorizer");
@@ -292,29 +271,11 @@ async fn api(
     } else {
         None
     };
-    let host = headers
-        .get("host")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("127.0.0.1")
-        .to_string();
-    let ev = gateway::event(
-        &method,
-        &path,
-        uri.query(),
-        &headers,
-        &body,
-        &matched,
-        claims,
-        &host,
-    );
+    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("127.0.0.1").to_string();
+    let ev = gateway::event(&method, &path, uri.query(), &headers, &body, &matched, claims, &host);
     let req = match lambda_http::request::from_str(&ev.to_string()) {
         Ok(r) => r,
-        Err(e) => {
-            return gateway::gateway_error(
-                StatusCode::BAD_GATEWAY,
-                &format!("could not build the event: {e}"),
-            )
-        }
+        Err(e) => return gateway::gateway_error(StatusCode::BAD_GATEWAY, &format!("could not build the event: {e}")),
     };
     let app = &state.app;
     let resp = match matched.function {
@@ -339,18 +300,11 @@ struct Credentials {
 }
 
 fn auth_error(status: StatusCode, kind: &str, e: &dyn std::fmt::Display) -> Response {
-    (
-        status,
-        Json(json!({"__type": kind, "message": e.to_string()})),
-    )
-        .into_response()
+    (status, Json(json!({"__type": kind, "message": e.to_string()}))).into_response()
 }
 
 async fn sign_up(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials>) -> Response {
-    match state
-        .cognito
-        .sign_up(&c.username, &c.password, c.email.as_deref())
-    {
+    match state.cognito.sign_up(&c.username, &c.password, c.email.as_deref()) {
         Ok(()) => Json(json!({"UserConfirmed": true, "username": c.username})).into_response(),
         Err(e @ cognito::AuthError::UsernameExists) => {
             auth_error(StatusCode::BAD_REQUEST, "UsernameExistsException", &e)
@@ -373,10 +327,7 @@ async fn jwks(State(state): State<Arc<LocalState>>) -> Json<Value> {
 /// The API being sold: answers only requests carrying an enabled key of the PRO usage plan,
 /// as API Gateway's API key check does.
 async fn product_api(State(state): State<Arc<LocalState>>, headers: HeaderMap) -> Response {
-    let key = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
     match state.app.keys.authorize(key) {
         Some(_) => Json(json!({"message": "Hello from the PRO API"})).into_response(),
         None => gateway::gateway_error(StatusCode::FORBIDDEN, "Forbidden"),

@@ -21,18 +21,14 @@ async fn main() -> std::process::ExitCode {
     if let Ok(d) = std::env::var("PAYKEY_DATA_DIR") {
         opts.data_dir = PathBuf::from(d);
     }
-    opts.stripe_api_key = std::env::var("STRIPE_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty());
+    opts.stripe_api_key = std::env::var("STRIPE_API_KEY").ok().filter(|k| !k.is_empty());
     if let Some(k) = &opts.stripe_api_key {
         if !(k.starts_with("sk_test_") || k.starts_with("rk_test_")) {
             eprintln!("STRIPE_API_KEY must be a test-mode key (sk_test_… or rk_test_…) for the local stack");
             return std::process::ExitCode::from(2);
         }
     }
-    opts.stripe_webhook_secret = std::env::var("STRIPE_WEBHOOK_SECRET")
-        .ok()
-        .filter(|k| !k.is_empty());
+    opts.stripe_webhook_secret = std::env::var("STRIPE_WEBHOOK_SECRET").ok().filter(|k| !k.is_empty());
     let started = match paykey_local::start(opts.clone()).await {
         Ok(s) => s,
         Err(e) => {
@@ -42,17 +38,13 @@ async fn main() -> std::process::ExitCode {
     };
     let base = started.base_url();
     println!("paykey local stack on {base}");
-    println!(
-        "  open {base}/ in a browser: create an account, upgrade, pay with 4242 4242 4242 4242"
-    );
+    println!("  open {base}/ in a browser: create an account, upgrade, pay with 4242 4242 4242 4242");
     println!("  API (API Gateway emulation): {base}/api");
     if started.state.emulator.is_some() {
         println!("  Stripe emulator: {base}/stripe (STRIPE_API_BASE={base}/stripe/)");
         println!("  webhook signing secret: {}", started.webhook_secret());
     } else {
-        println!(
-            "  Stripe: test mode at api.stripe.com; forward webhooks to {base}/api/stripe/webhook"
-        );
+        println!("  Stripe: test mode at api.stripe.com; forward webhooks to {base}/api/stripe/webhook");
     }
     println!("  data folder: {}", opts.data_dir.display());
     tokio::select! {

@@ -29,25 +29,15 @@ pub struct Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
     #[error("cannot read the data file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("the data file {path} is corrupt ({reason}); move it away to start with empty stores")]
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot write the data file {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 impl Snapshot {
-    pub fn new(
-        cognito: PoolSnapshot,
-        stripe: Option<serde_json::Value>,
-        webhook_secret: String,
-    ) -> Self {
+    pub fn new(cognito: PoolSnapshot, stripe: Option<serde_json::Value>, webhook_secret: String) -> Self {
         Self {
             version: VERSION,
             sessions: vec![],
@@ -69,15 +59,10 @@ pub fn load(dir: &Path) -> Result<Option<Snapshot>, PersistError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(PersistError::Read { path, source }),
     };
-    let snap: Snapshot = serde_json::from_str(&text).map_err(|e| PersistError::Corrupt {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let snap: Snapshot =
+        serde_json::from_str(&text).map_err(|e| PersistError::Corrupt { path: path.clone(), reason: e.to_string() })?;
     if snap.version != VERSION {
-        return Err(PersistError::Corrupt {
-            path,
-            reason: format!("version {} is not {VERSION}", snap.version),
-        });
+        return Err(PersistError::Corrupt { path, reason: format!("version {} is not {VERSION}", snap.version) });
     }
     Ok(Some(snap))
 }
@@ -86,17 +71,9 @@ pub fn load(dir: &Path) -> Result<Option<Snapshot>, PersistError> {
 pub fn save(dir: &Path, snap: &Snapshot) -> Result<(), PersistError> {
     let path = dir.join(FILE);
     let tmp = dir.join(format!("{FILE}.tmp"));
-    let text = serde_json::to_vec_pretty(snap).map_err(|e| PersistError::Write {
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    std::fs::create_dir_all(dir).map_err(|source| PersistError::Write {
-        path: path.clone(),
-        source,
-    })?;
-    std::fs::write(&tmp, text).map_err(|source| PersistError::Write {
-        path: tmp.clone(),
-        source,
-    })?;
+    let text = serde_json::to_vec_pretty(snap)
+        .map_err(|e| PersistError::Write { path: path.clone(), source: std::io::Error::other(e) })?;
+    std::fs::create_dir_all(dir).map_err(|source| PersistError::Write { path: path.clone(), source })?;
+    std::fs::write(&tmp, text).map_err(|source| PersistError::Write { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, &path).map_err(|source| PersistError::Write { path, source })
 }

@@ -36,11 +36,7 @@ fn start(data: &std::path::Path) -> Stack {
         .expect("start paykey-local");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("a first line").unwrap();
-    let base = first
-        .strip_prefix("paykey local stack on ")
-        .expect("the URL line")
-        .trim()
-        .to_string();
+    let base = first.strip_prefix("paykey local stack on ").expect("the URL line").trim().to_string();
     // keep draining stdout so the child never blocks on a full pipe
     std::thread::spawn(move || for _ in lines.by_ref() {});
     Stack { child, base }
@@ -64,29 +60,11 @@ async fn call(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> 
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client
-        .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
-        .await
-        .expect("request");
+    let resp = client.request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.expect("request");
     let status = resp.status().as_u16();
-    let location = resp
-        .headers()
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_string());
-    let body = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
-    Resp {
-        status,
-        location,
-        body,
-    }
+    let location = resp.headers().get("location").map(|v| v.to_str().unwrap().to_string());
+    let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    Resp { status, location, body }
 }
 
 async fn sign_in(base: &str, user: &str, password: &str) -> String {
@@ -98,20 +76,11 @@ async fn sign_in(base: &str, user: &str, password: &str) -> String {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    r.json()["AuthenticationResult"]["IdToken"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    r.json()["AuthenticationResult"]["IdToken"].as_str().unwrap().to_string()
 }
 
 async fn account(base: &str, token: &str) -> Value {
-    let r = call(
-        "GET",
-        &format!("{base}/api/account"),
-        &[("authorization", token)],
-        "",
-    )
-    .await;
+    let r = call("GET", &format!("{base}/api/account"), &[("authorization", token)], "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()
 }
@@ -120,10 +89,7 @@ async fn checkout(base: &str, token: &str) -> String {
     let r = call(
         "POST",
         &format!("{base}/api/checkout-sessions"),
-        &[
-            ("authorization", token),
-            ("content-type", "application/json"),
-        ],
+        &[("authorization", token), ("content-type", "application/json")],
         r#"{"lookup_key":"FMMailPro"}"#,
     )
     .await;
@@ -142,10 +108,7 @@ async fn pay(base: &str, checkout_url: &str) -> String {
     .await;
     assert_eq!(r.status, 303, "{}", r.body);
     let success = r.location.unwrap();
-    assert!(
-        success.starts_with(&format!("{base}/api/create-api-key/cs_test_")),
-        "{success}"
-    );
+    assert!(success.starts_with(&format!("{base}/api/create-api-key/cs_test_")), "{success}");
     success
 }
 
@@ -181,18 +144,8 @@ async fn the_whole_upgrade_flow_over_http() {
     // forged, foreign and missing tokens are refused by the authorizer
     let mut forged = token.clone();
     forged.replace_range(forged.len() - 4.., "AAAA");
-    for bad in [
-        forged.as_str(),
-        "eyJhbGciOiJub25lIn0.eyJjb2duaXRvOnVzZXJuYW1lIjoiYWxpY2UifQ.",
-        "",
-    ] {
-        let r = call(
-            "GET",
-            &format!("{base}/api/account"),
-            &[("authorization", bad)],
-            "",
-        )
-        .await;
+    for bad in [forged.as_str(), "eyJhbGciOiJub25lIn0.eyJjb2duaXRvOnVzZXJuYW1lIjoiYWxpY2UifQ.", ""] {
+        let r = call("GET", &format!("{base}/api/account"), &[("authorization", bad)], "").await;
         assert_eq!(r.status, 401, "token {bad:?}: {}", r.body);
     }
 
@@ -200,45 +153,21 @@ async fn the_whole_upgrade_flow_over_http() {
     let url = checkout(&base, &token).await;
     let page = call("GET", &url, &[], "").await;
     assert_eq!(page.status, 200);
-    assert!(
-        page.body.contains("FMMail PRO") && page.body.contains("¥980"),
-        "{}",
-        page.body
-    );
-    assert!(
-        page.body
-            .contains(&format!(r#"href="{base}/canceled_upgrade""#)),
-        "back link to cancel_url"
-    );
-    assert_eq!(
-        call("GET", &format!("{base}/canceled_upgrade"), &[], "")
-            .await
-            .status,
-        200
-    );
+    assert!(page.body.contains("FMMail PRO") && page.body.contains("¥980"), "{}", page.body);
+    assert!(page.body.contains(&format!(r#"href="{base}/canceled_upgrade""#)), "back link to cancel_url");
+    assert_eq!(call("GET", &format!("{base}/canceled_upgrade"), &[], "").await.status, 200);
 
     // a declined card leaves the session unpaid
-    let declined = call(
-        "POST",
-        &url,
-        &[("content-type", "application/x-www-form-urlencoded")],
-        "card_number=4000000000000002",
-    )
-    .await;
+    let declined =
+        call("POST", &url, &[("content-type", "application/x-www-form-urlencoded")], "card_number=4000000000000002")
+            .await;
     assert_eq!(declined.status, 402);
     assert!(declined.body.contains("Your card was declined."));
     let session_id = url.rsplit('/').next().unwrap();
-    let early = call(
-        "GET",
-        &format!("{base}/api/create-api-key/{session_id}/00000000-0000-4000-8000-000000000000"),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(
-        early.location.as_deref(),
-        Some(format!("{base}/canceled_upgrade").as_str())
-    );
+    let early =
+        call("GET", &format!("{base}/api/create-api-key/{session_id}/00000000-0000-4000-8000-000000000000"), &[], "")
+            .await;
+    assert_eq!(early.location.as_deref(), Some(format!("{base}/canceled_upgrade").as_str()));
     assert_eq!(account(&base, &token).await["plan"], "FREE");
 
     // pay, follow the redirect: thanks page; a refresh says thanks again
@@ -246,94 +175,41 @@ async fn the_whole_upgrade_flow_over_http() {
     for _ in 0..2 {
         let r = call("GET", &success, &[], "").await;
         assert_eq!(r.status, 302, "{}", r.body);
-        assert_eq!(
-            r.location.as_deref(),
-            Some(format!("{base}/thanks_upgrade").as_str())
-        );
+        assert_eq!(r.location.as_deref(), Some(format!("{base}/thanks_upgrade").as_str()));
     }
     let acct = account(&base, &token).await;
     assert_eq!(acct["plan"], "PRO");
     let key = acct["api_key"]["value"].as_str().unwrap().to_string();
     let key_id = acct["api_key"]["id"].as_str().unwrap().to_string();
-    assert_eq!(
-        call(
-            "GET",
-            &format!("{base}/product/hello"),
-            &[("x-api-key", &key)],
-            ""
-        )
-        .await
-        .status,
-        200
-    );
-    assert_eq!(
-        call(
-            "GET",
-            &format!("{base}/product/hello"),
-            &[("x-api-key", "guess")],
-            ""
-        )
-        .await
-        .status,
-        403
-    );
+    assert_eq!(call("GET", &format!("{base}/product/hello"), &[("x-api-key", &key)], "").await.status, 200);
+    assert_eq!(call("GET", &format!("{base}/product/hello"), &[("x-api-key", "guess")], "").await.status, 403);
 
     // a second checkout while PRO is refused
     let r = call(
         "POST",
         &format!("{base}/api/checkout-sessions"),
-        &[
-            ("authorization", &token),
-            ("content-type", "application/json"),
-        ],
+        &[("authorization", &token), ("content-type", "application/json")],
         r#"{"lookup_key":"FMMailPro"}"#,
     )
     .await;
     assert_eq!(r.status, 409);
 
     // the portal opens for her customer; cancel there → webhook → FREE, key refused
-    let r = call(
-        "GET",
-        &format!("{base}/api/create-billing-portal-by-user"),
-        &[("authorization", &token)],
-        "",
-    )
-    .await;
+    let r = call("GET", &format!("{base}/api/create-billing-portal-by-user"), &[("authorization", &token)], "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["status"], "OK");
     let portal_url = r.json()["billing_portal_url"].as_str().unwrap().to_string();
     let portal = call("GET", &portal_url, &[], "").await;
-    assert!(
-        portal.body.contains("Cancel subscription") && portal.body.contains("Invoice history"),
-        "{}",
-        portal.body
-    );
-    let action = portal
-        .body
-        .split(r#"action=""#)
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    assert!(portal.body.contains("Cancel subscription") && portal.body.contains("Invoice history"), "{}", portal.body);
+    let action = portal.body.split(r#"action=""#).nth(1).unwrap().split('"').next().unwrap().to_string();
     assert_eq!(call("POST", &action, &[], "").await.status, 303);
-    eventually("the cancellation webhook downgrades alice", async || {
-        account(&base, &token).await["plan"] == "FREE"
-    })
-    .await;
+    eventually("the cancellation webhook downgrades alice", async || account(&base, &token).await["plan"] == "FREE")
+        .await;
     let acct = account(&base, &token).await;
     assert_eq!(acct["subscription_status"], "canceled");
     assert_eq!(acct["api_key"]["enabled"], false);
     assert_eq!(
-        call(
-            "GET",
-            &format!("{base}/product/hello"),
-            &[("x-api-key", &key)],
-            ""
-        )
-        .await
-        .status,
+        call("GET", &format!("{base}/product/hello"), &[("x-api-key", &key)], "").await.status,
         403,
         "the product API rejects the key"
     );
@@ -354,30 +230,15 @@ async fn the_whole_upgrade_flow_over_http() {
     );
     let acct = account(&base, &token).await;
     assert_eq!(acct["plan"], "PRO");
-    assert_eq!(
-        acct["api_key"]["id"],
-        key_id.as_str(),
-        "the same key, re-enabled"
-    );
-    assert_eq!(
-        call(
-            "GET",
-            &format!("{base}/product/hello"),
-            &[("x-api-key", &key)],
-            ""
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(acct["api_key"]["id"], key_id.as_str(), "the same key, re-enabled");
+    assert_eq!(call("GET", &format!("{base}/product/hello"), &[("x-api-key", &key)], "").await.status, 200);
     drop(stack);
     let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]
 fn a_corrupt_data_file_stops_the_stack_with_a_clear_error() {
-    let data =
-        std::env::temp_dir().join(format!("paykey-corrupt-{}", uuid::Uuid::new_v4().simple()));
+    let data = std::env::temp_dir().join(format!("paykey-corrupt-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("state.json"), "{ not json").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_paykey-local"))
@@ -387,14 +248,7 @@ fn a_corrupt_data_file_stops_the_stack_with_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("corrupt") && err.contains("state.json"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(data.join("state.json")).unwrap(),
-        "{ not json",
-        "never silently replaced"
-    );
+    assert!(err.contains("corrupt") && err.contains("state.json"), "{err}");
+    assert_eq!(std::fs::read_to_string(data.join("state.json")).unwrap(), "{ not json", "never silently replaced");
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -7,18 +7,11 @@ pub struct Form(Vec<(String, String)>);
 
 impl Form {
     pub fn parse(raw: &[u8]) -> Self {
-        Self(
-            form_urlencoded::parse(raw)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        )
+        Self(form_urlencoded::parse(raw).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Values of `key[0]`, `key[1]`, … (or `key[]`), in order.
@@ -26,11 +19,7 @@ impl Form {
         let prefix = format!("{key}[");
         self.0
             .iter()
-            .filter(|(k, _)| {
-                k.starts_with(&prefix)
-                    && k.ends_with(']')
-                    && !k[prefix.len()..k.len() - 1].contains('[')
-            })
+            .filter(|(k, _)| k.starts_with(&prefix) && k.ends_with(']') && !k[prefix.len()..k.len() - 1].contains('['))
             .map(|(_, v)| v.clone())
             .collect()
     }
@@ -113,17 +102,11 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].get("price"), Some("price_1"));
         assert_eq!(items[0].get("quantity"), Some("1"));
-        assert_eq!(
-            f.map("metadata").get("user_name").map(String::as_str),
-            Some("alice")
-        );
+        assert_eq!(f.map("metadata").get("user_name").map(String::as_str), Some("alice"));
         assert_eq!(f.list("expand"), vec!["subscription"]);
         assert_eq!(f.list("lookup_keys"), vec!["A"]);
         let sd = f.sub("subscription_data");
-        assert_eq!(
-            sd.map("metadata").get("user_name").map(String::as_str),
-            Some("alice")
-        );
+        assert_eq!(sd.map("metadata").get("user_name").map(String::as_str), Some("alice"));
         assert_eq!(sd.sub("transfer_data").get("destination"), Some("acct_1"));
     }
 }

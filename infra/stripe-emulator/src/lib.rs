@@ -65,11 +65,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config) -> Self {
-        Self {
-            emu: Arc::new(Mutex::new(Emu::default())),
-            config: Arc::new(config),
-            base: Arc::default(),
-        }
+        Self { emu: Arc::new(Mutex::new(Emu::default())), config: Arc::new(config), base: Arc::default() }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Emu> {
@@ -81,8 +77,7 @@ impl Shared {
     }
 
     pub fn set_base(&self, base: &str) {
-        *self.base.lock().unwrap_or_else(|p| p.into_inner()) =
-            base.trim_end_matches('/').to_string();
+        *self.base.lock().unwrap_or_else(|p| p.into_inner()) = base.trim_end_matches('/').to_string();
     }
 
     /// Sends every pending event to every endpoint that wants it.
@@ -107,13 +102,7 @@ impl Shared {
                 let shared = self.clone();
                 let (id, kind, payload) = (id.clone(), kind.clone(), payload.clone());
                 let (attempts, delay) = (self.config.max_attempts, self.config.retry_delay);
-                let d = webhooks::Delivery {
-                    url,
-                    secret,
-                    event_id: id,
-                    event_type: kind,
-                    payload,
-                };
+                let d = webhooks::Delivery { url, secret, event_id: id, event_type: kind, payload };
                 tokio::spawn(webhooks::deliver(d, attempts, delay, move |a| {
                     shared.lock().deliveries.push(a);
                 }));
@@ -126,9 +115,7 @@ impl Shared {
     pub fn call(&self, method: &str, path: &str, form: &str) -> (u16, Value) {
         let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
         let base = self.base();
-        let ApiResult(status, v) =
-            self.lock()
-                .route(&method, path, &Form::parse(form.as_bytes()), &base);
+        let ApiResult(status, v) = self.lock().route(&method, path, &Form::parse(form.as_bytes()), &base);
         self.flush_events();
         (status.as_u16(), v)
     }
@@ -171,22 +158,13 @@ impl Shared {
     pub fn router(self) -> Router {
         Router::new()
             .route("/v1/{*path}", get(api).post(api).delete(api))
-            .route(
-                "/checkout/{id}",
-                get(pages::checkout_page).post(pages::checkout_pay),
-            )
+            .route("/checkout/{id}", get(pages::checkout_page).post(pages::checkout_pay))
             .route("/portal/{id}", get(pages::portal_page))
             .route("/portal/{id}/cancel/{sub}", post(pages::portal_cancel))
             .route("/_emulator/events", get(emulator_events))
             .route("/_emulator/deliveries", get(emulator_deliveries))
-            .route(
-                "/_emulator/subscriptions/{id}",
-                post(emulator_set_subscription),
-            )
-            .route(
-                "/",
-                get(|| async { Html("<h1>paykey Stripe emulator</h1><p>API under /v1.</p>") }),
-            )
+            .route("/_emulator/subscriptions/{id}", post(emulator_set_subscription))
+            .route("/", get(|| async { Html("<h1>paykey Stripe emulator</h1><p>API under /v1.</p>") }))
             .with_state(self)
     }
 }
@@ -245,12 +223,7 @@ impl ApiResult {
     pub fn invalid(message: &str, param: Option<&str>) -> Self {
         Self(
             StatusCode::BAD_REQUEST,
-            objects::error(
-                "invalid_request_error",
-                Some("parameter_invalid"),
-                message,
-                param,
-            ),
+            objects::error("invalid_request_error", Some("parameter_invalid"), message, param),
         )
     }
     pub fn missing_param(param: &str) -> Self {
@@ -270,13 +243,10 @@ fn json_response(status: StatusCode, body: &Value, replayed: bool) -> Response {
     let mut r = (status, Json(body.clone())).into_response();
     r.headers_mut().insert(
         "request-id",
-        format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14])
-            .parse()
-            .expect("header"),
+        format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14]).parse().expect("header"),
     );
     if replayed {
-        r.headers_mut()
-            .insert("idempotent-replayed", "true".parse().expect("header"));
+        r.headers_mut().insert("idempotent-replayed", "true".parse().expect("header"));
     }
     r
 }
@@ -291,25 +261,13 @@ async fn api(
 ) -> Response {
     let path = uri.path().to_string();
     // Authentication, as Stripe: a test secret or restricted key as a bearer token.
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
     let key = auth.strip_prefix("Bearer ").unwrap_or("");
     if !(key.starts_with("sk_test_") || key.starts_with("rk_test_")) {
-        let shown = if key.len() > 12 {
-            format!("{}…", &key[..12])
-        } else {
-            "(none)".to_string()
-        };
+        let shown = if key.len() > 12 { format!("{}…", &key[..12]) } else { "(none)".to_string() };
         return json_response(
             StatusCode::UNAUTHORIZED,
-            &objects::error(
-                "invalid_request_error",
-                None,
-                &format!("Invalid API Key provided: {shown}"),
-                None,
-            ),
+            &objects::error("invalid_request_error", None, &format!("Invalid API Key provided: {shown}"), None),
             false,
         );
     }
@@ -319,10 +277,7 @@ async fn api(
         Form::parse(&body)
     };
     // Idempotency-Key: the same key with the same request replays the first answer.
-    let idem = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let idem = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let fingerprint = format!("{method} {path} {}", String::from_utf8_lossy(&body));
     if let (Some(k), true) = (&idem, method == Method::POST) {
         if let Some((fp, status, saved)) = shared.lock().idempotency.get(k).cloned() {
@@ -338,11 +293,7 @@ async fn api(
                     false,
                 );
             }
-            return json_response(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-                &saved,
-                true,
-            );
+            return json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), &saved, true);
         }
     }
     let base = shared.base();
@@ -357,10 +308,7 @@ async fn api(
     if let (Some(k), true) = (idem, method == Method::POST) {
         // Stripe saves the answer unless it was a 5xx (then the request may be retried).
         if status.as_u16() < 500 {
-            shared
-                .lock()
-                .idempotency
-                .insert(k, (fingerprint, status.as_u16(), value.clone()));
+            shared.lock().idempotency.insert(k, (fingerprint, status.as_u16(), value.clone()));
         }
     }
     shared.flush_events();
@@ -372,40 +320,21 @@ async fn emulator_events(State(shared): State<Shared>) -> Json<Value> {
 }
 
 async fn emulator_deliveries(State(shared): State<Shared>) -> Json<Value> {
-    Json(Value::Array(
-        shared
-            .lock()
-            .deliveries
-            .iter()
-            .map(|a| a.to_json())
-            .collect(),
-    ))
+    Json(Value::Array(shared.lock().deliveries.iter().map(|a| a.to_json()).collect()))
 }
 
 /// Test helper: moves a subscription to another status as a renewal would
 /// (`status=past_due|unpaid|active|canceled`), with the events Stripe sends for it.
-async fn emulator_set_subscription(
-    State(shared): State<Shared>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn emulator_set_subscription(State(shared): State<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
     let form = Form::parse(&body);
     let Some(status) = form.get("status") else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            &json!({"error": "status is required"}),
-            false,
-        );
+        return json_response(StatusCode::BAD_REQUEST, &json!({"error": "status is required"}), false);
     };
     let result = shared.lock().set_subscription_status(&id, status);
     shared.flush_events();
     match result {
         Some(sub) => json_response(StatusCode::OK, &sub, false),
-        None => json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"error": format!("no subscription {id}")}),
-            false,
-        ),
+        None => json_response(StatusCode::NOT_FOUND, &json!({"error": format!("no subscription {id}")}), false),
     }
 }
 

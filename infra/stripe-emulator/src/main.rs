@@ -10,17 +10,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--port" => port = args.next().ok_or("--port needs a number")?.parse()?,
-            "--webhook-url" => {
-                config.webhook_url = Some(args.next().ok_or("--webhook-url needs a URL")?)
-            }
-            "--webhook-secret" => {
-                config.webhook_secret =
-                    args.next().ok_or("--webhook-secret needs a whsec_ value")?
-            }
+            "--webhook-url" => config.webhook_url = Some(args.next().ok_or("--webhook-url needs a URL")?),
+            "--webhook-secret" => config.webhook_secret = args.next().ok_or("--webhook-secret needs a whsec_ value")?,
             "--portal-cancel" => {
-                config.portal_cancel_mode = args
-                    .next()
-                    .ok_or("--portal-cancel needs immediately|at_period_end")?
+                config.portal_cancel_mode = args.next().ok_or("--portal-cancel needs immediately|at_period_end")?
             }
             "-h" | "--help" => {
                 println!("paykey-stripe-emulator [--port 12111] [--webhook-url URL] [--webhook-secret whsec_…] [--portal-cancel immediately|at_period_end]");
@@ -30,10 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let running = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], port)), config).await?;
-    println!(
-        "Stripe emulator on {} (use STRIPE_API_BASE={0}/ and any sk_test_… key)",
-        running.base_url()
-    );
+    println!("Stripe emulator on {} (use STRIPE_API_BASE={0}/ and any sk_test_… key)", running.base_url());
     println!("webhook signing secret: {}", running.webhook_secret());
     running.task.await?;
     Ok(())

@@ -10,11 +10,7 @@ use serde_json::Value;
 use crate::{html_page, see_other, Form, Shared};
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 fn money(amount: i64, currency: &str) -> String {
@@ -25,9 +21,7 @@ fn money(amount: i64, currency: &str) -> String {
 }
 
 fn date(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .map(|d| d.format("%Y-%m-%d").to_string())
-        .unwrap_or_default()
+    chrono::DateTime::from_timestamp(ts, 0).map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default()
 }
 
 fn layout(title: &str, body: &str) -> String {
@@ -54,44 +48,23 @@ pub async fn checkout_page(State(shared): State<Shared>, Path(id): Path<String>)
 fn render_checkout(shared: &Shared, id: &str, error: Option<&str>) -> Response {
     let emu = shared.lock();
     let Some(s) = emu.sessions.get(id) else {
-        return html_page(
-            StatusCode::NOT_FOUND,
-            layout(
-                "Not found",
-                "<h1>This checkout session does not exist.</h1>",
-            ),
-        );
+        return html_page(StatusCode::NOT_FOUND, layout("Not found", "<h1>This checkout session does not exist.</h1>"));
     };
     if s["status"] != "open" {
-        return html_page(
-            StatusCode::OK,
-            layout(
-                "Paid",
-                "<h1>This checkout session is already complete.</h1>",
-            ),
-        );
+        return html_page(StatusCode::OK, layout("Paid", "<h1>This checkout session is already complete.</h1>"));
     }
-    let price = s["_price"]
-        .as_str()
-        .and_then(|p| emu.prices.get(p))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let price = s["_price"].as_str().and_then(|p| emu.prices.get(p)).cloned().unwrap_or(Value::Null);
     let product = price["product"]
         .as_str()
         .and_then(|p| emu.products.get(p))
         .map(|p| p["name"].as_str().unwrap_or("").to_string())
         .unwrap_or_default();
-    let amount = money(
-        price["unit_amount"].as_i64().unwrap_or(0),
-        price["currency"].as_str().unwrap_or("usd"),
-    );
+    let amount = money(price["unit_amount"].as_i64().unwrap_or(0), price["currency"].as_str().unwrap_or("usd"));
     let back = s["cancel_url"]
         .as_str()
         .map(|u| format!(r#"<p><a id="back" href="{}">← Back</a></p>"#, esc(u)))
         .unwrap_or_default();
-    let err = error
-        .map(|e| format!(r#"<p class="error" id="error" role="alert">{}</p>"#, esc(e)))
-        .unwrap_or_default();
+    let err = error.map(|e| format!(r#"<p class="error" id="error" role="alert">{}</p>"#, esc(e))).unwrap_or_default();
     let body = format!(
         r#"{back}<p class="muted">Subscribe to</p><h1 id="product">{product}</h1>
 <p class="amount" id="amount">{amount} <span class="muted">per {interval}</span></p>
@@ -106,73 +79,35 @@ fn render_checkout(shared: &Shared, id: &str, error: Option<&str>) -> Response {
         id = esc(id),
         base = esc(&shared.base()),
     );
-    let status = if error.is_some() {
-        StatusCode::PAYMENT_REQUIRED
-    } else {
-        StatusCode::OK
-    };
+    let status = if error.is_some() { StatusCode::PAYMENT_REQUIRED } else { StatusCode::OK };
     html_page(status, layout("Checkout", &body))
 }
 
-pub async fn checkout_pay(
-    State(shared): State<Shared>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+pub async fn checkout_pay(State(shared): State<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
     let form = Form::parse(&body);
-    let card: String = form
-        .get("card_number")
-        .unwrap_or("")
-        .chars()
-        .filter(|c| c.is_ascii_digit())
-        .collect();
+    let card: String = form.get("card_number").unwrap_or("").chars().filter(|c| c.is_ascii_digit()).collect();
     match card.as_str() {
         "4242424242424242" => {}
-        "4000000000000002" => {
-            return render_checkout(&shared, &id, Some("Your card was declined."))
-        }
-        _ => {
-            return render_checkout(
-                &shared,
-                &id,
-                Some("Your card number is incorrect. Use 4242 4242 4242 4242."),
-            )
-        }
+        "4000000000000002" => return render_checkout(&shared, &id, Some("Your card was declined.")),
+        _ => return render_checkout(&shared, &id, Some("Your card number is incorrect. Use 4242 4242 4242 4242.")),
     }
     let target = shared.lock().pay(&id);
     shared.flush_events();
     match target {
         Some(url) => see_other(&url),
-        None => html_page(
-            StatusCode::NOT_FOUND,
-            layout(
-                "Not found",
-                "<h1>This checkout session does not exist.</h1>",
-            ),
-        ),
+        None => html_page(StatusCode::NOT_FOUND, layout("Not found", "<h1>This checkout session does not exist.</h1>")),
     }
 }
 
 pub async fn portal_page(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
     let emu = shared.lock();
     let Some(p) = emu.portal_sessions.get(&id) else {
-        return html_page(
-            StatusCode::NOT_FOUND,
-            layout("Not found", "<h1>This portal session does not exist.</h1>"),
-        );
+        return html_page(StatusCode::NOT_FOUND, layout("Not found", "<h1>This portal session does not exist.</h1>"));
     };
     let customer = p["customer"].as_str().unwrap_or_default();
-    let config = p["configuration"]
-        .as_str()
-        .and_then(|c| emu.portal_configs.get(c))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let config = p["configuration"].as_str().and_then(|c| emu.portal_configs.get(c)).cloned().unwrap_or(Value::Null);
     let mut subs = String::new();
-    for s in emu
-        .subscriptions
-        .values()
-        .filter(|s| s["customer"] == customer)
-    {
+    for s in emu.subscriptions.values().filter(|s| s["customer"] == customer) {
         let price = &s["items"]["data"][0]["price"];
         let product = price["product"]
             .as_str()
@@ -180,9 +115,7 @@ pub async fn portal_page(State(shared): State<Shared>, Path(id): Path<String>) -
             .and_then(|x| x["name"].as_str())
             .unwrap_or("Subscription");
         let status = s["status"].as_str().unwrap_or("");
-        let end = s["items"]["data"][0]["current_period_end"]
-            .as_i64()
-            .unwrap_or(0);
+        let end = s["items"]["data"][0]["current_period_end"].as_i64().unwrap_or(0);
         let note = if s["cancel_at_period_end"] == true {
             format!("Cancels on {}", date(end))
         } else if status == "canceled" {
@@ -223,10 +156,7 @@ pub async fn portal_page(State(shared): State<Shared>, Path(id): Path<String>) -
             invoices.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                 date(i["created"].as_i64().unwrap_or(0)),
-                money(
-                    i["amount_due"].as_i64().unwrap_or(0),
-                    i["currency"].as_str().unwrap_or("usd")
-                ),
+                money(i["amount_due"].as_i64().unwrap_or(0), i["currency"].as_str().unwrap_or("usd")),
                 esc(i["status"].as_str().unwrap_or(""))
             ));
         }
@@ -234,31 +164,17 @@ pub async fn portal_page(State(shared): State<Shared>, Path(id): Path<String>) -
     }
     let back = p["return_url"]
         .as_str()
-        .map(|u| {
-            format!(
-                r#"<p><a id="return" href="{}">← Return to the app</a></p>"#,
-                esc(u)
-            )
-        })
+        .map(|u| format!(r#"<p><a id="return" href="{}">← Return to the app</a></p>"#, esc(u)))
         .unwrap_or_default();
     let body = format!(r#"{back}<h1>Manage your subscription</h1>{subs}{invoices}"#);
     html_page(StatusCode::OK, layout("Billing portal", &body))
 }
 
-pub async fn portal_cancel(
-    State(shared): State<Shared>,
-    Path((id, sub)): Path<(String, String)>,
-) -> Response {
+pub async fn portal_cancel(State(shared): State<Shared>, Path((id, sub)): Path<(String, String)>) -> Response {
     let ok = {
         let mut emu = shared.lock();
-        let owner = emu
-            .portal_sessions
-            .get(&id)
-            .and_then(|p| p["customer"].as_str().map(str::to_string));
-        let sub_owner = emu
-            .subscriptions
-            .get(&sub)
-            .and_then(|s| s["customer"].as_str().map(str::to_string));
+        let owner = emu.portal_sessions.get(&id).and_then(|p| p["customer"].as_str().map(str::to_string));
+        let sub_owner = emu.subscriptions.get(&sub).and_then(|s| s["customer"].as_str().map(str::to_string));
         if owner.is_some() && owner == sub_owner {
             if shared.config.portal_cancel_mode == "at_period_end" {
                 emu.cancel_at_period_end(&sub);
@@ -274,12 +190,6 @@ pub async fn portal_cancel(
     if ok {
         see_other(&format!("{}/portal/{id}", shared.base()))
     } else {
-        html_page(
-            StatusCode::NOT_FOUND,
-            layout(
-                "Not found",
-                "<h1>No such subscription for this customer.</h1>",
-            ),
-        )
+        html_page(StatusCode::NOT_FOUND, layout("Not found", "<h1>No such subscription for this customer.</h1>"))
     }
 }

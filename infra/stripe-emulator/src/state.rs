@@ -61,9 +61,7 @@ impl Emu {
         fn map(v: &Value, k: &str) -> Result<BTreeMap<String, Value>, String> {
             match v.get(k) {
                 None | Some(Value::Null) => Ok(BTreeMap::new()),
-                Some(Value::Object(o)) => {
-                    Ok(o.iter().map(|(a, b)| (a.clone(), b.clone())).collect())
-                }
+                Some(Value::Object(o)) => Ok(o.iter().map(|(a, b)| (a.clone(), b.clone())).collect()),
                 Some(_) => Err(format!("stripe.{k} is not an object")),
             }
         }
@@ -76,11 +74,7 @@ impl Emu {
         self.portal_sessions = map(v, "portal_sessions")?;
         self.portal_configs = map(v, "portal_configs")?;
         self.webhook_endpoints = map(v, "webhook_endpoints")?;
-        self.events = v
-            .get("events")
-            .and_then(|e| e.as_array())
-            .cloned()
-            .unwrap_or_default();
+        self.events = v.get("events").and_then(|e| e.as_array()).cloned().unwrap_or_default();
         self.counter = v.get("counter").and_then(|c| c.as_u64()).unwrap_or(0);
         Ok(())
     }
@@ -100,18 +94,11 @@ impl Emu {
             .map(|e| {
                 let events = e["enabled_events"]
                     .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_string))
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
                     .unwrap_or_default();
                 (
                     e["url"].as_str().unwrap_or_default().to_string(),
-                    e["secret_for_delivery"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
+                    e["secret_for_delivery"].as_str().unwrap_or_default().to_string(),
                     events,
                 )
             })
@@ -151,18 +138,8 @@ impl Emu {
         }
     }
 
-    pub(crate) fn route(
-        &mut self,
-        method: &Method,
-        path: &str,
-        form: &Form,
-        base: &str,
-    ) -> ApiResult {
-        let parts: Vec<&str> = path
-            .trim_start_matches("/v1/")
-            .trim_end_matches('/')
-            .split('/')
-            .collect();
+    pub(crate) fn route(&mut self, method: &Method, path: &str, form: &Form, base: &str) -> ApiResult {
+        let parts: Vec<&str> = path.trim_start_matches("/v1/").trim_end_matches('/').split('/').collect();
         match (method.as_str(), parts.as_slice()) {
             ("POST", ["products"]) => self.create_product(form),
             ("GET", ["products"]) => ApiResult::ok(objects::list(self.products.values().cloned().collect(), "/v1/products")),
@@ -215,10 +192,7 @@ impl Emu {
         let Some(name) = form.get("name") else {
             return ApiResult::missing_param("name");
         };
-        let id = form
-            .get("id")
-            .map(str::to_string)
-            .unwrap_or_else(|| self.new_id("prod"));
+        let id = form.get("id").map(str::to_string).unwrap_or_else(|| self.new_id("prod"));
         if self.products.contains_key(&id) {
             return ApiResult::invalid(&format!("Product already exists: {id}"), Some("id"));
         }
@@ -293,19 +267,11 @@ impl Emu {
         let keys = form.list("lookup_keys");
         let active = form.get("active").map(|a| a == "true");
         let product = form.get("product");
-        let limit = form
-            .get("limit")
-            .and_then(|l| l.parse::<usize>().ok())
-            .unwrap_or(10);
+        let limit = form.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10);
         let data: Vec<Value> = self
             .prices
             .values()
-            .filter(|p| {
-                keys.is_empty()
-                    || p["lookup_key"]
-                        .as_str()
-                        .is_some_and(|k| keys.iter().any(|x| x == k))
-            })
+            .filter(|p| keys.is_empty() || p["lookup_key"].as_str().is_some_and(|k| keys.iter().any(|x| x == k)))
             .filter(|p| active.is_none_or(|a| p["active"] == a))
             .filter(|p| product.is_none_or(|x| p["product"] == x))
             .take(limit)
@@ -316,10 +282,7 @@ impl Emu {
 
     fn create_session(&mut self, form: &Form, base: &str) -> ApiResult {
         if form.get("mode") != Some("subscription") {
-            return ApiResult::invalid(
-                "The emulator supports mode=subscription only.",
-                Some("mode"),
-            );
+            return ApiResult::invalid("The emulator supports mode=subscription only.", Some("mode"));
         }
         let Some(success_url) = form.get("success_url") else {
             return ApiResult::missing_param("success_url");
@@ -369,11 +332,7 @@ impl Emu {
             .and_then(|f| f.parse::<f64>().ok())
             .map(Value::from)
             .unwrap_or(Value::Null);
-        s["_transfer_destination"] = sd
-            .sub("transfer_data")
-            .get("destination")
-            .map(Value::from)
-            .unwrap_or(Value::Null);
+        s["_transfer_destination"] = sd.sub("transfer_data").get("destination").map(Value::from).unwrap_or(Value::Null);
         self.sessions.insert(id, s.clone());
         ApiResult::ok(public(&s))
     }
@@ -382,9 +341,7 @@ impl Emu {
     pub fn pay(&mut self, id: &str) -> Option<String> {
         let s = self.sessions.get(id)?.clone();
         if s["status"] != "open" {
-            return s["success_url"]
-                .as_str()
-                .map(|u| u.replace("{CHECKOUT_SESSION_ID}", id));
+            return s["success_url"].as_str().map(|u| u.replace("{CHECKOUT_SESSION_ID}", id));
         }
         let t = now();
         let customer = match s["customer"].as_str() {
@@ -430,14 +387,13 @@ impl Emu {
         session["customer"] = json!(customer);
         session["subscription"] = json!(sub_id);
         session["invoice"] = json!(inv_id);
-        session["customer_details"] = json!({"address": null, "email": null, "name": null, "phone": null, "tax_exempt": "none", "tax_ids": []});
+        session["customer_details"] =
+            json!({"address": null, "email": null, "name": null, "phone": null, "tax_exempt": "none", "tax_ids": []});
         let session = public(session);
         self.emit("customer.subscription.created", sub);
         self.emit("invoice.paid", inv);
         self.emit("checkout.session.completed", session.clone());
-        session["success_url"]
-            .as_str()
-            .map(|u| u.replace("{CHECKOUT_SESSION_ID}", id))
+        session["success_url"].as_str().map(|u| u.replace("{CHECKOUT_SESSION_ID}", id))
     }
 
     fn create_portal_session(&mut self, form: &Form, base: &str) -> ApiResult {
@@ -449,25 +405,23 @@ impl Emu {
         }
         let config = match form.get("configuration") {
             Some(c) if self.portal_configs.contains_key(c) => c.to_string(),
-            Some(c) => {
-                return ApiResult::missing("billing_portal.configuration", c, "configuration")
-            }
-            None => match self
-                .portal_configs
-                .values()
-                .find(|c| c["is_default"] == true)
-            {
+            Some(c) => return ApiResult::missing("billing_portal.configuration", c, "configuration"),
+            None => match self.portal_configs.values().find(|c| c["is_default"] == true) {
                 Some(c) => c["id"].as_str().unwrap_or_default().to_string(),
                 None => {
-                    let r = self.save_portal_config(None, &Form::parse(b"features[subscription_cancel][enabled]=true&features[invoice_history][enabled]=true"));
+                    let r = self.save_portal_config(
+                        None,
+                        &Form::parse(
+                            b"features[subscription_cancel][enabled]=true&features[invoice_history][enabled]=true",
+                        ),
+                    );
                     r.1["id"].as_str().unwrap_or_default().to_string()
                 }
             },
         };
         let id = self.new_id("bps");
         let url = format!("{base}/portal/{id}");
-        let p =
-            objects::portal_session(&id, &config, customer, form.get("return_url"), &url, now());
+        let p = objects::portal_session(&id, &config, customer, form.get("return_url"), &url, now());
         self.portal_sessions.insert(id, p.clone());
         ApiResult::ok(p)
     }
@@ -478,10 +432,7 @@ impl Emu {
             return ApiResult::missing("billing_portal.configuration", i, "configuration");
         }
         let id = id.map(str::to_string).unwrap_or_else(|| self.new_id("bpc"));
-        let is_default = existing
-            .as_ref()
-            .map(|e| e["is_default"] == true)
-            .unwrap_or(self.portal_configs.is_empty());
+        let is_default = existing.as_ref().map(|e| e["is_default"] == true).unwrap_or(self.portal_configs.is_empty());
         let mut c = existing.unwrap_or_else(|| {
             json!({
                 "id": id, "object": "billing_portal.configuration", "active": true, "application": null,
@@ -499,12 +450,7 @@ impl Emu {
             })
         });
         let f = form.sub("features");
-        for feature in [
-            "invoice_history",
-            "payment_method_update",
-            "customer_update",
-            "subscription_update",
-        ] {
+        for feature in ["invoice_history", "payment_method_update", "customer_update", "subscription_update"] {
             if let Some(e) = f.sub(feature).get("enabled") {
                 c["features"][feature]["enabled"] = json!(e == "true");
             }
@@ -599,14 +545,7 @@ impl Emu {
         }
         let s = self.subscriptions.get(id).cloned()?;
         self.emit("customer.subscription.updated", s.clone());
-        self.emit(
-            if paid {
-                "invoice.paid"
-            } else {
-                "invoice.payment_failed"
-            },
-            inv,
-        );
+        self.emit(if paid { "invoice.paid" } else { "invoice.payment_failed" }, inv);
         Some(s)
     }
 

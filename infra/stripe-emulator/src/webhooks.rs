@@ -12,13 +12,9 @@ use sha2::Sha256;
 
 /// The `Stripe-Signature` header for `payload` signed at `timestamp`.
 pub fn signature_header(payload: &str, secret: &str, timestamp: i64) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes any key length");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(format!("{timestamp}.{payload}").as_bytes());
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac.finalize().into_bytes())
-    )
+    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// One delivery attempt's result, kept for inspection (`GET /_emulator/deliveries`).
@@ -51,41 +47,25 @@ pub struct Delivery {
 
 /// Posts the payload, signed, until a 2xx answer or `max_attempts` tries, waiting
 /// `base_delay`·2ⁿ between tries. Reports each attempt through `record`.
-pub async fn deliver(
-    d: Delivery,
-    max_attempts: u32,
-    base_delay: Duration,
-    record: impl Fn(Attempt) + Send + Sync,
-) {
-    let Delivery {
-        url,
-        secret,
-        event_id,
-        event_type,
-        payload,
-    } = d;
+pub async fn deliver(d: Delivery, max_attempts: u32, base_delay: Duration, record: impl Fn(Attempt) + Send + Sync) {
+    let Delivery { url, secret, event_id, event_type, payload } = d;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     for attempt in 1..=max_attempts {
         let header = signature_header(&payload, &secret, chrono::Utc::now().timestamp());
         let req = hyper::Request::post(&url)
             .header("content-type", "application/json; charset=utf-8")
             .header("stripe-signature", header)
-            .header(
-                "user-agent",
-                "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
-            )
+            .header("user-agent", "Stripe/1.0 (+https://stripe.com/docs/webhooks)")
             .body(Full::new(Bytes::from(payload.clone())));
         let status = match req {
-            Ok(req) => {
-                match tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
-                    Ok(Ok(resp)) => {
-                        let status = resp.status().as_u16();
-                        let _ = resp.into_body().collect().await;
-                        Some(status)
-                    }
-                    _ => None,
+            Ok(req) => match tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
+                Ok(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    let _ = resp.into_body().collect().await;
+                    Some(status)
                 }
-            }
+                _ => None,
+            },
             Err(_) => None,
         };
         record(Attempt {
@@ -114,9 +94,6 @@ mod tests {
         // HMAC-SHA256("whsec_test", "1700000000.{}") computed independently with openssl:
         // printf '1700000000.{}' | openssl dgst -sha256 -hmac whsec_test
         let h = signature_header("{}", "whsec_test", 1_700_000_000);
-        assert_eq!(
-            h,
-            "t=1700000000,v1=35495024f4ef3f94e5a93e22221544c4b75e9a42300cd965ab81cb85cd994e91"
-        );
+        assert_eq!(h, "t=1700000000,v1=35495024f4ef3f94e5a93e22221544c4b75e9a42300cd965ab81cb85cd994e91");
     }
 }

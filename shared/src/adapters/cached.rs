@@ -6,9 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::domain::{CustomerId, LookupKey, SessionId, SubscriptionId};
-use crate::ports::{
-    CheckoutState, CreatedCheckout, NewCheckout, Payments, PriceInfo, Result, SubscriptionState,
-};
+use crate::ports::{CheckoutState, CreatedCheckout, NewCheckout, Payments, PriceInfo, Result, SubscriptionState};
 
 pub struct CachedPrices<P> {
     inner: P,
@@ -19,11 +17,7 @@ pub struct CachedPrices<P> {
 impl<P> CachedPrices<P> {
     /// `ttl` zero turns the cache off.
     pub fn new(inner: P, ttl: Duration) -> Self {
-        Self {
-            inner,
-            ttl,
-            cache: Mutex::default(),
-        }
+        Self { inner, ttl, cache: Mutex::default() }
     }
 
     pub fn inner(&self) -> &P {
@@ -63,15 +57,8 @@ impl<P: Payments> Payments for CachedPrices<P> {
         self.inner.get_checkout(id).await
     }
 
-    async fn create_portal(
-        &self,
-        customer: &CustomerId,
-        return_url: &str,
-        idempotency_key: &str,
-    ) -> Result<String> {
-        self.inner
-            .create_portal(customer, return_url, idempotency_key)
-            .await
+    async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
+        self.inner.create_portal(customer, return_url, idempotency_key).await
     }
 }
 
@@ -94,11 +81,7 @@ mod tests {
             assert!(cached.find_price(&key).await.unwrap().is_some());
             assert!(cached.find_price(&missing).await.unwrap().is_none());
         }
-        assert_eq!(
-            meter.count("stripe.find_price"),
-            4,
-            "1 for the found price, 3 for the missing one"
-        );
+        assert_eq!(meter.count("stripe.find_price"), 4, "1 for the found price, 3 for the missing one");
         tokio::time::sleep(Duration::from_millis(250)).await;
         cached.find_price(&key).await.unwrap();
         assert_eq!(meter.count("stripe.find_price"), 5);

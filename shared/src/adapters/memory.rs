@@ -13,13 +13,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, IssuedKey, LookupKey,
-    Plan, SessionId, SubscriptionId, UserName, UserProfile,
+    AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, IssuedKey, LookupKey, Plan, SessionId,
+    SubscriptionId, UserName, UserProfile,
 };
 use crate::ports::{
-    AccountLock, CheckoutState, Claim, Clock, Commit, CreatedCheckout, Ids, KeyRegistry,
-    NewCheckout, Payments, PriceInfo, Result, SessionStore, SubscriptionState, SubscriptionStatus,
-    UserDirectory,
+    AccountLock, CheckoutState, Claim, Clock, Commit, CreatedCheckout, Ids, KeyRegistry, NewCheckout, Payments,
+    PriceInfo, Result, SessionStore, SubscriptionState, SubscriptionStatus, UserDirectory,
 };
 
 /// When an injected fault strikes, relative to the operation's effect.
@@ -108,22 +107,14 @@ impl Meter {
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.take_fault(op, Fault::Before) {
-            return Err(BackendError::new(
-                service,
-                op,
-                "injected fault before the call",
-            ));
+            return Err(BackendError::new(service, op, "injected fault before the call"));
         }
         Ok(())
     }
 
     fn exit(&self, service: &'static str, op: &'static str) -> Result<()> {
         if self.take_fault(op, Fault::After) {
-            return Err(BackendError::new(
-                service,
-                op,
-                "injected fault after the call",
-            ));
+            return Err(BackendError::new(service, op, "injected fault after the call"));
         }
         Ok(())
     }
@@ -151,10 +142,7 @@ struct StoreState {
 
 impl StoreState {
     fn holds_lock(&self, user: &UserName, token: &str) -> bool {
-        self.accounts
-            .get(user.as_str())
-            .and_then(|a| a.lock.as_ref())
-            .is_some_and(|(t, _)| t == token)
+        self.accounts.get(user.as_str()).and_then(|a| a.lock.as_ref()).is_some_and(|(t, _)| t == token)
     }
 }
 
@@ -167,10 +155,7 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self {
-            state: Arc::default(),
-            meter,
-        }
+        Self { state: Arc::default(), meter }
     }
 
     /// Every session, for assertions and for persisting the local stack.
@@ -180,11 +165,7 @@ impl MemoryStore {
 
     /// Every account record (locks aside).
     pub fn accounts(&self) -> Vec<AccountRecord> {
-        lock(&self.state)
-            .accounts
-            .values()
-            .filter_map(|a| a.record.clone())
-            .collect()
+        lock(&self.state).accounts.values().filter_map(|a| a.record.clone()).collect()
     }
 
     /// Processed Stripe event ids.
@@ -200,32 +181,17 @@ impl MemoryStore {
         events: Vec<(String, DateTime<Utc>)>,
     ) {
         let mut st = lock(&self.state);
-        st.sessions = sessions
-            .into_iter()
-            .map(|r| (r.session_id.as_str().to_string(), r))
-            .collect();
+        st.sessions = sessions.into_iter().map(|r| (r.session_id.as_str().to_string(), r)).collect();
         st.accounts = accounts
             .into_iter()
-            .map(|a| {
-                (
-                    a.user_name.as_str().to_string(),
-                    AccountSlot {
-                        record: Some(a),
-                        lock: None,
-                    },
-                )
-            })
+            .map(|a| (a.user_name.as_str().to_string(), AccountSlot { record: Some(a), lock: None }))
             .collect();
         st.events = events.into_iter().collect();
     }
 
     /// Processed event ids with their expiry, for persisting.
     pub fn event_entries(&self) -> Vec<(String, DateTime<Utc>)> {
-        lock(&self.state)
-            .events
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+        lock(&self.state).events.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 }
 
@@ -275,10 +241,7 @@ impl SessionStore for MemoryStore {
                         r.status = CheckoutStatus::Issuing;
                         r.lease = Some((token.to_string(), lease_until));
                         r.updated_at = now;
-                        Claim::Acquired {
-                            token: token.to_string(),
-                            record: r.clone(),
-                        }
+                        Claim::Acquired { token: token.to_string(), record: r.clone() }
                     }
                 },
             }
@@ -287,19 +250,12 @@ impl SessionStore for MemoryStore {
         Ok(outcome)
     }
 
-    async fn fulfil(
-        &self,
-        id: &SessionId,
-        token: &str,
-        account: &AccountRecord,
-        now: DateTime<Utc>,
-    ) -> Result<Commit> {
+    async fn fulfil(&self, id: &SessionId, token: &str, account: &AccountRecord, now: DateTime<Utc>) -> Result<Commit> {
         self.meter.enter(DDB, "ddb.fulfil").await?;
         let outcome = {
             let mut st = lock(&self.state);
             let holds_session = st.sessions.get(id.as_str()).is_some_and(|r| {
-                r.status == CheckoutStatus::Issuing
-                    && r.lease.as_ref().is_some_and(|(t, _)| t == token)
+                r.status == CheckoutStatus::Issuing && r.lease.as_ref().is_some_and(|(t, _)| t == token)
             });
             if holds_session && st.holds_lock(&account.user_name, token) {
                 if let Some(r) = st.sessions.get_mut(id.as_str()) {
@@ -310,10 +266,7 @@ impl SessionStore for MemoryStore {
                 }
                 st.accounts.insert(
                     account.user_name.as_str().to_string(),
-                    AccountSlot {
-                        record: Some(account.clone()),
-                        lock: None,
-                    },
+                    AccountSlot { record: Some(account.clone()), lock: None },
                 );
                 Commit::Done
             } else {
@@ -326,18 +279,12 @@ impl SessionStore for MemoryStore {
 
     async fn get_account(&self, user: &UserName) -> Result<Option<AccountRecord>> {
         self.meter.enter(DDB, "ddb.get_account").await?;
-        let r = lock(&self.state)
-            .accounts
-            .get(user.as_str())
-            .and_then(|a| a.record.clone());
+        let r = lock(&self.state).accounts.get(user.as_str()).and_then(|a| a.record.clone());
         self.meter.exit(DDB, "ddb.get_account")?;
         Ok(r)
     }
 
-    async fn find_account_by_customer(
-        &self,
-        customer: &CustomerId,
-    ) -> Result<Option<AccountRecord>> {
+    async fn find_account_by_customer(&self, customer: &CustomerId) -> Result<Option<AccountRecord>> {
         self.meter.enter(DDB, "ddb.find_account").await?;
         let r = lock(&self.state)
             .accounts
@@ -392,10 +339,7 @@ impl SessionStore for MemoryStore {
             if st.holds_lock(&account.user_name, token) {
                 st.accounts.insert(
                     account.user_name.as_str().to_string(),
-                    AccountSlot {
-                        record: Some(account.clone()),
-                        lock: None,
-                    },
+                    AccountSlot { record: Some(account.clone()), lock: None },
                 );
                 Commit::Done
             } else {
@@ -413,16 +357,9 @@ impl SessionStore for MemoryStore {
         Ok(seen)
     }
 
-    async fn mark_event(
-        &self,
-        event_id: &str,
-        _event_type: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<()> {
+    async fn mark_event(&self, event_id: &str, _event_type: &str, expires_at: DateTime<Utc>) -> Result<()> {
         self.meter.enter(DDB, "ddb.mark_event").await?;
-        lock(&self.state)
-            .events
-            .insert(event_id.to_string(), expires_at);
+        lock(&self.state).events.insert(event_id.to_string(), expires_at);
         self.meter.exit(DDB, "ddb.mark_event")
     }
 }
@@ -454,39 +391,24 @@ pub struct MemoryKeys {
 
 impl MemoryKeys {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self {
-            state: Arc::default(),
-            meter,
-        }
+        Self { state: Arc::default(), meter }
     }
 
     /// Every key, for assertions.
     pub fn all(&self) -> Vec<IssuedKey> {
-        lock(&self.state)
-            .keys
-            .values()
-            .map(|(k, _)| k.clone())
-            .collect()
+        lock(&self.state).keys.values().map(|(k, _)| k.clone()).collect()
     }
 
     /// Everything, key values included, for persisting (the local stack's data folder).
     pub fn export(&self) -> KeysSnapshot {
         let st = lock(&self.state);
-        KeysSnapshot {
-            keys: st.keys.values().cloned().collect(),
-            plan: st.plan.clone(),
-            next: st.next,
-        }
+        KeysSnapshot { keys: st.keys.values().cloned().collect(), plan: st.plan.clone(), next: st.next }
     }
 
     /// Restores what `export` saved.
     pub fn restore(&self, snap: KeysSnapshot) {
         let mut st = lock(&self.state);
-        st.keys = snap
-            .keys
-            .into_iter()
-            .map(|(k, v)| (k.id.clone(), (k, v)))
-            .collect();
+        st.keys = snap.keys.into_iter().map(|(k, v)| (k.id.clone(), (k, v))).collect();
         st.plan = snap.plan;
         st.next = snap.next;
     }
@@ -500,10 +422,7 @@ impl MemoryKeys {
     /// Gateway checks when a request to the product API carries `x-api-key`.
     pub fn authorize(&self, value: &str) -> Option<String> {
         let st = lock(&self.state);
-        st.keys
-            .values()
-            .find(|(k, v)| v == value && k.enabled && st.plan.contains(&k.id))
-            .map(|(k, _)| k.id.clone())
+        st.keys.values().find(|(k, v)| v == value && k.enabled && st.plan.contains(&k.id)).map(|(k, _)| k.id.clone())
     }
 }
 
@@ -512,12 +431,7 @@ const APIGW: &str = "apigateway";
 impl KeyRegistry for MemoryKeys {
     async fn find_by_name(&self, name: &str) -> Result<Vec<IssuedKey>> {
         self.meter.enter(APIGW, "apigw.find_key").await?;
-        let r = lock(&self.state)
-            .keys
-            .values()
-            .filter(|(k, _)| k.name == name)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let r = lock(&self.state).keys.values().filter(|(k, _)| k.name == name).map(|(k, _)| k.clone()).collect();
         self.meter.exit(APIGW, "apigw.find_key")?;
         Ok(r)
     }
@@ -535,16 +449,8 @@ impl KeyRegistry for MemoryKeys {
             let mut st = lock(&self.state);
             st.next += 1;
             let id = format!("memkey{:06}", st.next);
-            let value = format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            );
-            let key = IssuedKey {
-                id: id.clone(),
-                name: name.to_string(),
-                enabled: true,
-            };
+            let value = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            let key = IssuedKey { id: id.clone(), name: name.to_string(), enabled: true };
             st.keys.insert(id, (key.clone(), value));
             key
         };
@@ -618,10 +524,7 @@ pub struct MemoryUsers {
 
 impl MemoryUsers {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self {
-            users: Arc::default(),
-            meter,
-        }
+        Self { users: Arc::default(), meter }
     }
 
     /// Every user and their attributes, for assertions.
@@ -631,9 +534,7 @@ impl MemoryUsers {
 
     /// Adds a user with no custom attributes (what sign-up does).
     pub fn add_user(&self, user: &UserName) {
-        lock(&self.users)
-            .entry(user.as_str().to_string())
-            .or_default();
+        lock(&self.users).entry(user.as_str().to_string()).or_default();
     }
 }
 
@@ -647,12 +548,7 @@ impl UserDirectory for MemoryUsers {
         Ok(r)
     }
 
-    async fn set_plan(
-        &self,
-        user: &UserName,
-        plan: Plan,
-        customer: Option<&CustomerId>,
-    ) -> Result<()> {
+    async fn set_plan(&self, user: &UserName, plan: Plan, customer: Option<&CustomerId>) -> Result<()> {
         self.meter.enter(COGNITO, "cognito.set_plan").await?;
         match lock(&self.users).get_mut(user.as_str()) {
             Some(p) => {
@@ -680,6 +576,7 @@ impl UserDirectory for MemoryUsers {
 struct MemCheckout {
     state: CheckoutState,
     price_id: String,
+    success_url: String,
 }
 
 #[derive(Default)]
@@ -704,10 +601,7 @@ const STRIPE: &str = "stripe";
 
 impl MemoryPayments {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self {
-            state: Arc::default(),
-            meter,
-        }
+        Self { state: Arc::default(), meter }
     }
 
     /// Adds an active recurring price.
@@ -772,19 +666,17 @@ impl MemoryPayments {
 
     /// A checkout's state (panics on an unknown id: for tests).
     pub fn get_checkout_state(&self, id: &SessionId) -> CheckoutState {
-        lock(&self.state)
-            .checkouts
-            .get(id.as_str())
-            .map(|c| c.state.clone())
-            .expect("known checkout session")
+        lock(&self.state).checkouts.get(id.as_str()).map(|c| c.state.clone()).expect("known checkout session")
+    }
+
+    /// The success URL a checkout was created with.
+    pub fn checkout_success_url(&self, id: &SessionId) -> Option<String> {
+        lock(&self.state).checkouts.get(id.as_str()).map(|c| c.success_url.clone())
     }
 
     /// The price a checkout was created for.
     pub fn checkout_price(&self, id: &SessionId) -> Option<String> {
-        lock(&self.state)
-            .checkouts
-            .get(id.as_str())
-            .map(|c| c.price_id.clone())
+        lock(&self.state).checkouts.get(id.as_str()).map(|c| c.price_id.clone())
     }
 }
 
@@ -842,6 +734,7 @@ impl Payments for MemoryPayments {
                             subscription: None,
                         },
                         price_id: req.price_id.to_string(),
+                        success_url: req.success_url.clone(),
                     },
                 );
                 st.replay.insert(replay_key, id.as_str().to_string());
@@ -855,20 +748,12 @@ impl Payments for MemoryPayments {
 
     async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
         self.meter.enter(STRIPE, "stripe.get_checkout").await?;
-        let r = lock(&self.state)
-            .checkouts
-            .get(id.as_str())
-            .map(|c| c.state.clone());
+        let r = lock(&self.state).checkouts.get(id.as_str()).map(|c| c.state.clone());
         self.meter.exit(STRIPE, "stripe.get_checkout")?;
         Ok(r)
     }
 
-    async fn create_portal(
-        &self,
-        customer: &CustomerId,
-        return_url: &str,
-        _idempotency_key: &str,
-    ) -> Result<String> {
+    async fn create_portal(&self, customer: &CustomerId, return_url: &str, _idempotency_key: &str) -> Result<String> {
         self.meter.enter(STRIPE, "stripe.create_portal").await?;
         if !lock(&self.state).customers.contains(customer) {
             return Err(BackendError::new(
@@ -877,8 +762,7 @@ impl Payments for MemoryPayments {
                 format!("resource_missing: No such customer: '{customer}'"),
             ));
         }
-        let url =
-            format!("https://billing.memory.invalid/p/session/{customer}?return_url={return_url}");
+        let url = format!("https://billing.memory.invalid/p/session/{customer}?return_url={return_url}");
         self.meter.exit(STRIPE, "stripe.create_portal")?;
         Ok(url)
     }

@@ -20,70 +20,50 @@ use stripe_webhook::{EventObject, Webhook, WebhookError};
 use crate::config::StripeConfig;
 use crate::domain::{BackendError, CustomerId, Error, LookupKey, SessionId, SubscriptionId};
 use crate::ports::{
-    CheckoutState, CreatedCheckout, EventSubject, NewCheckout, Payments, PriceInfo, Result,
-    StripeEvent, SubscriptionState, SubscriptionStatus,
+    CheckoutState, CreatedCheckout, EventSubject, NewCheckout, Payments, PriceInfo, Result, StripeEvent,
+    SubscriptionState, SubscriptionStatus,
 };
 
 /// Checks a webhook's `Stripe-Signature` header against the raw body (HMAC-SHA256 with the
 /// endpoint's `whsec_` secret, any `v1` signature, timestamp within 300 s of `now`) and reads
 /// what the event is about.
-pub fn verify_event(
-    payload: &str,
-    signature: &str,
-    secret: &str,
-    now: i64,
-) -> std::result::Result<StripeEvent, Error> {
-    let event =
-        Webhook::construct_event_with_timestamp(payload, signature, secret, now).map_err(|e| {
-            Error::BadSignature(match e {
-                WebhookError::BadSignature => "signature mismatch".into(),
-                WebhookError::BadTimestamp(t) => {
-                    format!("timestamp {t} is outside the 300 s tolerance")
-                }
-                WebhookError::BadHeader(_) => "malformed Stripe-Signature header".into(),
-                WebhookError::BadKey => "unusable webhook secret".into(),
-                WebhookError::BadParse(m) => format!("signed body is not a Stripe event: {m}"),
-            })
-        })?;
-    let id_of = |c: &stripe_types::Expandable<stripe_shared::Customer>| {
-        CustomerId::parse(c.id().as_str()).ok()
-    };
-    let sub_of = |s: &stripe_types::Expandable<stripe_shared::Subscription>| {
-        SubscriptionId::parse(s.id().as_str()).ok()
-    };
+pub fn verify_event(payload: &str, signature: &str, secret: &str, now: i64) -> std::result::Result<StripeEvent, Error> {
+    let event = Webhook::construct_event_with_timestamp(payload, signature, secret, now).map_err(|e| {
+        Error::BadSignature(match e {
+            WebhookError::BadSignature => "signature mismatch".into(),
+            WebhookError::BadTimestamp(t) => {
+                format!("timestamp {t} is outside the 300 s tolerance")
+            }
+            WebhookError::BadHeader(_) => "malformed Stripe-Signature header".into(),
+            WebhookError::BadKey => "unusable webhook secret".into(),
+            WebhookError::BadParse(m) => format!("signed body is not a Stripe event: {m}"),
+        })
+    })?;
+    let id_of = |c: &stripe_types::Expandable<stripe_shared::Customer>| CustomerId::parse(c.id().as_str()).ok();
+    let sub_of =
+        |s: &stripe_types::Expandable<stripe_shared::Subscription>| SubscriptionId::parse(s.id().as_str()).ok();
     let subject = match &event.data.object {
-        EventObject::CheckoutSessionCompleted(s)
-        | EventObject::CheckoutSessionAsyncPaymentSucceeded(s) => SessionId::parse(s.id.as_str())
-            .map(EventSubject::Checkout)
-            .unwrap_or(EventSubject::Other),
+        EventObject::CheckoutSessionCompleted(s) | EventObject::CheckoutSessionAsyncPaymentSucceeded(s) => {
+            SessionId::parse(s.id.as_str()).map(EventSubject::Checkout).unwrap_or(EventSubject::Other)
+        }
         EventObject::CustomerSubscriptionCreated(s)
         | EventObject::CustomerSubscriptionUpdated(s)
-        | EventObject::CustomerSubscriptionDeleted(s) => match SubscriptionId::parse(s.id.as_str())
-        {
-            Ok(id) => EventSubject::Subscription {
-                id,
-                customer: id_of(&s.customer),
-            },
+        | EventObject::CustomerSubscriptionDeleted(s) => match SubscriptionId::parse(s.id.as_str()) {
+            Ok(id) => EventSubject::Subscription { id, customer: id_of(&s.customer) },
             Err(_) => EventSubject::Other,
         },
-        EventObject::InvoicePaid(i) | EventObject::InvoicePaymentFailed(i) => {
-            EventSubject::Invoice {
-                subscription: i
-                    .parent
-                    .as_ref()
-                    .and_then(|p| p.subscription_details.as_ref())
-                    .and_then(|d| sub_of(&d.subscription))
-                    .or_else(|| i.subscription.as_ref().and_then(sub_of)),
-                customer: i.customer.as_ref().and_then(id_of),
-            }
-        }
+        EventObject::InvoicePaid(i) | EventObject::InvoicePaymentFailed(i) => EventSubject::Invoice {
+            subscription: i
+                .parent
+                .as_ref()
+                .and_then(|p| p.subscription_details.as_ref())
+                .and_then(|d| sub_of(&d.subscription))
+                .or_else(|| i.subscription.as_ref().and_then(sub_of)),
+            customer: i.customer.as_ref().and_then(id_of),
+        },
         _ => EventSubject::Other,
     };
-    Ok(StripeEvent {
-        id: event.id.to_string(),
-        kind: event.type_.as_str().to_string(),
-        subject,
-    })
+    Ok(StripeEvent { id: event.id.to_string(), kind: event.type_.as_str().to_string(), subject })
 }
 
 /// A `Stripe-Signature` header for `payload`, as Stripe computes it (tests, the emulator).
@@ -124,13 +104,8 @@ impl StripePayments {
         if let Some(base) = &config.api_base {
             builder = builder.url(base.clone());
         }
-        let client = builder
-            .build()
-            .map_err(|e| BackendError::new(SERVICE, "client", describe(&e)))?;
-        Ok(Self {
-            client,
-            connect: None,
-        })
+        let client = builder.build().map_err(|e| BackendError::new(SERVICE, "client", describe(&e)))?;
+        Ok(Self { client, connect: None })
     }
 
     pub fn with_connect(mut self, connect: Option<Connect>) -> Self {
@@ -144,10 +119,7 @@ fn describe(e: &StripeError) -> String {
     match e {
         StripeError::Stripe(err, status) => format!(
             "{status} {}: {}",
-            err.code
-                .as_ref()
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| err.type_.to_string()),
+            err.code.as_ref().map(|c| c.to_string()).unwrap_or_else(|| err.type_.to_string()),
             err.message.as_deref().unwrap_or("no message")
         ),
         other => other.to_string(),
@@ -159,24 +131,19 @@ fn is_missing(e: &StripeError) -> bool {
 }
 
 fn idempotent(key: &str, op: &'static str) -> Result<RequestStrategy> {
-    IdempotencyKey::new(key)
-        .map(RequestStrategy::Idempotent)
-        .map_err(|e| BackendError::new(SERVICE, op, e.to_string()))
+    IdempotencyKey::new(key).map(RequestStrategy::Idempotent).map_err(|e| BackendError::new(SERVICE, op, e.to_string()))
 }
 
 impl Payments for StripePayments {
     async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<SubscriptionState>> {
         const OP: &str = "GET /v1/subscriptions/{id}";
-        let sub = match RetrieveSubscription::new(id.as_str())
-            .send(&self.client)
-            .await
-        {
+        let sub = match RetrieveSubscription::new(id.as_str()).send(&self.client).await {
             Ok(s) => s,
             Err(e) if is_missing(&e) => return Ok(None),
             Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
         };
-        let customer = CustomerId::parse(sub.customer.id().as_str())
-            .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        let customer =
+            CustomerId::parse(sub.customer.id().as_str()).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
         let period_end = sub
             .cancel_at
             .or_else(|| sub.items.data.iter().map(|i| i.current_period_end).max())
@@ -218,10 +185,11 @@ impl Payments for StripePayments {
         sub.metadata = Some(metadata.clone());
         if let Some(c) = &self.connect {
             sub.application_fee_percent = c.application_fee_percent;
-            sub.transfer_data = Some(stripe_checkout::checkout_session::CreateCheckoutSessionSubscriptionDataTransferData {
-                amount_percent: None,
-                destination: c.destination.clone(),
-            });
+            sub.transfer_data =
+                Some(stripe_checkout::checkout_session::CreateCheckoutSessionSubscriptionDataTransferData {
+                    amount_percent: None,
+                    destination: c.destination.clone(),
+                });
         }
         let mut create = CreateCheckoutSession::new()
             .mode(CheckoutSessionMode::Subscription)
@@ -240,20 +208,14 @@ impl Payments for StripePayments {
             .send(&self.client)
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        let id = SessionId::parse(session.id.as_str())
-            .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
-        let url = session
-            .url
-            .ok_or_else(|| BackendError::new(SERVICE, OP, "session without url"))?;
+        let id = SessionId::parse(session.id.as_str()).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        let url = session.url.ok_or_else(|| BackendError::new(SERVICE, OP, "session without url"))?;
         Ok(CreatedCheckout { id, url })
     }
 
     async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
         const OP: &str = "GET /v1/checkout/sessions/{id}";
-        let session = match RetrieveCheckoutSession::new(id.as_str())
-            .send(&self.client)
-            .await
-        {
+        let session = match RetrieveCheckoutSession::new(id.as_str()).send(&self.client).await {
             Ok(s) => s,
             Err(e) if is_missing(&e) => return Ok(None),
             Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
@@ -283,12 +245,7 @@ impl Payments for StripePayments {
         }))
     }
 
-    async fn create_portal(
-        &self,
-        customer: &CustomerId,
-        return_url: &str,
-        idempotency_key: &str,
-    ) -> Result<String> {
+    async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
         const OP: &str = "POST /v1/billing_portal/sessions";
         let session = CreateBillingPortalSession::new()
             .customer(customer.to_string())

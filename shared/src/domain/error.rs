@@ -13,11 +13,7 @@ pub struct BackendError {
 
 impl BackendError {
     pub fn new(service: &'static str, operation: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            service,
-            operation,
-            message: message.into(),
-        }
+        Self { service, operation, message: message.into() }
     }
 }
 

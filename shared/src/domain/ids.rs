@@ -94,10 +94,7 @@ impl SessionId {
             return Err(err(WHAT, "is longer than 255 characters"));
         }
         if !s.chars().all(is_token_char) {
-            return Err(err(
-                WHAT,
-                "may contain only letters, digits and underscores",
-            ));
+            return Err(err(WHAT, "may contain only letters, digits and underscores"));
         }
         Ok(Self(s.to_string()))
     }
@@ -111,8 +108,7 @@ string_id!(
 impl CustomerId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         const WHAT: &str = "Stripe customer id";
-        if !s.starts_with("cus_") || s.len() <= 4 || s.len() > 255 || !s.chars().all(is_token_char)
-        {
+        if !s.starts_with("cus_") || s.len() <= 4 || s.len() > 255 || !s.chars().all(is_token_char) {
             return Err(err(WHAT, "must look like cus_…"));
         }
         Ok(Self(s.to_string()))
@@ -127,8 +123,7 @@ string_id!(
 impl SubscriptionId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         const WHAT: &str = "Stripe subscription id";
-        if !s.starts_with("sub_") || s.len() <= 4 || s.len() > 255 || !s.chars().all(is_token_char)
-        {
+        if !s.starts_with("sub_") || s.len() <= 4 || s.len() > 255 || !s.chars().all(is_token_char) {
             return Err(err(WHAT, "must look like sub_…"));
         }
         Ok(Self(s.to_string()))
@@ -149,14 +144,8 @@ impl LookupKey {
         if s.len() > 200 {
             return Err(err(WHAT, "is longer than 200 characters"));
         }
-        if !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
-            return Err(err(
-                WHAT,
-                "may contain only letters, digits, '_', '-' and '.'",
-            ));
+        if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+            return Err(err(WHAT, "may contain only letters, digits, '_', '-' and '.'"));
         }
         Ok(Self(s.to_string()))
     }

@@ -25,12 +25,7 @@ pub struct ApiKeyView {
 }
 
 /// The caller's plan, subscription status and API key (value read from the key registry).
-pub async fn get_account<S, K, U>(
-    store: &S,
-    keys: &K,
-    users: &U,
-    user: &UserName,
-) -> Result<AccountView, Error>
+pub async fn get_account<S, K, U>(store: &S, keys: &K, users: &U, user: &UserName) -> Result<AccountView, Error>
 where
     S: SessionStore,
     K: KeyRegistry,
@@ -39,11 +34,7 @@ where
     let (account, profile) = tokio::try_join!(store.get_account(user), users.get_user(user))?;
     let profile = profile.ok_or(Error::UserNotFound)?;
     let api_key = match account.as_ref().and_then(|a| a.api_key_id.as_deref()) {
-        Some(id) => keys.get_with_value(id).await?.map(|(k, value)| ApiKeyView {
-            id: k.id,
-            value,
-            enabled: k.enabled,
-        }),
+        Some(id) => keys.get_with_value(id).await?.map(|(k, value)| ApiKeyView { id: k.id, value, enabled: k.enabled }),
         None => None,
     };
     Ok(AccountView {

@@ -49,11 +49,7 @@ async fn choose_key<K: KeyRegistry>(
             return Ok(Some(k));
         }
     }
-    Ok(named
-        .iter()
-        .find(|k| k.enabled)
-        .or_else(|| named.first())
-        .cloned())
+    Ok(named.iter().find(|k| k.enabled).or_else(|| named.first()).cloned())
 }
 
 /// Disables every PRO key of the user and detaches it from the usage plan.
@@ -70,8 +66,7 @@ pub(crate) async fn revoke_pro_keys<K: KeyRegistry>(
     }
     for id in ids {
         // Independent calls: side by side.
-        let (disabled, detached) =
-            tokio::join!(keys.set_enabled(id, false), keys.detach_from_plan(id));
+        let (disabled, detached) = tokio::join!(keys.set_enabled(id, false), keys.detach_from_plan(id));
         match disabled {
             Ok(()) => {}
             // A recorded key deleted by hand in the console: nothing left to disable.
@@ -102,9 +97,7 @@ pub(crate) async fn lock_account_waiting<S: SessionStore>(
             Some(o) => o,
             None => {
                 let now = ctx.clock.now();
-                store
-                    .lock_account(user, token, now, lease_until(ctx, now))
-                    .await?
+                store.lock_account(user, token, now, lease_until(ctx, now)).await?
             }
         };
         match outcome {

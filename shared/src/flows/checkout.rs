@@ -32,15 +32,13 @@ where
     S: SessionStore,
 {
     let settings = ctx.settings;
-    let lookup_key = LookupKey::parse(request.lookup_key.trim())
-        .map_err(|e| Error::BadRequest(e.to_string()))?;
+    let lookup_key = LookupKey::parse(request.lookup_key.trim()).map_err(|e| Error::BadRequest(e.to_string()))?;
     if !settings.allowed_lookup_keys.contains(&lookup_key) {
         return Err(Error::LookupKeyNotAllowed(lookup_key.to_string()));
     }
 
     // Independent reads, one round trip.
-    let (profile, price) =
-        tokio::try_join!(users.get_user(user), payments.find_price(&lookup_key))?;
+    let (profile, price) = tokio::try_join!(users.get_user(user), payments.find_price(&lookup_key))?;
     let profile = profile.ok_or(Error::UserNotFound)?;
     if profile.plan() == Plan::Pro {
         return Err(Error::AlreadyPro);
@@ -55,10 +53,7 @@ where
             // Reuse the customer, so one user never has two Stripe customers.
             customer: profile.customer_id.as_ref(),
             // Stripe replaces {CHECKOUT_SESSION_ID} itself.
-            success_url: format!(
-                "{}/create-api-key/{{CHECKOUT_SESSION_ID}}/{one_time_key}",
-                settings.api_url
-            ),
+            success_url: format!("{}/create-api-key/{{CHECKOUT_SESSION_ID}}/{one_time_key}", settings.api_url),
             cancel_url: settings.cancel_url(),
             idempotency_key: format!("paykey-checkout-{user}-{one_time_key}"),
         })

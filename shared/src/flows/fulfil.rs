@@ -14,9 +14,7 @@ use std::time::Instant;
 
 use super::{account_keys, Ctx};
 use crate::domain::{AccountRecord, CheckoutStatus, Error, OneTimeKey, Plan, SessionId};
-use crate::ports::{
-    AccountLock, Claim, Commit, KeyRegistry, Payments, SessionStore, UserDirectory,
-};
+use crate::ports::{AccountLock, Claim, Commit, KeyRegistry, Payments, SessionStore, UserDirectory};
 
 /// Why a verification was turned away (the user is sent to the cancel page; nothing written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +65,7 @@ where
 {
     let settings = ctx.settings;
     // Round trip 1: our record and Stripe's view of the session, side by side.
-    let (record, state) =
-        tokio::try_join!(store.get(session_id), payments.get_checkout(session_id))?;
+    let (record, state) = tokio::try_join!(store.get(session_id), payments.get_checkout(session_id))?;
     let Some(record) = record else {
         return Ok(Completion::Rejected(Rejection::UnknownSession));
     };
@@ -125,17 +122,12 @@ where
     }
 
     let result = async {
-        let account =
-            account_keys::lock_account_waiting(store, ctx, &user, &token, Some(lock)).await?;
+        let account = account_keys::lock_account_waiting(store, ctx, &user, &token, Some(lock)).await?;
         // Round trip 3: the user's one key, found or created, and enabled.
         let recorded = account.as_ref().and_then(|a| a.api_key_id.clone());
-        let key =
-            account_keys::ensure_pro_key(keys, &key_name, &named, recorded.as_deref()).await?;
+        let key = account_keys::ensure_pro_key(keys, &key_name, &named, recorded.as_deref()).await?;
         // Round trip 4: both idempotent, independent of each other.
-        tokio::try_join!(
-            keys.attach_to_plan(&key.id),
-            users.set_plan(&user, Plan::Pro, Some(&customer))
-        )?;
+        tokio::try_join!(keys.attach_to_plan(&key.id), users.set_plan(&user, Plan::Pro, Some(&customer)))?;
         // Round trip 5: session FULFILLED and account record, in one transaction.
         let now = ctx.clock.now();
         let mut next = account.unwrap_or_else(|| AccountRecord::new(user.clone(), now));
@@ -162,9 +154,7 @@ where
             tracing::warn!(session_id = %session_id, "fulfilment lease lost to another attempt");
             account_keys::release(store, &user, &token).await;
             match store.get(session_id).await? {
-                Some(r) if r.status == CheckoutStatus::Fulfilled => {
-                    Ok(Completion::AlreadyFulfilled)
-                }
+                Some(r) if r.status == CheckoutStatus::Fulfilled => Ok(Completion::AlreadyFulfilled),
                 _ => Err(Error::FulfilmentInProgress),
             }
         }
@@ -177,11 +167,7 @@ where
 
 /// Another attempt holds the lease: wait a little for it to finish, and never report a
 /// half-done state as success.
-async fn wait_for_peer<S: SessionStore>(
-    store: &S,
-    ctx: Ctx<'_>,
-    session_id: &SessionId,
-) -> Result<Completion, Error> {
+async fn wait_for_peer<S: SessionStore>(store: &S, ctx: Ctx<'_>, session_id: &SessionId) -> Result<Completion, Error> {
     let started = Instant::now();
     let mut pause = std::time::Duration::from_millis(50);
     while started.elapsed() < ctx.settings.wait_for_peer {

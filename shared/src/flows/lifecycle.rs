@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use super::{account_keys, chrono_duration, complete_checkout, Completion, Ctx, Rejection};
 use crate::domain::{AccountRecord, Error, Plan, SubscriptionId, UserName};
 use crate::ports::{
-    EventSubject, KeyRegistry, Payments, SessionStore, StripeEvent, SubscriptionState,
-    SubscriptionStatus, UserDirectory,
+    EventSubject, KeyRegistry, Payments, SessionStore, StripeEvent, SubscriptionState, SubscriptionStatus,
+    UserDirectory,
 };
 
 /// What became of one webhook event.
@@ -58,11 +58,7 @@ pub fn desired_plan(
         SubscriptionStatus::Active | SubscriptionStatus::Trialing => Some(Plan::Pro),
         SubscriptionStatus::PastDue => {
             let since = past_due_since.unwrap_or(now);
-            Some(if now - since <= chrono_duration(grace) {
-                Plan::Pro
-            } else {
-                Plan::Free
-            })
+            Some(if now - since <= chrono_duration(grace) { Plan::Pro } else { Plan::Free })
         }
         SubscriptionStatus::Canceled
         | SubscriptionStatus::Unpaid
@@ -72,10 +68,7 @@ pub fn desired_plan(
     }
 }
 
-const CHECKOUT_EVENTS: [&str; 2] = [
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-];
+const CHECKOUT_EVENTS: [&str; 2] = ["checkout.session.completed", "checkout.session.async_payment_succeeded"];
 const SUBSCRIPTION_EVENTS: [&str; 5] = [
     "customer.subscription.created",
     "customer.subscription.updated",
@@ -86,11 +79,7 @@ const SUBSCRIPTION_EVENTS: [&str; 5] = [
 
 /// Every event type paykey acts on.
 pub fn handled_event_types() -> Vec<&'static str> {
-    CHECKOUT_EVENTS
-        .iter()
-        .chain(SUBSCRIPTION_EVENTS.iter())
-        .copied()
-        .collect()
+    CHECKOUT_EVENTS.iter().chain(SUBSCRIPTION_EVENTS.iter()).copied().collect()
 }
 
 /// Acts on one verified Stripe event, once per event id.
@@ -116,23 +105,16 @@ where
     let outcome = if CHECKOUT_EVENTS.contains(&kind) {
         match &event.subject {
             EventSubject::Checkout(session_id) => {
-                match complete_checkout(store, keys, users, payments, ctx, session_id, None).await?
-                {
-                    Completion::Issued { api_key_id } => {
-                        EventOutcome::Processed(format!("issued key {api_key_id}"))
-                    }
-                    Completion::AlreadyFulfilled => {
-                        EventOutcome::Processed("already fulfilled".into())
-                    }
+                match complete_checkout(store, keys, users, payments, ctx, session_id, None).await? {
+                    Completion::Issued { api_key_id } => EventOutcome::Processed(format!("issued key {api_key_id}")),
+                    Completion::AlreadyFulfilled => EventOutcome::Processed("already fulfilled".into()),
                     Completion::Rejected(Rejection::UnknownSession) => {
                         EventOutcome::Ignored("checkout session not started by paykey".into())
                     }
                     Completion::Rejected(Rejection::Unpaid) => {
                         EventOutcome::Ignored("checkout session not paid yet".into())
                     }
-                    Completion::Rejected(why) => {
-                        EventOutcome::Ignored(format!("checkout session refused: {why:?}"))
-                    }
+                    Completion::Rejected(why) => EventOutcome::Ignored(format!("checkout session refused: {why:?}")),
                 }
             }
             _ => EventOutcome::Ignored("checkout event without a session".into()),
@@ -148,16 +130,12 @@ where
             Some(id) => match sync_subscription(store, keys, users, payments, ctx, &id).await? {
                 SyncOutcome::Pro { user } => EventOutcome::Processed(format!("{user} is PRO")),
                 SyncOutcome::Free { user } => EventOutcome::Processed(format!("{user} is FREE")),
-                SyncOutcome::Unchanged { user } => {
-                    EventOutcome::Processed(format!("{user} unchanged"))
-                }
+                SyncOutcome::Unchanged { user } => EventOutcome::Processed(format!("{user} unchanged")),
                 SyncOutcome::UnknownCustomer => {
                     tracing::warn!(event_id = %event.id, subscription = %id, "event for a customer paykey does not know");
                     EventOutcome::Ignored("unknown customer".into())
                 }
-                SyncOutcome::UnknownSubscription => {
-                    EventOutcome::Ignored("unknown subscription".into())
-                }
+                SyncOutcome::UnknownSubscription => EventOutcome::Ignored("unknown subscription".into()),
             },
         }
     } else {
@@ -189,16 +167,9 @@ where
     let Some(state) = payments.get_subscription(subscription).await? else {
         return Ok(SyncOutcome::UnknownSubscription);
     };
-    let user = match state
-        .user_name
-        .as_deref()
-        .and_then(|u| UserName::parse(u).ok())
-    {
+    let user = match state.user_name.as_deref().and_then(|u| UserName::parse(u).ok()) {
         Some(u) => Some(u),
-        None => store
-            .find_account_by_customer(&state.customer)
-            .await?
-            .map(|a| a.user_name),
+        None => store.find_account_by_customer(&state.customer).await?.map(|a| a.user_name),
     };
     let Some(user) = user else {
         return Ok(SyncOutcome::UnknownCustomer);
@@ -215,12 +186,8 @@ where
         keys.find_by_name(&key_name),
     )?;
     let result = async {
-        let account =
-            account_keys::lock_account_waiting(store, ctx, &user, &token, Some(lock)).await?;
-        apply(
-            store, keys, users, ctx, &user, &token, &key_name, &named, account, &state,
-        )
-        .await
+        let account = account_keys::lock_account_waiting(store, ctx, &user, &token, Some(lock)).await?;
+        apply(store, keys, users, ctx, &user, &token, &key_name, &named, account, &state).await
     }
     .await;
     if result.is_err() {
@@ -254,8 +221,7 @@ where
     if let Some(recorded) = &next.subscription_id {
         if recorded != &state.id
             && next.plan == Plan::Pro
-            && desired_plan(&state.status, None, now, ctx.settings.past_due_grace)
-                != Some(Plan::Pro)
+            && desired_plan(&state.status, None, now, ctx.settings.past_due_grace) != Some(Plan::Pro)
         {
             tracing::info!(user = %user, subscription = %state.id, current = %recorded, "event for an older subscription; the current one stays");
             account_keys::release(store, user, token).await;
@@ -266,12 +232,7 @@ where
         SubscriptionStatus::PastDue => next.past_due_since.or(Some(now)),
         _ => None,
     };
-    let desired = desired_plan(
-        &state.status,
-        next.past_due_since,
-        now,
-        ctx.settings.past_due_grace,
-    );
+    let desired = desired_plan(&state.status, next.past_due_since, now, ctx.settings.past_due_grace);
     next.subscription_id = Some(state.id.clone());
     next.subscription_status = Some(state.status.as_str().to_string());
     next.customer_id = Some(state.customer.clone());
@@ -281,28 +242,17 @@ where
 
     let outcome = match desired {
         Some(Plan::Pro) => {
-            let key =
-                account_keys::ensure_pro_key(keys, key_name, named, next.api_key_id.as_deref())
-                    .await?;
-            tokio::try_join!(
-                keys.attach_to_plan(&key.id),
-                users.set_plan(user, Plan::Pro, Some(&state.customer))
-            )?;
+            let key = account_keys::ensure_pro_key(keys, key_name, named, next.api_key_id.as_deref()).await?;
+            tokio::try_join!(keys.attach_to_plan(&key.id), users.set_plan(user, Plan::Pro, Some(&state.customer)))?;
             next.plan = Plan::Pro;
             next.api_key_id = Some(key.id);
             SyncOutcome::Pro { user: user.clone() }
         }
         Some(Plan::Free) => {
             // The customer id is kept: re-subscribing reuses the Stripe customer.
-            tokio::try_join!(
-                account_keys::revoke_pro_keys(keys, named, next.api_key_id.as_deref()),
-                async {
-                    users
-                        .set_plan(user, Plan::Free, Some(&state.customer))
-                        .await
-                        .map_err(Error::from)
-                },
-            )?;
+            tokio::try_join!(account_keys::revoke_pro_keys(keys, named, next.api_key_id.as_deref()), async {
+                users.set_plan(user, Plan::Free, Some(&state.customer)).await.map_err(Error::from)
+            },)?;
             next.plan = Plan::Free;
             SyncOutcome::Free { user: user.clone() }
         }
@@ -339,11 +289,7 @@ mod tests {
             (Other("future_status".into()), None, None),
         ];
         for (status, since, want) in table {
-            assert_eq!(
-                desired_plan(&status, since, now, grace),
-                want,
-                "{status:?} since {since:?}"
-            );
+            assert_eq!(desired_plan(&status, since, now, grace), want, "{status:?} since {since:?}");
         }
     }
 }

@@ -4,12 +4,7 @@ use crate::ports::{Payments, UserDirectory};
 
 /// Opens a Stripe Billing Portal session for the caller's own customer, read from the user
 /// directory (never from the request).
-pub async fn open_billing_portal<U, P>(
-    users: &U,
-    payments: &P,
-    ctx: Ctx<'_>,
-    user: &UserName,
-) -> Result<String, Error>
+pub async fn open_billing_portal<U, P>(users: &U, payments: &P, ctx: Ctx<'_>, user: &UserName) -> Result<String, Error>
 where
     U: UserDirectory,
     P: Payments,
@@ -19,11 +14,7 @@ where
     // Double clicks within the same minute get the same portal session.
     let minute = ctx.clock.now().timestamp() / 60;
     let url = payments
-        .create_portal(
-            &customer,
-            &format!("{}/", ctx.settings.app_url),
-            &format!("paykey-portal-{customer}-{minute}"),
-        )
+        .create_portal(&customer, &format!("{}/", ctx.settings.app_url), &format!("paykey-portal-{customer}-{minute}"))
         .await?;
     tracing::info!(user = %user, customer = %customer, "billing portal session opened");
     Ok(url)

@@ -26,9 +26,7 @@ pub const API_URL: &str = "https://api.example.com/prod";
 impl World {
     pub fn new() -> Self {
         let meter = Meter::new();
-        let clock = Arc::new(ManualClock::new(
-            Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap(),
-        ));
+        let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
         let payments = MemoryPayments::new(Arc::clone(&meter));
         payments.add_price("FMMailPro", 980, "jpy");
         let mut settings = Settings::new(APP_URL, API_URL);
@@ -60,20 +58,12 @@ impl World {
             &self.app.store,
             self.app.ctx(),
             user,
-            CheckoutRequest {
-                lookup_key: "FMMailPro".into(),
-            },
+            CheckoutRequest { lookup_key: "FMMailPro".into() },
         )
         .await
         .expect("checkout starts");
         let id = SessionId::parse(started.url.rsplit('/').next().unwrap()).unwrap();
-        let record = self
-            .app
-            .store
-            .sessions()
-            .into_iter()
-            .find(|r| r.session_id == id)
-            .unwrap();
+        let record = self.app.store.sessions().into_iter().find(|r| r.session_id == id).unwrap();
         (id, record.one_time_key)
     }
 
@@ -83,11 +73,7 @@ impl World {
         (id, key)
     }
 
-    pub async fn complete(
-        &self,
-        id: &SessionId,
-        key: &OneTimeKey,
-    ) -> Result<Completion, paykey::Error> {
+    pub async fn complete(&self, id: &SessionId, key: &OneTimeKey) -> Result<Completion, paykey::Error> {
         flows::complete_checkout(
             &self.app.store,
             &self.app.keys,
@@ -104,40 +90,18 @@ impl World {
     /// user PRO with the customer id, the record FULFILLED and the account pointing at the key.
     pub async fn assert_fulfilled_once(&self, user: &UserName, id: &SessionId) {
         let name = self.app.settings.key_name(user);
-        let keys: Vec<_> = self
-            .app
-            .keys
-            .all()
-            .into_iter()
-            .filter(|k| k.name == name)
-            .collect();
+        let keys: Vec<_> = self.app.keys.all().into_iter().filter(|k| k.name == name).collect();
         assert_eq!(keys.len(), 1, "exactly one key for {user}: {keys:?}");
         assert!(keys[0].enabled, "the key is enabled");
         let plan = self.app.keys.plan_key_ids().await.unwrap();
-        assert_eq!(
-            plan.iter().filter(|k| **k == keys[0].id).count(),
-            1,
-            "one usage-plan association"
-        );
+        assert_eq!(plan.iter().filter(|k| **k == keys[0].id).count(), 1, "one usage-plan association");
         let profile = self.app.users.get_user(user).await.unwrap().unwrap();
         assert_eq!(profile.plan, Some(Plan::Pro));
         assert!(profile.customer_id.is_some(), "customer id written");
-        let record = self
-            .app
-            .store
-            .sessions()
-            .into_iter()
-            .find(|r| &r.session_id == id)
-            .unwrap();
+        let record = self.app.store.sessions().into_iter().find(|r| &r.session_id == id).unwrap();
         assert_eq!(record.status, paykey::domain::CheckoutStatus::Fulfilled);
         assert!(record.paid);
-        let account = self
-            .app
-            .store
-            .accounts()
-            .into_iter()
-            .find(|a| &a.user_name == user)
-            .unwrap();
+        let account = self.app.store.accounts().into_iter().find(|a| &a.user_name == user).unwrap();
         assert_eq!(account.api_key_id.as_deref(), Some(keys[0].id.as_str()));
         assert_eq!(account.plan, Plan::Pro);
     }

@@ -3,8 +3,8 @@
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType,
 };
 use paykey::domain::UserName;
 
@@ -22,7 +22,9 @@ impl Moto {
                 eprintln!("PAYKEY_SKIP_MOTO=1: skipping a moto test");
                 return None;
             }
-            _ => panic!("PAYKEY_MOTO_URL is not set: run the README's test command (scripts/test), which starts moto_server"),
+            _ => panic!(
+                "PAYKEY_MOTO_URL is not set: run the README's test command (scripts/test), which starts moto_server"
+            ),
         };
         let config = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
@@ -41,24 +43,11 @@ impl Moto {
     pub async fn create_tables(&self) -> (String, String) {
         let ddb = aws_sdk_dynamodb::Client::new(&self.config);
         let def = |n: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(n)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap()
+            AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().unwrap()
         };
-        let hash = |n: &str| {
-            KeySchemaElement::builder()
-                .attribute_name(n)
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap()
-        };
+        let hash = |n: &str| KeySchemaElement::builder().attribute_name(n).key_type(KeyType::Hash).build().unwrap();
         let mut names = Vec::new();
-        for (prefix, pk) in [
-            ("paykey-sessions-", "SessionID"),
-            ("paykey-api-keys-", "UserID"),
-        ] {
+        for (prefix, pk) in [("paykey-sessions-", "SessionID"), ("paykey-api-keys-", "UserID")] {
             let name = Self::unique(prefix);
             let mut req = ddb
                 .create_table()
@@ -67,20 +56,14 @@ impl Moto {
                 .attribute_definitions(def(pk))
                 .key_schema(hash(pk));
             if pk == "UserID" {
-                req = req
-                    .attribute_definitions(def("StripeCustomerId"))
-                    .global_secondary_indexes(
-                        GlobalSecondaryIndex::builder()
-                            .index_name(paykey::adapters::aws::CUSTOMER_INDEX)
-                            .key_schema(hash("StripeCustomerId"))
-                            .projection(
-                                Projection::builder()
-                                    .projection_type(ProjectionType::All)
-                                    .build(),
-                            )
-                            .build()
-                            .unwrap(),
-                    );
+                req = req.attribute_definitions(def("StripeCustomerId")).global_secondary_indexes(
+                    GlobalSecondaryIndex::builder()
+                        .index_name(paykey::adapters::aws::CUSTOMER_INDEX)
+                        .key_schema(hash("StripeCustomerId"))
+                        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                        .build()
+                        .unwrap(),
+                );
             }
             req.send().await.expect("create table on moto");
             names.push(name);
@@ -93,11 +76,7 @@ impl Moto {
         use aws_sdk_cognitoidentityprovider::types::{AttributeDataType, SchemaAttributeType};
         let idp = aws_sdk_cognitoidentityprovider::Client::new(&self.config);
         let attr = |n: &str| {
-            SchemaAttributeType::builder()
-                .name(n)
-                .attribute_data_type(AttributeDataType::String)
-                .mutable(true)
-                .build()
+            SchemaAttributeType::builder().name(n).attribute_data_type(AttributeDataType::String).mutable(true).build()
         };
         let out = idp
             .create_user_pool()
@@ -107,42 +86,24 @@ impl Moto {
             .send()
             .await
             .expect("create user pool on moto");
-        out.user_pool()
-            .and_then(|p| p.id())
-            .expect("pool id")
-            .to_string()
+        out.user_pool().and_then(|p| p.id()).expect("pool id").to_string()
     }
 
     pub async fn create_user(&self, pool: &str, user: &UserName) {
         let idp = aws_sdk_cognitoidentityprovider::Client::new(&self.config);
-        idp.admin_create_user()
-            .user_pool_id(pool)
-            .username(user.as_str())
-            .send()
-            .await
-            .expect("create user on moto");
+        idp.admin_create_user().user_pool_id(pool).username(user.as_str()).send().await.expect("create user on moto");
     }
 
     /// A REST API with a stage and a PRO usage plan bound to it; returns the plan id.
     pub async fn create_usage_plan(&self) -> String {
         use aws_sdk_apigateway::types::{ApiStage, QuotaPeriodType, QuotaSettings};
         let apigw = aws_sdk_apigateway::Client::new(&self.config);
-        let api = apigw
-            .create_rest_api()
-            .name(Self::unique("paykey-product-"))
-            .send()
-            .await
-            .expect("create rest api");
+        let api = apigw.create_rest_api().name(Self::unique("paykey-product-")).send().await.expect("create rest api");
         let api_id = api.id().expect("api id").to_string();
         let plan = apigw
             .create_usage_plan()
             .name(Self::unique("paykey-pro-"))
-            .quota(
-                QuotaSettings::builder()
-                    .limit(100_000)
-                    .period(QuotaPeriodType::Month)
-                    .build(),
-            )
+            .quota(QuotaSettings::builder().limit(100_000).period(QuotaPeriodType::Month).build())
             .api_stages(ApiStage::builder().api_id(api_id).stage("prod").build())
             .send()
             .await

@@ -17,23 +17,13 @@ pub struct ApiGatewayKeys {
 
 impl ApiGatewayKeys {
     pub fn new(config: &aws_config::SdkConfig, usage_plan_id: String) -> Self {
-        Self {
-            client: Client::new(config),
-            usage_plan_id,
-        }
+        Self { client: Client::new(config), usage_plan_id }
     }
 }
 
-fn issued(
-    id: Option<&str>,
-    name: Option<&str>,
-    enabled: bool,
-    op: &'static str,
-) -> Result<IssuedKey> {
+fn issued(id: Option<&str>, name: Option<&str>, enabled: bool, op: &'static str) -> Result<IssuedKey> {
     Ok(IssuedKey {
-        id: id
-            .ok_or_else(|| BackendError::new(SERVICE, op, "key without id"))?
-            .to_string(),
+        id: id.ok_or_else(|| BackendError::new(SERVICE, op, "key without id"))?.to_string(),
         name: name.unwrap_or_default().to_string(),
         enabled,
     })
@@ -62,9 +52,7 @@ impl KeyRegistry for ApiGatewayKeys {
                 }
             }
             match out.position() {
-                Some(p) if !p.is_empty() && !out.items().is_empty() => {
-                    position = Some(p.to_string())
-                }
+                Some(p) if !p.is_empty() && !out.items().is_empty() => position = Some(p.to_string()),
                 _ => break,
             }
         }
@@ -73,21 +61,9 @@ impl KeyRegistry for ApiGatewayKeys {
 
     async fn get(&self, id: &str) -> Result<Option<IssuedKey>> {
         const OP: &str = "GetApiKey";
-        match self
-            .client
-            .get_api_key()
-            .api_key(id)
-            .include_value(false)
-            .send()
-            .await
-        {
+        match self.client.get_api_key().api_key(id).include_value(false).send().await {
             Ok(k) => Ok(Some(issued(k.id(), k.name(), k.enabled(), OP)?)),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_not_found_exception()) =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => Ok(None),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
@@ -108,11 +84,7 @@ impl KeyRegistry for ApiGatewayKeys {
 
     async fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
         const OP: &str = "UpdateApiKey";
-        let patch = PatchOperation::builder()
-            .op(Op::Replace)
-            .path("/enabled")
-            .value(enabled.to_string())
-            .build();
+        let patch = PatchOperation::builder().op(Op::Replace).path("/enabled").value(enabled.to_string()).build();
         self.client
             .update_api_key()
             .api_key(id)
@@ -135,12 +107,7 @@ impl KeyRegistry for ApiGatewayKeys {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conflict_exception()) =>
-            {
-                Ok(())
-            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conflict_exception()) => Ok(()),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
@@ -148,38 +115,14 @@ impl KeyRegistry for ApiGatewayKeys {
     async fn detach_from_plan(&self, id: &str) -> Result<()> {
         const OP: &str = "DeleteUsagePlanKey";
         // Ask first: deleting a key that is not in the plan is NotFound on AWS and a 500 on moto.
-        match self
-            .client
-            .get_usage_plan_key()
-            .usage_plan_id(&self.usage_plan_id)
-            .key_id(id)
-            .send()
-            .await
-        {
+        match self.client.get_usage_plan_key().usage_plan_id(&self.usage_plan_id).key_id(id).send().await {
             Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_not_found_exception()) =>
-            {
-                return Ok(())
-            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => return Ok(()),
             Err(e) => return Err(BackendError::new(SERVICE, "GetUsagePlanKey", describe(&e))),
         }
-        match self
-            .client
-            .delete_usage_plan_key()
-            .usage_plan_id(&self.usage_plan_id)
-            .key_id(id)
-            .send()
-            .await
-        {
+        match self.client.delete_usage_plan_key().usage_plan_id(&self.usage_plan_id).key_id(id).send().await {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_not_found_exception()) =>
-            {
-                Ok(())
-            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => Ok(()),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
@@ -198,15 +141,9 @@ impl KeyRegistry for ApiGatewayKeys {
                 .send()
                 .await
                 .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-            ids.extend(
-                out.items()
-                    .iter()
-                    .filter_map(|k| k.id().map(str::to_string)),
-            );
+            ids.extend(out.items().iter().filter_map(|k| k.id().map(str::to_string)));
             match out.position() {
-                Some(p) if !p.is_empty() && !out.items().is_empty() => {
-                    position = Some(p.to_string())
-                }
+                Some(p) if !p.is_empty() && !out.items().is_empty() => position = Some(p.to_string()),
                 _ => break,
             }
         }
@@ -215,24 +152,12 @@ impl KeyRegistry for ApiGatewayKeys {
 
     async fn get_with_value(&self, id: &str) -> Result<Option<(IssuedKey, String)>> {
         const OP: &str = "GetApiKey";
-        match self
-            .client
-            .get_api_key()
-            .api_key(id)
-            .include_value(true)
-            .send()
-            .await
-        {
+        match self.client.get_api_key().api_key(id).include_value(true).send().await {
             Ok(k) => {
                 let value = k.value().unwrap_or_default().to_string();
                 Ok(Some((issued(k.id(), k.name(), k.enabled(), OP)?, value)))
             }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_not_found_exception()) =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => Ok(None),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }

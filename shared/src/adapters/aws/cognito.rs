@@ -19,31 +19,16 @@ pub struct CognitoUsers {
 
 impl CognitoUsers {
     pub fn new(config: &aws_config::SdkConfig, pool_id: String) -> Self {
-        Self {
-            client: Client::new(config),
-            pool_id,
-        }
+        Self { client: Client::new(config), pool_id }
     }
 }
 
 impl UserDirectory for CognitoUsers {
     async fn get_user(&self, user: &UserName) -> Result<Option<UserProfile>> {
         const OP: &str = "AdminGetUser";
-        let out = match self
-            .client
-            .admin_get_user()
-            .user_pool_id(&self.pool_id)
-            .username(user.as_str())
-            .send()
-            .await
-        {
+        let out = match self.client.admin_get_user().user_pool_id(&self.pool_id).username(user.as_str()).send().await {
             Ok(out) => out,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_user_not_found_exception()) =>
-            {
-                return Ok(None)
-            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_user_not_found_exception()) => return Ok(None),
             Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
         };
         let mut profile = UserProfile::default();
@@ -51,9 +36,10 @@ impl UserDirectory for CognitoUsers {
             match (a.name(), a.value()) {
                 (PLAN_ATTRIBUTE, Some(v)) => profile.plan = v.parse::<Plan>().ok(),
                 (CUSTOMER_ATTRIBUTE, Some(v)) if !v.is_empty() => {
-                    profile.customer_id = Some(CustomerId::parse(v).map_err(|e| {
-                        BackendError::new(SERVICE, OP, format!("{CUSTOMER_ATTRIBUTE}: {e}"))
-                    })?)
+                    profile.customer_id = Some(
+                        CustomerId::parse(v)
+                            .map_err(|e| BackendError::new(SERVICE, OP, format!("{CUSTOMER_ATTRIBUTE}: {e}")))?,
+                    )
                 }
                 _ => {}
             }
@@ -61,19 +47,10 @@ impl UserDirectory for CognitoUsers {
         Ok(Some(profile))
     }
 
-    async fn set_plan(
-        &self,
-        user: &UserName,
-        plan: Plan,
-        customer: Option<&CustomerId>,
-    ) -> Result<()> {
+    async fn set_plan(&self, user: &UserName, plan: Plan, customer: Option<&CustomerId>) -> Result<()> {
         const OP: &str = "AdminUpdateUserAttributes";
         let attr = |n: &str, v: &str| {
-            AttributeType::builder()
-                .name(n)
-                .value(v)
-                .build()
-                .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))
+            AttributeType::builder().name(n).value(v).build().map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))
         };
         let mut req = self
             .client
@@ -84,9 +61,7 @@ impl UserDirectory for CognitoUsers {
         if let Some(c) = customer {
             req = req.user_attributes(attr(CUSTOMER_ATTRIBUTE, c.as_str())?);
         }
-        req.send()
-            .await
-            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        req.send().await.map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         Ok(())
     }
 }

@@ -8,8 +8,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use super::describe;
 use crate::config::Tables;
 use crate::domain::{
-    AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan,
-    SessionId, SubscriptionId, UserName,
+    AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId,
+    SubscriptionId, UserName,
 };
 use crate::ports::{AccountLock, Claim, Commit, Result, SessionStore};
 
@@ -31,10 +31,7 @@ pub struct DynamoStore {
 
 impl DynamoStore {
     pub fn new(config: &aws_config::SdkConfig, tables: Tables) -> Self {
-        Self {
-            client: Client::new(config),
-            tables,
-        }
+        Self { client: Client::new(config), tables }
     }
 
     pub fn from_client(client: Client, tables: Tables) -> Self {
@@ -59,9 +56,7 @@ fn bad(op: &'static str, what: impl Into<String>) -> BackendError {
 }
 
 fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
-    item.get(name)
-        .and_then(|v| v.as_s().ok())
-        .map(String::as_str)
+    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
 
 fn req_s<'a>(item: &'a Item, name: &str, op: &'static str) -> Result<&'a str> {
@@ -95,43 +90,25 @@ fn session_item(r: &CheckoutRecord) -> Item {
     ]);
     if let Some((token, until)) = &r.lease {
         item.insert("LeaseToken".to_string(), s(token.clone()));
-        item.insert(
-            "LeaseUntil".to_string(),
-            AttributeValue::N(until.timestamp_millis().to_string()),
-        );
+        item.insert("LeaseUntil".to_string(), AttributeValue::N(until.timestamp_millis().to_string()));
     }
     item
 }
 
 fn session_from_item(item: &Item, op: &'static str) -> Result<CheckoutRecord> {
-    let lease = match (
-        get_s(item, "LeaseToken"),
-        item.get("LeaseUntil").and_then(|v| v.as_n().ok()),
-    ) {
+    let lease = match (get_s(item, "LeaseToken"), item.get("LeaseUntil").and_then(|v| v.as_n().ok())) {
         (Some(t), Some(n)) => {
             let ms = n.parse::<i64>().map_err(|_| bad(op, "LeaseUntil"))?;
-            Some((
-                t.to_string(),
-                DateTime::from_timestamp_millis(ms).ok_or_else(|| bad(op, "LeaseUntil"))?,
-            ))
+            Some((t.to_string(), DateTime::from_timestamp_millis(ms).ok_or_else(|| bad(op, "LeaseUntil"))?))
         }
         _ => None,
     };
     Ok(CheckoutRecord {
-        session_id: SessionId::parse(req_s(item, "SessionID", op)?)
-            .map_err(|e| bad(op, e.to_string()))?,
-        user_name: UserName::parse(req_s(item, "UserName", op)?)
-            .map_err(|e| bad(op, e.to_string()))?,
-        one_time_key: OneTimeKey::parse(req_s(item, "OneTimeKey", op)?)
-            .map_err(|e| bad(op, e.to_string()))?,
-        paid: item
-            .get("PaidFlag")
-            .and_then(|v| v.as_bool().ok())
-            .copied()
-            .unwrap_or(false),
-        status: req_s(item, "Status", op)?
-            .parse::<CheckoutStatus>()
-            .map_err(|e| bad(op, e))?,
+        session_id: SessionId::parse(req_s(item, "SessionID", op)?).map_err(|e| bad(op, e.to_string()))?,
+        user_name: UserName::parse(req_s(item, "UserName", op)?).map_err(|e| bad(op, e.to_string()))?,
+        one_time_key: OneTimeKey::parse(req_s(item, "OneTimeKey", op)?).map_err(|e| bad(op, e.to_string()))?,
+        paid: item.get("PaidFlag").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        status: req_s(item, "Status", op)?.parse::<CheckoutStatus>().map_err(|e| bad(op, e))?,
         lease,
         created_at: get_time(item, "CreatedAt", op)?,
         updated_at: get_time(item, "UpdatedAt", op)?,
@@ -147,30 +124,13 @@ fn account_item(a: &AccountRecord) -> Item {
     ]);
     let optional = [
         ("ApiKeyId", a.api_key_id.clone()),
-        (
-            "StripeCustomerId",
-            a.customer_id.as_ref().map(|c| c.to_string()),
-        ),
-        (
-            "StripeSubscriptionId",
-            a.subscription_id.as_ref().map(|c| c.to_string()),
-        ),
+        ("StripeCustomerId", a.customer_id.as_ref().map(|c| c.to_string())),
+        ("StripeSubscriptionId", a.subscription_id.as_ref().map(|c| c.to_string())),
         ("SubscriptionStatus", a.subscription_status.clone()),
-        (
-            "PeriodEnd",
-            a.period_end
-                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
-        ),
-        (
-            "PastDueSince",
-            a.past_due_since
-                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
-        ),
+        ("PeriodEnd", a.period_end.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
+        ("PastDueSince", a.past_due_since.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
     ];
-    item.insert(
-        "CancelAtPeriodEnd".to_string(),
-        AttributeValue::Bool(a.cancel_at_period_end),
-    );
+    item.insert("CancelAtPeriodEnd".to_string(), AttributeValue::Bool(a.cancel_at_period_end));
     for (k, v) in optional {
         if let Some(v) = v {
             item.insert(k.to_string(), s(v));
@@ -197,12 +157,8 @@ fn account_from_item_opt(item: &Item, op: &'static str) -> Result<Option<Account
 
 fn account_from_item(item: &Item, op: &'static str) -> Result<AccountRecord> {
     Ok(AccountRecord {
-        user_name: UserName::parse(req_s(item, "UserID", op)?)
-            .map_err(|e| bad(op, e.to_string()))?,
-        plan: get_s(item, "Type")
-            .unwrap_or("FREE")
-            .parse::<Plan>()
-            .map_err(|e| bad(op, e))?,
+        user_name: UserName::parse(req_s(item, "UserID", op)?).map_err(|e| bad(op, e.to_string()))?,
+        plan: get_s(item, "Type").unwrap_or("FREE").parse::<Plan>().map_err(|e| bad(op, e))?,
         api_key_id: get_s(item, "ApiKeyId").map(str::to_string),
         customer_id: get_s(item, "StripeCustomerId")
             .map(CustomerId::parse)
@@ -213,11 +169,7 @@ fn account_from_item(item: &Item, op: &'static str) -> Result<AccountRecord> {
             .transpose()
             .map_err(|e| bad(op, e.to_string()))?,
         subscription_status: get_s(item, "SubscriptionStatus").map(str::to_string),
-        cancel_at_period_end: item
-            .get("CancelAtPeriodEnd")
-            .and_then(|v| v.as_bool().ok())
-            .copied()
-            .unwrap_or(false),
+        cancel_at_period_end: item.get("CancelAtPeriodEnd").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
         period_end: opt_time(item, "PeriodEnd", op)?,
         past_due_since: opt_time(item, "PastDueSince", op)?,
         // Records written by the Python version have no UpdatedAt.
@@ -250,10 +202,7 @@ impl SessionStore for DynamoStore {
             .send()
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        out.item
-            .as_ref()
-            .map(|i| session_from_item(i, OP))
-            .transpose()
+        out.item.as_ref().map(|i| session_from_item(i, OP)).transpose()
     }
 
     async fn claim(
@@ -285,18 +234,10 @@ impl SessionStore for DynamoStore {
             .await;
         match res {
             Ok(out) => {
-                let item = out
-                    .attributes
-                    .ok_or_else(|| bad(OP, "no attributes returned"))?;
-                Ok(Claim::Acquired {
-                    token: token.to_string(),
-                    record: session_from_item(&item, OP)?,
-                })
+                let item = out.attributes.ok_or_else(|| bad(OP, "no attributes returned"))?;
+                Ok(Claim::Acquired { token: token.to_string(), record: session_from_item(&item, OP)? })
             }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
                 Ok(match self.get(id).await? {
                     None => Claim::Missing,
                     Some(r) if r.status == CheckoutStatus::Fulfilled => Claim::AlreadyFulfilled,
@@ -307,13 +248,7 @@ impl SessionStore for DynamoStore {
         }
     }
 
-    async fn fulfil(
-        &self,
-        id: &SessionId,
-        token: &str,
-        account: &AccountRecord,
-        now: DateTime<Utc>,
-    ) -> Result<Commit> {
+    async fn fulfil(&self, id: &SessionId, token: &str, account: &AccountRecord, now: DateTime<Utc>) -> Result<Commit> {
         const OP: &str = "TransactWriteItems(fulfil)";
         let update = Update::builder()
             .table_name(&self.tables.sessions)
@@ -358,15 +293,8 @@ impl SessionStore for DynamoStore {
                 if condition_failed {
                     Ok(Commit::LeaseLost)
                 } else {
-                    let msg = e
-                        .as_service_error()
-                        .and_then(|se| se.message())
-                        .map(str::to_string);
-                    Err(BackendError::new(
-                        SERVICE,
-                        OP,
-                        msg.unwrap_or_else(|| describe(&e)),
-                    ))
+                    let msg = e.as_service_error().and_then(|se| se.message()).map(str::to_string);
+                    Err(BackendError::new(SERVICE, OP, msg.unwrap_or_else(|| describe(&e))))
                 }
             }
         }
@@ -389,10 +317,7 @@ impl SessionStore for DynamoStore {
         }
     }
 
-    async fn find_account_by_customer(
-        &self,
-        customer: &CustomerId,
-    ) -> Result<Option<AccountRecord>> {
+    async fn find_account_by_customer(&self, customer: &CustomerId) -> Result<Option<AccountRecord>> {
         const OP: &str = "Query(account by customer)";
         let out = self
             .client
@@ -428,14 +353,8 @@ impl SessionStore for DynamoStore {
             .update_expression("SET LockToken = :tok, LockUntil = :until")
             .condition_expression("attribute_not_exists(LockUntil) OR LockUntil < :now")
             .expression_attribute_values(":tok", s(token))
-            .expression_attribute_values(
-                ":until",
-                AttributeValue::N(until.timestamp_millis().to_string()),
-            )
-            .expression_attribute_values(
-                ":now",
-                AttributeValue::N(now.timestamp_millis().to_string()),
-            )
+            .expression_attribute_values(":until", AttributeValue::N(until.timestamp_millis().to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now.timestamp_millis().to_string()))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
@@ -444,10 +363,7 @@ impl SessionStore for DynamoStore {
                 Some(item) => account_from_item_opt(item, OP)?,
                 None => None,
             })),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
                 Ok(AccountLock::Busy)
             }
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
@@ -468,12 +384,7 @@ impl SessionStore for DynamoStore {
             .await;
         match res {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
@@ -491,10 +402,7 @@ impl SessionStore for DynamoStore {
             .await;
         match res {
             Ok(_) => Ok(Commit::Done),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
                 Ok(Commit::LeaseLost)
             }
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
@@ -515,12 +423,7 @@ impl SessionStore for DynamoStore {
         Ok(out.item.is_some())
     }
 
-    async fn mark_event(
-        &self,
-        event_id: &str,
-        event_type: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<()> {
+    async fn mark_event(&self, event_id: &str, event_type: &str, expires_at: DateTime<Utc>) -> Result<()> {
         const OP: &str = "PutItem(event)";
         self.client
             .put_item()

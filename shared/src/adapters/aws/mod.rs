@@ -5,10 +5,12 @@
 mod apigateway;
 mod cognito;
 mod dynamodb;
+mod ssm;
 
 pub use apigateway::ApiGatewayKeys;
 pub use cognito::CognitoUsers;
 pub use dynamodb::{DynamoStore, CUSTOMER_INDEX};
+pub use ssm::secure_parameter;
 
 use aws_config::BehaviorVersion;
 
@@ -27,11 +29,7 @@ where
     match err {
         SdkError::ServiceError(e) => {
             let e = e.err();
-            format!(
-                "{}: {}",
-                e.code().unwrap_or("ServiceError"),
-                e.message().unwrap_or("no message")
-            )
+            format!("{}: {}", e.code().unwrap_or("ServiceError"), e.message().unwrap_or("no message"))
         }
         SdkError::TimeoutError(_) => "timed out".to_string(),
         SdkError::DispatchFailure(e) => format!("dispatch failure: {e:?}"),

@@ -144,6 +144,7 @@ impl Emu {
             ("POST", ["products"]) => self.create_product(form),
             ("GET", ["products"]) => ApiResult::ok(objects::list(self.products.values().cloned().collect(), "/v1/products")),
             ("GET", ["products", id]) => self.products.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("product", id, "id")),
+            ("POST", ["products", id]) => self.update_product(id, form),
             ("POST", ["prices"]) => self.create_price(form),
             ("GET", ["prices"]) => self.list_prices(form),
             ("GET", ["prices", id]) => self.prices.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("price", id, "price")),
@@ -199,6 +200,21 @@ impl Emu {
         let p = objects::product(&id, name, now(), metadata(form, "metadata"));
         self.products.insert(id, p.clone());
         ApiResult::ok(p)
+    }
+
+    fn update_product(&mut self, id: &str, form: &Form) -> ApiResult {
+        let Some(p) = self.products.get_mut(id) else { return ApiResult::missing("product", id, "id") };
+        if let Some(n) = form.get("name") {
+            p["name"] = json!(n);
+        }
+        if let Some(a) = form.get("active") {
+            p["active"] = json!(a == "true");
+        }
+        for (k, v) in form.map("metadata") {
+            p["metadata"][k] = json!(v);
+        }
+        p["updated"] = json!(now());
+        ApiResult::ok(p.clone())
     }
 
     fn create_price(&mut self, form: &Form) -> ApiResult {

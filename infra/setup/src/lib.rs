@@ -1,0 +1,334 @@
+//! Creates or updates, in a Stripe account, what paykey needs: the PRO product, its monthly
+//! price carrying the lookup key, a billing portal configuration (cancel allowed, invoice
+//! history on) and the webhook endpoint for the events paykey handles, pinned to the API
+//! version async-stripe speaks. Every create carries an idempotency key derived from the
+//! settings; a second run changes nothing and says so.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use stripe::{Client, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_billing::billing_portal_configuration::{
+    CreateBillingPortalConfiguration, CreateBillingPortalConfigurationFeatures,
+    CreateBillingPortalConfigurationFeaturesSubscriptionCancel,
+    CreateBillingPortalConfigurationFeaturesSubscriptionCancelMode, InvoiceListParam, ListBillingPortalConfiguration,
+    UpdateBillingPortalConfiguration, UpdateBillingPortalConfigurationFeatures,
+    UpdateBillingPortalConfigurationFeaturesSubscriptionCancel,
+    UpdateBillingPortalConfigurationFeaturesSubscriptionCancelMode,
+};
+use stripe_misc::webhook_endpoint::{
+    CreateWebhookEndpoint, CreateWebhookEndpointEnabledEvents, ListWebhookEndpoint, UpdateWebhookEndpoint,
+    UpdateWebhookEndpointEnabledEvents,
+};
+use stripe_product::price::{CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, ListPrice};
+use stripe_product::product::{CreateProduct, RetrieveProduct, UpdateProduct};
+
+/// What to set up.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub product_name: String,
+    pub lookup_key: String,
+    /// In the currency's minor unit (JPY has none).
+    pub unit_amount: i64,
+    pub currency: String,
+    /// `day`, `week`, `month` or `year`.
+    pub interval: String,
+    /// Where Stripe sends events (paykey's `…/stripe/webhook`); none: no endpoint is managed.
+    pub webhook_url: Option<String>,
+    /// The portal's default return URL (the front end).
+    pub portal_return_url: Option<String>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self {
+            product_name: "FMMail PRO".into(),
+            lookup_key: "FMMailPro".into(),
+            unit_amount: 980,
+            currency: "jpy".into(),
+            interval: "month".into(),
+            webhook_url: None,
+            portal_return_url: None,
+        }
+    }
+}
+
+/// The events paykey's webhook acts on.
+pub fn webhook_events() -> Vec<&'static str> {
+    paykey::flows::handled_event_types()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Created(String),
+    Updated(String),
+    Unchanged(String),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Created(s) => write!(f, "created   {s}"),
+            Change::Updated(s) => write!(f, "updated   {s}"),
+            Change::Unchanged(s) => write!(f, "unchanged {s}"),
+        }
+    }
+}
+
+/// What a run did; `webhook_secret` is set only when the endpoint was created (Stripe shows
+/// it once).
+#[derive(Debug, Default)]
+pub struct Report {
+    pub changes: Vec<Change>,
+    pub price_id: Option<String>,
+    pub webhook_secret: Option<String>,
+}
+
+impl Report {
+    pub fn changed_anything(&self) -> bool {
+        self.changes.iter().any(|c| !matches!(c, Change::Unchanged(_)))
+    }
+}
+
+#[derive(Debug)]
+pub struct SetupError(pub String);
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+fn err(what: &str, e: StripeError) -> SetupError {
+    let detail = match &e {
+        StripeError::Stripe(api, status) => format!("{status} {}", api.message.as_deref().unwrap_or("")),
+        other => other.to_string(),
+    };
+    SetupError(format!("{what}: {detail}"))
+}
+
+fn idem(key: String) -> Result<RequestStrategy, SetupError> {
+    IdempotencyKey::new(key).map(RequestStrategy::Idempotent).map_err(|e| SetupError(e.to_string()))
+}
+
+fn interval(s: &str) -> Result<CreatePriceRecurringInterval, SetupError> {
+    match s {
+        "day" => Ok(CreatePriceRecurringInterval::Day),
+        "week" => Ok(CreatePriceRecurringInterval::Week),
+        "month" => Ok(CreatePriceRecurringInterval::Month),
+        "year" => Ok(CreatePriceRecurringInterval::Year),
+        other => Err(SetupError(format!("interval must be day, week, month or year, not {other:?}"))),
+    }
+}
+
+const MARK: &str = "paykey";
+
+/// Creates or updates everything; idempotent.
+pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
+    // Check the settings before touching the account.
+    let recurring_interval = interval(&c.interval)?;
+    let currency = c
+        .currency
+        .parse::<stripe_types::Currency>()
+        .map_err(|_| SetupError(format!("unknown currency {:?}", c.currency)))?;
+    if c.unit_amount < 0 || c.lookup_key.is_empty() || c.product_name.is_empty() {
+        return Err(SetupError("amount, lookup key and product name must be given".into()));
+    }
+    let mut report = Report::default();
+    let product_id = format!("paykey_{}", c.lookup_key);
+
+    // Product: a deterministic id, so it is found again.
+    match RetrieveProduct::new(product_id.as_str()).send(client).await {
+        Ok(p) if p.name == c.product_name && p.active => {
+            report.changes.push(Change::Unchanged(format!("product {product_id}")))
+        }
+        Ok(_) => {
+            UpdateProduct::new(product_id.as_str())
+                .name(c.product_name.as_str())
+                .active(true)
+                .send(client)
+                .await
+                .map_err(|e| err("update product", e))?;
+            report.changes.push(Change::Updated(format!("product {product_id} (name {:?})", c.product_name)));
+        }
+        Err(StripeError::Stripe(_, 404)) => {
+            CreateProduct::new(c.product_name.as_str())
+                .id(product_id.as_str())
+                .metadata(HashMap::from([(MARK.to_string(), "true".to_string())]))
+                .customize()
+                .request_strategy(idem(format!("paykey-setup-product-{product_id}"))?)
+                .send(client)
+                .await
+                .map_err(|e| err("create product", e))?;
+            report.changes.push(Change::Created(format!("product {product_id}")));
+        }
+        Err(e) => return Err(err("retrieve product", e)),
+    }
+
+    // Price: the one holding the lookup key, if it matches; else a new one that takes the key over.
+    let prices = ListPrice::new()
+        .lookup_keys(vec![c.lookup_key.clone()])
+        .limit(1)
+        .send(client)
+        .await
+        .map_err(|e| err("list prices", e))?;
+    let current = prices.data.into_iter().next();
+    let matches = current.as_ref().is_some_and(|p| {
+        p.active
+            && p.unit_amount == Some(c.unit_amount)
+            && p.currency.to_string() == c.currency
+            && p.product.id().as_str() == product_id
+            && p.recurring.as_ref().is_some_and(|r| r.interval.as_str() == c.interval)
+    });
+    if matches {
+        let id = current.map(|p| p.id.to_string()).unwrap_or_default();
+        report.changes.push(Change::Unchanged(format!(
+            "price {id} ({} {} per {}, lookup key {})",
+            c.unit_amount, c.currency, c.interval, c.lookup_key
+        )));
+        report.price_id = Some(id);
+    } else {
+        let price = CreatePrice::new(currency)
+            .product(product_id.as_str())
+            .unit_amount(c.unit_amount)
+            .recurring(CreatePriceRecurring::new(recurring_interval))
+            .lookup_key(c.lookup_key.as_str())
+            .transfer_lookup_key(true)
+            .nickname(format!("{} {}", c.product_name, c.interval))
+            .customize()
+            .request_strategy(idem(format!(
+                "paykey-setup-price-{}-{}-{}-{}-{}",
+                product_id, c.lookup_key, c.unit_amount, c.currency, c.interval
+            ))?)
+            .send(client)
+            .await
+            .map_err(|e| err("create price", e))?;
+        report.changes.push(Change::Created(format!(
+            "price {} ({} {} per {}, lookup key {}{})",
+            price.id,
+            c.unit_amount,
+            c.currency,
+            c.interval,
+            c.lookup_key,
+            if current.is_some() { ", moved from the old price" } else { "" }
+        )));
+        report.price_id = Some(price.id.to_string());
+    }
+
+    // Billing portal configuration: ours is marked with metadata.
+    let configs = ListBillingPortalConfiguration::new()
+        .limit(100)
+        .send(client)
+        .await
+        .map_err(|e| err("list portal configurations", e))?;
+    let ours = configs
+        .data
+        .into_iter()
+        .find(|cfg| cfg.metadata.as_ref().and_then(|m| m.get(MARK)).is_some_and(|v| v == "true"));
+    match ours {
+        Some(cfg) => {
+            let f = &cfg.features;
+            let ok = f.subscription_cancel.enabled
+                && f.subscription_cancel.mode.as_str() == "immediately"
+                && f.invoice_history.enabled
+                && (c.portal_return_url.is_none() || cfg.default_return_url == c.portal_return_url);
+            if ok {
+                report.changes.push(Change::Unchanged(format!("billing portal configuration {}", cfg.id)));
+            } else {
+                let mut features = UpdateBillingPortalConfigurationFeatures::new();
+                let mut cancel = UpdateBillingPortalConfigurationFeaturesSubscriptionCancel::new();
+                cancel.enabled = Some(true);
+                cancel.mode = Some(UpdateBillingPortalConfigurationFeaturesSubscriptionCancelMode::Immediately);
+                features.subscription_cancel = Some(cancel);
+                features.invoice_history = Some(InvoiceListParam::new(true));
+                let mut req = UpdateBillingPortalConfiguration::new(cfg.id.as_str()).features(features);
+                if let Some(u) = &c.portal_return_url {
+                    req = req.default_return_url(u.as_str());
+                }
+                req.send(client).await.map_err(|e| err("update portal configuration", e))?;
+                report.changes.push(Change::Updated(format!(
+                    "billing portal configuration {} (cancel, invoice history)",
+                    cfg.id
+                )));
+            }
+        }
+        None => {
+            let mut features = CreateBillingPortalConfigurationFeatures::new();
+            let mut cancel = CreateBillingPortalConfigurationFeaturesSubscriptionCancel::new(true);
+            cancel.mode = Some(CreateBillingPortalConfigurationFeaturesSubscriptionCancelMode::Immediately);
+            features.subscription_cancel = Some(cancel);
+            features.invoice_history = Some(InvoiceListParam::new(true));
+            let mut req = CreateBillingPortalConfiguration::new(features)
+                .metadata(HashMap::from([(MARK.to_string(), "true".to_string())]));
+            if let Some(u) = &c.portal_return_url {
+                req = req.default_return_url(u.as_str());
+            }
+            let cfg = req
+                .customize()
+                .request_strategy(idem(format!(
+                    "paykey-setup-portal-{}",
+                    c.portal_return_url.as_deref().unwrap_or("-")
+                ))?)
+                .send(client)
+                .await
+                .map_err(|e| err("create portal configuration", e))?;
+            report.changes.push(Change::Created(format!(
+                "billing portal configuration {} (cancel immediately, invoice history)",
+                cfg.id
+            )));
+        }
+    }
+
+    // Webhook endpoint for the events paykey handles, pinned to async-stripe's API version.
+    if let Some(url) = &c.webhook_url {
+        let wanted: Vec<String> = webhook_events().iter().map(|s| s.to_string()).collect();
+        let endpoints =
+            ListWebhookEndpoint::new().limit(100).send(client).await.map_err(|e| err("list webhook endpoints", e))?;
+        match endpoints.data.into_iter().find(|e| &e.url == url) {
+            Some(e) => {
+                let mut have: Vec<String> = e.enabled_events.clone();
+                have.sort();
+                let mut want = wanted.clone();
+                want.sort();
+                if have == want && e.status == "enabled" {
+                    report.changes.push(Change::Unchanged(format!("webhook endpoint {} → {url}", e.id)));
+                } else {
+                    let events: Vec<UpdateWebhookEndpointEnabledEvents> = wanted
+                        .iter()
+                        .map(|s| s.parse().map_err(|_| SetupError(format!("event {s}"))))
+                        .collect::<Result<_, _>>()?;
+                    UpdateWebhookEndpoint::new(e.id.as_str())
+                        .enabled_events(events)
+                        .disabled(false)
+                        .send(client)
+                        .await
+                        .map_err(|er| err("update webhook endpoint", er))?;
+                    report.changes.push(Change::Updated(format!("webhook endpoint {} (events)", e.id)));
+                }
+            }
+            None => {
+                let events: Vec<CreateWebhookEndpointEnabledEvents> = wanted
+                    .iter()
+                    .map(|s| s.parse().map_err(|_| SetupError(format!("event {s}"))))
+                    .collect::<Result<_, _>>()?;
+                let e = CreateWebhookEndpoint::new(events, url.as_str())
+                    .api_version(stripe_shared::version::VERSION)
+                    .description("paykey: plan and key lifecycle")
+                    .customize()
+                    .request_strategy(idem(format!("paykey-setup-webhook-{url}"))?)
+                    .send(client)
+                    .await
+                    .map_err(|er| err("create webhook endpoint", er))?;
+                report.webhook_secret = e.secret.clone();
+                report.changes.push(Change::Created(format!(
+                    "webhook endpoint {} → {url} (API version {})",
+                    e.id,
+                    stripe_shared::version::VERSION
+                )));
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,83 @@
+//! `paykey-setup`: create or update paykey's Stripe catalog.
+//!
+//! ```text
+//! STRIPE_API_KEY=sk_test_… paykey-setup [--webhook-url URL] [--return-url URL]
+//!     [--product-name "FMMail PRO"] [--lookup-key FMMailPro] [--amount 980] [--currency jpy] [--interval month]
+//! ```
+//! `STRIPE_API_BASE` points it at another Stripe-compatible server (the local emulator).
+
+use std::process::ExitCode;
+
+use paykey_setup::{run, Catalog};
+
+fn usage() -> &'static str {
+    "usage: STRIPE_API_KEY=sk_… paykey-setup [--webhook-url URL] [--return-url URL] [--product-name NAME] \
+     [--lookup-key KEY] [--amount MINOR_UNITS] [--currency ISO] [--interval day|week|month|year]"
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let mut c = Catalog::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        let r = match a.as_str() {
+            "--webhook-url" => value(&a).map(|v| c.webhook_url = Some(v)),
+            "--return-url" => value(&a).map(|v| c.portal_return_url = Some(v)),
+            "--product-name" => value(&a).map(|v| c.product_name = v),
+            "--lookup-key" => value(&a).map(|v| c.lookup_key = v),
+            "--amount" => value(&a).and_then(|v| {
+                v.parse().map(|n| c.unit_amount = n).map_err(|_| format!("--amount takes a whole number, got {v:?}"))
+            }),
+            "--currency" => value(&a).map(|v| c.currency = v.to_lowercase()),
+            "--interval" => value(&a).map(|v| c.interval = v),
+            "-h" | "--help" => {
+                println!("{}", usage());
+                return ExitCode::SUCCESS;
+            }
+            other => Err(format!("unknown argument {other:?}\n{}", usage())),
+        };
+        if let Err(e) = r {
+            eprintln!("paykey-setup: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let env = paykey::config::Env::from_process();
+    let cfg = match paykey::config::StripeConfig::from_env(&env) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("paykey-setup: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = stripe::ClientBuilder::new(cfg.secret_key.expose());
+    if let Some(base) = &cfg.api_base {
+        builder = builder.url(base.clone());
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("paykey-setup: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&client, &c).await {
+        Ok(report) => {
+            for ch in &report.changes {
+                println!("{ch}");
+            }
+            if let Some(s) = &report.webhook_secret {
+                println!("\nwebhook signing secret (shown once by Stripe): {s}");
+                println!("store it: aws ssm put-parameter --type SecureString --name /paykey/stripe/webhook-secret --value '<secret>'");
+            }
+            if !report.changed_anything() {
+                println!("\nnothing to change: the Stripe catalog is already set up");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("paykey-setup: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -14,16 +14,23 @@ mkdir -p "$cache"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 venv=$cache/venv
 MOTO_VERSION=5.2.5
+# Pinned Python tools: moto for the AWS adapters, cfn-lint and SAM CLI for template.yaml,
+# pytest for the template assertions, cargo-lambda + zig for the Lambda builds.
+PY_TOOLS="moto[server]==$MOTO_VERSION cfn-lint==1.58.0 aws-sam-cli==1.170.0 pytest==9.2.0 cargo-lambda==1.9.2 ziglang==0.17.1"
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "python tools (moto[server]==$MOTO_VERSION) in $venv"
+step "python tools in $venv: $PY_TOOLS"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+stamp=$venv/.paykey-tools
+if [ "$(cat "$stamp" 2>/dev/null)" != "$PY_TOOLS" ]; then
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install --quiet --disable-pip-version-check $PY_TOOLS
+  echo "$PY_TOOLS" >"$stamp"
 fi
+export PATH="$venv/bin:$PATH"
 
 step "moto_server on loopback"
 port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -47,9 +54,15 @@ if [ -z "${PAYKEY_QUICK:-}" ]; then
   cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
-step "cargo test (flows, handlers, adapter contracts on memory, moto and the Stripe emulator, local stack e2e)"
+step "template.yaml: cfn-lint, sam validate --lint, security assertions"
+cfn-lint --version
+cfn-lint template.yaml
+SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1} sam validate --lint --template template.yaml
 log=$cache/last-test.log
-cargo test --workspace --lib --bins --tests 2>&1 | tee "$log"
+python -m pytest -q infra/tests 2>&1 | tee "$log"
+
+step "cargo test (flows, handlers, adapter contracts on memory, moto and the Stripe emulator, local stack e2e)"
+cargo test --workspace --lib --bins --tests 2>&1 | tee -a "$log"
 
 step "browser test: headless Chromium (Debian) driven by playwright-core"
 if ! command -v chromium >/dev/null 2>&1; then
@@ -65,7 +78,7 @@ export PAYKEY_ARTIFACTS=$root/artifacts/screenshots
 PAYKEY_LOCAL_BIN=$CARGO_TARGET_DIR/debug/paykey-local CHROMIUM_PATH=$(command -v chromium) \
   node --test infra/e2e/browser.test.mjs 2>&1 | tee -a "$log"
 
-# One closing line for the whole run (cargo prints one per test binary, node one in all).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+# One closing line for the whole run (cargo prints one per test binary; pytest and node one each).
+awk '/^test result:/ || /^[0-9]+ (passed|failed)/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      /^# pass / { p += $3 } /^# fail / { f += $3 }
      END { printf "\ntotal: %d passed, %d failed\n", p, f }' "$log"

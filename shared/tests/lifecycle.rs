@@ -253,3 +253,33 @@ async fn the_redirect_and_the_first_webhooks_racing_issue_one_key() {
     assert_eq!(w.app.keys.all().len(), 1, "{:?}", w.app.keys.all());
     w.assert_fulfilled_once(&u, &id).await;
 }
+
+/// An event whose handler read the subscription as "active", then had to wait for the
+/// account lock while the subscription was cancelled, must not re-upgrade the user: the
+/// state is read again under the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_that_read_the_subscription_before_a_cancellation_does_not_undo_it() {
+    use paykey::ports::SessionStore;
+    let w = Arc::new(World::new());
+    let (u, sub) = pro_user(&w, "alice").await;
+    // Another handler holds the lock (as the cancellation's would).
+    let now = w.app.clock.now();
+    w.app.store.lock_account(&u, "held", now, now + chrono::Duration::seconds(60)).await.unwrap();
+    let paid = {
+        let w = Arc::clone(&w);
+        let sub = sub.clone();
+        tokio::spawn(async move {
+            handle(
+                &w,
+                &event("evt_paid", "invoice.paid", EventSubject::Invoice { subscription: Some(sub), customer: None }),
+            )
+            .await
+        })
+    };
+    // the late handler has read "active" and is waiting for the lock; now the cancellation lands
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    w.app.store.unlock_account(&u, "held").await.unwrap();
+    paid.await.unwrap().unwrap();
+    assert_eq!(plan_of(&w, &u).await, Plan::Free, "the fresh state (canceled) was applied");
+}

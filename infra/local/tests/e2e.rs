@@ -28,17 +28,22 @@ fn start(data: &std::path::Path) -> Stack {
     let mut child = Command::new(env!("CARGO_BIN_EXE_paykey-local"))
         .env("PAYKEY_PORT", "0")
         .env("PAYKEY_DATA_DIR", data)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .env_remove("STRIPE_API_KEY")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start paykey-local");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("a first line").unwrap();
     let base = first.strip_prefix("paykey local stack on ").expect("the URL line").trim().to_string();
-    // keep draining stdout so the child never blocks on a full pipe
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    // JSON logs go to stdout: keep them, and print them when the test fails (captured by the
+    // test harness like any test output).
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            println!("paykey-local: {line}");
+        }
+    });
     Stack { child, base }
 }
 
@@ -112,15 +117,16 @@ async fn pay(base: &str, checkout_url: &str) -> String {
     success
 }
 
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+async fn eventually(base: &str, what: &str, mut f: impl AsyncFnMut() -> bool) {
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(15) {
+    while started.elapsed() < Duration::from_secs(30) {
         if f().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("timed out waiting for: {what}");
+    let deliveries = call("GET", &format!("{base}/stripe/_emulator/deliveries"), &[], "").await.body;
+    panic!("timed out waiting for: {what}\nwebhook deliveries: {deliveries}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,8 +209,10 @@ async fn the_whole_upgrade_flow_over_http() {
     assert!(portal.body.contains("Cancel subscription") && portal.body.contains("Invoice history"), "{}", portal.body);
     let action = portal.body.split(r#"action=""#).nth(1).unwrap().split('"').next().unwrap().to_string();
     assert_eq!(call("POST", &action, &[], "").await.status, 303);
-    eventually("the cancellation webhook downgrades alice", async || account(&base, &token).await["plan"] == "FREE")
-        .await;
+    eventually(&base, "the cancellation webhook downgrades alice", async || {
+        account(&base, &token).await["plan"] == "FREE"
+    })
+    .await;
     let acct = account(&base, &token).await;
     assert_eq!(acct["subscription_status"], "canceled");
     assert_eq!(acct["api_key"]["enabled"], false);

@@ -100,11 +100,21 @@ where
     let token = ctx.ids.token();
     let now = ctx.clock.now();
     let lease_until = account_keys::lease_until(ctx, now);
-    let (claim, named, lock) = tokio::try_join!(
+    let (claim, named, lock) = tokio::join!(
         store.claim(session_id, &token, now, lease_until),
         keys.find_by_name(&key_name),
         store.lock_account(&user, &token, now, lease_until),
-    )?;
+    );
+    // A failure beside a lock we got must not leave the lock to expire.
+    let (claim, named, lock) = match (claim, named, lock) {
+        (Ok(c), Ok(n), Ok(l)) => (c, n, l),
+        (c, n, l) => {
+            if matches!(l, Ok(AccountLock::Acquired(_))) {
+                account_keys::release(store, &user, &token).await;
+            }
+            return Err(Error::Backend(c.err().or(n.err()).or(l.err()).expect("one of them failed")));
+        }
+    };
     let early = match claim {
         Claim::Acquired { .. } => None,
         Claim::AlreadyFulfilled => Some(Ok(Completion::AlreadyFulfilled)),

@@ -181,12 +181,27 @@ where
     let token = ctx.ids.token();
     let key_name = ctx.settings.key_name(&user);
     let now = ctx.clock.now();
-    let (lock, named) = tokio::try_join!(
+    let (lock, named) = tokio::join!(
         store.lock_account(&user, &token, now, account_keys::lease_until(ctx, now)),
         keys.find_by_name(&key_name),
-    )?;
+    );
+    let (lock, named) = match (lock, named) {
+        (Ok(l), Ok(n)) => (l, n),
+        (l, n) => {
+            if matches!(l, Ok(crate::ports::AccountLock::Acquired(_))) {
+                account_keys::release(store, &user, &token).await;
+            }
+            return Err(Error::Backend(l.err().or(n.err()).expect("one of them failed")));
+        }
+    };
     let result = async {
         let account = account_keys::lock_account_waiting(store, ctx, &user, &token, Some(lock)).await?;
+        // Read the subscription again now that we hold the lock: a state read before it may
+        // already be older than what another event applied meanwhile.
+        let Some(state) = payments.get_subscription(subscription).await? else {
+            account_keys::release(store, &user, &token).await;
+            return Ok(SyncOutcome::UnknownSubscription);
+        };
         apply(store, keys, users, ctx, &user, &token, &key_name, &named, account, &state).await
     }
     .await;

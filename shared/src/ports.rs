@@ -83,6 +83,8 @@ pub trait SessionStore: Send + Sync {
     fn unlock_account(&self, user: &UserName, token: &str) -> impl Future<Output = Result<()>> + Send;
     /// Writes the account record while `token` holds its lock, releasing the lock.
     fn put_account(&self, account: &AccountRecord, token: &str) -> impl Future<Output = Result<Commit>> + Send;
+    /// Every account record (for the resync command; a full scan).
+    fn list_accounts(&self) -> impl Future<Output = Result<Vec<AccountRecord>>> + Send;
     /// Whether a Stripe event id was processed already.
     fn event_seen(&self, event_id: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Remembers a processed Stripe event id until `expires_at` (TTL).
@@ -239,6 +241,8 @@ pub struct StripeEvent {
 /// Stripe.
 pub trait Payments: Send + Sync {
     fn get_subscription(&self, id: &SubscriptionId) -> impl Future<Output = Result<Option<SubscriptionState>>> + Send;
+    /// Every subscription of a customer, whatever its status, newest first.
+    fn list_subscriptions(&self, customer: &CustomerId) -> impl Future<Output = Result<Vec<SubscriptionState>>> + Send;
     fn find_price(&self, lookup_key: &LookupKey) -> impl Future<Output = Result<Option<PriceInfo>>> + Send;
     fn create_checkout(&self, req: NewCheckout<'_>) -> impl Future<Output = Result<CreatedCheckout>> + Send;
     fn get_checkout(&self, id: &SessionId) -> impl Future<Output = Result<Option<CheckoutState>>> + Send;

@@ -129,6 +129,24 @@ pub async fn webhook_app(env: &Env) -> Result<WebhookApp, InitError> {
     ))
 }
 
+/// The resync command: every port, no webhook secret.
+pub async fn resync_app(env: &Env) -> Result<WebhookApp, InitError> {
+    let settings = config::settings(env)?;
+    let tables = Tables::from_env(env)?;
+    let pool = config::user_pool_id(env)?;
+    let plan = config::usage_plan_id(env)?;
+    let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
+    let aws = aws::load_config().await;
+    let (payments, _) = stripe(env, key, &aws).await?;
+    Ok(app(
+        DynamoStore::new(&aws, tables),
+        ApiGatewayKeys::new(&aws, plan),
+        CognitoUsers::new(&aws, pool),
+        payments,
+        settings,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,6 +158,13 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
     assert_eq!(store.find_account_by_customer(&cus).await.unwrap(), Some(bobs));
     assert_eq!(store.find_account_by_customer(&CustomerId::parse(&unique("cus_")).unwrap()).await.unwrap(), None);
 
+    // listing returns records, not lock-only items
+    let carol = UserName::parse(&unique("carol-")).unwrap();
+    assert!(matches!(store.lock_account(&carol, "c", t4, t4).await.unwrap(), AccountLock::Acquired(None)));
+    let all = store.list_accounts().await.unwrap();
+    assert!(all.iter().any(|a| a.user_name == alice) && all.iter().any(|a| a.user_name == bob));
+    assert!(!all.iter().any(|a| a.user_name == carol));
+
     // processed events are remembered
     let evt = unique("evt_");
     assert!(!store.event_seen(&evt).await.unwrap());

@@ -283,3 +283,27 @@ async fn an_event_that_read_the_subscription_before_a_cancellation_does_not_undo
     paid.await.unwrap().unwrap();
     assert_eq!(plan_of(&w, &u).await, Plan::Free, "the fresh state (canceled) was applied");
 }
+
+#[tokio::test]
+async fn resync_reports_missed_cancellations_in_a_dry_run_and_repairs_them_with_apply() {
+    let w = World::new();
+    let (u, sub) = pro_user(&w, "alice").await;
+    let (v, _) = pro_user(&w, "bob").await;
+    // alice cancelled, but the webhook never arrived
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    let resync = |apply| flows::resync(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), apply);
+    let before = w.snapshot();
+    let drifts = resync(false).await.unwrap();
+    assert_eq!(drifts.len(), 1, "{drifts:?}");
+    assert_eq!(drifts[0].user, u);
+    assert_eq!((drifts[0].current, drifts[0].desired), (Plan::Pro, Plan::Free));
+    assert!(!drifts[0].repaired);
+    assert_eq!(w.snapshot(), before, "a dry run changes nothing");
+
+    let drifts = resync(true).await.unwrap();
+    assert!(drifts[0].repaired);
+    assert_eq!(plan_of(&w, &u).await, Plan::Free);
+    assert_eq!(enabled_keys(&w, &u), 0);
+    assert_eq!(plan_of(&w, &v).await, Plan::Pro, "bob untouched");
+    assert!(resync(false).await.unwrap().is_empty(), "nothing left to repair");
+}

@@ -107,7 +107,11 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     let again = p.create_checkout(checkout(&price.id, &alice, Some(&customer), "idem-c")).await.unwrap();
     d.pay(&again.id);
     assert_eq!(p.get_checkout(&again.id).await.unwrap().unwrap().customer, Some(customer.clone()));
+    let again_sub = p.get_checkout(&again.id).await.unwrap().unwrap().subscription.unwrap();
+    let subs = p.list_subscriptions(&customer).await.unwrap();
+    assert_eq!(subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), vec![again_sub, sub_id.clone()], "newest first");
     let ghost = CustomerId::parse("cus_ghost").unwrap();
+    assert!(p.list_subscriptions(&ghost).await.unwrap().is_empty());
     assert!(p.create_checkout(checkout(&price.id, &alice, Some(&ghost), "idem-d")).await.is_err());
     assert!(p.create_checkout(checkout("price_missing", &alice, None, "idem-e")).await.is_err());
 
@@ -163,4 +167,43 @@ async fn the_emulator_refuses_a_bad_key_and_a_reused_idempotency_key_with_other_
     good.create_checkout(checkout(&price.id, &alice, None, "same-key")).await.unwrap();
     let err = good.create_checkout(checkout(&price.id, &bob, None, "same-key")).await.unwrap_err();
     assert!(err.message.contains("idempotency"), "{err}");
+}
+
+/// Platforms (Stripe Connect destination charges): the destination account and the platform
+/// fee reach the subscription created by checkout; off by default.
+#[tokio::test]
+async fn connect_destination_and_fee_are_passed_to_the_subscription() {
+    use paykey::adapters::stripe::Connect;
+    let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Default::default()).await.unwrap();
+    let d = Emulated(emu);
+    let price = d.add_price("Tutoring", 5000, "jpy");
+    let cfg = StripeConfig {
+        secret_key: Secret::new("sk_test_x"),
+        api_base: Some(format!("{}/", d.0.base_url())),
+        price_cache: std::time::Duration::ZERO,
+    };
+    let env = paykey::config::Env::from_pairs([
+        ("STRIPE_CONNECT_DESTINATION", "acct_1Tutor"),
+        ("STRIPE_APPLICATION_FEE_PERCENT", "12.5"),
+    ]);
+    let connect = paykey::config::connect(&env).unwrap();
+    assert_eq!(connect, Some(Connect { destination: "acct_1Tutor".into(), application_fee_percent: Some(12.5) }));
+    let p = StripePayments::new(&cfg).unwrap().with_connect(connect);
+    let alice = UserName::parse("alice").unwrap();
+    let s = p.create_checkout(checkout(&price.id, &alice, None, "connect-1")).await.unwrap();
+    d.pay(&s.id);
+    let sub_id = p.get_checkout(&s.id).await.unwrap().unwrap().subscription.unwrap();
+    let (_, sub) = d.0.shared.call("GET", &format!("/v1/subscriptions/{sub_id}"), "");
+    assert_eq!(sub["transfer_data"]["destination"], "acct_1Tutor");
+    assert_eq!(sub["application_fee_percent"], 12.5);
+
+    // off by default; a fee without a destination is a configuration error
+    assert_eq!(paykey::config::connect(&paykey::config::Env::default()).unwrap(), None);
+    let bad = paykey::config::Env::from_pairs([("STRIPE_APPLICATION_FEE_PERCENT", "10")]);
+    assert!(paykey::config::connect(&bad).unwrap_err().to_string().contains("STRIPE_CONNECT_DESTINATION"));
+    let bad = paykey::config::Env::from_pairs([
+        ("STRIPE_CONNECT_DESTINATION", "acct_1"),
+        ("STRIPE_APPLICATION_FEE_PERCENT", "101"),
+    ]);
+    assert!(paykey::config::connect(&bad).is_err());
 }

@@ -163,6 +163,21 @@ impl Emu {
             ("POST", ["billing_portal", "configurations"]) => self.save_portal_config(None, form),
             ("POST", ["billing_portal", "configurations", id]) => self.save_portal_config(Some(id), form),
             ("GET", ["billing_portal", "configurations"]) => ApiResult::ok(objects::list(self.portal_configs.values().cloned().collect(), "/v1/billing_portal/configurations")),
+            ("GET", ["subscriptions"]) => {
+                let customer = form.get("customer");
+                let status = form.get("status").unwrap_or("all");
+                let mut data: Vec<Value> = self
+                    .subscriptions
+                    .values()
+                    .filter(|s| customer.is_none_or(|c| s["customer"] == c))
+                    .filter(|s| status == "all" || s["status"] == status || (status == "ended" && s["status"] == "canceled"))
+                    .cloned()
+                    .collect();
+                // newest first; the id's counter suffix orders objects created in one second
+                let key = |v: &Value| (v["created"].as_i64(), v["id"].as_str().map(|i| i[i.len().saturating_sub(4)..].to_string()));
+                data.sort_by_key(|v| std::cmp::Reverse(key(v)));
+                ApiResult::ok(objects::list(data, "/v1/subscriptions"))
+            }
             ("GET", ["subscriptions", id]) => self.subscriptions.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("subscription", id, "id")),
             ("POST", ["subscriptions", id]) => self.update_subscription(id, form),
             ("DELETE", ["subscriptions", id]) => match self.cancel_now(id) {

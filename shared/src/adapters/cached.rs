@@ -26,6 +26,10 @@ impl<P> CachedPrices<P> {
 }
 
 impl<P: Payments> Payments for CachedPrices<P> {
+    async fn list_subscriptions(&self, customer: &CustomerId) -> Result<Vec<SubscriptionState>> {
+        self.inner.list_subscriptions(customer).await
+    }
+
     async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<SubscriptionState>> {
         self.inner.get_subscription(id).await
     }

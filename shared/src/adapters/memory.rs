@@ -350,6 +350,13 @@ impl SessionStore for MemoryStore {
         Ok(outcome)
     }
 
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
+        self.meter.enter(DDB, "ddb.list_accounts").await?;
+        let r = self.accounts();
+        self.meter.exit(DDB, "ddb.list_accounts")?;
+        Ok(r)
+    }
+
     async fn event_seen(&self, event_id: &str) -> Result<bool> {
         self.meter.enter(DDB, "ddb.event_seen").await?;
         let seen = lock(&self.state).events.contains_key(event_id);
@@ -681,6 +688,16 @@ impl MemoryPayments {
 }
 
 impl Payments for MemoryPayments {
+    async fn list_subscriptions(&self, customer: &CustomerId) -> Result<Vec<SubscriptionState>> {
+        self.meter.enter(STRIPE, "stripe.list_subscriptions").await?;
+        // ids grow with time (sub_mem000001, …): newest first.
+        let mut r: Vec<SubscriptionState> =
+            lock(&self.state).subscriptions.values().filter(|s| &s.customer == customer).cloned().collect();
+        r.reverse();
+        self.meter.exit(STRIPE, "stripe.list_subscriptions")?;
+        Ok(r)
+    }
+
     async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<SubscriptionState>> {
         self.meter.enter(STRIPE, "stripe.get_subscription").await?;
         let r = lock(&self.state).subscriptions.get(id.as_str()).cloned();

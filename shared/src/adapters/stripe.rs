@@ -14,7 +14,7 @@ use stripe_checkout::checkout_session::{
 use stripe_checkout::{CheckoutSessionMode, CheckoutSessionPaymentStatus, CheckoutSessionStatus};
 use stripe_product::price::ListPrice;
 
-use stripe_billing::subscription::RetrieveSubscription;
+use stripe_billing::subscription::{ListSubscription, ListSubscriptionStatus, RetrieveSubscription};
 use stripe_webhook::{EventObject, Webhook, WebhookError};
 
 use crate::config::StripeConfig;
@@ -126,6 +126,24 @@ fn describe(e: &StripeError) -> String {
     }
 }
 
+fn subscription_state(sub: &stripe_shared::Subscription, op: &'static str) -> Result<SubscriptionState> {
+    let id = SubscriptionId::parse(sub.id.as_str()).map_err(|e| BackendError::new(SERVICE, op, e.to_string()))?;
+    let customer =
+        CustomerId::parse(sub.customer.id().as_str()).map_err(|e| BackendError::new(SERVICE, op, e.to_string()))?;
+    let period_end = sub
+        .cancel_at
+        .or_else(|| sub.items.data.iter().map(|i| i.current_period_end).max())
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
+    Ok(SubscriptionState {
+        id,
+        customer,
+        status: SubscriptionStatus::parse(sub.status.as_str()),
+        cancel_at_period_end: sub.cancel_at_period_end || sub.cancel_at.is_some(),
+        period_end,
+        user_name: sub.metadata.get("user_name").cloned(),
+    })
+}
+
 fn is_missing(e: &StripeError) -> bool {
     matches!(e, StripeError::Stripe(_, 404))
 }
@@ -137,25 +155,25 @@ fn idempotent(key: &str, op: &'static str) -> Result<RequestStrategy> {
 impl Payments for StripePayments {
     async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<SubscriptionState>> {
         const OP: &str = "GET /v1/subscriptions/{id}";
-        let sub = match RetrieveSubscription::new(id.as_str()).send(&self.client).await {
-            Ok(s) => s,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
-        };
-        let customer =
-            CustomerId::parse(sub.customer.id().as_str()).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
-        let period_end = sub
-            .cancel_at
-            .or_else(|| sub.items.data.iter().map(|i| i.current_period_end).max())
-            .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
-        Ok(Some(SubscriptionState {
-            id: id.clone(),
-            customer,
-            status: SubscriptionStatus::parse(sub.status.as_str()),
-            cancel_at_period_end: sub.cancel_at_period_end || sub.cancel_at.is_some(),
-            period_end,
-            user_name: sub.metadata.get("user_name").cloned(),
-        }))
+        match RetrieveSubscription::new(id.as_str()).send(&self.client).await {
+            Ok(s) => subscription_state(&s, OP).map(Some),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn list_subscriptions(&self, customer: &CustomerId) -> Result<Vec<SubscriptionState>> {
+        const OP: &str = "GET /v1/subscriptions";
+        let list = ListSubscription::new()
+            .customer(customer.as_str())
+            .status(ListSubscriptionStatus::All)
+            .limit(100)
+            .send(&self.client)
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        let mut subs: Vec<_> = list.data.iter().map(|s| (s.created, subscription_state(s, OP))).collect();
+        subs.sort_by_key(|s| std::cmp::Reverse(s.0));
+        subs.into_iter().map(|(_, s)| s).collect()
     }
 
     async fn find_price(&self, lookup_key: &LookupKey) -> Result<Option<PriceInfo>> {

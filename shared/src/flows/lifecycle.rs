@@ -308,3 +308,108 @@ mod tests {
         }
     }
 }
+
+/// One user whose plan or key is out of step with Stripe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub user: UserName,
+    pub current: Plan,
+    pub desired: Plan,
+    pub subscription: Option<SubscriptionId>,
+    pub status: String,
+    pub key_enabled: Option<bool>,
+    /// Whether `apply` repaired it.
+    pub repaired: bool,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} → {} (subscription {} {}, key {})",
+            self.user,
+            self.current,
+            self.desired,
+            self.subscription.as_ref().map(|s| s.as_str()).unwrap_or("none"),
+            self.status,
+            match self.key_enabled {
+                Some(true) => "enabled",
+                Some(false) => "disabled",
+                None => "none",
+            }
+        )?;
+        if self.repaired {
+            f.write_str(" — repaired")?;
+        }
+        Ok(())
+    }
+}
+
+/// Walks every account with a Stripe customer, reads its subscriptions from Stripe and
+/// reports (and with `apply`, repairs through `sync_subscription`) every user whose plan or
+/// key does not match: for webhooks that were missed.
+pub async fn resync<S, K, U, P>(
+    store: &S,
+    keys: &K,
+    users: &U,
+    payments: &P,
+    ctx: Ctx<'_>,
+    apply: bool,
+) -> Result<Vec<Drift>, Error>
+where
+    S: SessionStore,
+    K: KeyRegistry,
+    U: UserDirectory,
+    P: Payments,
+{
+    let now = ctx.clock.now();
+    let attached: std::collections::HashSet<String> = keys.plan_key_ids().await?.into_iter().collect();
+    let mut drifts = Vec::new();
+    for account in store.list_accounts().await? {
+        let Some(customer) = account.customer_id.clone() else { continue };
+        let subs = payments.list_subscriptions(&customer).await?;
+        let grace = ctx.settings.past_due_grace;
+        // The subscription that grants PRO, if any, else the newest one.
+        let chosen = subs
+            .iter()
+            .find(|s| desired_plan(&s.status, account.past_due_since, now, grace) == Some(Plan::Pro))
+            .or_else(|| subs.first());
+        let desired = match chosen {
+            Some(s) => match desired_plan(&s.status, account.past_due_since, now, grace) {
+                Some(p) => p,
+                None => continue,
+            },
+            None => Plan::Free,
+        };
+        let current = users.get_user(&account.user_name).await?.map(|p| p.plan()).unwrap_or(Plan::Free);
+        let key = match &account.api_key_id {
+            Some(id) => keys.get(id).await?,
+            None => None,
+        };
+        let key_ok = match desired {
+            Plan::Pro => key.as_ref().is_some_and(|k| k.enabled && attached.contains(&k.id)),
+            Plan::Free => key.as_ref().is_none_or(|k| !k.enabled && !attached.contains(&k.id)),
+        };
+        if current == desired && account.plan == desired && key_ok {
+            continue;
+        }
+        let mut drift = Drift {
+            user: account.user_name.clone(),
+            current,
+            desired,
+            subscription: chosen.map(|s| s.id.clone()),
+            status: chosen.map(|s| s.status.as_str().to_string()).unwrap_or_else(|| "none".into()),
+            key_enabled: key.map(|k| k.enabled),
+            repaired: false,
+        };
+        if apply {
+            if let Some(sub) = &drift.subscription {
+                sync_subscription(store, keys, users, payments, ctx, sub).await?;
+                drift.repaired = true;
+            }
+        }
+        tracing::info!(drift = %drift, "resync");
+        drifts.push(drift);
+    }
+    Ok(drifts)
+}

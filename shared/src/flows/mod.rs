@@ -11,7 +11,7 @@ pub use account::{get_account, AccountView, ApiKeyView};
 pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
 pub use fulfil::{complete_checkout, Completion, Rejection};
 pub use lifecycle::{
-    desired_plan, handle_stripe_event, handled_event_types, sync_subscription, EventOutcome, SyncOutcome,
+    desired_plan, handle_stripe_event, handled_event_types, resync, sync_subscription, Drift, EventOutcome, SyncOutcome,
 };
 pub use portal::open_billing_portal;
 

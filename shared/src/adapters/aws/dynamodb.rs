@@ -409,6 +409,32 @@ impl SessionStore for DynamoStore {
         }
     }
 
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
+        const OP: &str = "Scan(accounts)";
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.tables.api_keys)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+            for item in page.items() {
+                if let Some(a) = account_from_item_opt(item, OP)? {
+                    out.push(a);
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     async fn event_seen(&self, event_id: &str) -> Result<bool> {
         const OP: &str = "GetItem(event)";
         let out = self

@@ -1,0 +1,54 @@
+//! `paykey-resync [--apply]`: walks every user with a Stripe customer, reads the
+//! subscriptions from Stripe and reports every plan or key out of step (missed webhooks).
+//! Dry run by default; `--apply` repairs through the same code as the webhook.
+//!
+//! Configuration: the stripe-webhook function's variables (`MY_DOMAIN`, `USER_POOL_ID`,
+//! `DYNAMODB_STRIPE_TABLE`, `DYNAMODB_API_KEY_TABLE`, `USAGE_PLAN_ID`, `STRIPE_API_KEY` or
+//! `STRIPE_API_KEY_PARAMETER`), AWS credentials from the usual chain.
+
+use std::process::ExitCode;
+
+use paykey::config::Env;
+use paykey::{flows, wiring};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let mut apply = false;
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--apply" => apply = true,
+            "-h" | "--help" => {
+                println!("usage: paykey-resync [--apply]   (dry run unless --apply)");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("paykey-resync: unknown argument {other:?} (see --help)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let app = match wiring::resync_app(&Env::from_process()).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("paykey-resync: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match flows::resync(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), apply).await {
+        Ok(drifts) => {
+            for d in &drifts {
+                println!("{d}");
+            }
+            match (drifts.len(), apply) {
+                (0, _) => println!("every plan and key matches Stripe"),
+                (n, false) => println!("{n} user(s) out of step; run again with --apply to repair"),
+                (n, true) => println!("{n} user(s) repaired"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("paykey-resync: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -111,26 +111,18 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
 
 /// `stripe-webhook`.
 pub async fn webhook_app(env: &Env) -> Result<WebhookApp, InitError> {
-    let mut settings = config::settings(env)?;
-    let tables = Tables::from_env(env)?;
-    let pool = config::user_pool_id(env)?;
-    let plan = config::usage_plan_id(env)?;
-    let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
-    let hook = config::secret_source(env, "STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PARAMETER")?;
-    let aws = aws::load_config().await;
-    let (payments, _) = stripe(env, key, &aws).await?;
-    settings.webhook_secret = Some(config::check_webhook_secret(resolve(hook, &aws).await?)?);
-    Ok(app(
-        DynamoStore::new(&aws, tables),
-        ApiGatewayKeys::new(&aws, plan),
-        CognitoUsers::new(&aws, pool),
-        payments,
-        settings,
-    ))
+    let hook = config::secret_source(env, "STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PARAMETER");
+    let (mut app, aws) = all_ports(env).await?;
+    app.settings.webhook_secret = Some(config::check_webhook_secret(resolve(hook?, &aws).await?)?);
+    Ok(app)
 }
 
 /// The resync command: every port, no webhook secret.
 pub async fn resync_app(env: &Env) -> Result<WebhookApp, InitError> {
+    Ok(all_ports(env).await?.0)
+}
+
+async fn all_ports(env: &Env) -> Result<(WebhookApp, aws_config::SdkConfig), InitError> {
     let settings = config::settings(env)?;
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
@@ -138,13 +130,14 @@ pub async fn resync_app(env: &Env) -> Result<WebhookApp, InitError> {
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let aws = aws::load_config().await;
     let (payments, _) = stripe(env, key, &aws).await?;
-    Ok(app(
+    let app = app(
         DynamoStore::new(&aws, tables),
         ApiGatewayKeys::new(&aws, plan),
         CognitoUsers::new(&aws, pool),
         payments,
         settings,
-    ))
+    );
+    Ok((app, aws))
 }
 
 #[cfg(test)]

@@ -15,8 +15,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 venv=$cache/venv
 MOTO_VERSION=5.2.5
 # Pinned Python tools: moto for the AWS adapters, cfn-lint and SAM CLI for template.yaml,
-# pytest for the template assertions, cargo-lambda + zig for the Lambda builds.
-PY_TOOLS="moto[server]==$MOTO_VERSION cfn-lint==1.58.0 aws-sam-cli==1.170.0 pytest==9.2.0 cargo-lambda==1.9.2 ziglang==0.17.1"
+# pytest for the template assertions, cargo-lambda + zig for the Lambda builds, stripe (with
+# moto's boto3) for the benchmarks' Python reference.
+PY_TOOLS="moto[server]==$MOTO_VERSION cfn-lint==1.58.0 aws-sam-cli==1.170.0 pytest==9.2.0 cargo-lambda==1.9.2 ziglang==0.17.1 stripe==16.1.0"
 
 step() { printf '\n== %s\n' "$*"; }
 

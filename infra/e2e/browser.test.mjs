@@ -86,7 +86,7 @@ test("upgrade to PRO, see the key, cancel in the portal, back to FREE", { timeou
     await page.click("#return");
     await page.waitForURL(base + "/");
     // the cancellation webhook may still be on its way: reload until the plan shows FREE
-    for (let i = 0; i < 50 && (await page.textContent("#plan")) !== "FREE"; i++) {
+    for (let i = 0; i < 150 && (await page.textContent("#plan")) !== "FREE"; i++) {
       await page.waitForTimeout(200);
       await page.reload();
       await page.waitForSelector("#plan:not(:text('…'))");

@@ -141,6 +141,12 @@ struct StoreState {
 }
 
 impl StoreState {
+    /// Replaces the account record, which releases its lock (as a DynamoDB PutItem does).
+    fn write_account(&mut self, account: &AccountRecord) {
+        self.accounts
+            .insert(account.user_name.as_str().to_string(), AccountSlot { record: Some(account.clone()), lock: None });
+    }
+
     fn holds_lock(&self, user: &UserName, token: &str) -> bool {
         self.accounts.get(user.as_str()).and_then(|a| a.lock.as_ref()).is_some_and(|(t, _)| t == token)
     }
@@ -264,10 +270,7 @@ impl SessionStore for MemoryStore {
                     r.lease = None;
                     r.updated_at = now;
                 }
-                st.accounts.insert(
-                    account.user_name.as_str().to_string(),
-                    AccountSlot { record: Some(account.clone()), lock: None },
-                );
+                st.write_account(account);
                 Commit::Done
             } else {
                 Commit::LeaseLost
@@ -337,10 +340,7 @@ impl SessionStore for MemoryStore {
         let outcome = {
             let mut st = lock(&self.state);
             if st.holds_lock(&account.user_name, token) {
-                st.accounts.insert(
-                    account.user_name.as_str().to_string(),
-                    AccountSlot { record: Some(account.clone()), lock: None },
-                );
+                st.write_account(account);
                 Commit::Done
             } else {
                 Commit::LeaseLost

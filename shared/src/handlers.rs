@@ -8,7 +8,7 @@ use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
-use crate::domain::{Error, OneTimeKey, SessionId};
+use crate::domain::{CustomerId, Error, OneTimeKey, SessionId};
 use crate::flows::{self, CheckoutRequest, Completion, Ctx, EventOutcome, Settings};
 use crate::http;
 use crate::ports::{Clock, Ids, KeyRegistry, Payments, SessionStore, UserDirectory};
@@ -48,7 +48,8 @@ where
             return Err(Error::BadRequest(format!("method {} is not allowed; use POST", req.method())));
         }
         let user = http::caller(&req)?;
-        let body: CheckoutRequest = http::json_body(&req)?;
+        let mut body: CheckoutRequest = http::json_body(&req)?;
+        body.customer_hint = http::claim(&req, "custom:stripe_customer_id").and_then(|c| CustomerId::parse(&c).ok());
         // Stripe's success redirect comes back to this API: its configured URL, or the URL
         // this request came in on (API Gateway's domain and stage).
         let derived;

@@ -37,6 +37,16 @@ pub fn caller(req: &Request) -> Result<UserName, Error> {
     UserName::parse(name).map_err(|_| Error::Unauthorized("malformed cognito:username claim"))
 }
 
+/// Another claim of the caller's ID token, as the Cognito authorizer passed it.
+pub fn claim(req: &Request, name: &str) -> Option<String> {
+    #[allow(unreachable_patterns)]
+    let claims = match req.request_context_ref()? {
+        RequestContext::ApiGatewayV1(c) => c.authorizer.fields.get("claims")?.as_object()?,
+        _ => return None,
+    };
+    claims.get(name)?.as_str().filter(|v| !v.is_empty()).map(str::to_string)
+}
+
 /// `https://{domainName}/{stage}` of the API the request came in on.
 pub fn api_base_url(req: &Request) -> Option<String> {
     #[allow(unreachable_patterns)]

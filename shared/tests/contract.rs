@@ -324,7 +324,7 @@ mod moto {
             &app.store,
             app.ctx(),
             &user,
-            CheckoutRequest { lookup_key: "FMMailPro".into() },
+            CheckoutRequest::new("FMMailPro"),
         )
         .await
         .unwrap();

@@ -11,7 +11,7 @@ use paykey::ports::{KeyRegistry, UserDirectory};
 use support::World;
 
 fn req(k: &str) -> CheckoutRequest {
-    CheckoutRequest { lookup_key: k.into() }
+    CheckoutRequest::new(k)
 }
 
 #[tokio::test]
@@ -290,4 +290,57 @@ async fn the_account_shows_plan_and_key_value_once_issued() {
     let k = view.api_key.unwrap();
     assert!(k.enabled);
     assert_eq!(w.app.keys.authorize(&k.value), Some(k.id));
+}
+
+/// With a warm price cache, checkout is two sequential round trips: the Stripe session is
+/// created beside the directory read, then the record is written.
+#[tokio::test(start_paused = true)]
+async fn checkout_with_a_warm_price_cache_is_two_sequential_round_trips() {
+    use paykey::adapters::cached::CachedPrices;
+    use paykey::ports::Payments;
+    let w = World::new();
+    let alice = w.user("alice");
+    let cached = CachedPrices::new(w.app.payments.clone(), std::time::Duration::from_secs(300));
+    cached.find_price(&paykey::domain::LookupKey::parse("FMMailPro").unwrap()).await.unwrap();
+    w.meter.set_latency(std::time::Duration::from_millis(50));
+    w.meter.reset_calls();
+    let started = tokio::time::Instant::now();
+    flows::start_checkout(&w.app.users, &cached, &w.app.store, w.app.ctx(), &alice, req("FMMailPro")).await.unwrap();
+    assert_eq!(started.elapsed(), std::time::Duration::from_millis(2 * 50));
+    assert_eq!(w.meter.calls(), vec!["cognito.get_user", "stripe.create_checkout", "ddb.put_session"]);
+}
+
+#[tokio::test]
+async fn a_token_without_the_customer_claim_still_reuses_the_customer_the_directory_knows() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    let customer = w.app.users.get_user(&alice).await.unwrap().unwrap().customer_id.unwrap();
+    w.app.users.set_plan(&alice, Plan::Free, None).await.unwrap();
+    w.meter.reset_calls();
+    // the hint is missing (an ID token from before the first purchase)
+    let (id2, _) = w.checkout(&alice).await;
+    assert_eq!(w.meter.count("stripe.create_checkout"), 2, "created again for the known customer");
+    assert_eq!(w.app.payments.pay(&id2).unwrap().customer, Some(customer.clone()));
+    // with the right hint, one create
+    w.meter.reset_calls();
+    let mut r = req("FMMailPro");
+    r.customer_hint = Some(customer);
+    flows::start_checkout(&w.app.users, &w.app.payments, &w.app.store, w.app.ctx(), &alice, r).await.unwrap();
+    assert_eq!(w.meter.count("stripe.create_checkout"), 1);
+}
+
+#[tokio::test]
+async fn a_stale_token_of_a_pro_user_gets_409_and_no_record() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    let sessions = w.app.store.sessions().len();
+    let err = flows::start_checkout(&w.app.users, &w.app.payments, &w.app.store, w.app.ctx(), &alice, req("FMMailPro"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyPro));
+    assert_eq!(w.app.store.sessions().len(), sessions, "nothing recorded; the Stripe session is left to expire");
 }

@@ -34,16 +34,10 @@ fn app(meter: &Arc<Meter>) -> BenchApp {
 }
 
 async fn paid_session(a: &BenchApp, user: &UserName) -> (SessionId, OneTimeKey) {
-    let started = flows::start_checkout(
-        &a.users,
-        &a.payments,
-        &a.store,
-        a.ctx(),
-        user,
-        CheckoutRequest { lookup_key: "FMMailPro".into() },
-    )
-    .await
-    .expect("checkout");
+    let started =
+        flows::start_checkout(&a.users, &a.payments, &a.store, a.ctx(), user, CheckoutRequest::new("FMMailPro"))
+            .await
+            .expect("checkout");
     let id = SessionId::parse(started.url.rsplit('/').next().unwrap_or_default()).expect("id");
     let key = a.store.get(&id).await.expect("get").expect("record").one_time_key;
     a.payments.inner().pay(&id);
@@ -101,16 +95,9 @@ pub async fn round_trips() -> String {
     a.users.add_user(&carol);
     a.payments.find_price(&LookupKey::parse("FMMailPro").expect("key")).await.expect("warm the cache");
     let ours = timed(&meter, async {
-        flows::start_checkout(
-            &a.users,
-            &a.payments,
-            &a.store,
-            a.ctx(),
-            &carol,
-            CheckoutRequest { lookup_key: "FMMailPro".into() },
-        )
-        .await
-        .expect("checkout")
+        flows::start_checkout(&a.users, &a.payments, &a.store, a.ctx(), &carol, CheckoutRequest::new("FMMailPro"))
+            .await
+            .expect("checkout")
     })
     .await;
     let reference = timed(&meter, async {

@@ -1,13 +1,23 @@
 use serde::{Deserialize, Serialize};
 
 use super::{chrono_duration, Ctx};
-use crate::domain::{CheckoutRecord, CheckoutStatus, Error, LookupKey, Plan, UserName};
+use crate::domain::{CheckoutRecord, CheckoutStatus, CustomerId, Error, LookupKey, OneTimeKey, Plan, UserName};
 use crate::ports::{NewCheckout, Payments, SessionStore, UserDirectory};
 
 /// Body of `POST /checkout-sessions`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CheckoutRequest {
     pub lookup_key: String,
+    /// The caller's `custom:stripe_customer_id` claim, if the ID token has one: a hint that
+    /// lets the Stripe call run beside the user-directory read. Never taken from the body.
+    #[serde(skip)]
+    pub customer_hint: Option<CustomerId>,
+}
+
+impl CheckoutRequest {
+    pub fn new(lookup_key: impl Into<String>) -> Self {
+        Self { lookup_key: lookup_key.into(), customer_hint: None }
+    }
 }
 
 /// Answer of `POST /checkout-sessions`.
@@ -17,7 +27,13 @@ pub struct CheckoutStarted {
 }
 
 /// Starts a Stripe Checkout Session for the signed-in `user` and records it with a fresh
-/// one-time key. Nothing is written unless every check passed and Stripe created the session.
+/// one-time key. Nothing is written to paykey's stores unless every check passed.
+///
+/// Two sequential round trips with a warm price cache: the Checkout Session is created (with
+/// the customer id the ID token names) beside the authoritative user-directory read; if that
+/// read says the user is PRO, the session is left unused (Stripe expires it); if it names
+/// another customer than the token did, the session is created again for that customer, so
+/// one user never gets two Stripe customers.
 pub async fn start_checkout<U, P, S>(
     users: &U,
     payments: &P,
@@ -36,28 +52,26 @@ where
     if !settings.allowed_lookup_keys.contains(&lookup_key) {
         return Err(Error::LookupKeyNotAllowed(lookup_key.to_string()));
     }
+    let price = payments.find_price(&lookup_key).await?.ok_or_else(|| Error::PriceNotFound(lookup_key.to_string()))?;
 
-    // Independent reads, one round trip.
-    let (profile, price) = tokio::try_join!(users.get_user(user), payments.find_price(&lookup_key))?;
+    let one_time_key = ctx.ids.one_time_key();
+    let hint = request.customer_hint.as_ref();
+    let (profile, created) = tokio::try_join!(
+        users.get_user(user),
+        payments.create_checkout(new_checkout(&price.id, user, hint, ctx, &one_time_key, "a"))
+    )?;
     let profile = profile.ok_or(Error::UserNotFound)?;
     if profile.plan() == Plan::Pro {
         return Err(Error::AlreadyPro);
     }
-    let price = price.ok_or_else(|| Error::PriceNotFound(lookup_key.to_string()))?;
-
-    let one_time_key = ctx.ids.one_time_key();
-    let created = payments
-        .create_checkout(NewCheckout {
-            price_id: &price.id,
-            user,
-            // Reuse the customer, so one user never has two Stripe customers.
-            customer: profile.customer_id.as_ref(),
-            // Stripe replaces {CHECKOUT_SESSION_ID} itself.
-            success_url: format!("{}/create-api-key/{{CHECKOUT_SESSION_ID}}/{one_time_key}", settings.api_url),
-            cancel_url: settings.cancel_url(),
-            idempotency_key: format!("paykey-checkout-{user}-{one_time_key}"),
-        })
-        .await?;
+    let created = if profile.customer_id.as_ref() != hint {
+        // The token's claim was missing or stale: reuse the customer the directory knows.
+        payments
+            .create_checkout(new_checkout(&price.id, user, profile.customer_id.as_ref(), ctx, &one_time_key, "b"))
+            .await?
+    } else {
+        created
+    };
 
     let now = ctx.clock.now();
     sessions
@@ -75,4 +89,24 @@ where
         .await?;
     tracing::info!(user = %user, session_id = %created.id, price_id = %price.id, "checkout session started");
     Ok(CheckoutStarted { url: created.url })
+}
+
+fn new_checkout<'a>(
+    price_id: &'a str,
+    user: &'a UserName,
+    customer: Option<&'a CustomerId>,
+    ctx: Ctx<'_>,
+    one_time_key: &OneTimeKey,
+    attempt: &str,
+) -> NewCheckout<'a> {
+    NewCheckout {
+        price_id,
+        user,
+        customer,
+        // Stripe replaces {CHECKOUT_SESSION_ID} itself.
+        success_url: format!("{}/create-api-key/{{CHECKOUT_SESSION_ID}}/{one_time_key}", ctx.settings.api_url),
+        cancel_url: ctx.settings.cancel_url(),
+        // Deterministic from our own data: a retried request replays, a second attempt does not.
+        idempotency_key: format!("paykey-checkout-{user}-{one_time_key}-{attempt}"),
+    }
 }

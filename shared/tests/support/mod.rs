@@ -58,7 +58,7 @@ impl World {
             &self.app.store,
             self.app.ctx(),
             user,
-            CheckoutRequest { lookup_key: "FMMailPro".into() },
+            CheckoutRequest::new("FMMailPro"),
         )
         .await
         .expect("checkout starts");

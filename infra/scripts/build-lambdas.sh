@@ -16,10 +16,12 @@ rustup target list --installed | grep -qx "$triple" || rustup target add "$tripl
 functions=(create-checkout-session create-api-key create-billing-portal get-account stripe-webhook)
 pkgs=()
 for f in "${functions[@]}"; do pkgs+=(-p "$f"); done
+# and the benchmarks' floor (hello-world lambda_http), built the same way, for size comparison
+pkgs+=(-p hello-floor)
 printf '\n== cargo lambda build --release %s (%s)\n' "$arch_flag" "${functions[*]}"
 cargo lambda build --release "$arch_flag" "${pkgs[@]}"
 printf '\n%-26s %12s\n' function "bytes"
-for f in "${functions[@]}"; do
+for f in "${functions[@]}" hello-floor; do
   bin=$CARGO_TARGET_DIR/lambda/$f/bootstrap
   [ -f "$bin" ] || { echo "missing $bin"; exit 1; }
   kind=$(command -v file >/dev/null && file -b "$bin" | cut -d, -f1-2 || echo "ELF")

@@ -3,15 +3,14 @@
 //! Python design, in one run. Writes a Markdown table (BENCHMARKS.md by default).
 //!
 //! ```text
-//! cargo build --release -p paykey-bench -p create-checkout-session -p create-api-key \
+//! cargo build --release -p paykey-bench -p hello-floor -p create-checkout-session -p create-api-key \
 //!     -p create-billing-portal -p get-account -p stripe-webhook
 //! bash infra/scripts/build-lambdas.sh            # arm64 sizes (optional)
 //! target/release/paykey-bench [--runs 10] [--bin-dir target/release] [--out BENCHMARKS.md]
 //! paykey-bench --short                           # a quick check that the harness works
 //! ```
 
-mod runtime_api;
-mod warm;
+use paykey_bench::{runtime_api, warm};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -267,7 +266,11 @@ async fn run(o: &Opts) -> Result<(), String> {
     );
     let fmt =
         |v: Option<u64>| v.map(|b| format!("{b} ({:.1} MB)", b as f64 / 1e6)).unwrap_or_else(|| "not built".into());
-    md.push_str(&format!("| hello-floor | {} | – |\n", fmt(size(&o.bin_dir.join("hello-floor")))));
+    md.push_str(&format!(
+        "| hello-floor | {} | {} |\n",
+        fmt(size(&o.bin_dir.join("hello-floor"))),
+        fmt(size(&o.lambda_dir.join("hello-floor").join("bootstrap")))
+    ));
     for f in FUNCTIONS {
         md.push_str(&format!(
             "| {f} | {} | {} |\n",

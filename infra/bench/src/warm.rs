@@ -15,7 +15,7 @@ use serde_json::json;
 
 const LATENCY: Duration = Duration::from_millis(50);
 
-type BenchApp = App<MemoryStore, MemoryKeys, MemoryUsers, CachedPrices<MemoryPayments>>;
+pub type BenchApp = App<MemoryStore, MemoryKeys, MemoryUsers, CachedPrices<MemoryPayments>>;
 
 fn app(meter: &Arc<Meter>) -> BenchApp {
     let payments = MemoryPayments::new(Arc::clone(meter));
@@ -187,7 +187,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-pub async fn warm_overhead(iterations: usize) -> String {
+/// The app and one API Gateway event per handler, ready for repeated calls: a FREE user
+/// starting checkouts, a fulfilled session refreshed, a PRO user's portal and account, and a
+/// signed webhook seen before (verify + duplicate).
+pub async fn setup() -> (BenchApp, Vec<(&'static str, String)>) {
     let meter = Meter::new();
     let a = app(&meter);
     let alice = UserName::parse("alice").expect("name");
@@ -201,11 +204,12 @@ pub async fn warm_overhead(iterations: usize) -> String {
         "data": {"object": {"id": "cus_bench", "object": "customer", "created": t, "livemode": false}},
         "livemode": false, "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null}, "type": "customer.created"})
     .to_string();
+    // Signed one hour ahead would be refused; criterion runs for minutes, so sign "now" and
+    // let the clock tolerance (300 s) cover a run.
     let sig = paykey::adapters::stripe::sign_payload(&payload, "whsec_bench", t);
-
-    let cases: Vec<(&str, String)> = vec![
+    let cases = vec![
         (
-            "create-checkout-session (new session)",
+            "create-checkout-session",
             event(
                 "POST",
                 "/checkout-sessions",
@@ -217,7 +221,7 @@ pub async fn warm_overhead(iterations: usize) -> String {
             ),
         ),
         (
-            "create-api-key (refresh after fulfilment)",
+            "create-api-key",
             event(
                 "GET",
                 "/create-api-key/{session_id}/{one_time_key}",
@@ -242,7 +246,7 @@ pub async fn warm_overhead(iterations: usize) -> String {
         ),
         ("get-account", event("GET", "/account", "/account", json!(null), None, json!({}), "alice")),
         (
-            "stripe-webhook (verify + duplicate)",
+            "stripe-webhook",
             event(
                 "POST",
                 "/stripe/webhook",
@@ -254,25 +258,35 @@ pub async fn warm_overhead(iterations: usize) -> String {
             ),
         ),
     ];
+    (a, cases)
+}
+
+/// One request: event JSON parsed → handler → response status.
+pub async fn call(a: &BenchApp, handler: &str, event: &str) -> u16 {
+    let req = lambda_http::request::from_str(event).expect("event");
+    let resp = match handler {
+        "create-checkout-session" => handlers::create_checkout_session(a, req).await,
+        "create-api-key" => handlers::create_api_key(a, req).await,
+        "create-billing-portal" => handlers::create_billing_portal(a, req).await,
+        "get-account" => handlers::get_account(a, req).await,
+        _ => handlers::stripe_webhook(a, req).await,
+    };
+    match resp {
+        Ok(r) => r.status().as_u16(),
+        Err(never) => match never {},
+    }
+}
+
+pub async fn warm_overhead(iterations: usize) -> String {
+    let (a, cases) = setup().await;
     let mut md = format!(
-        "\n## Warm overhead per request (API Gateway event JSON parsed → handler → response, in-memory ports, {iterations} iterations)\n\n| handler | p50 µs | p99 µs |\n|---|---|---|\n"
+        "\n## Warm overhead per request (API Gateway event JSON parsed → handler → response, in-memory ports, {iterations} iterations)\n\nPaths: a new checkout session; the success URL refreshed after fulfilment; portal; account; a signed webhook already processed (verify + duplicate). `cargo bench -p paykey-bench` runs the same calls under criterion.\n\n| handler | p50 µs | p99 µs |\n|---|---|---|\n"
     );
     for (name, ev) in cases {
         let mut times = Vec::with_capacity(iterations);
         for _ in 0..iterations {
             let t = Instant::now();
-            let req = lambda_http::request::from_str(&ev).expect("event");
-            let resp = match name.split(' ').next().unwrap_or_default() {
-                "create-checkout-session" => handlers::create_checkout_session(&a, req).await,
-                "create-api-key" => handlers::create_api_key(&a, req).await,
-                "create-billing-portal" => handlers::create_billing_portal(&a, req).await,
-                "get-account" => handlers::get_account(&a, req).await,
-                _ => handlers::stripe_webhook(&a, req).await,
-            };
-            let status = match resp {
-                Ok(r) => r.status().as_u16(),
-                Err(never) => match never {},
-            };
+            let status = call(&a, name, &ev).await;
             times.push(t.elapsed().as_secs_f64() * 1e6);
             assert!(status < 500, "{name} answered {status}");
         }

@@ -65,22 +65,9 @@ pub async fn checkout_app(env: &Env) -> Result<CheckoutApp, InitError> {
     Ok(app(DynamoStore::new(&aws, tables), (), CognitoUsers::new(&aws, pool), payments, settings))
 }
 
-/// `create-api-key`.
+/// `create-api-key`: the same ports as the webhook, without its secret.
 pub async fn fulfil_app(env: &Env) -> Result<FulfilApp, InitError> {
-    let settings = config::settings(env)?;
-    let tables = Tables::from_env(env)?;
-    let pool = config::user_pool_id(env)?;
-    let plan = config::usage_plan_id(env)?;
-    let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
-    let aws = aws::load_config().await;
-    let (payments, _) = stripe(env, key, &aws).await?;
-    Ok(app(
-        DynamoStore::new(&aws, tables),
-        ApiGatewayKeys::new(&aws, plan),
-        CognitoUsers::new(&aws, pool),
-        payments,
-        settings,
-    ))
+    Ok(all_ports(env).await?.0)
 }
 
 /// `create-billing-portal`.
@@ -119,7 +106,7 @@ pub async fn webhook_app(env: &Env) -> Result<WebhookApp, InitError> {
 
 /// The resync command: every port, no webhook secret.
 pub async fn resync_app(env: &Env) -> Result<WebhookApp, InitError> {
-    Ok(all_ports(env).await?.0)
+    fulfil_app(env).await
 }
 
 async fn all_ports(env: &Env) -> Result<(WebhookApp, aws_config::SdkConfig), InitError> {

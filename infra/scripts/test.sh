@@ -62,6 +62,12 @@ SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1} sam vali
 log=$cache/last-test.log
 python -m pytest -q infra/tests 2>&1 | tee "$log"
 
+# Every binary a test starts as a child process (the functions and the hello-world floor under
+# the benchmarks' Runtime API emulator, paykey-local in the browser test) is built here first:
+# `cargo test` only builds the binaries of the package whose tests it runs.
+step "cargo build --workspace --bins (binaries the tests run as child processes)"
+cargo build --workspace --bins
+
 step "cargo test (flows, handlers, adapter contracts on memory, moto and the Stripe emulator, local stack e2e)"
 cargo test --workspace --lib --bins --tests 2>&1 | tee -a "$log"
 

@@ -1,29 +1,52 @@
 #!/usr/bin/env bash
-# Builds every Lambda for arm64 (provided.al2023) with cargo-lambda and zig from PyPI, as
-# `sam build` does, and prints the size of each bootstrap binary.
-#   bash infra/scripts/build-lambdas.sh [--x86-64]
+# Builds the deployable functions exactly as an operator's `sam build` does (SAM CLI's
+# rust-cargolambda workflow: `cargo lambda build --release --arm64 --bin <function>` from the
+# workspace root, one function after the other, into .aws-sam/build/<Function>/bootstrap), then
+# the benchmarks' hello-world floor the same way for comparison, and prints each binary's size.
+#   bash infra/scripts/build-lambdas.sh
+# Needs the tools infra/scripts/test.sh installs (SAM CLI, cargo-lambda, zig in the venv).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 cache=${PAYKEY_CACHE:-$HOME/.cache/paykey}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 export PATH="$cache/venv/bin:$PATH"
-command -v cargo-lambda >/dev/null || { echo "cargo-lambda missing: run infra/scripts/test.sh first (it installs the Python tools)"; exit 1; }
-arch_flag=--arm64
-triple=aarch64-unknown-linux-gnu
-if [ "${1:-}" = "--x86-64" ]; then arch_flag=--x86-64; triple=x86_64-unknown-linux-gnu; fi
-rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
-functions=(create-checkout-session create-api-key create-billing-portal get-account stripe-webhook)
-pkgs=()
-for f in "${functions[@]}"; do pkgs+=(-p "$f"); done
-# and the benchmarks' floor (hello-world lambda_http), built the same way, for size comparison
-pkgs+=(-p hello-floor)
-printf '\n== cargo lambda build --release %s (%s)\n' "$arch_flag" "${functions[*]}"
-cargo lambda build --release "$arch_flag" "${pkgs[@]}"
-printf '\n%-26s %12s\n' function "bytes"
-for f in "${functions[@]}" hello-floor; do
-  bin=$CARGO_TARGET_DIR/lambda/$f/bootstrap
-  [ -f "$bin" ] || { echo "missing $bin"; exit 1; }
-  kind=$(command -v file >/dev/null && file -b "$bin" | cut -d, -f1-2 || echo "ELF")
-  printf '%-26s %12s  (%s)\n' "$f" "$(stat -c %s "$bin")" "$kind"
+export SAM_CLI_TELEMETRY=0
+for tool in sam cargo-lambda; do
+  command -v "$tool" >/dev/null || { echo "$tool missing: run infra/scripts/test.sh first (it installs the Python tools)"; exit 1; }
 done
+triple=aarch64-unknown-linux-gnu
+rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
+
+printf '\n== sam build (template.yaml, samconfig.toml; CARGO_TARGET_DIR=%s)\n' "$CARGO_TARGET_DIR"
+start=$(date +%s)
+sam build --template-file template.yaml
+printf 'sam build took %s s\n' "$(($(date +%s) - start))"
+
+# The floor, with the same command and the same workspace-wide feature resolution as sam's
+# per-function builds, so it reuses their compiled dependencies.
+printf '\n== cargo lambda build --release --arm64 --bin hello-floor\n'
+cargo lambda build --release --arm64 --bin hello-floor
+
+functions=$(python3 - <<'EOF'
+import re
+text = open("template.yaml").read()
+for name, binary in re.findall(r"\n  (\w+):\n    Type: AWS::Serverless::Function\n    Metadata:\n      BuildMethod: rust-cargolambda\n      BuildProperties:\n        Binary: ([\w-]+)", text):
+    print(name, binary)
+EOF
+)
+[ -n "$functions" ] || { echo "no rust-cargolambda function found in template.yaml"; exit 1; }
+printf '\n%-30s %-26s %12s\n' resource binary bytes
+while read -r name binary; do
+  bin=.aws-sam/build/$name/bootstrap
+  [ -f "$bin" ] || { echo "missing $bin"; exit 1; }
+  # ELF header: e_machine 183 is AArch64 (what Architectures: [arm64] runs)
+  python3 -c 'import sys; h = open(sys.argv[1], "rb").read(20); sys.exit(0 if h[:4] == b"\x7fELF" and int.from_bytes(h[18:20], "little") == 183 else 1)' "$bin" \
+    || { echo "$bin is not an arm64 ELF executable"; exit 1; }
+  printf '%-30s %-26s %12s  (ELF aarch64)\n' "$name" "$binary" "$(stat -c %s "$bin")"
+done <<<"$functions"
+floor=$CARGO_TARGET_DIR/lambda/hello-floor/bootstrap
+[ -f "$floor" ] || { echo "missing $floor"; exit 1; }
+printf '%-30s %-26s %12s\n' "(floor)" hello-floor "$(stat -c %s "$floor")"
+# The deploy reads .aws-sam/build/template.yaml: it must name every function's built artefact.
+test -f .aws-sam/build/template.yaml

@@ -33,6 +33,19 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$PY_TOOLS" ]; then
 fi
 export PATH="$venv/bin:$PATH"
 
+# Checkov pins its own boto3 and friends, older than SAM CLI's: it gets a venv of its own.
+CHECKOV_VERSION=3.3.30
+checkov_venv=$cache/checkov-venv
+step "checkov $CHECKOV_VERSION in $checkov_venv"
+if [ ! -x "$checkov_venv/bin/python" ]; then
+  python3 -m venv "$checkov_venv"
+fi
+if [ "$(cat "$checkov_venv/.paykey-tools" 2>/dev/null)" != "checkov==$CHECKOV_VERSION" ]; then
+  "$checkov_venv/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  echo "checkov==$CHECKOV_VERSION" >"$checkov_venv/.paykey-tools"
+fi
+export PAYKEY_CHECKOV=$checkov_venv/bin/checkov
+
 step "moto_server on loopback"
 port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 moto_log=$(mktemp)
@@ -55,12 +68,14 @@ if [ -z "${PAYKEY_QUICK:-}" ]; then
   cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
-step "template.yaml: cfn-lint, sam validate --lint, security assertions"
+step "template.yaml: cfn-lint, sam validate --lint; the SAM transform, assertions on its output, Checkov"
 cfn-lint --version
 cfn-lint template.yaml
 SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1} sam validate --lint --template template.yaml
 log=$cache/last-test.log
-python -m pytest -q infra/tests 2>&1 | tee "$log"
+# infra/tests/test_template.py runs the SAM transform CloudFormation runs (samtranslator from
+# the pinned SAM CLI) offline and asserts on the transformed template; it also runs Checkov.
+AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1} python -m pytest -q infra/tests 2>&1 | tee "$log"
 
 # Every binary a test starts as a child process (the functions and the hello-world floor under
 # the benchmarks' Runtime API emulator, paykey-local in the browser test) is built here first:

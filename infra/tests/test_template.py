@@ -1,69 +1,253 @@
-"""Security-relevant properties of template.yaml, asserted on the parsed template.
+"""template.yaml as CloudFormation deploys it.
 
-Run by the test command with the venv's pytest; cfn-lint's loader reads the CloudFormation
-short-form tags (!Ref, !Sub, !GetAtt) into their long forms.
+The SAM source is first run through the SAM transform that CloudFormation runs
+(`AWS::Serverless-2016-10-31`: the `samtranslator` library shipped with the pinned SAM CLI),
+offline, with every `CodeUri` replaced by an `s3://` placeholder as after `sam package`. The
+assertions about what gets deployed (routes and their authorizers, CORS, gateway responses,
+access logs and throttling, function roles, permissions, outputs) read the *transformed*
+template. A template the transform rejects fails every test here (cfn-lint and `sam validate`
+do not run the transform).
+
+What this does not prove: that CloudFormation and the AWS services accept every property value
+(only a real `sam deploy` can), nor that the IAM actions listed below are all the code needs.
+
+PAYKEY_TEMPLATE=<path> runs the same assertions on another template (e.g. an older revision).
 """
+import copy
+import json
+import os
+import re
 from pathlib import Path
 
 import pytest
 from cfnlint.decode import cfn_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-T = cfn_yaml.load(str(ROOT / "template.yaml"))
-R = T["Resources"]
-FUNCTIONS = {k: v for k, v in R.items() if v["Type"] == "AWS::Serverless::Function"}
+TEMPLATE = Path(os.environ.get("PAYKEY_TEMPLATE", ROOT / "template.yaml"))
+SOURCE = cfn_yaml.load(str(TEMPLATE))
+SAM_FUNCTIONS = {k: v for k, v in SOURCE["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
 
 
-def actions(fn):
-    out = set()
-    for policy in FUNCTIONS[fn]["Properties"].get("Policies", []):
-        for st in policy["Statement"]:
-            a = st["Action"]
-            out.update(a if isinstance(a, list) else [a])
-    return out
+def sam_transform(source):
+    """The SAM transform as CloudFormation applies it to a packaged template."""
+    from samtranslator.model.exceptions import InvalidDocumentException
+    from samtranslator.translator.transform import transform
+    from samtranslator.yaml_helper import yaml_parse
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    template = yaml_parse(source.read_text())
+    for r in template["Resources"].values():
+        if r["Type"] == "AWS::Serverless::Function":
+            r["Properties"]["CodeUri"] = "s3://paykey-artifacts/paykey/0123456789abcdef"
+
+    class NoManagedPolicies:
+        def load(self):
+            return {}
+
+    try:
+        return transform(template, {}, NoManagedPolicies())
+    except InvalidDocumentException as e:
+        pytest.fail("the SAM transform rejects the template:\n" + "\n".join(str(c) for c in e.causes), pytrace=False)
 
 
-def statements(fn):
-    return [st for p in FUNCTIONS[fn]["Properties"].get("Policies", []) for st in p["Statement"]]
+@pytest.fixture(scope="module")
+def cfn():
+    return sam_transform(TEMPLATE)
 
 
-def test_custom_attributes_are_readable_but_not_writable_by_the_app_client():
-    client = R["UserPoolClient"]["Properties"]
-    assert not [a for a in client["WriteAttributes"] if a.startswith("custom:")]
-    assert {"custom:plan_type", "custom:stripe_customer_id"} <= set(client["ReadAttributes"])
-    assert client["GenerateSecret"] is False
-    names = {a["Name"] for a in R["UserPool"]["Properties"]["Schema"]}
-    assert {"plan_type", "stripe_customer_id"} <= names
+def of_type(cfn, t):
+    return {k: v for k, v in cfn["Resources"].items() if v["Type"] == t}
 
 
+def listify(x):
+    return x if isinstance(x, list) else [x]
+
+
+# ------------------------------------------------------------------ the transform itself
+
+
+def test_the_sam_transform_accepts_the_template_and_leaves_no_serverless_resource(cfn):
+    assert "Transform" not in cfn
+    left = [k for k, v in cfn["Resources"].items() if v["Type"].startswith("AWS::Serverless::")]
+    assert left == []
+    assert set(of_type(cfn, "AWS::Lambda::Function")) == set(SAM_FUNCTIONS)
+
+
+# ------------------------------------------------------------------ routes and authorization
+
+# The README's HTTP API table: route -> (function, authorizer). None = no authorizer.
 ROUTES = {
-    ("/checkout-sessions", "POST"): ("CreateCheckoutSessionFunction", "CognitoAuthorizer"),
-    ("/create-api-key/{session_id}/{one_time_key}", "GET"): ("CreateApiKeyFunction", "NONE"),
-    ("/create-billing-portal-by-user", "GET"): ("CreateBillingPortalFunction", "CognitoAuthorizer"),
-    ("/account", "GET"): ("GetAccountFunction", "CognitoAuthorizer"),
-    ("/stripe/webhook", "POST"): ("StripeWebhookFunction", "NONE"),
+    ("/checkout-sessions", "post"): ("CreateCheckoutSessionFunction", "CognitoAuthorizer"),
+    ("/create-api-key/{session_id}/{one_time_key}", "get"): ("CreateApiKeyFunction", None),
+    ("/create-billing-portal-by-user", "get"): ("CreateBillingPortalFunction", "CognitoAuthorizer"),
+    ("/account", "get"): ("GetAccountFunction", "CognitoAuthorizer"),
+    ("/stripe/webhook", "post"): ("StripeWebhookFunction", None),
 }
 
 
-def test_every_route_has_the_intended_authorizer_and_no_other_route_exists():
+def rest_api_body(cfn):
+    apis = of_type(cfn, "AWS::ApiGateway::RestApi")
+    assert list(apis) == ["PaykeyApi"]
+    return apis["PaykeyApi"]["Properties"]["Body"]
+
+
+def method_auth(body, op):
+    """(AuthorizationType, authorizer name) API Gateway gives a method imported from this
+    OpenAPI body: a `security` entry naming a `securityDefinitions` entry of type
+    cognito_user_pools is COGNITO_USER_POOLS with that authorizer; no security, or only names
+    without a definition (SAM writes `NONE`), is NONE."""
+    defs = body.get("securityDefinitions", {})
+    named = [name for req in op.get("security", []) for name in req if name in defs]
+    if not named:
+        return ("NONE", None)
+    assert len(named) == 1, op["security"]
+    d = defs[named[0]]
+    assert d["x-amazon-apigateway-authtype"] == "cognito_user_pools", d
+    assert d["x-amazon-apigateway-authorizer"]["type"] == "cognito_user_pools", d
+    return ("COGNITO_USER_POOLS", named[0])
+
+
+def test_every_route_has_the_readme_authorizer_and_no_other_route_exists(cfn):
+    body = rest_api_body(cfn)
     seen = {}
-    for name, fn in FUNCTIONS.items():
-        for ev in fn["Properties"]["Events"].values():
-            assert ev["Type"] == "Api"
-            p = ev["Properties"]
-            assert p["RestApiId"] == {"Ref": "PaykeyApi"}
-            seen[(p["Path"], p["Method"])] = (name, p["Auth"]["Authorizer"])
+    for path, ops in body["paths"].items():
+        for method, op in ops.items():
+            if method == "options":
+                continue
+            uri = op["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
+            fn = re.search(r"\$\{(\w+)\.Arn\}", uri).group(1)
+            assert op["x-amazon-apigateway-integration"]["type"] == "aws_proxy"
+            auth_type, authorizer = method_auth(body, op)
+            assert auth_type == ("NONE" if authorizer is None else "COGNITO_USER_POOLS")
+            seen[(path, method)] = (fn, authorizer)
     assert seen == ROUTES
 
 
-def test_cors_allows_the_app_origin_only_and_preflight_needs_no_token():
-    api = R["PaykeyApi"]["Properties"]
-    assert api["Cors"]["AllowOrigin"] == {"Fn::Sub": "'${AppUrl}'"}
-    assert "Authorization" in api["Cors"]["AllowHeaders"]
-    assert api["Auth"]["AddDefaultAuthorizerToCorsPreflight"] is False
-    assert "DefaultAuthorizer" not in api["Auth"]
-    assert api["Auth"]["Authorizers"]["CognitoAuthorizer"]["UserPoolArn"] == {"Fn::GetAtt": ["UserPool", "Arn"]}
-    assert "StageName" in T["Parameters"] and api["StageName"] == {"Ref": "StageName"}
+def test_the_cognito_authorizer_is_the_stacks_user_pool_reading_the_authorization_header(cfn):
+    d = rest_api_body(cfn)["securityDefinitions"]
+    assert set(d) == {"CognitoAuthorizer"}
+    a = d["CognitoAuthorizer"]
+    assert a["in"] == "header" and a["name"] == "Authorization"
+    assert a["x-amazon-apigateway-authorizer"]["providerARNs"] == [{"Fn::GetAtt": ["UserPool", "Arn"]}]
+
+
+def test_preflight_is_answered_without_a_token_on_every_path_for_the_app_origin_only(cfn):
+    body = rest_api_body(cfn)
+    for path, ops in body["paths"].items():
+        assert "options" in ops, path
+        op = ops["options"]
+        assert method_auth(body, op) == ("NONE", None), path
+        integ = op["x-amazon-apigateway-integration"]
+        assert integ["type"] == "mock", path
+        h = integ["responses"]["default"]["responseParameters"]
+        assert h["method.response.header.Access-Control-Allow-Origin"] == {"Fn::Sub": "'${AppUrl}'"}, path
+        assert "Authorization" in h["method.response.header.Access-Control-Allow-Headers"], path
+        assert h["method.response.header.Access-Control-Allow-Methods"] == "'GET,POST,OPTIONS'", path
+        assert h["method.response.header.Access-Control-Allow-Credentials"] == "'true'", path
+
+
+def test_gateway_errors_carry_the_app_origin_so_the_browser_can_read_them(cfn):
+    gr = rest_api_body(cfn)["x-amazon-apigateway-gateway-responses"]
+    assert set(gr) == {"DEFAULT_4XX", "DEFAULT_5XX"}
+    for name, r in gr.items():
+        assert r["responseParameters"] == {"gatewayresponse.header.Access-Control-Allow-Origin": {"Fn::Sub": "'${AppUrl}'"}}, name
+
+
+def test_each_function_may_be_invoked_only_by_this_api_on_its_own_route(cfn):
+    perms = of_type(cfn, "AWS::Lambda::Permission")
+    got = set()
+    for p in perms.values():
+        props = p["Properties"]
+        assert props["Action"] == "lambda:InvokeFunction" and props["Principal"] == "apigateway.amazonaws.com"
+        fn = props["FunctionName"]["Ref"]
+        arn, values = props["SourceArn"]["Fn::Sub"]
+        assert values["__ApiId__"] == {"Ref": "PaykeyApi"}
+        assert values["__Stage__"] == "*"
+        m = re.fullmatch(r"arn:aws:execute-api:\$\{AWS::Region\}:\$\{AWS::AccountId\}:\$\{__ApiId__\}/\$\{__Stage__\}/([A-Z]+)(/.*)", arn)
+        assert m, arn
+        path = re.sub(r"\*", "{}", m.group(2))
+        got.add((fn, m.group(1), path))
+    want = {(fn, method.upper(), re.sub(r"\{[^}]+\}", "{}", path)) for (path, method), (fn, _) in ROUTES.items()}
+    assert got == want
+
+
+# ------------------------------------------------------------------ stage: access logs, throttling, tracing
+
+
+def stage(cfn):
+    stages = of_type(cfn, "AWS::ApiGateway::Stage")
+    assert list(stages) == ["PaykeyApiStage"]
+    return stages["PaykeyApiStage"]["Properties"]
+
+
+def test_the_stage_writes_one_json_access_log_line_with_request_ids_and_caller_identity(cfn):
+    s = stage(cfn)
+    assert s["StageName"] == {"Ref": "StageName"}
+    assert s["TracingEnabled"] is True
+    log = s["AccessLogSetting"]
+    assert log["DestinationArn"] == {"Fn::GetAtt": ["PaykeyApiAccessLogs", "Arn"]}
+    line = json.loads(log["Format"])  # one JSON object per request
+    assert line["requestId"] == "$context.requestId"
+    assert line["extendedRequestId"] == "$context.extendedRequestId"
+    assert line["sourceIp"] == "$context.identity.sourceIp"
+    assert line["sub"] == "$context.authorizer.claims.sub"
+    assert {"httpMethod", "resourcePath", "status", "userAgent", "integrationError"} <= set(line)
+    group = cfn["Resources"]["PaykeyApiAccessLogs"]
+    assert group["Type"] == "AWS::Logs::LogGroup"
+    assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_the_stage_is_ordered_after_the_account_logging_role_when_the_stack_creates_it(cfn):
+    r = cfn["Resources"]
+    assert r["ApiGatewayAccount"]["Condition"] == "CreateApiGatewayAccountRole"
+    assert r["ApiGatewayAccount"]["Properties"]["CloudWatchRoleArn"] == {"Fn::GetAtt": ["ApiGatewayCloudWatchRole", "Arn"]}
+    assert r["ApiGatewayAccountReady"]["Metadata"]["AccountSetting"]["Fn::If"][1] == {"Ref": "ApiGatewayAccount"}
+    assert "ApiGatewayAccountReady" in listify(r["PaykeyApi"].get("DependsOn", []))
+    # the stage comes after the deployment, which comes after the REST API
+    deployment = next(iter(of_type(cfn, "AWS::ApiGateway::Deployment")))
+    assert stage(cfn)["DeploymentId"] == {"Ref": deployment}
+
+
+def decode_resource_path(p):
+    """MethodSettings.ResourcePath: a leading slash, then the path with each / written ~1
+    (`/~1stripe~1webhook` is /stripe/webhook); `/*` is every resource."""
+    assert p.startswith("/"), p
+    return p[1:].replace("~1", "/")
+
+
+def test_the_stage_throttles_everything_and_the_unauthenticated_routes_harder(cfn):
+    settings = stage(cfn)["MethodSettings"]
+    by_route = {(decode_resource_path(m["ResourcePath"]), m["HttpMethod"]): m for m in settings}
+    everything = by_route.pop(("*", "*"))
+    assert everything["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRateLimit"}
+    assert everything["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurstLimit"}
+    public = {(path, method.upper()) for (path, method), (_, auth) in ROUTES.items() if auth is None}
+    assert set(by_route) == public
+    paths = rest_api_body(cfn)["paths"]
+    for (path, method), m in by_route.items():
+        assert method.lower() in paths[path], path  # the setting names a real method
+        assert m["ThrottlingRateLimit"] == {"Ref": "PublicRouteThrottleRateLimit"}
+        assert m["ThrottlingBurstLimit"] == {"Ref": "PublicRouteThrottleBurstLimit"}
+
+
+# ------------------------------------------------------------------ functions and their roles
+
+
+def functions(cfn):
+    return of_type(cfn, "AWS::Lambda::Function")
+
+
+def role_of(cfn, fn):
+    ref = functions(cfn)[fn]["Properties"]["Role"]
+    return cfn["Resources"][ref["Fn::GetAtt"][0]]["Properties"]
+
+
+def statements(cfn, fn):
+    return [st for p in role_of(cfn, fn).get("Policies", []) for st in p["PolicyDocument"]["Statement"]]
+
+
+def actions(cfn, fn):
+    return {a for st in statements(cfn, fn) for a in listify(st["Action"])}
 
 
 EXPECTED_ACTIONS = {
@@ -84,97 +268,149 @@ EXPECTED_ACTIONS = {
 
 
 @pytest.mark.parametrize("fn", sorted(EXPECTED_ACTIONS))
-def test_each_function_has_exactly_the_actions_it_uses(fn):
-    assert actions(fn) == EXPECTED_ACTIONS[fn]
+def test_each_deployed_role_allows_exactly_the_listed_actions(cfn, fn):
+    assert actions(cfn, fn) == EXPECTED_ACTIONS[fn]
 
 
 @pytest.mark.parametrize("fn", sorted(EXPECTED_ACTIONS))
-def test_no_wildcard_actions_or_resources(fn):
-    for st in statements(fn):
+def test_each_role_is_assumable_by_lambda_only_and_adds_only_the_basic_logging_policy(cfn, fn):
+    role = role_of(cfn, fn)
+    assert role["AssumeRolePolicyDocument"]["Statement"] == [
+        {"Action": ["sts:AssumeRole"], "Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com"]}}
+    ]
+    assert role["ManagedPolicyArns"] == ["arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"]
+
+
+@pytest.mark.parametrize("fn", sorted(EXPECTED_ACTIONS))
+def test_no_wildcard_actions_or_resources(cfn, fn):
+    for st in statements(cfn, fn):
         assert st["Effect"] == "Allow"
-        acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
-        assert not [a for a in acts if "*" in a], st
-        res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
-        assert "*" not in res, st
+        assert not [a for a in listify(st["Action"]) if "*" in a], st
+        assert "*" not in listify(st["Resource"]), st
 
 
-def test_only_the_key_issuing_functions_may_change_api_keys_and_usage_plans():
-    writers = {fn for fn in FUNCTIONS if actions(fn) & {"apigateway:POST", "apigateway:PATCH", "apigateway:DELETE"}}
+def test_only_the_key_issuing_functions_may_change_api_keys_and_usage_plans(cfn):
+    writers = {fn for fn in functions(cfn) if actions(cfn, fn) & {"apigateway:POST", "apigateway:PATCH", "apigateway:DELETE"}}
     assert writers == {"CreateApiKeyFunction", "StripeWebhookFunction"}
-    readers = {fn for fn in FUNCTIONS if any(a.startswith("apigateway:") for a in actions(fn))}
+    readers = {fn for fn in functions(cfn) if any(a.startswith("apigateway:") for a in actions(cfn, fn))}
     assert readers == writers | {"GetAccountFunction"}
 
 
-def test_api_gateway_permissions_are_scoped_to_keys_and_the_pro_usage_plan():
-    for fn in FUNCTIONS:
-        for st in statements(fn):
-            if not any(a.startswith("apigateway:") for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])):
+def test_api_gateway_permissions_are_scoped_to_keys_and_the_pro_usage_plan(cfn):
+    for fn in functions(cfn):
+        for st in statements(cfn, fn):
+            if not any(a.startswith("apigateway:") for a in listify(st["Action"])):
                 continue
-            res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
-            for r in res:
+            for r in listify(st["Resource"]):
                 s = r["Fn::Sub"]
                 assert s.endswith(("/apikeys", "/apikeys/*")) or "/usageplans/${ProUsagePlan}/keys" in s, s
 
 
+def test_functions_are_arm64_al2023_with_the_global_settings(cfn):
+    for name, fn in functions(cfn).items():
+        p = fn["Properties"]
+        assert p["Runtime"] == "provided.al2023" and p["Architectures"] == ["arm64"] and p["Handler"] == "bootstrap", name
+        assert p["Code"] == {"S3Bucket": "paykey-artifacts", "S3Key": "paykey/0123456789abcdef"}, name
+        assert p["Timeout"] == 20, name  # below FULFILMENT_LEASE_SECONDS (60)
+        env = p["Environment"]["Variables"]
+        assert env["MY_DOMAIN"] == {"Ref": "AppUrl"} and env["USER_POOL_ID"] == {"Ref": "UserPool"}, name
+
+
+def test_the_unauthenticated_functions_have_a_concurrency_ceiling_and_the_others_none(cfn):
+    public = {fn for (fn, auth) in ROUTES.values() if auth is None}
+    for name, fn in functions(cfn).items():
+        rc = fn["Properties"].get("ReservedConcurrentExecutions")
+        if name in public:
+            assert rc == {"Fn::If": ["ReservePublicConcurrency", {"Ref": "PublicFunctionConcurrency"}, {"Ref": "AWS::NoValue"}]}, name
+        else:
+            assert rc is None, name
+    assert cfn["Conditions"]["ReservePublicConcurrency"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "PublicFunctionConcurrency"}, 0]}]}
+
+
+def test_stripe_secrets_come_from_ssm_never_from_plain_values(cfn):
+    for name, p in cfn["Parameters"].items():
+        default = str(p.get("Default", ""))
+        assert not default.startswith(("sk_", "rk_", "whsec_")), name
+    for name, fn in functions(cfn).items():
+        env = fn["Properties"]["Environment"]["Variables"]
+        assert "STRIPE_API_KEY" not in env and "STRIPE_WEBHOOK_SECRET" not in env, name
+        if "ssm:GetParameter" in actions(cfn, name):
+            assert env["STRIPE_API_KEY_PARAMETER"] == {"Ref": "StripeSecretKeyParameter"}, name
+    webhook = functions(cfn)["StripeWebhookFunction"]["Properties"]["Environment"]["Variables"]
+    assert webhook["STRIPE_WEBHOOK_SECRET_PARAMETER"] == {"Ref": "StripeWebhookSecretParameter"}
+
+
+def test_every_function_has_a_log_group_with_retention(cfn):
+    groups = [r["Properties"] for r in of_type(cfn, "AWS::Logs::LogGroup").values()]
+    named = {g["LogGroupName"]["Fn::Sub"] for g in groups}
+    assert named == {f"/aws/lambda/${{{fn}}}" for fn in functions(cfn)} | {"/aws/apigateway/${AWS::StackName}-access"}
+    assert all(g["RetentionInDays"] == {"Ref": "LogRetentionDays"} for g in groups)
+
+
+# ------------------------------------------------------------------ users, data, the plan
+
+
+def test_custom_attributes_are_readable_but_not_writable_by_the_app_client(cfn):
+    client = cfn["Resources"]["UserPoolClient"]["Properties"]
+    assert not [a for a in client["WriteAttributes"] if a.startswith("custom:")]
+    assert {"custom:plan_type", "custom:stripe_customer_id"} <= set(client["ReadAttributes"])
+    assert client["GenerateSecret"] is False
+    names = {a["Name"] for a in cfn["Resources"]["UserPool"]["Properties"]["Schema"]}
+    assert {"plan_type", "stripe_customer_id"} <= names
+
+
 @pytest.mark.parametrize("table", ["SessionsTable", "ApiKeysTable"])
-def test_tables_are_on_demand_recoverable_encrypted_and_expire_items(table):
-    p = R[table]["Properties"]
+def test_tables_are_on_demand_recoverable_encrypted_and_expire_items(cfn, table):
+    t = cfn["Resources"][table]
+    p = t["Properties"]
     assert p["BillingMode"] == "PAY_PER_REQUEST"
     assert p["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert p["SSESpecification"]["SSEEnabled"] is True
     assert p["TimeToLiveSpecification"] == {"AttributeName": "ExpiresAt", "Enabled": True}
-    assert R[table]["DeletionPolicy"] == "Retain"
+    assert t["DeletionPolicy"] == "Retain" and t["UpdateReplacePolicy"] == "Retain"
 
 
-def test_table_keys_keep_the_original_attribute_names():
-    assert R["SessionsTable"]["Properties"]["KeySchema"] == [{"AttributeName": "SessionID", "KeyType": "HASH"}]
-    assert R["ApiKeysTable"]["Properties"]["KeySchema"] == [{"AttributeName": "UserID", "KeyType": "HASH"}]
-    gsi = R["ApiKeysTable"]["Properties"]["GlobalSecondaryIndexes"][0]
+def test_table_keys_keep_the_original_attribute_names(cfn):
+    r = cfn["Resources"]
+    assert r["SessionsTable"]["Properties"]["KeySchema"] == [{"AttributeName": "SessionID", "KeyType": "HASH"}]
+    assert r["ApiKeysTable"]["Properties"]["KeySchema"] == [{"AttributeName": "UserID", "KeyType": "HASH"}]
+    gsi = r["ApiKeysTable"]["Properties"]["GlobalSecondaryIndexes"][0]
     assert gsi["IndexName"] == "StripeCustomerId-index"
 
 
-def test_functions_are_arm64_al2023_rust_builds_of_existing_crates():
-    g = T["Globals"]["Function"]
-    assert g["Runtime"] == "provided.al2023" and g["Architectures"] == ["arm64"] and g["Handler"] == "bootstrap"
-    for name, fn in FUNCTIONS.items():
-        assert fn["Metadata"]["BuildMethod"] == "rust-cargolambda", name
-        binary = fn["Metadata"]["BuildProperties"]["Binary"]
-        assert (ROOT / "functions" / binary / "Cargo.toml").is_file(), binary
-
-
-def test_stripe_secrets_come_from_ssm_never_from_plain_values():
-    for name, p in T["Parameters"].items():
-        default = str(p.get("Default", ""))
-        assert not default.startswith(("sk_", "rk_", "whsec_")), name
-    for name, fn in FUNCTIONS.items():
-        env = fn["Properties"].get("Environment", {}).get("Variables", {})
-        assert "STRIPE_API_KEY" not in env and "STRIPE_WEBHOOK_SECRET" not in env, name
-        if "ssm:GetParameter" in actions(name):
-            assert env["STRIPE_API_KEY_PARAMETER"] == {"Ref": "StripeSecretKeyParameter"}, name
-    assert FUNCTIONS["StripeWebhookFunction"]["Properties"]["Environment"]["Variables"]["STRIPE_WEBHOOK_SECRET_PARAMETER"] == {"Ref": "StripeWebhookSecretParameter"}
-
-
-def test_the_pro_usage_plan_has_a_monthly_quota_and_throttling_from_parameters():
-    p = R["ProUsagePlan"]["Properties"]
+def test_the_pro_usage_plan_has_a_monthly_quota_and_throttling_from_parameters(cfn):
+    p = cfn["Resources"]["ProUsagePlan"]["Properties"]
     assert p["Quota"] == {"Limit": {"Ref": "ProQuotaLimit"}, "Period": "MONTH"}
-    assert T["Parameters"]["ProQuotaLimit"]["Default"] == 100000
+    assert cfn["Parameters"]["ProQuotaLimit"]["Default"] == 100000
     assert p["Throttle"] == {"RateLimit": {"Ref": "ProThrottleRateLimit"}, "BurstLimit": {"Ref": "ProThrottleBurstLimit"}}
     assert p["ApiStages"] == [{"ApiId": {"Ref": "ProductRestApiId"}, "Stage": {"Ref": "ProductStageName"}}]
 
 
-def test_every_function_has_a_log_group_with_retention():
-    groups = [r["Properties"] for r in R.values() if r["Type"] == "AWS::Logs::LogGroup"]
-    named = {g["LogGroupName"]["Fn::Sub"] for g in groups}
-    assert named == {f"/aws/lambda/${{{fn}}}" for fn in FUNCTIONS}
-    assert all(g["RetentionInDays"] == {"Ref": "LogRetentionDays"} for g in groups)
+def test_outputs_give_what_operators_need(cfn):
+    o = cfn["Outputs"]
+    assert o["ApiUrl"]["Value"] == {"Fn::Sub": "https://${PaykeyApi}.execute-api.${AWS::Region}.amazonaws.com/${StageName}"}
+    assert o["WebhookUrl"]["Value"] == {"Fn::Sub": "https://${PaykeyApi}.execute-api.${AWS::Region}.amazonaws.com/${StageName}/stripe/webhook"}
+    assert o["UserPoolId"]["Value"] == {"Ref": "UserPool"}
+    assert o["UserPoolClientId"]["Value"] == {"Ref": "UserPoolClient"}
+    assert o["UsagePlanId"]["Value"] == {"Ref": "ProUsagePlan"}
+    assert o["SessionsTableName"]["Value"] == {"Ref": "SessionsTable"}
+    assert o["ApiKeysTableName"]["Value"] == {"Ref": "ApiKeysTable"}
+    # the stage the URLs name is the one deployed
+    assert stage(cfn)["StageName"] == {"Ref": "StageName"}
 
 
-def test_outputs_give_what_operators_need():
-    assert {"ApiUrl", "UserPoolId", "UserPoolClientId", "WebhookUrl"} <= set(T["Outputs"])
+# ------------------------------------------------------------------ the SAM source: build and config
+
+
+def test_functions_are_cargo_lambda_builds_of_existing_crates():
+    for name, fn in SAM_FUNCTIONS.items():
+        assert fn["Metadata"]["BuildMethod"] == "rust-cargolambda", name
+        binary = fn["Metadata"]["BuildProperties"]["Binary"]
+        assert (ROOT / "functions" / binary / "Cargo.toml").is_file(), binary
+        assert fn["Properties"]["CodeUri"] == ".", name  # the workspace root: one target dir
 
 
 def test_samconfig_fixes_no_profile_or_account():
-    import re
     import tomllib
     text = (ROOT / "samconfig.toml").read_text()
     cfg = tomllib.loads(text)
@@ -187,3 +423,65 @@ def test_samconfig_fixes_no_profile_or_account():
 
     assert "profile" not in set(keys(cfg))
     assert not re.search(r"\b\d{12}\b", text), "no account id"
+
+
+def test_aws_sam_build_output_is_ignored_by_git():
+    assert "/.aws-sam" in (ROOT / ".gitignore").read_text().split()
+
+
+# ------------------------------------------------------------------ Checkov
+
+
+def checkov_skips(template):
+    """Every Checkov skip in the template: (resource, id, comment or None)."""
+    out = []
+    for name, r in template["Resources"].items():
+        for skip in (r.get("Metadata") or {}).get("checkov", {}).get("skip", []):
+            out.append((name, skip.get("id"), skip.get("comment")))
+    return out
+
+
+def skips_without_a_reason(template):
+    return [(r, i) for r, i, c in checkov_skips(template) if not (isinstance(c, str) and len(c.strip()) >= 20)]
+
+
+def test_every_checkov_skip_in_the_template_gives_its_reason():
+    assert checkov_skips(SOURCE), "expected the documented skips"
+    assert skips_without_a_reason(SOURCE) == []
+
+
+def test_a_skip_without_a_reason_is_caught():
+    t = copy.deepcopy(SOURCE)
+    t["Resources"]["SessionsTable"]["Metadata"]["checkov"]["skip"].append({"id": "CKV_AWS_28"})
+    t["Resources"]["ApiKeysTable"]["Metadata"]["checkov"]["skip"].append({"id": "CKV_AWS_28", "comment": " "})
+    assert skips_without_a_reason(t) == [("SessionsTable", "CKV_AWS_28"), ("ApiKeysTable", "CKV_AWS_28")]
+
+
+# Fixed in the template, so these must pass (not be skipped).
+MUST_PASS = {
+    ("CKV_AWS_76", "AWS::Serverless::Api.PaykeyApi"),  # access logging
+    ("CKV_AWS_73", "AWS::Serverless::Api.PaykeyApi"),  # X-Ray tracing
+    ("CKV_AWS_115", "AWS::Serverless::Function.CreateApiKeyFunction"),  # concurrency ceiling
+    ("CKV_AWS_115", "AWS::Serverless::Function.StripeWebhookFunction"),
+    ("CKV_AWS_28", "AWS::DynamoDB::Table.SessionsTable"),  # point-in-time recovery
+    ("CKV_AWS_28", "AWS::DynamoDB::Table.ApiKeysTable"),
+}
+
+
+def test_checkov_finds_no_failed_check_and_the_fixed_checks_pass():
+    checkov = os.environ.get("PAYKEY_CHECKOV")
+    assert checkov, "PAYKEY_CHECKOV (the checkov executable) is set by infra/scripts/test.sh"
+    import subprocess
+
+    run = subprocess.run(
+        [checkov, "-f", str(TEMPLATE), "--framework", "cloudformation", "--skip-download", "-o", "json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    out = json.loads(run.stdout)
+    failed = [(c["check_id"], c["resource"]) for c in out["results"].get("failed_checks", [])]
+    assert failed == [], failed
+    assert out["summary"]["parsing_errors"] == 0
+    passed = {(c["check_id"], c["resource"]) for c in out["results"].get("passed_checks", [])}
+    assert MUST_PASS <= passed, MUST_PASS - passed
+    skipped = {(c["check_id"], c["resource"].split(".")[-1]) for c in out["results"].get("skipped_checks", [])}
+    assert skipped == {(i, r) for r, i, _ in checkov_skips(SOURCE)}, "every skip in the template is one Checkov applied"

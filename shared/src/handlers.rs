@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::domain::{CustomerId, Error, OneTimeKey, SessionId};
 use crate::flows::{self, CheckoutRequest, Completion, Ctx, EventOutcome, Settings};
 use crate::http;
-use crate::ports::{Clock, Ids, KeyRegistry, Payments, SessionStore, UserDirectory};
+use crate::ports::{Clock, Ids, KeyRegistry, OpenCheckouts, Payments, SessionStore, UserDirectory};
 
 /// Ports and settings of one function. Ports a function does not use are `()`.
 pub struct App<S = (), K = (), U = (), P = ()> {
@@ -35,7 +35,7 @@ type HandlerResult = Result<Response<Body>, Infallible>;
 /// `POST /checkout-sessions` `{"lookup_key": "…"}` → `{"url": "…"}`.
 pub async fn create_checkout_session<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
-    S: SessionStore,
+    S: SessionStore + OpenCheckouts,
     U: UserDirectory,
     P: Payments,
 {
@@ -97,14 +97,24 @@ where
         Some(&one_time_key),
     )
     .await;
+    // A browser follows this redirect: it always gets one, never a JSON error.
     Ok(match result {
         Ok(c) if c.is_success() => http::redirect(&s.thanks_url(), &s.app_url),
+        Ok(Completion::Pending) => http::redirect(&s.pending_url(), &s.app_url),
         Ok(Completion::Rejected(why)) => {
             tracing::info!(session_id = %session_id, reason = ?why, "verification refused");
             http::redirect(&s.cancel_url(), &s.app_url)
         }
-        Ok(_) => http::redirect(&s.cancel_url(), &s.app_url),
-        Err(e) => http::error_response(&e, &s.app_url),
+        Ok(other) => {
+            tracing::info!(session_id = %session_id, outcome = ?other, "verification granted nothing");
+            http::redirect(&s.cancel_url(), &s.app_url)
+        }
+        Err(e) => {
+            // Busy (another attempt holds the work) or a backend failed: the thanks page,
+            // marked pending, polls /account; the checkout.session.completed webhook finishes it.
+            tracing::warn!(session_id = %session_id, error = %e, code = e.code(), "verification not finished; the webhook will");
+            http::redirect(&s.pending_url(), &s.app_url)
+        }
     })
 }
 
@@ -193,8 +203,17 @@ where
         };
         let payload = std::str::from_utf8(raw).map_err(|_| Error::BadSignature("the body is not UTF-8".into()))?;
         let now = app.clock.now().timestamp();
-        let event = crate::adapters::stripe::verify_event(payload, signature, secret.expose(), now)?;
-        flows::handle_stripe_event(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), &event).await
+        match crate::adapters::stripe::verify_event(payload, signature, secret.expose(), now)? {
+            Some(event) => {
+                flows::handle_stripe_event(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), &event).await
+            }
+            None => {
+                // Signed by Stripe, so answered 2xx (a 4xx would be retried for days and then
+                // disable the endpoint); logged for the operator.
+                tracing::warn!(bytes = payload.len(), "signed webhook body is not a readable Stripe event; ignored");
+                Ok(EventOutcome::Ignored("signed body is not a readable Stripe event".into()))
+            }
+        }
     }
     .await;
     Ok(match result {

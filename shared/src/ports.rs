@@ -83,6 +83,9 @@ pub trait SessionStore: Send + Sync {
     fn unlock_account(&self, user: &UserName, token: &str) -> impl Future<Output = Result<()>> + Send;
     /// Writes the account record while `token` holds its lock, releasing the lock.
     fn put_account(&self, account: &AccountRecord, token: &str) -> impl Future<Output = Result<Commit>> + Send;
+    /// Gives up the session's lease after a failed attempt (ISSUING → PENDING while `token`
+    /// holds it), so a retry need not wait for the lease to expire. No-op otherwise.
+    fn release_claim(&self, id: &SessionId, token: &str) -> impl Future<Output = Result<()>> + Send;
     /// Every account record (for the resync command; a full scan).
     fn list_accounts(&self) -> impl Future<Output = Result<Vec<AccountRecord>>> + Send;
     /// Whether a Stripe event id was processed already.
@@ -94,6 +97,19 @@ pub trait SessionStore: Send + Sync {
         event_type: &str,
         expires_at: DateTime<Utc>,
     ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The one open Checkout Session per user and price (a pointer item beside the sessions).
+pub trait OpenCheckouts: Send + Sync {
+    /// Records `session` as the user's open checkout for `price_id` and returns the one it
+    /// replaces, if any (atomically: of two concurrent calls, one sees the other's session).
+    fn replace_open_checkout(
+        &self,
+        user: &UserName,
+        price_id: &str,
+        session: &SessionId,
+        expires_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<SessionId>>> + Send;
 }
 
 /// API keys and the PRO usage plan (API Gateway).
@@ -252,6 +268,20 @@ pub trait Payments: Send + Sync {
         return_url: &str,
         idempotency_key: &str,
     ) -> impl Future<Output = Result<String>> + Send;
+    /// Expires an open Checkout Session so it can no longer be paid. `false` when it was not
+    /// open any more (completed or expired already).
+    fn expire_checkout(&self, id: &SessionId) -> impl Future<Output = Result<bool>> + Send;
+    /// A second subscription of a user who already has one: cancels it now (no proration) and
+    /// refunds what its latest invoice charged, through a credit note. Idempotent: a
+    /// cancelled subscription is not cancelled again, a credited invoice not credited again.
+    fn cancel_duplicate(&self, id: &SubscriptionId) -> impl Future<Output = Result<DuplicateCancelled>> + Send;
+}
+
+/// What [`Payments::cancel_duplicate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateCancelled {
+    /// Amount refunded by this call, in the currency's minor unit (0 when nothing was left).
+    pub refunded: i64,
 }
 
 pub trait Clock: Send + Sync {

@@ -288,6 +288,17 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
             ListWebhookEndpoint::new().limit(100).send(client).await.map_err(|e| err("list webhook endpoints", e))?;
         match endpoints.data.into_iter().find(|e| &e.url == url) {
             Some(e) => {
+                // Stripe sets an endpoint's API version at creation only (no update parameter).
+                // paykey reads a version-independent envelope of each event and fetches the rest,
+                // so another version is safe; say so rather than silently ignore it.
+                let version = e.api_version.clone().unwrap_or_else(|| "the account default".into());
+                if version != stripe_shared::version::VERSION.as_str() {
+                    report.changes.push(Change::Unchanged(format!(
+                        "webhook endpoint {} sends events in API version {version}, not {} (Stripe cannot change it on an existing endpoint; paykey reads only id, type and object ids, so it works; delete the endpoint and run again to pin it)",
+                        e.id,
+                        stripe_shared::version::VERSION
+                    )));
+                }
                 let mut have: Vec<String> = e.enabled_events.clone();
                 have.sort();
                 let mut want = wanted.clone();

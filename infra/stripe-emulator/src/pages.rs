@@ -50,6 +50,15 @@ fn render_checkout(shared: &Shared, id: &str, error: Option<&str>) -> Response {
     let Some(s) = emu.sessions.get(id) else {
         return html_page(StatusCode::NOT_FOUND, layout("Not found", "<h1>This checkout session does not exist.</h1>"));
     };
+    if s["status"] == "expired" {
+        return html_page(
+            StatusCode::GONE,
+            layout(
+                "Expired",
+                "<h1>This checkout session has expired.</h1><p>Start the upgrade again from the app.</p>",
+            ),
+        );
+    }
     if s["status"] != "open" {
         return html_page(StatusCode::OK, layout("Paid", "<h1>This checkout session is already complete.</h1>"));
     }
@@ -90,6 +99,9 @@ pub async fn checkout_pay(State(shared): State<Shared>, Path(id): Path<String>, 
         "4242424242424242" => {}
         "4000000000000002" => return render_checkout(&shared, &id, Some("Your card was declined.")),
         _ => return render_checkout(&shared, &id, Some("Your card number is incorrect. Use 4242 4242 4242 4242.")),
+    }
+    if shared.lock().sessions.get(&id).is_some_and(|s| s["status"] == "expired") {
+        return render_checkout(&shared, &id, None);
     }
     let target = shared.lock().pay(&id);
     shared.flush_events();

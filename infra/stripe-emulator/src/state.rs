@@ -17,6 +17,8 @@ pub struct Emu {
     pub sessions: BTreeMap<String, Value>,
     pub subscriptions: BTreeMap<String, Value>,
     pub invoices: BTreeMap<String, Value>,
+    pub credit_notes: BTreeMap<String, Value>,
+    pub refunds: BTreeMap<String, Value>,
     pub portal_sessions: BTreeMap<String, Value>,
     pub portal_configs: BTreeMap<String, Value>,
     pub webhook_endpoints: BTreeMap<String, Value>,
@@ -52,6 +54,7 @@ impl Emu {
         json!({
             "products": self.products, "prices": self.prices, "customers": self.customers,
             "sessions": self.sessions, "subscriptions": self.subscriptions, "invoices": self.invoices,
+            "credit_notes": self.credit_notes, "refunds": self.refunds,
             "portal_sessions": self.portal_sessions, "portal_configs": self.portal_configs,
             "webhook_endpoints": self.webhook_endpoints, "events": self.events, "counter": self.counter,
         })
@@ -71,6 +74,8 @@ impl Emu {
         self.sessions = map(v, "sessions")?;
         self.subscriptions = map(v, "subscriptions")?;
         self.invoices = map(v, "invoices")?;
+        self.credit_notes = map(v, "credit_notes")?;
+        self.refunds = map(v, "refunds")?;
         self.portal_sessions = map(v, "portal_sessions")?;
         self.portal_configs = map(v, "portal_configs")?;
         self.webhook_endpoints = map(v, "webhook_endpoints")?;
@@ -159,6 +164,15 @@ impl Emu {
             ("GET", ["customers", id]) => self.customers.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("customer", id, "id")),
             ("POST", ["checkout", "sessions"]) => self.create_session(form, base),
             ("GET", ["checkout", "sessions", id]) => self.sessions.get(*id).map(|s| ApiResult::ok(public(s))).unwrap_or_else(|| ApiResult::missing("checkout.session", id, "session")),
+            ("POST", ["checkout", "sessions", id, "expire"]) => self.expire_session(id),
+            ("GET", ["invoices", id]) => self.invoices.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("invoice", id, "invoice")),
+            ("POST", ["credit_notes"]) => self.create_credit_note(form),
+            ("GET", ["credit_notes"]) => {
+                let invoice = form.get("invoice");
+                let data = self.credit_notes.values().filter(|c| invoice.is_none_or(|i| c["invoice"] == i)).cloned().collect();
+                ApiResult::ok(objects::list(data, "/v1/credit_notes"))
+            }
+            ("GET", ["refunds"]) => ApiResult::ok(objects::list(self.refunds.values().cloned().collect(), "/v1/refunds")),
             ("POST", ["billing_portal", "sessions"]) => self.create_portal_session(form, base),
             ("POST", ["billing_portal", "configurations"]) => self.save_portal_config(None, form),
             ("POST", ["billing_portal", "configurations", id]) => self.save_portal_config(Some(id), form),
@@ -368,9 +382,102 @@ impl Emu {
         ApiResult::ok(public(&s))
     }
 
+    /// `POST /v1/checkout/sessions/{id}/expire`: only an open session can be expired.
+    fn expire_session(&mut self, id: &str) -> ApiResult {
+        let Some(session) = self.sessions.get_mut(id) else {
+            return ApiResult::missing("checkout.session", id, "session");
+        };
+        if session["status"] != "open" {
+            let status = session["status"].as_str().unwrap_or("").to_string();
+            return ApiResult::invalid(
+                &format!("Only Checkout Sessions with a status in [\"open\"] can be expired. This Checkout Session has a status of \"{status}\"."),
+                None,
+            );
+        }
+        session["status"] = json!("expired");
+        session["url"] = Value::Null;
+        let s = public(session);
+        self.emit("checkout.session.expired", s.clone());
+        ApiResult::ok(s)
+    }
+
+    /// `POST /v1/credit_notes` on a paid invoice: `amount` credited, `refund_amount` of it
+    /// refunded to the card (a refund object), never more than the invoice has left to credit.
+    fn create_credit_note(&mut self, form: &Form) -> ApiResult {
+        let Some(invoice_id) = form.get("invoice").map(str::to_string) else {
+            return ApiResult::missing_param("invoice");
+        };
+        let Some(invoice) = self.invoices.get(&invoice_id).cloned() else {
+            return ApiResult::missing("invoice", &invoice_id, "invoice");
+        };
+        let Some(amount) = form.get("amount").and_then(|a| a.parse::<i64>().ok()) else {
+            return ApiResult::invalid(
+                "One of `amount`, `lines`, or `shipping_cost` must be provided.",
+                Some("amount"),
+            );
+        };
+        let refund_amount = form.get("refund_amount").and_then(|a| a.parse::<i64>().ok()).unwrap_or(0);
+        let credit_amount = form.get("credit_amount").and_then(|a| a.parse::<i64>().ok()).unwrap_or(0);
+        let paid = invoice["amount_paid"].as_i64().unwrap_or(0);
+        let credited = invoice["post_payment_credit_notes_amount"].as_i64().unwrap_or(0);
+        if invoice["status"] != "paid" {
+            return ApiResult::invalid("The emulator credits paid invoices only.", Some("invoice"));
+        }
+        if amount <= 0 || amount > paid - credited {
+            return ApiResult::invalid(
+                &format!(
+                    "The credit note amount ({amount}) exceeds what is left to credit on the invoice ({}).",
+                    paid - credited
+                ),
+                Some("amount"),
+            );
+        }
+        if refund_amount + credit_amount != amount {
+            return ApiResult::invalid(
+                &format!("The sum of credit amount, refund amount and out of band amount ({}) must equal the credit note amount ({amount}).", refund_amount + credit_amount),
+                Some("amount"),
+            );
+        }
+        let t = now();
+        let (cn_id, re_id) = (self.new_id("cn"), self.new_id("re"));
+        let customer = invoice["customer"].clone();
+        let currency = invoice["currency"].clone();
+        let refunds = if refund_amount > 0 {
+            let refund = json!({
+                "id": re_id, "object": "refund", "amount": refund_amount, "currency": currency, "created": t,
+                "status": "succeeded", "reason": "duplicate", "metadata": {}, "invoice": invoice_id, "customer": customer,
+            });
+            self.refunds.insert(re_id.clone(), refund);
+            json!([{"amount_refunded": refund_amount, "payment_record_refund": null, "refund": re_id, "type": "refund"}])
+        } else {
+            json!([])
+        };
+        let note = json!({
+            "id": cn_id, "object": "credit_note", "amount": amount, "amount_shipping": 0, "created": t,
+            "currency": currency, "customer": customer, "customer_account": null, "customer_balance_transaction": null,
+            "discount_amount": 0, "discount_amounts": [], "effective_at": t, "invoice": invoice_id,
+            "lines": objects::list(vec![], &format!("/v1/credit_notes/{cn_id}/lines")), "livemode": false,
+            "memo": form.get("memo"), "metadata": {}, "number": format!("EMU-CN-{}", &cn_id[cn_id.len().saturating_sub(4)..]),
+            "out_of_band_amount": null, "pdf": format!("https://emulator.invalid/credit_notes/{cn_id}.pdf"),
+            "post_payment_amount": amount, "pre_payment_amount": 0, "pretax_credit_amounts": [],
+            "reason": form.get("reason"), "refunds": refunds, "shipping_cost": null, "status": "issued",
+            "subtotal": amount, "subtotal_excluding_tax": amount, "total": amount, "total_excluding_tax": amount,
+            "total_taxes": [], "type": "post_payment", "voided_at": null,
+        });
+        if let Some(inv) = self.invoices.get_mut(&invoice_id) {
+            inv["post_payment_credit_notes_amount"] = json!(credited + amount);
+        }
+        self.credit_notes.insert(cn_id, note.clone());
+        self.emit("credit_note.created", note.clone());
+        ApiResult::ok(note)
+    }
+
     /// Completes a checkout as a successful card payment would, emitting Stripe's events.
     pub fn pay(&mut self, id: &str) -> Option<String> {
         let s = self.sessions.get(id)?.clone();
+        if s["status"] == "expired" {
+            return None;
+        }
         if s["status"] != "open" {
             return s["success_url"].as_str().map(|u| u.replace("{CHECKOUT_SESSION_ID}", id));
         }

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::domain::{CustomerId, LookupKey, SessionId, SubscriptionId};
-use crate::ports::{CheckoutState, CreatedCheckout, NewCheckout, Payments, PriceInfo, Result, SubscriptionState};
+use crate::ports::{
+    CheckoutState, CreatedCheckout, DuplicateCancelled, NewCheckout, Payments, PriceInfo, Result, SubscriptionState,
+};
 
 pub struct CachedPrices<P> {
     inner: P,
@@ -63,6 +65,14 @@ impl<P: Payments> Payments for CachedPrices<P> {
 
     async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
         self.inner.create_portal(customer, return_url, idempotency_key).await
+    }
+
+    async fn expire_checkout(&self, id: &SessionId) -> Result<bool> {
+        self.inner.expire_checkout(id).await
+    }
+
+    async fn cancel_duplicate(&self, id: &SubscriptionId) -> Result<DuplicateCancelled> {
+        self.inner.cancel_duplicate(id).await
     }
 }
 

@@ -17,8 +17,9 @@ use crate::domain::{
     SubscriptionId, UserName, UserProfile,
 };
 use crate::ports::{
-    AccountLock, CheckoutState, Claim, Clock, Commit, CreatedCheckout, Ids, KeyRegistry, NewCheckout, Payments,
-    PriceInfo, Result, SessionStore, SubscriptionState, SubscriptionStatus, UserDirectory,
+    AccountLock, CheckoutState, Claim, Clock, Commit, CreatedCheckout, DuplicateCancelled, Ids, KeyRegistry,
+    NewCheckout, OpenCheckouts, Payments, PriceInfo, Result, SessionStore, SubscriptionState, SubscriptionStatus,
+    UserDirectory,
 };
 
 /// When an injected fault strikes, relative to the operation's effect.
@@ -26,9 +27,14 @@ use crate::ports::{
 pub enum Fault {
     /// The call fails and changes nothing.
     Before,
-    /// The call takes effect, then the caller sees a failure (a timeout after commit, or a
-    /// crash right after the call).
+    /// The call takes effect, then the caller sees a failure (a timeout after commit).
     After,
+    /// The process dies before the call takes effect: the task panics there, so no code of
+    /// the caller runs after it (no error path, no lock released). Run the flow in a spawned
+    /// task and retry.
+    CrashBefore,
+    /// The call takes effect, then the process dies before the caller sees the answer.
+    CrashAfter,
 }
 
 #[derive(Default)]
@@ -106,6 +112,9 @@ impl Meter {
             tokio::time::sleep(latency).await;
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.take_fault(op, Fault::CrashBefore) {
+            panic!("injected crash before {op}");
+        }
         if self.take_fault(op, Fault::Before) {
             return Err(BackendError::new(service, op, "injected fault before the call"));
         }
@@ -113,6 +122,9 @@ impl Meter {
     }
 
     fn exit(&self, service: &'static str, op: &'static str) -> Result<()> {
+        if self.take_fault(op, Fault::CrashAfter) {
+            panic!("injected crash after {op}");
+        }
         if self.take_fault(op, Fault::After) {
             return Err(BackendError::new(service, op, "injected fault after the call"));
         }
@@ -138,6 +150,7 @@ struct StoreState {
     sessions: BTreeMap<String, CheckoutRecord>,
     accounts: BTreeMap<String, AccountSlot>,
     events: BTreeMap<String, DateTime<Utc>>,
+    open_checkouts: BTreeMap<String, String>,
 }
 
 impl StoreState {
@@ -350,6 +363,17 @@ impl SessionStore for MemoryStore {
         Ok(outcome)
     }
 
+    async fn release_claim(&self, id: &SessionId, token: &str) -> Result<()> {
+        self.meter.enter(DDB, "ddb.release_claim").await?;
+        if let Some(r) = lock(&self.state).sessions.get_mut(id.as_str()) {
+            if r.status == CheckoutStatus::Issuing && r.lease.as_ref().is_some_and(|(t, _)| t == token) {
+                r.status = CheckoutStatus::Pending;
+                r.lease = None;
+            }
+        }
+        self.meter.exit(DDB, "ddb.release_claim")
+    }
+
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
         self.meter.enter(DDB, "ddb.list_accounts").await?;
         let r = self.accounts();
@@ -368,6 +392,29 @@ impl SessionStore for MemoryStore {
         self.meter.enter(DDB, "ddb.mark_event").await?;
         lock(&self.state).events.insert(event_id.to_string(), expires_at);
         self.meter.exit(DDB, "ddb.mark_event")
+    }
+}
+
+impl OpenCheckouts for MemoryStore {
+    async fn replace_open_checkout(
+        &self,
+        user: &UserName,
+        price_id: &str,
+        session: &SessionId,
+        _expires_at: DateTime<Utc>,
+    ) -> Result<Option<SessionId>> {
+        self.meter.enter(DDB, "ddb.replace_open_checkout").await?;
+        let previous =
+            lock(&self.state).open_checkouts.insert(format!("{user}#{price_id}"), session.as_str().to_string());
+        self.meter.exit(DDB, "ddb.replace_open_checkout")?;
+        Ok(previous.map(|p| SessionId::parse(&p).expect("stored ids are valid")))
+    }
+}
+
+impl MemoryStore {
+    /// The open checkout recorded for each `user#price`.
+    pub fn open_checkouts(&self) -> Vec<(String, String)> {
+        lock(&self.state).open_checkouts.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 
@@ -584,6 +631,15 @@ struct MemCheckout {
     state: CheckoutState,
     price_id: String,
     success_url: String,
+    /// Expired (by paykey or by time): it can no longer be paid.
+    expired: bool,
+}
+
+/// What one subscription's first invoice charged and what was refunded of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Charge {
+    pub amount: i64,
+    pub refunded: i64,
 }
 
 #[derive(Default)]
@@ -591,6 +647,7 @@ struct PaymentsState {
     prices: BTreeMap<String, PriceInfo>,
     checkouts: BTreeMap<String, MemCheckout>,
     subscriptions: BTreeMap<String, SubscriptionState>,
+    charges: BTreeMap<String, Charge>,
     customers: Vec<CustomerId>,
     replay: HashMap<String, String>,
     next: u64,
@@ -641,10 +698,16 @@ impl MemoryPayments {
         }
         let sub_id = SubscriptionId::parse(&format!("sub_mem{n:06}")).expect("valid id");
         let c = st.checkouts.get_mut(id.as_str())?;
+        if c.expired || c.state.paid {
+            return None;
+        }
         c.state.paid = true;
+        let price_id = c.price_id.clone();
         c.state.customer = Some(customer.clone());
         c.state.subscription = Some(sub_id.clone());
         let state = c.state.clone();
+        let amount = st.prices.values().find(|p| p.id == price_id).and_then(|p| p.unit_amount).unwrap_or(0);
+        st.charges.insert(sub_id.as_str().to_string(), Charge { amount, refunded: 0 });
         st.subscriptions.insert(
             sub_id.as_str().to_string(),
             SubscriptionState {
@@ -669,6 +732,21 @@ impl MemoryPayments {
         let sub = st.subscriptions.get_mut(id.as_str())?;
         f(sub);
         Some(sub.clone())
+    }
+
+    /// Every subscription, oldest first.
+    pub fn subscriptions(&self) -> Vec<SubscriptionState> {
+        lock(&self.state).subscriptions.values().cloned().collect()
+    }
+
+    /// What a subscription charged and what was refunded of it.
+    pub fn charge(&self, id: &SubscriptionId) -> Option<Charge> {
+        lock(&self.state).charges.get(id.as_str()).copied()
+    }
+
+    /// Whether the checkout was expired.
+    pub fn checkout_expired(&self, id: &SessionId) -> bool {
+        lock(&self.state).checkouts.get(id.as_str()).is_some_and(|c| c.expired)
     }
 
     /// A checkout's state (panics on an unknown id: for tests).
@@ -752,6 +830,7 @@ impl Payments for MemoryPayments {
                         },
                         price_id: req.price_id.to_string(),
                         success_url: req.success_url.clone(),
+                        expired: false,
                     },
                 );
                 st.replay.insert(replay_key, id.as_str().to_string());
@@ -782,6 +861,50 @@ impl Payments for MemoryPayments {
         let url = format!("https://billing.memory.invalid/p/session/{customer}?return_url={return_url}");
         self.meter.exit(STRIPE, "stripe.create_portal")?;
         Ok(url)
+    }
+
+    async fn expire_checkout(&self, id: &SessionId) -> Result<bool> {
+        self.meter.enter(STRIPE, "stripe.expire_checkout").await?;
+        let expired = {
+            let mut st = lock(&self.state);
+            let Some(c) = st.checkouts.get_mut(id.as_str()) else {
+                return Err(BackendError::new(
+                    STRIPE,
+                    "stripe.expire_checkout",
+                    format!("resource_missing: No such checkout.session: '{id}'"),
+                ));
+            };
+            if c.expired || c.state.paid {
+                false
+            } else {
+                c.expired = true;
+                true
+            }
+        };
+        self.meter.exit(STRIPE, "stripe.expire_checkout")?;
+        Ok(expired)
+    }
+
+    async fn cancel_duplicate(&self, id: &SubscriptionId) -> Result<DuplicateCancelled> {
+        self.meter.enter(STRIPE, "stripe.cancel_duplicate").await?;
+        let refunded = {
+            let mut st = lock(&self.state);
+            let Some(sub) = st.subscriptions.get_mut(id.as_str()) else {
+                return Err(BackendError::new(
+                    STRIPE,
+                    "stripe.cancel_duplicate",
+                    format!("resource_missing: No such subscription: '{id}'"),
+                ));
+            };
+            sub.status = SubscriptionStatus::Canceled;
+            sub.cancel_at_period_end = false;
+            let charge = st.charges.entry(id.as_str().to_string()).or_default();
+            let left = charge.amount - charge.refunded;
+            charge.refunded = charge.amount;
+            left
+        };
+        self.meter.exit(STRIPE, "stripe.cancel_duplicate")?;
+        Ok(DuplicateCancelled { refunded })
     }
 }
 

@@ -9,61 +9,84 @@ use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
-    RetrieveCheckoutSession,
+    ExpireCheckoutSession, RetrieveCheckoutSession,
 };
 use stripe_checkout::{CheckoutSessionMode, CheckoutSessionPaymentStatus, CheckoutSessionStatus};
 use stripe_product::price::ListPrice;
 
-use stripe_billing::subscription::{ListSubscription, ListSubscriptionStatus, RetrieveSubscription};
-use stripe_webhook::{EventObject, Webhook, WebhookError};
+use stripe_billing::credit_note::CreateCreditNote;
+use stripe_billing::subscription::{
+    CancelSubscription, ListSubscription, ListSubscriptionStatus, RetrieveSubscription,
+};
+use stripe_webhook::{Webhook, WebhookError};
 
 use crate::config::StripeConfig;
 use crate::domain::{BackendError, CustomerId, Error, LookupKey, SessionId, SubscriptionId};
 use crate::ports::{
-    CheckoutState, CreatedCheckout, EventSubject, NewCheckout, Payments, PriceInfo, Result, StripeEvent,
-    SubscriptionState, SubscriptionStatus,
+    CheckoutState, CreatedCheckout, DuplicateCancelled, EventSubject, NewCheckout, Payments, PriceInfo, Result,
+    StripeEvent, SubscriptionState, SubscriptionStatus,
 };
 
 /// Checks a webhook's `Stripe-Signature` header against the raw body (HMAC-SHA256 with the
-/// endpoint's `whsec_` secret, any `v1` signature, timestamp within 300 s of `now`) and reads
-/// what the event is about.
-pub fn verify_event(payload: &str, signature: &str, secret: &str, now: i64) -> std::result::Result<StripeEvent, Error> {
-    let event = Webhook::construct_event_with_timestamp(payload, signature, secret, now).map_err(|e| {
-        Error::BadSignature(match e {
-            WebhookError::BadSignature => "signature mismatch".into(),
-            WebhookError::BadTimestamp(t) => {
-                format!("timestamp {t} is outside the 300 s tolerance")
-            }
-            WebhookError::BadHeader(_) => "malformed Stripe-Signature header".into(),
-            WebhookError::BadKey => "unusable webhook secret".into(),
-            WebhookError::BadParse(m) => format!("signed body is not a Stripe event: {m}"),
-        })
-    })?;
-    let id_of = |c: &stripe_types::Expandable<stripe_shared::Customer>| CustomerId::parse(c.id().as_str()).ok();
-    let sub_of =
-        |s: &stripe_types::Expandable<stripe_shared::Subscription>| SubscriptionId::parse(s.id().as_str()).ok();
-    let subject = match &event.data.object {
-        EventObject::CheckoutSessionCompleted(s) | EventObject::CheckoutSessionAsyncPaymentSucceeded(s) => {
-            SessionId::parse(s.id.as_str()).map(EventSubject::Checkout).unwrap_or(EventSubject::Other)
+/// endpoint's `whsec_` secret, any `v1` signature, timestamp within 300 s of `now`, through
+/// async-stripe's verifier) and reads what the event is about from a minimal envelope (`id`,
+/// `type`, and the object's id, customer and subscription), whatever the API version or the
+/// object's other fields.
+///
+/// `Ok(None)`: correctly signed, but not a Stripe event paykey can read (no `id` or `type`).
+/// Only a missing or wrong signature or a stale timestamp is an error.
+pub fn verify_event(
+    payload: &str,
+    signature: &str,
+    secret: &str,
+    now: i64,
+) -> std::result::Result<Option<StripeEvent>, Error> {
+    match Webhook::construct_event_with_timestamp(payload, signature, secret, now) {
+        // BadParse comes only after the signature and the timestamp were checked.
+        Ok(_) | Err(WebhookError::BadParse(_)) => {}
+        Err(e) => {
+            return Err(Error::BadSignature(match e {
+                WebhookError::BadSignature => "signature mismatch".into(),
+                WebhookError::BadTimestamp(t) => format!("timestamp {t} is outside the 300 s tolerance"),
+                WebhookError::BadHeader(_) => "malformed Stripe-Signature header".into(),
+                WebhookError::BadKey => "unusable webhook secret".into(),
+                WebhookError::BadParse(_) => unreachable!("handled above"),
+            }))
         }
-        EventObject::CustomerSubscriptionCreated(s)
-        | EventObject::CustomerSubscriptionUpdated(s)
-        | EventObject::CustomerSubscriptionDeleted(s) => match SubscriptionId::parse(s.id.as_str()) {
-            Ok(id) => EventSubject::Subscription { id, customer: id_of(&s.customer) },
-            Err(_) => EventSubject::Other,
-        },
-        EventObject::InvoicePaid(i) | EventObject::InvoicePaymentFailed(i) => EventSubject::Invoice {
-            subscription: i
-                .parent
-                .as_ref()
-                .and_then(|p| p.subscription_details.as_ref())
-                .and_then(|d| sub_of(&d.subscription))
-                .or_else(|| i.subscription.as_ref().and_then(sub_of)),
-            customer: i.customer.as_ref().and_then(id_of),
-        },
-        _ => EventSubject::Other,
+    }
+    Ok(read_envelope(payload))
+}
+
+/// The few fields of a Stripe event paykey acts on; the rest is fetched from Stripe.
+fn read_envelope(payload: &str) -> Option<StripeEvent> {
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let id = v.get("id")?.as_str()?.to_string();
+    let kind = v.get("type")?.as_str()?.to_string();
+    let object = v.get("data").and_then(|d| d.get("object"));
+    // An expandable field: an id, or the object carrying it.
+    let id_of = |field: Option<&serde_json::Value>| -> Option<String> {
+        let f = field?;
+        f.as_str().map(str::to_string).or_else(|| f.get("id").and_then(|i| i.as_str()).map(str::to_string))
     };
-    Ok(StripeEvent { id: event.id.to_string(), kind: event.type_.as_str().to_string(), subject })
+    let object_id = object.and_then(|o| o.get("id")).and_then(|i| i.as_str());
+    let customer = id_of(object.and_then(|o| o.get("customer"))).and_then(|c| CustomerId::parse(&c).ok());
+    let subject = if kind.starts_with("checkout.session.") {
+        object_id.and_then(|i| SessionId::parse(i).ok()).map(EventSubject::Checkout)
+    } else if kind.starts_with("customer.subscription.") {
+        object_id.and_then(|i| SubscriptionId::parse(i).ok()).map(|id| EventSubject::Subscription { id, customer })
+    } else if kind.starts_with("invoice.") {
+        let from_parent = object
+            .and_then(|o| o.get("parent"))
+            .and_then(|p| p.get("subscription_details"))
+            .and_then(|d| d.get("subscription"));
+        let subscription = id_of(from_parent)
+            .or_else(|| id_of(object.and_then(|o| o.get("subscription"))))
+            .and_then(|s| SubscriptionId::parse(&s).ok());
+        Some(EventSubject::Invoice { subscription, customer })
+    } else {
+        None
+    };
+    Some(StripeEvent { id, kind, subject: subject.unwrap_or(EventSubject::Other) })
 }
 
 /// A `Stripe-Signature` header for `payload`, as Stripe computes it (tests, the emulator).
@@ -274,5 +297,59 @@ impl Payments for StripePayments {
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         Ok(session.url)
+    }
+
+    async fn expire_checkout(&self, id: &SessionId) -> Result<bool> {
+        const OP: &str = "POST /v1/checkout/sessions/{id}/expire";
+        match ExpireCheckoutSession::new(id.as_str())
+            .customize()
+            .request_strategy(idempotent(&format!("paykey-expire-{id}"), OP)?)
+            .send(&self.client)
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Stripe answers 400 for a session that is no longer open (completed or expired).
+            Err(StripeError::Stripe(_, 400)) => Ok(false),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn cancel_duplicate(&self, id: &SubscriptionId) -> Result<DuplicateCancelled> {
+        const GET: &str = "GET /v1/subscriptions/{id}";
+        const CANCEL: &str = "DELETE /v1/subscriptions/{id}";
+        const CREDIT: &str = "POST /v1/credit_notes";
+        let sub = RetrieveSubscription::new(id.as_str())
+            .expand(vec!["latest_invoice".to_string()])
+            .send(&self.client)
+            .await
+            .map_err(|e| BackendError::new(SERVICE, GET, describe(&e)))?;
+        if sub.status != stripe_shared::SubscriptionStatus::Canceled {
+            CancelSubscription::new(id.as_str())
+                .invoice_now(false)
+                .prorate(false)
+                .customize()
+                .request_strategy(idempotent(&format!("paykey-duplicate-cancel-{id}"), CANCEL)?)
+                .send(&self.client)
+                .await
+                .map_err(|e| BackendError::new(SERVICE, CANCEL, describe(&e)))?;
+        }
+        let Some(invoice) = sub.latest_invoice.as_ref().and_then(|i| i.as_object()) else {
+            return Ok(DuplicateCancelled { refunded: 0 });
+        };
+        let left = invoice.amount_paid - invoice.post_payment_credit_notes_amount;
+        let Some(invoice_id) = invoice.id.as_ref().filter(|_| left > 0) else {
+            return Ok(DuplicateCancelled { refunded: 0 });
+        };
+        CreateCreditNote::new(invoice_id.as_str())
+            .amount(left)
+            .refund_amount(left)
+            .reason(stripe_shared::CreditNoteReason::Duplicate)
+            .memo("Second subscription for the same plan: cancelled and refunded by paykey.")
+            .customize()
+            .request_strategy(idempotent(&format!("paykey-duplicate-refund-{id}"), CREDIT)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| BackendError::new(SERVICE, CREDIT, describe(&e)))?;
+        Ok(DuplicateCancelled { refunded: left })
     }
 }

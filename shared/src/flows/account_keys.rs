@@ -111,6 +111,73 @@ pub(crate) async fn lock_account_waiting<S: SessionStore>(
     }
 }
 
+/// One attempt at the user's account lock beside the lookup of the user's keys by name
+/// (independent calls: side by side). If either fails, a lock taken is released.
+pub(crate) async fn try_lock_with_key_lookup<S: SessionStore, K: KeyRegistry>(
+    store: &S,
+    keys: &K,
+    ctx: Ctx<'_>,
+    user: &UserName,
+    token: &str,
+    key_name: &str,
+) -> Result<(AccountLock, Vec<IssuedKey>), Error> {
+    let now = ctx.clock.now();
+    let (lock, named) =
+        tokio::join!(store.lock_account(user, token, now, lease_until(ctx, now)), keys.find_by_name(key_name));
+    match (lock, named) {
+        (Ok(l), Ok(n)) => Ok((l, n)),
+        (l, n) => {
+            if matches!(l, Ok(AccountLock::Acquired(_))) {
+                release(store, user, token).await;
+            }
+            Err(Error::Backend(l.err().or(n.err()).expect("one of them failed")))
+        }
+    }
+}
+
+/// Finishes taking the lock from a first attempt (waiting a little for another holder) and
+/// returns the account record and the user's keys by name. After a wait the keys are looked
+/// up again: the holder we waited for (or crashed one) may have created a key meanwhile.
+pub(crate) async fn finish_locking<S: SessionStore, K: KeyRegistry>(
+    store: &S,
+    keys: &K,
+    ctx: Ctx<'_>,
+    user: &UserName,
+    token: &str,
+    key_name: &str,
+    first: (AccountLock, Vec<IssuedKey>),
+) -> Result<(Option<AccountRecord>, Vec<IssuedKey>), Error> {
+    let (lock, named) = first;
+    let waited = matches!(lock, AccountLock::Busy);
+    let account = lock_account_waiting(store, ctx, user, token, Some(lock)).await?;
+    let named = if waited {
+        match keys.find_by_name(key_name).await {
+            Ok(n) => n,
+            Err(e) => {
+                release(store, user, token).await;
+                return Err(e.into());
+            }
+        }
+    } else {
+        named
+    };
+    Ok((account, named))
+}
+
+/// The user's account lock and keys by name: [`try_lock_with_key_lookup`] then
+/// [`finish_locking`].
+pub(crate) async fn lock_with_key_lookup<S: SessionStore, K: KeyRegistry>(
+    store: &S,
+    keys: &K,
+    ctx: Ctx<'_>,
+    user: &UserName,
+    token: &str,
+    key_name: &str,
+) -> Result<(Option<AccountRecord>, Vec<IssuedKey>), Error> {
+    let first = try_lock_with_key_lookup(store, keys, ctx, user, token, key_name).await?;
+    finish_locking(store, keys, ctx, user, token, key_name, first).await
+}
+
 pub(crate) fn lease_until(ctx: Ctx<'_>, now: DateTime<Utc>) -> DateTime<Utc> {
     now + super::chrono_duration(ctx.settings.lease)
 }

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{chrono_duration, Ctx};
 use crate::domain::{CheckoutRecord, CheckoutStatus, CustomerId, Error, LookupKey, OneTimeKey, Plan, UserName};
-use crate::ports::{NewCheckout, Payments, SessionStore, UserDirectory};
+use crate::ports::{NewCheckout, OpenCheckouts, Payments, SessionStore, UserDirectory};
 
 /// Body of `POST /checkout-sessions`.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +34,11 @@ pub struct CheckoutStarted {
 /// read says the user is PRO, the session is left unused (Stripe expires it); if it names
 /// another customer than the token did, the session is created again for that customer, so
 /// one user never gets two Stripe customers.
+///
+/// One open checkout per user and price: the new session is recorded as the user's open one
+/// and the one it replaces (another tab, a double click) is expired at Stripe, so it can no
+/// longer be paid. Should both still be paid (a race), fulfilment cancels and refunds the
+/// second subscription.
 pub async fn start_checkout<U, P, S>(
     users: &U,
     payments: &P,
@@ -45,7 +50,7 @@ pub async fn start_checkout<U, P, S>(
 where
     U: UserDirectory,
     P: Payments,
-    S: SessionStore,
+    S: SessionStore + OpenCheckouts,
 {
     let settings = ctx.settings;
     let lookup_key = LookupKey::parse(request.lookup_key.trim()).map_err(|e| Error::BadRequest(e.to_string()))?;
@@ -74,19 +79,35 @@ where
     };
 
     let now = ctx.clock.now();
-    sessions
-        .put_new(&CheckoutRecord {
-            session_id: created.id.clone(),
-            user_name: user.clone(),
-            one_time_key,
-            paid: false,
-            status: CheckoutStatus::Pending,
-            lease: None,
-            created_at: now,
-            updated_at: now,
-            expires_at: now + chrono_duration(settings.session_ttl),
-        })
-        .await?;
+    // Stripe expires an unpaid Checkout Session after 24 hours: so does the pointer. Both
+    // writes are independent items: side by side.
+    let open_until = now + chrono::Duration::hours(24);
+    let record = CheckoutRecord {
+        session_id: created.id.clone(),
+        user_name: user.clone(),
+        one_time_key,
+        paid: false,
+        status: CheckoutStatus::Pending,
+        lease: None,
+        created_at: now,
+        updated_at: now,
+        expires_at: now + chrono_duration(settings.session_ttl),
+    };
+    let ((), previous) = tokio::try_join!(
+        sessions.put_new(&record),
+        sessions.replace_open_checkout(user, &price.id, &created.id, open_until)
+    )?;
+    if let Some(previous) = previous.filter(|p| p != &created.id) {
+        match payments.expire_checkout(&previous).await {
+            Ok(expired) => {
+                tracing::info!(user = %user, session_id = %previous, expired, "earlier open checkout expired")
+            }
+            // The new session is good; should the old one be paid too, fulfilment refunds it.
+            Err(e) => {
+                tracing::warn!(user = %user, session_id = %previous, error = %e, "could not expire the earlier checkout")
+            }
+        }
+    }
     tracing::info!(user = %user, session_id = %created.id, price_id = %price.id, "checkout session started");
     Ok(CheckoutStarted { url: created.url })
 }

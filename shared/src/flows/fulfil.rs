@@ -1,19 +1,23 @@
 //! `complete_checkout`: the one fulfilment path, used by the success redirect and by the
 //! `checkout.session.completed` webhook.
 //!
-//! Safe under any number of concurrent or repeated calls and under a crash between any two
-//! backend calls followed by a retry:
-//! - a conditional claim (PENDING → ISSUING with a lease token) lets one attempt work at a time;
-//!   a lease only expires after its holder is gone (lease > function timeout);
-//! - the key has a deterministic name per user and is looked up before one is created;
-//! - attaching to the usage plan and writing Cognito attributes are idempotent;
-//! - the session turns FULFILLED and the account record is written in one transaction that
+//! - Nothing reaches Stripe before the caller proved something: the session's record is read
+//!   first and the one-time key compared (a signed webhook needs no key).
+//! - A conditional claim (PENDING → ISSUING with a lease token) lets one attempt work at a time;
+//!   a lease only expires after its holder is gone (lease > function timeout), and a failed
+//!   attempt gives it back at once.
+//! - Under the user's account lock, the plan is decided from the subscription's *current*
+//!   state with the webhooks' policy (`lifecycle::converge`): a paid session of a subscription
+//!   cancelled meanwhile grants nothing, and a second subscription of a user who has one is
+//!   cancelled and refunded.
+//! - The key has a deterministic name per user and is looked up (again after waiting for a
+//!   lock) before one is created; attaching and the Cognito write are idempotent.
+//! - The session turns FULFILLED and the account record is written in one transaction that
 //!   only succeeds while the lease token still holds.
 
-use std::time::Instant;
-
+use super::lifecycle::{converge, SyncOutcome};
 use super::{account_keys, Ctx};
-use crate::domain::{AccountRecord, CheckoutStatus, Error, OneTimeKey, Plan, SessionId};
+use crate::domain::{BackendError, CheckoutStatus, Error, OneTimeKey, SessionId};
 use crate::ports::{AccountLock, Claim, Commit, KeyRegistry, Payments, SessionStore, UserDirectory};
 
 /// Why a verification was turned away (the user is sent to the cancel page; nothing written).
@@ -34,13 +38,25 @@ pub enum Completion {
     },
     /// Finished earlier, by this or another call.
     AlreadyFulfilled,
+    /// The session paid for a second subscription of a user who has one: that subscription
+    /// was cancelled and its charge refunded; the user stays on the first one.
+    Duplicate {
+        refunded: i64,
+    },
+    /// Paid, but the subscription no longer grants the plan (cancelled meanwhile, unpaid):
+    /// nothing granted.
+    NotGranted {
+        status: String,
+    },
+    /// Paid, but the subscription is not settled yet (`incomplete`): the webhooks finish it.
+    Pending,
     Rejected(Rejection),
 }
 
 impl Completion {
     /// Whether the user should see the thanks page.
     pub fn is_success(&self) -> bool {
-        !matches!(self, Completion::Rejected(_))
+        matches!(self, Completion::Issued { .. } | Completion::AlreadyFulfilled | Completion::Duplicate { .. })
     }
 }
 
@@ -64,9 +80,9 @@ where
     P: Payments,
 {
     let settings = ctx.settings;
-    // Round trip 1: our record and Stripe's view of the session, side by side.
-    let (record, state) = tokio::try_join!(store.get(session_id), payments.get_checkout(session_id))?;
-    let Some(record) = record else {
+    // Round trip 1: our record only. An unknown session or a wrong one-time key costs this one
+    // DynamoDB read and nothing else (no Stripe call an anonymous caller could spend).
+    let Some(record) = store.get(session_id).await? else {
         return Ok(Completion::Rejected(Rejection::UnknownSession));
     };
     if let Some(given) = one_time_key {
@@ -78,41 +94,40 @@ where
     if record.status == CheckoutStatus::Fulfilled {
         return Ok(Completion::AlreadyFulfilled);
     }
-    let Some(state) = state.filter(|s| s.paid) else {
+    // Round trip 2: Stripe's view of the session.
+    let Some(state) = payments.get_checkout(session_id).await?.filter(|s| s.paid) else {
         return Ok(Completion::Rejected(Rejection::Unpaid));
     };
     if state.client_reference_id.as_deref() != Some(record.user_name.as_str()) {
         tracing::warn!(session_id = %session_id, "checkout session belongs to another user");
         return Ok(Completion::Rejected(Rejection::UserMismatch));
     }
-    let customer = state.customer.clone().ok_or_else(|| {
-        Error::Backend(crate::domain::BackendError::new(
+    let subscription = state.subscription.clone().ok_or_else(|| {
+        Error::Backend(BackendError::new(
             "stripe",
             "stripe.get_checkout",
-            "a paid checkout session has no customer",
+            "a paid checkout session has no subscription",
         ))
     })?;
     let user = record.user_name.clone();
     let key_name = settings.key_name(&user);
 
-    // Round trip 2: take the session's lease and the user's account lock (which returns the
+    // Round trip 3: take the session's lease and the user's account lock (which returns the
     // account record); the key lookup is a read and runs beside them.
     let token = ctx.ids.token();
     let now = ctx.clock.now();
-    let lease_until = account_keys::lease_until(ctx, now);
-    let (claim, named, lock) = tokio::join!(
-        store.claim(session_id, &token, now, lease_until),
-        keys.find_by_name(&key_name),
-        store.lock_account(&user, &token, now, lease_until),
+    let (claim, first_lock) = tokio::join!(
+        store.claim(session_id, &token, now, account_keys::lease_until(ctx, now)),
+        account_keys::try_lock_with_key_lookup(store, keys, ctx, &user, &token, &key_name),
     );
-    // A failure beside a lock we got must not leave the lock to expire.
-    let (claim, named, lock) = match (claim, named, lock) {
-        (Ok(c), Ok(n), Ok(l)) => (c, n, l),
-        (c, n, l) => {
-            if matches!(l, Ok(AccountLock::Acquired(_))) {
+    let holds_lock = matches!(first_lock, Ok((AccountLock::Acquired(_), _)));
+    let claim = match claim {
+        Ok(c) => c,
+        Err(e) => {
+            if holds_lock {
                 account_keys::release(store, &user, &token).await;
             }
-            return Err(Error::Backend(c.err().or(n.err()).or(l.err()).expect("one of them failed")));
+            return Err(e.into());
         }
     };
     let early = match claim {
@@ -122,7 +137,7 @@ where
         Claim::Busy => Some(Err(())),
     };
     if let Some(outcome) = early {
-        if matches!(lock, AccountLock::Acquired(_)) {
+        if holds_lock {
             account_keys::release(store, &user, &token).await;
         }
         return match outcome {
@@ -132,34 +147,36 @@ where
     }
 
     let result = async {
-        let account = account_keys::lock_account_waiting(store, ctx, &user, &token, Some(lock)).await?;
-        // Round trip 3: the user's one key, found or created, and enabled.
-        let recorded = account.as_ref().and_then(|a| a.api_key_id.clone());
-        let key = account_keys::ensure_pro_key(keys, &key_name, &named, recorded.as_deref()).await?;
-        // Round trip 4: both idempotent, independent of each other.
-        tokio::try_join!(keys.attach_to_plan(&key.id), users.set_plan(&user, Plan::Pro, Some(&customer)))?;
-        // Round trip 5: session FULFILLED and account record, in one transaction.
-        let now = ctx.clock.now();
-        let mut next = account.unwrap_or_else(|| AccountRecord::new(user.clone(), now));
-        next.plan = Plan::Pro;
-        next.api_key_id = Some(key.id.clone());
-        next.customer_id = Some(customer.clone());
-        if state.subscription.is_some() {
-            next.subscription_id = state.subscription.clone();
-        }
-        next.subscription_status = Some("active".to_string());
-        next.past_due_since = None;
-        next.updated_at = now;
-        Ok::<_, Error>((key, store.fulfil(session_id, &token, &next, now).await?))
+        let (account, named) =
+            account_keys::finish_locking(store, keys, ctx, &user, &token, &key_name, first_lock?).await?;
+        // Round trip 4: the subscription as it stands now, read under the lock.
+        let current = payments.get_subscription(&subscription).await?.ok_or_else(|| {
+            BackendError::new("stripe", "stripe.get_subscription", "the paid session's subscription does not exist")
+        })?;
+        // Round trips 5–6: the key found or created and enabled; attach and Cognito side by side.
+        let (next, outcome) = converge(keys, users, payments, ctx, &user, &key_name, &named, account, current).await?;
+        // Round trip 7: session FULFILLED and account record, in one transaction.
+        let commit = store.fulfil(session_id, &token, &next, ctx.clock.now()).await?;
+        Ok::<_, Error>((next, outcome, commit))
     }
     .await;
 
     match result {
-        Ok((key, Commit::Done)) => {
-            tracing::info!(user = %user, session_id = %session_id, api_key_id = %key.id, "PRO key issued");
-            Ok(Completion::Issued { api_key_id: key.id })
+        Ok((next, outcome, Commit::Done)) => {
+            let completion = match outcome {
+                SyncOutcome::Pro { .. } => {
+                    Completion::Issued { api_key_id: next.api_key_id.clone().unwrap_or_default() }
+                }
+                SyncOutcome::DuplicateCancelled { refunded, .. } => Completion::Duplicate { refunded },
+                SyncOutcome::Free { .. } => {
+                    Completion::NotGranted { status: next.subscription_status.clone().unwrap_or_default() }
+                }
+                _ => Completion::Pending,
+            };
+            tracing::info!(user = %user, session_id = %session_id, api_key_id = ?next.api_key_id, outcome = ?completion, "checkout fulfilled");
+            Ok(completion)
         }
-        Ok((_, Commit::LeaseLost)) => {
+        Ok((_, _, Commit::LeaseLost)) => {
             // Another attempt took over; it does the same idempotent work.
             tracing::warn!(session_id = %session_id, "fulfilment lease lost to another attempt");
             account_keys::release(store, &user, &token).await;
@@ -169,16 +186,24 @@ where
             }
         }
         Err(e) => {
-            account_keys::release(store, &user, &token).await;
+            // Give both locks back so a retry (the redirect refreshed, the webhook redelivered)
+            // need not wait for the leases to expire.
+            tokio::join!(account_keys::release(store, &user, &token), release_claim(store, session_id, &token));
             Err(e)
         }
+    }
+}
+
+async fn release_claim<S: SessionStore>(store: &S, session_id: &SessionId, token: &str) {
+    if let Err(e) = store.release_claim(session_id, token).await {
+        tracing::warn!(session_id = %session_id, error = %e, "could not release the session lease; it expires");
     }
 }
 
 /// Another attempt holds the lease: wait a little for it to finish, and never report a
 /// half-done state as success.
 async fn wait_for_peer<S: SessionStore>(store: &S, ctx: Ctx<'_>, session_id: &SessionId) -> Result<Completion, Error> {
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(50);
     while started.elapsed() < ctx.settings.wait_for_peer {
         tokio::time::sleep(pause).await;

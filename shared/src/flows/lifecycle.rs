@@ -38,6 +38,9 @@ pub enum SyncOutcome {
     UnknownCustomer,
     /// Stripe does not know the subscription.
     UnknownSubscription,
+    /// The subscription was a second one for a user who has one already: cancelled, its
+    /// charge refunded (`refunded`, minor units, by this call); the user stays on the first.
+    DuplicateCancelled { user: UserName, cancelled: SubscriptionId, refunded: i64 },
 }
 
 /// The plan a subscription status grants, or `None` for "leave it as it is".
@@ -115,6 +118,13 @@ where
                         EventOutcome::Ignored("checkout session not paid yet".into())
                     }
                     Completion::Rejected(why) => EventOutcome::Ignored(format!("checkout session refused: {why:?}")),
+                    Completion::Duplicate { refunded } => {
+                        EventOutcome::Processed(format!("duplicate subscription cancelled, {refunded} refunded"))
+                    }
+                    Completion::NotGranted { status } => {
+                        EventOutcome::Processed(format!("subscription is {status}: nothing granted"))
+                    }
+                    Completion::Pending => EventOutcome::Processed("subscription not settled yet".into()),
                 }
             }
             _ => EventOutcome::Ignored("checkout event without a session".into()),
@@ -136,6 +146,9 @@ where
                     EventOutcome::Ignored("unknown customer".into())
                 }
                 SyncOutcome::UnknownSubscription => EventOutcome::Ignored("unknown subscription".into()),
+                SyncOutcome::DuplicateCancelled { user, cancelled, refunded } => EventOutcome::Processed(format!(
+                    "{user} keeps the current subscription; duplicate {cancelled} cancelled, {refunded} refunded"
+                )),
             },
         }
     } else {
@@ -180,29 +193,19 @@ where
 
     let token = ctx.ids.token();
     let key_name = ctx.settings.key_name(&user);
-    let now = ctx.clock.now();
-    let (lock, named) = tokio::join!(
-        store.lock_account(&user, &token, now, account_keys::lease_until(ctx, now)),
-        keys.find_by_name(&key_name),
-    );
-    let (lock, named) = match (lock, named) {
-        (Ok(l), Ok(n)) => (l, n),
-        (l, n) => {
-            if matches!(l, Ok(crate::ports::AccountLock::Acquired(_))) {
-                account_keys::release(store, &user, &token).await;
-            }
-            return Err(Error::Backend(l.err().or(n.err()).expect("one of them failed")));
-        }
-    };
+    let (account, named) = account_keys::lock_with_key_lookup(store, keys, ctx, &user, &token, &key_name).await?;
     let result = async {
-        let account = account_keys::lock_account_waiting(store, ctx, &user, &token, Some(lock)).await?;
         // Read the subscription again now that we hold the lock: a state read before it may
         // already be older than what another event applied meanwhile.
         let Some(state) = payments.get_subscription(subscription).await? else {
             account_keys::release(store, &user, &token).await;
             return Ok(SyncOutcome::UnknownSubscription);
         };
-        apply(store, keys, users, ctx, &user, &token, &key_name, &named, account, &state).await
+        let (next, outcome) = converge(keys, users, payments, ctx, &user, &key_name, &named, account, state).await?;
+        match store.put_account(&next, &token).await? {
+            crate::ports::Commit::Done => Ok(outcome),
+            crate::ports::Commit::LeaseLost => Err(Error::FulfilmentInProgress),
+        }
     }
     .await;
     if result.is_err() {
@@ -211,43 +214,59 @@ where
     result
 }
 
+/// The one policy for a user's plan and key, used by the webhooks, the resync and fulfilment
+/// alike; the caller holds the user's account lock and writes the record it returns.
+///
+/// `state` is the current state (read under the lock) of the subscription the caller is about.
+/// When the account already records another subscription that still grants PRO, that one stays
+/// in charge: if `state`'s subscription would grant PRO too, it is a second subscription for the
+/// same user (two tabs, a double click) and is cancelled at once with its charge refunded.
 #[allow(clippy::too_many_arguments)]
-async fn apply<S, K, U>(
-    store: &S,
+pub(crate) async fn converge<K, U, P>(
     keys: &K,
     users: &U,
+    payments: &P,
     ctx: Ctx<'_>,
     user: &UserName,
-    token: &str,
     key_name: &str,
     named: &[crate::domain::IssuedKey],
     account: Option<AccountRecord>,
-    state: &SubscriptionState,
-) -> Result<SyncOutcome, Error>
+    state: SubscriptionState,
+) -> Result<(AccountRecord, SyncOutcome), Error>
 where
-    S: SessionStore,
     K: KeyRegistry,
     U: UserDirectory,
+    P: Payments,
 {
     let now = ctx.clock.now();
+    let grace = ctx.settings.past_due_grace;
     let mut next = account.unwrap_or_else(|| AccountRecord::new(user.clone(), now));
-    // A record for another subscription of the same customer that is still active wins over
-    // an old, cancelled one: only the recorded (or first) subscription steers the plan.
-    if let Some(recorded) = &next.subscription_id {
-        if recorded != &state.id
-            && next.plan == Plan::Pro
-            && desired_plan(&state.status, None, now, ctx.settings.past_due_grace) != Some(Plan::Pro)
-        {
-            tracing::info!(user = %user, subscription = %state.id, current = %recorded, "event for an older subscription; the current one stays");
-            account_keys::release(store, user, token).await;
-            return Ok(SyncOutcome::Unchanged { user: user.clone() });
+    let mut state = state;
+    let mut duplicate = None;
+    if let Some(recorded) = next.subscription_id.clone().filter(|r| r != &state.id) {
+        let recorded_state = payments.get_subscription(&recorded).await?;
+        let still_granting =
+            recorded_state.filter(|r| desired_plan(&r.status, next.past_due_since, now, grace) == Some(Plan::Pro));
+        match still_granting {
+            Some(current) => {
+                if desired_plan(&state.status, None, now, grace) == Some(Plan::Pro) {
+                    tracing::warn!(user = %user, duplicate = %state.id, kept = %current.id, "a second subscription for one user: cancelling it and refunding its charge");
+                    let done = payments.cancel_duplicate(&state.id).await?;
+                    duplicate = Some((state.id.clone(), done.refunded));
+                } else {
+                    tracing::info!(user = %user, subscription = %state.id, current = %current.id, "event for another subscription; the current one stays");
+                }
+                state = current;
+            }
+            // The recorded subscription ended: this one takes over (a re-subscription).
+            None => next.past_due_since = None,
         }
     }
     next.past_due_since = match state.status {
         SubscriptionStatus::PastDue => next.past_due_since.or(Some(now)),
         _ => None,
     };
-    let desired = desired_plan(&state.status, next.past_due_since, now, ctx.settings.past_due_grace);
+    let desired = desired_plan(&state.status, next.past_due_since, now, grace);
     next.subscription_id = Some(state.id.clone());
     next.subscription_status = Some(state.status.as_str().to_string());
     next.customer_id = Some(state.customer.clone());
@@ -273,10 +292,11 @@ where
         }
         None => SyncOutcome::Unchanged { user: user.clone() },
     };
-    match store.put_account(&next, token).await? {
-        crate::ports::Commit::Done => Ok(outcome),
-        crate::ports::Commit::LeaseLost => Err(Error::FulfilmentInProgress),
-    }
+    let outcome = match duplicate {
+        Some((cancelled, refunded)) => SyncOutcome::DuplicateCancelled { user: user.clone(), cancelled, refunded },
+        None => outcome,
+    };
+    Ok((next, outcome))
 }
 
 #[cfg(test)]

@@ -70,6 +70,12 @@ impl Settings {
         format!("{}/thanks_upgrade", self.app_url)
     }
 
+    /// The thanks page, told that the key is not there yet (another attempt holds the work,
+    /// or a backend failed): the page polls `/account`; the webhook finishes the fulfilment.
+    pub fn pending_url(&self) -> String {
+        format!("{}/thanks_upgrade?status=pending", self.app_url)
+    }
+
     pub fn cancel_url(&self) -> String {
         format!("{}/canceled_upgrade", self.app_url)
     }

@@ -1,7 +1,9 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -11,7 +13,7 @@ use crate::domain::{
     AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId,
     SubscriptionId, UserName,
 };
-use crate::ports::{AccountLock, Claim, Commit, Result, SessionStore};
+use crate::ports::{AccountLock, Claim, Commit, OpenCheckouts, Result, SessionStore};
 
 const SERVICE: &str = "dynamodb";
 /// Global secondary index of the API keys table on `StripeCustomerId` (for webhooks whose
@@ -19,6 +21,10 @@ const SERVICE: &str = "dynamodb";
 pub const CUSTOMER_INDEX: &str = "StripeCustomerId-index";
 /// Processed Stripe events live in the sessions table under this key prefix, with a TTL.
 const EVENT_PREFIX: &str = "EVENT#";
+/// The user's open Checkout Session per price lives in the sessions table under this prefix.
+const OPEN_CHECKOUT_PREFIX: &str = "OPEN#";
+/// How often a transaction that DynamoDB cancelled for a conflict with another one is tried.
+const TRANSACTION_ATTEMPTS: u32 = 4;
 type Item = HashMap<String, AttributeValue>;
 
 /// Sessions table (`DYNAMODB_STRIPE_TABLE`, key `SessionID`) and API keys table
@@ -108,7 +114,9 @@ fn session_from_item(item: &Item, op: &'static str) -> Result<CheckoutRecord> {
         user_name: UserName::parse(req_s(item, "UserName", op)?).map_err(|e| bad(op, e.to_string()))?,
         one_time_key: OneTimeKey::parse(req_s(item, "OneTimeKey", op)?).map_err(|e| bad(op, e.to_string()))?,
         paid: item.get("PaidFlag").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
-        status: req_s(item, "Status", op)?.parse::<CheckoutStatus>().map_err(|e| bad(op, e))?,
+        // Sessions written by the Python version have no Status: they are pending (a fulfilled
+        // one has PaidFlag and an issued key, and fulfilment is idempotent on the key name).
+        status: get_s(item, "Status").unwrap_or("PENDING").parse::<CheckoutStatus>().map_err(|e| bad(op, e))?,
         lease,
         created_at: get_time(item, "CreatedAt", op)?,
         updated_at: get_time(item, "UpdatedAt", op)?,
@@ -230,6 +238,7 @@ impl SessionStore for DynamoStore {
             .expression_attribute_values(":nowms", AttributeValue::N(now.timestamp_millis().to_string()))
             .expression_attribute_values(":now", ts(now))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
@@ -238,9 +247,27 @@ impl SessionStore for DynamoStore {
                 Ok(Claim::Acquired { token: token.to_string(), record: session_from_item(&item, OP)? })
             }
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Ok(match self.get(id).await? {
+                // The item as it stood when the condition failed. If it carries our own token,
+                // the SDK retried a request whose first attempt succeeded (its response was
+                // lost): the lease is ours.
+                let old = match e.as_service_error() {
+                    Some(
+                        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c),
+                    ) => c.item().cloned(),
+                    _ => None,
+                };
+                let current = match old {
+                    Some(item) => Some(session_from_item(&item, OP)?),
+                    None => self.get(id).await?,
+                };
+                Ok(match current {
                     None => Claim::Missing,
                     Some(r) if r.status == CheckoutStatus::Fulfilled => Claim::AlreadyFulfilled,
+                    Some(r)
+                        if r.status == CheckoutStatus::Issuing && r.lease.as_ref().is_some_and(|(t, _)| t == token) =>
+                    {
+                        Claim::Acquired { token: token.to_string(), record: r }
+                    }
                     Some(_) => Claim::Busy,
                 })
             }
@@ -270,33 +297,41 @@ impl SessionStore for DynamoStore {
             .expression_attribute_values(":tok", s(token))
             .build()
             .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
-        let res = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(Commit::Done),
-            Err(e) => {
-                let condition_failed = e.as_service_error().is_some_and(|se| {
-                    se.is_transaction_canceled_exception()
-                        && match se {
-                            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t) => t
-                                .cancellation_reasons()
-                                .iter()
-                                .any(|r| r.code() == Some("ConditionalCheckFailed")),
-                            _ => false,
-                        }
-                });
-                if condition_failed {
-                    Ok(Commit::LeaseLost)
-                } else {
-                    let msg = e.as_service_error().and_then(|se| se.message()).map(str::to_string);
-                    Err(BackendError::new(SERVICE, OP, msg.unwrap_or_else(|| describe(&e))))
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let res = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().update(update.clone()).build())
+                .transact_items(TransactWriteItem::builder().put(put.clone()).build())
+                .send()
+                .await;
+            let e = match res {
+                Ok(_) => return Ok(Commit::Done),
+                Err(e) => e,
+            };
+            let reasons: Vec<String> = match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t)) => {
+                    t.cancellation_reasons().iter().filter_map(|r| r.code().map(str::to_string)).collect()
                 }
+                _ => Vec::new(),
+            };
+            if reasons.iter().any(|r| r == "ConditionalCheckFailed") {
+                // Either the lease was lost, or the SDK retried a transaction whose first attempt
+                // committed (its response lost): then the session is FULFILLED, by us or by the
+                // attempt that took over, which did the same idempotent work.
+                return Ok(match self.get(id).await? {
+                    Some(r) if r.status == CheckoutStatus::Fulfilled => Commit::Done,
+                    _ => Commit::LeaseLost,
+                });
             }
+            if reasons.iter().any(|r| r == "TransactionConflict") && attempt < TRANSACTION_ATTEMPTS {
+                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+                continue;
+            }
+            let msg = e.as_service_error().and_then(|se| se.message()).map(str::to_string);
+            return Err(BackendError::new(SERVICE, OP, msg.unwrap_or_else(|| describe(&e))));
         }
     }
 
@@ -356,6 +391,7 @@ impl SessionStore for DynamoStore {
             .expression_attribute_values(":until", AttributeValue::N(until.timestamp_millis().to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now.timestamp_millis().to_string()))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
@@ -364,7 +400,19 @@ impl SessionStore for DynamoStore {
                 None => None,
             })),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Ok(AccountLock::Busy)
+                // Our own lock, taken by a first attempt whose response was lost.
+                let old = match e.as_service_error() {
+                    Some(
+                        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c),
+                    ) => c.item().cloned(),
+                    _ => None,
+                };
+                match old {
+                    Some(item) if get_s(&item, "LockToken") == Some(token) => {
+                        Ok(AccountLock::Acquired(account_from_item_opt(&item, OP)?))
+                    }
+                    _ => Ok(AccountLock::Busy),
+                }
             }
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
@@ -405,6 +453,28 @@ impl SessionStore for DynamoStore {
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
                 Ok(Commit::LeaseLost)
             }
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn release_claim(&self, id: &SessionId, token: &str) -> Result<()> {
+        const OP: &str = "UpdateItem(release claim)";
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(id.as_str()))
+            .update_expression("SET #st = :pending REMOVE LeaseToken, LeaseUntil")
+            .condition_expression("#st = :issuing AND LeaseToken = :tok")
+            .expression_attribute_names("#st", "Status")
+            .expression_attribute_values(":pending", s(CheckoutStatus::Pending.as_str()))
+            .expression_attribute_values(":issuing", s(CheckoutStatus::Issuing.as_str()))
+            .expression_attribute_values(":tok", s(token))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
@@ -462,5 +532,34 @@ impl SessionStore for DynamoStore {
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         Ok(())
+    }
+}
+
+impl OpenCheckouts for DynamoStore {
+    async fn replace_open_checkout(
+        &self,
+        user: &UserName,
+        price_id: &str,
+        session: &SessionId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<SessionId>> {
+        const OP: &str = "PutItem(open checkout)";
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.tables.sessions)
+            .item("SessionID", s(format!("{OPEN_CHECKOUT_PREFIX}{user}#{price_id}")))
+            .item("RecordType", s("open-checkout"))
+            .item("OpenSessionID", s(session.as_str()))
+            .item("ExpiresAt", epoch(expires_at))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        out.attributes
+            .as_ref()
+            .and_then(|item| get_s(item, "OpenSessionID"))
+            .map(|id| SessionId::parse(id).map_err(|e| bad(OP, e.to_string())))
+            .transpose()
     }
 }

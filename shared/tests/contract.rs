@@ -12,7 +12,7 @@ use paykey::adapters::memory::{MemoryKeys, MemoryStore, MemoryUsers, Meter};
 use paykey::domain::{
     AccountRecord, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId, SubscriptionId, UserName,
 };
-use paykey::ports::{AccountLock, Claim, Commit, KeyRegistry, SessionStore, UserDirectory};
+use paykey::ports::{AccountLock, Claim, Commit, KeyRegistry, OpenCheckouts, SessionStore, UserDirectory};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
@@ -48,7 +48,7 @@ fn account(user: &UserName, key: &str) -> AccountRecord {
     }
 }
 
-async fn session_store_contract<S: SessionStore>(store: &S) {
+async fn session_store_contract<S: SessionStore + OpenCheckouts>(store: &S) {
     let alice = UserName::parse(&unique("alice-")).unwrap();
     let r = record(&alice);
     let t = r.created_at;
@@ -101,7 +101,9 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
     // a fulfilled session can be neither claimed nor fulfilled again.
     let much_later = later + chrono::Duration::hours(1);
     assert_eq!(store.claim(&r.session_id, "tok-4", much_later, much_later).await.unwrap(), Claim::AlreadyFulfilled);
-    assert_eq!(store.fulfil(&r.session_id, "tok-3", &acct, much_later).await.unwrap(), Commit::LeaseLost);
+    assert_eq!(store.fulfil(&r.session_id, "tok-1", &acct, much_later).await.unwrap(), Commit::LeaseLost);
+    // the same transaction repeated (the SDK retrying after a lost answer) is recognised as done
+    assert_eq!(store.fulfil(&r.session_id, "tok-3", &acct, much_later).await.unwrap(), Commit::Done);
 
     // unknown sessions
     let ghost = SessionId::parse(&unique("cs_test_ghost")).unwrap();
@@ -164,6 +166,58 @@ async fn session_store_contract<S: SessionStore>(store: &S) {
     let all = store.list_accounts().await.unwrap();
     assert!(all.iter().any(|a| a.user_name == alice) && all.iter().any(|a| a.user_name == bob));
     assert!(!all.iter().any(|a| a.user_name == carol));
+
+    let t5 = t4 + chrono::Duration::seconds(1);
+    // a failed attempt gives the session's lease back (only with its own token)
+    let r2 = record(&carol);
+    store.put_new(&r2).await.unwrap();
+    assert!(matches!(
+        store.claim(&r2.session_id, "tok-a", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+    store.release_claim(&r2.session_id, "tok-other").await.unwrap();
+    assert_eq!(
+        store.get(&r2.session_id).await.unwrap().unwrap().status,
+        CheckoutStatus::Issuing,
+        "another token releases nothing"
+    );
+    store.release_claim(&r2.session_id, "tok-a").await.unwrap();
+    let released = store.get(&r2.session_id).await.unwrap().unwrap();
+    assert_eq!((released.status, released.lease), (CheckoutStatus::Pending, None));
+    assert!(
+        matches!(
+            store.claim(&r2.session_id, "tok-b", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
+            Claim::Acquired { .. }
+        ),
+        "claimable again at once"
+    );
+    store.release_claim(&ghost, "tok-b").await.unwrap();
+
+    // a claim or lock repeated with the same token (the SDK retrying a request whose first
+    // attempt succeeded but whose answer was lost) is recognised as ours, not Busy
+    assert!(matches!(
+        store.claim(&r2.session_id, "tok-b", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+    assert!(matches!(
+        store.lock_account(&carol, "tok-b", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
+        AccountLock::Acquired(None)
+    ));
+    assert!(matches!(
+        store.lock_account(&carol, "tok-b", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
+        AccountLock::Acquired(None)
+    ));
+    assert_eq!(store.lock_account(&carol, "tok-c", t5, t5).await.unwrap(), AccountLock::Busy);
+    store.unlock_account(&carol, "tok-b").await.unwrap();
+
+    // one open checkout per user and price: each new one returns the one it replaces
+    let price = unique("price_");
+    let (s1, s2) = (SessionId::parse(&unique("cs_test_")).unwrap(), SessionId::parse(&unique("cs_test_")).unwrap());
+    let until = t5 + chrono::Duration::hours(24);
+    assert_eq!(store.replace_open_checkout(&carol, &price, &s1, until).await.unwrap(), None);
+    assert_eq!(store.replace_open_checkout(&carol, &price, &s2, until).await.unwrap(), Some(s1.clone()));
+    assert_eq!(store.replace_open_checkout(&carol, &unique("price_"), &s1, until).await.unwrap(), None, "per price");
+    assert_eq!(store.replace_open_checkout(&bob, &price, &s1, until).await.unwrap(), None, "per user");
 
     // processed events are remembered
     let evt = unique("evt_");
@@ -359,6 +413,66 @@ mod moto {
         assert!(profile.customer_id.is_some());
         assert_eq!(app.store.get(&id).await.unwrap().unwrap().status, CheckoutStatus::Fulfilled);
         assert_eq!(app.store.get_account(&user).await.unwrap().unwrap().api_key_id, Some(keys[0].id.clone()));
+    }
+
+    /// A session the Python version wrote (no Status, timestamps or TTL) is read as pending and
+    /// fulfils like any other.
+    #[tokio::test]
+    async fn a_python_era_session_without_status_is_pending_and_fulfils() {
+        use aws_sdk_dynamodb::types::AttributeValue as A;
+        use paykey::adapters::memory::{MemoryPayments, SequentialIds};
+        use paykey::flows::{self, CheckoutRequest, Settings};
+        use paykey::handlers::App;
+
+        let Some(m) = Moto::connect().await else { return };
+        let (sessions, api_keys) = m.create_tables().await;
+        let plan = m.create_usage_plan().await;
+        let pool = m.create_user_pool().await;
+        let user = UserName::parse(&unique("python-era-")).unwrap();
+        m.create_user(&pool, &user).await;
+        let payments = MemoryPayments::new(Meter::new());
+        payments.add_price("FMMailPro", 980, "jpy");
+        let app = App {
+            store: DynamoStore::new(&m.config, Tables { sessions: sessions.clone(), api_keys }),
+            keys: ApiGatewayKeys::new(&m.config, plan),
+            users: CognitoUsers::new(&m.config, pool),
+            payments,
+            clock: Arc::new(paykey::ports::SystemClock),
+            ids: Arc::new(SequentialIds::default()),
+            settings: Settings::new("https://app.example.com", "https://api.example.com"),
+        };
+        // A Stripe session made through paykey, then its record replaced by the Python shape.
+        let started = flows::start_checkout(
+            &app.users,
+            &app.payments,
+            &app.store,
+            app.ctx(),
+            &user,
+            CheckoutRequest::new("FMMailPro"),
+        )
+        .await
+        .unwrap();
+        let id = SessionId::parse(started.url.rsplit('/').next().unwrap()).unwrap();
+        let key = OneTimeKey::new_random();
+        aws_sdk_dynamodb::Client::new(&m.config)
+            .put_item()
+            .table_name(&sessions)
+            .item("SessionID", A::S(id.to_string()))
+            .item("UserName", A::S(user.to_string()))
+            .item("OneTimeKey", A::S(key.to_string()))
+            .item("PaidFlag", A::Bool(false))
+            .send()
+            .await
+            .unwrap();
+        let read = app.store.get(&id).await.unwrap().unwrap();
+        assert_eq!(read.status, CheckoutStatus::Pending);
+        app.payments.pay(&id).unwrap();
+        let done =
+            flows::complete_checkout(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), &id, Some(&key))
+                .await
+                .unwrap();
+        assert!(matches!(done, paykey::flows::Completion::Issued { .. }), "{done:?}");
+        assert_eq!(app.store.get(&id).await.unwrap().unwrap().status, CheckoutStatus::Fulfilled);
     }
 
     /// The deployed functions read the Stripe secrets from SSM SecureString parameters.

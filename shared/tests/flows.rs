@@ -188,7 +188,7 @@ async fn complete_in_task(
     id: &paykey::domain::SessionId,
     key: &OneTimeKey,
 ) -> Option<Result<Completion, Error>> {
-    let (w, id, key) = (Arc::clone(w), id.clone(), key.clone());
+    let (w, id, key) = (Arc::clone(w), id.clone(), *key);
     tokio::spawn(async move { w.complete(&id, &key).await }).await.ok()
 }
 

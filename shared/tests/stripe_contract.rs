@@ -15,6 +15,8 @@ trait Driver {
     fn add_price(&self, lookup_key: &str, amount: i64, currency: &str) -> PriceInfo;
     fn pay(&self, id: &SessionId);
     fn cancel(&self, sub: &SubscriptionId);
+    /// What was refunded of the subscription's charges.
+    fn refunded(&self, sub: &SubscriptionId) -> i64;
 }
 
 impl Driver for MemoryPayments {
@@ -26,6 +28,9 @@ impl Driver for MemoryPayments {
     }
     fn cancel(&self, sub: &SubscriptionId) {
         self.update_subscription(sub, |s| s.status = SubscriptionStatus::Canceled).expect("known subscription");
+    }
+    fn refunded(&self, sub: &SubscriptionId) -> i64 {
+        self.charge(sub).map(|c| c.refunded).unwrap_or(0)
     }
 }
 
@@ -53,6 +58,18 @@ impl Driver for Emulated {
     }
     fn cancel(&self, sub: &SubscriptionId) {
         self.0.shared.set_subscription_status(sub.as_str(), "canceled").expect("known subscription");
+    }
+    fn refunded(&self, sub: &SubscriptionId) -> i64 {
+        let (_, s) = self.0.shared.call("GET", &format!("/v1/subscriptions/{sub}"), "");
+        let invoice = s["latest_invoice"].as_str().unwrap().to_string();
+        let (_, refunds) = self.0.shared.call("GET", "/v1/refunds", "");
+        refunds["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["invoice"] == invoice.as_str())
+            .map(|r| r["amount"].as_i64().unwrap())
+            .sum()
     }
 }
 
@@ -109,7 +126,11 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     assert_eq!(p.get_checkout(&again.id).await.unwrap().unwrap().customer, Some(customer.clone()));
     let again_sub = p.get_checkout(&again.id).await.unwrap().unwrap().subscription.unwrap();
     let subs = p.list_subscriptions(&customer).await.unwrap();
-    assert_eq!(subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), vec![again_sub, sub_id.clone()], "newest first");
+    assert_eq!(
+        subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+        vec![again_sub.clone(), sub_id.clone()],
+        "newest first"
+    );
     let ghost = CustomerId::parse("cus_ghost").unwrap();
     assert!(p.list_subscriptions(&ghost).await.unwrap().is_empty());
     assert!(p.create_checkout(checkout(&price.id, &alice, Some(&ghost), "idem-d")).await.is_err());
@@ -118,6 +139,23 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     let url = p.create_portal(&customer, "https://app.example.com/", "portal-1").await.unwrap();
     assert!(url.starts_with("http"), "{url}");
     assert!(p.create_portal(&ghost, "https://app.example.com/", "portal-2").await.is_err());
+
+    // An open session can be expired, once; a completed one is not open.
+    let open = p.create_checkout(checkout(&price.id, &alice, Some(&customer), "idem-x")).await.unwrap();
+    assert!(p.expire_checkout(&open.id).await.unwrap(), "expired now");
+    assert!(!p.expire_checkout(&open.id).await.unwrap(), "already expired");
+    assert!(!p.expire_checkout(&again.id).await.unwrap(), "a completed session is not open");
+    assert!(!p.get_checkout(&open.id).await.unwrap().unwrap().paid);
+    assert!(p.expire_checkout(&SessionId::parse("cs_test_nope").unwrap()).await.is_err(), "unknown session");
+
+    // A duplicate subscription: cancelled now, its charge refunded in full, once.
+    let done = p.cancel_duplicate(&again_sub).await.unwrap();
+    assert_eq!(done.refunded, 980);
+    assert_eq!(p.get_subscription(&again_sub).await.unwrap().unwrap().status, SubscriptionStatus::Canceled);
+    assert_eq!(d.refunded(&again_sub), 980);
+    assert_eq!(p.cancel_duplicate(&again_sub).await.unwrap().refunded, 0, "a retry refunds nothing more");
+    assert_eq!(d.refunded(&again_sub), 980);
+    assert_eq!(d.refunded(&sub_id), 0, "the kept subscription keeps its charge");
 
     d.cancel(&sub_id);
     assert_eq!(p.get_subscription(&sub_id).await.unwrap().unwrap().status, SubscriptionStatus::Canceled);

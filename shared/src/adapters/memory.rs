@@ -151,6 +151,8 @@ struct StoreState {
     accounts: BTreeMap<String, AccountSlot>,
     events: BTreeMap<String, DateTime<Utc>>,
     open_checkouts: BTreeMap<String, String>,
+    /// The token whose `fulfil` finished each session (a repeat with it is recognised).
+    fulfilled_by: BTreeMap<String, String>,
 }
 
 impl StoreState {
@@ -255,6 +257,10 @@ impl SessionStore for MemoryStore {
                 None => Claim::Missing,
                 Some(r) => match (r.status, &r.lease) {
                     (CheckoutStatus::Fulfilled, _) => Claim::AlreadyFulfilled,
+                    // Our own lease (the DynamoDB adapter recognises a retried request's token).
+                    (CheckoutStatus::Issuing, Some((t, _))) if t == token => {
+                        Claim::Acquired { token: token.to_string(), record: r.clone() }
+                    }
                     (CheckoutStatus::Issuing, Some((_, until))) if *until >= now => Claim::Busy,
                     _ => {
                         r.status = CheckoutStatus::Issuing;
@@ -283,7 +289,11 @@ impl SessionStore for MemoryStore {
                     r.lease = None;
                     r.updated_at = now;
                 }
+                st.fulfilled_by.insert(id.as_str().to_string(), token.to_string());
                 st.write_account(account);
+                Commit::Done
+            } else if st.fulfilled_by.get(id.as_str()).is_some_and(|t| t == token) {
+                // The same transaction again (as after a lost answer): already done.
                 Commit::Done
             } else {
                 Commit::LeaseLost
@@ -324,6 +334,7 @@ impl SessionStore for MemoryStore {
             let mut st = lock(&self.state);
             let slot = st.accounts.entry(user.as_str().to_string()).or_default();
             match &slot.lock {
+                Some((t, _)) if t == token => AccountLock::Acquired(slot.record.clone()),
                 Some((_, held_until)) if *held_until >= now => AccountLock::Busy,
                 _ => {
                     slot.lock = Some((token.to_string(), until));

@@ -301,12 +301,9 @@ impl Payments for StripePayments {
 
     async fn expire_checkout(&self, id: &SessionId) -> Result<bool> {
         const OP: &str = "POST /v1/checkout/sessions/{id}/expire";
-        match ExpireCheckoutSession::new(id.as_str())
-            .customize()
-            .request_strategy(idempotent(&format!("paykey-expire-{id}"), OP)?)
-            .send(&self.client)
-            .await
-        {
+        // Naturally idempotent (only an open session can be expired), so no idempotency key: a
+        // replayed 200 would hide that the session was expired already.
+        match ExpireCheckoutSession::new(id.as_str()).send(&self.client).await {
             Ok(_) => Ok(true),
             // Stripe answers 400 for a session that is no longer open (completed or expired).
             Err(StripeError::Stripe(_, 400)) => Ok(false),

@@ -130,3 +130,19 @@ impl UsersSnapshot for MemApp {
         self.users.dump()
     }
 }
+
+/// Stripe's success redirect as API Gateway delivers it (no authorizer, path parameters).
+pub fn verify_request(session_id: &SessionId, one_time_key: &str) -> lambda_http::Request {
+    let mut v: serde_json::Value = serde_json::from_str(include_str!("../data/apigw-rest-cognito.json")).unwrap();
+    let path = format!("/create-api-key/{session_id}/{one_time_key}");
+    v["httpMethod"] = serde_json::json!("GET");
+    v["requestContext"]["httpMethod"] = serde_json::json!("GET");
+    v["resource"] = serde_json::json!("/create-api-key/{session_id}/{one_time_key}");
+    v["requestContext"]["resourcePath"] = v["resource"].clone();
+    v["path"] = serde_json::json!(path);
+    v["requestContext"]["path"] = serde_json::json!(format!("/prod{path}"));
+    v["body"] = serde_json::Value::Null;
+    v["requestContext"].as_object_mut().unwrap().remove("authorizer");
+    v["pathParameters"] = serde_json::json!({"session_id": session_id.as_str(), "one_time_key": one_time_key});
+    lambda_http::request::from_str(&v.to_string()).unwrap()
+}

@@ -118,9 +118,12 @@ fn session_from_item(item: &Item, op: &'static str) -> Result<CheckoutRecord> {
         // one has PaidFlag and an issued key, and fulfilment is idempotent on the key name).
         status: get_s(item, "Status").unwrap_or("PENDING").parse::<CheckoutStatus>().map_err(|e| bad(op, e))?,
         lease,
-        created_at: get_time(item, "CreatedAt", op)?,
-        updated_at: get_time(item, "UpdatedAt", op)?,
-        expires_at: get_epoch(item, "ExpiresAt").ok_or_else(|| bad(op, "ExpiresAt"))?,
+        // Python-era sessions carry neither timestamps nor a TTL.
+        created_at: opt_time(item, "CreatedAt", op)?.unwrap_or(DateTime::UNIX_EPOCH),
+        updated_at: opt_time(item, "UpdatedAt", op)?
+            .or(opt_time(item, "CreatedAt", op)?)
+            .unwrap_or(DateTime::UNIX_EPOCH),
+        expires_at: get_epoch(item, "ExpiresAt").unwrap_or(DateTime::<Utc>::MAX_UTC),
     })
 }
 
@@ -228,7 +231,8 @@ impl SessionStore for DynamoStore {
             .key("SessionID", s(id.as_str()))
             .update_expression("SET #st = :issuing, LeaseToken = :tok, LeaseUntil = :until, UpdatedAt = :now")
             .condition_expression(
-                "attribute_exists(SessionID) AND (#st = :pending OR (#st = :issuing AND LeaseUntil < :nowms))",
+                // A session without Status was written by the Python version: pending.
+                "attribute_exists(SessionID) AND (attribute_not_exists(#st) OR #st = :pending OR (#st = :issuing AND LeaseUntil < :nowms))",
             )
             .expression_attribute_names("#st", "Status")
             .expression_attribute_values(":issuing", s(CheckoutStatus::Issuing.as_str()))
@@ -280,7 +284,9 @@ impl SessionStore for DynamoStore {
         let update = Update::builder()
             .table_name(&self.tables.sessions)
             .key("SessionID", s(id.as_str()))
-            .update_expression("SET #st = :fulfilled, PaidFlag = :paid, UpdatedAt = :now REMOVE LeaseToken, LeaseUntil")
+            .update_expression(
+                "SET #st = :fulfilled, PaidFlag = :paid, UpdatedAt = :now, FulfilledBy = :tok REMOVE LeaseToken, LeaseUntil",
+            )
             .condition_expression("#st = :issuing AND LeaseToken = :tok")
             .expression_attribute_names("#st", "Status")
             .expression_attribute_values(":fulfilled", s(CheckoutStatus::Fulfilled.as_str()))
@@ -319,11 +325,11 @@ impl SessionStore for DynamoStore {
             };
             if reasons.iter().any(|r| r == "ConditionalCheckFailed") {
                 // Either the lease was lost, or the SDK retried a transaction whose first attempt
-                // committed (its response lost): then the session is FULFILLED, by us or by the
-                // attempt that took over, which did the same idempotent work.
-                return Ok(match self.get(id).await? {
-                    Some(r) if r.status == CheckoutStatus::Fulfilled => Commit::Done,
-                    _ => Commit::LeaseLost,
+                // committed (its response lost): then the session is FULFILLED by our token.
+                return Ok(if self.fulfilled_by(id).await?.as_deref() == Some(token) {
+                    Commit::Done
+                } else {
+                    Commit::LeaseLost
                 });
             }
             if reasons.iter().any(|r| r == "TransactionConflict") && attempt < TRANSACTION_ATTEMPTS {
@@ -532,6 +538,28 @@ impl SessionStore for DynamoStore {
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         Ok(())
+    }
+}
+
+impl DynamoStore {
+    /// The token whose transaction fulfilled the session, if it is fulfilled.
+    async fn fulfilled_by(&self, id: &SessionId) -> Result<Option<String>> {
+        const OP: &str = "GetItem(session)";
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        Ok(out
+            .item
+            .as_ref()
+            .filter(|i| get_s(i, "Status") == Some(CheckoutStatus::Fulfilled.as_str()))
+            .and_then(|i| get_s(i, "FulfilledBy"))
+            .map(str::to_string))
     }
 }
 

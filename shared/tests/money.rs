@@ -1,0 +1,271 @@
+//! The money-path holes found when paykey was tried as a stranger would, each as a test on the
+//! in-memory ports (the same flows run on DynamoDB, API Gateway and Cognito on moto in
+//! `contract.rs`, and the Stripe calls on the emulator in `stripe_contract.rs`).
+
+mod support;
+
+use std::sync::Arc;
+
+use paykey::adapters::memory::Fault;
+use paykey::domain::{OneTimeKey, Plan, SessionId};
+use paykey::flows::{self, Completion, Rejection};
+use paykey::handlers;
+use paykey::ports::{KeyRegistry, SubscriptionStatus, UserDirectory};
+use support::World;
+
+fn stripe_calls(w: &World) -> usize {
+    w.meter.calls().iter().filter(|c| c.starts_with("stripe.")).count()
+}
+
+fn active_subscriptions(w: &World) -> Vec<paykey::ports::SubscriptionState> {
+    w.app.payments.subscriptions().into_iter().filter(|s| s.status == SubscriptionStatus::Active).collect()
+}
+
+async fn assert_pro_with_one_enabled_key(w: &World, user: &paykey::domain::UserName) {
+    let name = w.app.settings.key_name(user);
+    let enabled: Vec<_> = w.app.keys.all().into_iter().filter(|k| k.name == name && k.enabled).collect();
+    assert_eq!(enabled.len(), 1, "{enabled:?}");
+    assert_eq!(w.app.users.get_user(user).await.unwrap().unwrap().plan(), Plan::Pro);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Never bill a user twice
+
+#[tokio::test]
+async fn a_second_checkout_expires_the_first_so_only_one_tab_can_be_paid() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (tab1, _) = w.checkout(&alice).await;
+    let (tab2, key2) = w.checkout(&alice).await;
+    assert!(w.app.payments.checkout_expired(&tab1), "the older open checkout is expired at Stripe");
+    assert!(w.app.payments.pay(&tab1).is_none(), "an expired session cannot be paid");
+    w.app.payments.pay(&tab2).unwrap();
+    assert!(w.complete(&tab2, &key2).await.unwrap().is_success());
+    assert_eq!(active_subscriptions(&w).len(), 1);
+    assert_pro_with_one_enabled_key(&w, &alice).await;
+}
+
+/// The race the expiry cannot close: tab 1 is paid (but not yet fulfilled) when tab 2 starts,
+/// so tab 2's checkout cannot expire it, and tab 2 is paid too. Both redirects come back: one
+/// subscription is kept, the other cancelled at once and its charge refunded in full.
+#[tokio::test]
+async fn two_paid_tabs_end_with_one_active_subscription_and_one_charge_kept() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (tab1, key1) = w.checkout(&alice).await;
+    w.app.payments.pay(&tab1).unwrap();
+    let (tab2, key2) = w.checkout(&alice).await;
+    w.app.payments.pay(&tab2).unwrap();
+    assert_eq!(active_subscriptions(&w).len(), 2, "Stripe took two payments");
+
+    let first = w.complete(&tab1, &key1).await.unwrap();
+    let second = w.complete(&tab2, &key2).await.unwrap();
+    assert!(matches!(first, Completion::Issued { .. }), "{first:?}");
+    assert_eq!(second, Completion::Duplicate { refunded: 980 });
+    assert!(second.is_success(), "the second tab still lands on the thanks page: the user is PRO");
+
+    let active = active_subscriptions(&w);
+    assert_eq!(active.len(), 1, "{active:?}");
+    let sub1 = w.app.payments.get_checkout_state(&tab1).subscription.unwrap();
+    let sub2 = w.app.payments.get_checkout_state(&tab2).subscription.unwrap();
+    assert_eq!(active[0].id, sub1, "the user stays on the subscription already recorded");
+    assert_eq!(w.app.payments.charge(&sub1).unwrap().refunded, 0, "kept");
+    let c2 = w.app.payments.charge(&sub2).unwrap();
+    assert_eq!(c2.refunded, c2.amount, "refunded in full");
+    assert_pro_with_one_enabled_key(&w, &alice).await;
+    let account = w.app.store.accounts().into_iter().find(|a| a.user_name == alice).unwrap();
+    assert_eq!(account.subscription_id, Some(sub1));
+
+    // A refresh, or the webhooks of the duplicate, change nothing more.
+    w.meter.reset_calls();
+    assert_eq!(w.complete(&tab2, &key2).await.unwrap(), Completion::AlreadyFulfilled);
+    let outcome = flows::sync_subscription(
+        &w.app.store,
+        &w.app.keys,
+        &w.app.users,
+        &w.app.payments,
+        w.app.ctx(),
+        &w.app.payments.get_checkout_state(&tab2).subscription.unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, flows::SyncOutcome::Pro { .. }), "{outcome:?}");
+    assert_eq!(w.meter.count("stripe.cancel_duplicate"), 0);
+    assert_eq!(active_subscriptions(&w).len(), 1);
+    assert_pro_with_one_enabled_key(&w, &alice).await;
+}
+
+/// The duplicate's `customer.subscription.created` webhook may come first: it cancels the
+/// duplicate, and the redirect that follows lands on the thanks page without a second key.
+#[tokio::test]
+async fn a_duplicate_seen_first_by_its_webhook_is_cancelled_there() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (tab1, key1) = w.checkout(&alice).await;
+    w.app.payments.pay(&tab1).unwrap();
+    let (tab2, key2) = w.checkout(&alice).await;
+    w.app.payments.pay(&tab2).unwrap();
+    w.complete(&tab1, &key1).await.unwrap();
+    let sub2 = w.app.payments.get_checkout_state(&tab2).subscription.unwrap();
+    let outcome =
+        flows::sync_subscription(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &sub2)
+            .await
+            .unwrap();
+    assert!(matches!(outcome, flows::SyncOutcome::DuplicateCancelled { refunded: 980, .. }), "{outcome:?}");
+    assert!(w.complete(&tab2, &key2).await.unwrap().is_success());
+    assert_eq!(active_subscriptions(&w).len(), 1);
+    assert_eq!(w.app.payments.charge(&sub2).unwrap().refunded, 980, "refunded once, not twice");
+    assert_pro_with_one_enabled_key(&w, &alice).await;
+}
+
+#[tokio::test]
+async fn a_crash_while_cancelling_a_duplicate_is_finished_by_the_retry_and_refunds_once() {
+    for fault in [Fault::CrashBefore, Fault::CrashAfter] {
+        let w = Arc::new(World::new());
+        let alice = w.user("alice");
+        let (tab1, key1) = w.checkout(&alice).await;
+        w.app.payments.pay(&tab1).unwrap();
+        let (tab2, key2) = w.checkout(&alice).await;
+        w.app.payments.pay(&tab2).unwrap();
+        w.complete(&tab1, &key1).await.unwrap();
+        w.meter.inject("stripe.cancel_duplicate", fault);
+        let (w2, id2) = (Arc::clone(&w), tab2.clone());
+        assert!(tokio::spawn(async move { w2.complete(&id2, &key2).await }).await.is_err(), "{fault:?}: crashed");
+        w.clock.advance(chrono::Duration::seconds(61));
+        assert!(w.complete(&tab2, &key2).await.unwrap().is_success(), "{fault:?}");
+        let sub2 = w.app.payments.get_checkout_state(&tab2).subscription.unwrap();
+        let c = w.app.payments.charge(&sub2).unwrap();
+        assert_eq!(c.refunded, c.amount, "{fault:?}");
+        assert_eq!(active_subscriptions(&w).len(), 1, "{fault:?}");
+        assert_pro_with_one_enabled_key(&w, &alice).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A cancelled subscription is never revived
+
+/// The checkout.session.completed event was lost, the subscription was cancelled (its
+/// `customer.subscription.deleted` handled while the user had no record), then the success URL
+/// is followed, or the lost checkout event redelivered: nothing is granted.
+#[tokio::test]
+async fn a_paid_session_of_a_cancelled_subscription_grants_nothing() {
+    for via_webhook in [false, true] {
+        let w = World::new();
+        let alice = w.user("alice");
+        let (id, key) = w.checkout_and_pay(&alice).await;
+        let sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
+        w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+        flows::sync_subscription(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &sub)
+            .await
+            .unwrap();
+        let outcome = if via_webhook {
+            flows::complete_checkout(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &id, None)
+                .await
+                .unwrap()
+        } else {
+            w.complete(&id, &key).await.unwrap()
+        };
+        assert_eq!(outcome, Completion::NotGranted { status: "canceled".into() }, "webhook: {via_webhook}");
+        assert!(!outcome.is_success());
+        assert_eq!(w.app.users.get_user(&alice).await.unwrap().unwrap().plan(), Plan::Free);
+        assert!(w.app.keys.all().iter().all(|k| !k.enabled), "no enabled key: {:?}", w.app.keys.all());
+        assert!(w.app.keys.plan_key_ids().await.unwrap().is_empty());
+        // A refresh afterwards does not revive it either.
+        assert_eq!(w.complete(&id, &key).await.unwrap(), Completion::AlreadyFulfilled);
+        assert_eq!(w.app.users.get_user(&alice).await.unwrap().unwrap().plan(), Plan::Free);
+    }
+}
+
+#[tokio::test]
+async fn the_success_redirect_of_a_cancelled_subscription_goes_to_the_cancel_page() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    let sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    let r = handlers::create_api_key(&w.app, support::verify_request(&id, &key.to_string())).await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], w.app.settings.cancel_url());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nothing unauthenticated reaches Stripe
+
+#[tokio::test]
+async fn a_thousand_random_success_urls_cost_no_stripe_call_and_write_nothing() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (real, real_key) = w.checkout(&alice).await;
+    let before = w.snapshot();
+    w.meter.reset_calls();
+    for i in 0..1000 {
+        // Half unknown sessions, half the real session with a wrong one-time key.
+        let id = if i % 2 == 0 { SessionId::parse(&format!("cs_test_random{i:06}")).unwrap() } else { real.clone() };
+        let r = handlers::create_api_key(&w.app, support::verify_request(&id, &OneTimeKey::new_random().to_string()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+        assert_eq!(r.headers()["location"], w.app.settings.cancel_url());
+    }
+    assert_eq!(
+        stripe_calls(&w),
+        0,
+        "requests reaching Stripe: {:?}",
+        w.meter.calls().iter().find(|c| c.starts_with("stripe."))
+    );
+    assert_eq!(w.meter.calls().len(), 1000, "one DynamoDB read each");
+    assert!(w.meter.calls().iter().all(|c| *c == "ddb.get_session"));
+    assert_eq!(w.snapshot(), before);
+    // The real pair still works (unpaid: the cancel page, after one Stripe read).
+    assert_eq!(w.complete(&real, &real_key).await.unwrap(), Completion::Rejected(Rejection::Unpaid));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The success redirect never shows a raw error
+
+#[tokio::test]
+async fn the_success_redirect_answers_a_redirect_whatever_fails() {
+    let ops = [
+        "ddb.get_session",
+        "stripe.get_checkout",
+        "ddb.claim",
+        "stripe.get_subscription",
+        "apigw.create_key",
+        "ddb.fulfil",
+    ];
+    for op in ops {
+        let w = World::new();
+        let alice = w.user("alice");
+        let (id, key) = w.checkout_and_pay(&alice).await;
+        w.meter.inject(op, Fault::Before);
+        let r = handlers::create_api_key(&w.app, support::verify_request(&id, &key.to_string())).await.unwrap();
+        assert_eq!(r.status(), 302, "{op}");
+        assert_eq!(r.headers()["location"], w.app.settings.pending_url(), "{op}: thanks page, marked pending");
+        assert!(matches!(r.body(), lambda_http::Body::Empty), "{op}: no JSON body");
+        // The page polls /account; the refresh (or the webhook) finishes it.
+        let r = handlers::create_api_key(&w.app, support::verify_request(&id, &key.to_string())).await.unwrap();
+        assert_eq!(r.headers()["location"], w.app.settings.thanks_url(), "{op}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_concurrent_redirects_of_one_session_all_redirect() {
+    let w = Arc::new(World::new());
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.meter.set_latency(std::time::Duration::from_millis(5));
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let (w, id) = (Arc::clone(&w), id.clone());
+        tasks.push(tokio::spawn(async move {
+            handlers::create_api_key(&w.app, support::verify_request(&id, &key.to_string())).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status(), 302);
+        let to = r.headers()["location"].to_str().unwrap().to_string();
+        assert!(to == w.app.settings.thanks_url() || to == w.app.settings.pending_url(), "{to}");
+    }
+    assert_pro_with_one_enabled_key(&w, &alice).await;
+}

@@ -269,3 +269,22 @@ async fn thirty_concurrent_redirects_of_one_session_all_redirect() {
     }
     assert_pro_with_one_enabled_key(&w, &alice).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backends that say "slow down"
+
+/// Stripe refuses idempotency keys over 255 bytes: the longest user name Cognito allows (128
+/// characters, here 4 bytes each) still gives a valid key.
+#[tokio::test]
+async fn the_checkout_idempotency_key_stays_under_255_bytes_for_the_longest_user_name() {
+    let w = World::new();
+    let long = w.user(&"😀".repeat(128));
+    assert_eq!(long.as_str().len(), 512);
+    w.checkout(&long).await;
+    let keys = w.app.payments.idempotency_keys();
+    assert!(!keys.is_empty());
+    for k in keys {
+        assert!(k.len() <= 255, "{} bytes: {k}", k.len());
+        assert!(stripe::IdempotencyKey::new(&k).is_ok(), "{k}");
+    }
+}

@@ -245,3 +245,54 @@ async fn connect_destination_and_fee_are_passed_to_the_subscription() {
     ]);
     assert!(paykey::config::connect(&bad).is_err());
 }
+
+/// Stripe rate-limits (429), fails (5xx) and loses answers: the adapter retries with backoff,
+/// each attempt carrying the same idempotency key, so a lost answer is replayed, not repeated.
+#[tokio::test]
+async fn stripe_calls_retry_429_5xx_and_lost_answers_with_the_same_idempotency_key() {
+    use stripe_emulator::ApiFault;
+    let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Default::default()).await.unwrap();
+    let cfg = StripeConfig {
+        secret_key: Secret::new("sk_test_paykey_retries"),
+        api_base: Some(format!("{}/", emu.base_url())),
+        price_cache: std::time::Duration::ZERO,
+    };
+    let stripe = StripePayments::new(&cfg).unwrap();
+    let d = Emulated(emu);
+    let price = d.add_price("RetryPro", 980, "jpy");
+    let alice = UserName::parse("alice").unwrap();
+    let shared = &d.0.shared;
+    let sessions = |shared: &stripe_emulator::Shared| shared.export()["sessions"].as_object().unwrap().len();
+
+    // 429, then 500, then the session is created but the answer lost: the fourth attempt
+    // gets the kept answer. One session at Stripe.
+    shared.inject("POST", "/v1/checkout/sessions", ApiFault::Refuse(429));
+    shared.inject("POST", "/v1/checkout/sessions", ApiFault::Refuse(500));
+    shared.inject("POST", "/v1/checkout/sessions", ApiFault::LoseAnswer);
+    let before = sessions(shared);
+    let created = stripe.create_checkout(checkout(&price.id, &alice, None, "paykey-checkout-retry-1")).await.unwrap();
+    assert_eq!(sessions(shared), before + 1, "one session, not two");
+    let attempts: Vec<_> =
+        shared.requests().into_iter().filter(|r| r.method == "POST" && r.path == "/v1/checkout/sessions").collect();
+    assert_eq!(attempts.iter().map(|r| r.status).collect::<Vec<_>>(), vec![429, 500, 500, 200]);
+    assert!(attempts.iter().all(|r| r.idempotency_key.as_deref() == Some("paykey-checkout-retry-1")), "{attempts:?}");
+    assert!(stripe.get_checkout(&created.id).await.unwrap().is_some());
+
+    // reads retry too
+    shared.inject("GET", "/v1/checkout/sessions/", ApiFault::Refuse(429));
+    assert!(stripe.get_checkout(&created.id).await.unwrap().is_some());
+
+    // a limit on attempts: four 429s in a row are an error after four requests
+    let n = shared.requests().len();
+    for _ in 0..4 {
+        shared.inject("GET", "/v1/prices", ApiFault::Refuse(429));
+    }
+    let err = stripe.find_price(&LookupKey::parse("RetryPro").unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("429"), "{err}");
+    assert_eq!(shared.requests().len() - n, 4);
+
+    // a request Stripe refuses for its content (400) is not retried
+    let n = shared.requests().len();
+    assert!(stripe.create_checkout(checkout("price_missing", &alice, None, "paykey-checkout-retry-2")).await.is_err());
+    assert_eq!(shared.requests().len() - n, 1);
+}

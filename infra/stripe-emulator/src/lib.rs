@@ -55,17 +55,76 @@ impl Default for Config {
     }
 }
 
+/// A failure the emulator serves instead of (or after) acting on an API request, as Stripe
+/// does under load or when an answer is lost on the way back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiFault {
+    /// Answer `status` (429 rate limit, 500, …) without acting.
+    Refuse(u16),
+    /// Act (and keep the answer for the idempotency key), then answer 500 as if the answer
+    /// was lost: a retry with the same key gets the kept answer.
+    LoseAnswer,
+}
+
+/// One API request the emulator received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiRequest {
+    pub method: String,
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    pub status: u16,
+}
+
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// (method, path prefix, fault), served in order, once each.
+    pending: Vec<(String, String, ApiFault)>,
+    log: Vec<ApiRequest>,
+}
+
 #[derive(Clone)]
 pub struct Shared {
     pub(crate) emu: Arc<Mutex<Emu>>,
     pub(crate) config: Arc<Config>,
     /// The emulator's own base URL, for hosted page links.
     pub(crate) base: Arc<Mutex<String>>,
+    pub(crate) faults: Arc<Mutex<Faults>>,
 }
 
 impl Shared {
+    /// The next API request with this method whose path starts with `path_prefix` gets `fault`
+    /// (queued faults are served one per request, in order).
+    pub fn inject(&self, method: &str, path_prefix: &str, fault: ApiFault) {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner()).pending.push((method.into(), path_prefix.into(), fault));
+    }
+
+    /// Every API request so far, with the status it got.
+    pub fn requests(&self) -> Vec<ApiRequest> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner()).log.clone()
+    }
+
+    fn take_fault(&self, method: &Method, path: &str) -> Option<ApiFault> {
+        let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let i = f.pending.iter().position(|(m, p, _)| m == method.as_str() && path.starts_with(p.as_str()))?;
+        Some(f.pending.remove(i).2)
+    }
+
+    fn log(&self, method: &Method, path: &str, idempotency_key: Option<&str>, status: u16) {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner()).log.push(ApiRequest {
+            method: method.to_string(),
+            path: path.to_string(),
+            idempotency_key: idempotency_key.map(str::to_string),
+            status,
+        });
+    }
+
     pub fn new(config: Config) -> Self {
-        Self { emu: Arc::new(Mutex::new(Emu::default())), config: Arc::new(config), base: Arc::default() }
+        Self {
+            emu: Arc::new(Mutex::new(Emu::default())),
+            config: Arc::new(config),
+            base: Arc::default(),
+            faults: Arc::default(),
+        }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Emu> {
@@ -278,6 +337,19 @@ async fn api(
     };
     // Idempotency-Key: the same key with the same request replays the first answer.
     let idem = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let fault = shared.take_fault(&method, &path);
+    if let Some(ApiFault::Refuse(status)) = fault {
+        shared.log(&method, &path, idem.as_deref(), status);
+        let (kind, message) = match status {
+            429 => ("rate_limit_error", "Too many requests hit the API too quickly (injected by the emulator)."),
+            _ => ("api_error", "An error occurred on Stripe's end (injected by the emulator)."),
+        };
+        return json_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &objects::error(kind, None, message, None),
+            false,
+        );
+    }
     let fingerprint = format!("{method} {path} {}", String::from_utf8_lossy(&body));
     if let (Some(k), true) = (&idem, method == Method::POST) {
         if let Some((fp, status, saved)) = shared.lock().idempotency.get(k).cloned() {
@@ -293,6 +365,7 @@ async fn api(
                     false,
                 );
             }
+            shared.log(&method, &path, Some(k), status);
             return json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), &saved, true);
         }
     }
@@ -305,13 +378,22 @@ async fn api(
         (true, expand) if !expand.is_empty() => shared.lock().expand(value, &expand),
         _ => value,
     };
-    if let (Some(k), true) = (idem, method == Method::POST) {
+    if let (Some(k), true) = (idem.clone(), method == Method::POST) {
         // Stripe saves the answer unless it was a 5xx (then the request may be retried).
         if status.as_u16() < 500 {
             shared.lock().idempotency.insert(k, (fingerprint, status.as_u16(), value.clone()));
         }
     }
     shared.flush_events();
+    if fault == Some(ApiFault::LoseAnswer) {
+        shared.log(&method, &path, idem.as_deref(), 500);
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &objects::error("api_error", None, "The answer was lost on its way back (injected by the emulator).", None),
+            false,
+        );
+    }
+    shared.log(&method, &path, idem.as_deref(), status.as_u16());
     json_response(status, &value, false)
 }
 

@@ -755,6 +755,15 @@ impl MemoryPayments {
         lock(&self.state).charges.get(id.as_str()).copied()
     }
 
+    /// Every idempotency key a create call carried.
+    pub fn idempotency_keys(&self) -> Vec<String> {
+        lock(&self.state)
+            .replay
+            .keys()
+            .map(|k| k.split_once(':').map(|(_, k)| k.to_string()).unwrap_or_default())
+            .collect()
+    }
+
     /// Whether the checkout was expired.
     pub fn checkout_expired(&self, id: &SessionId) -> bool {
         lock(&self.state).checkouts.get(id.as_str()).is_some_and(|c| c.expired)

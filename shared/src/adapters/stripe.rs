@@ -167,6 +167,45 @@ fn subscription_state(sub: &stripe_shared::Subscription, op: &'static str) -> Re
     })
 }
 
+/// Attempts per Stripe call: the first and up to three retries.
+const ATTEMPTS: u32 = 4;
+/// The first wait before a retry; it doubles each time (0.2, 0.4, 0.8 s, plus up to 10% jitter).
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Whether Stripe (or the way to it) asks to try again: rate limited (429), a lock on the
+/// idempotency key by a concurrent request (409), a Stripe-side error (5xx), or no answer at all.
+fn is_retryable(e: &StripeError) -> bool {
+    match e {
+        StripeError::Stripe(_, status) => matches!(status, 409 | 429 | 500..=599),
+        StripeError::ClientError(_) | StripeError::Timeout => true,
+        StripeError::JSONDeserialize(_) | StripeError::ConfigError(_) => false,
+    }
+}
+
+/// Runs a Stripe call, retrying what [`is_retryable`] allows with exponential backoff. The
+/// request is rebuilt each time with the *same* idempotency key, so a retry after a lost
+/// answer replays Stripe's first answer instead of acting twice.
+async fn retrying<T, F, Fut>(op: &'static str, mut call: F) -> std::result::Result<T, StripeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, StripeError>>,
+{
+    let mut wait = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if attempt < ATTEMPTS && is_retryable(&e) => {
+                tracing::warn!(op, attempt, error = %describe(&e), "Stripe asked to slow down or failed; retrying");
+                let jitter = wait.mul_f64((uuid::Uuid::new_v4().as_u128() % 100) as f64 / 1000.0);
+                tokio::time::sleep(wait + jitter).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn is_missing(e: &StripeError) -> bool {
     matches!(e, StripeError::Stripe(_, 404))
 }
@@ -178,7 +217,7 @@ fn idempotent(key: &str, op: &'static str) -> Result<RequestStrategy> {
 impl Payments for StripePayments {
     async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<SubscriptionState>> {
         const OP: &str = "GET /v1/subscriptions/{id}";
-        match RetrieveSubscription::new(id.as_str()).send(&self.client).await {
+        match retrying(OP, || async { RetrieveSubscription::new(id.as_str()).send(&self.client).await }).await {
             Ok(s) => subscription_state(&s, OP).map(Some),
             Err(e) if is_missing(&e) => Ok(None),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
@@ -187,13 +226,16 @@ impl Payments for StripePayments {
 
     async fn list_subscriptions(&self, customer: &CustomerId) -> Result<Vec<SubscriptionState>> {
         const OP: &str = "GET /v1/subscriptions";
-        let list = ListSubscription::new()
-            .customer(customer.as_str())
-            .status(ListSubscriptionStatus::All)
-            .limit(100)
-            .send(&self.client)
-            .await
-            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        let list = retrying(OP, || async {
+            ListSubscription::new()
+                .customer(customer.as_str())
+                .status(ListSubscriptionStatus::All)
+                .limit(100)
+                .send(&self.client)
+                .await
+        })
+        .await
+        .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         let mut subs: Vec<_> = list.data.iter().map(|s| (s.created, subscription_state(s, OP))).collect();
         subs.sort_by_key(|s| std::cmp::Reverse(s.0));
         subs.into_iter().map(|(_, s)| s).collect()
@@ -201,13 +243,11 @@ impl Payments for StripePayments {
 
     async fn find_price(&self, lookup_key: &LookupKey) -> Result<Option<PriceInfo>> {
         const OP: &str = "GET /v1/prices";
-        let list = ListPrice::new()
-            .lookup_keys(vec![lookup_key.to_string()])
-            .active(true)
-            .limit(1)
-            .send(&self.client)
-            .await
-            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        let list = retrying(OP, || async {
+            ListPrice::new().lookup_keys(vec![lookup_key.to_string()]).active(true).limit(1).send(&self.client).await
+        })
+        .await
+        .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         Ok(list.data.into_iter().next().map(|p| PriceInfo {
             id: p.id.to_string(),
             lookup_key: p.lookup_key.unwrap_or_else(|| lookup_key.to_string()),
@@ -243,12 +283,12 @@ impl Payments for StripePayments {
         if let Some(c) = req.customer {
             create = create.customer(c.to_string());
         }
-        let session = create
-            .customize()
-            .request_strategy(idempotent(&req.idempotency_key, OP)?)
-            .send(&self.client)
-            .await
-            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        let strategy = idempotent(&req.idempotency_key, OP)?;
+        let session = retrying(OP, || async {
+            create.clone().customize().request_strategy(strategy.clone()).send(&self.client).await
+        })
+        .await
+        .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         let id = SessionId::parse(session.id.as_str()).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
         let url = session.url.ok_or_else(|| BackendError::new(SERVICE, OP, "session without url"))?;
         Ok(CreatedCheckout { id, url })
@@ -256,11 +296,12 @@ impl Payments for StripePayments {
 
     async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
         const OP: &str = "GET /v1/checkout/sessions/{id}";
-        let session = match RetrieveCheckoutSession::new(id.as_str()).send(&self.client).await {
-            Ok(s) => s,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
-        };
+        let session =
+            match retrying(OP, || async { RetrieveCheckoutSession::new(id.as_str()).send(&self.client).await }).await {
+                Ok(s) => s,
+                Err(e) if is_missing(&e) => return Ok(None),
+                Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
+            };
         let paid = matches!(
             session.payment_status,
             CheckoutSessionPaymentStatus::Paid | CheckoutSessionPaymentStatus::NoPaymentRequired
@@ -288,14 +329,18 @@ impl Payments for StripePayments {
 
     async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
         const OP: &str = "POST /v1/billing_portal/sessions";
-        let session = CreateBillingPortalSession::new()
-            .customer(customer.to_string())
-            .return_url(return_url)
-            .customize()
-            .request_strategy(idempotent(idempotency_key, OP)?)
-            .send(&self.client)
-            .await
-            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        let strategy = idempotent(idempotency_key, OP)?;
+        let session = retrying(OP, || async {
+            CreateBillingPortalSession::new()
+                .customer(customer.to_string())
+                .return_url(return_url)
+                .customize()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+                .await
+        })
+        .await
+        .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         Ok(session.url)
     }
 
@@ -303,7 +348,7 @@ impl Payments for StripePayments {
         const OP: &str = "POST /v1/checkout/sessions/{id}/expire";
         // Naturally idempotent (only an open session can be expired), so no idempotency key: a
         // replayed 200 would hide that the session was expired already.
-        match ExpireCheckoutSession::new(id.as_str()).send(&self.client).await {
+        match retrying(OP, || async { ExpireCheckoutSession::new(id.as_str()).send(&self.client).await }).await {
             Ok(_) => Ok(true),
             // Stripe answers 400 for a session that is no longer open (completed or expired).
             Err(StripeError::Stripe(_, 400)) => Ok(false),
@@ -315,20 +360,24 @@ impl Payments for StripePayments {
         const GET: &str = "GET /v1/subscriptions/{id}";
         const CANCEL: &str = "DELETE /v1/subscriptions/{id}";
         const CREDIT: &str = "POST /v1/credit_notes";
-        let sub = RetrieveSubscription::new(id.as_str())
-            .expand(vec!["latest_invoice".to_string()])
-            .send(&self.client)
-            .await
-            .map_err(|e| BackendError::new(SERVICE, GET, describe(&e)))?;
+        let sub = retrying(GET, || async {
+            RetrieveSubscription::new(id.as_str()).expand(vec!["latest_invoice".to_string()]).send(&self.client).await
+        })
+        .await
+        .map_err(|e| BackendError::new(SERVICE, GET, describe(&e)))?;
         if sub.status != stripe_shared::SubscriptionStatus::Canceled {
-            CancelSubscription::new(id.as_str())
-                .invoice_now(false)
-                .prorate(false)
-                .customize()
-                .request_strategy(idempotent(&format!("paykey-duplicate-cancel-{id}"), CANCEL)?)
-                .send(&self.client)
-                .await
-                .map_err(|e| BackendError::new(SERVICE, CANCEL, describe(&e)))?;
+            let strategy = idempotent(&format!("paykey-duplicate-cancel-{id}"), CANCEL)?;
+            retrying(CANCEL, || async {
+                CancelSubscription::new(id.as_str())
+                    .invoice_now(false)
+                    .prorate(false)
+                    .customize()
+                    .request_strategy(strategy.clone())
+                    .send(&self.client)
+                    .await
+            })
+            .await
+            .map_err(|e| BackendError::new(SERVICE, CANCEL, describe(&e)))?;
         }
         let Some(invoice) = sub.latest_invoice.as_ref().and_then(|i| i.as_object()) else {
             return Ok(DuplicateCancelled { refunded: 0 });
@@ -337,16 +386,20 @@ impl Payments for StripePayments {
         let Some(invoice_id) = invoice.id.as_ref().filter(|_| left > 0) else {
             return Ok(DuplicateCancelled { refunded: 0 });
         };
-        CreateCreditNote::new(invoice_id.as_str())
-            .amount(left)
-            .refund_amount(left)
-            .reason(stripe_shared::CreditNoteReason::Duplicate)
-            .memo("Second subscription for the same plan: cancelled and refunded by paykey.")
-            .customize()
-            .request_strategy(idempotent(&format!("paykey-duplicate-refund-{id}"), CREDIT)?)
-            .send(&self.client)
-            .await
-            .map_err(|e| BackendError::new(SERVICE, CREDIT, describe(&e)))?;
+        let strategy = idempotent(&format!("paykey-duplicate-refund-{id}"), CREDIT)?;
+        retrying(CREDIT, || async {
+            CreateCreditNote::new(invoice_id.as_str())
+                .amount(left)
+                .refund_amount(left)
+                .reason(stripe_shared::CreditNoteReason::Duplicate)
+                .memo("Second subscription for the same plan: cancelled and refunded by paykey.")
+                .customize()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+                .await
+        })
+        .await
+        .map_err(|e| BackendError::new(SERVICE, CREDIT, describe(&e)))?;
         Ok(DuplicateCancelled { refunded: left })
     }
 }

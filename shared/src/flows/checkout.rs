@@ -127,7 +127,9 @@ fn new_checkout<'a>(
         // Stripe replaces {CHECKOUT_SESSION_ID} itself.
         success_url: format!("{}/create-api-key/{{CHECKOUT_SESSION_ID}}/{one_time_key}", ctx.settings.api_url),
         cancel_url: ctx.settings.cancel_url(),
-        // Deterministic from our own data: a retried request replays, a second attempt does not.
-        idempotency_key: format!("paykey-checkout-{user}-{one_time_key}-{attempt}"),
+        // Deterministic from our own data: a retried call replays, a second attempt does not.
+        // The one-time key is a fresh uuid per request, so the key is unique without the user
+        // name (which could take it past Stripe's 255 bytes: 128 characters of up to 4 bytes).
+        idempotency_key: format!("paykey-checkout-{one_time_key}-{attempt}"),
     }
 }

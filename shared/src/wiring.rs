@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::adapters::aws::{self, ApiGatewayKeys, CognitoUsers, DynamoStore};
 use crate::adapters::cached::CachedPrices;
+use crate::adapters::patient::Patient;
 use crate::adapters::stripe::StripePayments;
 use crate::config::{self, ConfigError, Env, Secret, SecretSource, StripeConfig, Tables};
 use crate::domain::BackendError;
@@ -47,10 +48,12 @@ async fn stripe(
 }
 
 pub type CheckoutApp = App<DynamoStore, (), CognitoUsers, CachedPrices<StripePayments>>;
-pub type FulfilApp = App<DynamoStore, ApiGatewayKeys, CognitoUsers, StripePayments>;
+/// API Gateway keys behind [`Patient`]: throttled control-plane calls are waited out.
+pub type Keys = Patient<ApiGatewayKeys>;
+pub type FulfilApp = App<DynamoStore, Keys, CognitoUsers, StripePayments>;
 pub type PortalApp = App<(), (), CognitoUsers, StripePayments>;
-pub type AccountApp = App<DynamoStore, ApiGatewayKeys, CognitoUsers, ()>;
-pub type WebhookApp = App<DynamoStore, ApiGatewayKeys, CognitoUsers, StripePayments>;
+pub type AccountApp = App<DynamoStore, Keys, CognitoUsers, ()>;
+pub type WebhookApp = App<DynamoStore, Keys, CognitoUsers, StripePayments>;
 
 /// `create-checkout-session`.
 pub async fn checkout_app(env: &Env) -> Result<CheckoutApp, InitError> {
@@ -89,7 +92,7 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
     let aws = aws::load_config().await;
     Ok(app(
         DynamoStore::new(&aws, tables),
-        ApiGatewayKeys::new(&aws, plan),
+        Patient::new(ApiGatewayKeys::new(&aws, plan)),
         CognitoUsers::new(&aws, pool),
         (),
         settings,
@@ -119,7 +122,7 @@ async fn all_ports(env: &Env) -> Result<(WebhookApp, aws_config::SdkConfig), Ini
     let (payments, _) = stripe(env, key, &aws).await?;
     let app = app(
         DynamoStore::new(&aws, tables),
-        ApiGatewayKeys::new(&aws, plan),
+        Patient::new(ApiGatewayKeys::new(&aws, plan)),
         CognitoUsers::new(&aws, pool),
         payments,
         settings,

@@ -288,3 +288,111 @@ async fn the_checkout_idempotency_key_stays_under_255_bytes_for_the_longest_user
         assert!(stripe::IdempotencyKey::new(&k).is_ok(), "{k}");
     }
 }
+
+/// A clock that follows tokio's (paused) clock, so leases and the throttle see the same time.
+struct TokioClock {
+    start: chrono::DateTime<chrono::Utc>,
+    origin: tokio::time::Instant,
+}
+
+impl paykey::ports::Clock for TokioClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.start + chrono::Duration::from_std(self.origin.elapsed()).unwrap()
+    }
+}
+
+/// API Gateway's control plane allows 5 CreateApiKey/s and 10 management calls/s (burst 40)
+/// per account. 100 users pay within 10 s; each browser follows the success redirect at
+/// once, and Stripe delivers `checkout.session.completed` a second later and retries it (1 min,
+/// 5 min, 30 min, 1 h) while paykey answers 5xx. On tokio's paused clock, so the times are the
+/// model's, not this machine's.
+#[tokio::test(start_paused = true)]
+async fn a_hundred_upgrades_within_ten_seconds_under_api_gateways_limits_all_end_pro_with_one_key_each() {
+    use paykey::adapters::memory::{MemoryKeys, MemoryPayments, MemoryStore, MemoryUsers, Meter, SequentialIds};
+    use paykey::adapters::patient::Patient;
+    use paykey::flows::{CheckoutRequest, Settings};
+    use paykey::handlers::App;
+
+    let meter = Meter::new();
+    let keys = MemoryKeys::new(Arc::clone(&meter));
+    keys.throttle_like_aws();
+    let payments = MemoryPayments::new(Arc::clone(&meter));
+    payments.add_price("FMMailPro", 980, "jpy");
+    let origin = tokio::time::Instant::now();
+    let app = Arc::new(App {
+        store: MemoryStore::new(Arc::clone(&meter)),
+        keys: Patient::new(keys.clone()),
+        users: MemoryUsers::new(Arc::clone(&meter)),
+        payments,
+        clock: Arc::new(TokioClock { start: chrono::Utc::now(), origin }),
+        ids: Arc::new(SequentialIds::default()),
+        settings: Settings::new(support::APP_URL, support::API_URL),
+    });
+    let mut tasks = Vec::new();
+    for i in 0..100u64 {
+        let app = Arc::clone(&app);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(i * 100)).await;
+            let user = paykey::domain::UserName::parse(&format!("user{i:03}")).unwrap();
+            app.users.add_user(&user);
+            let started = flows::start_checkout(
+                &app.users,
+                &app.payments,
+                &app.store,
+                app.ctx(),
+                &user,
+                CheckoutRequest::new("FMMailPro"),
+            )
+            .await
+            .unwrap();
+            let id = SessionId::parse(started.url.rsplit('/').next().unwrap()).unwrap();
+            let key = app.store.sessions().into_iter().find(|r| r.session_id == id).unwrap().one_time_key;
+            app.payments.pay(&id).unwrap();
+            let paid_at = tokio::time::Instant::now();
+            // The browser, at once.
+            let r = handlers::create_api_key(&app, support::verify_request(&id, &key.to_string())).await.unwrap();
+            assert_eq!(r.status(), 302, "never a raw error page");
+            let location = r.headers()["location"].to_str().unwrap().to_string();
+            if location == app.settings.thanks_url() {
+                return (paid_at.elapsed(), "redirect");
+            }
+            assert_eq!(location, app.settings.pending_url());
+            // Stripe's webhook and its retries.
+            for delay in [1, 60, 300, 1800, 3600] {
+                tokio::time::sleep(std::time::Duration::from_secs(delay)).await;
+                let done =
+                    flows::complete_checkout(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), &id, None)
+                        .await;
+                if matches!(done, Ok(ref c) if c.is_success()) {
+                    return (paid_at.elapsed(), "webhook");
+                }
+            }
+            panic!("{user} never became PRO");
+        }));
+    }
+    let mut times = Vec::new();
+    let mut by_webhook = 0;
+    for t in tasks {
+        let (took, via) = t.await.unwrap();
+        times.push(took);
+        by_webhook += usize::from(via == "webhook");
+    }
+    times.sort();
+    let names: std::collections::HashSet<_> = keys.all().into_iter().map(|k| k.name).collect();
+    assert_eq!(keys.all().len(), 100, "one key per user, no duplicates");
+    assert_eq!(names.len(), 100);
+    for a in app.store.accounts() {
+        assert_eq!(a.plan, Plan::Pro, "{}", a.user_name);
+        assert_eq!(app.users.get_user(&a.user_name).await.unwrap().unwrap().plan(), Plan::Pro);
+    }
+    assert_eq!(app.store.accounts().len(), 100);
+    let (median, worst) = (times[50], times[99]);
+    println!(
+        "# throttled burst: 100 users PRO; {} by the redirect, {by_webhook} by the webhook; seconds from payment to PRO: median {:.1}, max {:.1}; {} calls throttled",
+        100 - by_webhook,
+        median.as_secs_f64(),
+        worst.as_secs_f64(),
+        keys.throttled_calls()
+    );
+    assert!(keys.throttled_calls() > 0, "the limits were really hit");
+}

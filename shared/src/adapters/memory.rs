@@ -447,16 +447,43 @@ pub struct KeysSnapshot {
     pub next: u64,
 }
 
+/// A token bucket on tokio's clock (so a paused test clock drives it).
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, tokens: burst, at: tokio::time::Instant::now() }
+    }
+    fn refill(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+    }
+}
+
+/// API Gateway's per-account control-plane limits.
+struct Throttle {
+    all: Bucket,
+    create: Bucket,
+    throttled: u64,
+}
+
 /// API Gateway keys and one usage plan in memory.
 #[derive(Clone, Default)]
 pub struct MemoryKeys {
     state: Arc<Mutex<KeysState>>,
     meter: Arc<Meter>,
+    throttle: Arc<Mutex<Option<Throttle>>>,
 }
 
 impl MemoryKeys {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self { state: Arc::default(), meter }
+        Self { state: Arc::default(), meter, throttle: Arc::default() }
     }
 
     /// Every key, for assertions.
@@ -478,6 +505,37 @@ impl MemoryKeys {
         st.next = snap.next;
     }
 
+    /// Refuses calls beyond API Gateway's account limits, as API Gateway does
+    /// (`TooManyRequestsException`): CreateApiKey 5 per second (burst 5), all management calls
+    /// together 10 per second (burst 40). A refused call changes nothing.
+    pub fn throttle_like_aws(&self) {
+        *lock(&self.throttle) =
+            Some(Throttle { all: Bucket::new(10.0, 40.0), create: Bucket::new(5.0, 5.0), throttled: 0 });
+    }
+
+    /// How many calls the throttle refused.
+    pub fn throttled_calls(&self) -> u64 {
+        lock(&self.throttle).as_ref().map_or(0, |t| t.throttled)
+    }
+
+    fn admit(&self, op: &'static str) -> Result<()> {
+        let mut guard = lock(&self.throttle);
+        let Some(t) = guard.as_mut() else { return Ok(()) };
+        t.all.refill();
+        t.create.refill();
+        let creating = op == "apigw.create_key";
+        if t.all.tokens >= 1.0 && (!creating || t.create.tokens >= 1.0) {
+            t.all.tokens -= 1.0;
+            if creating {
+                t.create.tokens -= 1.0;
+            }
+            Ok(())
+        } else {
+            t.throttled += 1;
+            Err(BackendError::new(APIGW, op, "TooManyRequestsException: Too Many Requests"))
+        }
+    }
+
     /// Ids of the keys in the usage plan, for assertions.
     pub fn plan_members(&self) -> Vec<String> {
         lock(&self.state).plan.clone()
@@ -496,6 +554,7 @@ const APIGW: &str = "apigateway";
 impl KeyRegistry for MemoryKeys {
     async fn find_by_name(&self, name: &str) -> Result<Vec<IssuedKey>> {
         self.meter.enter(APIGW, "apigw.find_key").await?;
+        self.admit("apigw.find_key")?;
         let r = lock(&self.state).keys.values().filter(|(k, _)| k.name == name).map(|(k, _)| k.clone()).collect();
         self.meter.exit(APIGW, "apigw.find_key")?;
         Ok(r)
@@ -503,6 +562,7 @@ impl KeyRegistry for MemoryKeys {
 
     async fn get(&self, id: &str) -> Result<Option<IssuedKey>> {
         self.meter.enter(APIGW, "apigw.get_key").await?;
+        self.admit("apigw.get_key")?;
         let r = lock(&self.state).keys.get(id).map(|(k, _)| k.clone());
         self.meter.exit(APIGW, "apigw.get_key")?;
         Ok(r)
@@ -510,6 +570,7 @@ impl KeyRegistry for MemoryKeys {
 
     async fn create(&self, name: &str) -> Result<IssuedKey> {
         self.meter.enter(APIGW, "apigw.create_key").await?;
+        self.admit("apigw.create_key")?;
         let key = {
             let mut st = lock(&self.state);
             st.next += 1;
@@ -525,6 +586,7 @@ impl KeyRegistry for MemoryKeys {
 
     async fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
         self.meter.enter(APIGW, "apigw.set_enabled").await?;
+        self.admit("apigw.set_enabled")?;
         match lock(&self.state).keys.get_mut(id) {
             Some((k, _)) => k.enabled = enabled,
             None => {
@@ -540,6 +602,7 @@ impl KeyRegistry for MemoryKeys {
 
     async fn attach_to_plan(&self, id: &str) -> Result<()> {
         self.meter.enter(APIGW, "apigw.attach").await?;
+        self.admit("apigw.attach")?;
         {
             let mut st = lock(&self.state);
             if !st.keys.contains_key(id) {
@@ -558,12 +621,14 @@ impl KeyRegistry for MemoryKeys {
 
     async fn detach_from_plan(&self, id: &str) -> Result<()> {
         self.meter.enter(APIGW, "apigw.detach").await?;
+        self.admit("apigw.detach")?;
         lock(&self.state).plan.retain(|k| k != id);
         self.meter.exit(APIGW, "apigw.detach")
     }
 
     async fn plan_key_ids(&self) -> Result<Vec<String>> {
         self.meter.enter(APIGW, "apigw.plan_keys").await?;
+        self.admit("apigw.plan_keys")?;
         let r = lock(&self.state).plan.clone();
         self.meter.exit(APIGW, "apigw.plan_keys")?;
         Ok(r)
@@ -571,6 +636,7 @@ impl KeyRegistry for MemoryKeys {
 
     async fn get_with_value(&self, id: &str) -> Result<Option<(IssuedKey, String)>> {
         self.meter.enter(APIGW, "apigw.key_value").await?;
+        self.admit("apigw.key_value")?;
         let r = lock(&self.state).keys.get(id).cloned();
         self.meter.exit(APIGW, "apigw.key_value")?;
         Ok(r)

@@ -3,4 +3,5 @@
 pub mod aws;
 pub mod cached;
 pub mod memory;
+pub mod patient;
 pub mod stripe;

@@ -15,6 +15,12 @@ impl BackendError {
     pub fn new(service: &'static str, operation: &'static str, message: impl Into<String>) -> Self {
         Self { service, operation, message: message.into() }
     }
+
+    /// Whether the service said "slow down" (API Gateway's `TooManyRequestsException`, the
+    /// AWS-wide `ThrottlingException`), so the same call may succeed a little later.
+    pub fn is_throttled(&self) -> bool {
+        ["TooManyRequestsException", "ThrottlingException", "Throttling:"].iter().any(|c| self.message.starts_with(c))
+    }
 }
 
 /// Everything a flow can answer besides success. `crate::http::error_response` is the one

@@ -126,8 +126,9 @@ pub trait KeyRegistry: Send + Sync {
     fn detach_from_plan(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Ids of the keys attached to the PRO usage plan.
     fn plan_key_ids(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
-    /// The key with its secret value, for showing to its owner.
-    fn get_with_value(&self, id: &str) -> impl Future<Output = Result<Option<(IssuedKey, String)>>> + Send;
+    /// The key's secret value, for showing to its owner. A key's value never changes, so
+    /// callers may keep it (`adapters::cached::CachedKeyValues`).
+    fn key_value(&self, id: &str) -> impl Future<Output = Result<Option<String>>> + Send;
 }
 
 /// User attributes (Cognito).

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::adapters::aws::{self, ApiGatewayKeys, CognitoUsers, DynamoStore};
-use crate::adapters::cached::CachedPrices;
+use crate::adapters::cached::{CachedKeyValues, CachedPrices};
 use crate::adapters::patient::Patient;
 use crate::adapters::stripe::StripePayments;
 use crate::config::{self, ConfigError, Env, Secret, SecretSource, StripeConfig, Tables};
@@ -52,7 +52,7 @@ pub type CheckoutApp = App<DynamoStore, (), CognitoUsers, CachedPrices<StripePay
 pub type Keys = Patient<ApiGatewayKeys>;
 pub type FulfilApp = App<DynamoStore, Keys, CognitoUsers, StripePayments>;
 pub type PortalApp = App<(), (), CognitoUsers, StripePayments>;
-pub type AccountApp = App<DynamoStore, Keys, CognitoUsers, ()>;
+pub type AccountApp = App<DynamoStore, CachedKeyValues<Keys>, CognitoUsers, ()>;
 pub type WebhookApp = App<DynamoStore, Keys, CognitoUsers, StripePayments>;
 
 /// `create-checkout-session`.
@@ -92,7 +92,7 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
     let aws = aws::load_config().await;
     Ok(app(
         DynamoStore::new(&aws, tables),
-        Patient::new(ApiGatewayKeys::new(&aws, plan)),
+        CachedKeyValues::new(Patient::new(ApiGatewayKeys::new(&aws, plan))),
         CognitoUsers::new(&aws, pool),
         (),
         settings,

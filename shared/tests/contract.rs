@@ -239,10 +239,11 @@ async fn key_registry_contract<K: KeyRegistry>(keys: &K) {
     assert_eq!(keys.get(&k.id).await.unwrap(), Some(k.clone()));
     assert_eq!(keys.get("doesnotexist").await.unwrap(), None);
 
-    let (with_value, value) = keys.get_with_value(&k.id).await.unwrap().unwrap();
-    assert_eq!(with_value, k);
+    let value = keys.key_value(&k.id).await.unwrap().unwrap();
     assert!(value.len() >= 20, "a real key value");
-    assert_eq!(keys.get_with_value("doesnotexist").await.unwrap(), None);
+    assert_eq!(keys.key_value(&k.id).await.unwrap(), Some(value), "the same value every time");
+    assert_ne!(keys.key_value(&longer.id).await.unwrap(), keys.key_value(&k.id).await.unwrap());
+    assert_eq!(keys.key_value("doesnotexist").await.unwrap(), None);
 
     // attach is idempotent; detach removes; detaching again is fine.
     keys.attach_to_plan(&k.id).await.unwrap();

@@ -396,3 +396,34 @@ async fn a_hundred_upgrades_within_ten_seconds_under_api_gateways_limits_all_end
     );
     assert!(keys.throttled_calls() > 0, "the limits were really hit");
 }
+
+/// `/account` reads the key's value from API Gateway's control plane (10 calls/s for the whole
+/// account): the deployed function keeps the values it has read, so page views cost none.
+#[tokio::test]
+async fn account_page_views_spend_one_control_plane_call_per_key_per_container() {
+    use paykey::adapters::cached::CachedKeyValues;
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    let keys = CachedKeyValues::new(w.app.keys.clone());
+    w.meter.reset_calls();
+    let mut views = Vec::new();
+    for _ in 0..100 {
+        views.push(flows::get_account(&w.app.store, &keys, &w.app.users, &alice).await.unwrap());
+    }
+    let control_plane = w.meter.calls().iter().filter(|c| c.starts_with("apigw.")).count();
+    assert_eq!(control_plane, 1, "{:?}", w.meter.calls());
+    assert!(views.iter().all(|v| v.api_key.as_ref().is_some_and(|k| k.enabled)));
+    // Cancelled: the next view says disabled without asking API Gateway again.
+    let sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    flows::sync_subscription(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &sub)
+        .await
+        .unwrap();
+    w.meter.reset_calls();
+    let view = flows::get_account(&w.app.store, &keys, &w.app.users, &alice).await.unwrap();
+    assert_eq!(view.plan, Plan::Free);
+    assert!(!view.api_key.unwrap().enabled);
+    assert_eq!(w.meter.calls().iter().filter(|c| c.starts_with("apigw.")).count(), 0);
+}

@@ -1,5 +1,9 @@
-//! A warm container reuses price lookups for a short, configurable time: one round trip less
-//! on the checkout path. Only found prices are cached, so a newly created price shows up at once.
+//! What a warm container may keep between invocations.
+//!
+//! - Price lookups, for a short, configurable time: one round trip less on the checkout path.
+//!   Only found prices are cached, so a newly created price shows up at once.
+//! - API key values, which never change for a key id: `/account` then costs no API Gateway
+//!   control-plane call for a key the container has shown before.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -73,6 +77,64 @@ impl<P: Payments> Payments for CachedPrices<P> {
 
     async fn cancel_duplicate(&self, id: &SubscriptionId) -> Result<DuplicateCancelled> {
         self.inner.cancel_duplicate(id).await
+    }
+}
+
+/// Keeps API key values (immutable per key id) for the life of the container, up to
+/// [`CachedKeyValues::CAPACITY`] keys; every other call goes to the inner registry.
+pub struct CachedKeyValues<K> {
+    inner: K,
+    values: Mutex<HashMap<String, String>>,
+}
+
+impl<K> CachedKeyValues<K> {
+    /// Keys kept at most (about 1 MB); past it the map starts over.
+    pub const CAPACITY: usize = 10_000;
+
+    pub fn new(inner: K) -> Self {
+        Self { inner, values: Mutex::default() }
+    }
+
+    pub fn inner(&self) -> &K {
+        &self.inner
+    }
+}
+
+impl<K: crate::ports::KeyRegistry> crate::ports::KeyRegistry for CachedKeyValues<K> {
+    async fn find_by_name(&self, name: &str) -> Result<Vec<crate::domain::IssuedKey>> {
+        self.inner.find_by_name(name).await
+    }
+    async fn get(&self, id: &str) -> Result<Option<crate::domain::IssuedKey>> {
+        self.inner.get(id).await
+    }
+    async fn create(&self, name: &str) -> Result<crate::domain::IssuedKey> {
+        self.inner.create(name).await
+    }
+    async fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
+        self.inner.set_enabled(id, enabled).await
+    }
+    async fn attach_to_plan(&self, id: &str) -> Result<()> {
+        self.inner.attach_to_plan(id).await
+    }
+    async fn detach_from_plan(&self, id: &str) -> Result<()> {
+        self.inner.detach_from_plan(id).await
+    }
+    async fn plan_key_ids(&self) -> Result<Vec<String>> {
+        self.inner.plan_key_ids().await
+    }
+    async fn key_value(&self, id: &str) -> Result<Option<String>> {
+        if let Some(v) = self.values.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(Some(v.clone()));
+        }
+        let value = self.inner.key_value(id).await?;
+        if let Some(v) = &value {
+            let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+            if values.len() >= Self::CAPACITY {
+                values.clear();
+            }
+            values.insert(id.to_string(), v.clone());
+        }
+        Ok(value)
     }
 }
 

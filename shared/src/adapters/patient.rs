@@ -81,7 +81,7 @@ impl<K: KeyRegistry> KeyRegistry for Patient<K> {
     async fn plan_key_ids(&self) -> Result<Vec<String>> {
         patiently(self.budget, "GetUsagePlanKeys", || self.inner.plan_key_ids()).await
     }
-    async fn get_with_value(&self, id: &str) -> Result<Option<(IssuedKey, String)>> {
-        patiently(self.budget, "GetApiKey", || self.inner.get_with_value(id)).await
+    async fn key_value(&self, id: &str) -> Result<Option<String>> {
+        patiently(self.budget, "GetApiKey", || self.inner.key_value(id)).await
     }
 }

@@ -24,7 +24,11 @@ pub struct ApiKeyView {
     pub enabled: bool,
 }
 
-/// The caller's plan, subscription status and API key (value read from the key registry).
+/// The caller's plan, subscription status and API key. The key's value comes from the key
+/// registry (API Gateway's control plane, 10 calls/s per account): the deployed function keeps
+/// values it has read (`CachedKeyValues`), so a page view costs no control-plane call once
+/// the container has shown that key. Whether the key is enabled comes from the account
+/// record, which the same flows write when they enable or disable it.
 pub async fn get_account<S, K, U>(store: &S, keys: &K, users: &U, user: &UserName) -> Result<AccountView, Error>
 where
     S: SessionStore,
@@ -33,8 +37,12 @@ where
 {
     let (account, profile) = tokio::try_join!(store.get_account(user), users.get_user(user))?;
     let profile = profile.ok_or(Error::UserNotFound)?;
-    let api_key = match account.as_ref().and_then(|a| a.api_key_id.as_deref()) {
-        Some(id) => keys.get_with_value(id).await?.map(|(k, value)| ApiKeyView { id: k.id, value, enabled: k.enabled }),
+    let api_key = match account.as_ref().and_then(|a| a.api_key_id.as_deref().map(|id| (a, id))) {
+        Some((a, id)) => keys.key_value(id).await?.map(|value| ApiKeyView {
+            id: id.to_string(),
+            value,
+            enabled: a.plan == Plan::Pro,
+        }),
         None => None,
     };
     Ok(AccountView {

@@ -150,12 +150,11 @@ impl KeyRegistry for ApiGatewayKeys {
         Ok(ids)
     }
 
-    async fn get_with_value(&self, id: &str) -> Result<Option<(IssuedKey, String)>> {
+    async fn key_value(&self, id: &str) -> Result<Option<String>> {
         const OP: &str = "GetApiKey";
         match self.client.get_api_key().api_key(id).include_value(true).send().await {
             Ok(k) => {
-                let value = k.value().unwrap_or_default().to_string();
-                Ok(Some((issued(k.id(), k.name(), k.enabled(), OP)?, value)))
+                Ok(Some(k.value().ok_or_else(|| BackendError::new(SERVICE, OP, "key without value"))?.to_string()))
             }
             Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => Ok(None),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),

@@ -68,9 +68,13 @@ async function signUp() {
   try { await cognito("sign-up", {username: $("username").value, password: $("password").value}); await signIn(); }
   catch (e) { fail(e.message); }
 }
+let polls = 0;
 async function render() {
   const path = location.pathname;
-  $("banner").innerHTML = path === "/thanks_upgrade" ? '<div class="banner ok" id="thanks">Thanks! You are now on the PRO plan.</div>'
+  // ?status=pending: paid, but the key is still being issued (the webhook finishes it).
+  const pending = path === "/thanks_upgrade" && new URLSearchParams(location.search).get("status") === "pending";
+  $("banner").innerHTML = pending ? '<div class="banner ok" id="pending">Payment received: your PRO key is being issued…</div>'
+    : path === "/thanks_upgrade" ? '<div class="banner ok" id="thanks">Thanks! You are now on the PRO plan.</div>'
     : path === "/canceled_upgrade" ? '<div class="banner warn" id="canceled">Checkout was canceled: nothing was charged.</div>' : "";
   const signedIn = !!token();
   show("signin", !signedIn); show("account", signedIn);
@@ -86,6 +90,10 @@ async function render() {
     show("key-box", !!key); $("api-key").textContent = key || "";
     show("upgrade", a.plan !== "PRO"); show("portal", a.has_billing_account); show("try", !!(a.api_key));
     window.lastKey = a.api_key ? a.api_key.value : null;
+    if (pending) {
+      if (a.plan === "PRO" && key) { history.replaceState(null, "", "/thanks_upgrade"); return render(); }
+      if (polls++ < 60) setTimeout(render, 2000);
+    }
   } catch (e) { fail(e.message); }
 }
 $("signin-btn").onclick = signIn;

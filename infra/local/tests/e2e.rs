@@ -260,3 +260,42 @@ fn a_corrupt_data_file_stops_the_stack_with_a_clear_error() {
     assert_eq!(std::fs::read_to_string(data.join("state.json")).unwrap(), "{ not json", "never silently replaced");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Two tabs: the second checkout expires the first at the (emulated) Stripe, so only one can
+/// be paid; the user ends with one active subscription and one charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tab_expires_the_first_checkout_over_http() {
+    let data = std::env::temp_dir().join(format!("paykey-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let stack = start(&data);
+    let base = stack.base.clone();
+    let r = call(
+        "POST",
+        &format!("{base}/cognito/sign-up"),
+        &[("content-type", "application/json")],
+        r#"{"username":"tabby","password":"correct horse"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = sign_in(&base, "tabby", "correct horse").await;
+    let tab1 = checkout(&base, &token).await;
+    let tab2 = checkout(&base, &token).await;
+    assert_ne!(tab1, tab2);
+    let page = call("GET", &tab1, &[], "").await;
+    assert_eq!(page.status, 410, "the first tab's page says expired: {}", page.body);
+    let paid1 =
+        call("POST", &tab1, &[("content-type", "application/x-www-form-urlencoded")], "card_number=4242424242424242")
+            .await;
+    assert_ne!(paid1.status, 303, "an expired session cannot be paid: {}", paid1.body);
+    let success = pay(&base, &tab2).await;
+    let r = call("GET", &success, &[], "").await;
+    assert_eq!(r.location.as_deref(), Some(format!("{base}/thanks_upgrade").as_str()));
+    assert_eq!(account(&base, &token).await["plan"], "PRO");
+    let auth = [("authorization", "Bearer sk_test_e2e")];
+    let subs = call("GET", &format!("{base}/stripe/v1/subscriptions?status=all&limit=100"), &auth, "").await.json();
+    let mine: Vec<&Value> =
+        subs["data"].as_array().unwrap().iter().filter(|s| s["metadata"]["user_name"] == "tabby").collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["status"], "active");
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&data);
+}

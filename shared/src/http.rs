@@ -11,14 +11,16 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::domain::{Error, UserName};
+use crate::domain::{Error, User, UserId, UserName};
 
 /// Largest JSON body accepted.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
 
-/// The signed-in caller, from `requestContext.authorizer.claims["cognito:username"]` as put
-/// there by API Gateway's Cognito authorizer. Never from the path or body.
-pub fn caller(req: &Request) -> Result<UserName, Error> {
+/// The signed-in caller, from the claims API Gateway's Cognito authorizer put in
+/// `requestContext.authorizer.claims`: `sub` (the immutable id every record is keyed on) and
+/// `cognito:username` (for the directory's admin calls and display). Never from the path or
+/// body.
+pub fn caller(req: &Request) -> Result<User, Error> {
     let Some(ctx) = req.request_context_ref() else {
         return Err(Error::Unauthorized("no request context"));
     };
@@ -34,7 +36,11 @@ pub fn caller(req: &Request) -> Result<UserName, Error> {
         .get("cognito:username")
         .and_then(|v| v.as_str())
         .ok_or(Error::Unauthorized("no cognito:username claim"))?;
-    UserName::parse(name).map_err(|_| Error::Unauthorized("malformed cognito:username claim"))
+    let sub = claims.get("sub").and_then(|v| v.as_str()).ok_or(Error::Unauthorized("no sub claim"))?;
+    Ok(User {
+        id: UserId::parse(sub).map_err(|_| Error::Unauthorized("malformed sub claim"))?,
+        name: UserName::parse(name).map_err(|_| Error::Unauthorized("malformed cognito:username claim"))?,
+    })
 }
 
 /// Another claim of the caller's ID token, as the Cognito authorizer passed it.

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     AccountRecord, BackendError, CheckoutRecord, CustomerId, IssuedKey, LookupKey, OneTimeKey, Plan, SessionId,
-    SubscriptionId, UserName, UserProfile,
+    SubscriptionId, User, UserId, UserName, UserProfile,
 };
 
 pub type Result<T> = std::result::Result<T, BackendError>;
@@ -65,22 +65,35 @@ pub trait SessionStore: Send + Sync {
         account: &AccountRecord,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Commit>> + Send;
-    fn get_account(&self, user: &UserName) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
+    fn get_account(&self, user: &UserId) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
+    /// The record an earlier version keyed by the user's *name* (the Python version, paykey
+    /// before records were keyed by `sub`), re-keyed to `user` in memory; `None` if there is
+    /// none or it was migrated already. Read only while `user` has no record of its own.
+    fn legacy_account(&self, user: &User) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
+    /// Marks the name-keyed record as moved to `user`'s own record (after that was written), so
+    /// neither a lookup by name nor by customer finds it again.
+    fn retire_legacy_account(&self, user: &User) -> impl Future<Output = Result<()>> + Send;
     /// The account whose Stripe customer is `customer`.
     fn find_account_by_customer(
         &self,
         customer: &CustomerId,
     ) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
+    /// The name of a name-keyed record of an earlier version whose Stripe customer is
+    /// `customer` (not migrated yet).
+    fn find_legacy_name_by_customer(
+        &self,
+        customer: &CustomerId,
+    ) -> impl Future<Output = Result<Option<UserName>>> + Send;
     /// Locks the user's account record until `until` (or takes over an expired lock).
     fn lock_account(
         &self,
-        user: &UserName,
+        user: &UserId,
         token: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<AccountLock>> + Send;
     /// Releases the lock if `token` still holds it.
-    fn unlock_account(&self, user: &UserName, token: &str) -> impl Future<Output = Result<()>> + Send;
+    fn unlock_account(&self, user: &UserId, token: &str) -> impl Future<Output = Result<()>> + Send;
     /// Writes the account record while `token` holds its lock, releasing the lock.
     fn put_account(&self, account: &AccountRecord, token: &str) -> impl Future<Output = Result<Commit>> + Send;
     /// Gives up the session's lease after a failed attempt (ISSUING → PENDING while `token`
@@ -105,7 +118,7 @@ pub trait OpenCheckouts: Send + Sync {
     /// replaces, if any (atomically: of two concurrent calls, one sees the other's session).
     fn replace_open_checkout(
         &self,
-        user: &UserName,
+        user: &UserId,
         price_id: &str,
         session: &SessionId,
         expires_at: DateTime<Utc>,
@@ -157,7 +170,7 @@ pub struct PriceInfo {
 #[derive(Debug, Clone)]
 pub struct NewCheckout<'a> {
     pub price_id: &'a str,
-    pub user: &'a UserName,
+    pub user: &'a User,
     pub customer: Option<&'a CustomerId>,
     pub success_url: String,
     pub cancel_url: String,
@@ -236,6 +249,9 @@ pub struct SubscriptionState {
     pub period_end: Option<DateTime<Utc>>,
     /// `metadata.user_name`, set at checkout.
     pub user_name: Option<String>,
+    /// `metadata.user_id` (the user's `sub`), set at checkout; absent on subscriptions started
+    /// before records were keyed by `sub`.
+    pub user_id: Option<String>,
 }
 
 /// What a verified Stripe event is about.

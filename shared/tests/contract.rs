@@ -10,7 +10,8 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use paykey::adapters::memory::{MemoryKeys, MemoryStore, MemoryUsers, Meter};
 use paykey::domain::{
-    AccountRecord, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId, SubscriptionId, UserName,
+    AccountRecord, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId, SubscriptionId, User,
+    UserId, UserName,
 };
 use paykey::ports::{AccountLock, Claim, Commit, KeyRegistry, OpenCheckouts, SessionStore, UserDirectory};
 
@@ -18,11 +19,20 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
-fn record(user: &UserName) -> CheckoutRecord {
+/// A user with a unique name and a fresh sub.
+fn new_user(prefix: &str) -> User {
+    User {
+        id: UserId::parse(&uuid::Uuid::new_v4().to_string()).unwrap(),
+        name: UserName::parse(&unique(prefix)).unwrap(),
+    }
+}
+
+fn record(user: &User) -> CheckoutRecord {
     let t = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
     CheckoutRecord {
         session_id: SessionId::parse(&unique("cs_test_")).unwrap(),
-        user_name: user.clone(),
+        user_id: Some(user.id.clone()),
+        user_name: user.name.clone(),
         one_time_key: OneTimeKey::new_random(),
         paid: false,
         status: CheckoutStatus::Pending,
@@ -33,9 +43,10 @@ fn record(user: &UserName) -> CheckoutRecord {
     }
 }
 
-fn account(user: &UserName, key: &str) -> AccountRecord {
+fn account(user: &User, key: &str) -> AccountRecord {
     AccountRecord {
-        user_name: user.clone(),
+        user_id: user.id.clone(),
+        user_name: user.name.clone(),
         plan: Plan::Pro,
         api_key_id: Some(key.to_string()),
         customer_id: Some(CustomerId::parse("cus_contract1").unwrap()),
@@ -49,7 +60,7 @@ fn account(user: &UserName, key: &str) -> AccountRecord {
 }
 
 async fn session_store_contract<S: SessionStore + OpenCheckouts>(store: &S) {
-    let alice = UserName::parse(&unique("alice-")).unwrap();
+    let alice = new_user("alice-");
     let r = record(&alice);
     let t = r.created_at;
 
@@ -81,13 +92,13 @@ async fn session_store_contract<S: SessionStore + OpenCheckouts>(store: &S) {
     ));
     let acct = account(&alice, "key123");
     assert_eq!(
-        store.lock_account(&alice, "tok-3", later, later + chrono::Duration::seconds(60)).await.unwrap(),
+        store.lock_account(&alice.id, "tok-3", later, later + chrono::Duration::seconds(60)).await.unwrap(),
         AccountLock::Acquired(None),
         "locking a user with no record yet"
     );
-    assert_eq!(store.get_account(&alice).await.unwrap(), None, "a lock alone is no account record");
+    assert_eq!(store.get_account(&alice.id).await.unwrap(), None, "a lock alone is no account record");
     assert_eq!(store.fulfil(&r.session_id, "tok-1", &acct, later).await.unwrap(), Commit::LeaseLost);
-    assert_eq!(store.get_account(&alice).await.unwrap(), None, "a lost lease writes no account");
+    assert_eq!(store.get_account(&alice.id).await.unwrap(), None, "a lost lease writes no account");
 
     // fulfil with the current token: session FULFILLED and account written together.
     assert_eq!(store.fulfil(&r.session_id, "tok-3", &acct, later).await.unwrap(), Commit::Done);
@@ -96,7 +107,7 @@ async fn session_store_contract<S: SessionStore + OpenCheckouts>(store: &S) {
     assert!(done.paid);
     assert_eq!(done.lease, None);
     assert_eq!(done.updated_at, later);
-    assert_eq!(store.get_account(&alice).await.unwrap(), Some(acct.clone()));
+    assert_eq!(store.get_account(&alice.id).await.unwrap(), Some(acct.clone()));
 
     // a fulfilled session can be neither claimed nor fulfilled again.
     let much_later = later + chrono::Duration::hours(1);
@@ -113,10 +124,10 @@ async fn session_store_contract<S: SessionStore + OpenCheckouts>(store: &S) {
     // fulfil released the account lock: it can be taken again at once.
     let t2 = much_later;
     assert_eq!(
-        store.lock_account(&alice, "tok-5", t2, t2 + chrono::Duration::seconds(60)).await.unwrap(),
+        store.lock_account(&alice.id, "tok-5", t2, t2 + chrono::Duration::seconds(60)).await.unwrap(),
         AccountLock::Acquired(Some(acct.clone()))
     );
-    assert_eq!(store.lock_account(&alice, "tok-6", t2, t2).await.unwrap(), AccountLock::Busy);
+    assert_eq!(store.lock_account(&alice.id, "tok-6", t2, t2).await.unwrap(), AccountLock::Busy);
     // put_account needs the lock and releases it; optional fields may be absent.
     let free = AccountRecord {
         plan: Plan::Free,
@@ -129,31 +140,36 @@ async fn session_store_contract<S: SessionStore + OpenCheckouts>(store: &S) {
         ..acct.clone()
     };
     assert_eq!(store.put_account(&free, "tok-6").await.unwrap(), Commit::LeaseLost);
-    assert_eq!(store.get_account(&alice).await.unwrap(), Some(acct.clone()));
+    assert_eq!(store.get_account(&alice.id).await.unwrap(), Some(acct.clone()));
     assert_eq!(store.put_account(&free, "tok-5").await.unwrap(), Commit::Done);
-    assert_eq!(store.get_account(&alice).await.unwrap(), Some(free.clone()));
+    assert_eq!(store.get_account(&alice.id).await.unwrap(), Some(free.clone()));
     assert_eq!(store.put_account(&free, "tok-5").await.unwrap(), Commit::LeaseLost, "the lock was released");
 
     // an expired lock is taken over; unlock by a stale token is a no-op; unlock frees.
     let t3 = t2 + chrono::Duration::seconds(1);
-    assert!(matches!(store.lock_account(&alice, "tok-7", t3, t3).await.unwrap(), AccountLock::Acquired(_)));
+    assert!(matches!(store.lock_account(&alice.id, "tok-7", t3, t3).await.unwrap(), AccountLock::Acquired(_)));
     let t4 = t3 + chrono::Duration::seconds(1);
     assert!(matches!(
-        store.lock_account(&alice, "tok-8", t4, t4 + chrono::Duration::seconds(60)).await.unwrap(),
+        store.lock_account(&alice.id, "tok-8", t4, t4 + chrono::Duration::seconds(60)).await.unwrap(),
         AccountLock::Acquired(_)
     ));
-    store.unlock_account(&alice, "tok-7").await.unwrap();
-    assert_eq!(store.lock_account(&alice, "tok-9", t4, t4).await.unwrap(), AccountLock::Busy);
-    store.unlock_account(&alice, "tok-8").await.unwrap();
-    assert!(matches!(store.lock_account(&alice, "tok-9", t4, t4).await.unwrap(), AccountLock::Acquired(_)));
-    store.unlock_account(&alice, "tok-9").await.unwrap();
+    store.unlock_account(&alice.id, "tok-7").await.unwrap();
+    assert_eq!(store.lock_account(&alice.id, "tok-9", t4, t4).await.unwrap(), AccountLock::Busy);
+    store.unlock_account(&alice.id, "tok-8").await.unwrap();
+    assert!(matches!(store.lock_account(&alice.id, "tok-9", t4, t4).await.unwrap(), AccountLock::Acquired(_)));
+    store.unlock_account(&alice.id, "tok-9").await.unwrap();
 
     // the account is found by its Stripe customer
     let cus = CustomerId::parse(&unique("cus_")).unwrap();
-    let bob = UserName::parse(&unique("bob-")).unwrap();
-    let bobs = AccountRecord { user_name: bob.clone(), customer_id: Some(cus.clone()), ..free.clone() };
+    let bob = new_user("bob-");
+    let bobs = AccountRecord {
+        user_id: bob.id.clone(),
+        user_name: bob.name.clone(),
+        customer_id: Some(cus.clone()),
+        ..free.clone()
+    };
     assert!(matches!(
-        store.lock_account(&bob, "b", t4, t4 + chrono::Duration::seconds(60)).await.unwrap(),
+        store.lock_account(&bob.id, "b", t4, t4 + chrono::Duration::seconds(60)).await.unwrap(),
         AccountLock::Acquired(None)
     ));
     assert_eq!(store.put_account(&bobs, "b").await.unwrap(), Commit::Done);
@@ -161,11 +177,11 @@ async fn session_store_contract<S: SessionStore + OpenCheckouts>(store: &S) {
     assert_eq!(store.find_account_by_customer(&CustomerId::parse(&unique("cus_")).unwrap()).await.unwrap(), None);
 
     // listing returns records, not lock-only items
-    let carol = UserName::parse(&unique("carol-")).unwrap();
-    assert!(matches!(store.lock_account(&carol, "c", t4, t4).await.unwrap(), AccountLock::Acquired(None)));
+    let carol = new_user("carol-");
+    assert!(matches!(store.lock_account(&carol.id, "c", t4, t4).await.unwrap(), AccountLock::Acquired(None)));
     let all = store.list_accounts().await.unwrap();
-    assert!(all.iter().any(|a| a.user_name == alice) && all.iter().any(|a| a.user_name == bob));
-    assert!(!all.iter().any(|a| a.user_name == carol));
+    assert!(all.iter().any(|a| a.user_id == alice.id) && all.iter().any(|a| a.user_id == bob.id));
+    assert!(!all.iter().any(|a| a.user_id == carol.id));
 
     let t5 = t4 + chrono::Duration::seconds(1);
     // a failed attempt gives the session's lease back (only with its own token)
@@ -200,24 +216,24 @@ async fn session_store_contract<S: SessionStore + OpenCheckouts>(store: &S) {
         Claim::Acquired { .. }
     ));
     assert!(matches!(
-        store.lock_account(&carol, "tok-b", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
+        store.lock_account(&carol.id, "tok-b", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
         AccountLock::Acquired(None)
     ));
     assert!(matches!(
-        store.lock_account(&carol, "tok-b", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
+        store.lock_account(&carol.id, "tok-b", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
         AccountLock::Acquired(None)
     ));
-    assert_eq!(store.lock_account(&carol, "tok-c", t5, t5).await.unwrap(), AccountLock::Busy);
-    store.unlock_account(&carol, "tok-b").await.unwrap();
+    assert_eq!(store.lock_account(&carol.id, "tok-c", t5, t5).await.unwrap(), AccountLock::Busy);
+    store.unlock_account(&carol.id, "tok-b").await.unwrap();
 
     // one open checkout per user and price: each new one returns the one it replaces
     let price = unique("price_");
     let (s1, s2) = (SessionId::parse(&unique("cs_test_")).unwrap(), SessionId::parse(&unique("cs_test_")).unwrap());
     let until = t5 + chrono::Duration::hours(24);
-    assert_eq!(store.replace_open_checkout(&carol, &price, &s1, until).await.unwrap(), None);
-    assert_eq!(store.replace_open_checkout(&carol, &price, &s2, until).await.unwrap(), Some(s1.clone()));
-    assert_eq!(store.replace_open_checkout(&carol, &unique("price_"), &s1, until).await.unwrap(), None, "per price");
-    assert_eq!(store.replace_open_checkout(&bob, &price, &s1, until).await.unwrap(), None, "per user");
+    assert_eq!(store.replace_open_checkout(&carol.id, &price, &s1, until).await.unwrap(), None);
+    assert_eq!(store.replace_open_checkout(&carol.id, &price, &s2, until).await.unwrap(), Some(s1.clone()));
+    assert_eq!(store.replace_open_checkout(&carol.id, &unique("price_"), &s1, until).await.unwrap(), None, "per price");
+    assert_eq!(store.replace_open_checkout(&bob.id, &price, &s1, until).await.unwrap(), None, "per user");
 
     // processed events are remembered
     let evt = unique("evt_");
@@ -265,6 +281,8 @@ async fn key_registry_contract<K: KeyRegistry>(keys: &K) {
 }
 
 async fn user_directory_contract<U: UserDirectory>(users: &U, existing: &UserName) {
+    let sub = users.get_user(existing).await.unwrap().expect("the existing user").sub;
+    assert!(sub.is_some(), "the directory names the user's immutable sub");
     let ghost = UserName::parse(&unique("ghost-")).unwrap();
     assert_eq!(users.get_user(&ghost).await.unwrap(), None);
     assert!(users.set_plan(&ghost, Plan::Pro, None).await.is_err(), "unknown user");
@@ -360,8 +378,8 @@ mod moto {
         let (sessions, api_keys) = m.create_tables().await;
         let plan = m.create_usage_plan().await;
         let pool = m.create_user_pool().await;
-        let user = UserName::parse(&unique("moto-alice-")).unwrap();
-        m.create_user(&pool, &user).await;
+        let name = UserName::parse(&unique("moto-alice-")).unwrap();
+        m.create_user(&pool, &name).await;
         let payments = MemoryPayments::new(Meter::new());
         payments.add_price("FMMailPro", 980, "jpy");
         let app = Arc::new(App {
@@ -373,6 +391,7 @@ mod moto {
             ids: Arc::new(SequentialIds::default()),
             settings: Settings::new("https://app.example.com", "https://api.example.com"),
         });
+        let user = User { id: app.users.get_user(&name).await.unwrap().unwrap().sub.expect("moto gives a sub"), name };
         let started = flows::start_checkout(
             &app.users,
             &app.payments,
@@ -409,11 +428,11 @@ mod moto {
         assert_eq!(keys.len(), 1, "{keys:?}");
         let in_plan = app.keys.plan_key_ids().await.unwrap();
         assert_eq!(in_plan, vec![keys[0].id.clone()]);
-        let profile = app.users.get_user(&user).await.unwrap().unwrap();
+        let profile = app.users.get_user(&user.name).await.unwrap().unwrap();
         assert_eq!(profile.plan, Some(Plan::Pro));
         assert!(profile.customer_id.is_some());
         assert_eq!(app.store.get(&id).await.unwrap().unwrap().status, CheckoutStatus::Fulfilled);
-        assert_eq!(app.store.get_account(&user).await.unwrap().unwrap().api_key_id, Some(keys[0].id.clone()));
+        assert_eq!(app.store.get_account(&user.id).await.unwrap().unwrap().api_key_id, Some(keys[0].id.clone()));
     }
 
     /// A session the Python version wrote (no Status, timestamps or TTL) is read as pending and
@@ -422,15 +441,16 @@ mod moto {
     async fn a_python_era_session_without_status_is_pending_and_fulfils() {
         use aws_sdk_dynamodb::types::AttributeValue as A;
         use paykey::adapters::memory::{MemoryPayments, SequentialIds};
-        use paykey::flows::{self, CheckoutRequest, Settings};
+        use paykey::flows::{self, Settings};
         use paykey::handlers::App;
+        use paykey::ports::Payments;
 
         let Some(m) = Moto::connect().await else { return };
         let (sessions, api_keys) = m.create_tables().await;
         let plan = m.create_usage_plan().await;
         let pool = m.create_user_pool().await;
-        let user = UserName::parse(&unique("python-era-")).unwrap();
-        m.create_user(&pool, &user).await;
+        let name = UserName::parse(&unique("python-era-")).unwrap();
+        m.create_user(&pool, &name).await;
         let payments = MemoryPayments::new(Meter::new());
         payments.add_price("FMMailPro", 980, "jpy");
         let app = App {
@@ -442,24 +462,31 @@ mod moto {
             ids: Arc::new(SequentialIds::default()),
             settings: Settings::new("https://app.example.com", "https://api.example.com"),
         };
-        // A Stripe session made through paykey, then its record replaced by the Python shape.
-        let started = flows::start_checkout(
-            &app.users,
-            &app.payments,
-            &app.store,
-            app.ctx(),
-            &user,
-            CheckoutRequest::new("FMMailPro"),
-        )
-        .await
-        .unwrap();
-        let id = SessionId::parse(started.url.rsplit('/').next().unwrap()).unwrap();
+        let user = User { id: app.users.get_user(&name).await.unwrap().unwrap().sub.expect("moto gives a sub"), name };
+        // A Stripe session as the Python version made it (its reference is the user name),
+        // and its record in the Python shape.
+        let python_user = User { id: UserId::parse(user.name.as_str()).unwrap(), name: user.name.clone() };
+        let price =
+            app.payments.find_price(&paykey::domain::LookupKey::parse("FMMailPro").unwrap()).await.unwrap().unwrap();
+        let created = app
+            .payments
+            .create_checkout(paykey::ports::NewCheckout {
+                price_id: &price.id,
+                user: &python_user,
+                customer: None,
+                success_url: "https://api.example.com/create-api-key/{CHECKOUT_SESSION_ID}/k".into(),
+                cancel_url: "https://app.example.com/canceled_upgrade".into(),
+                idempotency_key: "python-era".into(),
+            })
+            .await
+            .unwrap();
+        let id = created.id;
         let key = OneTimeKey::new_random();
         aws_sdk_dynamodb::Client::new(&m.config)
             .put_item()
             .table_name(&sessions)
             .item("SessionID", A::S(id.to_string()))
-            .item("UserName", A::S(user.to_string()))
+            .item("UserName", A::S(user.name.to_string()))
             .item("OneTimeKey", A::S(key.to_string()))
             .item("PaidFlag", A::Bool(false))
             .send()
@@ -494,4 +521,44 @@ mod moto {
         let err = paykey::adapters::aws::secure_parameter(&m.config, "/paykey/missing").await.unwrap_err();
         assert!(err.message.contains("ParameterNotFound"), "{err}");
     }
+}
+
+/// Name-keyed records of earlier versions, on DynamoDB: found by name (re-keyed to the sub)
+/// and by customer, ignored by the sub-keyed reads, and retired once adopted.
+#[tokio::test]
+async fn name_keyed_records_of_earlier_versions_are_found_and_retired_on_moto() {
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+    use paykey::adapters::aws::DynamoStore;
+    use paykey::config::Tables;
+    let Some(m) = support::moto::Moto::connect().await else { return };
+    let (sessions, api_keys) = m.create_tables().await;
+    let store = DynamoStore::new(&m.config, Tables { sessions, api_keys: api_keys.clone() });
+    let bob = new_user("bob-");
+    let cus = CustomerId::parse(&unique("cus_")).unwrap();
+    aws_sdk_dynamodb::Client::new(&m.config)
+        .put_item()
+        .table_name(&api_keys)
+        .item("UserID", A::S(bob.name.to_string()))
+        .item("Type", A::S("PRO".into()))
+        .item("ApiKeyId", A::S("legacykey1".into()))
+        .item("StripeCustomerId", A::S(cus.to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(store.get_account(&bob.id).await.unwrap(), None, "not under the sub");
+    assert_eq!(store.find_account_by_customer(&cus).await.unwrap(), None, "not a sub-keyed record");
+    assert_eq!(store.find_legacy_name_by_customer(&cus).await.unwrap(), Some(bob.name.clone()));
+    let legacy = store.legacy_account(&bob).await.unwrap().expect("found by name");
+    assert_eq!(
+        (legacy.user_id.clone(), legacy.plan, legacy.api_key_id.as_deref()),
+        (bob.id.clone(), Plan::Pro, Some("legacykey1"))
+    );
+    assert!(
+        store.list_accounts().await.unwrap().iter().all(|a| a.user_name != bob.name),
+        "listing shows sub-keyed records"
+    );
+    store.retire_legacy_account(&bob).await.unwrap();
+    store.retire_legacy_account(&bob).await.unwrap();
+    assert_eq!(store.legacy_account(&bob).await.unwrap(), None, "retired");
+    assert_eq!(store.find_legacy_name_by_customer(&cus).await.unwrap(), None);
 }

@@ -26,7 +26,8 @@ async fn checkout_records_a_pending_session_with_a_one_time_key_in_the_success_u
     let sessions = w.app.store.sessions();
     assert_eq!(sessions.len(), 1);
     let r = &sessions[0];
-    assert_eq!(r.user_name, alice);
+    assert_eq!(r.user_name, alice.name);
+    assert_eq!(r.user_id.as_ref(), Some(&alice.id));
     assert_eq!(r.status, CheckoutStatus::Pending);
     assert!(!r.paid);
     assert!(r.expires_at > r.created_at + chrono::Duration::days(29));
@@ -66,9 +67,9 @@ async fn a_returning_customer_is_reused_so_one_user_never_has_two_customers() {
     let alice = w.user("alice");
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let first_customer = w.app.users.get_user(&alice).await.unwrap().unwrap().customer_id.unwrap();
+    let first_customer = w.app.users.get_user(&alice.name).await.unwrap().unwrap().customer_id.unwrap();
     // Downgraded later (e.g. cancelled): she subscribes again.
-    w.app.users.set_plan(&alice, Plan::Free, None).await.unwrap();
+    w.app.users.set_plan(&alice.name, Plan::Free, None).await.unwrap();
     let (id2, _) = w.checkout(&alice).await;
     let state = w.app.payments.pay(&id2).unwrap();
     assert_eq!(state.customer, Some(first_customer));
@@ -131,14 +132,15 @@ async fn a_session_whose_stripe_reference_names_another_user_is_rejected() {
     let (id, key) = w.checkout_and_pay(&alice).await;
     // Tamper with our record so it names mallory (as if a record was forged or mixed up).
     let mut rec = w.app.store.sessions().into_iter().find(|r| r.session_id == id).unwrap();
-    rec.user_name = mallory.clone();
+    rec.user_name = mallory.name.clone();
+    rec.user_id = Some(mallory.id.clone());
     rec.session_id = paykey::domain::SessionId::parse("cs_test_forged").unwrap();
     use paykey::ports::SessionStore;
     w.app.store.put_new(&rec).await.unwrap();
     // Stripe knows no cs_test_forged: unpaid. The real one stays alice's.
     assert_eq!(w.complete(&rec.session_id, &key).await.unwrap(), Completion::Rejected(Rejection::Unpaid));
     assert!(matches!(w.complete(&id, &key).await.unwrap(), Completion::Issued { .. }));
-    assert_eq!(w.app.users.get_user(&mallory).await.unwrap().unwrap().plan(), Plan::Free);
+    assert_eq!(w.app.users.get_user(&mallory.name).await.unwrap().unwrap().plan(), Plan::Free);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -168,13 +170,15 @@ async fn twenty_concurrent_verifications_issue_exactly_one_key_and_one_plan_asso
 }
 
 /// The backend calls of a first purchase's fulfilment, in order.
-const FULFILMENT_OPS: [&str; 10] = [
+const FULFILMENT_OPS: [&str; 12] = [
     "ddb.get_session",
     "stripe.get_checkout",
     "ddb.claim",
     "ddb.lock_account",
     "apigw.find_key",
     "stripe.get_subscription",
+    "cognito.get_user",
+    "ddb.legacy_account",
     "apigw.create_key",
     "apigw.attach",
     "cognito.set_plan",
@@ -225,7 +229,7 @@ async fn a_fault_or_a_crash_at_any_call_followed_by_a_retry_converges() {
             cases += 1;
         }
     }
-    assert_eq!(cases, 40);
+    assert_eq!(cases, 48);
 }
 
 #[tokio::test]
@@ -270,7 +274,7 @@ async fn a_disabled_key_from_an_earlier_subscription_is_re_enabled_not_duplicate
     w.app.payments.update_subscription(&first_sub, |s| s.status = paykey::ports::SubscriptionStatus::Canceled);
     w.app.keys.set_enabled(&key_id, false).await.unwrap();
     w.app.keys.detach_from_plan(&key_id).await.unwrap();
-    w.app.users.set_plan(&alice, Plan::Free, None).await.unwrap();
+    w.app.users.set_plan(&alice.name, Plan::Free, None).await.unwrap();
     let (id2, key2) = w.checkout_and_pay(&alice).await;
     assert_eq!(w.complete(&id2, &key2).await.unwrap(), Completion::Issued { api_key_id: key_id });
     w.assert_fulfilled_once(&alice, &id2).await;
@@ -288,8 +292,8 @@ async fn the_fulfilment_critical_path_is_seven_sequential_round_trips() {
     let started = tokio::time::Instant::now();
     w.complete(&id, &key).await.unwrap();
     assert_eq!(w.meter.calls(), FULFILMENT_OPS.to_vec());
-    // record; Stripe session; claim ∥ lock ∥ key lookup; subscription; create key;
-    // attach ∥ Cognito; transaction
+    // record; Stripe session; claim ∥ lock ∥ key lookup; subscription ∥ name holder ∥ legacy
+    // record; create key; attach ∥ Cognito; transaction
     assert_eq!(started.elapsed(), std::time::Duration::from_millis(7 * 50), "7 waves");
     assert_eq!(w.meter.max_in_flight(), 3, "claim, key lookup and account read overlap");
 }
@@ -314,7 +318,7 @@ async fn the_portal_opens_for_the_callers_own_customer_only() {
     assert_eq!(err.status(), 409);
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let customer = w.app.users.get_user(&alice).await.unwrap().unwrap().customer_id.unwrap();
+    let customer = w.app.users.get_user(&alice.name).await.unwrap().unwrap().customer_id.unwrap();
     let url = flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &alice).await.unwrap();
     assert!(url.contains(customer.as_str()), "{url}");
 }
@@ -363,8 +367,8 @@ async fn a_token_without_the_customer_claim_still_reuses_the_customer_the_direct
     let alice = w.user("alice");
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let customer = w.app.users.get_user(&alice).await.unwrap().unwrap().customer_id.unwrap();
-    w.app.users.set_plan(&alice, Plan::Free, None).await.unwrap();
+    let customer = w.app.users.get_user(&alice.name).await.unwrap().unwrap().customer_id.unwrap();
+    w.app.users.set_plan(&alice.name, Plan::Free, None).await.unwrap();
     w.meter.reset_calls();
     // the hint is missing (an ID token from before the first purchase)
     let (id2, _) = w.checkout(&alice).await;

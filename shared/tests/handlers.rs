@@ -23,6 +23,7 @@ impl Event {
         v["path"] = json!(path);
         v["requestContext"]["path"] = json!(format!("/prod{path}"));
         v["body"] = Value::Null;
+        v["requestContext"]["authorizer"]["claims"]["sub"] = json!(support::sub_of("alice").as_str());
         Self(v)
     }
     fn checkout(body: &str) -> Self {
@@ -50,6 +51,7 @@ impl Event {
     }
     fn user(mut self, name: &str) -> Self {
         self.0["requestContext"]["authorizer"]["claims"]["cognito:username"] = json!(name);
+        self.0["requestContext"]["authorizer"]["claims"]["sub"] = json!(support::sub_of(name).as_str());
         self
     }
     fn no_claims(mut self) -> Self {
@@ -184,9 +186,8 @@ enum Expect {
 async fn bad_input_gets_a_clear_answer_and_writes_nothing() {
     let w = World::new();
     let alice = w.user("alice");
-    w.user("bob");
+    let bob = w.user("bob");
     let (unpaid, unpaid_key) = w.checkout(&alice).await;
-    let bob = paykey::domain::UserName::parse("bob").unwrap();
     let (bobs, bobs_key) = w.checkout_and_pay(&bob).await;
     let (unpaid, unpaid_key, bobs, bobs_key) =
         (unpaid.to_string(), unpaid_key.to_string(), bobs.to_string(), bobs_key.to_string());

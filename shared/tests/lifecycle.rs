@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use paykey::adapters::memory::Fault;
-use paykey::domain::{Plan, SubscriptionId, UserName};
+use paykey::domain::{Plan, SubscriptionId, User};
 use paykey::flows::{self, EventOutcome};
 use paykey::ports::{EventSubject, KeyRegistry, StripeEvent, SubscriptionStatus, UserDirectory};
 use support::World;
@@ -24,19 +24,19 @@ async fn handle(w: &World, e: &StripeEvent) -> Result<EventOutcome, paykey::Erro
 }
 
 /// A PRO user through checkout and the success redirect; returns the subscription id.
-async fn pro_user(w: &World, name: &str) -> (UserName, SubscriptionId) {
+async fn pro_user(w: &World, name: &str) -> (User, SubscriptionId) {
     let u = w.user(name);
     let (id, key) = w.checkout_and_pay(&u).await;
     w.complete(&id, &key).await.unwrap();
-    let sub = w.app.store.accounts().into_iter().find(|a| a.user_name == u).unwrap().subscription_id.unwrap();
+    let sub = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap().subscription_id.unwrap();
     (u, sub)
 }
 
-async fn plan_of(w: &World, u: &UserName) -> Plan {
-    w.app.users.get_user(u).await.unwrap().unwrap().plan()
+async fn plan_of(w: &World, u: &User) -> Plan {
+    w.app.users.get_user(&u.name).await.unwrap().unwrap().plan()
 }
 
-fn enabled_keys(w: &World, u: &UserName) -> usize {
+fn enabled_keys(w: &World, u: &User) -> usize {
     let name = w.app.settings.key_name(u);
     w.app.keys.all().into_iter().filter(|k| k.name == name && k.enabled).count()
 }
@@ -68,8 +68,8 @@ async fn cancellation_downgrades_disables_and_detaches_the_key_and_keeps_the_cus
     assert_eq!(enabled_keys(&w, &u), 0);
     assert!(w.app.keys.plan_key_ids().await.unwrap().is_empty(), "detached from the PRO plan");
     assert_eq!(w.app.keys.authorize(&value), None, "the product API would reject the key");
-    assert!(w.app.users.get_user(&u).await.unwrap().unwrap().customer_id.is_some(), "customer id kept");
-    let acct = w.app.store.accounts().into_iter().find(|a| a.user_name == u).unwrap();
+    assert!(w.app.users.get_user(&u.name).await.unwrap().unwrap().customer_id.is_some(), "customer id kept");
+    let acct = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
     assert_eq!(acct.plan, Plan::Free);
     assert_eq!(acct.subscription_status.as_deref(), Some("canceled"));
 }
@@ -152,7 +152,7 @@ async fn cancel_at_period_end_stays_pro_and_the_account_shows_the_end_date() {
 async fn resubscribing_after_cancellation_reuses_the_customer_and_the_key() {
     let w = World::new();
     let (u, sub) = pro_user(&w, "alice").await;
-    let customer = w.app.users.get_user(&u).await.unwrap().unwrap().customer_id.unwrap();
+    let customer = w.app.users.get_user(&u.name).await.unwrap().unwrap().customer_id.unwrap();
     let key_id = w.app.keys.all()[0].id.clone();
     w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
     handle(&w, &sub_event("evt_x", "customer.subscription.deleted", &sub)).await.unwrap();
@@ -264,7 +264,7 @@ async fn an_event_that_read_the_subscription_before_a_cancellation_does_not_undo
     let (u, sub) = pro_user(&w, "alice").await;
     // Another handler holds the lock (as the cancellation's would).
     let now = w.app.clock.now();
-    w.app.store.lock_account(&u, "held", now, now + chrono::Duration::seconds(60)).await.unwrap();
+    w.app.store.lock_account(&u.id, "held", now, now + chrono::Duration::seconds(60)).await.unwrap();
     let paid = {
         let w = Arc::clone(&w);
         let sub = sub.clone();
@@ -279,7 +279,7 @@ async fn an_event_that_read_the_subscription_before_a_cancellation_does_not_undo
     // the late handler has read "active" and is waiting for the lock; now the cancellation lands
     tokio::time::sleep(std::time::Duration::from_millis(120)).await;
     w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
-    w.app.store.unlock_account(&u, "held").await.unwrap();
+    w.app.store.unlock_account(&u.id, "held").await.unwrap();
     paid.await.unwrap().unwrap();
     assert_eq!(plan_of(&w, &u).await, Plan::Free, "the fresh state (canceled) was applied");
 }

@@ -21,11 +21,11 @@ fn active_subscriptions(w: &World) -> Vec<paykey::ports::SubscriptionState> {
     w.app.payments.subscriptions().into_iter().filter(|s| s.status == SubscriptionStatus::Active).collect()
 }
 
-async fn assert_pro_with_one_enabled_key(w: &World, user: &paykey::domain::UserName) {
+async fn assert_pro_with_one_enabled_key(w: &World, user: &paykey::domain::User) {
     let name = w.app.settings.key_name(user);
     let enabled: Vec<_> = w.app.keys.all().into_iter().filter(|k| k.name == name && k.enabled).collect();
     assert_eq!(enabled.len(), 1, "{enabled:?}");
-    assert_eq!(w.app.users.get_user(user).await.unwrap().unwrap().plan(), Plan::Pro);
+    assert_eq!(w.app.users.get_user(&user.name).await.unwrap().unwrap().plan(), Plan::Pro);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ async fn two_paid_tabs_end_with_one_active_subscription_and_one_charge_kept() {
     let c2 = w.app.payments.charge(&sub2).unwrap();
     assert_eq!(c2.refunded, c2.amount, "refunded in full");
     assert_pro_with_one_enabled_key(&w, &alice).await;
-    let account = w.app.store.accounts().into_iter().find(|a| a.user_name == alice).unwrap();
+    let account = w.app.store.accounts().into_iter().find(|a| a.user_id == alice.id).unwrap();
     assert_eq!(account.subscription_id, Some(sub1));
 
     // A refresh, or the webhooks of the duplicate, change nothing more.
@@ -167,12 +167,12 @@ async fn a_paid_session_of_a_cancelled_subscription_grants_nothing() {
         };
         assert_eq!(outcome, Completion::NotGranted { status: "canceled".into() }, "webhook: {via_webhook}");
         assert!(!outcome.is_success());
-        assert_eq!(w.app.users.get_user(&alice).await.unwrap().unwrap().plan(), Plan::Free);
+        assert_eq!(w.app.users.get_user(&alice.name).await.unwrap().unwrap().plan(), Plan::Free);
         assert!(w.app.keys.all().iter().all(|k| !k.enabled), "no enabled key: {:?}", w.app.keys.all());
         assert!(w.app.keys.plan_key_ids().await.unwrap().is_empty());
         // A refresh afterwards does not revive it either.
         assert_eq!(w.complete(&id, &key).await.unwrap(), Completion::AlreadyFulfilled);
-        assert_eq!(w.app.users.get_user(&alice).await.unwrap().unwrap().plan(), Plan::Free);
+        assert_eq!(w.app.users.get_user(&alice.name).await.unwrap().unwrap().plan(), Plan::Free);
     }
 }
 
@@ -279,7 +279,7 @@ async fn thirty_concurrent_redirects_of_one_session_all_redirect() {
 async fn the_checkout_idempotency_key_stays_under_255_bytes_for_the_longest_user_name() {
     let w = World::new();
     let long = w.user(&"😀".repeat(128));
-    assert_eq!(long.as_str().len(), 512);
+    assert_eq!(long.name.as_str().len(), 512);
     w.checkout(&long).await;
     let keys = w.app.payments.idempotency_keys();
     assert!(!keys.is_empty());
@@ -333,8 +333,7 @@ async fn a_hundred_upgrades_within_ten_seconds_under_api_gateways_limits_all_end
         let app = Arc::clone(&app);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(i * 100)).await;
-            let user = paykey::domain::UserName::parse(&format!("user{i:03}")).unwrap();
-            app.users.add_user(&user);
+            let user = app.users.add_user(&paykey::domain::UserName::parse(&format!("user{i:03}")).unwrap());
             let started = flows::start_checkout(
                 &app.users,
                 &app.payments,
@@ -426,4 +425,114 @@ async fn account_page_views_spend_one_control_plane_call_per_key_per_container()
     assert_eq!(view.plan, Plan::Free);
     assert!(!view.api_key.unwrap().enabled);
     assert_eq!(w.meter.calls().iter().filter(|c| c.starts_with("apigw.")).count(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identity cannot be inherited
+
+/// Cognito frees a deleted user's name. Whoever registers it next gets nothing of the old
+/// user: not the key, not the plan, not the customer, not the old subscription's events; and
+/// the old user's still-valid token reaches nothing of the new user's.
+#[tokio::test]
+async fn a_new_user_with_a_deleted_users_name_inherits_nothing() {
+    let w = World::new();
+    let old = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&old).await;
+    w.complete(&id, &key).await.unwrap();
+    let old_sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
+    let new = w.reregister(&old);
+    assert_ne!(new.id, old.id);
+
+    // the new alice: FREE, no key, no billing account
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &new).await.unwrap();
+    assert_eq!(view.plan, Plan::Free);
+    assert!(view.api_key.is_none(), "the old key is not shown: {view:?}");
+    assert!(!view.has_billing_account);
+    assert!(matches!(
+        flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &new).await,
+        Err(paykey::Error::NoCustomer)
+    ));
+
+    // the old subscription renews, then is cancelled: its events touch nobody
+    for status in [SubscriptionStatus::Active, SubscriptionStatus::Canceled] {
+        w.app.payments.update_subscription(&old_sub, |s| s.status = status.clone());
+        let outcome =
+            flows::sync_subscription(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &old_sub)
+                .await
+                .unwrap();
+        assert_eq!(outcome, flows::SyncOutcome::UnknownCustomer, "{status:?}");
+        let p = w.app.users.get_user(&new.name).await.unwrap().unwrap();
+        assert_eq!((p.plan(), p.customer_id), (Plan::Free, None), "nothing written to the new alice");
+    }
+
+    // the old user's token (old sub, same name) reaches nothing of the new user's
+    assert!(matches!(
+        flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &old).await,
+        Err(paykey::Error::UserNotFound)
+    ));
+    let r = flows::start_checkout(
+        &w.app.users,
+        &w.app.payments,
+        &w.app.store,
+        w.app.ctx(),
+        &old,
+        flows::CheckoutRequest::new("FMMailPro"),
+    )
+    .await;
+    assert!(matches!(r, Err(paykey::Error::UserNotFound)), "{r:?}");
+
+    // the new alice buys her own: a key of her own, bound to her sub
+    let (id2, key2) = w.checkout_and_pay(&new).await;
+    assert!(matches!(w.complete(&id2, &key2).await.unwrap(), Completion::Issued { .. }));
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &new).await.unwrap();
+    let old_key = w.app.store.accounts().into_iter().find(|a| a.user_id == old.id).unwrap().api_key_id.unwrap();
+    assert_ne!(view.api_key.unwrap().id, old_key, "a new key, not the old user's");
+}
+
+/// A paid session of a user deleted before the redirect writes nothing for the name's new
+/// holder.
+#[tokio::test]
+async fn a_success_redirect_after_the_user_was_deleted_writes_nothing_for_the_names_new_holder() {
+    let w = World::new();
+    let old = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&old).await;
+    let new = w.reregister(&old);
+    let r = handlers::create_api_key(&w.app, support::verify_request(&id, &key.to_string())).await.unwrap();
+    assert_eq!(r.status(), 302, "still a redirect");
+    let p = w.app.users.get_user(&new.name).await.unwrap().unwrap();
+    assert_eq!((p.plan(), p.customer_id), (Plan::Free, None));
+    assert!(w.app.keys.all().is_empty(), "no key issued: {:?}", w.app.keys.all());
+    // Stripe's checkout.session.completed for it: answered, not retried for days
+    let event = paykey::ports::StripeEvent {
+        id: "evt_deleted_user".into(),
+        kind: "checkout.session.completed".into(),
+        subject: paykey::ports::EventSubject::Checkout(id.clone()),
+    };
+    let outcome =
+        flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &event)
+            .await
+            .unwrap();
+    assert!(matches!(outcome, flows::EventOutcome::Ignored(_)), "{outcome:?}");
+    assert!(w.app.keys.all().is_empty());
+}
+
+/// Records an earlier version keyed by user name are found by name once, moved under the
+/// user's sub, and the old item retired.
+#[tokio::test]
+async fn a_name_keyed_record_of_an_earlier_version_is_adopted_once_and_retired() {
+    let w = World::new();
+    let bob = w.user("bob");
+    // bob was PRO under the old scheme; his key exists, disabled after a cancellation
+    let old_key = w.app.keys.create("paykey-pro-bob").await.unwrap();
+    w.app.keys.set_enabled(&old_key.id, false).await.unwrap();
+    let mut legacy = paykey::domain::AccountRecord::new(&bob, w.app.clock.now());
+    legacy.api_key_id = Some(old_key.id.clone());
+    w.app.store.add_legacy_account(legacy);
+    let (id, key) = w.checkout_and_pay(&bob).await;
+    assert_eq!(w.complete(&id, &key).await.unwrap(), Completion::Issued { api_key_id: old_key.id.clone() });
+    assert_eq!(w.app.keys.all().len(), 1, "the old key re-enabled, not a second one");
+    assert!(w.app.keys.all()[0].enabled);
+    assert!(w.app.store.legacy_accounts().is_empty(), "retired");
+    let account = w.app.store.accounts().into_iter().find(|a| a.user_id == bob.id).unwrap();
+    assert_eq!(account.api_key_id, Some(old_key.id));
 }

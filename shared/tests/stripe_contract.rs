@@ -7,7 +7,7 @@ use std::sync::Arc;
 use paykey::adapters::memory::{MemoryPayments, Meter};
 use paykey::adapters::stripe::StripePayments;
 use paykey::config::{Secret, StripeConfig};
-use paykey::domain::{CustomerId, LookupKey, SessionId, SubscriptionId, UserName};
+use paykey::domain::{CustomerId, LookupKey, SessionId, SubscriptionId, User, UserId, UserName};
 use paykey::ports::{NewCheckout, Payments, PriceInfo, SubscriptionStatus};
 
 /// What a test needs from each side beyond the port: a catalog, a payer, a canceller.
@@ -73,7 +73,7 @@ impl Driver for Emulated {
     }
 }
 
-fn checkout<'a>(price: &'a str, user: &'a UserName, customer: Option<&'a CustomerId>, key: &str) -> NewCheckout<'a> {
+fn checkout<'a>(price: &'a str, user: &'a User, customer: Option<&'a CustomerId>, key: &str) -> NewCheckout<'a> {
     NewCheckout {
         price_id: price,
         user,
@@ -84,6 +84,13 @@ fn checkout<'a>(price: &'a str, user: &'a UserName, customer: Option<&'a Custome
     }
 }
 
+fn user(name: &str) -> User {
+    User {
+        id: UserId::parse(&format!("0000{}-0000-4000-8000-000000000000", name.len())).unwrap(),
+        name: UserName::parse(name).unwrap(),
+    }
+}
+
 async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     let key = LookupKey::parse(&format!("Pro{}", uuid::Uuid::new_v4().simple())).unwrap();
     assert_eq!(p.find_price(&key).await.unwrap(), None, "unknown lookup key");
@@ -91,7 +98,7 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     let found = p.find_price(&key).await.unwrap().expect("price by lookup key");
     assert_eq!(found, price);
 
-    let alice = UserName::parse("alice").unwrap();
+    let alice = user("alice");
     let a = p.create_checkout(checkout(&price.id, &alice, None, "idem-a")).await.unwrap();
     assert!(a.id.as_str().starts_with("cs_test_"), "{:?}", a.id);
     assert!(a.url.starts_with("http"), "{}", a.url);
@@ -102,7 +109,7 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
 
     let state = p.get_checkout(&a.id).await.unwrap().expect("created session");
     assert!(!state.paid);
-    assert_eq!(state.client_reference_id.as_deref(), Some("alice"));
+    assert_eq!(state.client_reference_id.as_deref(), Some(alice.id.as_str()), "Stripe's reference is the sub");
     assert_eq!(state.customer, None);
     assert_eq!(p.get_checkout(&SessionId::parse("cs_test_nope").unwrap()).await.unwrap(), None);
 
@@ -116,6 +123,7 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     assert_eq!(sub.status, SubscriptionStatus::Active);
     assert_eq!(sub.customer, customer);
     assert_eq!(sub.user_name.as_deref(), Some("alice"), "metadata set at checkout");
+    assert_eq!(sub.user_id.as_deref(), Some(alice.id.as_str()), "the sub too");
     assert!(!sub.cancel_at_period_end);
     assert!(sub.period_end.is_some());
     assert_eq!(p.get_subscription(&SubscriptionId::parse("sub_nope").unwrap()).await.unwrap(), None);
@@ -200,8 +208,8 @@ async fn the_emulator_refuses_a_bad_key_and_a_reused_idempotency_key_with_other_
         price_cache: std::time::Duration::ZERO,
     })
     .unwrap();
-    let alice = UserName::parse("alice").unwrap();
-    let bob = UserName::parse("bob").unwrap();
+    let alice = user("alice");
+    let bob = user("bob");
     good.create_checkout(checkout(&price.id, &alice, None, "same-key")).await.unwrap();
     let err = good.create_checkout(checkout(&price.id, &bob, None, "same-key")).await.unwrap_err();
     assert!(err.message.contains("idempotency"), "{err}");
@@ -227,7 +235,7 @@ async fn connect_destination_and_fee_are_passed_to_the_subscription() {
     let connect = paykey::config::connect(&env).unwrap();
     assert_eq!(connect, Some(Connect { destination: "acct_1Tutor".into(), application_fee_percent: Some(12.5) }));
     let p = StripePayments::new(&cfg).unwrap().with_connect(connect);
-    let alice = UserName::parse("alice").unwrap();
+    let alice = user("alice");
     let s = p.create_checkout(checkout(&price.id, &alice, None, "connect-1")).await.unwrap();
     d.pay(&s.id);
     let sub_id = p.get_checkout(&s.id).await.unwrap().unwrap().subscription.unwrap();
@@ -260,7 +268,7 @@ async fn stripe_calls_retry_429_5xx_and_lost_answers_with_the_same_idempotency_k
     let stripe = StripePayments::new(&cfg).unwrap();
     let d = Emulated(emu);
     let price = d.add_price("RetryPro", 980, "jpy");
-    let alice = UserName::parse("alice").unwrap();
+    let alice = user("alice");
     let shared = &d.0.shared;
     let sessions = |shared: &stripe_emulator::Shared| shared.export()["sessions"].as_object().unwrap().len();
 

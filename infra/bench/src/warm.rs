@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use paykey::adapters::cached::CachedPrices;
 use paykey::adapters::memory::{MemoryKeys, MemoryPayments, MemoryStore, MemoryUsers, Meter};
-use paykey::domain::{LookupKey, OneTimeKey, Plan, SessionId, UserName};
+use paykey::domain::{LookupKey, OneTimeKey, Plan, SessionId, User, UserName};
 use paykey::flows::{self, CheckoutRequest, Settings};
 use paykey::handlers::{self, App};
 use paykey::ports::{KeyRegistry, NewCheckout, Payments, RandomIds, SessionStore, SystemClock, UserDirectory};
@@ -33,7 +33,7 @@ fn app(meter: &Arc<Meter>) -> BenchApp {
     }
 }
 
-async fn paid_session(a: &BenchApp, user: &UserName) -> (SessionId, OneTimeKey) {
+async fn paid_session(a: &BenchApp, user: &User) -> (SessionId, OneTimeKey) {
     let started =
         flows::start_checkout(&a.users, &a.payments, &a.store, a.ctx(), user, CheckoutRequest::new("FMMailPro"))
             .await
@@ -63,14 +63,12 @@ pub async fn round_trips() -> String {
     // verification
     let meter = Meter::new();
     let a = app(&meter);
-    let alice = UserName::parse("alice").expect("name");
-    a.users.add_user(&alice);
+    let alice = a.users.add_user(&UserName::parse("alice").expect("name"));
     let (id, key) = paid_session(&a, &alice).await;
     let ours =
         timed(&meter, flows::complete_checkout(&a.store, &a.keys, &a.users, &a.payments, a.ctx(), &id, Some(&key)))
             .await;
-    let bob = UserName::parse("bob").expect("name");
-    a.users.add_user(&bob);
+    let bob = a.users.add_user(&UserName::parse("bob").expect("name"));
     let (id2, _) = paid_session(&a, &bob).await;
     let reference = timed(&meter, async {
         // Stripe retrieve, DynamoDB get, CreateApiKey, CreateUsagePlanKey, DynamoDB put,
@@ -82,7 +80,7 @@ pub async fn round_trips() -> String {
         let now = chrono::Utc::now();
         a.store.mark_event("put-stand-in", "x", now).await.expect("put");
         a.store.claim(&id2, "t", now, now).await.expect("update");
-        a.users.set_plan(&bob, Plan::Pro, state.customer.as_ref()).await.expect("cognito");
+        a.users.set_plan(&bob.name, Plan::Pro, state.customer.as_ref()).await.expect("cognito");
     })
     .await;
     md.push_str(&format!(
@@ -91,8 +89,7 @@ pub async fn round_trips() -> String {
     ));
 
     // checkout, warm price cache
-    let carol = UserName::parse("carol").expect("name");
-    a.users.add_user(&carol);
+    let carol = a.users.add_user(&UserName::parse("carol").expect("name"));
     a.payments.find_price(&LookupKey::parse("FMMailPro").expect("key")).await.expect("warm the cache");
     let ours = timed(&meter, async {
         flows::start_checkout(&a.users, &a.payments, &a.store, a.ctx(), &carol, CheckoutRequest::new("FMMailPro"))
@@ -123,7 +120,8 @@ pub async fn round_trips() -> String {
         let now = chrono::Utc::now();
         let r = paykey::domain::CheckoutRecord {
             session_id: s.id,
-            user_name: carol.clone(),
+            user_id: Some(carol.id.clone()),
+            user_name: carol.name.clone(),
             one_time_key: OneTimeKey::new_random(),
             paid: false,
             status: paykey::domain::CheckoutStatus::Pending,
@@ -146,7 +144,7 @@ pub async fn round_trips() -> String {
     })
     .await;
     let reference = timed(&meter, async {
-        let c = a.users.get_user(&alice).await.expect("get").expect("user").customer_id.expect("customer");
+        let c = a.users.get_user(&alice.name).await.expect("get").expect("user").customer_id.expect("customer");
         a.payments.create_portal(&c, "https://x", "ref-portal").await.expect("portal");
     })
     .await;
@@ -164,7 +162,7 @@ fn event(
     params: serde_json::Value,
     body: Option<String>,
     headers: serde_json::Value,
-    user: &str,
+    user: &User,
 ) -> String {
     json!({
         "resource": resource, "path": path, "httpMethod": method, "headers": headers, "multiValueHeaders": {},
@@ -173,7 +171,7 @@ fn event(
         "requestContext": {"resourcePath": resource, "httpMethod": method, "path": path, "stage": "prod",
             "requestId": "bench", "accountId": "000000000000", "apiId": "bench", "domainName": "bench.example",
             "identity": {"sourceIp": "127.0.0.1"}, "requestTimeEpoch": 0,
-            "authorizer": {"claims": {"cognito:username": user, "token_use": "id"}}},
+            "authorizer": {"claims": {"cognito:username": user.name.as_str(), "sub": user.id.as_str(), "token_use": "id"}}},
         "body": body, "isBase64Encoded": false,
     })
     .to_string()
@@ -193,10 +191,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn setup() -> (BenchApp, Vec<(&'static str, String)>) {
     let meter = Meter::new();
     let a = app(&meter);
-    let alice = UserName::parse("alice").expect("name");
-    let dave = UserName::parse("dave").expect("name");
-    a.users.add_user(&alice);
-    a.users.add_user(&dave);
+    let alice = a.users.add_user(&UserName::parse("alice").expect("name"));
+    let dave = a.users.add_user(&UserName::parse("dave").expect("name"));
     let (id, key) = paid_session(&a, &alice).await;
     flows::complete_checkout(&a.store, &a.keys, &a.users, &a.payments, a.ctx(), &id, Some(&key)).await.expect("fulfil");
     let t = chrono::Utc::now().timestamp();
@@ -217,7 +213,7 @@ pub async fn setup() -> (BenchApp, Vec<(&'static str, String)>) {
                 json!(null),
                 Some(r#"{"lookup_key":"FMMailPro"}"#.into()),
                 json!({}),
-                "dave",
+                &dave,
             ),
         ),
         (
@@ -229,7 +225,7 @@ pub async fn setup() -> (BenchApp, Vec<(&'static str, String)>) {
                 json!({"session_id": id.as_str(), "one_time_key": key.to_string()}),
                 None,
                 json!({}),
-                "alice",
+                &alice,
             ),
         ),
         (
@@ -241,10 +237,10 @@ pub async fn setup() -> (BenchApp, Vec<(&'static str, String)>) {
                 json!(null),
                 None,
                 json!({}),
-                "alice",
+                &alice,
             ),
         ),
-        ("get-account", event("GET", "/account", "/account", json!(null), None, json!({}), "alice")),
+        ("get-account", event("GET", "/account", "/account", json!(null), None, json!({}), &alice)),
         (
             "stripe-webhook",
             event(
@@ -254,7 +250,7 @@ pub async fn setup() -> (BenchApp, Vec<(&'static str, String)>) {
                 json!(null),
                 Some(payload.clone()),
                 json!({"Stripe-Signature": sig}),
-                "alice",
+                &alice,
             ),
         ),
     ];

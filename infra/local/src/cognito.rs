@@ -286,6 +286,10 @@ impl UserDirectory for LocalCognito {
             return Ok(None);
         };
         Ok(Some(UserProfile {
+            sub: Some(
+                paykey::domain::UserId::parse(&u.sub)
+                    .map_err(|e| BackendError::new(SERVICE, "AdminGetUser", e.to_string()))?,
+            ),
             plan: u.plan_type.as_deref().and_then(|p| p.parse().ok()),
             customer_id: u
                 .stripe_customer_id

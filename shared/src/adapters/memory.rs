@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, IssuedKey, LookupKey, Plan, SessionId,
-    SubscriptionId, UserName, UserProfile,
+    SubscriptionId, User, UserId, UserName, UserProfile,
 };
 use crate::ports::{
     AccountLock, CheckoutState, Claim, Clock, Commit, CreatedCheckout, DuplicateCancelled, Ids, KeyRegistry,
@@ -151,6 +151,8 @@ struct StoreState {
     accounts: BTreeMap<String, AccountSlot>,
     events: BTreeMap<String, DateTime<Utc>>,
     open_checkouts: BTreeMap<String, String>,
+    /// Records an earlier version keyed by user name (name → record, its id a placeholder).
+    legacy: BTreeMap<String, AccountRecord>,
     /// The token whose `fulfil` finished each session (a repeat with it is recognised).
     fulfilled_by: BTreeMap<String, String>,
 }
@@ -159,10 +161,10 @@ impl StoreState {
     /// Replaces the account record, which releases its lock (as a DynamoDB PutItem does).
     fn write_account(&mut self, account: &AccountRecord) {
         self.accounts
-            .insert(account.user_name.as_str().to_string(), AccountSlot { record: Some(account.clone()), lock: None });
+            .insert(account.user_id.as_str().to_string(), AccountSlot { record: Some(account.clone()), lock: None });
     }
 
-    fn holds_lock(&self, user: &UserName, token: &str) -> bool {
+    fn holds_lock(&self, user: &UserId, token: &str) -> bool {
         self.accounts.get(user.as_str()).and_then(|a| a.lock.as_ref()).is_some_and(|(t, _)| t == token)
     }
 }
@@ -205,9 +207,19 @@ impl MemoryStore {
         st.sessions = sessions.into_iter().map(|r| (r.session_id.as_str().to_string(), r)).collect();
         st.accounts = accounts
             .into_iter()
-            .map(|a| (a.user_name.as_str().to_string(), AccountSlot { record: Some(a), lock: None }))
+            .map(|a| (a.user_id.as_str().to_string(), AccountSlot { record: Some(a), lock: None }))
             .collect();
         st.events = events.into_iter().collect();
+    }
+
+    /// Adds a record as an earlier version wrote it: keyed by the user's name.
+    pub fn add_legacy_account(&self, record: AccountRecord) {
+        lock(&self.state).legacy.insert(record.user_name.as_str().to_string(), record);
+    }
+
+    /// Name-keyed records not migrated yet.
+    pub fn legacy_accounts(&self) -> Vec<AccountRecord> {
+        lock(&self.state).legacy.values().cloned().collect()
     }
 
     /// Processed event ids with their expiry, for persisting.
@@ -282,7 +294,7 @@ impl SessionStore for MemoryStore {
             let holds_session = st.sessions.get(id.as_str()).is_some_and(|r| {
                 r.status == CheckoutStatus::Issuing && r.lease.as_ref().is_some_and(|(t, _)| t == token)
             });
-            if holds_session && st.holds_lock(&account.user_name, token) {
+            if holds_session && st.holds_lock(&account.user_id, token) {
                 if let Some(r) = st.sessions.get_mut(id.as_str()) {
                     r.status = CheckoutStatus::Fulfilled;
                     r.paid = true;
@@ -303,7 +315,34 @@ impl SessionStore for MemoryStore {
         Ok(outcome)
     }
 
-    async fn get_account(&self, user: &UserName) -> Result<Option<AccountRecord>> {
+    async fn find_legacy_name_by_customer(&self, customer: &CustomerId) -> Result<Option<UserName>> {
+        self.meter.enter(DDB, "ddb.find_legacy_account").await?;
+        let r = lock(&self.state)
+            .legacy
+            .values()
+            .find(|a| a.customer_id.as_ref() == Some(customer))
+            .map(|a| a.user_name.clone());
+        self.meter.exit(DDB, "ddb.find_legacy_account")?;
+        Ok(r)
+    }
+
+    async fn legacy_account(&self, user: &User) -> Result<Option<AccountRecord>> {
+        self.meter.enter(DDB, "ddb.legacy_account").await?;
+        let r = lock(&self.state)
+            .legacy
+            .get(user.name.as_str())
+            .map(|a| AccountRecord { user_id: user.id.clone(), ..a.clone() });
+        self.meter.exit(DDB, "ddb.legacy_account")?;
+        Ok(r)
+    }
+
+    async fn retire_legacy_account(&self, user: &User) -> Result<()> {
+        self.meter.enter(DDB, "ddb.retire_legacy_account").await?;
+        lock(&self.state).legacy.remove(user.name.as_str());
+        self.meter.exit(DDB, "ddb.retire_legacy_account")
+    }
+
+    async fn get_account(&self, user: &UserId) -> Result<Option<AccountRecord>> {
         self.meter.enter(DDB, "ddb.get_account").await?;
         let r = lock(&self.state).accounts.get(user.as_str()).and_then(|a| a.record.clone());
         self.meter.exit(DDB, "ddb.get_account")?;
@@ -324,7 +363,7 @@ impl SessionStore for MemoryStore {
 
     async fn lock_account(
         &self,
-        user: &UserName,
+        user: &UserId,
         token: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -346,7 +385,7 @@ impl SessionStore for MemoryStore {
         Ok(outcome)
     }
 
-    async fn unlock_account(&self, user: &UserName, token: &str) -> Result<()> {
+    async fn unlock_account(&self, user: &UserId, token: &str) -> Result<()> {
         self.meter.enter(DDB, "ddb.unlock_account").await?;
         {
             let mut st = lock(&self.state);
@@ -363,7 +402,7 @@ impl SessionStore for MemoryStore {
         self.meter.enter(DDB, "ddb.put_account").await?;
         let outcome = {
             let mut st = lock(&self.state);
-            if st.holds_lock(&account.user_name, token) {
+            if st.holds_lock(&account.user_id, token) {
                 st.write_account(account);
                 Commit::Done
             } else {
@@ -409,7 +448,7 @@ impl SessionStore for MemoryStore {
 impl OpenCheckouts for MemoryStore {
     async fn replace_open_checkout(
         &self,
-        user: &UserName,
+        user: &UserId,
         price_id: &str,
         session: &SessionId,
         _expires_at: DateTime<Utc>,
@@ -663,9 +702,27 @@ impl MemoryUsers {
         format!("{:?}", *lock(&self.users))
     }
 
-    /// Adds a user with no custom attributes (what sign-up does).
-    pub fn add_user(&self, user: &UserName) {
-        lock(&self.users).entry(user.as_str().to_string()).or_default();
+    /// Adds a user with a fresh `sub` and no custom attributes (what sign-up does), or returns
+    /// the one holding the name.
+    pub fn add_user(&self, name: &UserName) -> User {
+        let mut users = lock(&self.users);
+        let p = users.entry(name.as_str().to_string()).or_insert_with(|| UserProfile {
+            sub: Some(UserId::parse(&uuid::Uuid::new_v4().to_string()).expect("a uuid is a valid sub")),
+            ..UserProfile::default()
+        });
+        User { id: p.sub.clone().expect("set above"), name: name.clone() }
+    }
+
+    /// Adds a user with a given `sub` (the local Cognito's users).
+    pub fn add_user_with_sub(&self, user: &User) {
+        lock(&self.users)
+            .entry(user.name.as_str().to_string())
+            .or_insert_with(|| UserProfile { sub: Some(user.id.clone()), ..UserProfile::default() });
+    }
+
+    /// Deletes a user (as `DeleteUser` does): the name is free for someone else.
+    pub fn delete_user(&self, name: &UserName) {
+        lock(&self.users).remove(name.as_str());
     }
 }
 
@@ -706,6 +763,8 @@ impl UserDirectory for MemoryUsers {
 #[derive(Clone)]
 struct MemCheckout {
     state: CheckoutState,
+    /// `metadata.user_id` / `metadata.user_name`, copied onto the subscription.
+    user: User,
     price_id: String,
     success_url: String,
     /// Expired (by paykey or by time): it can no longer be paid.
@@ -783,6 +842,7 @@ impl MemoryPayments {
         c.state.customer = Some(customer.clone());
         c.state.subscription = Some(sub_id.clone());
         let state = c.state.clone();
+        let user = c.user.clone();
         let amount = st.prices.values().find(|p| p.id == price_id).and_then(|p| p.unit_amount).unwrap_or(0);
         st.charges.insert(sub_id.as_str().to_string(), Charge { amount, refunded: 0 });
         st.subscriptions.insert(
@@ -793,7 +853,8 @@ impl MemoryPayments {
                 status: SubscriptionStatus::Active,
                 cancel_at_period_end: false,
                 period_end: Some(Utc::now() + chrono::Duration::days(30)),
-                user_name: state.client_reference_id.clone(),
+                user_name: Some(user.name.to_string()),
+                user_id: Some(user.id.to_string()),
             },
         );
         Some(state)
@@ -910,10 +971,11 @@ impl Payments for MemoryPayments {
                         state: CheckoutState {
                             id: id.clone(),
                             paid: false,
-                            client_reference_id: Some(req.user.as_str().to_string()),
+                            client_reference_id: Some(req.user.id.to_string()),
                             customer: req.customer.cloned(),
                             subscription: None,
                         },
+                        user: req.user.clone(),
                         price_id: req.price_id.to_string(),
                         success_url: req.success_url.clone(),
                         expired: false,

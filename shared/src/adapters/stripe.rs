@@ -164,6 +164,7 @@ fn subscription_state(sub: &stripe_shared::Subscription, op: &'static str) -> Re
         cancel_at_period_end: sub.cancel_at_period_end || sub.cancel_at.is_some(),
         period_end,
         user_name: sub.metadata.get("user_name").cloned(),
+        user_id: sub.metadata.get("user_id").cloned(),
     })
 }
 
@@ -258,7 +259,10 @@ impl Payments for StripePayments {
 
     async fn create_checkout(&self, req: NewCheckout<'_>) -> Result<CreatedCheckout> {
         const OP: &str = "POST /v1/checkout/sessions";
-        let metadata = HashMap::from([("user_name".to_string(), req.user.to_string())]);
+        let metadata = HashMap::from([
+            ("user_id".to_string(), req.user.id.to_string()),
+            ("user_name".to_string(), req.user.name.to_string()),
+        ]);
         let mut item = CreateCheckoutSessionLineItems::new();
         item.price = Some(req.price_id.to_string());
         item.quantity = Some(1);
@@ -277,7 +281,7 @@ impl Payments for StripePayments {
             .line_items(vec![item])
             .success_url(req.success_url)
             .cancel_url(req.cancel_url)
-            .client_reference_id(req.user.to_string())
+            .client_reference_id(req.user.id.to_string())
             .metadata(metadata)
             .subscription_data(sub);
         if let Some(c) = req.customer {

@@ -37,6 +37,10 @@ pub enum Error {
     PriceNotFound(String),
     #[error("the signed-in user does not exist in the user pool")]
     UserNotFound,
+    /// The user a record belongs to no longer holds their name (deleted; the name may be
+    /// someone else's now): nothing is written for them.
+    #[error("the checkout's user no longer exists")]
+    UserGone,
     #[error("the user is already on the PRO plan")]
     AlreadyPro,
     #[error("the user has no Stripe customer yet: subscribe first")]
@@ -58,6 +62,7 @@ impl Error {
             Error::LookupKeyNotAllowed(_) => 400,
             Error::PriceNotFound(_) => 404,
             Error::UserNotFound => 404,
+            Error::UserGone => 410,
             Error::AlreadyPro => 409,
             Error::NoCustomer => 409,
             Error::BadSignature(_) => 400,
@@ -74,6 +79,7 @@ impl Error {
             Error::LookupKeyNotAllowed(_) => "lookup_key_not_allowed",
             Error::PriceNotFound(_) => "price_not_found",
             Error::UserNotFound => "user_not_found",
+            Error::UserGone => "user_gone",
             Error::AlreadyPro => "already_pro",
             Error::NoCustomer => "no_customer",
             Error::BadSignature(_) => "bad_signature",

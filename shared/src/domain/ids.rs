@@ -80,6 +80,43 @@ impl UserName {
 }
 
 string_id!(
+    /// A Cognito user's `sub`: immutable and never reused, unlike the user name, which Cognito
+    /// frees when a user is deleted. Every record is bound to it. 1–128 ASCII letters, digits
+    /// and dashes (Cognito issues UUIDs).
+    UserId
+);
+
+impl UserId {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        const WHAT: &str = "user id (sub)";
+        if s.is_empty() {
+            return Err(err(WHAT, "is empty"));
+        }
+        if s.len() > 128 {
+            return Err(err(WHAT, "is longer than 128 characters"));
+        }
+        if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(err(WHAT, "has characters other than letters, digits and dashes"));
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// A user: the immutable id every record is keyed on, and the current name, which the user
+/// directory's admin calls take and the pages show.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub name: UserName,
+}
+
+impl std::fmt::Display for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.id)
+    }
+}
+
+string_id!(
     /// A Stripe Checkout Session id: `cs_` followed by letters, digits and underscores.
     SessionId
 );

@@ -5,5 +5,5 @@ mod ids;
 mod records;
 
 pub use error::{BackendError, Error};
-pub use ids::{CustomerId, IdError, LookupKey, OneTimeKey, SessionId, SubscriptionId, UserName};
+pub use ids::{CustomerId, IdError, LookupKey, OneTimeKey, SessionId, SubscriptionId, User, UserId, UserName};
 pub use records::{AccountRecord, CheckoutRecord, CheckoutStatus, IssuedKey, Plan, UserProfile};

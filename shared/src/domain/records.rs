@@ -4,7 +4,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{CustomerId, OneTimeKey, SessionId, SubscriptionId, UserName};
+use super::{CustomerId, OneTimeKey, SessionId, SubscriptionId, User, UserId, UserName};
 
 /// The plan a user is on, as written to `custom:plan_type` and the API keys table (`Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,8 @@ impl FromStr for CheckoutStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckoutRecord {
     pub session_id: SessionId,
+    /// The user's `sub`; `None` for sessions the Python version wrote (found by name).
+    pub user_id: Option<UserId>,
     pub user_name: UserName,
     pub one_time_key: OneTimeKey,
     pub paid: bool,
@@ -93,6 +95,9 @@ pub struct CheckoutRecord {
 /// One row of the API keys table: the user's plan and the id (not the value) of their key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRecord {
+    /// The key of the record (the user's `sub`).
+    pub user_id: UserId,
+    /// The user's name when the record was written (for the directory's admin calls).
     pub user_name: UserName,
     pub plan: Plan,
     pub api_key_id: Option<String>,
@@ -110,9 +115,10 @@ pub struct AccountRecord {
 
 impl AccountRecord {
     /// A FREE record with nothing else known.
-    pub fn new(user_name: UserName, updated_at: DateTime<Utc>) -> Self {
+    pub fn new(user: &User, updated_at: DateTime<Utc>) -> Self {
         Self {
-            user_name,
+            user_id: user.id.clone(),
+            user_name: user.name.clone(),
             plan: Plan::Free,
             api_key_id: None,
             customer_id: None,
@@ -129,13 +135,27 @@ impl AccountRecord {
 /// What the user directory (Cognito) knows about a user.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct UserProfile {
+    /// The `sub` of the user who holds the name now.
+    pub sub: Option<UserId>,
     pub plan: Option<Plan>,
     pub customer_id: Option<CustomerId>,
 }
 
 impl UserProfile {
+    /// Whether this profile is `user`'s: the name is held by the same `sub`. A name freed by a
+    /// deleted user and taken by someone else is not.
+    pub fn is(&self, user: &User) -> bool {
+        self.sub.as_ref() == Some(&user.id)
+    }
+
     pub fn plan(&self) -> Plan {
         self.plan.unwrap_or(Plan::Free)
+    }
+}
+
+impl AccountRecord {
+    pub fn user(&self) -> User {
+        User { id: self.user_id.clone(), name: self.user_name.clone() }
     }
 }
 

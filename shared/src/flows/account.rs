@@ -1,6 +1,6 @@
 use serde::Serialize;
 
-use crate::domain::{Error, Plan, UserName};
+use crate::domain::{Error, Plan, User};
 use crate::ports::{KeyRegistry, SessionStore, UserDirectory};
 
 /// Answer of `GET /account`.
@@ -29,14 +29,15 @@ pub struct ApiKeyView {
 /// values it has read (`CachedKeyValues`), so a page view costs no control-plane call once
 /// the container has shown that key. Whether the key is enabled comes from the account
 /// record, which the same flows write when they enable or disable it.
-pub async fn get_account<S, K, U>(store: &S, keys: &K, users: &U, user: &UserName) -> Result<AccountView, Error>
+pub async fn get_account<S, K, U>(store: &S, keys: &K, users: &U, user: &User) -> Result<AccountView, Error>
 where
     S: SessionStore,
     K: KeyRegistry,
     U: UserDirectory,
 {
-    let (account, profile) = tokio::try_join!(store.get_account(user), users.get_user(user))?;
-    let profile = profile.ok_or(Error::UserNotFound)?;
+    // Keyed by the caller's sub: a new user who took a deleted user's name sees nothing of theirs.
+    let (account, profile) = tokio::try_join!(store.get_account(&user.id), users.get_user(&user.name))?;
+    let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
     let api_key = match account.as_ref().and_then(|a| a.api_key_id.as_deref().map(|id| (a, id))) {
         Some((a, id)) => keys.key_value(id).await?.map(|value| ApiKeyView {
             id: id.to_string(),
@@ -46,7 +47,7 @@ where
         None => None,
     };
     Ok(AccountView {
-        user_name: user.to_string(),
+        user_name: user.name.to_string(),
         plan: profile.plan(),
         subscription_status: account.as_ref().and_then(|a| a.subscription_status.clone()),
         cancel_at_period_end: account.as_ref().is_some_and(|a| a.cancel_at_period_end),

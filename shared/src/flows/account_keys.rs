@@ -6,7 +6,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use super::Ctx;
-use crate::domain::{AccountRecord, Error, IssuedKey, UserName};
+use crate::domain::{AccountRecord, Error, IssuedKey, User};
 use crate::ports::{AccountLock, KeyRegistry, SessionStore};
 
 /// The user's one enabled PRO key: the recorded one, else one with the user's key name, else
@@ -85,7 +85,7 @@ pub(crate) async fn revoke_pro_keys<K: KeyRegistry>(
 pub(crate) async fn lock_account_waiting<S: SessionStore>(
     store: &S,
     ctx: Ctx<'_>,
-    user: &UserName,
+    user: &User,
     token: &str,
     first_try: Option<AccountLock>,
 ) -> Result<Option<AccountRecord>, Error> {
@@ -97,7 +97,7 @@ pub(crate) async fn lock_account_waiting<S: SessionStore>(
             Some(o) => o,
             None => {
                 let now = ctx.clock.now();
-                store.lock_account(user, token, now, lease_until(ctx, now)).await?
+                store.lock_account(&user.id, token, now, lease_until(ctx, now)).await?
             }
         };
         match outcome {
@@ -117,13 +117,13 @@ pub(crate) async fn try_lock_with_key_lookup<S: SessionStore, K: KeyRegistry>(
     store: &S,
     keys: &K,
     ctx: Ctx<'_>,
-    user: &UserName,
+    user: &User,
     token: &str,
     key_name: &str,
 ) -> Result<(AccountLock, Vec<IssuedKey>), Error> {
     let now = ctx.clock.now();
     let (lock, named) =
-        tokio::join!(store.lock_account(user, token, now, lease_until(ctx, now)), keys.find_by_name(key_name));
+        tokio::join!(store.lock_account(&user.id, token, now, lease_until(ctx, now)), keys.find_by_name(key_name));
     match (lock, named) {
         (Ok(l), Ok(n)) => Ok((l, n)),
         (l, n) => {
@@ -135,18 +135,28 @@ pub(crate) async fn try_lock_with_key_lookup<S: SessionStore, K: KeyRegistry>(
     }
 }
 
+/// The user's account as the lock returned it, the user's keys by name, and whether the
+/// record came from a name-keyed record of an earlier version (then the caller retires that
+/// one after writing the new record).
+pub(crate) struct Locked {
+    pub account: Option<AccountRecord>,
+    pub named: Vec<IssuedKey>,
+    pub from_legacy: bool,
+}
+
 /// Finishes taking the lock from a first attempt (waiting a little for another holder) and
 /// returns the account record and the user's keys by name. After a wait the keys are looked
-/// up again: the holder we waited for (or crashed one) may have created a key meanwhile.
+/// up again: the holder we waited for (or crashed one) may have created a key meanwhile. A
+/// user with no record of their own gets the record an earlier version keyed by their name.
 pub(crate) async fn finish_locking<S: SessionStore, K: KeyRegistry>(
     store: &S,
     keys: &K,
     ctx: Ctx<'_>,
-    user: &UserName,
+    user: &User,
     token: &str,
     key_name: &str,
     first: (AccountLock, Vec<IssuedKey>),
-) -> Result<(Option<AccountRecord>, Vec<IssuedKey>), Error> {
+) -> Result<Locked, Error> {
     let (lock, named) = first;
     let waited = matches!(lock, AccountLock::Busy);
     let account = lock_account_waiting(store, ctx, user, token, Some(lock)).await?;
@@ -161,7 +171,33 @@ pub(crate) async fn finish_locking<S: SessionStore, K: KeyRegistry>(
     } else {
         named
     };
-    Ok((account, named))
+    Ok(Locked { account, named, from_legacy: false })
+}
+
+impl Locked {
+    /// A user with no record of their own takes over the record an earlier version keyed by
+    /// their name, if there is one (one DynamoDB read, only while the user has no record: the
+    /// caller runs it beside its other reads).
+    pub(crate) async fn adopt_legacy<S: SessionStore>(&mut self, store: &S, user: &User) -> Result<(), Error> {
+        if self.account.is_none() {
+            if let Some(legacy) = store.legacy_account(user).await? {
+                tracing::info!(user = %user, "adopting the record an earlier version keyed by the user name");
+                self.account = Some(legacy);
+                self.from_legacy = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// After the new record is written: the name-keyed one is retired (best effort; while it is
+/// not, it is never read, as the user now has a record of their own).
+pub(crate) async fn retire_legacy<S: SessionStore>(store: &S, user: &User, locked_from_legacy: bool) {
+    if locked_from_legacy {
+        if let Err(e) = store.retire_legacy_account(user).await {
+            tracing::warn!(user = %user, error = %e, "could not retire the name-keyed record; it is never read again");
+        }
+    }
 }
 
 /// The user's account lock and keys by name: [`try_lock_with_key_lookup`] then
@@ -170,10 +206,10 @@ pub(crate) async fn lock_with_key_lookup<S: SessionStore, K: KeyRegistry>(
     store: &S,
     keys: &K,
     ctx: Ctx<'_>,
-    user: &UserName,
+    user: &User,
     token: &str,
     key_name: &str,
-) -> Result<(Option<AccountRecord>, Vec<IssuedKey>), Error> {
+) -> Result<Locked, Error> {
     let first = try_lock_with_key_lookup(store, keys, ctx, user, token, key_name).await?;
     finish_locking(store, keys, ctx, user, token, key_name, first).await
 }
@@ -184,8 +220,8 @@ pub(crate) fn lease_until(ctx: Ctx<'_>, now: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Releases the lock after a failure, so a retry need not wait for the lease to expire. Best
 /// effort: a crash leaves the lease to expire instead.
-pub(crate) async fn release<S: SessionStore>(store: &S, user: &UserName, token: &str) {
-    if let Err(e) = store.unlock_account(user, token).await {
+pub(crate) async fn release<S: SessionStore>(store: &S, user: &User, token: &str) {
+    if let Err(e) = store.unlock_account(&user.id, token).await {
         tracing::warn!(user = %user, error = %e, "could not release the account lock; it expires with its lease");
     }
 }

@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{chrono_duration, Ctx};
-use crate::domain::{CheckoutRecord, CheckoutStatus, CustomerId, Error, LookupKey, OneTimeKey, Plan, UserName};
+use crate::domain::{CheckoutRecord, CheckoutStatus, CustomerId, Error, LookupKey, OneTimeKey, Plan, User};
 use crate::ports::{NewCheckout, OpenCheckouts, Payments, SessionStore, UserDirectory};
 
 /// Body of `POST /checkout-sessions`.
@@ -44,7 +44,7 @@ pub async fn start_checkout<U, P, S>(
     payments: &P,
     sessions: &S,
     ctx: Ctx<'_>,
-    user: &UserName,
+    user: &User,
     request: CheckoutRequest,
 ) -> Result<CheckoutStarted, Error>
 where
@@ -62,10 +62,11 @@ where
     let one_time_key = ctx.ids.one_time_key();
     let hint = request.customer_hint.as_ref();
     let (profile, created) = tokio::try_join!(
-        users.get_user(user),
+        users.get_user(&user.name),
         payments.create_checkout(new_checkout(&price.id, user, hint, ctx, &one_time_key, "a"))
     )?;
-    let profile = profile.ok_or(Error::UserNotFound)?;
+    // The name's holder must be the caller (`sub`), not a deleted user's successor.
+    let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
     if profile.plan() == Plan::Pro {
         return Err(Error::AlreadyPro);
     }
@@ -84,7 +85,8 @@ where
     let open_until = now + chrono::Duration::hours(24);
     let record = CheckoutRecord {
         session_id: created.id.clone(),
-        user_name: user.clone(),
+        user_id: Some(user.id.clone()),
+        user_name: user.name.clone(),
         one_time_key,
         paid: false,
         status: CheckoutStatus::Pending,
@@ -95,7 +97,7 @@ where
     };
     let ((), previous) = tokio::try_join!(
         sessions.put_new(&record),
-        sessions.replace_open_checkout(user, &price.id, &created.id, open_until)
+        sessions.replace_open_checkout(&user.id, &price.id, &created.id, open_until)
     )?;
     if let Some(previous) = previous.filter(|p| p != &created.id) {
         match payments.expire_checkout(&previous).await {
@@ -114,7 +116,7 @@ where
 
 fn new_checkout<'a>(
     price_id: &'a str,
-    user: &'a UserName,
+    user: &'a User,
     customer: Option<&'a CustomerId>,
     ctx: Ctx<'_>,
     one_time_key: &OneTimeKey,

@@ -17,7 +17,7 @@
 
 use super::lifecycle::{converge, SyncOutcome};
 use super::{account_keys, Ctx};
-use crate::domain::{BackendError, CheckoutStatus, Error, OneTimeKey, SessionId};
+use crate::domain::{BackendError, CheckoutStatus, Error, OneTimeKey, SessionId, User};
 use crate::ports::{AccountLock, Claim, Commit, KeyRegistry, Payments, SessionStore, UserDirectory};
 
 /// Why a verification was turned away (the user is sent to the cancel page; nothing written).
@@ -98,7 +98,12 @@ where
     let Some(state) = payments.get_checkout(session_id).await?.filter(|s| s.paid) else {
         return Ok(Completion::Rejected(Rejection::Unpaid));
     };
-    if state.client_reference_id.as_deref() != Some(record.user_name.as_str()) {
+    // Stripe's reference is the user's sub (a session of an earlier version: the user name).
+    let reference = match &record.user_id {
+        Some(id) => id.as_str(),
+        None => record.user_name.as_str(),
+    };
+    if state.client_reference_id.as_deref() != Some(reference) {
         tracing::warn!(session_id = %session_id, "checkout session belongs to another user");
         return Ok(Completion::Rejected(Rejection::UserMismatch));
     }
@@ -109,7 +114,14 @@ where
             "a paid checkout session has no subscription",
         ))
     })?;
-    let user = record.user_name.clone();
+    let user = match &record.user_id {
+        Some(id) => User { id: id.clone(), name: record.user_name.clone() },
+        // A session of an earlier version names only the user: bind it to the name's holder.
+        None => match users.get_user(&record.user_name).await?.and_then(|p| p.sub) {
+            Some(id) => User { id, name: record.user_name.clone() },
+            None => return Ok(Completion::Rejected(Rejection::UserMismatch)),
+        },
+    };
     let key_name = settings.key_name(&user);
 
     // Round trip 3: take the session's lease and the user's account lock (which returns the
@@ -147,16 +159,29 @@ where
     }
 
     let result = async {
-        let (account, named) =
-            account_keys::finish_locking(store, keys, ctx, &user, &token, &key_name, first_lock?).await?;
-        // Round trip 4: the subscription as it stands now, read under the lock.
-        let current = payments.get_subscription(&subscription).await?.ok_or_else(|| {
+        let mut locked = account_keys::finish_locking(store, keys, ctx, &user, &token, &key_name, first_lock?).await?;
+        // Round trip 4: the subscription as it stands now, read under the lock; whether the
+        // user still holds their name (a deleted user's name may be someone else's now); and,
+        // for a user without a record, one an earlier version keyed by the name.
+        let (current, profile, ()) = tokio::try_join!(
+            async { payments.get_subscription(&subscription).await.map_err(Error::from) },
+            async { users.get_user(&user.name).await.map_err(Error::from) },
+            locked.adopt_legacy(store, &user),
+        )?;
+        let current = current.ok_or_else(|| {
             BackendError::new("stripe", "stripe.get_subscription", "the paid session's subscription does not exist")
         })?;
+        if !profile.is_some_and(|p| p.is(&user)) {
+            return Err(Error::UserGone);
+        }
         // Round trips 5–6: the key found or created and enabled; attach and Cognito side by side.
-        let (next, outcome) = converge(keys, users, payments, ctx, &user, &key_name, &named, account, current).await?;
+        let (next, outcome) =
+            converge(keys, users, payments, ctx, &user, &key_name, &locked.named, locked.account, current).await?;
         // Round trip 7: session FULFILLED and account record, in one transaction.
         let commit = store.fulfil(session_id, &token, &next, ctx.clock.now()).await?;
+        if commit == Commit::Done {
+            account_keys::retire_legacy(store, &user, locked.from_legacy).await;
+        }
         Ok::<_, Error>((next, outcome, commit))
     }
     .await;

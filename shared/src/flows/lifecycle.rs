@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{account_keys, chrono_duration, complete_checkout, Completion, Ctx, Rejection};
-use crate::domain::{AccountRecord, Error, Plan, SubscriptionId, UserName};
+use crate::domain::{AccountRecord, Error, Plan, SubscriptionId, User, UserId, UserName};
 use crate::ports::{
     EventSubject, KeyRegistry, Payments, SessionStore, StripeEvent, SubscriptionState, SubscriptionStatus,
     UserDirectory,
@@ -29,18 +29,18 @@ pub enum EventOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncOutcome {
     /// The user is PRO with one enabled, attached key.
-    Pro { user: UserName },
+    Pro { user: User },
     /// The user was downgraded (or stays FREE); keys disabled and detached.
-    Free { user: UserName },
+    Free { user: User },
     /// The status asks for no change (e.g. `incomplete`: first payment pending).
-    Unchanged { user: UserName },
+    Unchanged { user: User },
     /// No paykey user has this subscription's customer.
     UnknownCustomer,
     /// Stripe does not know the subscription.
     UnknownSubscription,
     /// The subscription was a second one for a user who has one already: cancelled, its
     /// charge refunded (`refunded`, minor units, by this call); the user stays on the first.
-    DuplicateCancelled { user: UserName, cancelled: SubscriptionId, refunded: i64 },
+    DuplicateCancelled { user: User, cancelled: SubscriptionId, refunded: i64 },
 }
 
 /// The plan a subscription status grants, or `None` for "leave it as it is".
@@ -108,7 +108,17 @@ where
     let outcome = if CHECKOUT_EVENTS.contains(&kind) {
         match &event.subject {
             EventSubject::Checkout(session_id) => {
-                match complete_checkout(store, keys, users, payments, ctx, session_id, None).await? {
+                let completed = match complete_checkout(store, keys, users, payments, ctx, session_id, None).await {
+                    // The user deleted themselves (their name may be someone else's now): a
+                    // retry cannot change that, so it is answered 200 (a 4xx would end with
+                    // Stripe disabling the endpoint) and logged.
+                    Err(Error::UserGone) => {
+                        tracing::warn!(event_id = %event.id, session_id = %session_id, "checkout of a deleted user; nothing written");
+                        Completion::Rejected(Rejection::UserMismatch)
+                    }
+                    other => other?,
+                };
+                match completed {
                     Completion::Issued { api_key_id } => EventOutcome::Processed(format!("issued key {api_key_id}")),
                     Completion::AlreadyFulfilled => EventOutcome::Processed("already fulfilled".into()),
                     Completion::Rejected(Rejection::UnknownSession) => {
@@ -138,16 +148,17 @@ where
         match sub {
             None => EventOutcome::Ignored("not about a subscription".into()),
             Some(id) => match sync_subscription(store, keys, users, payments, ctx, &id).await? {
-                SyncOutcome::Pro { user } => EventOutcome::Processed(format!("{user} is PRO")),
-                SyncOutcome::Free { user } => EventOutcome::Processed(format!("{user} is FREE")),
-                SyncOutcome::Unchanged { user } => EventOutcome::Processed(format!("{user} unchanged")),
+                SyncOutcome::Pro { user } => EventOutcome::Processed(format!("{} is PRO", user.name)),
+                SyncOutcome::Free { user } => EventOutcome::Processed(format!("{} is FREE", user.name)),
+                SyncOutcome::Unchanged { user } => EventOutcome::Processed(format!("{} unchanged", user.name)),
                 SyncOutcome::UnknownCustomer => {
                     tracing::warn!(event_id = %event.id, subscription = %id, "event for a customer paykey does not know");
                     EventOutcome::Ignored("unknown customer".into())
                 }
                 SyncOutcome::UnknownSubscription => EventOutcome::Ignored("unknown subscription".into()),
                 SyncOutcome::DuplicateCancelled { user, cancelled, refunded } => EventOutcome::Processed(format!(
-                    "{user} keeps the current subscription; duplicate {cancelled} cancelled, {refunded} refunded"
+                    "{} keeps the current subscription; duplicate {cancelled} cancelled, {refunded} refunded",
+                    user.name
                 )),
             },
         }
@@ -180,30 +191,31 @@ where
     let Some(state) = payments.get_subscription(subscription).await? else {
         return Ok(SyncOutcome::UnknownSubscription);
     };
-    let user = match state.user_name.as_deref().and_then(|u| UserName::parse(u).ok()) {
-        Some(u) => Some(u),
-        None => store.find_account_by_customer(&state.customer).await?.map(|a| a.user_name),
-    };
-    let Some(user) = user else {
+    let Some(user) = subscriber(store, users, &state).await? else {
         return Ok(SyncOutcome::UnknownCustomer);
     };
-    if users.get_user(&user).await?.is_none() {
-        return Ok(SyncOutcome::UnknownCustomer);
-    }
-
     let token = ctx.ids.token();
     let key_name = ctx.settings.key_name(&user);
-    let (account, named) = account_keys::lock_with_key_lookup(store, keys, ctx, &user, &token, &key_name).await?;
+    let mut locked = account_keys::lock_with_key_lookup(store, keys, ctx, &user, &token, &key_name).await?;
     let result = async {
         // Read the subscription again now that we hold the lock: a state read before it may
         // already be older than what another event applied meanwhile.
-        let Some(state) = payments.get_subscription(subscription).await? else {
+        let (state, ()) = tokio::try_join!(
+            async { payments.get_subscription(subscription).await.map_err(Error::from) },
+            locked.adopt_legacy(store, &user),
+        )?;
+        let from_legacy = locked.from_legacy;
+        let Some(state) = state else {
             account_keys::release(store, &user, &token).await;
             return Ok(SyncOutcome::UnknownSubscription);
         };
-        let (next, outcome) = converge(keys, users, payments, ctx, &user, &key_name, &named, account, state).await?;
+        let (next, outcome) =
+            converge(keys, users, payments, ctx, &user, &key_name, &locked.named, locked.account, state).await?;
         match store.put_account(&next, &token).await? {
-            crate::ports::Commit::Done => Ok(outcome),
+            crate::ports::Commit::Done => {
+                account_keys::retire_legacy(store, &user, from_legacy).await;
+                Ok(outcome)
+            }
             crate::ports::Commit::LeaseLost => Err(Error::FulfilmentInProgress),
         }
     }
@@ -212,6 +224,47 @@ where
         account_keys::release(store, &user, &token).await;
     }
     result
+}
+
+/// The paykey user a subscription belongs to, and only while they still hold their name in
+/// the user directory (a deleted user's name may belong to someone else now: then `None`, and
+/// nothing is written for them).
+///
+/// Found from `metadata.user_id` (set at checkout), else from an older subscription's
+/// `metadata.user_name`, else through the stored customer id (a record keyed by `sub`, or a
+/// name-keyed record of an earlier version).
+async fn subscriber<S, U>(store: &S, users: &U, state: &SubscriptionState) -> Result<Option<User>, Error>
+where
+    S: SessionStore,
+    U: UserDirectory,
+{
+    let id = state.user_id.as_deref().and_then(|u| UserId::parse(u).ok());
+    let name = state.user_name.as_deref().and_then(|u| UserName::parse(u).ok());
+    let (id, name) = match (id, name) {
+        (Some(id), Some(name)) => (Some(id), name),
+        (None, Some(name)) => (None, name),
+        (_, None) => match store.find_account_by_customer(&state.customer).await? {
+            Some(a) => (Some(a.user_id), a.user_name),
+            None => match store.find_legacy_name_by_customer(&state.customer).await? {
+                Some(name) => (None, name),
+                None => return Ok(None),
+            },
+        },
+    };
+    let Some(profile) = users.get_user(&name).await? else {
+        return Ok(None);
+    };
+    match (id, profile.sub) {
+        (Some(id), Some(sub)) if id == sub => Ok(Some(User { id, name })),
+        (Some(id), _) => {
+            tracing::warn!(user_id = %id, name = %name, "the subscription's user no longer holds the name; nothing written");
+            Ok(None)
+        }
+        // Named only (an older subscription or record): the name's current holder, bound to
+        // their sub from now on.
+        (None, Some(sub)) => Ok(Some(User { id: sub, name })),
+        (None, None) => Ok(None),
+    }
 }
 
 /// The one policy for a user's plan and key, used by the webhooks, the resync and fulfilment
@@ -227,7 +280,7 @@ pub(crate) async fn converge<K, U, P>(
     users: &U,
     payments: &P,
     ctx: Ctx<'_>,
-    user: &UserName,
+    user: &User,
     key_name: &str,
     named: &[crate::domain::IssuedKey],
     account: Option<AccountRecord>,
@@ -240,7 +293,8 @@ where
 {
     let now = ctx.clock.now();
     let grace = ctx.settings.past_due_grace;
-    let mut next = account.unwrap_or_else(|| AccountRecord::new(user.clone(), now));
+    let mut next = account.unwrap_or_else(|| AccountRecord::new(user, now));
+    next.user_name = user.name.clone();
     let mut state = state;
     let mut duplicate = None;
     if let Some(recorded) = next.subscription_id.clone().filter(|r| r != &state.id) {
@@ -277,7 +331,10 @@ where
     let outcome = match desired {
         Some(Plan::Pro) => {
             let key = account_keys::ensure_pro_key(keys, key_name, named, next.api_key_id.as_deref()).await?;
-            tokio::try_join!(keys.attach_to_plan(&key.id), users.set_plan(user, Plan::Pro, Some(&state.customer)))?;
+            tokio::try_join!(
+                keys.attach_to_plan(&key.id),
+                users.set_plan(&user.name, Plan::Pro, Some(&state.customer))
+            )?;
             next.plan = Plan::Pro;
             next.api_key_id = Some(key.id);
             SyncOutcome::Pro { user: user.clone() }
@@ -285,7 +342,7 @@ where
         Some(Plan::Free) => {
             // The customer id is kept: re-subscribing reuses the Stripe customer.
             tokio::try_join!(account_keys::revoke_pro_keys(keys, named, next.api_key_id.as_deref()), async {
-                users.set_plan(user, Plan::Free, Some(&state.customer)).await.map_err(Error::from)
+                users.set_plan(&user.name, Plan::Free, Some(&state.customer)).await.map_err(Error::from)
             },)?;
             next.plan = Plan::Free;
             SyncOutcome::Free { user: user.clone() }
@@ -332,7 +389,7 @@ mod tests {
 /// One user whose plan or key is out of step with Stripe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drift {
-    pub user: UserName,
+    pub user: User,
     pub current: Plan,
     pub desired: Plan,
     pub subscription: Option<SubscriptionId>,
@@ -401,7 +458,12 @@ where
             },
             None => Plan::Free,
         };
-        let current = users.get_user(&account.user_name).await?.map(|p| p.plan()).unwrap_or(Plan::Free);
+        let current = users
+            .get_user(&account.user_name)
+            .await?
+            .filter(|p| p.is(&account.user()))
+            .map(|p| p.plan())
+            .unwrap_or(Plan::Free);
         let key = match &account.api_key_id {
             Some(id) => keys.get(id).await?,
             None => None,
@@ -414,7 +476,7 @@ where
             continue;
         }
         let mut drift = Drift {
-            user: account.user_name.clone(),
+            user: account.user(),
             current,
             desired,
             subscription: chosen.map(|s| s.id.clone()),

@@ -62,8 +62,10 @@ impl Settings {
         }
     }
 
-    pub fn key_name(&self, user: &crate::domain::UserName) -> String {
-        format!("{}{}", self.key_name_prefix, user)
+    /// The user's key name: prefix + `sub` (keys of earlier versions, named after the user
+    /// name, are found through the account record's key id).
+    pub fn key_name(&self, user: &crate::domain::User) -> String {
+        format!("{}{}", self.key_name_prefix, user.id)
     }
 
     pub fn thanks_url(&self) -> String {

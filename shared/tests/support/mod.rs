@@ -7,7 +7,7 @@ use chrono::{TimeZone, Utc};
 use paykey::adapters::memory::{
     ManualClock, MemoryKeys, MemoryPayments, MemoryStore, MemoryUsers, Meter, SequentialIds,
 };
-use paykey::domain::{OneTimeKey, Plan, SessionId, UserName};
+use paykey::domain::{OneTimeKey, Plan, SessionId, User, UserId, UserName};
 use paykey::flows::{self, CheckoutRequest, Completion, Settings};
 use paykey::handlers::App;
 use paykey::ports::{KeyRegistry, UserDirectory};
@@ -43,15 +43,17 @@ impl World {
         Self { meter, clock, app }
     }
 
-    pub fn user(&self, name: &str) -> UserName {
-        let u = UserName::parse(name).unwrap();
-        self.app.users.add_user(&u);
+    /// Signs a user up, with the `sub` [`sub_of`] gives the name (so API Gateway events built
+    /// for the name carry it).
+    pub fn user(&self, name: &str) -> User {
+        let u = User { id: sub_of(name), name: UserName::parse(name).unwrap() };
+        self.app.users.add_user_with_sub(&u);
         u
     }
 
     /// Starts a checkout for `user` and returns (session id, one-time key) as the success URL
     /// carries them.
-    pub async fn checkout(&self, user: &UserName) -> (SessionId, OneTimeKey) {
+    pub async fn checkout(&self, user: &User) -> (SessionId, OneTimeKey) {
         let started = flows::start_checkout(
             &self.app.users,
             &self.app.payments,
@@ -67,7 +69,7 @@ impl World {
         (id, record.one_time_key)
     }
 
-    pub async fn checkout_and_pay(&self, user: &UserName) -> (SessionId, OneTimeKey) {
+    pub async fn checkout_and_pay(&self, user: &User) -> (SessionId, OneTimeKey) {
         let (id, key) = self.checkout(user).await;
         self.app.payments.pay(&id).unwrap();
         (id, key)
@@ -88,20 +90,20 @@ impl World {
 
     /// The invariant after fulfilment: exactly one enabled key for the user, in the plan once,
     /// user PRO with the customer id, the record FULFILLED and the account pointing at the key.
-    pub async fn assert_fulfilled_once(&self, user: &UserName, id: &SessionId) {
+    pub async fn assert_fulfilled_once(&self, user: &User, id: &SessionId) {
         let name = self.app.settings.key_name(user);
         let keys: Vec<_> = self.app.keys.all().into_iter().filter(|k| k.name == name).collect();
         assert_eq!(keys.len(), 1, "exactly one key for {user}: {keys:?}");
         assert!(keys[0].enabled, "the key is enabled");
         let plan = self.app.keys.plan_key_ids().await.unwrap();
         assert_eq!(plan.iter().filter(|k| **k == keys[0].id).count(), 1, "one usage-plan association");
-        let profile = self.app.users.get_user(user).await.unwrap().unwrap();
+        let profile = self.app.users.get_user(&user.name).await.unwrap().unwrap();
         assert_eq!(profile.plan, Some(Plan::Pro));
         assert!(profile.customer_id.is_some(), "customer id written");
         let record = self.app.store.sessions().into_iter().find(|r| &r.session_id == id).unwrap();
         assert_eq!(record.status, paykey::domain::CheckoutStatus::Fulfilled);
         assert!(record.paid);
-        let account = self.app.store.accounts().into_iter().find(|a| &a.user_name == user).unwrap();
+        let account = self.app.store.accounts().into_iter().find(|a| a.user_id == user.id).unwrap();
         assert_eq!(account.api_key_id.as_deref(), Some(keys[0].id.as_str()));
         assert_eq!(account.plan, Plan::Pro);
     }
@@ -145,4 +147,21 @@ pub fn verify_request(session_id: &SessionId, one_time_key: &str) -> lambda_http
     v["requestContext"].as_object_mut().unwrap().remove("authorizer");
     v["pathParameters"] = serde_json::json!({"session_id": session_id.as_str(), "one_time_key": one_time_key});
     lambda_http::request::from_str(&v.to_string()).unwrap()
+}
+
+/// A fixed `sub` per user name for tests (a new sign-up of a deleted user's name gets another
+/// one: use `World::user_again`).
+pub fn sub_of(name: &str) -> UserId {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    UserId::parse(&format!("{:08x}-0000-4000-8000-{:012x}", h >> 32, h & 0xffff_ffff_ffff)).unwrap()
+}
+
+impl World {
+    /// The user deletes their account; someone else signs up with the same name (a new sub).
+    pub fn reregister(&self, old: &User) -> User {
+        self.app.users.delete_user(&old.name);
+        let u = User { id: UserId::parse(&uuid::Uuid::new_v4().to_string()).unwrap(), name: old.name.clone() };
+        self.app.users.add_user_with_sub(&u);
+        u
+    }
 }

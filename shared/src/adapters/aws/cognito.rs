@@ -2,7 +2,7 @@ use aws_sdk_cognitoidentityprovider::types::AttributeType;
 use aws_sdk_cognitoidentityprovider::Client;
 
 use super::describe;
-use crate::domain::{BackendError, CustomerId, Plan, UserName, UserProfile};
+use crate::domain::{BackendError, CustomerId, Plan, UserId, UserName, UserProfile};
 use crate::ports::{Result, UserDirectory};
 
 const SERVICE: &str = "cognito-idp";
@@ -34,6 +34,10 @@ impl UserDirectory for CognitoUsers {
         let mut profile = UserProfile::default();
         for a in out.user_attributes() {
             match (a.name(), a.value()) {
+                ("sub", Some(v)) => {
+                    profile.sub =
+                        Some(UserId::parse(v).map_err(|e| BackendError::new(SERVICE, OP, format!("sub: {e}")))?)
+                }
                 (PLAN_ATTRIBUTE, Some(v)) => profile.plan = v.parse::<Plan>().ok(),
                 (CUSTOMER_ATTRIBUTE, Some(v)) if !v.is_empty() => {
                     profile.customer_id = Some(

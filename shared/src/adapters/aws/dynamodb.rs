@@ -11,7 +11,7 @@ use super::describe;
 use crate::config::Tables;
 use crate::domain::{
     AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId,
-    SubscriptionId, UserName,
+    SubscriptionId, User, UserId, UserName,
 };
 use crate::ports::{AccountLock, Claim, Commit, OpenCheckouts, Result, SessionStore};
 
@@ -94,6 +94,9 @@ fn session_item(r: &CheckoutRecord) -> Item {
         ("UpdatedAt".to_string(), ts(r.updated_at)),
         ("ExpiresAt".to_string(), epoch(r.expires_at)),
     ]);
+    if let Some(id) = &r.user_id {
+        item.insert("UserSub".to_string(), s(id.as_str()));
+    }
     if let Some((token, until)) = &r.lease {
         item.insert("LeaseToken".to_string(), s(token.clone()));
         item.insert("LeaseUntil".to_string(), AttributeValue::N(until.timestamp_millis().to_string()));
@@ -111,6 +114,7 @@ fn session_from_item(item: &Item, op: &'static str) -> Result<CheckoutRecord> {
     };
     Ok(CheckoutRecord {
         session_id: SessionId::parse(req_s(item, "SessionID", op)?).map_err(|e| bad(op, e.to_string()))?,
+        user_id: get_s(item, "UserSub").map(UserId::parse).transpose().map_err(|e| bad(op, e.to_string()))?,
         user_name: UserName::parse(req_s(item, "UserName", op)?).map_err(|e| bad(op, e.to_string()))?,
         one_time_key: OneTimeKey::parse(req_s(item, "OneTimeKey", op)?).map_err(|e| bad(op, e.to_string()))?,
         paid: item.get("PaidFlag").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
@@ -129,7 +133,11 @@ fn session_from_item(item: &Item, op: &'static str) -> Result<CheckoutRecord> {
 
 fn account_item(a: &AccountRecord) -> Item {
     let mut item = HashMap::from([
-        ("UserID".to_string(), s(a.user_name.as_str())),
+        // Keyed by the immutable sub; UserSub marks a record of this scheme (the Python
+        // version and earlier paykey keyed UserID by the user name).
+        ("UserID".to_string(), s(a.user_id.as_str())),
+        ("UserSub".to_string(), s(a.user_id.as_str())),
+        ("UserName".to_string(), s(a.user_name.as_str())),
         ("Type".to_string(), s(a.plan.as_str())),
         ("UpdatedAt".to_string(), ts(a.updated_at)),
     ]);
@@ -157,18 +165,28 @@ fn opt_time(item: &Item, name: &str, op: &'static str) -> Result<Option<DateTime
     }
 }
 
-/// The record in an API keys item; `None` for an item that only holds a lock.
+/// The record in an API keys item keyed by sub; `None` for an item that only holds a lock
+/// or a name-keyed item of an earlier version.
 fn account_from_item_opt(item: &Item, op: &'static str) -> Result<Option<AccountRecord>> {
-    if item.contains_key("Type") {
-        account_from_item(item, op).map(Some)
-    } else {
-        Ok(None)
+    match get_s(item, "UserSub") {
+        Some(sub) if item.contains_key("Type") => {
+            let id = UserId::parse(sub).map_err(|e| bad(op, e.to_string()))?;
+            let name = UserName::parse(req_s(item, "UserName", op)?).map_err(|e| bad(op, e.to_string()))?;
+            account_from_item(item, id, name, op).map(Some)
+        }
+        _ => Ok(None),
     }
 }
 
-fn account_from_item(item: &Item, op: &'static str) -> Result<AccountRecord> {
+/// A name-keyed item of an earlier version (no UserSub), not migrated yet.
+fn is_legacy_account(item: &Item) -> bool {
+    item.contains_key("Type") && !item.contains_key("UserSub") && !item.contains_key("MigratedTo")
+}
+
+fn account_from_item(item: &Item, user_id: UserId, user_name: UserName, op: &'static str) -> Result<AccountRecord> {
     Ok(AccountRecord {
-        user_name: UserName::parse(req_s(item, "UserID", op)?).map_err(|e| bad(op, e.to_string()))?,
+        user_id,
+        user_name,
         plan: get_s(item, "Type").unwrap_or("FREE").parse::<Plan>().map_err(|e| bad(op, e))?,
         api_key_id: get_s(item, "ApiKeyId").map(str::to_string),
         customer_id: get_s(item, "StripeCustomerId")
@@ -341,7 +359,7 @@ impl SessionStore for DynamoStore {
         }
     }
 
-    async fn get_account(&self, user: &UserName) -> Result<Option<AccountRecord>> {
+    async fn get_account(&self, user: &UserId) -> Result<Option<AccountRecord>> {
         const OP: &str = "GetItem(account)";
         let out = self
             .client
@@ -378,9 +396,28 @@ impl SessionStore for DynamoStore {
         Ok(None)
     }
 
+    async fn find_legacy_name_by_customer(&self, customer: &CustomerId) -> Result<Option<UserName>> {
+        const OP: &str = "Query(legacy account by customer)";
+        let out = self
+            .client
+            .query()
+            .table_name(&self.tables.api_keys)
+            .index_name(CUSTOMER_INDEX)
+            .key_condition_expression("StripeCustomerId = :c")
+            .expression_attribute_values(":c", s(customer.as_str()))
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        out.items()
+            .iter()
+            .find(|i| is_legacy_account(i))
+            .map(|i| UserName::parse(req_s(i, "UserID", OP)?).map_err(|e| bad(OP, e.to_string())))
+            .transpose()
+    }
+
     async fn lock_account(
         &self,
-        user: &UserName,
+        user: &UserId,
         token: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -424,7 +461,7 @@ impl SessionStore for DynamoStore {
         }
     }
 
-    async fn unlock_account(&self, user: &UserName, token: &str) -> Result<()> {
+    async fn unlock_account(&self, user: &UserId, token: &str) -> Result<()> {
         const OP: &str = "UpdateItem(unlock account)";
         let res = self
             .client
@@ -459,6 +496,46 @@ impl SessionStore for DynamoStore {
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
                 Ok(Commit::LeaseLost)
             }
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn legacy_account(&self, user: &User) -> Result<Option<AccountRecord>> {
+        const OP: &str = "GetItem(legacy account)";
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.api_keys)
+            .key("UserID", s(user.name.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        match out.item {
+            Some(item) if is_legacy_account(&item) => {
+                account_from_item(&item, user.id.clone(), user.name.clone(), OP).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn retire_legacy_account(&self, user: &User) -> Result<()> {
+        const OP: &str = "UpdateItem(retire legacy account)";
+        // The customer id goes, so the customer index no longer finds the old item.
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.api_keys)
+            .key("UserID", s(user.name.as_str()))
+            .update_expression("SET MigratedTo = :id REMOVE StripeCustomerId")
+            .condition_expression("attribute_exists(#t) AND attribute_not_exists(UserSub)")
+            .expression_attribute_names("#t", "Type")
+            .expression_attribute_values(":id", s(user.id.as_str()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
@@ -566,7 +643,7 @@ impl DynamoStore {
 impl OpenCheckouts for DynamoStore {
     async fn replace_open_checkout(
         &self,
-        user: &UserName,
+        user: &UserId,
         price_id: &str,
         session: &SessionId,
         expires_at: DateTime<Utc>,

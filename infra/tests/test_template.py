@@ -255,7 +255,7 @@ EXPECTED_ACTIONS = {
     "CreateApiKeyFunction": {
         "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem",
         "apigateway:GET", "apigateway:POST", "apigateway:PATCH", "apigateway:DELETE",
-        "cognito-idp:AdminUpdateUserAttributes", "ssm:GetParameter",
+        "cognito-idp:AdminGetUser", "cognito-idp:AdminUpdateUserAttributes", "ssm:GetParameter",
     },
     "CreateBillingPortalFunction": {"cognito-idp:AdminGetUser", "ssm:GetParameter"},
     "GetAccountFunction": {"dynamodb:GetItem", "apigateway:GET", "cognito-idp:AdminGetUser"},

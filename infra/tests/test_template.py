@@ -250,6 +250,20 @@ def actions(cfn, fn):
     return {a for st in statements(cfn, fn) for a in listify(st["Action"])}
 
 
+# What each function's code calls, derived by shared/tests/iam.rs from the flows' backend
+# operations (not copied from the template): the deployed roles must allow exactly these.
+DERIVED_ACTIONS = {fn: set(a) for fn, a in json.loads((ROOT / "infra/tests/iam-derived.json").read_text()).items()}
+
+
+@pytest.mark.parametrize("fn", sorted(DERIVED_ACTIONS))
+def test_each_deployed_role_allows_exactly_what_the_code_calls(cfn, fn):
+    assert actions(cfn, fn) == DERIVED_ACTIONS[fn], {"missing": DERIVED_ACTIONS[fn] - actions(cfn, fn), "unused": actions(cfn, fn) - DERIVED_ACTIONS[fn]}
+
+
+def test_every_function_has_derived_permissions():
+    assert set(DERIVED_ACTIONS) == set(functions(sam_transform(TEMPLATE)))
+
+
 EXPECTED_ACTIONS = {
     "CreateCheckoutSessionFunction": {"dynamodb:PutItem", "cognito-idp:AdminGetUser", "ssm:GetParameter"},
     "CreateApiKeyFunction": {

@@ -1,0 +1,302 @@
+//! Least privilege, derived from the code: each function's flows are run on the in-memory
+//! ports through the paths they can take (first purchase, refresh, re-enable, cancellation,
+//! duplicate, deleted user, name-keyed record, failure and release, events seen before, …),
+//! the backend operations they call are recorded, and each is mapped to the IAM action it
+//! needs. The result must equal `infra/tests/iam-derived.json`, which the template test
+//! (`infra/tests/test_template.py`) compares with each function's deployed role: a new AWS
+//! call without its permission fails one of the two. `PAYKEY_UPDATE_IAM=1` rewrites the file.
+//!
+//! What this does not prove: that a path not exercised here calls nothing else (the scenarios
+//! are listed below), or that the resources in the policies are the right ones (the template
+//! test asserts those separately).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use paykey::adapters::memory::Fault;
+use paykey::domain::AccountRecord;
+use paykey::flows::{self, CheckoutRequest};
+use paykey::ports::{EventSubject, KeyRegistry, StripeEvent, SubscriptionStatus};
+use support::World;
+
+/// The IAM action each in-memory operation stands for (the AWS adapter's call).
+fn action(op: &str) -> Option<&'static str> {
+    Some(match op {
+        // DynamoDB (TransactWriteItems needs the actions of the writes it holds)
+        "ddb.put_session" | "ddb.mark_event" | "ddb.replace_open_checkout" | "ddb.put_account" => "dynamodb:PutItem",
+        "ddb.get_session" | "ddb.event_seen" | "ddb.get_account" | "ddb.legacy_account" => "dynamodb:GetItem",
+        "ddb.claim" | "ddb.release_claim" | "ddb.lock_account" | "ddb.unlock_account" | "ddb.retire_legacy_account" => {
+            "dynamodb:UpdateItem"
+        }
+        "ddb.find_account" | "ddb.find_legacy_account" => "dynamodb:Query",
+        "ddb.list_accounts" => "dynamodb:Scan",
+        // API Gateway's control plane, by HTTP method
+        "apigw.find_key" | "apigw.get_key" | "apigw.key_value" | "apigw.plan_keys" => "apigateway:GET",
+        "apigw.create_key" | "apigw.attach" => "apigateway:POST",
+        "apigw.set_enabled" => "apigateway:PATCH",
+        // detach reads the association first (moto and API Gateway answer a missing one differently)
+        "apigw.detach" => "apigateway:DELETE",
+        "cognito.get_user" => "cognito-idp:AdminGetUser",
+        "cognito.set_plan" => "cognito-idp:AdminUpdateUserAttributes",
+        op if op.starts_with("stripe.") => return None,
+        "ddb.fulfil" => return None, // expanded below
+        other => panic!("no IAM action known for {other}: add it to this table"),
+    })
+}
+
+fn actions_of(calls: &[&'static str]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for op in calls {
+        if *op == "ddb.fulfil" {
+            out.insert("dynamodb:UpdateItem".to_string());
+            out.insert("dynamodb:PutItem".to_string());
+            // a lost answer: the adapter reads the session to recognise its own commit
+            out.insert("dynamodb:GetItem".to_string());
+        } else if *op == "apigw.detach" {
+            out.insert("apigateway:GET".to_string());
+            out.insert("apigateway:DELETE".to_string());
+        } else if let Some(a) = action(op) {
+            out.insert(a.to_string());
+        }
+    }
+    out
+}
+
+fn event(id: &str, kind: &str, subject: EventSubject) -> StripeEvent {
+    StripeEvent { id: id.into(), kind: kind.into(), subject }
+}
+
+/// Every path of the checkout function.
+async fn checkout_calls() -> Vec<&'static str> {
+    let w = World::new();
+    let alice = w.user("alice");
+    let start = |u: paykey::domain::User| {
+        let w = &w;
+        async move {
+            flows::start_checkout(
+                &w.app.users,
+                &w.app.payments,
+                &w.app.store,
+                w.app.ctx(),
+                &u,
+                CheckoutRequest::new("FMMailPro"),
+            )
+            .await
+        }
+    };
+    start(alice.clone()).await.unwrap();
+    start(alice.clone()).await.unwrap(); // a second tab: the first is expired
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    w.meter.reset_calls();
+    start(alice.clone()).await.unwrap_err(); // already PRO
+    let mut calls = w.meter.calls();
+    w.meter.reset_calls();
+    let w2 = World::new();
+    let bob = w2.user("bob");
+    flows::start_checkout(
+        &w2.app.users,
+        &w2.app.payments,
+        &w2.app.store,
+        w2.app.ctx(),
+        &bob,
+        CheckoutRequest::new("FMMailPro"),
+    )
+    .await
+    .unwrap();
+    flows::start_checkout(
+        &w2.app.users,
+        &w2.app.payments,
+        &w2.app.store,
+        w2.app.ctx(),
+        &bob,
+        CheckoutRequest::new("FMMailPro"),
+    )
+    .await
+    .unwrap();
+    calls.extend(w2.meter.calls());
+    calls
+}
+
+/// Every path of the success redirect (and of the webhook's checkout events, which run the same
+/// fulfilment).
+async fn fulfilment_calls(w: &Arc<World>) -> Vec<&'static str> {
+    // Only the fulfilment's own calls count; the setup (checkouts, payments, webhooks) not.
+    let mut calls = Vec::new();
+    macro_rules! fulfil {
+        ($id:expr, $key:expr) => {{
+            w.meter.reset_calls();
+            let r = w.complete($id, $key).await;
+            calls.extend(w.meter.calls());
+            r
+        }};
+    }
+    // first purchase, refresh
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    fulfil!(&id, &key).unwrap();
+    fulfil!(&id, &key).unwrap();
+    // cancelled, then subscribed again: the old key re-enabled
+    let sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    flows::sync_subscription(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &sub)
+        .await
+        .unwrap();
+    let (id2, key2) = w.checkout_and_pay(&alice).await;
+    fulfil!(&id2, &key2).unwrap();
+    // a paid session whose subscription was cancelled meanwhile: keys revoked
+    let bob = w.user("bob");
+    let (id3, key3) = w.checkout_and_pay(&bob).await;
+    let sub3 = w.app.payments.get_checkout_state(&id3).subscription.unwrap();
+    w.app.payments.update_subscription(&sub3, |s| s.status = SubscriptionStatus::Canceled);
+    fulfil!(&id3, &key3).unwrap();
+    // two paid tabs: the duplicate cancelled
+    let carol = w.user("carol");
+    let (t1, k1) = w.checkout(&carol).await;
+    w.app.payments.pay(&t1).unwrap();
+    let (t2, k2) = w.checkout(&carol).await;
+    w.app.payments.pay(&t2).unwrap();
+    fulfil!(&t1, &k1).unwrap();
+    fulfil!(&t2, &k2).unwrap();
+    // a name-keyed record of an earlier version, with a key of the old name
+    let dave = w.user("dave");
+    let old = w.app.keys.create("paykey-pro-dave").await.unwrap();
+    let mut legacy = AccountRecord::new(&dave, w.app.clock.now());
+    legacy.api_key_id = Some(old.id);
+    w.app.store.add_legacy_account(legacy);
+    let (id4, key4) = w.checkout_and_pay(&dave).await;
+    fulfil!(&id4, &key4).unwrap();
+    // a deleted user
+    let erin = w.user("erin");
+    let (id5, key5) = w.checkout_and_pay(&erin).await;
+    w.reregister(&erin);
+    let _ = fulfil!(&id5, &key5);
+    // a failure (leases released), then a crash-free retry; a busy lease
+    let frank = w.user("frank");
+    let (id6, key6) = w.checkout_and_pay(&frank).await;
+    w.meter.inject("apigw.attach", Fault::Before);
+    let _ = fulfil!(&id6, &key6);
+    fulfil!(&id6, &key6).unwrap();
+    // a second enabled key of one user (from a crash of an old version): disabled and detached
+    let gina = w.user("gina");
+    let name = w.app.settings.key_name(&gina);
+    let extra = w.app.keys.create(&name).await.unwrap();
+    w.app.keys.create(&name).await.unwrap();
+    w.app.keys.attach_to_plan(&extra.id).await.unwrap();
+    let (id7, key7) = w.checkout_and_pay(&gina).await;
+    fulfil!(&id7, &key7).unwrap();
+    calls
+}
+
+async fn portal_calls() -> Vec<&'static str> {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    w.meter.reset_calls();
+    flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &alice).await.unwrap();
+    let bob = w.user("bob");
+    flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &bob).await.unwrap_err();
+    w.meter.calls()
+}
+
+async fn account_calls() -> Vec<&'static str> {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    w.meter.reset_calls();
+    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &alice).await.unwrap();
+    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &bob).await.unwrap();
+    w.meter.calls()
+}
+
+async fn webhook_calls() -> Vec<&'static str> {
+    let w = Arc::new(World::new());
+    let handle = |e: StripeEvent| {
+        let w = Arc::clone(&w);
+        async move {
+            flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &e).await
+        }
+    };
+    // checkout events run the fulfilment: all of its paths
+    let mut calls = fulfilment_calls(&w).await;
+    macro_rules! webhook {
+        ($e:expr) => {{
+            w.meter.reset_calls();
+            let r = handle($e).await;
+            calls.extend(w.meter.calls());
+            r
+        }};
+    }
+    let alice = w.user("zoe");
+    let (id, _) = w.checkout_and_pay(&alice).await;
+    webhook!(event("evt_1", "checkout.session.completed", EventSubject::Checkout(id.clone()))).unwrap();
+    webhook!(event("evt_1", "checkout.session.completed", EventSubject::Checkout(id.clone()))).unwrap();
+    let state = w.app.payments.get_checkout_state(&id);
+    let sub = state.subscription.unwrap();
+    for (n, status) in
+        [SubscriptionStatus::PastDue, SubscriptionStatus::Active, SubscriptionStatus::Canceled].into_iter().enumerate()
+    {
+        w.app.payments.update_subscription(&sub, |s| s.status = status.clone());
+        let subject = EventSubject::Subscription { id: sub.clone(), customer: state.customer.clone() };
+        webhook!(event(&format!("evt_s{n}"), "customer.subscription.updated", subject)).unwrap();
+    }
+    // a subscription without user metadata: found by customer, and a name-keyed record by customer
+    w.app.payments.update_subscription(&sub, |s| {
+        s.user_id = None;
+        s.user_name = None;
+    });
+    let subject = EventSubject::Invoice { subscription: Some(sub.clone()), customer: state.customer.clone() };
+    webhook!(event("evt_inv", "invoice.paid", subject)).unwrap();
+    let yuri = w.user("yuri");
+    let (idy, keyy) = w.checkout_and_pay(&yuri).await;
+    let suby = w.app.payments.get_checkout_state(&idy).subscription.unwrap();
+    let customer_y = w.app.payments.get_checkout_state(&idy).customer.unwrap();
+    let mut legacy = AccountRecord::new(&yuri, w.app.clock.now());
+    legacy.customer_id = Some(customer_y.clone());
+    w.app.store.add_legacy_account(legacy);
+    w.app.payments.update_subscription(&suby, |s| {
+        s.user_id = None;
+        s.user_name = None;
+    });
+    let _ = keyy;
+    let subject = EventSubject::Subscription { id: suby, customer: Some(customer_y) };
+    webhook!(event("evt_legacy", "customer.subscription.updated", subject)).unwrap();
+    webhook!(event("evt_other", "customer.created", EventSubject::Other)).unwrap();
+    calls
+}
+
+#[tokio::test]
+async fn each_functions_permissions_are_what_its_code_calls() {
+    let mut derived: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    derived.insert("CreateCheckoutSessionFunction", actions_of(&checkout_calls().await));
+    let w = Arc::new(World::new());
+    derived.insert("CreateApiKeyFunction", actions_of(&fulfilment_calls(&w).await));
+    derived.insert("CreateBillingPortalFunction", actions_of(&portal_calls().await));
+    derived.insert("GetAccountFunction", actions_of(&account_calls().await));
+    derived.insert("StripeWebhookFunction", actions_of(&webhook_calls().await));
+    // Functions that call Stripe read its secret key (and the webhook its signing secret) from
+    // SSM at cold start (paykey::wiring).
+    for f in [
+        "CreateCheckoutSessionFunction",
+        "CreateApiKeyFunction",
+        "CreateBillingPortalFunction",
+        "StripeWebhookFunction",
+    ] {
+        derived.get_mut(f).unwrap().insert("ssm:GetParameter".to_string());
+    }
+    let text = serde_json::to_string_pretty(&derived).unwrap() + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/tests/iam-derived.json");
+    if std::env::var_os("PAYKEY_UPDATE_IAM").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        committed, text,
+        "the functions' code calls another set of AWS actions than infra/tests/iam-derived.json says: check the change, update template.yaml's policies, then run with PAYKEY_UPDATE_IAM=1"
+    );
+}

@@ -71,6 +71,11 @@ impl Meter {
         self.lock().faults.push((op, fault));
     }
 
+    /// Drops every fault not struck yet.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
     /// Names of the operations called so far, in order.
     pub fn calls(&self) -> Vec<&'static str> {
         self.lock().calls.clone()

@@ -1,8 +1,6 @@
 //! Key management shared by fulfilment and the subscription lifecycle. Callers hold the
 //! user's account lock, so one attempt at a time manages a user's key.
 
-use std::time::Instant;
-
 use chrono::{DateTime, Utc};
 
 use super::Ctx;
@@ -89,7 +87,7 @@ pub(crate) async fn lock_account_waiting<S: SessionStore>(
     token: &str,
     first_try: Option<AccountLock>,
 ) -> Result<Option<AccountRecord>, Error> {
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(50);
     let mut attempt = first_try;
     loop {

@@ -228,7 +228,7 @@ async fn release_claim<S: SessionStore>(store: &S, session_id: &SessionId, token
 /// Another attempt holds the lease: wait a little for it to finish, and never report a
 /// half-done state as success.
 async fn wait_for_peer<S: SessionStore>(store: &S, ctx: Ctx<'_>, session_id: &SessionId) -> Result<Completion, Error> {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(50);
     while started.elapsed() < ctx.settings.wait_for_peer {
         tokio::time::sleep(pause).await;

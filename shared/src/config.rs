@@ -3,7 +3,6 @@
 //! where they mean the same.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -19,24 +18,7 @@ pub enum ConfigError {
     Malformed { name: &'static str, reason: String },
 }
 
-/// A secret value: never shown by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
+pub use crate::domain::Secret;
 
 /// A snapshot of the environment (the process's, or given pairs in tests).
 #[derive(Debug, Clone, Default)]
@@ -218,7 +200,7 @@ pub fn secret_source(env: &Env, name: &'static str, parameter: &'static str) -> 
 /// Stripe Connect destination charges (platforms): `STRIPE_CONNECT_DESTINATION` (an
 /// `acct_…` id) and `STRIPE_APPLICATION_FEE_PERCENT` (0–100, two decimals at most). Off when
 /// the destination is unset.
-pub fn connect(env: &Env) -> Result<Option<crate::adapters::stripe::Connect>, ConfigError> {
+pub fn connect(env: &Env) -> Result<Option<crate::domain::Connect>, ConfigError> {
     let Some(destination) = env.optional("STRIPE_CONNECT_DESTINATION") else {
         if env.optional("STRIPE_APPLICATION_FEE_PERCENT").is_some() {
             return Err(ConfigError::Missing("STRIPE_CONNECT_DESTINATION (set with STRIPE_APPLICATION_FEE_PERCENT)"));
@@ -247,7 +229,7 @@ pub fn connect(env: &Env) -> Result<Option<crate::adapters::stripe::Connect>, Co
             Some(f)
         }
     };
-    Ok(Some(crate::adapters::stripe::Connect { destination: destination.to_string(), application_fee_percent: fee }))
+    Ok(Some(crate::domain::Connect { destination: destination.to_string(), application_fee_percent: fee }))
 }
 
 #[cfg(test)]

@@ -96,13 +96,7 @@ pub fn sign_payload(payload: &str, secret: &str, timestamp: i64) -> String {
 
 const SERVICE: &str = "stripe";
 
-/// Stripe Connect destination charges for platforms: the connected account that receives the
-/// subscription's payments, and the platform's fee in percent. Off unless configured.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Connect {
-    pub destination: String,
-    pub application_fee_percent: Option<f64>,
-}
+pub use crate::domain::Connect;
 
 /// The Stripe adapter.
 #[derive(Clone)]

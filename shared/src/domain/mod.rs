@@ -3,7 +3,9 @@
 mod error;
 mod ids;
 mod records;
+mod secret;
 
 pub use error::{BackendError, Error};
 pub use ids::{CustomerId, IdError, LookupKey, OneTimeKey, SessionId, SubscriptionId, User, UserId, UserName};
 pub use records::{AccountRecord, CheckoutRecord, CheckoutStatus, IssuedKey, Plan, UserProfile};
+pub use secret::{Connect, Secret};

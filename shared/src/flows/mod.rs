@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use crate::domain::LookupKey;
 
-/// Settings the flows need, read once per cold start (`crate::config`).
+/// Settings the flows need, read once per cold start (by `crate::config`, which the flows do
+/// not import).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The front end's origin, e.g. `https://app.example.com` (no trailing slash).
@@ -42,7 +43,7 @@ pub struct Settings {
     /// How long processed webhook event ids are remembered.
     pub event_ttl: Duration,
     /// `STRIPE_WEBHOOK_SECRET` (`whsec_…`), for the webhook function.
-    pub webhook_secret: Option<crate::config::Secret>,
+    pub webhook_secret: Option<crate::domain::Secret>,
 }
 
 impl Settings {

@@ -216,13 +216,8 @@ impl OneTimeKey {
 
     /// Compares in constant time, so the answer's timing says nothing about how much matched.
     pub fn ct_eq(&self, other: &OneTimeKey) -> bool {
-        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
-        let mut diff = 0u8;
-        for i in 0..16 {
-            diff |= a[i] ^ b[i];
-        }
-        // black_box keeps the optimiser from turning the loop into an early-exit compare.
-        std::hint::black_box(diff) == 0
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(other.0.as_bytes()))
     }
 }
 

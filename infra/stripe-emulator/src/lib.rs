@@ -350,7 +350,14 @@ async fn api(
             false,
         );
     }
-    let fingerprint = format!("{method} {path} {}", String::from_utf8_lossy(&body));
+    // Stripe compares the request's parameters, not its bytes: the same form fields in another
+    // order (async-stripe serialises metadata from a HashMap) are the same request.
+    let fingerprint = {
+        let text = String::from_utf8_lossy(&body);
+        let mut fields: Vec<&str> = text.split('&').filter(|f| !f.is_empty()).collect();
+        fields.sort_unstable();
+        format!("{method} {path} {}", fields.join("&"))
+    };
     if let (Some(k), true) = (&idem, method == Method::POST) {
         if let Some((fp, status, saved)) = shared.lock().idempotency.get(k).cloned() {
             if fp != fingerprint {

@@ -378,17 +378,7 @@ impl SessionStore for DynamoStore {
 
     async fn find_account_by_customer(&self, customer: &CustomerId) -> Result<Option<AccountRecord>> {
         const OP: &str = "Query(account by customer)";
-        let out = self
-            .client
-            .query()
-            .table_name(&self.tables.api_keys)
-            .index_name(CUSTOMER_INDEX)
-            .key_condition_expression("StripeCustomerId = :c")
-            .expression_attribute_values(":c", s(customer.as_str()))
-            .send()
-            .await
-            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        for item in out.items() {
+        for item in &self.items_of_customer(customer, OP).await? {
             if let Some(a) = account_from_item_opt(item, OP)? {
                 return Ok(Some(a));
             }
@@ -398,17 +388,8 @@ impl SessionStore for DynamoStore {
 
     async fn find_legacy_name_by_customer(&self, customer: &CustomerId) -> Result<Option<UserName>> {
         const OP: &str = "Query(legacy account by customer)";
-        let out = self
-            .client
-            .query()
-            .table_name(&self.tables.api_keys)
-            .index_name(CUSTOMER_INDEX)
-            .key_condition_expression("StripeCustomerId = :c")
-            .expression_attribute_values(":c", s(customer.as_str()))
-            .send()
-            .await
-            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        out.items()
+        self.items_of_customer(customer, OP)
+            .await?
             .iter()
             .find(|i| is_legacy_account(i))
             .map(|i| UserName::parse(req_s(i, "UserID", OP)?).map_err(|e| bad(OP, e.to_string())))
@@ -619,6 +600,21 @@ impl SessionStore for DynamoStore {
 }
 
 impl DynamoStore {
+    /// The API keys items with this Stripe customer (index `StripeCustomerId-index`).
+    async fn items_of_customer(&self, customer: &CustomerId, op: &'static str) -> Result<Vec<Item>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.tables.api_keys)
+            .index_name(CUSTOMER_INDEX)
+            .key_condition_expression("StripeCustomerId = :c")
+            .expression_attribute_values(":c", s(customer.as_str()))
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, op, describe(&e)))?;
+        Ok(out.items.unwrap_or_default())
+    }
+
     /// The token whose transaction fulfilled the session, if it is fulfilled.
     async fn fulfilled_by(&self, id: &SessionId) -> Result<Option<String>> {
         const OP: &str = "GetItem(session)";

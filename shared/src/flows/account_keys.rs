@@ -145,7 +145,8 @@ pub(crate) struct Locked {
 /// Finishes taking the lock from a first attempt (waiting a little for another holder) and
 /// returns the account record and the user's keys by name. After a wait the keys are looked
 /// up again: the holder we waited for (or crashed one) may have created a key meanwhile. A
-/// user with no record of their own gets the record an earlier version keyed by their name.
+/// name-keyed record of an earlier version is looked up by the caller ([`Locked::adopt_legacy`])
+/// beside its other reads.
 pub(crate) async fn finish_locking<S: SessionStore, K: KeyRegistry>(
     store: &S,
     keys: &K,

@@ -11,7 +11,9 @@ use serde::Serialize;
 use crate::domain::{CustomerId, Error, OneTimeKey, SessionId};
 use crate::flows::{self, CheckoutRequest, Completion, Ctx, EventOutcome, Settings};
 use crate::http;
-use crate::ports::{Clock, Ids, KeyRegistry, OpenCheckouts, Payments, SessionStore, UserDirectory};
+use crate::ports::{
+    Accounts, Checkouts, Clock, Ids, KeyRegistry, OpenCheckouts, Payments, ProcessedEvents, UserDirectory,
+};
 
 /// Ports and settings of one function. Ports a function does not use are `()`.
 pub struct App<S = (), K = (), U = (), P = ()> {
@@ -35,7 +37,7 @@ type HandlerResult = Result<Response<Body>, Infallible>;
 /// `POST /checkout-sessions` `{"lookup_key": "…"}` → `{"url": "…"}`.
 pub async fn create_checkout_session<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
-    S: SessionStore + OpenCheckouts,
+    S: Checkouts + Accounts + OpenCheckouts,
     U: UserDirectory,
     P: Payments,
 {
@@ -75,7 +77,7 @@ where
 /// is unknown, unpaid or the key does not match; nothing is written in those cases.
 pub async fn create_api_key<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
-    S: SessionStore,
+    S: Checkouts + Accounts,
     K: KeyRegistry,
     U: UserDirectory,
     P: Payments,
@@ -149,7 +151,7 @@ where
 /// `GET /account` → plan, subscription status and the caller's API key.
 pub async fn get_account<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
-    S: SessionStore,
+    S: Accounts,
     K: KeyRegistry,
     U: UserDirectory,
 {
@@ -179,7 +181,7 @@ struct WebhookAnswer {
 /// 5xx when acting failed, so Stripe retries.
 pub async fn stripe_webhook<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
-    S: SessionStore,
+    S: Checkouts + Accounts + ProcessedEvents,
     K: KeyRegistry,
     U: UserDirectory,
     P: Payments,

@@ -42,8 +42,9 @@ pub enum AccountLock {
     Busy,
 }
 
-/// Sessions table and API keys table (DynamoDB).
-pub trait SessionStore: Send + Sync {
+/// The sessions table's checkouts (DynamoDB `DYNAMODB_STRIPE_TABLE`): stored at checkout, claimed
+/// and fulfilled by the success redirect and the webhook.
+pub trait Checkouts: Send + Sync {
     /// Stores a new checkout; fails if the session id exists already.
     fn put_new(&self, record: &CheckoutRecord) -> impl Future<Output = Result<()>> + Send;
     fn get(&self, id: &SessionId) -> impl Future<Output = Result<Option<CheckoutRecord>>> + Send;
@@ -55,6 +56,9 @@ pub trait SessionStore: Send + Sync {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> impl Future<Output = Result<Claim>> + Send;
+    /// Gives up the session's lease after a failed attempt (ISSUING → PENDING while `token`
+    /// holds it), so a retry need not wait for the lease to expire. No-op otherwise.
+    fn release_claim(&self, id: &SessionId, token: &str) -> impl Future<Output = Result<()>> + Send;
     /// In one transaction, only while `token` holds both the session's lease and the
     /// account lock: session → FULFILLED, and the account record written (which releases
     /// the account lock).
@@ -65,6 +69,11 @@ pub trait SessionStore: Send + Sync {
         account: &AccountRecord,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Commit>> + Send;
+}
+
+/// The users' account records and their locks (the API keys table, `DYNAMODB_API_KEY_TABLE`),
+/// including the name-keyed records of earlier versions.
+pub trait Accounts: Send + Sync {
     fn get_account(&self, user: &UserId) -> impl Future<Output = Result<Option<AccountRecord>>> + Send;
     /// The record an earlier version keyed by the user's *name* (the Python version, paykey
     /// before records were keyed by `sub`), re-keyed to `user` in memory; `None` if there is
@@ -96,11 +105,16 @@ pub trait SessionStore: Send + Sync {
     fn unlock_account(&self, user: &UserId, token: &str) -> impl Future<Output = Result<()>> + Send;
     /// Writes the account record while `token` holds its lock, releasing the lock.
     fn put_account(&self, account: &AccountRecord, token: &str) -> impl Future<Output = Result<Commit>> + Send;
-    /// Gives up the session's lease after a failed attempt (ISSUING → PENDING while `token`
-    /// holds it), so a retry need not wait for the lease to expire. No-op otherwise.
-    fn release_claim(&self, id: &SessionId, token: &str) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Every account record, for the resync command (full scans; never on a request path).
+pub trait AccountListing: Send + Sync {
     /// Every account record (for the resync command; a full scan).
     fn list_accounts(&self) -> impl Future<Output = Result<Vec<AccountRecord>>> + Send;
+}
+
+/// The Stripe event ids processed already (beside the checkouts, with a TTL).
+pub trait ProcessedEvents: Send + Sync {
     /// Whether a Stripe event id was processed already.
     fn event_seen(&self, event_id: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Remembers a processed Stripe event id until `expires_at` (TTL).

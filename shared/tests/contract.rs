@@ -13,7 +13,10 @@ use paykey::domain::{
     AccountRecord, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId, SubscriptionId, User,
     UserId, UserName,
 };
-use paykey::ports::{AccountLock, Claim, Commit, KeyRegistry, OpenCheckouts, SessionStore, UserDirectory};
+use paykey::ports::{
+    AccountListing, AccountLock, Accounts, Checkouts, Claim, Commit, KeyRegistry, OpenCheckouts, ProcessedEvents,
+    UserDirectory,
+};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
@@ -59,7 +62,7 @@ fn account(user: &User, key: &str) -> AccountRecord {
     }
 }
 
-async fn session_store_contract<S: SessionStore + OpenCheckouts>(store: &S) {
+async fn session_store_contract<S: Checkouts + Accounts + AccountListing + ProcessedEvents + OpenCheckouts>(store: &S) {
     let alice = new_user("alice-");
     let r = record(&alice);
     let t = r.created_at;

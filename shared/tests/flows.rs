@@ -135,7 +135,7 @@ async fn a_session_whose_stripe_reference_names_another_user_is_rejected() {
     rec.user_name = mallory.name.clone();
     rec.user_id = Some(mallory.id.clone());
     rec.session_id = paykey::domain::SessionId::parse("cs_test_forged").unwrap();
-    use paykey::ports::SessionStore;
+    use paykey::ports::Checkouts;
     w.app.store.put_new(&rec).await.unwrap();
     // Stripe knows no cs_test_forged: unpaid. The real one stays alice's.
     assert_eq!(w.complete(&rec.session_id, &key).await.unwrap(), Completion::Rejected(Rejection::Unpaid));

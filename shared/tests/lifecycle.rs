@@ -259,7 +259,7 @@ async fn the_redirect_and_the_first_webhooks_racing_issue_one_key() {
 /// state is read again under the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_event_that_read_the_subscription_before_a_cancellation_does_not_undo_it() {
-    use paykey::ports::SessionStore;
+    use paykey::ports::Accounts;
     let w = Arc::new(World::new());
     let (u, sub) = pro_user(&w, "alice").await;
     // Another handler holds the lock (as the cancellation's would).

@@ -10,7 +10,9 @@ use paykey::adapters::memory::{MemoryKeys, MemoryPayments, MemoryStore, MemoryUs
 use paykey::domain::{LookupKey, OneTimeKey, Plan, SessionId, User, UserName};
 use paykey::flows::{self, CheckoutRequest, Settings};
 use paykey::handlers::{self, App};
-use paykey::ports::{KeyRegistry, NewCheckout, Payments, RandomIds, SessionStore, SystemClock, UserDirectory};
+use paykey::ports::{
+    Checkouts, KeyRegistry, NewCheckout, Payments, ProcessedEvents, RandomIds, SystemClock, UserDirectory,
+};
 use serde_json::json;
 
 const LATENCY: Duration = Duration::from_millis(50);

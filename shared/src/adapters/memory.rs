@@ -17,9 +17,9 @@ use crate::domain::{
     SubscriptionId, User, UserId, UserName, UserProfile,
 };
 use crate::ports::{
-    AccountLock, CheckoutState, Claim, Clock, Commit, CreatedCheckout, DuplicateCancelled, Ids, KeyRegistry,
-    NewCheckout, OpenCheckouts, Payments, PriceInfo, Result, SessionStore, SubscriptionState, SubscriptionStatus,
-    UserDirectory,
+    AccountListing, AccountLock, Accounts, CheckoutState, Checkouts, Claim, Clock, Commit, CreatedCheckout,
+    DuplicateCancelled, Ids, KeyRegistry, NewCheckout, OpenCheckouts, Payments, PriceInfo, ProcessedEvents, Result,
+    SubscriptionState, SubscriptionStatus, UserDirectory,
 };
 
 /// When an injected fault strikes, relative to the operation's effect.
@@ -235,7 +235,7 @@ impl MemoryStore {
 
 const DDB: &str = "dynamodb";
 
-impl SessionStore for MemoryStore {
+impl Checkouts for MemoryStore {
     async fn put_new(&self, record: &CheckoutRecord) -> Result<()> {
         self.meter.enter(DDB, "ddb.put_session").await?;
         {
@@ -292,6 +292,17 @@ impl SessionStore for MemoryStore {
         Ok(outcome)
     }
 
+    async fn release_claim(&self, id: &SessionId, token: &str) -> Result<()> {
+        self.meter.enter(DDB, "ddb.release_claim").await?;
+        if let Some(r) = lock(&self.state).sessions.get_mut(id.as_str()) {
+            if r.status == CheckoutStatus::Issuing && r.lease.as_ref().is_some_and(|(t, _)| t == token) {
+                r.status = CheckoutStatus::Pending;
+                r.lease = None;
+            }
+        }
+        self.meter.exit(DDB, "ddb.release_claim")
+    }
+
     async fn fulfil(&self, id: &SessionId, token: &str, account: &AccountRecord, now: DateTime<Utc>) -> Result<Commit> {
         self.meter.enter(DDB, "ddb.fulfil").await?;
         let outcome = {
@@ -319,15 +330,13 @@ impl SessionStore for MemoryStore {
         self.meter.exit(DDB, "ddb.fulfil")?;
         Ok(outcome)
     }
+}
 
-    async fn find_legacy_name_by_customer(&self, customer: &CustomerId) -> Result<Option<UserName>> {
-        self.meter.enter(DDB, "ddb.find_legacy_account").await?;
-        let r = lock(&self.state)
-            .legacy
-            .values()
-            .find(|a| a.customer_id.as_ref() == Some(customer))
-            .map(|a| a.user_name.clone());
-        self.meter.exit(DDB, "ddb.find_legacy_account")?;
+impl Accounts for MemoryStore {
+    async fn get_account(&self, user: &UserId) -> Result<Option<AccountRecord>> {
+        self.meter.enter(DDB, "ddb.get_account").await?;
+        let r = lock(&self.state).accounts.get(user.as_str()).and_then(|a| a.record.clone());
+        self.meter.exit(DDB, "ddb.get_account")?;
         Ok(r)
     }
 
@@ -347,13 +356,6 @@ impl SessionStore for MemoryStore {
         self.meter.exit(DDB, "ddb.retire_legacy_account")
     }
 
-    async fn get_account(&self, user: &UserId) -> Result<Option<AccountRecord>> {
-        self.meter.enter(DDB, "ddb.get_account").await?;
-        let r = lock(&self.state).accounts.get(user.as_str()).and_then(|a| a.record.clone());
-        self.meter.exit(DDB, "ddb.get_account")?;
-        Ok(r)
-    }
-
     async fn find_account_by_customer(&self, customer: &CustomerId) -> Result<Option<AccountRecord>> {
         self.meter.enter(DDB, "ddb.find_account").await?;
         let r = lock(&self.state)
@@ -363,6 +365,17 @@ impl SessionStore for MemoryStore {
             .find(|a| a.customer_id.as_ref() == Some(customer))
             .cloned();
         self.meter.exit(DDB, "ddb.find_account")?;
+        Ok(r)
+    }
+
+    async fn find_legacy_name_by_customer(&self, customer: &CustomerId) -> Result<Option<UserName>> {
+        self.meter.enter(DDB, "ddb.find_legacy_account").await?;
+        let r = lock(&self.state)
+            .legacy
+            .values()
+            .find(|a| a.customer_id.as_ref() == Some(customer))
+            .map(|a| a.user_name.clone());
+        self.meter.exit(DDB, "ddb.find_legacy_account")?;
         Ok(r)
     }
 
@@ -417,25 +430,18 @@ impl SessionStore for MemoryStore {
         self.meter.exit(DDB, "ddb.put_account")?;
         Ok(outcome)
     }
+}
 
-    async fn release_claim(&self, id: &SessionId, token: &str) -> Result<()> {
-        self.meter.enter(DDB, "ddb.release_claim").await?;
-        if let Some(r) = lock(&self.state).sessions.get_mut(id.as_str()) {
-            if r.status == CheckoutStatus::Issuing && r.lease.as_ref().is_some_and(|(t, _)| t == token) {
-                r.status = CheckoutStatus::Pending;
-                r.lease = None;
-            }
-        }
-        self.meter.exit(DDB, "ddb.release_claim")
-    }
-
+impl AccountListing for MemoryStore {
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
         self.meter.enter(DDB, "ddb.list_accounts").await?;
         let r = self.accounts();
         self.meter.exit(DDB, "ddb.list_accounts")?;
         Ok(r)
     }
+}
 
+impl ProcessedEvents for MemoryStore {
     async fn event_seen(&self, event_id: &str) -> Result<bool> {
         self.meter.enter(DDB, "ddb.event_seen").await?;
         let seen = lock(&self.state).events.contains_key(event_id);

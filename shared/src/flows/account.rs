@@ -1,7 +1,7 @@
 use serde::Serialize;
 
 use crate::domain::{Error, Plan, User};
-use crate::ports::{KeyRegistry, SessionStore, UserDirectory};
+use crate::ports::{Accounts, KeyRegistry, UserDirectory};
 
 /// Answer of `GET /account`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub struct ApiKeyView {
 /// record, which the same flows write when they enable or disable it.
 pub async fn get_account<S, K, U>(store: &S, keys: &K, users: &U, user: &User) -> Result<AccountView, Error>
 where
-    S: SessionStore,
+    S: Accounts,
     K: KeyRegistry,
     U: UserDirectory,
 {

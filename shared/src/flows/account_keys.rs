@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::Ctx;
 use crate::domain::{AccountRecord, Error, IssuedKey, User};
-use crate::ports::{AccountLock, KeyRegistry, SessionStore};
+use crate::ports::{AccountLock, Accounts, KeyRegistry};
 
 /// The user's one enabled PRO key: the recorded one, else one with the user's key name, else
 /// a new one. Other enabled keys with the same name are disabled: never two enabled PRO keys.
@@ -80,7 +80,7 @@ pub(crate) async fn revoke_pro_keys<K: KeyRegistry>(
 
 /// Takes the user's account lock, waiting a little for another holder to finish. Returns the
 /// account record as it stands.
-pub(crate) async fn lock_account_waiting<S: SessionStore>(
+pub(crate) async fn lock_account_waiting<S: Accounts>(
     store: &S,
     ctx: Ctx<'_>,
     user: &User,
@@ -111,7 +111,7 @@ pub(crate) async fn lock_account_waiting<S: SessionStore>(
 
 /// One attempt at the user's account lock beside the lookup of the user's keys by name
 /// (independent calls: side by side). If either fails, a lock taken is released.
-pub(crate) async fn try_lock_with_key_lookup<S: SessionStore, K: KeyRegistry>(
+pub(crate) async fn try_lock_with_key_lookup<S: Accounts, K: KeyRegistry>(
     store: &S,
     keys: &K,
     ctx: Ctx<'_>,
@@ -147,7 +147,7 @@ pub(crate) struct Locked {
 /// up again: the holder we waited for (or crashed one) may have created a key meanwhile. A
 /// name-keyed record of an earlier version is looked up by the caller ([`Locked::adopt_legacy`])
 /// beside its other reads.
-pub(crate) async fn finish_locking<S: SessionStore, K: KeyRegistry>(
+pub(crate) async fn finish_locking<S: Accounts, K: KeyRegistry>(
     store: &S,
     keys: &K,
     ctx: Ctx<'_>,
@@ -177,7 +177,7 @@ impl Locked {
     /// A user with no record of their own takes over the record an earlier version keyed by
     /// their name, if there is one (one DynamoDB read, only while the user has no record: the
     /// caller runs it beside its other reads).
-    pub(crate) async fn adopt_legacy<S: SessionStore>(&mut self, store: &S, user: &User) -> Result<(), Error> {
+    pub(crate) async fn adopt_legacy<S: Accounts>(&mut self, store: &S, user: &User) -> Result<(), Error> {
         if self.account.is_none() {
             if let Some(legacy) = store.legacy_account(user).await? {
                 tracing::info!(user = %user, "adopting the record an earlier version keyed by the user name");
@@ -191,7 +191,7 @@ impl Locked {
 
 /// After the new record is written: the name-keyed one is retired (best effort; while it is
 /// not, it is never read, as the user now has a record of their own).
-pub(crate) async fn retire_legacy<S: SessionStore>(store: &S, user: &User, locked_from_legacy: bool) {
+pub(crate) async fn retire_legacy<S: Accounts>(store: &S, user: &User, locked_from_legacy: bool) {
     if locked_from_legacy {
         if let Err(e) = store.retire_legacy_account(user).await {
             tracing::warn!(user = %user, error = %e, "could not retire the name-keyed record; it is never read again");
@@ -201,7 +201,7 @@ pub(crate) async fn retire_legacy<S: SessionStore>(store: &S, user: &User, locke
 
 /// The user's account lock and keys by name: [`try_lock_with_key_lookup`] then
 /// [`finish_locking`].
-pub(crate) async fn lock_with_key_lookup<S: SessionStore, K: KeyRegistry>(
+pub(crate) async fn lock_with_key_lookup<S: Accounts, K: KeyRegistry>(
     store: &S,
     keys: &K,
     ctx: Ctx<'_>,
@@ -219,7 +219,7 @@ pub(crate) fn lease_until(ctx: Ctx<'_>, now: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Releases the lock after a failure, so a retry need not wait for the lease to expire. Best
 /// effort: a crash leaves the lease to expire instead.
-pub(crate) async fn release<S: SessionStore>(store: &S, user: &User, token: &str) {
+pub(crate) async fn release<S: Accounts>(store: &S, user: &User, token: &str) {
     if let Err(e) = store.unlock_account(&user.id, token).await {
         tracing::warn!(user = %user, error = %e, "could not release the account lock; it expires with its lease");
     }

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{chrono_duration, Ctx};
 use crate::domain::{CheckoutRecord, CheckoutStatus, CustomerId, Error, LookupKey, OneTimeKey, Plan, User};
-use crate::ports::{NewCheckout, OpenCheckouts, Payments, SessionStore, UserDirectory};
+use crate::ports::{Accounts, Checkouts, NewCheckout, OpenCheckouts, Payments, UserDirectory};
 
 /// Body of `POST /checkout-sessions`.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,7 +50,7 @@ pub async fn start_checkout<U, P, S>(
 where
     U: UserDirectory,
     P: Payments,
-    S: SessionStore + OpenCheckouts,
+    S: Checkouts + Accounts + OpenCheckouts,
 {
     let settings = ctx.settings;
     let lookup_key = LookupKey::parse(request.lookup_key.trim()).map_err(|e| Error::BadRequest(e.to_string()))?;

@@ -18,7 +18,7 @@
 use super::lifecycle::{converge, SyncOutcome};
 use super::{account_keys, Ctx};
 use crate::domain::{BackendError, CheckoutStatus, Error, OneTimeKey, SessionId, User};
-use crate::ports::{AccountLock, Claim, Commit, KeyRegistry, Payments, SessionStore, UserDirectory};
+use crate::ports::{AccountLock, Accounts, Checkouts, Claim, Commit, KeyRegistry, Payments, UserDirectory};
 
 /// Why a verification was turned away (the user is sent to the cancel page; nothing written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub async fn complete_checkout<S, K, U, P>(
     one_time_key: Option<&OneTimeKey>,
 ) -> Result<Completion, Error>
 where
-    S: SessionStore,
+    S: Checkouts + Accounts,
     K: KeyRegistry,
     U: UserDirectory,
     P: Payments,
@@ -219,7 +219,7 @@ where
     }
 }
 
-async fn release_claim<S: SessionStore>(store: &S, session_id: &SessionId, token: &str) {
+async fn release_claim<S: Checkouts>(store: &S, session_id: &SessionId, token: &str) {
     if let Err(e) = store.release_claim(session_id, token).await {
         tracing::warn!(session_id = %session_id, error = %e, "could not release the session lease; it expires");
     }
@@ -227,7 +227,7 @@ async fn release_claim<S: SessionStore>(store: &S, session_id: &SessionId, token
 
 /// Another attempt holds the lease: wait a little for it to finish, and never report a
 /// half-done state as success.
-async fn wait_for_peer<S: SessionStore>(store: &S, ctx: Ctx<'_>, session_id: &SessionId) -> Result<Completion, Error> {
+async fn wait_for_peer<S: Checkouts>(store: &S, ctx: Ctx<'_>, session_id: &SessionId) -> Result<Completion, Error> {
     let started = tokio::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(50);
     while started.elapsed() < ctx.settings.wait_for_peer {

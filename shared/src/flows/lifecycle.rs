@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use super::{account_keys, chrono_duration, complete_checkout, Completion, Ctx, Rejection};
 use crate::domain::{AccountRecord, Error, Plan, SubscriptionId, User, UserId, UserName};
 use crate::ports::{
-    EventSubject, KeyRegistry, Payments, SessionStore, StripeEvent, SubscriptionState, SubscriptionStatus,
-    UserDirectory,
+    AccountListing, Accounts, Checkouts, EventSubject, KeyRegistry, Payments, ProcessedEvents, StripeEvent,
+    SubscriptionState, SubscriptionStatus, UserDirectory,
 };
 
 /// What became of one webhook event.
@@ -95,7 +95,7 @@ pub async fn handle_stripe_event<S, K, U, P>(
     event: &StripeEvent,
 ) -> Result<EventOutcome, Error>
 where
-    S: SessionStore,
+    S: Checkouts + Accounts + ProcessedEvents,
     K: KeyRegistry,
     U: UserDirectory,
     P: Payments,
@@ -183,7 +183,7 @@ pub async fn sync_subscription<S, K, U, P>(
     subscription: &SubscriptionId,
 ) -> Result<SyncOutcome, Error>
 where
-    S: SessionStore,
+    S: Accounts,
     K: KeyRegistry,
     U: UserDirectory,
     P: Payments,
@@ -235,7 +235,7 @@ where
 /// name-keyed record of an earlier version).
 async fn subscriber<S, U>(store: &S, users: &U, state: &SubscriptionState) -> Result<Option<User>, Error>
 where
-    S: SessionStore,
+    S: Accounts,
     U: UserDirectory,
 {
     let id = state.user_id.as_deref().and_then(|u| UserId::parse(u).ok());
@@ -434,7 +434,7 @@ pub async fn resync<S, K, U, P>(
     apply: bool,
 ) -> Result<Vec<Drift>, Error>
 where
-    S: SessionStore,
+    S: Accounts + AccountListing,
     K: KeyRegistry,
     U: UserDirectory,
     P: Payments,

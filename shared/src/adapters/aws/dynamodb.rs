@@ -13,7 +13,9 @@ use crate::domain::{
     AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId,
     SubscriptionId, User, UserId, UserName,
 };
-use crate::ports::{AccountLock, Claim, Commit, OpenCheckouts, Result, SessionStore};
+use crate::ports::{
+    AccountListing, AccountLock, Accounts, Checkouts, Claim, Commit, OpenCheckouts, ProcessedEvents, Result,
+};
 
 const SERVICE: &str = "dynamodb";
 /// Global secondary index of the API keys table on `StripeCustomerId` (for webhooks whose
@@ -206,7 +208,7 @@ fn account_from_item(item: &Item, user_id: UserId, user_name: UserName, op: &'st
     })
 }
 
-impl SessionStore for DynamoStore {
+impl Checkouts for DynamoStore {
     async fn put_new(&self, record: &CheckoutRecord) -> Result<()> {
         const OP: &str = "PutItem(session)";
         self.client
@@ -297,6 +299,28 @@ impl SessionStore for DynamoStore {
         }
     }
 
+    async fn release_claim(&self, id: &SessionId, token: &str) -> Result<()> {
+        const OP: &str = "UpdateItem(release claim)";
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(id.as_str()))
+            .update_expression("SET #st = :pending REMOVE LeaseToken, LeaseUntil")
+            .condition_expression("#st = :issuing AND LeaseToken = :tok")
+            .expression_attribute_names("#st", "Status")
+            .expression_attribute_values(":pending", s(CheckoutStatus::Pending.as_str()))
+            .expression_attribute_values(":issuing", s(CheckoutStatus::Issuing.as_str()))
+            .expression_attribute_values(":tok", s(token))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
     async fn fulfil(&self, id: &SessionId, token: &str, account: &AccountRecord, now: DateTime<Utc>) -> Result<Commit> {
         const OP: &str = "TransactWriteItems(fulfil)";
         let update = Update::builder()
@@ -358,7 +382,9 @@ impl SessionStore for DynamoStore {
             return Err(BackendError::new(SERVICE, OP, msg.unwrap_or_else(|| describe(&e))));
         }
     }
+}
 
+impl Accounts for DynamoStore {
     async fn get_account(&self, user: &UserId) -> Result<Option<AccountRecord>> {
         const OP: &str = "GetItem(account)";
         let out = self
@@ -373,6 +399,46 @@ impl SessionStore for DynamoStore {
         match out.item.as_ref() {
             Some(i) => account_from_item_opt(i, OP),
             None => Ok(None),
+        }
+    }
+
+    async fn legacy_account(&self, user: &User) -> Result<Option<AccountRecord>> {
+        const OP: &str = "GetItem(legacy account)";
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.api_keys)
+            .key("UserID", s(user.name.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        match out.item {
+            Some(item) if is_legacy_account(&item) => {
+                account_from_item(&item, user.id.clone(), user.name.clone(), OP).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn retire_legacy_account(&self, user: &User) -> Result<()> {
+        const OP: &str = "UpdateItem(retire legacy account)";
+        // The customer id goes, so the customer index no longer finds the old item.
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.api_keys)
+            .key("UserID", s(user.name.as_str()))
+            .update_expression("SET MigratedTo = :id REMOVE StripeCustomerId")
+            .condition_expression("attribute_exists(#t) AND attribute_not_exists(UserSub)")
+            .expression_attribute_names("#t", "Type")
+            .expression_attribute_values(":id", s(user.id.as_str()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
 
@@ -480,69 +546,9 @@ impl SessionStore for DynamoStore {
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
+}
 
-    async fn legacy_account(&self, user: &User) -> Result<Option<AccountRecord>> {
-        const OP: &str = "GetItem(legacy account)";
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.tables.api_keys)
-            .key("UserID", s(user.name.as_str()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        match out.item {
-            Some(item) if is_legacy_account(&item) => {
-                account_from_item(&item, user.id.clone(), user.name.clone(), OP).map(Some)
-            }
-            _ => Ok(None),
-        }
-    }
-
-    async fn retire_legacy_account(&self, user: &User) -> Result<()> {
-        const OP: &str = "UpdateItem(retire legacy account)";
-        // The customer id goes, so the customer index no longer finds the old item.
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.tables.api_keys)
-            .key("UserID", s(user.name.as_str()))
-            .update_expression("SET MigratedTo = :id REMOVE StripeCustomerId")
-            .condition_expression("attribute_exists(#t) AND attribute_not_exists(UserSub)")
-            .expression_attribute_names("#t", "Type")
-            .expression_attribute_values(":id", s(user.id.as_str()))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
-            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
-        }
-    }
-
-    async fn release_claim(&self, id: &SessionId, token: &str) -> Result<()> {
-        const OP: &str = "UpdateItem(release claim)";
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.tables.sessions)
-            .key("SessionID", s(id.as_str()))
-            .update_expression("SET #st = :pending REMOVE LeaseToken, LeaseUntil")
-            .condition_expression("#st = :issuing AND LeaseToken = :tok")
-            .expression_attribute_names("#st", "Status")
-            .expression_attribute_values(":pending", s(CheckoutStatus::Pending.as_str()))
-            .expression_attribute_values(":issuing", s(CheckoutStatus::Issuing.as_str()))
-            .expression_attribute_values(":tok", s(token))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
-            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
-        }
-    }
-
+impl AccountListing for DynamoStore {
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
         const OP: &str = "Scan(accounts)";
         let mut out = Vec::new();
@@ -568,7 +574,9 @@ impl SessionStore for DynamoStore {
         }
         Ok(out)
     }
+}
 
+impl ProcessedEvents for DynamoStore {
     async fn event_seen(&self, event_id: &str) -> Result<bool> {
         const OP: &str = "GetItem(event)";
         let out = self

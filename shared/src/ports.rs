@@ -111,6 +111,8 @@ pub trait Accounts: Send + Sync {
 pub trait AccountListing: Send + Sync {
     /// Every account record (for the resync command; a full scan).
     fn list_accounts(&self) -> impl Future<Output = Result<Vec<AccountRecord>>> + Send;
+    /// The names of the name-keyed records of earlier versions not migrated yet (a full scan).
+    fn list_legacy_names(&self) -> impl Future<Output = Result<Vec<UserName>>> + Send;
 }
 
 /// The Stripe event ids processed already (beside the checkouts, with a TTL).
@@ -161,6 +163,10 @@ pub trait KeyRegistry: Send + Sync {
 /// User attributes (Cognito).
 pub trait UserDirectory: Send + Sync {
     fn get_user(&self, user: &UserName) -> impl Future<Output = Result<Option<UserProfile>>> + Send;
+    /// The user whose `custom:stripe_customer_id` is `customer`. Cognito cannot filter on a
+    /// custom attribute, so this lists the whole pool: only for records of earlier versions
+    /// that carry no customer id (found once, then the account record holds it).
+    fn find_by_customer(&self, customer: &CustomerId) -> impl Future<Output = Result<Option<UserName>>> + Send;
     /// Writes `custom:plan_type` and, when given, `custom:stripe_customer_id`.
     fn set_plan(
         &self,

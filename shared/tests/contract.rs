@@ -305,7 +305,12 @@ async fn user_directory_contract<U: UserDirectory>(users: &U, existing: &UserNam
     users.set_plan(existing, Plan::Free, None).await.unwrap();
     let free = users.get_user(existing).await.unwrap().unwrap();
     assert_eq!(free.plan, Some(Plan::Free));
-    assert_eq!(free.customer_id, Some(cus));
+    assert_eq!(free.customer_id, Some(cus.clone()));
+
+    // found by the customer attribute (records of the Python version carry no customer id)
+    assert_eq!(users.find_by_customer(&cus).await.unwrap(), Some(existing.clone()));
+    let other = CustomerId::parse("cus_contractNobody").unwrap();
+    assert_eq!(users.find_by_customer(&other).await.unwrap(), None);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -365,6 +370,27 @@ mod moto {
         let u = UserName::parse(&unique("contract-user-")).unwrap();
         m.create_user(&pool, &u).await;
         user_directory_contract(&CognitoUsers::new(&m.config, pool), &u).await;
+    }
+
+    /// ListUsers answers 60 users a page at most: the lookup by customer follows the pages.
+    #[tokio::test]
+    async fn cognito_finds_a_user_by_customer_beyond_the_first_page() {
+        let Some(m) = Moto::connect().await else {
+            return;
+        };
+        let pool = m.create_user_pool().await;
+        let mut last = None;
+        for n in 0..65 {
+            let u = UserName::parse(&format!("page-user-{n:02}")).unwrap();
+            m.create_user(&pool, &u).await;
+            last = Some(u);
+        }
+        let last = last.unwrap();
+        let users = CognitoUsers::new(&m.config, pool);
+        let cus = CustomerId::parse("cus_pagedXYZ").unwrap();
+        assert_eq!(users.find_by_customer(&cus).await.unwrap(), None);
+        users.set_plan(&last, Plan::Pro, Some(&cus)).await.unwrap();
+        assert_eq!(users.find_by_customer(&cus).await.unwrap(), Some(last));
     }
 
     /// The whole fulfilment flow on the AWS adapters (Stripe in memory): twenty concurrent
@@ -591,6 +617,8 @@ async fn name_keyed_records_of_earlier_versions_are_found_and_retired_on_moto() 
     assert_eq!(store.get_account(&bob.id).await.unwrap(), None, "not under the sub");
     assert_eq!(store.find_account_by_customer(&cus).await.unwrap(), None, "not a sub-keyed record");
     assert_eq!(store.find_legacy_name_by_customer(&cus).await.unwrap(), Some(bob.name.clone()));
+    assert!(store.list_legacy_names().await.unwrap().contains(&bob.name), "listed for the resync");
+    assert!(store.list_accounts().await.unwrap().iter().all(|a| a.user_name != bob.name), "not as an account");
     let legacy = store.legacy_account(&bob).await.unwrap().expect("found by name");
     assert_eq!(
         (legacy.user_id.clone(), legacy.plan, legacy.api_key_id.as_deref()),
@@ -604,4 +632,5 @@ async fn name_keyed_records_of_earlier_versions_are_found_and_retired_on_moto() 
     store.retire_legacy_account(&bob).await.unwrap();
     assert_eq!(store.legacy_account(&bob).await.unwrap(), None, "retired");
     assert_eq!(store.find_legacy_name_by_customer(&cus).await.unwrap(), None);
+    assert!(!store.list_legacy_names().await.unwrap().contains(&bob.name), "no longer listed");
 }

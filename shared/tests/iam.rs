@@ -40,6 +40,7 @@ fn action(op: &str) -> Option<&'static str> {
         "apigw.detach" => "apigateway:DELETE",
         "cognito.get_user" => "cognito-idp:AdminGetUser",
         "cognito.set_plan" => "cognito-idp:AdminUpdateUserAttributes",
+        "cognito.find_by_customer" => "cognito-idp:ListUsers",
         op if op.starts_with("stripe.") => return None,
         "ddb.fulfil" => return None, // expanded below
         other => panic!("no IAM action known for {other}: add it to this table"),
@@ -266,6 +267,23 @@ async fn webhook_calls() -> Vec<&'static str> {
     let _ = keyy;
     let subject = EventSubject::Subscription { id: suby, customer: Some(customer_y) };
     webhook!(event("evt_legacy", "customer.subscription.updated", subject)).unwrap();
+    // a record the Python version wrote without a customer id: found through Cognito's
+    // custom:stripe_customer_id
+    let zoe = w.user("pyra");
+    let (idz, _) = w.checkout_and_pay(&zoe).await;
+    let sz = w.app.payments.get_checkout_state(&idz);
+    let (subz, customer_z) = (sz.subscription.unwrap(), sz.customer.unwrap());
+    w.app.payments.update_subscription(&subz, |s| {
+        s.user_id = None;
+        s.user_name = None;
+    });
+    paykey::ports::UserDirectory::set_plan(&w.app.users, &zoe.name, paykey::domain::Plan::Pro, Some(&customer_z))
+        .await
+        .unwrap();
+    w.app.store.add_legacy_account(AccountRecord::new(&zoe, w.app.clock.now()));
+    let subject = EventSubject::Subscription { id: subz, customer: Some(customer_z) };
+    let out = webhook!(event("evt_python_era", "customer.subscription.updated", subject)).unwrap();
+    assert_eq!(out, flows::EventOutcome::Processed("pyra is PRO".into()));
     webhook!(event("evt_other", "customer.created", EventSubject::Other)).unwrap();
     calls
 }

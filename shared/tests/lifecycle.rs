@@ -297,13 +297,120 @@ async fn resync_reports_missed_cancellations_in_a_dry_run_and_repairs_them_with_
     assert_eq!(drifts.len(), 1, "{drifts:?}");
     assert_eq!(drifts[0].user, u);
     assert_eq!((drifts[0].current, drifts[0].desired), (Plan::Pro, Plan::Free));
-    assert!(!drifts[0].repaired);
+    assert!(!drifts[0].repaired() && drifts[0].applied.is_none());
     assert_eq!(w.snapshot(), before, "a dry run changes nothing");
 
     let drifts = resync(true).await.unwrap();
-    assert!(drifts[0].repaired);
+    assert!(drifts[0].repaired(), "{}", drifts[0]);
+    assert!(drifts[0].to_string().ends_with("repaired: alice is FREE"), "{}", drifts[0]);
     assert_eq!(plan_of(&w, &u).await, Plan::Free);
     assert_eq!(enabled_keys(&w, &u), 0);
     assert_eq!(plan_of(&w, &v).await, Plan::Pro, "bob untouched");
     assert!(resync(false).await.unwrap().is_empty(), "nothing left to repair");
+}
+
+/// A user as the Python version left them: a name-keyed record with a key and no customer id;
+/// the customer only in Cognito's `custom:stripe_customer_id`; a subscription without paykey's
+/// metadata. Returns (user, subscription, key id).
+async fn python_era_user(w: &World, name: &str) -> (User, SubscriptionId, String) {
+    let u = w.user(name);
+    let (id, _) = w.checkout_and_pay(&u).await;
+    let state = w.app.payments.get_checkout_state(&id);
+    let (sub, customer) = (state.subscription.unwrap(), state.customer.unwrap());
+    w.app.payments.update_subscription(&sub, |s| {
+        s.user_id = None;
+        s.user_name = None;
+    });
+    let key = w.app.keys.create(&format!("paykey-pro-{name}")).await.unwrap();
+    w.app.keys.attach_to_plan(&key.id).await.unwrap();
+    w.app.users.set_plan(&u.name, Plan::Pro, Some(&customer)).await.unwrap();
+    let mut legacy = paykey::domain::AccountRecord::new(&u, w.app.clock.now());
+    legacy.plan = Plan::Pro;
+    legacy.api_key_id = Some(key.id.clone());
+    assert_eq!(legacy.customer_id, None, "what the Python version wrote");
+    w.app.store.add_legacy_account(legacy);
+    (u, sub, key.id)
+}
+
+#[tokio::test]
+async fn a_cancellation_finds_a_python_era_user_through_the_cognito_customer_attribute_once() {
+    let w = World::new();
+    let (u, sub, key) = python_era_user(&w, "carol").await;
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    let out = handle(&w, &sub_event("evt_del", "customer.subscription.deleted", &sub)).await.unwrap();
+    assert_eq!(out, EventOutcome::Processed("carol is FREE".into()));
+    assert_eq!(plan_of(&w, &u).await, Plan::Free);
+    let k = w.app.keys.get(&key).await.unwrap().unwrap();
+    assert!(!k.enabled, "the old key disabled");
+    assert!(!w.app.keys.plan_key_ids().await.unwrap().contains(&key), "and detached");
+    assert!(w.app.store.legacy_accounts().is_empty(), "the name-keyed record retired");
+    let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    assert!(account.customer_id.is_some(), "the record now carries the customer");
+    assert_eq!(w.meter.count("cognito.find_by_customer"), 1);
+    // the next event finds the record by customer: no second listing of the pool
+    let out = handle(&w, &sub_event("evt_upd", "customer.subscription.updated", &sub)).await.unwrap();
+    assert_eq!(out, EventOutcome::Processed("carol is FREE".into()));
+    assert_eq!(w.meter.count("cognito.find_by_customer"), 1);
+}
+
+#[tokio::test]
+async fn resync_finds_python_era_records_without_a_customer_id_and_migrates_them() {
+    let w = World::new();
+    let (carol, sub, key) = python_era_user(&w, "carol").await;
+    let (dan, _, dan_key) = python_era_user(&w, "dan").await;
+    // carol cancelled while the Python version ran; dan is still paying
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    let resync = |apply| flows::resync(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), apply);
+    let before = w.snapshot();
+    let mut drifts = resync(false).await.unwrap();
+    drifts.sort_by(|a, b| a.user.name.as_str().cmp(b.user.name.as_str()));
+    assert_eq!(drifts.len(), 2, "{drifts:?}");
+    assert_eq!(
+        (&drifts[0].user, drifts[0].current, drifts[0].desired, drifts[0].legacy),
+        (&carol, Plan::Pro, Plan::Free, true)
+    );
+    assert_eq!(
+        (&drifts[1].user, drifts[1].current, drifts[1].desired, drifts[1].legacy),
+        (&dan, Plan::Pro, Plan::Pro, true)
+    );
+    assert_eq!(w.snapshot(), before, "a dry run changes nothing");
+
+    let drifts = resync(true).await.unwrap();
+    assert!(drifts.iter().all(|d| d.repaired()), "{drifts:?}");
+    assert_eq!(plan_of(&w, &carol).await, Plan::Free);
+    assert!(!w.app.keys.get(&key).await.unwrap().unwrap().enabled);
+    assert_eq!(plan_of(&w, &dan).await, Plan::Pro);
+    assert!(w.app.keys.get(&dan_key).await.unwrap().unwrap().enabled, "dan keeps his key");
+    assert!(w.app.store.legacy_accounts().is_empty(), "both migrated");
+    assert_eq!(w.meter.count("cognito.find_by_customer"), 0, "the resync knew whose customer it was");
+    assert!(resync(false).await.unwrap().is_empty(), "nothing left");
+}
+
+#[tokio::test]
+async fn resync_reports_a_repair_that_failed_and_goes_on_with_the_others() {
+    let w = World::new();
+    let (u, sub) = pro_user(&w, "alice").await;
+    let (v, subv) = pro_user(&w, "bob").await;
+    for s in [&sub, &subv] {
+        w.app.payments.update_subscription(s, |s| s.status = SubscriptionStatus::Canceled);
+    }
+    // the first repair's Cognito write fails
+    w.meter.inject("cognito.set_plan", Fault::Before);
+    let drifts =
+        flows::resync(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), true).await.unwrap();
+    assert_eq!(drifts.len(), 2);
+    let failed: Vec<_> = drifts.iter().filter(|d| !d.repaired()).collect();
+    assert_eq!(failed.len(), 1, "{drifts:?}");
+    assert!(failed[0].to_string().contains("NOT repaired"), "{}", failed[0]);
+    assert!(matches!(failed[0].applied, Some(Err(_))));
+    let fixed = drifts.iter().find(|d| d.repaired()).unwrap();
+    assert_eq!(plan_of(&w, &fixed.user).await, Plan::Free);
+    // a second run repairs what is left
+    let again =
+        flows::resync(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), true).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(again[0].repaired(), "{}", again[0]);
+    for x in [&u, &v] {
+        assert_eq!(plan_of(&w, x).await, Plan::Free);
+    }
 }

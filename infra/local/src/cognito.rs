@@ -300,6 +300,17 @@ impl UserDirectory for LocalCognito {
         }))
     }
 
+    async fn find_by_customer(&self, customer: &CustomerId) -> paykey::ports::Result<Option<UserName>> {
+        let inner = self.lock();
+        inner
+            .snapshot
+            .users
+            .iter()
+            .find(|(_, u)| u.stripe_customer_id.as_deref() == Some(customer.as_str()))
+            .map(|(name, _)| UserName::parse(name).map_err(|e| BackendError::new(SERVICE, "ListUsers", e.to_string())))
+            .transpose()
+    }
+
     async fn set_plan(&self, user: &UserName, plan: Plan, customer: Option<&CustomerId>) -> paykey::ports::Result<()> {
         let mut inner = self.lock();
         let Some(u) = inner.snapshot.users.get_mut(user.as_str()) else {

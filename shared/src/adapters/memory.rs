@@ -439,6 +439,13 @@ impl AccountListing for MemoryStore {
         self.meter.exit(DDB, "ddb.list_accounts")?;
         Ok(r)
     }
+
+    async fn list_legacy_names(&self) -> Result<Vec<UserName>> {
+        self.meter.enter(DDB, "ddb.list_legacy_names").await?;
+        let r = lock(&self.state).legacy.values().map(|a| a.user_name.clone()).collect();
+        self.meter.exit(DDB, "ddb.list_legacy_names")?;
+        Ok(r)
+    }
 }
 
 impl ProcessedEvents for MemoryStore {
@@ -745,6 +752,16 @@ impl UserDirectory for MemoryUsers {
         let r = lock(&self.users).get(user.as_str()).cloned();
         self.meter.exit(COGNITO, "cognito.get_user")?;
         Ok(r)
+    }
+
+    async fn find_by_customer(&self, customer: &CustomerId) -> Result<Option<UserName>> {
+        self.meter.enter(COGNITO, "cognito.find_by_customer").await?;
+        let found = lock(&self.users)
+            .iter()
+            .find(|(_, p)| p.customer_id.as_ref() == Some(customer))
+            .map(|(name, _)| UserName::parse(name).expect("stored names are valid"));
+        self.meter.exit(COGNITO, "cognito.find_by_customer")?;
+        Ok(found)
     }
 
     async fn set_plan(&self, user: &UserName, plan: Plan, customer: Option<&CustomerId>) -> Result<()> {

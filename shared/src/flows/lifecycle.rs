@@ -188,10 +188,35 @@ where
     U: UserDirectory,
     P: Payments,
 {
+    sync_subscription_of(store, keys, users, payments, ctx, subscription, None).await
+}
+
+/// [`sync_subscription`], told whose subscription it is when the caller knows (the resync,
+/// which found the user and their customer in a record): then the user is not looked up
+/// again, unless the subscription's own `metadata.user_id` names someone else.
+async fn sync_subscription_of<S, K, U, P>(
+    store: &S,
+    keys: &K,
+    users: &U,
+    payments: &P,
+    ctx: Ctx<'_>,
+    subscription: &SubscriptionId,
+    known: Option<&User>,
+) -> Result<SyncOutcome, Error>
+where
+    S: Accounts,
+    K: KeyRegistry,
+    U: UserDirectory,
+    P: Payments,
+{
     let Some(state) = payments.get_subscription(subscription).await? else {
         return Ok(SyncOutcome::UnknownSubscription);
     };
-    let Some(user) = subscriber(store, users, &state).await? else {
+    let user = match known {
+        Some(u) if state.user_id.as_deref().is_none_or(|id| id == u.id.as_str()) => Some(u.clone()),
+        _ => subscriber(store, users, &state).await?,
+    };
+    let Some(user) = user else {
         return Ok(SyncOutcome::UnknownCustomer);
     };
     let token = ctx.ids.token();
@@ -232,7 +257,8 @@ where
 ///
 /// Found from `metadata.user_id` (set at checkout), else from an older subscription's
 /// `metadata.user_name`, else through the stored customer id (a record keyed by `sub`, or a
-/// name-keyed record of an earlier version).
+/// name-keyed record of an earlier version), else through the user directory's
+/// `custom:stripe_customer_id` (records the Python version wrote without a customer id).
 async fn subscriber<S, U>(store: &S, users: &U, state: &SubscriptionState) -> Result<Option<User>, Error>
 where
     S: Accounts,
@@ -247,7 +273,13 @@ where
             Some(a) => (Some(a.user_id), a.user_name),
             None => match store.find_legacy_name_by_customer(&state.customer).await? {
                 Some(name) => (None, name),
-                None => return Ok(None),
+                // A record of an earlier version without a customer id: the user directory's
+                // `custom:stripe_customer_id` names the user (a listing of the pool, once: the
+                // record written below carries the customer id).
+                None => match users.find_by_customer(&state.customer).await? {
+                    Some(name) => (None, name),
+                    None => return Ok(None),
+                },
             },
         },
     };
@@ -395,15 +427,30 @@ pub struct Drift {
     pub subscription: Option<SubscriptionId>,
     pub status: String,
     pub key_enabled: Option<bool>,
-    /// Whether `apply` repaired it.
-    pub repaired: bool,
+    /// Found in a name-keyed record of an earlier version (migrated by `apply`).
+    pub legacy: bool,
+    /// With `apply`: what the sync did, or the error it ended with (`None` in a dry run, or
+    /// when there was nothing it could do, e.g. no subscription to follow).
+    pub applied: Option<Result<SyncOutcome, String>>,
+}
+
+impl Drift {
+    /// Whether `apply` brought the user to the desired plan.
+    pub fn repaired(&self) -> bool {
+        matches!(
+            (&self.applied, self.desired),
+            (Some(Ok(SyncOutcome::Pro { .. })), Plan::Pro)
+                | (Some(Ok(SyncOutcome::Free { .. })), Plan::Free)
+                | (Some(Ok(SyncOutcome::DuplicateCancelled { .. })), _)
+        )
+    }
 }
 
 impl std::fmt::Display for Drift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} → {} (subscription {} {}, key {})",
+            "{}: {} → {} (subscription {} {}, key {}{})",
             self.user,
             self.current,
             self.desired,
@@ -413,18 +460,44 @@ impl std::fmt::Display for Drift {
                 Some(true) => "enabled",
                 Some(false) => "disabled",
                 None => "none",
-            }
+            },
+            if self.legacy { ", record of an earlier version" } else { "" }
         )?;
-        if self.repaired {
-            f.write_str(" — repaired")?;
+        match &self.applied {
+            None => Ok(()),
+            Some(Ok(outcome)) if self.repaired() => write!(f, " — repaired: {}", describe_sync(outcome)),
+            Some(Ok(outcome)) => write!(f, " — NOT repaired: {}", describe_sync(outcome)),
+            Some(Err(e)) => write!(f, " — NOT repaired: {e}"),
         }
-        Ok(())
     }
 }
 
-/// Walks every account with a Stripe customer, reads its subscriptions from Stripe and
-/// reports (and with `apply`, repairs through `sync_subscription`) every user whose plan or
-/// key does not match: for webhooks that were missed.
+fn describe_sync(outcome: &SyncOutcome) -> String {
+    match outcome {
+        SyncOutcome::Pro { user } => format!("{} is PRO", user.name),
+        SyncOutcome::Free { user } => format!("{} is FREE", user.name),
+        SyncOutcome::Unchanged { user } => format!("{} unchanged (the subscription asks for no change)", user.name),
+        SyncOutcome::UnknownCustomer => "no user holds this customer any more".into(),
+        SyncOutcome::UnknownSubscription => "Stripe no longer knows the subscription".into(),
+        SyncOutcome::DuplicateCancelled { user, cancelled, refunded } => {
+            format!(
+                "{} keeps the current subscription; duplicate {cancelled} cancelled, {refunded} refunded",
+                user.name
+            )
+        }
+    }
+}
+
+/// Walks every account record (and every name-keyed record of an earlier version not
+/// migrated yet), reads the user's subscriptions from Stripe and reports every user whose plan
+/// or key does not match: for webhooks that were missed. With `apply`, each is repaired
+/// through the webhooks' code, and the report says what that did for each (an error for one
+/// user is reported in its drift and the walk goes on; reading the records or Stripe's
+/// subscriptions failing ends it with the error).
+///
+/// The customer is the record's, else the user's `custom:stripe_customer_id` (records the
+/// Python version wrote carry none). A user no longer in the directory (deleted; the name may
+/// be someone else's) is skipped: nothing is written for them.
 pub async fn resync<S, K, U, P>(
     store: &S,
     keys: &K,
@@ -440,12 +513,28 @@ where
     P: Payments,
 {
     let now = ctx.clock.now();
+    let grace = ctx.settings.past_due_grace;
     let attached: std::collections::HashSet<String> = keys.plan_key_ids().await?.into_iter().collect();
+    let mut records: Vec<(AccountRecord, bool)> =
+        store.list_accounts().await?.into_iter().map(|a| (a, false)).collect();
+    for name in store.list_legacy_names().await? {
+        let Some(sub) = users.get_user(&name).await?.and_then(|p| p.sub) else { continue };
+        if records.iter().any(|(a, _)| a.user_id == sub) {
+            continue; // the user has a record of their own; the old one is not in charge
+        }
+        if let Some(record) = store.legacy_account(&User { id: sub, name }).await? {
+            records.push((record, true));
+        }
+    }
     let mut drifts = Vec::new();
-    for account in store.list_accounts().await? {
-        let Some(customer) = account.customer_id.clone() else { continue };
+    for (account, legacy) in records {
+        let user = account.user();
+        let Some(profile) = users.get_user(&user.name).await?.filter(|p| p.is(&user)) else {
+            tracing::info!(user = %user, "resync: the user is no longer in the directory; skipped");
+            continue;
+        };
+        let Some(customer) = account.customer_id.clone().or_else(|| profile.customer_id.clone()) else { continue };
         let subs = payments.list_subscriptions(&customer).await?;
-        let grace = ctx.settings.past_due_grace;
         // The subscription that grants PRO, if any, else the newest one.
         let chosen = subs
             .iter()
@@ -458,12 +547,7 @@ where
             },
             None => Plan::Free,
         };
-        let current = users
-            .get_user(&account.user_name)
-            .await?
-            .filter(|p| p.is(&account.user()))
-            .map(|p| p.plan())
-            .unwrap_or(Plan::Free);
+        let current = profile.plan();
         let key = match &account.api_key_id {
             Some(id) => keys.get(id).await?,
             None => None,
@@ -472,22 +556,24 @@ where
             Plan::Pro => key.as_ref().is_some_and(|k| k.enabled && attached.contains(&k.id)),
             Plan::Free => key.as_ref().is_none_or(|k| !k.enabled && !attached.contains(&k.id)),
         };
-        if current == desired && account.plan == desired && key_ok {
+        if current == desired && account.plan == desired && key_ok && !legacy {
             continue;
         }
         let mut drift = Drift {
-            user: account.user(),
+            user: user.clone(),
             current,
             desired,
             subscription: chosen.map(|s| s.id.clone()),
             status: chosen.map(|s| s.status.as_str().to_string()).unwrap_or_else(|| "none".into()),
             key_enabled: key.map(|k| k.enabled),
-            repaired: false,
+            legacy,
+            applied: None,
         };
         if apply {
             if let Some(sub) = &drift.subscription {
-                sync_subscription(store, keys, users, payments, ctx, sub).await?;
-                drift.repaired = true;
+                // One user's failure is reported and the walk goes on (run again to retry).
+                let done = sync_subscription_of(store, keys, users, payments, ctx, sub, Some(&user)).await;
+                drift.applied = Some(done.map_err(|e| e.to_string()));
             }
         }
         tracing::info!(drift = %drift, "resync");

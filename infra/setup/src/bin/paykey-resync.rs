@@ -1,6 +1,8 @@
-//! `paykey-resync [--apply]`: walks every user with a Stripe customer, reads the
-//! subscriptions from Stripe and reports every plan or key out of step (missed webhooks).
-//! Dry run by default; `--apply` repairs through the same code as the webhook.
+//! `paykey-resync [--apply]`: walks every account record (and the name-keyed records of the
+//! Python version), reads the user's subscriptions from Stripe and reports every plan or key
+//! out of step (missed webhooks). Dry run by default; `--apply` repairs through the same code
+//! as the webhook and prints what that did for each user; exit status 1 when any user could
+//! not be repaired.
 //!
 //! Configuration: the stripe-webhook function's variables (`MY_DOMAIN`, `USER_POOL_ID`,
 //! `DYNAMODB_STRIPE_TABLE`, `DYNAMODB_API_KEY_TABLE`, `USAGE_PLAN_ID`, `STRIPE_API_KEY` or
@@ -39,10 +41,15 @@ async fn main() -> ExitCode {
             for d in &drifts {
                 println!("{d}");
             }
+            let repaired = drifts.iter().filter(|d| d.repaired()).count();
             match (drifts.len(), apply) {
                 (0, _) => println!("every plan and key matches Stripe"),
                 (n, false) => println!("{n} user(s) out of step; run again with --apply to repair"),
-                (n, true) => println!("{n} user(s) repaired"),
+                (n, true) if repaired == n => println!("{n} user(s) out of step, {repaired} repaired"),
+                (n, true) => {
+                    println!("{n} user(s) out of step, {repaired} repaired, {} NOT repaired (see above)", n - repaired);
+                    return ExitCode::from(1);
+                }
             }
             ExitCode::SUCCESS
         }

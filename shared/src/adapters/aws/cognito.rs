@@ -51,6 +51,37 @@ impl UserDirectory for CognitoUsers {
         Ok(Some(profile))
     }
 
+    async fn find_by_customer(&self, customer: &CustomerId) -> Result<Option<UserName>> {
+        const OP: &str = "ListUsers";
+        let mut token: Option<String> = None;
+        loop {
+            // 60 is ListUsers' largest page; only the attribute compared is asked for.
+            let page = self
+                .client
+                .list_users()
+                .user_pool_id(&self.pool_id)
+                .attributes_to_get(CUSTOMER_ATTRIBUTE)
+                .limit(60)
+                .set_pagination_token(token.take())
+                .send()
+                .await
+                .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+            for u in page.users() {
+                let holds = u
+                    .attributes()
+                    .iter()
+                    .any(|a| a.name() == CUSTOMER_ATTRIBUTE && a.value() == Some(customer.as_str()));
+                if let (true, Some(name)) = (holds, u.username()) {
+                    return UserName::parse(name).map(Some).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()));
+                }
+            }
+            match page.pagination_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(None),
+            }
+        }
+    }
+
     async fn set_plan(&self, user: &UserName, plan: Plan, customer: Option<&CustomerId>) -> Result<()> {
         const OP: &str = "AdminUpdateUserAttributes";
         let attr = |n: &str, v: &str| {

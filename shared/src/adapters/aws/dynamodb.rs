@@ -548,9 +548,9 @@ impl Accounts for DynamoStore {
     }
 }
 
-impl AccountListing for DynamoStore {
-    async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
-        const OP: &str = "Scan(accounts)";
+impl DynamoStore {
+    /// Every item of the API keys table, page by page.
+    async fn scan_accounts_table(&self, op: &'static str) -> Result<Vec<Item>> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -561,18 +561,37 @@ impl AccountListing for DynamoStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-            for item in page.items() {
-                if let Some(a) = account_from_item_opt(item, OP)? {
-                    out.push(a);
-                }
-            }
+                .map_err(|e| BackendError::new(SERVICE, op, describe(&e)))?;
+            out.extend(page.items.unwrap_or_default());
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
                 _ => break,
             }
         }
         Ok(out)
+    }
+}
+
+impl AccountListing for DynamoStore {
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
+        const OP: &str = "Scan(accounts)";
+        let mut out = Vec::new();
+        for item in &self.scan_accounts_table(OP).await? {
+            if let Some(a) = account_from_item_opt(item, OP)? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_legacy_names(&self) -> Result<Vec<UserName>> {
+        const OP: &str = "Scan(legacy accounts)";
+        self.scan_accounts_table(OP)
+            .await?
+            .iter()
+            .filter(|i| is_legacy_account(i))
+            .map(|i| UserName::parse(req_s(i, "UserID", OP)?).map_err(|e| bad(OP, e.to_string())))
+            .collect()
     }
 }
 

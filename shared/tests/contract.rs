@@ -372,6 +372,119 @@ mod moto {
         user_directory_contract(&CognitoUsers::new(&m.config, pool), &u).await;
     }
 
+    /// DynamoDB cancels a transaction that conflicts with another one in flight on the same item
+    /// (`TransactionConflict`); moto never does, so this interceptor turns the first `conflicts`
+    /// TransactWriteItems calls into that answer: the request is re-aimed at DescribeLimits (it
+    /// writes nothing) and the response replaced by the error DynamoDB sends.
+    #[derive(Debug)]
+    struct Conflicts {
+        left: std::sync::atomic::AtomicUsize,
+        seen: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    const CONFLICT: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","message":"Transaction cancelled, please refer cancellation reasons for specific reasons [None, TransactionConflict]","CancellationReasons":[{"Code":"None"},{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"}]}"#;
+
+    impl Conflicts {
+        fn strikes(&self, target: Option<&str>) -> bool {
+            use std::sync::atomic::Ordering::SeqCst;
+            if !target.is_some_and(|t| t.ends_with(".TransactWriteItems")) {
+                return false;
+            }
+            self.seen.fetch_add(1, SeqCst);
+            self.left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+        }
+    }
+
+    impl aws_sdk_dynamodb::config::Intercept for Conflicts {
+        fn name(&self) -> &'static str {
+            "Conflicts"
+        }
+        fn modify_before_transmit(
+            &self,
+            ctx: &mut aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+            _: &aws_sdk_dynamodb::config::RuntimeComponents,
+            cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+        ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+            let req = ctx.request_mut();
+            if self.strikes(req.headers().get("x-amz-target")) {
+                req.headers_mut().insert("x-amz-target", "DynamoDB_20120810.DescribeLimits");
+                cfg.interceptor_state().store_put(Struck);
+            }
+            Ok(())
+        }
+        fn modify_before_deserialization(
+            &self,
+            ctx: &mut aws_sdk_dynamodb::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+            _: &aws_sdk_dynamodb::config::RuntimeComponents,
+            cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+        ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+            if cfg.load::<Struck>().is_some() {
+                cfg.interceptor_state().unset::<Struck>();
+                let resp = ctx.response_mut();
+                *resp.status_mut() = 400u16.try_into()?;
+                *resp.body_mut() = aws_smithy_types::body::SdkBody::from(CONFLICT);
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Struck;
+    impl aws_smithy_types::config_bag::Storable for Struck {
+        type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+    }
+
+    async fn store_with_conflicts(m: &Moto, conflicts: usize) -> (DynamoStore, Arc<std::sync::atomic::AtomicUsize>) {
+        let tables = m.create_tables().await;
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let interceptor = Conflicts { left: conflicts.into(), seen: Arc::clone(&seen) };
+        let conf = aws_sdk_dynamodb::config::Builder::from(&m.config).interceptor(interceptor).build();
+        let client = aws_sdk_dynamodb::Client::from_conf(conf);
+        (DynamoStore::from_client(client, Tables { sessions: tables.0, api_keys: tables.1 }), seen)
+    }
+
+    /// Claims a fresh session and locks its user's record: ready to `fulfil` with "tok".
+    async fn ready_to_fulfil(store: &DynamoStore) -> (CheckoutRecord, AccountRecord) {
+        let u = new_user("conflict-");
+        let r = record(&u);
+        let t = r.created_at;
+        store.put_new(&r).await.unwrap();
+        assert!(matches!(
+            store.claim(&r.session_id, "tok", t, t + chrono::Duration::seconds(60)).await.unwrap(),
+            Claim::Acquired { .. }
+        ));
+        let until = t + chrono::Duration::seconds(60);
+        assert_eq!(store.lock_account(&u.id, "tok", t, until).await.unwrap(), AccountLock::Acquired(None));
+        (r, account(&u, "conflictkey"))
+    }
+
+    #[tokio::test]
+    async fn a_fulfilment_transaction_cancelled_for_a_conflict_is_tried_again() {
+        let Some(m) = Moto::connect().await else {
+            return;
+        };
+        let (store, seen) = store_with_conflicts(&m, 2).await;
+        let (r, acct) = ready_to_fulfil(&store).await;
+        assert_eq!(store.fulfil(&r.session_id, "tok", &acct, r.created_at).await.unwrap(), Commit::Done);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3, "two conflicts, then the commit");
+        assert_eq!(store.get(&r.session_id).await.unwrap().unwrap().status, CheckoutStatus::Fulfilled);
+        assert_eq!(store.get_account(&acct.user_id).await.unwrap().unwrap().api_key_id.as_deref(), Some("conflictkey"));
+    }
+
+    #[tokio::test]
+    async fn a_transaction_that_keeps_conflicting_fails_and_writes_nothing() {
+        let Some(m) = Moto::connect().await else {
+            return;
+        };
+        let (store, seen) = store_with_conflicts(&m, usize::MAX).await;
+        let (r, acct) = ready_to_fulfil(&store).await;
+        let e = store.fulfil(&r.session_id, "tok", &acct, r.created_at).await.unwrap_err();
+        assert!(e.to_string().contains("TransactWriteItems"), "{e}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4, "four attempts");
+        assert_eq!(store.get(&r.session_id).await.unwrap().unwrap().status, CheckoutStatus::Issuing);
+        assert_eq!(store.get_account(&acct.user_id).await.unwrap(), None);
+    }
+
     /// ListUsers answers 60 users a page at most: the lookup by customer follows the pages.
     #[tokio::test]
     async fn cognito_finds_a_user_by_customer_beyond_the_first_page() {

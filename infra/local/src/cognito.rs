@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::signature::{KeyPair, RsaKeyPair, RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256};
+use aws_lc_rs::signature::{KeyPair, RsaKeyPair};
 use aws_lc_rs::{pbkdf2, rsa::KeySize};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -54,7 +54,17 @@ pub enum AuthError {
 
 struct Inner {
     snapshot: PoolSnapshot,
+    /// For the JWKS (the public half).
     key: RsaKeyPair,
+    /// The same key, for `jsonwebtoken`.
+    signing: jsonwebtoken::EncodingKey,
+}
+
+/// jsonwebtoken reads an RSA private key as PKCS#1 DER or as PEM; aws-lc-rs writes PKCS#8
+/// DER, so it goes through PEM.
+fn encoding_key(pkcs8_der: &[u8]) -> Result<jsonwebtoken::EncodingKey, String> {
+    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8_der));
+    jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| format!("the signing key: {e}"))
 }
 
 /// The pool; cheap to clone.
@@ -81,6 +91,7 @@ impl LocalCognito {
     pub fn create(issuer_base: &str) -> Result<Self, String> {
         let key = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| "could not generate an RSA key".to_string())?;
         let der = key.as_der().map_err(|_| "could not encode the RSA key".to_string())?;
+        let signing = encoding_key(der.as_ref())?;
         let snapshot = PoolSnapshot {
             pool_id: "local_paykey".into(),
             client_id: format!("paykeylocal{}", &uuid::Uuid::new_v4().simple().to_string()[..14]),
@@ -90,7 +101,7 @@ impl LocalCognito {
         };
         Ok(Self {
             issuer: format!("{issuer_base}/{}", snapshot.pool_id),
-            inner: Arc::new(Mutex::new(Inner { snapshot, key })),
+            inner: Arc::new(Mutex::new(Inner { snapshot, key, signing })),
         })
     }
 
@@ -100,9 +111,10 @@ impl LocalCognito {
             STANDARD.decode(&snapshot.signing_key).map_err(|_| "cognito.signing_key is not base64".to_string())?;
         let key =
             RsaKeyPair::from_pkcs8(&der).map_err(|e| format!("cognito.signing_key is not a PKCS#8 RSA key: {e}"))?;
+        let signing = encoding_key(&der)?;
         Ok(Self {
             issuer: format!("{issuer_base}/{}", snapshot.pool_id),
-            inner: Arc::new(Mutex::new(Inner { snapshot, key })),
+            inner: Arc::new(Mutex::new(Inner { snapshot, key, signing })),
         })
     }
 
@@ -180,7 +192,7 @@ impl LocalCognito {
         if let Some(c) = &user.stripe_customer_id {
             claims.insert("custom:stripe_customer_id".into(), json!(c));
         }
-        sign_jwt(&inner.key, &inner.snapshot.kid, &Value::Object(claims)).map_err(|_| AuthError::NotAuthorized)
+        sign_jwt(&inner.signing, &inner.snapshot.kid, &Value::Object(claims)).map_err(|_| AuthError::NotAuthorized)
     }
 
     /// The JSON Web Key Set with the pool's public key.
@@ -193,14 +205,11 @@ impl LocalCognito {
     }
 }
 
-/// `header.payload.signature`, RS256.
-pub fn sign_jwt(key: &RsaKeyPair, kid: &str, claims: &Value) -> Result<String, aws_lc_rs::error::Unspecified> {
-    let header = json!({"kid": kid, "alg": "RS256", "typ": "JWT"});
-    let signing_input =
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
-    let mut sig = vec![0u8; key.public_modulus_len()];
-    key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut sig)?;
-    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+/// An RS256 JWT with `kid` in its header.
+pub fn sign_jwt(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Value) -> jsonwebtoken::errors::Result<String> {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, claims, key)
 }
 
 /// Why a bearer token was refused (API Gateway answers 401 for all of them).
@@ -232,35 +241,33 @@ pub fn verify_id_token(
     issuer: &str,
     now: i64,
 ) -> Result<Map<String, Value>, TokenError> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(TokenError::Malformed);
-    };
-    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).map_err(|_| TokenError::Malformed)?)
-        .map_err(|_| TokenError::Malformed)?;
-    if header["alg"] != "RS256" {
-        return Err(TokenError::Malformed);
-    }
-    let kid = header["kid"].as_str().ok_or(TokenError::Malformed)?;
-    let jwk =
-        jwks["keys"].as_array().and_then(|ks| ks.iter().find(|k| k["kid"] == kid)).ok_or(TokenError::UnknownKey)?;
-    let n = URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap_or_default()).map_err(|_| TokenError::UnknownKey)?;
-    let e = URL_SAFE_NO_PAD.decode(jwk["e"].as_str().unwrap_or_default()).map_err(|_| TokenError::UnknownKey)?;
-    let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed)?;
-    RsaPublicKeyComponents { n: &n, e: &e }
-        .verify(&RSA_PKCS1_2048_8192_SHA256, format!("{h}.{p}").as_bytes(), &sig)
-        .map_err(|_| TokenError::BadSignature)?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Malformed)?)
-            .map_err(|_| TokenError::Malformed)?;
+    use jsonwebtoken::errors::ErrorKind;
+    use jsonwebtoken::{jwk::JwkSet, Algorithm, DecodingKey, Validation};
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+    let set: JwkSet = serde_json::from_value(jwks.clone()).map_err(|_| TokenError::UnknownKey)?;
+    let jwk = header.kid.as_deref().and_then(|kid| set.find(kid)).ok_or(TokenError::UnknownKey)?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| TokenError::UnknownKey)?;
+    // RS256 only: `alg: none` and an HS256 token "signed" with the public key are refused.
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[audience]);
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+    // `exp` is compared with `now` below (the caller's clock), without leeway, as API Gateway does.
+    validation.validate_exp = false;
+    validation.leeway = 0;
+    let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::BadSignature,
+            ErrorKind::InvalidAudience => TokenError::Audience,
+            ErrorKind::InvalidIssuer => TokenError::Issuer,
+            ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::Audience,
+            ErrorKind::MissingRequiredClaim(c) if c == "iss" => TokenError::Issuer,
+            ErrorKind::MissingRequiredClaim(_) => TokenError::Expired,
+            _ => TokenError::Malformed,
+        })?
+        .claims;
     if claims.get("exp").and_then(Value::as_i64).is_none_or(|exp| exp <= now) {
         return Err(TokenError::Expired);
-    }
-    if claims.get("aud").and_then(Value::as_str) != Some(audience) {
-        return Err(TokenError::Audience);
-    }
-    if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
-        return Err(TokenError::Issuer);
     }
     if claims.get("token_use").and_then(Value::as_str) != Some("id") {
         return Err(TokenError::TokenUse);
@@ -370,6 +377,17 @@ mod tests {
         let foreign = other.sign_in("alice", "correct horse", now).unwrap();
         assert_eq!(verify_id_token(&foreign, &jwks, &aud, &iss, now), Err(TokenError::UnknownKey));
         assert_eq!(verify_id_token("not.a.token", &jwks, &aud, &iss, now), Err(TokenError::Malformed));
+        // `alg: none`, and HS256 with the public key's modulus as the shared secret
+        let kid = jwks["keys"][0]["kid"].as_str().unwrap().to_string();
+        let unsigned_header = URL_SAFE_NO_PAD.encode(json!({"alg": "none", "kid": kid, "typ": "JWT"}).to_string());
+        let none = format!("{unsigned_header}.{}.", parts[1]);
+        assert_eq!(verify_id_token(&none, &jwks, &aud, &iss, now), Err(TokenError::Malformed));
+        let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        hs.kid = Some(kid);
+        let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let secret = jwks["keys"][0]["n"].as_str().unwrap().as_bytes().to_vec();
+        let confused = jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(&secret)).unwrap();
+        assert_eq!(verify_id_token(&confused, &jwks, &aud, &iss, now), Err(TokenError::Malformed));
     }
 
     #[test]

@@ -299,3 +299,79 @@ async fn a_second_tab_expires_the_first_checkout_over_http() {
     drop(stack);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Thirty users upgrade at once on one stack: every success URL answers with a redirect to the
+/// thanks page (done, or `?status=pending` when the webhook is finishing it), never a 5xx or
+/// JSON, and every user ends PRO with exactly one key. The numbers are printed (run with
+/// `--nocapture`), not asserted: this is not a benchmark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_concurrent_journeys_all_redirect_and_all_end_pro() {
+    const USERS: usize = 30;
+    let data = std::env::temp_dir().join(format!("paykey-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let stack = start(&data);
+    let base = stack.base.clone();
+    let started = Instant::now();
+    let journeys = (0..USERS).map(|n| {
+        let base = base.clone();
+        tokio::spawn(async move {
+            let user = format!("crowd{n:02}");
+            let r = call(
+                "POST",
+                &format!("{base}/cognito/sign-up"),
+                &[("content-type", "application/json")],
+                &json!({"username": user, "password": "correct horse"}).to_string(),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let token = sign_in(&base, &user, "correct horse").await;
+            let success = pay(&base, &checkout(&base, &token).await).await;
+            let r = call("GET", &success, &[], "").await;
+            (user, token, r.status, r.location, r.body)
+        })
+    });
+    let mut results = Vec::new();
+    for j in journeys {
+        results.push(j.await.expect("a journey"));
+    }
+    let redirected_after = started.elapsed();
+    let (thanks, pending) = (format!("{base}/thanks_upgrade"), format!("{base}/thanks_upgrade?status=pending"));
+    let mut done = 0;
+    for (user, _, status, location, body) in &results {
+        assert_eq!(*status, 302, "{user}: the success URL answered {status}: {body}");
+        match location.as_deref() {
+            Some(l) if l == thanks => done += 1,
+            Some(l) if l == pending => {}
+            other => panic!("{user}: redirected to {other:?}"),
+        }
+    }
+    for (user, token, ..) in &results {
+        eventually(&base, &format!("{user} is PRO"), async || {
+            let a = account(&base, token).await;
+            a["plan"] == "PRO" && a["api_key"]["value"].is_string()
+        })
+        .await;
+    }
+    let all_pro_after = started.elapsed();
+    // the stores as the stack saved them after the last request: one enabled key per user, each
+    // on the usage plan and the one its account record names
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(data.join("state.json")).unwrap()).unwrap();
+    let keys = state["keys"]["keys"].as_array().unwrap();
+    let names: std::collections::BTreeSet<&str> = keys.iter().map(|k| k[0]["name"].as_str().unwrap()).collect();
+    assert_eq!((keys.len(), names.len()), (USERS, USERS), "one key per user: {keys:?}");
+    assert!(keys.iter().all(|k| k[0]["enabled"] == true));
+    let on_plan = state["keys"]["plan"].as_array().unwrap();
+    let accounts = state["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), USERS);
+    for a in accounts {
+        assert_eq!(a["plan"], "PRO", "{a}");
+        assert!(on_plan.contains(&a["api_key_id"]), "{a}");
+    }
+    println!(
+        "{USERS} concurrent journeys: {done} thanks, {} pending; all redirected after {:.1} s, all PRO after {:.1} s",
+        USERS - done,
+        redirected_after.as_secs_f64(),
+        all_pro_after.as_secs_f64()
+    );
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&data);
+}

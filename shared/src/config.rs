@@ -100,16 +100,15 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
     Ok(s)
 }
 
-/// Checks a webhook signing secret (`whsec_…`).
-pub fn check_webhook_secret(secret: Secret) -> Result<Secret, ConfigError> {
-    let v = secret.expose();
-    if !v.starts_with("whsec_") {
-        return Err(ConfigError::Malformed {
-            name: "STRIPE_WEBHOOK_SECRET",
-            reason: "expected a whsec_… signing secret".into(),
-        });
+/// Checks the webhook signing secrets: one `whsec_…` value, or several separated by commas
+/// (while a webhook endpoint is replaced, both endpoints' secrets are accepted).
+pub fn check_webhook_secrets(secret: Secret) -> Result<Vec<Secret>, ConfigError> {
+    let malformed = |reason: &str| ConfigError::Malformed { name: "STRIPE_WEBHOOK_SECRET", reason: reason.into() };
+    let secrets: Vec<Secret> = secret.expose().split(',').map(|s| Secret::new(s.trim())).collect();
+    if secrets.iter().any(|s| !s.expose().starts_with("whsec_")) {
+        return Err(malformed("expected whsec_… signing secrets, separated by commas"));
     }
-    Ok(secret)
+    Ok(secrets)
 }
 
 /// DynamoDB table names.
@@ -235,6 +234,19 @@ pub fn connect(env: &Env) -> Result<Option<crate::domain::Connect>, ConfigError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_secrets_are_one_or_several_whsec_values() {
+        let one = check_webhook_secrets(Secret::new("whsec_a")).unwrap();
+        assert_eq!(one.iter().map(|s| s.expose()).collect::<Vec<_>>(), ["whsec_a"]);
+        let two = check_webhook_secrets(Secret::new("whsec_new, whsec_old")).unwrap();
+        assert_eq!(two.iter().map(|s| s.expose()).collect::<Vec<_>>(), ["whsec_new", "whsec_old"]);
+        for bad in ["sk_test_x", "whsec_a,", "whsec_a,sk_live_b", ""] {
+            let e = check_webhook_secrets(Secret::new(bad)).unwrap_err();
+            assert!(matches!(e, ConfigError::Malformed { name: "STRIPE_WEBHOOK_SECRET", .. }), "{bad:?}: {e:?}");
+            assert!(!e.to_string().contains("sk_"), "the value is not echoed: {e}");
+        }
+    }
 
     #[test]
     fn a_missing_variable_is_named() {

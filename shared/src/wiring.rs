@@ -103,7 +103,7 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
 pub async fn webhook_app(env: &Env) -> Result<WebhookApp, InitError> {
     let hook = config::secret_source(env, "STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PARAMETER");
     let (mut app, aws) = all_ports(env).await?;
-    app.settings.webhook_secret = Some(config::check_webhook_secret(resolve(hook?, &aws).await?)?);
+    app.settings.webhook_secrets = config::check_webhook_secrets(resolve(hook?, &aws).await?)?;
     Ok(app)
 }
 

@@ -18,7 +18,7 @@ const FIXTURE: &str = include_str!("data/apigw-rest-cognito.json");
 
 fn world() -> World {
     let mut w = World::new();
-    w.app.settings.webhook_secret = Some(Secret::new(SECRET));
+    w.app.settings.webhook_secrets = vec![Secret::new(SECRET)];
     w
 }
 
@@ -254,5 +254,31 @@ async fn without_a_configured_secret_every_event_is_refused() {
     let w = World::new();
     let payload = "{}";
     let r = handlers::stripe_webhook(&w.app, request(payload, Some(&signed(&w, payload)), false)).await.unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+/// While a webhook endpoint is replaced (to pin its API version), both endpoints deliver
+/// every event, each signed with its own secret: either secret is accepted, the event is
+/// processed once (deduplicated by event id), and a third secret is still refused.
+#[tokio::test]
+async fn during_an_endpoint_replacement_either_secret_verifies_and_the_event_is_processed_once() {
+    const NEW: &str = "whsec_test_paykey_new_endpoint";
+    let mut w = world();
+    w.app.settings.webhook_secrets.push(Secret::new(NEW));
+    let u = w.user("alice");
+    let (id, _) = w.checkout_and_pay(&u).await;
+    let payload = completed_event(&w, "evt_both", id.as_str());
+    let now = w.app.clock.now().timestamp();
+    let by_new =
+        handlers::stripe_webhook(&w.app, request(&payload, Some(&signature_header(&payload, NEW, now)), false))
+            .await
+            .unwrap();
+    assert_eq!(by_new.status(), 200, "{:?}", by_new.body());
+    let by_old = handlers::stripe_webhook(&w.app, request(&payload, Some(&signed(&w, &payload)), false)).await.unwrap();
+    assert_eq!(by_old.status(), 200, "{:?}", by_old.body());
+    assert_eq!(body(&by_old)["outcome"], "duplicate", "{:?}", body(&by_old));
+    w.assert_fulfilled_once(&u, &id).await;
+    let other = signature_header(&payload, "whsec_someone_else", now);
+    let r = handlers::stripe_webhook(&w.app, request(&payload, Some(&other), false)).await.unwrap();
     assert_eq!(r.status(), 400);
 }

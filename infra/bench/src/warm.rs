@@ -23,7 +23,7 @@ fn app(meter: &Arc<Meter>) -> BenchApp {
     let payments = MemoryPayments::new(Arc::clone(meter));
     payments.add_price("FMMailPro", 980, "jpy");
     let mut settings = Settings::new("https://app.example.com", "https://api.example.com/prod");
-    settings.webhook_secret = Some(paykey::config::Secret::new("whsec_bench"));
+    settings.webhook_secrets = vec![paykey::config::Secret::new("whsec_bench")];
     App {
         store: MemoryStore::new(Arc::clone(meter)),
         keys: MemoryKeys::new(Arc::clone(meter)),

@@ -177,7 +177,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         keys.restore(s.keys);
     }
     let mut settings = Settings::new(base.clone(), format!("{base}/api"));
-    settings.webhook_secret = (!webhook_secret.is_empty()).then(|| Secret::new(webhook_secret.clone()));
+    settings.webhook_secrets = webhook_secret.split(',').filter(|s| !s.is_empty()).map(Secret::new).collect();
     let app = App {
         store,
         keys,

@@ -37,6 +37,11 @@ pub struct Catalog {
     pub webhook_url: Option<String>,
     /// The portal's default return URL (the front end).
     pub portal_return_url: Option<String>,
+    /// When the endpoint sends events in another API version than paykey's: create a second,
+    /// pinned endpoint for the same URL (both deliver until the old one is retired).
+    pub repin_webhook: bool,
+    /// Disable this endpoint of the webhook URL (the old one, once the new secret is deployed).
+    pub retire_webhook: Option<String>,
 }
 
 impl Default for Catalog {
@@ -49,6 +54,8 @@ impl Default for Catalog {
             interval: "month".into(),
             webhook_url: None,
             portal_return_url: None,
+            repin_webhook: false,
+            retire_webhook: None,
         }
     }
 }
@@ -283,63 +290,125 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
 
     // Webhook endpoint for the events paykey handles, pinned to async-stripe's API version.
     if let Some(url) = &c.webhook_url {
-        let wanted: Vec<String> = webhook_events().iter().map(|s| s.to_string()).collect();
-        let endpoints =
-            ListWebhookEndpoint::new().limit(100).send(client).await.map_err(|e| err("list webhook endpoints", e))?;
-        match endpoints.data.into_iter().find(|e| &e.url == url) {
-            Some(e) => {
-                // Stripe sets an endpoint's API version at creation only (no update parameter).
-                // paykey reads a version-independent envelope of each event and fetches the rest,
-                // so another version is safe; say so rather than silently ignore it.
-                let version = e.api_version.clone().unwrap_or_else(|| "the account default".into());
-                if version != stripe_shared::version::VERSION.as_str() {
-                    report.changes.push(Change::Unchanged(format!(
-                        "webhook endpoint {} sends events in API version {version}, not {} (Stripe cannot change it on an existing endpoint; paykey reads only id, type and object ids, so it works; delete the endpoint and run again to pin it)",
-                        e.id,
-                        stripe_shared::version::VERSION
-                    )));
-                }
-                let mut have: Vec<String> = e.enabled_events.clone();
-                have.sort();
-                let mut want = wanted.clone();
-                want.sort();
-                if have == want && e.status == "enabled" {
-                    report.changes.push(Change::Unchanged(format!("webhook endpoint {} → {url}", e.id)));
-                } else {
-                    let events: Vec<UpdateWebhookEndpointEnabledEvents> = wanted
-                        .iter()
-                        .map(|s| s.parse().map_err(|_| SetupError(format!("event {s}"))))
-                        .collect::<Result<_, _>>()?;
-                    UpdateWebhookEndpoint::new(e.id.as_str())
-                        .enabled_events(events)
-                        .disabled(false)
-                        .send(client)
-                        .await
-                        .map_err(|er| err("update webhook endpoint", er))?;
-                    report.changes.push(Change::Updated(format!("webhook endpoint {} (events)", e.id)));
-                }
-            }
-            None => {
-                let events: Vec<CreateWebhookEndpointEnabledEvents> = wanted
-                    .iter()
-                    .map(|s| s.parse().map_err(|_| SetupError(format!("event {s}"))))
-                    .collect::<Result<_, _>>()?;
-                let e = CreateWebhookEndpoint::new(events, url.as_str())
-                    .api_version(stripe_shared::version::VERSION)
-                    .description("paykey: plan and key lifecycle")
-                    .customize()
-                    .request_strategy(idem(format!("paykey-setup-webhook-{url}"))?)
-                    .send(client)
-                    .await
-                    .map_err(|er| err("create webhook endpoint", er))?;
-                report.webhook_secret = e.secret.clone();
-                report.changes.push(Change::Created(format!(
-                    "webhook endpoint {} → {url} (API version {})",
-                    e.id,
-                    stripe_shared::version::VERSION
+        webhook_endpoint(client, c, url, &mut report).await?;
+    } else if c.retire_webhook.is_some() || c.repin_webhook {
+        return Err(SetupError("--repin-webhook and --retire-webhook need --webhook-url".into()));
+    }
+    Ok(report)
+}
+
+/// The webhook endpoint for `url`, pinned to async-stripe's API version.
+///
+/// Stripe sets an endpoint's API version at creation only (there is no update parameter), so
+/// an endpoint created in another version is replaced in two runs, without losing an event:
+/// `--repin-webhook` creates a second, pinned endpoint for the same URL and prints its secret;
+/// both endpoints deliver every event (the webhook deduplicates by event id) while the
+/// operator deploys both secrets (`STRIPE_WEBHOOK_SECRET=new,old`); then
+/// `--retire-webhook <old id>` disables the old endpoint.
+async fn webhook_endpoint(client: &Client, c: &Catalog, url: &str, report: &mut Report) -> Result<(), SetupError> {
+    let version = stripe_shared::version::VERSION.as_str();
+    let wanted: Vec<String> = webhook_events().iter().map(|s| s.to_string()).collect();
+    let endpoints =
+        ListWebhookEndpoint::new().limit(100).send(client).await.map_err(|e| err("list webhook endpoints", e))?;
+    let mut mine: Vec<_> = endpoints.data.into_iter().filter(|e| e.url == url).collect();
+    let pinned = |e: &stripe_misc::WebhookEndpoint| e.api_version.as_deref() == Some(version);
+
+    if let Some(old) = &c.retire_webhook {
+        let Some(e) = mine.iter_mut().find(|e| e.id.as_str() == old) else {
+            return Err(SetupError(format!("no webhook endpoint {old} sends to {url}")));
+        };
+        if e.status == "disabled" {
+            report.changes.push(Change::Unchanged(format!("webhook endpoint {old} (retired already)")));
+        } else {
+            let e_id = e.id.clone();
+            let is_pinned = pinned(e);
+            let others_pinned = mine.iter().any(|o| o.id != e_id && pinned(o) && o.status == "enabled");
+            if is_pinned && !others_pinned {
+                return Err(SetupError(format!(
+                    "webhook endpoint {old} is the only one in API version {version}: not retired"
                 )));
+            }
+            UpdateWebhookEndpoint::new(old.as_str())
+                .disabled(true)
+                .send(client)
+                .await
+                .map_err(|er| err("disable webhook endpoint", er))?;
+            report.changes.push(Change::Updated(format!("webhook endpoint {old} disabled (retired)")));
+            if let Some(e) = mine.iter_mut().find(|e| e.id.as_str() == old) {
+                e.status = "disabled".into();
             }
         }
     }
-    Ok(report)
+
+    let current = mine.iter().filter(|e| pinned(e)).max_by_key(|e| e.status == "enabled").or_else(|| {
+        mine.iter().filter(|e| c.retire_webhook.as_deref() != Some(e.id.as_str())).max_by_key(|e| e.status == "enabled")
+    });
+    let replace = current.is_some_and(|e| !pinned(e)) && c.repin_webhook;
+    match current {
+        Some(e) if !replace => {
+            if !pinned(e) {
+                report.changes.push(Change::Unchanged(format!(
+                    "webhook endpoint {} sends events in API version {}, not {version} (paykey reads only id, type and object ids, so it works; to pin it, run again with --repin-webhook)",
+                    e.id,
+                    e.api_version.as_deref().unwrap_or("the account default"),
+                )));
+            }
+            let mut have: Vec<String> = e.enabled_events.clone();
+            have.sort();
+            let mut want = wanted.clone();
+            want.sort();
+            if have == want && e.status == "enabled" {
+                report.changes.push(Change::Unchanged(format!("webhook endpoint {} → {url}", e.id)));
+            } else {
+                let events: Vec<UpdateWebhookEndpointEnabledEvents> = wanted
+                    .iter()
+                    .map(|s| s.parse().map_err(|_| SetupError(format!("event {s}"))))
+                    .collect::<Result<_, _>>()?;
+                UpdateWebhookEndpoint::new(e.id.as_str())
+                    .enabled_events(events)
+                    .disabled(false)
+                    .send(client)
+                    .await
+                    .map_err(|er| err("update webhook endpoint", er))?;
+                report.changes.push(Change::Updated(format!("webhook endpoint {} (events)", e.id)));
+            }
+            // An old endpoint still delivering beside the pinned one: say how to retire it.
+            for o in mine.iter().filter(|o| o.id != e.id && !pinned(o) && o.status == "enabled") {
+                report.changes.push(Change::Unchanged(format!(
+                    "webhook endpoint {} (API version {}) also delivers to {url}; once the new secret is deployed, retire it: --retire-webhook {}",
+                    o.id,
+                    o.api_version.as_deref().unwrap_or("the account default"),
+                    o.id
+                )));
+            }
+        }
+        _ => {
+            let events: Vec<CreateWebhookEndpointEnabledEvents> = wanted
+                .iter()
+                .map(|s| s.parse().map_err(|_| SetupError(format!("event {s}"))))
+                .collect::<Result<_, _>>()?;
+            // A replacement has its own idempotency key (the first creation's would replay it).
+            let key = match current {
+                Some(old) => format!("paykey-setup-webhook-{url}-{version}-replaces-{}", old.id),
+                None => format!("paykey-setup-webhook-{url}"),
+            };
+            let e = CreateWebhookEndpoint::new(events, url)
+                .api_version(stripe_shared::version::VERSION)
+                .description("paykey: plan and key lifecycle")
+                .customize()
+                .request_strategy(idem(key)?)
+                .send(client)
+                .await
+                .map_err(|er| err("create webhook endpoint", er))?;
+            report.webhook_secret = e.secret.clone();
+            report.changes.push(Change::Created(match current {
+                None => format!("webhook endpoint {} → {url} (API version {version})", e.id),
+                Some(old) => format!(
+                    "webhook endpoint {} → {url} (API version {version}), replacing {}: deploy both secrets (STRIPE_WEBHOOK_SECRET=<new>,<old>), then run with --retire-webhook {}",
+                    e.id, old.id, old.id
+                ),
+            }));
+        }
+    }
+    Ok(())
 }

@@ -3,7 +3,10 @@
 //! ```text
 //! STRIPE_API_KEY=sk_test_… paykey-setup [--webhook-url URL] [--return-url URL]
 //!     [--product-name "FMMail PRO"] [--lookup-key FMMailPro] [--amount 980] [--currency jpy] [--interval month]
+//!     [--repin-webhook] [--retire-webhook we_…]
 //! ```
+//! `--repin-webhook` replaces an endpoint created in another API version by a pinned one (both
+//! deliver until `--retire-webhook <old id>` disables the old one; see `webhook_endpoint`).
 //! `STRIPE_API_BASE` points it at another Stripe-compatible server (the local emulator).
 
 use std::process::ExitCode;
@@ -12,7 +15,8 @@ use paykey_setup::{run, Catalog};
 
 fn usage() -> &'static str {
     "usage: STRIPE_API_KEY=sk_… paykey-setup [--webhook-url URL] [--return-url URL] [--product-name NAME] \
-     [--lookup-key KEY] [--amount MINOR_UNITS] [--currency ISO] [--interval day|week|month|year]"
+     [--lookup-key KEY] [--amount MINOR_UNITS] [--currency ISO] [--interval day|week|month|year] \
+     [--repin-webhook] [--retire-webhook ENDPOINT_ID]"
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -31,6 +35,11 @@ async fn main() -> ExitCode {
             }),
             "--currency" => value(&a).map(|v| c.currency = v.to_lowercase()),
             "--interval" => value(&a).map(|v| c.interval = v),
+            "--repin-webhook" => {
+                c.repin_webhook = true;
+                Ok(())
+            }
+            "--retire-webhook" => value(&a).map(|v| c.retire_webhook = Some(v)),
             "-h" | "--help" => {
                 println!("{}", usage());
                 return ExitCode::SUCCESS;

@@ -79,3 +79,66 @@ async fn a_bad_interval_is_refused_before_anything_is_created() {
     let (_, products) = emu.shared.call("GET", "/v1/products", "");
     assert!(products["data"].as_array().unwrap().is_empty());
 }
+
+/// An endpoint created in another API version (by hand, or by the Python version's setup) is
+/// replaced in two runs without a gap: `--repin-webhook` adds a pinned endpoint beside it (both
+/// deliver), `--retire-webhook` then disables the old one; later runs leave both as they are.
+#[tokio::test]
+async fn an_endpoint_in_another_api_version_is_replaced_by_a_pinned_one_then_retired() {
+    let (emu, client) = emulator().await;
+    let url = catalog().webhook_url.unwrap();
+    let form = format!(
+        "url={}&enabled_events[0]=checkout.session.completed&api_version=2020-08-27",
+        percent_encoding::utf8_percent_encode(&url, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let (status, old) = emu.shared.call("POST", "/v1/webhook_endpoints", &form);
+    assert_eq!(status, 200, "{old}");
+    let old_id = old["id"].as_str().unwrap().to_string();
+    let endpoints = || {
+        let (_, hooks) = emu.shared.call("GET", "/v1/webhook_endpoints", "");
+        hooks["data"].as_array().unwrap().clone()
+    };
+
+    // without the flag: reported, events fixed, nothing created
+    let plain = run(&client, &catalog()).await.unwrap();
+    assert!(plain.changes.iter().any(|c| c.to_string().contains("--repin-webhook")), "{:?}", plain.changes);
+    assert_eq!(plain.webhook_secret, None);
+    assert_eq!(endpoints().len(), 1);
+
+    // --repin-webhook: a second endpoint, pinned, its secret shown; the old one still enabled
+    let repin = run(&client, &Catalog { repin_webhook: true, ..catalog() }).await.unwrap();
+    assert!(repin.webhook_secret.as_deref().is_some_and(|s| s.starts_with("whsec_")), "{:?}", repin.changes);
+    let hooks = endpoints();
+    assert_eq!(hooks.len(), 2);
+    let new = hooks.iter().find(|h| h["id"] != old_id.as_str()).unwrap();
+    assert_eq!(new["api_version"], stripe_emulator::objects::API_VERSION);
+    assert!(hooks.iter().all(|h| h["status"] == "enabled" && h["url"] == url.as_str()));
+    assert!(repin.changes.iter().any(|c| c.to_string().contains(&format!("--retire-webhook {old_id}"))));
+
+    // a run in between (or a repeated --repin-webhook) creates nothing and points at the old one
+    let again = run(&client, &Catalog { repin_webhook: true, ..catalog() }).await.unwrap();
+    assert!(!again.changed_anything(), "{:?}", again.changes);
+    assert!(again.changes.iter().any(|c| c.to_string().contains(&format!("--retire-webhook {old_id}"))));
+    assert_eq!(endpoints().len(), 2);
+
+    // the pinned endpoint cannot be retired while it is the only pinned one
+    let new_id = new["id"].as_str().unwrap().to_string();
+    let refused = run(&client, &Catalog { retire_webhook: Some(new_id.clone()), ..catalog() }).await.unwrap_err();
+    assert!(refused.to_string().contains("only one"), "{refused}");
+
+    // --retire-webhook: the old one disabled; later runs keep it disabled and change nothing
+    let retired = run(&client, &Catalog { retire_webhook: Some(old_id.clone()), ..catalog() }).await.unwrap();
+    assert!(
+        retired.changes.iter().any(|c| matches!(c, Change::Updated(s) if s.contains(&old_id))),
+        "{:?}",
+        retired.changes
+    );
+    let status_of = |id: &str| endpoints().iter().find(|h| h["id"] == id).unwrap()["status"].clone();
+    assert_eq!(status_of(&old_id), "disabled");
+    assert_eq!(status_of(&new_id), "enabled");
+    let after = run(&client, &catalog()).await.unwrap();
+    assert!(!after.changed_anything(), "{:?}", after.changes);
+    assert_eq!(status_of(&old_id), "disabled", "not re-enabled");
+    let unknown = run(&client, &Catalog { retire_webhook: Some("we_nope".into()), ..catalog() }).await.unwrap_err();
+    assert!(unknown.to_string().contains("we_nope"), "{unknown}");
+}

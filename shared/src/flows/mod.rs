@@ -42,8 +42,9 @@ pub struct Settings {
     pub past_due_grace: Duration,
     /// How long processed webhook event ids are remembered.
     pub event_ttl: Duration,
-    /// `STRIPE_WEBHOOK_SECRET` (`whsec_…`), for the webhook function.
-    pub webhook_secret: Option<crate::domain::Secret>,
+    /// `STRIPE_WEBHOOK_SECRET` (`whsec_…`), for the webhook function: one, or several while
+    /// an endpoint is being replaced (a delivery signed with any of them is accepted).
+    pub webhook_secrets: Vec<crate::domain::Secret>,
 }
 
 impl Settings {
@@ -59,7 +60,7 @@ impl Settings {
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             past_due_grace: Duration::from_secs(7 * 24 * 3600),
             event_ttl: Duration::from_secs(30 * 24 * 3600),
-            webhook_secret: None,
+            webhook_secrets: Vec::new(),
         }
     }
 

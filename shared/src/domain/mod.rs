@@ -1,10 +1,12 @@
 //! Plain types: identifiers parsed at the edge, records, plans and the one error enum.
 
+mod catalog;
 mod error;
 mod ids;
 mod records;
 mod secret;
 
+pub use catalog::{Catalog, CatalogError, Quota, QuotaPeriod, Throttle, Tier, TierName};
 pub use error::{BackendError, Error};
 pub use ids::{CustomerId, IdError, LookupKey, OneTimeKey, SessionId, SubscriptionId, User, UserId, UserName};
 pub use records::{AccountRecord, CheckoutRecord, CheckoutStatus, IssuedKey, Plan, UserProfile};

@@ -1,0 +1,291 @@
+//! What is sold: the tiers of the catalog (issue 11, first step: the definition and its checks;
+//! nothing reads it yet).
+//!
+//! One JSON document (`PAYKEY_CATALOG`, written by the SAM stack from its parameters and read
+//! by `paykey-setup` too) lists each tier: its name (what `custom:plan_type` holds), its Stripe
+//! price lookup key (none for the free tier), its API Gateway usage plan (the stack fills in the
+//! id; quota and throttle are what the stack creates it with) and its trial days. Without a
+//! catalog, a deployment configured like the Python version's gets [`Catalog::legacy`]: one
+//! PRO tier on `USAGE_PLAN_ID`, FREE without a key.
+
+use serde::Deserialize;
+
+use super::LookupKey;
+
+/// A tier's name as `custom:plan_type` and the API keys table's `Type` hold it: `FREE`, `PRO`,
+/// `BUSINESS`, … (1–32 of `A-Z`, `0-9`, `_`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TierName(String);
+
+impl TierName {
+    pub fn parse(s: &str) -> Result<Self, CatalogError> {
+        let ok =
+            (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(CatalogError(format!("tier name {s:?}: 1 to 32 of A-Z, 0-9 and _")))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TierName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// API Gateway's quota periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum QuotaPeriod {
+    Day,
+    Week,
+    Month,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub limit: u32,
+    pub period: QuotaPeriod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Throttle {
+    /// Steady requests per second.
+    pub rate: f64,
+    pub burst: u32,
+}
+
+/// One tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tier {
+    pub name: TierName,
+    /// The Stripe price's lookup key; `None` for the free tier.
+    pub lookup_key: Option<LookupKey>,
+    /// The API Gateway usage plan keys of this tier are attached to; `None`: the tier has no
+    /// key (a catalog without a free tier: FREE users get none, as before).
+    pub usage_plan_id: Option<String>,
+    pub quota: Option<Quota>,
+    pub throttle: Option<Throttle>,
+    /// Checkout's `subscription_data.trial_period_days`; 0 for none.
+    pub trial_days: u32,
+}
+
+impl Tier {
+    pub fn is_free(&self) -> bool {
+        self.lookup_key.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("catalog: {0}")]
+pub struct CatalogError(pub String);
+
+/// Every tier; checked when read (see [`Catalog::parse`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Catalog {
+    tiers: Vec<Tier>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    name: String,
+    #[serde(default)]
+    lookup_key: Option<String>,
+    #[serde(default)]
+    usage_plan_id: Option<String>,
+    #[serde(default)]
+    quota: Option<Quota>,
+    #[serde(default)]
+    throttle: Option<Throttle>,
+    #[serde(default)]
+    trial_days: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    tiers: Vec<RawTier>,
+}
+
+/// Stripe refuses longer trials.
+const MAX_TRIAL_DAYS: u32 = 730;
+
+impl Catalog {
+    /// `{"tiers": [{"name": "FREE", "usage_plan_id": "…", "quota": {"limit": 1000, "period": "MONTH"}},
+    /// {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "…", "trial_days": 14}, …]}`.
+    ///
+    /// Refused: no paid tier, two tiers with one name or one lookup key, more than one free tier,
+    /// a paid tier without a usage plan, a trial on the free tier or longer than 730 days, a
+    /// non-positive throttle, unknown fields.
+    pub fn parse(json: &str) -> Result<Self, CatalogError> {
+        let raw: RawCatalog = serde_json::from_str(json).map_err(|e| CatalogError(e.to_string()))?;
+        let mut tiers = Vec::with_capacity(raw.tiers.len());
+        for t in raw.tiers {
+            let name = TierName::parse(&t.name)?;
+            let lookup_key = t
+                .lookup_key
+                .as_deref()
+                .map(LookupKey::parse)
+                .transpose()
+                .map_err(|e| CatalogError(format!("tier {name}: {e}")))?;
+            let tier = Tier {
+                name,
+                lookup_key,
+                usage_plan_id: t.usage_plan_id.filter(|p| !p.is_empty()),
+                quota: t.quota,
+                throttle: t.throttle,
+                trial_days: t.trial_days,
+            };
+            if !tier.is_free() && tier.usage_plan_id.is_none() {
+                return Err(CatalogError(format!("paid tier {} names no usage plan", tier.name)));
+            }
+            if tier.is_free() && tier.trial_days > 0 {
+                return Err(CatalogError(format!("the free tier {} cannot have a trial", tier.name)));
+            }
+            if tier.trial_days > MAX_TRIAL_DAYS {
+                return Err(CatalogError(format!("tier {}: trials are at most {MAX_TRIAL_DAYS} days", tier.name)));
+            }
+            if tier.throttle.is_some_and(|th| !(th.rate > 0.0) || th.burst == 0) {
+                return Err(CatalogError(format!("tier {}: throttle rate and burst must be positive", tier.name)));
+            }
+            if tiers.iter().any(|o: &Tier| o.name == tier.name) {
+                return Err(CatalogError(format!("two tiers are named {}", tier.name)));
+            }
+            if tier.lookup_key.is_some() && tiers.iter().any(|o: &Tier| o.lookup_key == tier.lookup_key) {
+                return Err(CatalogError(format!("tier {} reuses another tier's lookup key", tier.name)));
+            }
+            if tier.is_free() && tiers.iter().any(Tier::is_free) {
+                return Err(CatalogError("more than one tier without a lookup key (free)".into()));
+            }
+            tiers.push(tier);
+        }
+        if !tiers.iter().any(|t| !t.is_free()) {
+            return Err(CatalogError("no paid tier (a tier with a lookup_key)".into()));
+        }
+        Ok(Self { tiers })
+    }
+
+    /// Today's deployment: FREE without a key, and one PRO tier per allowed lookup key (in
+    /// practice one: `FMMailPro`) on the PRO usage plan.
+    pub fn legacy(pro_usage_plan_id: &str, lookup_keys: &[LookupKey]) -> Self {
+        let mut tiers = vec![Tier {
+            name: TierName("FREE".into()),
+            lookup_key: None,
+            usage_plan_id: None,
+            quota: None,
+            throttle: None,
+            trial_days: 0,
+        }];
+        for k in lookup_keys {
+            tiers.push(Tier {
+                name: TierName("PRO".into()),
+                lookup_key: Some(k.clone()),
+                usage_plan_id: Some(pro_usage_plan_id.to_string()),
+                quota: None,
+                throttle: None,
+                trial_days: 0,
+            });
+        }
+        Self { tiers }
+    }
+
+    pub fn tiers(&self) -> &[Tier] {
+        &self.tiers
+    }
+
+    /// The free tier, when the catalog has one.
+    pub fn free(&self) -> Option<&Tier> {
+        self.tiers.iter().find(|t| t.is_free())
+    }
+
+    pub fn by_lookup_key(&self, key: &LookupKey) -> Option<&Tier> {
+        self.tiers.iter().find(|t| t.lookup_key.as_ref() == Some(key))
+    }
+
+    pub fn by_name(&self, name: &TierName) -> Option<&Tier> {
+        self.tiers.iter().find(|t| &t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: &str = r#"{"tiers": [
+        {"name": "FREE", "usage_plan_id": "free1", "quota": {"limit": 1000, "period": "MONTH"},
+         "throttle": {"rate": 1, "burst": 2}},
+        {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "pro1", "trial_days": 14,
+         "quota": {"limit": 100000, "period": "MONTH"}},
+        {"name": "BUSINESS", "lookup_key": "FMMailBusiness", "usage_plan_id": "biz1"}
+    ]}"#;
+
+    #[test]
+    fn a_catalog_of_three_tiers_reads_and_finds_each() {
+        let c = Catalog::parse(THREE).unwrap();
+        assert_eq!(c.tiers().len(), 3);
+        assert_eq!(c.free().unwrap().usage_plan_id.as_deref(), Some("free1"));
+        let pro = c.by_lookup_key(&LookupKey::parse("FMMailPro").unwrap()).unwrap();
+        assert_eq!((pro.name.as_str(), pro.trial_days), ("PRO", 14));
+        assert_eq!(pro.quota, Some(Quota { limit: 100_000, period: QuotaPeriod::Month }));
+        assert!(c.by_name(&TierName::parse("BUSINESS").unwrap()).is_some());
+        assert!(c.by_lookup_key(&LookupKey::parse("Other").unwrap()).is_none());
+    }
+
+    #[test]
+    fn the_legacy_catalog_is_todays_deployment() {
+        let c = Catalog::legacy("plan123", &[LookupKey::parse("FMMailPro").unwrap()]);
+        let free = c.free().unwrap();
+        assert_eq!((free.name.as_str(), free.usage_plan_id.as_deref()), ("FREE", None), "FREE has no key");
+        let pro = c.by_lookup_key(&LookupKey::parse("FMMailPro").unwrap()).unwrap();
+        assert_eq!((pro.name.as_str(), pro.usage_plan_id.as_deref()), ("PRO", Some("plan123")));
+    }
+
+    #[test]
+    fn inconsistent_catalogs_are_refused_with_the_reason() {
+        let cases = [
+            (r#"{"tiers": []}"#, "no paid tier"),
+            (r#"{"tiers": [{"name": "FREE"}]}"#, "no paid tier"),
+            (r#"{"tiers": [{"name": "pro", "lookup_key": "a", "usage_plan_id": "p"}]}"#, "tier name"),
+            (r#"{"tiers": [{"name": "PRO", "lookup_key": "a"}]}"#, "names no usage plan"),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}, {"name": "PRO", "lookup_key": "b", "usage_plan_id": "q"}]}"#,
+                "two tiers",
+            ),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}, {"name": "BIZ", "lookup_key": "a", "usage_plan_id": "q"}]}"#,
+                "lookup key",
+            ),
+            (
+                r#"{"tiers": [{"name": "FREE"}, {"name": "GRATIS"}, {"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}]}"#,
+                "more than one",
+            ),
+            (
+                r#"{"tiers": [{"name": "FREE", "trial_days": 3}, {"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}]}"#,
+                "cannot have a trial",
+            ),
+            (r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "trial_days": 731}]}"#, "730"),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "throttle": {"rate": 0, "burst": 1}}]}"#,
+                "positive",
+            ),
+            (r#"{"tiers": [{"name": "PRO", "lookup_key": "a b", "usage_plan_id": "p"}]}"#, "lookup key"),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "quota": {"limit": 1, "period": "YEAR"}}]}"#,
+                "YEAR",
+            ),
+            (r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "price": 5}]}"#, "price"),
+        ];
+        for (json, why) in cases {
+            let e = Catalog::parse(json).unwrap_err();
+            assert!(e.to_string().contains(why), "{json}: {e}");
+        }
+    }
+}

@@ -153,7 +153,7 @@ impl Catalog {
             if tier.trial_days > MAX_TRIAL_DAYS {
                 return Err(CatalogError(format!("tier {}: trials are at most {MAX_TRIAL_DAYS} days", tier.name)));
             }
-            if tier.throttle.is_some_and(|th| !(th.rate > 0.0) || th.burst == 0) {
+            if tier.throttle.is_some_and(|th| th.rate.is_nan() || th.rate <= 0.0 || th.burst == 0) {
                 return Err(CatalogError(format!("tier {}: throttle rate and burst must be positive", tier.name)));
             }
             if tiers.iter().any(|o: &Tier| o.name == tier.name) {

@@ -272,6 +272,9 @@ pub struct SubscriptionState {
     /// `metadata.user_id` (the user's `sub`), set at checkout; absent on subscriptions started
     /// before records were keyed by `sub`.
     pub user_id: Option<String>,
+    /// The lookup key of the price the subscription pays (its first item): the catalog tier it
+    /// buys. `None` for a price without one.
+    pub price_lookup_key: Option<String>,
 }
 
 /// What a verified Stripe event is about.

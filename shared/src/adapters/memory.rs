@@ -871,7 +871,9 @@ impl MemoryPayments {
         c.state.subscription = Some(sub_id.clone());
         let state = c.state.clone();
         let user = c.user.clone();
-        let amount = st.prices.values().find(|p| p.id == price_id).and_then(|p| p.unit_amount).unwrap_or(0);
+        let price = st.prices.values().find(|p| p.id == price_id);
+        let amount = price.and_then(|p| p.unit_amount).unwrap_or(0);
+        let price_lookup_key = price.map(|p| p.lookup_key.clone());
         st.charges.insert(sub_id.as_str().to_string(), Charge { amount, refunded: 0 });
         st.subscriptions.insert(
             sub_id.as_str().to_string(),
@@ -883,6 +885,7 @@ impl MemoryPayments {
                 period_end: Some(Utc::now() + chrono::Duration::days(30)),
                 user_name: Some(user.name.to_string()),
                 user_id: Some(user.id.to_string()),
+                price_lookup_key,
             },
         );
         Some(state)

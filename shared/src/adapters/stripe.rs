@@ -159,6 +159,7 @@ fn subscription_state(sub: &stripe_shared::Subscription, op: &'static str) -> Re
         period_end,
         user_name: sub.metadata.get("user_name").cloned(),
         user_id: sub.metadata.get("user_id").cloned(),
+        price_lookup_key: sub.items.data.first().and_then(|i| i.price.lookup_key.clone()),
     })
 }
 

@@ -92,6 +92,19 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
             return Err(ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", reason: "lists no lookup key".into() });
         }
     }
+    if let Some(json) = env.optional("PAYKEY_CATALOG") {
+        if env.optional("ALLOWED_LOOKUP_KEYS").is_some() {
+            return Err(ConfigError::Malformed {
+                name: "ALLOWED_LOOKUP_KEYS",
+                reason: "set PAYKEY_CATALOG or ALLOWED_LOOKUP_KEYS, not both (the catalog lists the lookup keys)"
+                    .into(),
+            });
+        }
+        let catalog = crate::domain::Catalog::parse(json)
+            .map_err(|e| ConfigError::Malformed { name: "PAYKEY_CATALOG", reason: e.to_string() })?;
+        s.allowed_lookup_keys = catalog.tiers().iter().filter_map(|t| t.lookup_key.clone()).collect();
+        s.catalog = Some(catalog);
+    }
     if let Some(p) = env.optional("API_KEY_NAME_PREFIX") {
         s.key_name_prefix = p.to_string();
     }
@@ -234,6 +247,31 @@ pub fn connect(env: &Env) -> Result<Option<crate::domain::Connect>, ConfigError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_catalog_gives_the_lookup_keys_and_is_checked_when_read() {
+        let json = r#"{"tiers": [{"name": "FREE", "usage_plan_id": "f"},
+            {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "p"},
+            {"name": "BUSINESS", "lookup_key": "FMMailBiz", "usage_plan_id": "b", "trial_days": 7}]}"#;
+        let s = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("PAYKEY_CATALOG", json)])).unwrap();
+        let keys: Vec<&str> = s.allowed_lookup_keys.iter().map(|k| k.as_str()).collect();
+        assert_eq!(keys, ["FMMailPro", "FMMailBiz"]);
+        assert_eq!(s.catalog.as_ref().unwrap().tiers().len(), 3);
+        // without one: today's settings
+        let plain = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example")])).unwrap();
+        assert!(plain.catalog.is_none());
+        assert_eq!(plain.allowed_lookup_keys.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["FMMailPro"]);
+        // malformed, and both ways of naming lookup keys at once
+        let bad =
+            settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("PAYKEY_CATALOG", r#"{"tiers": []}"#)]));
+        assert!(matches!(bad, Err(ConfigError::Malformed { name: "PAYKEY_CATALOG", .. })), "{bad:?}");
+        let both = settings(&Env::from_pairs([
+            ("MY_DOMAIN", "https://a.example"),
+            ("PAYKEY_CATALOG", json),
+            ("ALLOWED_LOOKUP_KEYS", "FMMailPro"),
+        ]));
+        assert!(matches!(both, Err(ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", .. })), "{both:?}");
+    }
 
     #[test]
     fn webhook_secrets_are_one_or_several_whsec_values() {

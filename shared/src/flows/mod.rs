@@ -27,8 +27,10 @@ pub struct Settings {
     pub app_url: String,
     /// This API's public base URL (where Stripe redirects after payment), no trailing slash.
     pub api_url: String,
-    /// Lookup keys a checkout may ask for.
+    /// Lookup keys a checkout may ask for (with a catalog: its paid tiers').
     pub allowed_lookup_keys: Vec<LookupKey>,
+    /// `PAYKEY_CATALOG`, when set; `None`: today's single PRO tier (`Catalog::legacy`).
+    pub catalog: Option<crate::domain::Catalog>,
     /// API key names are this prefix plus the user name.
     pub key_name_prefix: String,
     /// How long a fulfilment attempt holds its claim; longer than the function timeout, so a
@@ -54,6 +56,7 @@ impl Settings {
             app_url: app_url.into(),
             api_url: api_url.into(),
             allowed_lookup_keys: vec![LookupKey::parse("FMMailPro").expect("valid lookup key")],
+            catalog: None,
             key_name_prefix: "paykey-pro-".to_string(),
             lease: Duration::from_secs(60),
             wait_for_peer: Duration::from_secs(5),

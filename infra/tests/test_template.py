@@ -81,8 +81,15 @@ ROUTES = {
     ("/create-api-key/{session_id}/{one_time_key}", "get"): ("CreateApiKeyFunction", None),
     ("/create-billing-portal-by-user", "get"): ("CreateBillingPortalFunction", "CognitoAuthorizer"),
     ("/account", "get"): ("GetAccountFunction", "CognitoAuthorizer"),
+    ("/api-key", "post"): ("GetAccountFunction", "CognitoAuthorizer"),
+    ("/plans", "get"): ("CreateCheckoutSessionFunction", None),
     ("/stripe/webhook", "post"): ("StripeWebhookFunction", None),
 }
+
+# Unauthenticated routes that reach nothing but cached reads (GET /plans: prices from Stripe,
+# at most one read per tier per cache period and container; nothing written): throttled on the
+# stage like the other public routes, but their function needs no concurrency ceiling.
+READ_ONLY_PUBLIC = {("/plans", "get")}
 
 
 def rest_api_body(cfn):
@@ -243,7 +250,16 @@ def role_of(cfn, fn):
 
 
 def statements(cfn, fn):
-    return [st for p in role_of(cfn, fn).get("Policies", []) for st in p["PolicyDocument"]["Statement"]]
+    """The role's statements; a conditional one (`Fn::If [cond, statement, AWS::NoValue]`) as
+    when its condition holds (the widest the role can be)."""
+    out = []
+    for p in role_of(cfn, fn).get("Policies", []):
+        for st in p["PolicyDocument"]["Statement"]:
+            if "Fn::If" in st:
+                assert st["Fn::If"][2] == {"Ref": "AWS::NoValue"}, st
+                st = st["Fn::If"][1]
+            out.append(st)
+    return out
 
 
 def actions(cfn, fn):
@@ -283,19 +299,65 @@ def test_no_wildcard_actions_or_resources(cfn, fn):
 
 def test_only_the_key_issuing_functions_may_change_api_keys_and_usage_plans(cfn):
     writers = {fn for fn in functions(cfn) if actions(cfn, fn) & {"apigateway:POST", "apigateway:PATCH", "apigateway:DELETE"}}
-    assert writers == {"CreateApiKeyFunction", "StripeWebhookFunction"}
+    assert writers == {"CreateApiKeyFunction", "StripeWebhookFunction", "GetAccountFunction"}
     readers = {fn for fn in functions(cfn) if any(a.startswith("apigateway:") for a in actions(cfn, fn))}
-    assert readers == writers | {"GetAccountFunction"}
+    assert readers == writers
 
 
-def test_api_gateway_permissions_are_scoped_to_keys_and_the_pro_usage_plan(cfn):
+def resources(st):
+    """A statement's resources, each as (condition or None, Fn::Sub string)."""
+    out = []
+    for r in listify(st["Resource"]):
+        if "Fn::If" in r:
+            cond, yes, no = r["Fn::If"]
+            assert no == {"Ref": "AWS::NoValue"}, r
+            out.append((cond, yes["Fn::Sub"]))
+        else:
+            out.append((None, r["Fn::Sub"]))
+    return out
+
+
+def api_gateway_statements(cfn, fn):
+    """(condition or None, statement) for the function's API Gateway statements."""
+    out = []
+    for p in role_of(cfn, fn).get("Policies", []):
+        for st in p["PolicyDocument"]["Statement"]:
+            cond = None
+            if "Fn::If" in st:
+                cond, st, no = st["Fn::If"]
+                assert no == {"Ref": "AWS::NoValue"}, st
+            if any(a.startswith("apigateway:") for a in listify(st["Action"])):
+                out.append((cond, st))
+    return out
+
+
+# Which tier's usage plan exists under which condition.
+PLAN_CONDITION = {"ProUsagePlan": None, "FreeUsagePlan": "HasFreeKeys", "BusinessUsagePlan": "HasBusiness"}
+
+
+def test_api_gateway_permissions_are_scoped_to_keys_and_the_stacks_usage_plans(cfn):
     for fn in functions(cfn):
-        for st in statements(cfn, fn):
-            if not any(a.startswith("apigateway:") for a in listify(st["Action"])):
-                continue
-            for r in listify(st["Resource"]):
-                s = r["Fn::Sub"]
-                assert s.endswith(("/apikeys", "/apikeys/*")) or "/usageplans/${ProUsagePlan}/keys" in s, s
+        for st_cond, st in api_gateway_statements(cfn, fn):
+            for cond, s in resources(st):
+                if s.endswith(("/apikeys", "/apikeys/*")):
+                    continue
+                if s.endswith("::/usageplans"):
+                    assert listify(st["Action"]) == ["apigateway:GET"], st  # GetUsagePlans?keyId=
+                    continue
+                m = re.search(r"/usageplans/\$\{(\w+)\}/keys(/\*)?$", s)
+                assert m and m.group(1) in PLAN_CONDITION, s
+                # a conditional plan is named only under its condition
+                assert PLAN_CONDITION[m.group(1)] in (None, cond, st_cond), (fn, s, cond, st_cond)
+
+
+def test_free_keys_are_created_by_the_account_function_on_the_free_plan_only(cfn):
+    conditional = [(c, st) for c, st in api_gateway_statements(cfn, "GetAccountFunction") if "apigateway:POST" in listify(st["Action"])]
+    assert [c for c, _ in conditional] == ["HasFreeKeys"], "POST only with a free tier that has keys"
+    subs = [s for _, s in resources(conditional[0][1])]
+    assert subs == [
+        "arn:${AWS::Partition}:apigateway:${AWS::Region}::/apikeys",
+        "arn:${AWS::Partition}:apigateway:${AWS::Region}::/usageplans/${FreeUsagePlan}/keys",
+    ]
 
 
 def test_functions_are_arm64_al2023_with_the_global_settings(cfn):
@@ -309,7 +371,7 @@ def test_functions_are_arm64_al2023_with_the_global_settings(cfn):
 
 
 def test_the_unauthenticated_functions_have_a_concurrency_ceiling_and_the_others_none(cfn):
-    public = {fn for (fn, auth) in ROUTES.values() if auth is None}
+    public = {fn for route, (fn, auth) in ROUTES.items() if auth is None and route not in READ_ONLY_PUBLIC}
     for name, fn in functions(cfn).items():
         rc = fn["Properties"].get("ReservedConcurrentExecutions")
         if name in public:
@@ -370,12 +432,67 @@ def test_table_keys_keep_the_original_attribute_names(cfn):
     assert gsi["IndexName"] == "StripeCustomerId-index"
 
 
-def test_the_pro_usage_plan_has_a_monthly_quota_and_throttling_from_parameters(cfn):
-    p = cfn["Resources"]["ProUsagePlan"]["Properties"]
-    assert p["Quota"] == {"Limit": {"Ref": "ProQuotaLimit"}, "Period": "MONTH"}
-    assert cfn["Parameters"]["ProQuotaLimit"]["Default"] == 100000
-    assert p["Throttle"] == {"RateLimit": {"Ref": "ProThrottleRateLimit"}, "BurstLimit": {"Ref": "ProThrottleBurstLimit"}}
+@pytest.mark.parametrize("tier", ["Free", "Pro", "Business"])
+def test_each_tier_has_a_usage_plan_with_a_monthly_quota_and_throttling_from_parameters(cfn, tier):
+    r = cfn["Resources"][f"{tier}UsagePlan"]
+    assert r.get("Condition") == PLAN_CONDITION[f"{tier}UsagePlan"]
+    p = r["Properties"]
+    assert p["Quota"] == {"Limit": {"Ref": f"{tier}QuotaLimit"}, "Period": "MONTH"}
+    assert p["Throttle"] == {"RateLimit": {"Ref": f"{tier}ThrottleRateLimit"}, "BurstLimit": {"Ref": f"{tier}ThrottleBurstLimit"}}
+    # every plan on the product's one stage (so a key is in one of them at a time)
     assert p["ApiStages"] == [{"ApiId": {"Ref": "ProductRestApiId"}, "Stage": {"Ref": "ProductStageName"}}]
+    assert cfn["Parameters"]["ProQuotaLimit"]["Default"] == 100000
+
+
+def evaluate(node, params, conditions):
+    """Fn::Join / Fn::If / Fn::Sub / Ref of the catalog, for given parameters (resources by name)."""
+    if isinstance(node, str):
+        return node
+    if isinstance(node, list):
+        return [evaluate(n, params, conditions) for n in node]
+    (fn, arg), = node.items()
+    if fn == "Fn::Join":
+        return arg[0].join(evaluate(x, params, conditions) for x in evaluate(arg[1], params, conditions))
+    if fn == "Fn::If":
+        return evaluate(arg[1] if conditions[arg[0]] else arg[2], params, conditions)
+    if fn == "Fn::Sub":
+        return re.sub(r"\$\{([\w:]+)\}", lambda m: str(params.get(m.group(1), "<" + m.group(1) + ">")), arg)
+    raise AssertionError(f"unexpected {fn}")
+
+
+def catalog_of(cfn, **overrides):
+    params = {k: v.get("Default") for k, v in cfn["Parameters"].items()}
+    params.update(overrides)
+    params.update({"ProUsagePlan": "plan-pro", "FreeUsagePlan": "plan-free", "BusinessUsagePlan": "plan-business"})
+    conditions = {"HasFreeKeys": int(params["FreeQuotaLimit"]) != 0, "HasBusiness": params["BusinessLookupKey"] != ""}
+    raws = {json.dumps(fn["Properties"]["Environment"]["Variables"]["PAYKEY_CATALOG"]) for fn in functions(cfn).values()}
+    assert len(raws) == 1, "every function reads the same catalog"
+    return json.loads(evaluate(json.loads(raws.pop()), params, conditions))
+
+
+def test_the_default_catalog_is_the_single_tier_deployment(cfn):
+    assert catalog_of(cfn) == {"tiers": [
+        {"name": "FREE"},
+        {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "plan-pro", "trial_days": 0,
+         "quota": {"limit": 100000, "period": "MONTH"}, "throttle": {"rate": 10, "burst": 20}},
+    ]}
+
+
+def test_a_catalog_with_free_keys_business_and_trials_names_each_tiers_plan(cfn):
+    c = catalog_of(cfn, FreeQuotaLimit=1000, BusinessLookupKey="FMMailBusiness", ProTrialDays=14, BusinessTrialDays=7)
+    assert [(t["name"], t.get("lookup_key"), t.get("usage_plan_id"), t.get("trial_days", 0)) for t in c["tiers"]] == [
+        ("FREE", None, "plan-free", 0),
+        ("PRO", "FMMailPro", "plan-pro", 14),
+        ("BUSINESS", "FMMailBusiness", "plan-business", 7),
+    ]
+    assert c["tiers"][0]["quota"] == {"limit": 1000, "period": "MONTH"}
+
+
+def test_every_function_reads_the_catalog_and_none_the_single_plan_variables(cfn):
+    for name, fn in functions(cfn).items():
+        env = fn["Properties"]["Environment"]["Variables"]
+        assert "PAYKEY_CATALOG" in env, name
+        assert "USAGE_PLAN_ID" not in env and "ALLOWED_LOOKUP_KEYS" not in env, name
 
 
 def test_outputs_give_what_operators_need(cfn):

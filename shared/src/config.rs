@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::domain::LookupKey;
+use crate::domain::{Catalog, LookupKey};
 use crate::flows::Settings;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -78,8 +78,32 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
         (None, None) => String::new(),
     };
     let mut s = Settings::new(app_url, api_url);
-    if let Some(keys) = env.optional("ALLOWED_LOOKUP_KEYS") {
-        s.allowed_lookup_keys = keys
+    s.catalog = catalog(env)?;
+    if let Some(p) = env.optional("API_KEY_NAME_PREFIX") {
+        s.key_name_prefix = p.to_string();
+    }
+    s.lease = env.parse_secs("FULFILMENT_LEASE_SECONDS", 60)?;
+    s.past_due_grace = env.parse_secs("PAST_DUE_GRACE_SECONDS", 7 * 24 * 3600)?;
+    Ok(s)
+}
+
+/// `PAYKEY_CATALOG` (the tiers, as JSON; see `Catalog::parse`), or without it the catalog of
+/// a deployment configured like the Python version's: FREE without a key, PRO on
+/// `USAGE_PLAN_ID` for the lookup keys of `ALLOWED_LOOKUP_KEYS` (default `FMMailPro`).
+pub fn catalog(env: &Env) -> Result<Catalog, ConfigError> {
+    if let Some(json) = env.optional("PAYKEY_CATALOG") {
+        if env.optional("ALLOWED_LOOKUP_KEYS").is_some() || env.optional("USAGE_PLAN_ID").is_some() {
+            return Err(ConfigError::Malformed {
+                name: "PAYKEY_CATALOG",
+                reason: "set PAYKEY_CATALOG or ALLOWED_LOOKUP_KEYS / USAGE_PLAN_ID, not both (the catalog lists the lookup keys and usage plans)".into(),
+            });
+        }
+        return Catalog::parse(json)
+            .map_err(|e| ConfigError::Malformed { name: "PAYKEY_CATALOG", reason: e.to_string() });
+    }
+    let keys: Vec<LookupKey> = match env.optional("ALLOWED_LOOKUP_KEYS") {
+        None => vec![LookupKey::parse("FMMailPro").expect("valid lookup key")],
+        Some(keys) => keys
             .split(',')
             .map(str::trim)
             .filter(|k| !k.is_empty())
@@ -87,30 +111,21 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
                 LookupKey::parse(k)
                     .map_err(|e| ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", reason: e.to_string() })
             })
-            .collect::<Result<_, _>>()?;
-        if s.allowed_lookup_keys.is_empty() {
-            return Err(ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", reason: "lists no lookup key".into() });
-        }
+            .collect::<Result<_, _>>()?,
+    };
+    if keys.is_empty() {
+        return Err(ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", reason: "lists no lookup key".into() });
     }
-    if let Some(json) = env.optional("PAYKEY_CATALOG") {
-        if env.optional("ALLOWED_LOOKUP_KEYS").is_some() {
-            return Err(ConfigError::Malformed {
-                name: "ALLOWED_LOOKUP_KEYS",
-                reason: "set PAYKEY_CATALOG or ALLOWED_LOOKUP_KEYS, not both (the catalog lists the lookup keys)"
-                    .into(),
-            });
-        }
-        let catalog = crate::domain::Catalog::parse(json)
-            .map_err(|e| ConfigError::Malformed { name: "PAYKEY_CATALOG", reason: e.to_string() })?;
-        s.allowed_lookup_keys = catalog.tiers().iter().filter_map(|t| t.lookup_key.clone()).collect();
-        s.catalog = Some(catalog);
+    Ok(Catalog::legacy(env.optional("USAGE_PLAN_ID"), &keys))
+}
+
+/// For the functions that manage keys: every paid tier names its usage plan (without a
+/// catalog: `USAGE_PLAN_ID` is set).
+pub fn require_usage_plans(catalog: &Catalog) -> Result<(), ConfigError> {
+    if catalog.paid().any(|t| t.usage_plan_id.is_none()) {
+        return Err(ConfigError::Missing("USAGE_PLAN_ID"));
     }
-    if let Some(p) = env.optional("API_KEY_NAME_PREFIX") {
-        s.key_name_prefix = p.to_string();
-    }
-    s.lease = env.parse_secs("FULFILMENT_LEASE_SECONDS", 60)?;
-    s.past_due_grace = env.parse_secs("PAST_DUE_GRACE_SECONDS", 7 * 24 * 3600)?;
-    Ok(s)
+    Ok(())
 }
 
 /// Checks the webhook signing secrets: one `whsec_…` value, or several separated by commas
@@ -145,11 +160,6 @@ impl Tables {
 /// `USER_POOL_ID`.
 pub fn user_pool_id(env: &Env) -> Result<String, ConfigError> {
     Ok(env.require("USER_POOL_ID")?.to_string())
-}
-
-/// `USAGE_PLAN_ID`: the PRO usage plan.
-pub fn usage_plan_id(env: &Env) -> Result<String, ConfigError> {
-    Ok(env.require("USAGE_PLAN_ID")?.to_string())
 }
 
 /// Stripe client settings.
@@ -254,13 +264,16 @@ mod tests {
             {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "p"},
             {"name": "BUSINESS", "lookup_key": "FMMailBiz", "usage_plan_id": "b", "trial_days": 7}]}"#;
         let s = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("PAYKEY_CATALOG", json)])).unwrap();
-        let keys: Vec<&str> = s.allowed_lookup_keys.iter().map(|k| k.as_str()).collect();
+        let keys: Vec<&str> = s.catalog.paid().filter_map(|t| t.lookup_key.as_ref()).map(|k| k.as_str()).collect();
         assert_eq!(keys, ["FMMailPro", "FMMailBiz"]);
-        assert_eq!(s.catalog.as_ref().unwrap().tiers().len(), 3);
-        // without one: today's settings
-        let plain = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example")])).unwrap();
-        assert!(plain.catalog.is_none());
-        assert_eq!(plain.allowed_lookup_keys.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["FMMailPro"]);
+        assert_eq!(s.catalog.tiers().len(), 3);
+        assert_eq!(s.catalog.usage_plans(), ["f", "p", "b"]);
+        assert!(require_usage_plans(&s.catalog).is_ok());
+        // without one: today's settings (PRO on USAGE_PLAN_ID, FREE without a key)
+        let plain = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("USAGE_PLAN_ID", "u1")])).unwrap();
+        assert_eq!(plain.catalog, Catalog::legacy(Some("u1"), &[LookupKey::parse("FMMailPro").unwrap()]));
+        let no_plan = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example")])).unwrap();
+        assert_eq!(require_usage_plans(&no_plan.catalog), Err(ConfigError::Missing("USAGE_PLAN_ID")));
         // malformed, and both ways of naming lookup keys at once
         let bad =
             settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("PAYKEY_CATALOG", r#"{"tiers": []}"#)]));
@@ -270,7 +283,7 @@ mod tests {
             ("PAYKEY_CATALOG", json),
             ("ALLOWED_LOOKUP_KEYS", "FMMailPro"),
         ]));
-        assert!(matches!(both, Err(ConfigError::Malformed { name: "ALLOWED_LOOKUP_KEYS", .. })), "{both:?}");
+        assert!(matches!(both, Err(ConfigError::Malformed { name: "PAYKEY_CATALOG", .. })), "{both:?}");
     }
 
     #[test]

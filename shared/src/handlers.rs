@@ -148,7 +148,9 @@ where
     })
 }
 
-/// `GET /account` → plan, subscription status and the caller's API key.
+/// The `get-account` function's routes: `GET /account` → plan, subscription status, trial end
+/// and the caller's API key; `POST /api-key` → the caller's free-tier key (created on the
+/// first call, the same key after; 404 `no_free_tier` when the catalog has none with keys).
 pub async fn get_account<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
     S: Accounts,
@@ -156,18 +158,75 @@ where
     U: UserDirectory,
 {
     let origin = &app.settings.app_url;
+    let free_key = req.uri().path().trim_end_matches('/').ends_with("/api-key");
     if req.method() == Method::OPTIONS {
-        return Ok(http::preflight(origin, "GET, OPTIONS"));
+        return Ok(http::preflight(origin, if free_key { "POST, OPTIONS" } else { "GET, OPTIONS" }));
+    }
+    if free_key {
+        let result = async {
+            if req.method() != Method::POST {
+                return Err(Error::BadRequest(format!("method {} is not allowed; use POST", req.method())));
+            }
+            let user = http::caller(&req)?;
+            flows::issue_free_key(&app.store, &app.keys, &app.users, app.ctx(), &user).await
+        }
+        .await;
+        return Ok(match result {
+            Ok(key) => http::json(if key.created { 201 } else { 200 }, &key, origin),
+            Err(e) => http::error_response(&e, origin),
+        });
     }
     let result = async {
         let user = http::caller(&req)?;
-        flows::get_account(&app.store, &app.keys, &app.users, &user).await
+        flows::get_account(&app.store, &app.keys, &app.users, &app.settings, &user).await
     }
     .await;
     Ok(match result {
         Ok(view) => http::json(200, &view, origin),
         Err(e) => http::error_response(&e, origin),
     })
+}
+
+/// `GET /plans` (public): the catalog with prices, for a pricing table. Cacheable for five
+/// minutes by browsers and CDNs.
+pub async fn list_plans<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
+where
+    P: Payments,
+{
+    let origin = &app.settings.app_url;
+    if req.method() == Method::OPTIONS {
+        return Ok(http::preflight(origin, "GET, OPTIONS"));
+    }
+    if req.method() != Method::GET {
+        let e = Error::BadRequest(format!("method {} is not allowed; use GET", req.method()));
+        return Ok(http::error_response(&e, origin));
+    }
+    Ok(match flows::list_plans(&app.payments, &app.settings).await {
+        Ok(view) => {
+            let mut resp = http::json(200, &view, origin);
+            resp.headers_mut().insert(
+                lambda_http::http::header::CACHE_CONTROL,
+                lambda_http::http::HeaderValue::from_static("public, max-age=300"),
+            );
+            resp
+        }
+        Err(e) => http::error_response(&e, origin),
+    })
+}
+
+/// The `create-checkout-session` function's routes: `POST /checkout-sessions` and the public
+/// `GET /plans` (both need the Stripe client and its price cache).
+pub async fn checkout_routes<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
+where
+    S: Checkouts + Accounts + OpenCheckouts,
+    U: UserDirectory,
+    P: Payments,
+{
+    if req.uri().path().trim_end_matches('/').ends_with("/plans") {
+        list_plans(app, req).await
+    } else {
+        create_checkout_session(app, req).await
+    }
 }
 
 #[derive(Serialize)]

@@ -141,7 +141,9 @@ pub trait OpenCheckouts: Send + Sync {
     ) -> impl Future<Output = Result<Option<SessionId>>> + Send;
 }
 
-/// API keys and the PRO usage plan (API Gateway).
+/// API keys and the usage plans of the catalog's tiers (API Gateway). All plans serve one API
+/// stage, and API Gateway lets a key be in one usage plan per stage: moving a key between
+/// tiers is detach from the old plan, then attach to the new one.
 pub trait KeyRegistry: Send + Sync {
     /// The keys whose name is exactly `name`.
     fn find_by_name(&self, name: &str) -> impl Future<Output = Result<Vec<IssuedKey>>> + Send;
@@ -149,12 +151,15 @@ pub trait KeyRegistry: Send + Sync {
     /// Creates an enabled key (no stage keys: the usage plan binds it to the stage).
     fn create(&self, name: &str) -> impl Future<Output = Result<IssuedKey>> + Send;
     fn set_enabled(&self, id: &str, enabled: bool) -> impl Future<Output = Result<()>> + Send;
-    /// Attaches the key to the PRO usage plan; attaching twice is not an error.
-    fn attach_to_plan(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
-    /// Detaches the key from the PRO usage plan; detaching a key not in it is not an error.
-    fn detach_from_plan(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
-    /// Ids of the keys attached to the PRO usage plan.
-    fn plan_key_ids(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Attaches the key to the usage plan; attaching twice is not an error. Refused while the
+    /// key is attached to another plan (one usage plan per key and stage).
+    fn attach_to_plan(&self, id: &str, plan: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Detaches the key from the usage plan; detaching a key not in it is not an error.
+    fn detach_from_plan(&self, id: &str, plan: &str) -> impl Future<Output = Result<()>> + Send;
+    /// The usage plans the key is attached to (API Gateway: `GetUsagePlans?keyId=`).
+    fn plans_of(&self, id: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Ids of the keys attached to the usage plan.
+    fn plan_key_ids(&self, plan: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// The key's secret value, for showing to its owner. A key's value never changes, so
     /// callers may keep it (`adapters::cached::CachedKeyValues`).
     fn key_value(&self, id: &str) -> impl Future<Output = Result<Option<String>>> + Send;
@@ -195,6 +200,8 @@ pub struct NewCheckout<'a> {
     pub success_url: String,
     pub cancel_url: String,
     pub idempotency_key: String,
+    /// `subscription_data.trial_period_days`; 0 for none.
+    pub trial_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,6 +282,8 @@ pub struct SubscriptionState {
     /// The lookup key of the price the subscription pays (its first item): the catalog tier it
     /// buys. `None` for a price without one.
     pub price_lookup_key: Option<String>,
+    /// End of the trial, when the subscription has or had one.
+    pub trial_end: Option<DateTime<Utc>>,
 }
 
 /// What a verified Stripe event is about.

@@ -88,11 +88,11 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
     let settings = config::settings(env)?;
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
-    let plan = config::usage_plan_id(env)?;
+    config::require_usage_plans(&settings.catalog)?;
     let aws = aws::load_config().await;
     Ok(app(
         DynamoStore::new(&aws, tables),
-        CachedKeyValues::new(Patient::new(ApiGatewayKeys::new(&aws, plan))),
+        CachedKeyValues::new(Patient::new(ApiGatewayKeys::new(&aws))),
         CognitoUsers::new(&aws, pool),
         (),
         settings,
@@ -116,13 +116,13 @@ async fn all_ports(env: &Env) -> Result<(WebhookApp, aws_config::SdkConfig), Ini
     let settings = config::settings(env)?;
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
-    let plan = config::usage_plan_id(env)?;
+    config::require_usage_plans(&settings.catalog)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let aws = aws::load_config().await;
     let (payments, _) = stripe(env, key, &aws).await?;
     let app = app(
         DynamoStore::new(&aws, tables),
-        Patient::new(ApiGatewayKeys::new(&aws, plan)),
+        Patient::new(ApiGatewayKeys::new(&aws)),
         CognitoUsers::new(&aws, pool),
         payments,
         settings,

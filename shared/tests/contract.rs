@@ -50,7 +50,7 @@ fn account(user: &User, key: &str) -> AccountRecord {
     AccountRecord {
         user_id: user.id.clone(),
         user_name: user.name.clone(),
-        plan: Plan::Pro,
+        plan: Plan::PRO,
         api_key_id: Some(key.to_string()),
         customer_id: Some(CustomerId::parse("cus_contract1").unwrap()),
         subscription_id: Some(SubscriptionId::parse("sub_contract1").unwrap()),
@@ -58,6 +58,7 @@ fn account(user: &User, key: &str) -> AccountRecord {
         cancel_at_period_end: true,
         period_end: Some(Utc.with_ymd_and_hms(2026, 12, 23, 12, 0, 0).unwrap()),
         past_due_since: None,
+        trial_end: Some(Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap()),
         updated_at: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 5).unwrap(),
     }
 }
@@ -133,7 +134,7 @@ async fn session_store_contract<S: Checkouts + Accounts + AccountListing + Proce
     assert_eq!(store.lock_account(&alice.id, "tok-6", t2, t2).await.unwrap(), AccountLock::Busy);
     // put_account needs the lock and releases it; optional fields may be absent.
     let free = AccountRecord {
-        plan: Plan::Free,
+        plan: Plan::FREE,
         api_key_id: None,
         subscription_id: None,
         subscription_status: None,
@@ -246,7 +247,18 @@ async fn session_store_contract<S: Checkouts + Accounts + AccountListing + Proce
     assert!(!store.event_seen(&unique("evt_")).await.unwrap());
 }
 
-async fn key_registry_contract<K: KeyRegistry>(keys: &K) {
+/// How the registry treats a key attached to a second usage plan of the same stage.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SecondPlan {
+    /// Refused, as API Gateway does (one usage plan per key and stage).
+    Refused,
+    /// Accepted: moto 5.2.5 does (measured), so on moto this is asserted as moto's difference.
+    AcceptedLikeMoto,
+}
+
+/// `plans`: two usage plans on one stage (two tiers).
+async fn key_registry_contract<K: KeyRegistry>(keys: &K, plans: [&str; 2], second_plan: SecondPlan) {
+    let [a, b] = plans;
     let name = unique("paykey-pro-contract-");
     assert!(keys.find_by_name(&name).await.unwrap().is_empty());
     let k = keys.create(&name).await.unwrap();
@@ -265,14 +277,39 @@ async fn key_registry_contract<K: KeyRegistry>(keys: &K) {
     assert_eq!(keys.key_value("doesnotexist").await.unwrap(), None);
 
     // attach is idempotent; detach removes; detaching again is fine.
-    keys.attach_to_plan(&k.id).await.unwrap();
-    keys.attach_to_plan(&k.id).await.unwrap();
-    let in_plan = keys.plan_key_ids().await.unwrap();
+    assert!(keys.plans_of(&k.id).await.unwrap().is_empty(), "a new key is in no plan");
+    keys.attach_to_plan(&k.id, a).await.unwrap();
+    keys.attach_to_plan(&k.id, a).await.unwrap();
+    let in_plan = keys.plan_key_ids(a).await.unwrap();
     assert_eq!(in_plan.iter().filter(|id| **id == k.id).count(), 1);
     assert!(!in_plan.contains(&longer.id));
-    keys.detach_from_plan(&k.id).await.unwrap();
-    assert!(!keys.plan_key_ids().await.unwrap().contains(&k.id));
-    keys.detach_from_plan(&k.id).await.unwrap();
+    assert_eq!(keys.plans_of(&k.id).await.unwrap(), vec![a.to_string()]);
+    assert!(keys.plans_of(&longer.id).await.unwrap().is_empty());
+
+    // a second plan of the same stage while in the first
+    let second = keys.attach_to_plan(&k.id, b).await;
+    match second_plan {
+        SecondPlan::Refused => {
+            assert!(second.is_err(), "one usage plan per key and stage");
+            assert_eq!(keys.plans_of(&k.id).await.unwrap(), vec![a.to_string()], "nothing changed");
+        }
+        SecondPlan::AcceptedLikeMoto => {
+            second.unwrap();
+            assert_eq!(keys.plans_of(&k.id).await.unwrap().len(), 2, "moto keeps the key in both plans");
+            keys.detach_from_plan(&k.id, b).await.unwrap();
+        }
+    }
+
+    // the move between tiers: detach from the old plan, then attach to the new one
+    keys.detach_from_plan(&k.id, a).await.unwrap();
+    assert!(!keys.plan_key_ids(a).await.unwrap().contains(&k.id));
+    assert!(keys.plans_of(&k.id).await.unwrap().is_empty());
+    keys.detach_from_plan(&k.id, a).await.unwrap();
+    keys.attach_to_plan(&k.id, b).await.unwrap();
+    assert_eq!(keys.plans_of(&k.id).await.unwrap(), vec![b.to_string()]);
+    assert!(keys.plan_key_ids(b).await.unwrap().contains(&k.id));
+    assert!(!keys.plan_key_ids(a).await.unwrap().contains(&k.id));
+    keys.detach_from_plan(&k.id, b).await.unwrap();
 
     // enable / disable
     keys.set_enabled(&k.id, false).await.unwrap();
@@ -288,23 +325,23 @@ async fn user_directory_contract<U: UserDirectory>(users: &U, existing: &UserNam
     assert!(sub.is_some(), "the directory names the user's immutable sub");
     let ghost = UserName::parse(&unique("ghost-")).unwrap();
     assert_eq!(users.get_user(&ghost).await.unwrap(), None);
-    assert!(users.set_plan(&ghost, Plan::Pro, None).await.is_err(), "unknown user");
+    assert!(users.set_plan(&ghost, Plan::PRO, None).await.is_err(), "unknown user");
 
     let fresh = users.get_user(existing).await.unwrap().unwrap();
     assert_eq!(fresh.plan, None);
-    assert_eq!(fresh.plan(), Plan::Free);
+    assert_eq!(fresh.plan(), Plan::FREE);
     assert_eq!(fresh.customer_id, None);
 
     let cus = CustomerId::parse("cus_contractABC").unwrap();
-    users.set_plan(existing, Plan::Pro, Some(&cus)).await.unwrap();
+    users.set_plan(existing, Plan::PRO, Some(&cus)).await.unwrap();
     let pro = users.get_user(existing).await.unwrap().unwrap();
-    assert_eq!(pro.plan, Some(Plan::Pro));
+    assert_eq!(pro.plan, Some(Plan::PRO));
     assert_eq!(pro.customer_id, Some(cus.clone()));
 
     // downgrading keeps the customer id
-    users.set_plan(existing, Plan::Free, None).await.unwrap();
+    users.set_plan(existing, Plan::FREE, None).await.unwrap();
     let free = users.get_user(existing).await.unwrap().unwrap();
-    assert_eq!(free.plan, Some(Plan::Free));
+    assert_eq!(free.plan, Some(Plan::FREE));
     assert_eq!(free.customer_id, Some(cus.clone()));
 
     // found by the customer attribute (records of the Python version carry no customer id)
@@ -323,7 +360,7 @@ async fn memory_session_store_meets_the_contract() {
 
 #[tokio::test]
 async fn memory_key_registry_meets_the_contract() {
-    key_registry_contract(&MemoryKeys::new(Meter::new())).await;
+    key_registry_contract(&MemoryKeys::new(Meter::new()), ["plan-a", "plan-b"], SecondPlan::Refused).await;
 }
 
 #[tokio::test]
@@ -339,6 +376,13 @@ async fn memory_user_directory_meets_the_contract() {
 
 mod moto {
     use super::*;
+
+    /// Today's catalog (one PRO tier) on a usage plan moto made.
+    fn with_pro_plan(mut s: paykey::flows::Settings, plan: &str) -> paykey::flows::Settings {
+        s.catalog =
+            paykey::domain::Catalog::legacy(Some(plan), &[paykey::domain::LookupKey::parse("FMMailPro").unwrap()]);
+        s
+    }
     use paykey::adapters::aws::{ApiGatewayKeys, CognitoUsers, DynamoStore};
     use paykey::config::Tables;
     pub use support::moto::*;
@@ -357,8 +401,13 @@ mod moto {
         let Some(m) = Moto::connect().await else {
             return;
         };
-        let plan = m.create_usage_plan().await;
-        key_registry_contract(&ApiGatewayKeys::new(&m.config, plan)).await;
+        let plans = m.create_usage_plans(2).await;
+        key_registry_contract(
+            &ApiGatewayKeys::new(&m.config),
+            [plans[0].as_str(), plans[1].as_str()],
+            SecondPlan::AcceptedLikeMoto,
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -502,7 +551,7 @@ mod moto {
         let users = CognitoUsers::new(&m.config, pool);
         let cus = CustomerId::parse("cus_pagedXYZ").unwrap();
         assert_eq!(users.find_by_customer(&cus).await.unwrap(), None);
-        users.set_plan(&last, Plan::Pro, Some(&cus)).await.unwrap();
+        users.set_plan(&last, Plan::PRO, Some(&cus)).await.unwrap();
         assert_eq!(users.find_by_customer(&cus).await.unwrap(), Some(last));
     }
 
@@ -529,12 +578,12 @@ mod moto {
         payments.add_price("FMMailPro", 980, "jpy");
         let app = Arc::new(App {
             store: DynamoStore::new(&m.config, Tables { sessions, api_keys }),
-            keys: ApiGatewayKeys::new(&m.config, plan),
+            keys: ApiGatewayKeys::new(&m.config),
             users: CognitoUsers::new(&m.config, pool),
             payments,
             clock: Arc::new(paykey::ports::SystemClock),
             ids: Arc::new(SequentialIds::default()),
-            settings: Settings::new("https://app.example.com", "https://api.example.com"),
+            settings: with_pro_plan(Settings::new("https://app.example.com", "https://api.example.com"), &plan),
         });
         let user = User { id: app.users.get_user(&name).await.unwrap().unwrap().sub.expect("moto gives a sub"), name };
         let started = flows::start_checkout(
@@ -608,10 +657,10 @@ mod moto {
         let name = app.settings.key_name(&user);
         let keys = app.keys.find_by_name(&name).await.unwrap();
         assert_eq!(keys.len(), 1, "{keys:?}");
-        let in_plan = app.keys.plan_key_ids().await.unwrap();
+        let in_plan = app.keys.plan_key_ids(&plan).await.unwrap();
         assert_eq!(in_plan, vec![keys[0].id.clone()]);
         let profile = app.users.get_user(&user.name).await.unwrap().unwrap();
-        assert_eq!(profile.plan, Some(Plan::Pro));
+        assert_eq!(profile.plan, Some(Plan::PRO));
         assert!(profile.customer_id.is_some());
         assert_eq!(app.store.get(&id).await.unwrap().unwrap().status, CheckoutStatus::Fulfilled);
         assert_eq!(app.store.get_account(&user.id).await.unwrap().unwrap().api_key_id, Some(keys[0].id.clone()));
@@ -637,12 +686,12 @@ mod moto {
         payments.add_price("FMMailPro", 980, "jpy");
         let app = App {
             store: DynamoStore::new(&m.config, Tables { sessions: sessions.clone(), api_keys }),
-            keys: ApiGatewayKeys::new(&m.config, plan),
+            keys: ApiGatewayKeys::new(&m.config),
             users: CognitoUsers::new(&m.config, pool),
             payments,
             clock: Arc::new(paykey::ports::SystemClock),
             ids: Arc::new(SequentialIds::default()),
-            settings: Settings::new("https://app.example.com", "https://api.example.com"),
+            settings: with_pro_plan(Settings::new("https://app.example.com", "https://api.example.com"), &plan),
         };
         let user = User { id: app.users.get_user(&name).await.unwrap().unwrap().sub.expect("moto gives a sub"), name };
         // A Stripe session as the Python version made it (its reference is the user name),
@@ -656,6 +705,7 @@ mod moto {
                 price_id: &price.id,
                 user: &python_user,
                 customer: None,
+                trial_days: 0,
                 success_url: "https://api.example.com/create-api-key/{CHECKOUT_SESSION_ID}/k".into(),
                 cancel_url: "https://app.example.com/canceled_upgrade".into(),
                 idempotency_key: "python-era".into(),
@@ -735,7 +785,7 @@ async fn name_keyed_records_of_earlier_versions_are_found_and_retired_on_moto() 
     let legacy = store.legacy_account(&bob).await.unwrap().expect("found by name");
     assert_eq!(
         (legacy.user_id.clone(), legacy.plan, legacy.api_key_id.as_deref()),
-        (bob.id.clone(), Plan::Pro, Some("legacykey1"))
+        (bob.id.clone(), Plan::PRO, Some("legacykey1"))
     );
     assert!(
         store.list_accounts().await.unwrap().iter().all(|a| a.user_name != bob.name),

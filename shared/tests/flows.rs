@@ -57,7 +57,8 @@ async fn checkout_for_a_pro_user_is_a_conflict() {
     let err = flows::start_checkout(&w.app.users, &w.app.payments, &w.app.store, w.app.ctx(), &alice, req("FMMailPro"))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::AlreadyPro));
+    assert!(matches!(&err, Error::AlreadySubscribed(p) if p == "PRO"));
+    assert_eq!(err.code(), "already_pro", "the single-tier code is kept");
     assert_eq!(err.status(), 409);
 }
 
@@ -69,7 +70,7 @@ async fn a_returning_customer_is_reused_so_one_user_never_has_two_customers() {
     w.complete(&id, &key).await.unwrap();
     let first_customer = w.app.users.get_user(&alice.name).await.unwrap().unwrap().customer_id.unwrap();
     // Downgraded later (e.g. cancelled): she subscribes again.
-    w.app.users.set_plan(&alice.name, Plan::Free, None).await.unwrap();
+    w.app.users.set_plan(&alice.name, Plan::FREE, None).await.unwrap();
     let (id2, _) = w.checkout(&alice).await;
     let state = w.app.payments.pay(&id2).unwrap();
     assert_eq!(state.customer, Some(first_customer));
@@ -79,7 +80,10 @@ async fn a_returning_customer_is_reused_so_one_user_never_has_two_customers() {
 async fn a_price_missing_from_stripe_is_not_found() {
     let w = World::new();
     let mut settings = w.app.settings.clone();
-    settings.allowed_lookup_keys.push(paykey::domain::LookupKey::parse("Gone").unwrap());
+    settings.catalog = paykey::domain::Catalog::legacy(
+        Some(paykey::flows::DEFAULT_PRO_USAGE_PLAN),
+        &[paykey::domain::LookupKey::parse("FMMailPro").unwrap(), paykey::domain::LookupKey::parse("Gone").unwrap()],
+    );
     let ctx = paykey::flows::Ctx { settings: &settings, ..w.app.ctx() };
     let alice = w.user("alice");
     let err =
@@ -140,7 +144,7 @@ async fn a_session_whose_stripe_reference_names_another_user_is_rejected() {
     // Stripe knows no cs_test_forged: unpaid. The real one stays alice's.
     assert_eq!(w.complete(&rec.session_id, &key).await.unwrap(), Completion::Rejected(Rejection::Unpaid));
     assert!(matches!(w.complete(&id, &key).await.unwrap(), Completion::Issued { .. }));
-    assert_eq!(w.app.users.get_user(&mallory.name).await.unwrap().unwrap().plan(), Plan::Free);
+    assert_eq!(w.app.users.get_user(&mallory.name).await.unwrap().unwrap().plan(), Plan::FREE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -273,8 +277,8 @@ async fn a_disabled_key_from_an_earlier_subscription_is_re_enabled_not_duplicate
     let first_sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
     w.app.payments.update_subscription(&first_sub, |s| s.status = paykey::ports::SubscriptionStatus::Canceled);
     w.app.keys.set_enabled(&key_id, false).await.unwrap();
-    w.app.keys.detach_from_plan(&key_id).await.unwrap();
-    w.app.users.set_plan(&alice.name, Plan::Free, None).await.unwrap();
+    w.app.keys.detach_from_plan(&key_id, paykey::flows::DEFAULT_PRO_USAGE_PLAN).await.unwrap();
+    w.app.users.set_plan(&alice.name, Plan::FREE, None).await.unwrap();
     let (id2, key2) = w.checkout_and_pay(&alice).await;
     assert_eq!(w.complete(&id2, &key2).await.unwrap(), Completion::Issued { api_key_id: key_id });
     w.assert_fulfilled_once(&alice, &id2).await;
@@ -327,17 +331,17 @@ async fn the_portal_opens_for_the_callers_own_customer_only() {
 async fn the_account_shows_plan_and_key_value_once_issued() {
     let w = World::new();
     let alice = w.user("alice");
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &alice).await.unwrap();
-    assert_eq!(view.plan, Plan::Free);
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &alice).await.unwrap();
+    assert_eq!(view.plan, Plan::FREE);
     assert!(view.api_key.is_none());
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &alice).await.unwrap();
-    assert_eq!(view.plan, Plan::Pro);
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &alice).await.unwrap();
+    assert_eq!(view.plan, Plan::PRO);
     assert_eq!(view.subscription_status.as_deref(), Some("active"));
     let k = view.api_key.unwrap();
     assert!(k.enabled);
-    assert_eq!(w.app.keys.authorize(&k.value), Some(k.id));
+    assert_eq!(w.app.keys.authorize(&k.value), Some((k.id, paykey::flows::DEFAULT_PRO_USAGE_PLAN.to_string())));
 }
 
 /// With a warm price cache, checkout is two sequential round trips: the Stripe session is
@@ -368,7 +372,7 @@ async fn a_token_without_the_customer_claim_still_reuses_the_customer_the_direct
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
     let customer = w.app.users.get_user(&alice.name).await.unwrap().unwrap().customer_id.unwrap();
-    w.app.users.set_plan(&alice.name, Plan::Free, None).await.unwrap();
+    w.app.users.set_plan(&alice.name, Plan::FREE, None).await.unwrap();
     w.meter.reset_calls();
     // the hint is missing (an ID token from before the first purchase)
     let (id2, _) = w.checkout(&alice).await;
@@ -392,6 +396,7 @@ async fn a_stale_token_of_a_pro_user_gets_409_and_no_record() {
     let err = flows::start_checkout(&w.app.users, &w.app.payments, &w.app.store, w.app.ctx(), &alice, req("FMMailPro"))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::AlreadyPro));
+    assert!(matches!(&err, Error::AlreadySubscribed(p) if p == "PRO"));
+    assert_eq!(err.code(), "already_pro", "the single-tier code is kept");
     assert_eq!(w.app.store.sessions().len(), sessions, "nothing recorded; the Stripe session is left to expire");
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use paykey::adapters::memory::Fault;
 use paykey::domain::AccountRecord;
 use paykey::flows::{self, CheckoutRequest};
-use paykey::ports::{EventSubject, KeyRegistry, StripeEvent, SubscriptionStatus};
+use paykey::ports::{EventSubject, KeyRegistry, StripeEvent, SubscriptionStatus, UserDirectory};
 use support::World;
 
 /// The IAM action each in-memory operation stands for (the AWS adapter's call).
@@ -33,7 +33,9 @@ fn action(op: &str) -> Option<&'static str> {
         "ddb.find_account" | "ddb.find_legacy_account" => "dynamodb:Query",
         "ddb.list_accounts" => "dynamodb:Scan",
         // API Gateway's control plane, by HTTP method
-        "apigw.find_key" | "apigw.get_key" | "apigw.key_value" | "apigw.plan_keys" => "apigateway:GET",
+        "apigw.find_key" | "apigw.get_key" | "apigw.key_value" | "apigw.plan_keys" | "apigw.plans_of" => {
+            "apigateway:GET"
+        }
         "apigw.create_key" | "apigw.attach" => "apigateway:POST",
         "apigw.set_enabled" => "apigateway:PATCH",
         // detach reads the association first (moto and API Gateway answer a missing one differently)
@@ -185,9 +187,17 @@ async fn fulfilment_calls(w: &Arc<World>) -> Vec<&'static str> {
     let name = w.app.settings.key_name(&gina);
     let extra = w.app.keys.create(&name).await.unwrap();
     w.app.keys.create(&name).await.unwrap();
-    w.app.keys.attach_to_plan(&extra.id).await.unwrap();
+    w.app.keys.attach_to_plan(&extra.id, paykey::flows::DEFAULT_PRO_USAGE_PLAN).await.unwrap();
     let (id7, key7) = w.checkout_and_pay(&gina).await;
     fulfil!(&id7, &key7).unwrap();
+    // with a free tier: a free-key user upgrading (the key moves: detach, then attach)
+    let t = World::tiered();
+    let hank = t.user("hank");
+    flows::issue_free_key(&t.app.store, &t.app.keys, &t.app.users, t.app.ctx(), &hank).await.unwrap();
+    let (id8, key8) = t.checkout_and_pay(&hank).await;
+    t.meter.reset_calls();
+    t.complete(&id8, &key8).await.unwrap();
+    calls.extend(t.meter.calls());
     calls
 }
 
@@ -210,9 +220,36 @@ async fn account_calls() -> Vec<&'static str> {
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
     w.meter.reset_calls();
-    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &alice).await.unwrap();
-    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &bob).await.unwrap();
-    w.meter.calls()
+    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &alice).await.unwrap();
+    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &bob).await.unwrap();
+    let mut calls = w.meter.calls();
+    // POST /api-key: a first free key, the same again, a paid user's key, a failure released
+    let w = World::tiered();
+    let (carol, dave) = (w.user("carol"), w.user("dave"));
+    let free = |u: paykey::domain::User| {
+        let w = &w;
+        async move { flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await }
+    };
+    free(carol.clone()).await.unwrap();
+    free(carol.clone()).await.unwrap();
+    let (id, key) = w.checkout_and_pay(&dave).await;
+    w.meter.reset_calls();
+    w.complete(&id, &key).await.unwrap();
+    w.meter.reset_calls();
+    free(dave).await.unwrap();
+    calls.extend(w.meter.calls());
+    w.meter.reset_calls();
+    let erin = w.user("erin");
+    w.meter.inject("apigw.attach", Fault::Before);
+    free(erin.clone()).await.unwrap_err();
+    free(erin).await.unwrap();
+    // a directory that still says PRO (a cancellation of an older version): set to FREE
+    let fay = w.user("fay");
+    w.app.users.set_plan(&fay.name, paykey::domain::Plan::PRO, None).await.unwrap();
+    w.meter.reset_calls();
+    free(fay).await.unwrap();
+    calls.extend(w.meter.calls());
+    calls
 }
 
 async fn webhook_calls() -> Vec<&'static str> {
@@ -277,7 +314,7 @@ async fn webhook_calls() -> Vec<&'static str> {
         s.user_id = None;
         s.user_name = None;
     });
-    paykey::ports::UserDirectory::set_plan(&w.app.users, &zoe.name, paykey::domain::Plan::Pro, Some(&customer_z))
+    paykey::ports::UserDirectory::set_plan(&w.app.users, &zoe.name, paykey::domain::Plan::PRO, Some(&customer_z))
         .await
         .unwrap();
     w.app.store.add_legacy_account(AccountRecord::new(&zoe, w.app.clock.now()));

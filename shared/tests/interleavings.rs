@@ -286,9 +286,9 @@ async fn check(h: &History) -> Result<(), String> {
         // The plan the subscriptions grant: PRO if any grants it (there is at most one active).
         let granted = subs.iter().any(|s| {
             let since = account.as_ref().and_then(|a| a.past_due_since);
-            desired_plan(&s.status, since, now, w.app.settings.past_due_grace) == Some(Plan::Pro)
+            desired_plan(&s.status, since, now, w.app.settings.past_due_grace) == Some(flows::Access::Paid)
         });
-        let want = if granted { Plan::Pro } else { Plan::Free };
+        let want = if granted { Plan::PRO } else { Plan::FREE };
         if !subs.is_empty() && plan != want {
             return Err(format!("{}: plan {plan} but the subscriptions grant {want}: {subs:?}", u.name));
         }
@@ -297,7 +297,7 @@ async fn check(h: &History) -> Result<(), String> {
                 return Err(format!("{}: record says {} but the subscriptions grant {want}", u.name, a.plan));
             }
         }
-        if plan == Plan::Pro {
+        if plan == Plan::PRO {
             PRO_AT_END.fetch_add(1, Ordering::Relaxed);
         }
         let name = w.app.settings.key_name(u);
@@ -305,12 +305,12 @@ async fn check(h: &History) -> Result<(), String> {
         if enabled.len() > 1 {
             return Err(format!("{}: {} enabled keys", u.name, enabled.len()));
         }
-        let in_plan = w.app.keys.plan_key_ids().await.unwrap();
-        match (plan, enabled.first(), account.as_ref().and_then(|a| a.api_key_id.clone())) {
-            (Plan::Pro, Some(k), Some(recorded)) if k.id == recorded && in_plan.contains(&k.id) => {}
-            (Plan::Pro, k, r) => return Err(format!("{}: PRO but key {k:?}, recorded {r:?}", u.name)),
-            (Plan::Free, None, _) => {}
-            (Plan::Free, Some(k), _) => return Err(format!("{}: FREE with an enabled key {}", u.name, k.id)),
+        let in_plan = w.app.keys.plan_key_ids(paykey::flows::DEFAULT_PRO_USAGE_PLAN).await.unwrap();
+        match (plan == Plan::PRO, enabled.first(), account.as_ref().and_then(|a| a.api_key_id.clone())) {
+            (true, Some(k), Some(recorded)) if k.id == recorded && in_plan.contains(&k.id) => {}
+            (true, k, r) => return Err(format!("{}: PRO but key {k:?}, recorded {r:?}", u.name)),
+            (false, None, _) => {}
+            (false, Some(k), _) => return Err(format!("{}: FREE with an enabled key {}", u.name, k.id)),
         }
         for k in w.app.keys.all().into_iter().filter(|k| k.name == name && !k.enabled) {
             if in_plan.contains(&k.id) {

@@ -57,20 +57,23 @@ async fn checkout_completed_before_the_redirect_fulfils_and_the_redirect_then_sa
 async fn cancellation_downgrades_disables_and_detaches_the_key_and_keeps_the_customer() {
     let w = World::new();
     let (u, sub) = pro_user(&w, "alice").await;
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &u).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &u).await.unwrap();
     let value = view.api_key.unwrap().value;
     assert!(w.app.keys.authorize(&value).is_some());
 
     w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
     let out = handle(&w, &sub_event("evt_del", "customer.subscription.deleted", &sub)).await.unwrap();
     assert_eq!(out, EventOutcome::Processed("alice is FREE".into()));
-    assert_eq!(plan_of(&w, &u).await, Plan::Free);
+    assert_eq!(plan_of(&w, &u).await, Plan::FREE);
     assert_eq!(enabled_keys(&w, &u), 0);
-    assert!(w.app.keys.plan_key_ids().await.unwrap().is_empty(), "detached from the PRO plan");
+    assert!(
+        w.app.keys.plan_key_ids(paykey::flows::DEFAULT_PRO_USAGE_PLAN).await.unwrap().is_empty(),
+        "detached from the PRO plan"
+    );
     assert_eq!(w.app.keys.authorize(&value), None, "the product API would reject the key");
     assert!(w.app.users.get_user(&u.name).await.unwrap().unwrap().customer_id.is_some(), "customer id kept");
     let acct = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
-    assert_eq!(acct.plan, Plan::Free);
+    assert_eq!(acct.plan, Plan::FREE);
     assert_eq!(acct.subscription_status.as_deref(), Some("canceled"));
 }
 
@@ -95,7 +98,7 @@ async fn out_of_order_events_converge_on_stripes_current_state() {
     handle(&w, &sub_event("evt_1", "customer.subscription.updated", &sub)).await.unwrap();
     let inv = event("evt_0", "invoice.paid", EventSubject::Invoice { subscription: Some(sub.clone()), customer: None });
     handle(&w, &inv).await.unwrap();
-    assert_eq!(plan_of(&w, &u).await, Plan::Free);
+    assert_eq!(plan_of(&w, &u).await, Plan::FREE);
     assert_eq!(enabled_keys(&w, &u), 0);
 
     // and the other way round: created after updated (both active) → PRO with one key.
@@ -103,7 +106,7 @@ async fn out_of_order_events_converge_on_stripes_current_state() {
     let (u, sub) = pro_user(&w, "bob").await;
     handle(&w, &sub_event("evt_b2", "customer.subscription.updated", &sub)).await.unwrap();
     handle(&w, &sub_event("evt_b1", "customer.subscription.created", &sub)).await.unwrap();
-    assert_eq!(plan_of(&w, &u).await, Plan::Pro);
+    assert_eq!(plan_of(&w, &u).await, Plan::PRO);
     assert_eq!(enabled_keys(&w, &u), 1);
 }
 
@@ -116,11 +119,11 @@ async fn past_due_keeps_pro_during_the_grace_period_then_downgrades() {
         event(n, "invoice.payment_failed", EventSubject::Invoice { subscription: Some(sub.clone()), customer: None })
     };
     handle(&w, &failed("evt_f1")).await.unwrap();
-    assert_eq!(plan_of(&w, &u).await, Plan::Pro, "within the grace period");
+    assert_eq!(plan_of(&w, &u).await, Plan::PRO, "within the grace period");
     assert_eq!(enabled_keys(&w, &u), 1);
     w.clock.advance(chrono::Duration::days(8));
     handle(&w, &failed("evt_f2")).await.unwrap();
-    assert_eq!(plan_of(&w, &u).await, Plan::Free, "grace period (7 days) over");
+    assert_eq!(plan_of(&w, &u).await, Plan::FREE, "grace period (7 days) over");
     assert_eq!(enabled_keys(&w, &u), 0);
     // the payment finally succeeds: PRO again, with the same key.
     w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Active);
@@ -130,7 +133,7 @@ async fn past_due_keeps_pro_during_the_grace_period_then_downgrades() {
     )
     .await
     .unwrap();
-    assert_eq!(plan_of(&w, &u).await, Plan::Pro);
+    assert_eq!(plan_of(&w, &u).await, Plan::PRO);
     assert_eq!(enabled_keys(&w, &u), 1);
     assert_eq!(w.app.keys.all().len(), 1, "the key was re-enabled, not re-issued");
 }
@@ -141,8 +144,8 @@ async fn cancel_at_period_end_stays_pro_and_the_account_shows_the_end_date() {
     let (u, sub) = pro_user(&w, "alice").await;
     let end = w.app.payments.update_subscription(&sub, |s| s.cancel_at_period_end = true).unwrap().period_end.unwrap();
     handle(&w, &sub_event("evt_c", "customer.subscription.updated", &sub)).await.unwrap();
-    assert_eq!(plan_of(&w, &u).await, Plan::Pro);
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &u).await.unwrap();
+    assert_eq!(plan_of(&w, &u).await, Plan::PRO);
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &u).await.unwrap();
     assert!(view.cancel_at_period_end);
     assert_eq!(view.current_period_end, Some(end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
     assert!(view.api_key.unwrap().enabled);
@@ -156,7 +159,7 @@ async fn resubscribing_after_cancellation_reuses_the_customer_and_the_key() {
     let key_id = w.app.keys.all()[0].id.clone();
     w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
     handle(&w, &sub_event("evt_x", "customer.subscription.deleted", &sub)).await.unwrap();
-    assert_eq!(plan_of(&w, &u).await, Plan::Free);
+    assert_eq!(plan_of(&w, &u).await, Plan::FREE);
 
     let (id, key) = w.checkout_and_pay(&u).await;
     let paid = w.app.payments.get_checkout_state(&id);
@@ -166,7 +169,7 @@ async fn resubscribing_after_cancellation_reuses_the_customer_and_the_key() {
     assert_eq!(w.app.keys.all().len(), 1);
     // the old subscription's late events do not undo the new one
     handle(&w, &sub_event("evt_late", "customer.subscription.updated", &sub)).await.unwrap();
-    assert_eq!(plan_of(&w, &u).await, Plan::Pro);
+    assert_eq!(plan_of(&w, &u).await, Plan::PRO);
 }
 
 #[tokio::test]
@@ -218,9 +221,12 @@ async fn a_fault_while_acting_is_an_error_and_redelivery_converges() {
             if !(op == "ddb.mark_event" && fault == Fault::After) {
                 assert!(matches!(out, EventOutcome::Processed(_)), "{op} {fault:?}: {out:?}");
             }
-            assert_eq!(plan_of(&w, &u).await, Plan::Free, "{op} {fault:?}");
+            assert_eq!(plan_of(&w, &u).await, Plan::FREE, "{op} {fault:?}");
             assert_eq!(enabled_keys(&w, &u), 0, "{op} {fault:?}");
-            assert!(w.app.keys.plan_key_ids().await.unwrap().is_empty(), "{op} {fault:?}");
+            assert!(
+                w.app.keys.plan_key_ids(paykey::flows::DEFAULT_PRO_USAGE_PLAN).await.unwrap().is_empty(),
+                "{op} {fault:?}"
+            );
         }
     }
 }
@@ -281,7 +287,7 @@ async fn an_event_that_read_the_subscription_before_a_cancellation_does_not_undo
     w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
     w.app.store.unlock_account(&u.id, "held").await.unwrap();
     paid.await.unwrap().unwrap();
-    assert_eq!(plan_of(&w, &u).await, Plan::Free, "the fresh state (canceled) was applied");
+    assert_eq!(plan_of(&w, &u).await, Plan::FREE, "the fresh state (canceled) was applied");
 }
 
 #[tokio::test]
@@ -296,16 +302,16 @@ async fn resync_reports_missed_cancellations_in_a_dry_run_and_repairs_them_with_
     let drifts = resync(false).await.unwrap();
     assert_eq!(drifts.len(), 1, "{drifts:?}");
     assert_eq!(drifts[0].user, u);
-    assert_eq!((drifts[0].current, drifts[0].desired), (Plan::Pro, Plan::Free));
+    assert_eq!((drifts[0].current.clone(), drifts[0].desired.clone()), (Plan::PRO, Plan::FREE));
     assert!(!drifts[0].repaired() && drifts[0].applied.is_none());
     assert_eq!(w.snapshot(), before, "a dry run changes nothing");
 
     let drifts = resync(true).await.unwrap();
     assert!(drifts[0].repaired(), "{}", drifts[0]);
     assert!(drifts[0].to_string().ends_with("repaired: alice is FREE"), "{}", drifts[0]);
-    assert_eq!(plan_of(&w, &u).await, Plan::Free);
+    assert_eq!(plan_of(&w, &u).await, Plan::FREE);
     assert_eq!(enabled_keys(&w, &u), 0);
-    assert_eq!(plan_of(&w, &v).await, Plan::Pro, "bob untouched");
+    assert_eq!(plan_of(&w, &v).await, Plan::PRO, "bob untouched");
     assert!(resync(false).await.unwrap().is_empty(), "nothing left to repair");
 }
 
@@ -322,10 +328,10 @@ async fn python_era_user(w: &World, name: &str) -> (User, SubscriptionId, String
         s.user_name = None;
     });
     let key = w.app.keys.create(&format!("paykey-pro-{name}")).await.unwrap();
-    w.app.keys.attach_to_plan(&key.id).await.unwrap();
-    w.app.users.set_plan(&u.name, Plan::Pro, Some(&customer)).await.unwrap();
+    w.app.keys.attach_to_plan(&key.id, paykey::flows::DEFAULT_PRO_USAGE_PLAN).await.unwrap();
+    w.app.users.set_plan(&u.name, Plan::PRO, Some(&customer)).await.unwrap();
     let mut legacy = paykey::domain::AccountRecord::new(&u, w.app.clock.now());
-    legacy.plan = Plan::Pro;
+    legacy.plan = Plan::PRO;
     legacy.api_key_id = Some(key.id.clone());
     assert_eq!(legacy.customer_id, None, "what the Python version wrote");
     w.app.store.add_legacy_account(legacy);
@@ -339,10 +345,13 @@ async fn a_cancellation_finds_a_python_era_user_through_the_cognito_customer_att
     w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
     let out = handle(&w, &sub_event("evt_del", "customer.subscription.deleted", &sub)).await.unwrap();
     assert_eq!(out, EventOutcome::Processed("carol is FREE".into()));
-    assert_eq!(plan_of(&w, &u).await, Plan::Free);
+    assert_eq!(plan_of(&w, &u).await, Plan::FREE);
     let k = w.app.keys.get(&key).await.unwrap().unwrap();
     assert!(!k.enabled, "the old key disabled");
-    assert!(!w.app.keys.plan_key_ids().await.unwrap().contains(&key), "and detached");
+    assert!(
+        !w.app.keys.plan_key_ids(paykey::flows::DEFAULT_PRO_USAGE_PLAN).await.unwrap().contains(&key),
+        "and detached"
+    );
     assert!(w.app.store.legacy_accounts().is_empty(), "the name-keyed record retired");
     let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
     assert!(account.customer_id.is_some(), "the record now carries the customer");
@@ -366,20 +375,20 @@ async fn resync_finds_python_era_records_without_a_customer_id_and_migrates_them
     drifts.sort_by(|a, b| a.user.name.as_str().cmp(b.user.name.as_str()));
     assert_eq!(drifts.len(), 2, "{drifts:?}");
     assert_eq!(
-        (&drifts[0].user, drifts[0].current, drifts[0].desired, drifts[0].legacy),
-        (&carol, Plan::Pro, Plan::Free, true)
+        (&drifts[0].user, drifts[0].current.clone(), drifts[0].desired.clone(), drifts[0].legacy),
+        (&carol, Plan::PRO, Plan::FREE, true)
     );
     assert_eq!(
-        (&drifts[1].user, drifts[1].current, drifts[1].desired, drifts[1].legacy),
-        (&dan, Plan::Pro, Plan::Pro, true)
+        (&drifts[1].user, drifts[1].current.clone(), drifts[1].desired.clone(), drifts[1].legacy),
+        (&dan, Plan::PRO, Plan::PRO, true)
     );
     assert_eq!(w.snapshot(), before, "a dry run changes nothing");
 
     let drifts = resync(true).await.unwrap();
     assert!(drifts.iter().all(|d| d.repaired()), "{drifts:?}");
-    assert_eq!(plan_of(&w, &carol).await, Plan::Free);
+    assert_eq!(plan_of(&w, &carol).await, Plan::FREE);
     assert!(!w.app.keys.get(&key).await.unwrap().unwrap().enabled);
-    assert_eq!(plan_of(&w, &dan).await, Plan::Pro);
+    assert_eq!(plan_of(&w, &dan).await, Plan::PRO);
     assert!(w.app.keys.get(&dan_key).await.unwrap().unwrap().enabled, "dan keeps his key");
     assert!(w.app.store.legacy_accounts().is_empty(), "both migrated");
     assert_eq!(w.meter.count("cognito.find_by_customer"), 0, "the resync knew whose customer it was");
@@ -404,13 +413,13 @@ async fn resync_reports_a_repair_that_failed_and_goes_on_with_the_others() {
     assert!(failed[0].to_string().contains("NOT repaired"), "{}", failed[0]);
     assert!(matches!(failed[0].applied, Some(Err(_))));
     let fixed = drifts.iter().find(|d| d.repaired()).unwrap();
-    assert_eq!(plan_of(&w, &fixed.user).await, Plan::Free);
+    assert_eq!(plan_of(&w, &fixed.user).await, Plan::FREE);
     // a second run repairs what is left
     let again =
         flows::resync(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), true).await.unwrap();
     assert_eq!(again.len(), 1);
     assert!(again[0].repaired(), "{}", again[0]);
     for x in [&u, &v] {
-        assert_eq!(plan_of(&w, x).await, Plan::Free);
+        assert_eq!(plan_of(&w, x).await, Plan::FREE);
     }
 }

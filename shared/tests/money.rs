@@ -25,7 +25,7 @@ async fn assert_pro_with_one_enabled_key(w: &World, user: &paykey::domain::User)
     let name = w.app.settings.key_name(user);
     let enabled: Vec<_> = w.app.keys.all().into_iter().filter(|k| k.name == name && k.enabled).collect();
     assert_eq!(enabled.len(), 1, "{enabled:?}");
-    assert_eq!(w.app.users.get_user(&user.name).await.unwrap().unwrap().plan(), Plan::Pro);
+    assert_eq!(w.app.users.get_user(&user.name).await.unwrap().unwrap().plan(), Plan::PRO);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ async fn two_paid_tabs_end_with_one_active_subscription_and_one_charge_kept() {
     )
     .await
     .unwrap();
-    assert!(matches!(outcome, flows::SyncOutcome::Pro { .. }), "{outcome:?}");
+    assert!(matches!(outcome, flows::SyncOutcome::Paid { .. }), "{outcome:?}");
     assert_eq!(w.meter.count("stripe.cancel_duplicate"), 0);
     assert_eq!(active_subscriptions(&w).len(), 1);
     assert_pro_with_one_enabled_key(&w, &alice).await;
@@ -167,12 +167,12 @@ async fn a_paid_session_of_a_cancelled_subscription_grants_nothing() {
         };
         assert_eq!(outcome, Completion::NotGranted { status: "canceled".into() }, "webhook: {via_webhook}");
         assert!(!outcome.is_success());
-        assert_eq!(w.app.users.get_user(&alice.name).await.unwrap().unwrap().plan(), Plan::Free);
+        assert_eq!(w.app.users.get_user(&alice.name).await.unwrap().unwrap().plan(), Plan::FREE);
         assert!(w.app.keys.all().iter().all(|k| !k.enabled), "no enabled key: {:?}", w.app.keys.all());
-        assert!(w.app.keys.plan_key_ids().await.unwrap().is_empty());
+        assert!(w.app.keys.plan_key_ids(paykey::flows::DEFAULT_PRO_USAGE_PLAN).await.unwrap().is_empty());
         // A refresh afterwards does not revive it either.
         assert_eq!(w.complete(&id, &key).await.unwrap(), Completion::AlreadyFulfilled);
-        assert_eq!(w.app.users.get_user(&alice.name).await.unwrap().unwrap().plan(), Plan::Free);
+        assert_eq!(w.app.users.get_user(&alice.name).await.unwrap().unwrap().plan(), Plan::FREE);
     }
 }
 
@@ -381,8 +381,8 @@ async fn a_hundred_upgrades_within_ten_seconds_under_api_gateways_limits_all_end
     assert_eq!(keys.all().len(), 100, "one key per user, no duplicates");
     assert_eq!(names.len(), 100);
     for a in app.store.accounts() {
-        assert_eq!(a.plan, Plan::Pro, "{}", a.user_name);
-        assert_eq!(app.users.get_user(&a.user_name).await.unwrap().unwrap().plan(), Plan::Pro);
+        assert_eq!(a.plan, Plan::PRO, "{}", a.user_name);
+        assert_eq!(app.users.get_user(&a.user_name).await.unwrap().unwrap().plan(), Plan::PRO);
     }
     assert_eq!(app.store.accounts().len(), 100);
     let (median, worst) = (times[50], times[99]);
@@ -409,7 +409,7 @@ async fn account_page_views_spend_one_control_plane_call_per_key_per_container()
     w.meter.reset_calls();
     let mut views = Vec::new();
     for _ in 0..100 {
-        views.push(flows::get_account(&w.app.store, &keys, &w.app.users, &alice).await.unwrap());
+        views.push(flows::get_account(&w.app.store, &keys, &w.app.users, &w.app.settings, &alice).await.unwrap());
     }
     let control_plane = w.meter.calls().iter().filter(|c| c.starts_with("apigw.")).count();
     assert_eq!(control_plane, 1, "{:?}", w.meter.calls());
@@ -421,8 +421,8 @@ async fn account_page_views_spend_one_control_plane_call_per_key_per_container()
         .await
         .unwrap();
     w.meter.reset_calls();
-    let view = flows::get_account(&w.app.store, &keys, &w.app.users, &alice).await.unwrap();
-    assert_eq!(view.plan, Plan::Free);
+    let view = flows::get_account(&w.app.store, &keys, &w.app.users, &w.app.settings, &alice).await.unwrap();
+    assert_eq!(view.plan, Plan::FREE);
     assert!(!view.api_key.unwrap().enabled);
     assert_eq!(w.meter.calls().iter().filter(|c| c.starts_with("apigw.")).count(), 0);
 }
@@ -444,8 +444,8 @@ async fn a_new_user_with_a_deleted_users_name_inherits_nothing() {
     assert_ne!(new.id, old.id);
 
     // the new alice: FREE, no key, no billing account
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &new).await.unwrap();
-    assert_eq!(view.plan, Plan::Free);
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &new).await.unwrap();
+    assert_eq!(view.plan, Plan::FREE);
     assert!(view.api_key.is_none(), "the old key is not shown: {view:?}");
     assert!(!view.has_billing_account);
     assert!(matches!(
@@ -462,12 +462,12 @@ async fn a_new_user_with_a_deleted_users_name_inherits_nothing() {
                 .unwrap();
         assert_eq!(outcome, flows::SyncOutcome::UnknownCustomer, "{status:?}");
         let p = w.app.users.get_user(&new.name).await.unwrap().unwrap();
-        assert_eq!((p.plan(), p.customer_id), (Plan::Free, None), "nothing written to the new alice");
+        assert_eq!((p.plan(), p.customer_id), (Plan::FREE, None), "nothing written to the new alice");
     }
 
     // the old user's token (old sub, same name) reaches nothing of the new user's
     assert!(matches!(
-        flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &old).await,
+        flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &old).await,
         Err(paykey::Error::UserNotFound)
     ));
     let r = flows::start_checkout(
@@ -484,7 +484,7 @@ async fn a_new_user_with_a_deleted_users_name_inherits_nothing() {
     // the new alice buys her own: a key of her own, bound to her sub
     let (id2, key2) = w.checkout_and_pay(&new).await;
     assert!(matches!(w.complete(&id2, &key2).await.unwrap(), Completion::Issued { .. }));
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &new).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &new).await.unwrap();
     let old_key = w.app.store.accounts().into_iter().find(|a| a.user_id == old.id).unwrap().api_key_id.unwrap();
     assert_ne!(view.api_key.unwrap().id, old_key, "a new key, not the old user's");
 }
@@ -500,7 +500,7 @@ async fn a_success_redirect_after_the_user_was_deleted_writes_nothing_for_the_na
     let r = handlers::create_api_key(&w.app, support::verify_request(&id, &key.to_string())).await.unwrap();
     assert_eq!(r.status(), 302, "still a redirect");
     let p = w.app.users.get_user(&new.name).await.unwrap().unwrap();
-    assert_eq!((p.plan(), p.customer_id), (Plan::Free, None));
+    assert_eq!((p.plan(), p.customer_id), (Plan::FREE, None));
     assert!(w.app.keys.all().is_empty(), "no key issued: {:?}", w.app.keys.all());
     // Stripe's checkout.session.completed for it: answered, not retried for days
     let event = paykey::ports::StripeEvent {

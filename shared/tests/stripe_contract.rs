@@ -81,6 +81,7 @@ fn checkout<'a>(price: &'a str, user: &'a User, customer: Option<&'a CustomerId>
         success_url: "https://api.example.com/create-api-key/{CHECKOUT_SESSION_ID}/k".into(),
         cancel_url: "https://app.example.com/canceled_upgrade".into(),
         idempotency_key: key.into(),
+        trial_days: 0,
     }
 }
 

@@ -8,5 +8,5 @@ async fn main() -> Result<(), Error> {
     telemetry::init();
     let app =
         wiring::checkout_app(&Env::from_process()).await.inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
-    run(service_fn(|req| handlers::create_checkout_session(&app, req))).await
+    run(service_fn(|req| handlers::checkout_routes(&app, req))).await
 }

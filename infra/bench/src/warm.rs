@@ -78,11 +78,11 @@ pub async fn round_trips() -> String {
         let state = a.payments.get_checkout(&id2).await.expect("retrieve").expect("session");
         a.store.get(&id2).await.expect("get");
         let k = a.keys.create("paykey-pro-bob").await.expect("create");
-        a.keys.attach_to_plan(&k.id).await.expect("attach");
+        a.keys.attach_to_plan(&k.id, paykey::flows::DEFAULT_PRO_USAGE_PLAN).await.expect("attach");
         let now = chrono::Utc::now();
         a.store.mark_event("put-stand-in", "x", now).await.expect("put");
         a.store.claim(&id2, "t", now, now).await.expect("update");
-        a.users.set_plan(&bob.name, Plan::Pro, state.customer.as_ref()).await.expect("cognito");
+        a.users.set_plan(&bob.name, Plan::PRO, state.customer.as_ref()).await.expect("cognito");
     })
     .await;
     md.push_str(&format!(
@@ -116,6 +116,7 @@ pub async fn round_trips() -> String {
                 success_url: "https://x/{CHECKOUT_SESSION_ID}".into(),
                 cancel_url: "https://x".into(),
                 idempotency_key: "ref-1".into(),
+                trial_days: 0,
             })
             .await
             .expect("create");

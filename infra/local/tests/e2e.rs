@@ -359,12 +359,20 @@ async fn thirty_concurrent_journeys_all_redirect_and_all_end_pro() {
     let names: std::collections::BTreeSet<&str> = keys.iter().map(|k| k[0]["name"].as_str().unwrap()).collect();
     assert_eq!((keys.len(), names.len()), (USERS, USERS), "one key per user: {keys:?}");
     assert!(keys.iter().all(|k| k[0]["enabled"] == true));
-    let on_plan = state["keys"]["plan"].as_array().unwrap();
+    // (key id, usage plan id) pairs
+    let on_plan: Vec<(&str, &str)> = state["keys"]["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+        .collect();
     let accounts = state["accounts"].as_array().unwrap();
     assert_eq!(accounts.len(), USERS);
     for a in accounts {
         assert_eq!(a["plan"], "PRO", "{a}");
-        assert!(on_plan.contains(&a["api_key_id"]), "{a}");
+        let key = a["api_key_id"].as_str().unwrap();
+        assert_eq!(on_plan.iter().filter(|(k, _)| *k == key).count(), 1, "{a}");
+        assert!(on_plan.iter().any(|(k, p)| *k == key && *p == paykey::flows::DEFAULT_PRO_USAGE_PLAN), "{a}");
     }
     println!(
         "{USERS} concurrent journeys: {done} thanks, {} pending; all redirected after {:.1} s, all PRO after {:.1} s",

@@ -113,14 +113,17 @@ impl<K: crate::ports::KeyRegistry> crate::ports::KeyRegistry for CachedKeyValues
     async fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
         self.inner.set_enabled(id, enabled).await
     }
-    async fn attach_to_plan(&self, id: &str) -> Result<()> {
-        self.inner.attach_to_plan(id).await
+    async fn attach_to_plan(&self, id: &str, plan: &str) -> Result<()> {
+        self.inner.attach_to_plan(id, plan).await
     }
-    async fn detach_from_plan(&self, id: &str) -> Result<()> {
-        self.inner.detach_from_plan(id).await
+    async fn detach_from_plan(&self, id: &str, plan: &str) -> Result<()> {
+        self.inner.detach_from_plan(id, plan).await
     }
-    async fn plan_key_ids(&self) -> Result<Vec<String>> {
-        self.inner.plan_key_ids().await
+    async fn plans_of(&self, id: &str) -> Result<Vec<String>> {
+        self.inner.plans_of(id).await
+    }
+    async fn plan_key_ids(&self, plan: &str) -> Result<Vec<String>> {
+        self.inner.plan_key_ids(plan).await
     }
     async fn key_value(&self, id: &str) -> Result<Option<String>> {
         if let Some(v) = self.values.lock().unwrap_or_else(|p| p.into_inner()).get(id) {

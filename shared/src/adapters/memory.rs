@@ -492,7 +492,9 @@ impl MemoryStore {
 #[derive(Default)]
 struct KeysState {
     keys: BTreeMap<String, (IssuedKey, String)>,
-    plan: Vec<String>,
+    /// Key id → the usage plan it is attached to: one per key, as API Gateway allows one usage
+    /// plan per key and stage (every plan here serves one stage).
+    plans: BTreeMap<String, String>,
     next: u64,
 }
 
@@ -500,7 +502,9 @@ struct KeysState {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct KeysSnapshot {
     pub keys: Vec<(IssuedKey, String)>,
-    pub plan: Vec<String>,
+    /// (key id, usage plan id).
+    #[serde(default)]
+    pub plans: Vec<(String, String)>,
     pub next: u64,
 }
 
@@ -551,14 +555,18 @@ impl MemoryKeys {
     /// Everything, key values included, for persisting (the local stack's data folder).
     pub fn export(&self) -> KeysSnapshot {
         let st = lock(&self.state);
-        KeysSnapshot { keys: st.keys.values().cloned().collect(), plan: st.plan.clone(), next: st.next }
+        KeysSnapshot {
+            keys: st.keys.values().cloned().collect(),
+            plans: st.plans.iter().map(|(k, p)| (k.clone(), p.clone())).collect(),
+            next: st.next,
+        }
     }
 
     /// Restores what `export` saved.
     pub fn restore(&self, snap: KeysSnapshot) {
         let mut st = lock(&self.state);
         st.keys = snap.keys.into_iter().map(|(k, v)| (k.id.clone(), (k, v))).collect();
-        st.plan = snap.plan;
+        st.plans = snap.plans.into_iter().collect();
         st.next = snap.next;
     }
 
@@ -593,16 +601,24 @@ impl MemoryKeys {
         }
     }
 
-    /// Ids of the keys in the usage plan, for assertions.
+    /// Ids of the keys attached to a usage plan (any), for assertions.
     pub fn plan_members(&self) -> Vec<String> {
-        lock(&self.state).plan.clone()
+        lock(&self.state).plans.keys().cloned().collect()
     }
 
-    /// The id of the key with this value, if it is enabled and in the usage plan: what API
-    /// Gateway checks when a request to the product API carries `x-api-key`.
-    pub fn authorize(&self, value: &str) -> Option<String> {
+    /// The usage plan the key is attached to, for assertions.
+    pub fn plan_of(&self, id: &str) -> Option<String> {
+        lock(&self.state).plans.get(id).cloned()
+    }
+
+    /// The id of the key with this value and the usage plan it is in, if it is enabled and in
+    /// one: what API Gateway checks when a request to the product API carries `x-api-key`.
+    pub fn authorize(&self, value: &str) -> Option<(String, String)> {
         let st = lock(&self.state);
-        st.keys.values().find(|(k, v)| v == value && k.enabled && st.plan.contains(&k.id)).map(|(k, _)| k.id.clone())
+        st.keys
+            .values()
+            .find(|(k, v)| v == value && k.enabled)
+            .and_then(|(k, _)| st.plans.get(&k.id).map(|p| (k.id.clone(), p.clone())))
     }
 }
 
@@ -657,7 +673,7 @@ impl KeyRegistry for MemoryKeys {
         self.meter.exit(APIGW, "apigw.set_enabled")
     }
 
-    async fn attach_to_plan(&self, id: &str) -> Result<()> {
+    async fn attach_to_plan(&self, id: &str, plan: &str) -> Result<()> {
         self.meter.enter(APIGW, "apigw.attach").await?;
         self.admit("apigw.attach")?;
         {
@@ -669,24 +685,49 @@ impl KeyRegistry for MemoryKeys {
                     "NotFoundException: Invalid API Key identifier specified",
                 ));
             }
-            if !st.plan.iter().any(|k| k == id) {
-                st.plan.push(id.to_string());
+            match st.plans.get(id) {
+                Some(p) if p == plan => {}
+                Some(other) => {
+                    return Err(BackendError::new(
+                        APIGW,
+                        "apigw.attach",
+                        format!(
+                            "ConflictException: API Key {id} cannot reference multiple Usage Plans with the same API Stage (it is in {other})"
+                        ),
+                    ))
+                }
+                None => {
+                    st.plans.insert(id.to_string(), plan.to_string());
+                }
             }
         }
         self.meter.exit(APIGW, "apigw.attach")
     }
 
-    async fn detach_from_plan(&self, id: &str) -> Result<()> {
+    async fn detach_from_plan(&self, id: &str, plan: &str) -> Result<()> {
         self.meter.enter(APIGW, "apigw.detach").await?;
         self.admit("apigw.detach")?;
-        lock(&self.state).plan.retain(|k| k != id);
+        {
+            let mut st = lock(&self.state);
+            if st.plans.get(id).is_some_and(|p| p == plan) {
+                st.plans.remove(id);
+            }
+        }
         self.meter.exit(APIGW, "apigw.detach")
     }
 
-    async fn plan_key_ids(&self) -> Result<Vec<String>> {
+    async fn plans_of(&self, id: &str) -> Result<Vec<String>> {
+        self.meter.enter(APIGW, "apigw.plans_of").await?;
+        self.admit("apigw.plans_of")?;
+        let r = lock(&self.state).plans.get(id).cloned().into_iter().collect();
+        self.meter.exit(APIGW, "apigw.plans_of")?;
+        Ok(r)
+    }
+
+    async fn plan_key_ids(&self, plan: &str) -> Result<Vec<String>> {
         self.meter.enter(APIGW, "apigw.plan_keys").await?;
         self.admit("apigw.plan_keys")?;
-        let r = lock(&self.state).plan.clone();
+        let r = lock(&self.state).plans.iter().filter(|(_, p)| *p == plan).map(|(k, _)| k.clone()).collect();
         self.meter.exit(APIGW, "apigw.plan_keys")?;
         Ok(r)
     }
@@ -795,6 +836,7 @@ struct MemCheckout {
     user: User,
     price_id: String,
     success_url: String,
+    trial_days: u32,
     /// Expired (by paykey or by time): it can no longer be paid.
     expired: bool,
 }
@@ -867,12 +909,14 @@ impl MemoryPayments {
         }
         c.state.paid = true;
         let price_id = c.price_id.clone();
+        let trial_end = (c.trial_days > 0).then(|| Utc::now() + chrono::Duration::days(c.trial_days.into()));
         c.state.customer = Some(customer.clone());
         c.state.subscription = Some(sub_id.clone());
         let state = c.state.clone();
         let user = c.user.clone();
         let price = st.prices.values().find(|p| p.id == price_id);
-        let amount = price.and_then(|p| p.unit_amount).unwrap_or(0);
+        // A trial charges nothing until it ends.
+        let amount = if trial_end.is_some() { 0 } else { price.and_then(|p| p.unit_amount).unwrap_or(0) };
         let price_lookup_key = price.map(|p| p.lookup_key.clone());
         st.charges.insert(sub_id.as_str().to_string(), Charge { amount, refunded: 0 });
         st.subscriptions.insert(
@@ -880,12 +924,13 @@ impl MemoryPayments {
             SubscriptionState {
                 id: sub_id,
                 customer,
-                status: SubscriptionStatus::Active,
+                status: if trial_end.is_some() { SubscriptionStatus::Trialing } else { SubscriptionStatus::Active },
                 cancel_at_period_end: false,
-                period_end: Some(Utc::now() + chrono::Duration::days(30)),
+                period_end: Some(trial_end.unwrap_or_else(|| Utc::now() + chrono::Duration::days(30))),
                 user_name: Some(user.name.to_string()),
                 user_id: Some(user.id.to_string()),
                 price_lookup_key,
+                trial_end,
             },
         );
         Some(state)
@@ -935,6 +980,21 @@ impl MemoryPayments {
     /// The success URL a checkout was created with.
     pub fn checkout_success_url(&self, id: &SessionId) -> Option<String> {
         lock(&self.state).checkouts.get(id.as_str()).map(|c| c.success_url.clone())
+    }
+
+    /// The trial days a checkout was created with.
+    pub fn checkout_trial_days(&self, id: &SessionId) -> Option<u32> {
+        lock(&self.state).checkouts.get(id.as_str()).map(|c| c.trial_days)
+    }
+
+    /// Moves a subscription to another price (a plan switch in the billing portal): its items'
+    /// price and so its tier; returns the new state.
+    pub fn switch_price(&self, id: &SubscriptionId, lookup_key: &str) -> Option<SubscriptionState> {
+        let mut st = lock(&self.state);
+        st.prices.get(lookup_key)?;
+        let sub = st.subscriptions.get_mut(id.as_str())?;
+        sub.price_lookup_key = Some(lookup_key.to_string());
+        Some(sub.clone())
     }
 
     /// The price a checkout was created for.
@@ -1009,6 +1069,7 @@ impl Payments for MemoryPayments {
                         user: req.user.clone(),
                         price_id: req.price_id.to_string(),
                         success_url: req.success_url.clone(),
+                        trial_days: req.trial_days,
                         expired: false,
                     },
                 );

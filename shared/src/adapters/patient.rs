@@ -72,14 +72,17 @@ impl<K: KeyRegistry> KeyRegistry for Patient<K> {
     async fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
         patiently(self.budget, "UpdateApiKey", || self.inner.set_enabled(id, enabled)).await
     }
-    async fn attach_to_plan(&self, id: &str) -> Result<()> {
-        patiently(self.budget, "CreateUsagePlanKey", || self.inner.attach_to_plan(id)).await
+    async fn attach_to_plan(&self, id: &str, plan: &str) -> Result<()> {
+        patiently(self.budget, "CreateUsagePlanKey", || self.inner.attach_to_plan(id, plan)).await
     }
-    async fn detach_from_plan(&self, id: &str) -> Result<()> {
-        patiently(self.budget, "DeleteUsagePlanKey", || self.inner.detach_from_plan(id)).await
+    async fn detach_from_plan(&self, id: &str, plan: &str) -> Result<()> {
+        patiently(self.budget, "DeleteUsagePlanKey", || self.inner.detach_from_plan(id, plan)).await
     }
-    async fn plan_key_ids(&self) -> Result<Vec<String>> {
-        patiently(self.budget, "GetUsagePlanKeys", || self.inner.plan_key_ids()).await
+    async fn plans_of(&self, id: &str) -> Result<Vec<String>> {
+        patiently(self.budget, "GetUsagePlans", || self.inner.plans_of(id)).await
+    }
+    async fn plan_key_ids(&self, plan: &str) -> Result<Vec<String>> {
+        patiently(self.budget, "GetUsagePlanKeys", || self.inner.plan_key_ids(plan)).await
     }
     async fn key_value(&self, id: &str) -> Result<Option<String>> {
         patiently(self.budget, "GetApiKey", || self.inner.key_value(id)).await

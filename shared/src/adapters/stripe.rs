@@ -160,6 +160,7 @@ fn subscription_state(sub: &stripe_shared::Subscription, op: &'static str) -> Re
         user_name: sub.metadata.get("user_name").cloned(),
         user_id: sub.metadata.get("user_id").cloned(),
         price_lookup_key: sub.items.data.first().and_then(|i| i.price.lookup_key.clone()),
+        trial_end: sub.trial_end.and_then(|t| chrono::DateTime::from_timestamp(t, 0)),
     })
 }
 
@@ -263,6 +264,9 @@ impl Payments for StripePayments {
         item.quantity = Some(1);
         let mut sub = CreateCheckoutSessionSubscriptionData::new();
         sub.metadata = Some(metadata.clone());
+        if req.trial_days > 0 {
+            sub.trial_period_days = Some(req.trial_days);
+        }
         if let Some(c) = &self.connect {
             sub.application_fee_percent = c.application_fee_percent;
             sub.transfer_data =

@@ -1,5 +1,4 @@
-//! What is sold: the tiers of the catalog (issue 11, first step: the definition and its checks;
-//! nothing reads it yet).
+//! What is sold: the tiers of the catalog.
 //!
 //! One JSON document (`PAYKEY_CATALOG`, written by the SAM stack from its parameters and read
 //! by `paykey-setup` too) lists each tier: its name (what `custom:plan_type` holds), its Stripe
@@ -8,7 +7,7 @@
 //! catalog, a deployment configured like the Python version's gets [`Catalog::legacy`]: one
 //! PRO tier on `USAGE_PLAN_ID`, FREE without a key.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::LookupKey;
 
@@ -39,7 +38,7 @@ impl std::fmt::Display for TierName {
 }
 
 /// API Gateway's quota periods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum QuotaPeriod {
     Day,
@@ -47,14 +46,14 @@ pub enum QuotaPeriod {
     Month,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     pub limit: u32,
     pub period: QuotaPeriod,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Throttle {
     /// Steady requests per second.
@@ -174,8 +173,9 @@ impl Catalog {
     }
 
     /// Today's deployment: FREE without a key, and one PRO tier per allowed lookup key (in
-    /// practice one: `FMMailPro`) on the PRO usage plan.
-    pub fn legacy(pro_usage_plan_id: &str, lookup_keys: &[LookupKey]) -> Self {
+    /// practice one: `FMMailPro`) on the PRO usage plan (`None` for functions that manage no
+    /// key: checkout and the portal need no usage plan).
+    pub fn legacy(pro_usage_plan_id: Option<&str>, lookup_keys: &[LookupKey]) -> Self {
         let mut tiers = vec![Tier {
             name: TierName("FREE".into()),
             lookup_key: None,
@@ -188,7 +188,7 @@ impl Catalog {
             tiers.push(Tier {
                 name: TierName("PRO".into()),
                 lookup_key: Some(k.clone()),
-                usage_plan_id: Some(pro_usage_plan_id.to_string()),
+                usage_plan_id: pro_usage_plan_id.map(str::to_string),
                 quota: None,
                 throttle: None,
                 trial_days: 0,
@@ -212,6 +212,32 @@ impl Catalog {
 
     pub fn by_name(&self, name: &TierName) -> Option<&Tier> {
         self.tiers.iter().find(|t| &t.name == name)
+    }
+
+    /// The paid tiers, in the catalog's order.
+    pub fn paid(&self) -> impl Iterator<Item = &Tier> {
+        self.tiers.iter().filter(|t| !t.is_free())
+    }
+
+    /// Every usage plan a tier names (distinct): where a key may be attached.
+    pub fn usage_plans(&self) -> Vec<&str> {
+        let mut plans: Vec<&str> = Vec::new();
+        for p in self.tiers.iter().filter_map(|t| t.usage_plan_id.as_deref()) {
+            if !plans.contains(&p) {
+                plans.push(p);
+            }
+        }
+        plans
+    }
+
+    /// The tier a subscription paying the price with `lookup_key` grants. A price the catalog
+    /// does not list (no lookup key, or one removed from the catalog) grants the first paid
+    /// tier, as every active subscription granted PRO before there were tiers.
+    pub fn tier_for_price(&self, lookup_key: Option<&str>) -> &Tier {
+        lookup_key
+            .and_then(|k| self.tiers.iter().find(|t| t.lookup_key.as_ref().is_some_and(|l| l.as_str() == k)))
+            .or_else(|| self.paid().next())
+            .expect("a catalog has a paid tier")
     }
 }
 
@@ -241,7 +267,7 @@ mod tests {
 
     #[test]
     fn the_legacy_catalog_is_todays_deployment() {
-        let c = Catalog::legacy("plan123", &[LookupKey::parse("FMMailPro").unwrap()]);
+        let c = Catalog::legacy(Some("plan123"), &[LookupKey::parse("FMMailPro").unwrap()]);
         let free = c.free().unwrap();
         assert_eq!((free.name.as_str(), free.usage_plan_id.as_deref()), ("FREE", None), "FREE has no key");
         let pro = c.by_lookup_key(&LookupKey::parse("FMMailPro").unwrap()).unwrap();

@@ -41,8 +41,13 @@ pub enum Error {
     /// someone else's now): nothing is written for them.
     #[error("the checkout's user no longer exists")]
     UserGone,
-    #[error("the user is already on the PRO plan")]
-    AlreadyPro,
+    #[error("the user is already on the {0} plan")]
+    AlreadySubscribed(String),
+    #[error("this deployment has no free tier with a key; subscribe to a paid plan")]
+    NoFreeTier,
+    /// The catalog names a paid tier without a usage plan (a configuration error).
+    #[error("tier {0} names no usage plan")]
+    TierWithoutUsagePlan(String),
     #[error("the user has no Stripe customer yet: subscribe first")]
     NoCustomer,
     #[error("the Stripe-Signature header is missing or does not match the body: {0}")]
@@ -63,7 +68,9 @@ impl Error {
             Error::PriceNotFound(_) => 404,
             Error::UserNotFound => 404,
             Error::UserGone => 410,
-            Error::AlreadyPro => 409,
+            Error::AlreadySubscribed(_) => 409,
+            Error::NoFreeTier => 404,
+            Error::TierWithoutUsagePlan(_) => 500,
             Error::NoCustomer => 409,
             Error::BadSignature(_) => 400,
             Error::FulfilmentInProgress => 503,
@@ -80,7 +87,11 @@ impl Error {
             Error::PriceNotFound(_) => "price_not_found",
             Error::UserNotFound => "user_not_found",
             Error::UserGone => "user_gone",
-            Error::AlreadyPro => "already_pro",
+            // The code of the single-tier version, kept for its front ends.
+            Error::AlreadySubscribed(plan) if plan == "PRO" => "already_pro",
+            Error::AlreadySubscribed(_) => "already_subscribed",
+            Error::NoFreeTier => "no_free_tier",
+            Error::TierWithoutUsagePlan(_) => "misconfigured",
             Error::NoCustomer => "no_customer",
             Error::BadSignature(_) => "bad_signature",
             Error::FulfilmentInProgress => "fulfilment_in_progress",

@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -6,20 +7,26 @@ use serde::{Deserialize, Serialize};
 
 use super::{CustomerId, OneTimeKey, SessionId, SubscriptionId, User, UserId, UserName};
 
-/// The plan a user is on, as written to `custom:plan_type` and the API keys table (`Type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Plan {
-    Free,
-    Pro,
-}
+/// The plan a user is on, as written to `custom:plan_type` and the API keys table (`Type`): the
+/// name of a catalog tier (`FREE`, `PRO`, `BUSINESS`, …; see [`super::Catalog`]). `FREE` and
+/// `PRO` are the names a deployment configured like the Python version's uses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Plan(Cow<'static, str>);
 
 impl Plan {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Plan::Free => "FREE",
-            Plan::Pro => "PRO",
-        }
+    /// No subscription (and, without a free tier in the catalog, no key).
+    pub const FREE: Plan = Plan(Cow::Borrowed("FREE"));
+    /// The single paid tier of a deployment without a catalog.
+    pub const PRO: Plan = Plan(Cow::Borrowed("PRO"));
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The plan a catalog tier names.
+    pub fn of(tier: &super::TierName) -> Self {
+        Plan(Cow::Owned(tier.as_str().to_string()))
     }
 }
 
@@ -31,12 +38,24 @@ impl fmt::Display for Plan {
 
 impl FromStr for Plan {
     type Err = String;
+    /// A tier name; lower case is read as upper case (`pro` → `PRO`, as the Python version
+    /// accepted).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "FREE" | "free" => Ok(Plan::Free),
-            "PRO" | "pro" => Ok(Plan::Pro),
-            other => Err(format!("unknown plan {other:?}")),
-        }
+        let upper = s.to_ascii_uppercase();
+        super::TierName::parse(&upper).map(|t| Plan::of(&t)).map_err(|_| format!("unknown plan {s:?}"))
+    }
+}
+
+impl TryFrom<String> for Plan {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Plan> for String {
+    fn from(p: Plan) -> String {
+        p.0.into_owned()
     }
 }
 
@@ -110,6 +129,9 @@ pub struct AccountRecord {
     pub period_end: Option<DateTime<Utc>>,
     /// First time the subscription was seen `past_due` (grace period start).
     pub past_due_since: Option<DateTime<Utc>>,
+    /// End of the subscription's trial, when it has or had one.
+    #[serde(default)]
+    pub trial_end: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -119,7 +141,7 @@ impl AccountRecord {
         Self {
             user_id: user.id.clone(),
             user_name: user.name.clone(),
-            plan: Plan::Free,
+            plan: Plan::FREE,
             api_key_id: None,
             customer_id: None,
             subscription_id: None,
@@ -127,6 +149,7 @@ impl AccountRecord {
             cancel_at_period_end: false,
             period_end: None,
             past_due_since: None,
+            trial_end: None,
             updated_at,
         }
     }
@@ -149,7 +172,7 @@ impl UserProfile {
     }
 
     pub fn plan(&self) -> Plan {
-        self.plan.unwrap_or(Plan::Free)
+        self.plan.clone().unwrap_or(Plan::FREE)
     }
 }
 

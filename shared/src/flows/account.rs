@@ -1,6 +1,7 @@
 use serde::Serialize;
 
 use crate::domain::{Error, Plan, User};
+
 use crate::ports::{Accounts, KeyRegistry, UserDirectory};
 
 /// Answer of `GET /account`.
@@ -13,6 +14,8 @@ pub struct AccountView {
     pub cancel_at_period_end: bool,
     /// RFC 3339; the end date when `cancel_at_period_end`, else the renewal date.
     pub current_period_end: Option<String>,
+    /// RFC 3339; the end of the subscription's trial, when it has or had one.
+    pub trial_end: Option<String>,
     pub has_billing_account: bool,
     pub api_key: Option<ApiKeyView>,
 }
@@ -29,7 +32,13 @@ pub struct ApiKeyView {
 /// values it has read (`CachedKeyValues`), so a page view costs no control-plane call once
 /// the container has shown that key. Whether the key is enabled comes from the account
 /// record, which the same flows write when they enable or disable it.
-pub async fn get_account<S, K, U>(store: &S, keys: &K, users: &U, user: &User) -> Result<AccountView, Error>
+pub async fn get_account<S, K, U>(
+    store: &S,
+    keys: &K,
+    users: &U,
+    settings: &super::Settings,
+    user: &User,
+) -> Result<AccountView, Error>
 where
     S: Accounts,
     K: KeyRegistry,
@@ -42,7 +51,9 @@ where
         Some((a, id)) => keys.key_value(id).await?.map(|value| ApiKeyView {
             id: id.to_string(),
             value,
-            enabled: a.plan == Plan::Pro,
+            // The key works while the record's tier has a usage plan (a paid tier, or a free
+            // tier with keys); the flows that change the tier enable or disable it.
+            enabled: settings.tier_of(&a.plan).is_some_and(|t| t.usage_plan_id.is_some()),
         }),
         None => None,
     };
@@ -54,6 +65,10 @@ where
         current_period_end: account
             .as_ref()
             .and_then(|a| a.period_end)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        trial_end: account
+            .as_ref()
+            .and_then(|a| a.trial_end)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         has_billing_account: profile.customer_id.is_some(),
         api_key,

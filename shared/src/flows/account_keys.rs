@@ -7,30 +7,56 @@ use super::Ctx;
 use crate::domain::{AccountRecord, Error, IssuedKey, User};
 use crate::ports::{AccountLock, Accounts, KeyRegistry};
 
-/// The user's one enabled PRO key: the recorded one, else one with the user's key name, else
-/// a new one. Other enabled keys with the same name are disabled: never two enabled PRO keys.
-/// The caller attaches it to the usage plan.
-pub(crate) async fn ensure_pro_key<K: KeyRegistry>(
+/// The user's one enabled key: the recorded one, else one with the user's key name, else a new
+/// one (`true`: created now, so in no usage plan yet). Other enabled keys with the same name
+/// are disabled and detached: never two enabled keys for one user. The caller puts it in its
+/// tier's usage plan ([`place_in_plan`]).
+pub(crate) async fn ensure_key<K: KeyRegistry>(
     keys: &K,
     key_name: &str,
     named: &[IssuedKey],
     recorded: Option<&str>,
-) -> Result<IssuedKey, Error> {
+) -> Result<(IssuedKey, bool), Error> {
     let chosen = choose_key(keys, named, recorded).await?;
-    let key = match chosen {
-        Some(k) if k.enabled => k,
+    let (key, created) = match chosen {
+        Some(k) if k.enabled => (k, false),
         Some(k) => {
             keys.set_enabled(&k.id, true).await?;
-            IssuedKey { enabled: true, ..k }
+            (IssuedKey { enabled: true, ..k }, false)
         }
-        None => keys.create(key_name).await?,
+        None => (keys.create(key_name).await?, true),
     };
     for extra in named.iter().filter(|k| k.enabled && k.id != key.id) {
-        tracing::warn!(api_key_id = %extra.id, "disabling a second enabled PRO key of one user");
+        tracing::warn!(api_key_id = %extra.id, "disabling a second enabled key of one user");
         keys.set_enabled(&extra.id, false).await?;
-        keys.detach_from_plan(&extra.id).await?;
+        detach_from_every_plan(keys, &extra.id).await?;
     }
-    Ok(key)
+    Ok((key, created))
+}
+
+/// Puts the key in `plan` and in no other. API Gateway allows one usage plan per key and stage,
+/// so a move between tiers detaches from the old plan first, then attaches to the new one: a
+/// crash in between leaves the key in no plan (its calls are refused) until the retry (the
+/// webhook's, or the next event's: the caller writes the account record only after this), which
+/// reads the key's plans again and finishes the move. `fresh`: the key was created now and is in
+/// no plan (one call saved).
+pub(crate) async fn place_in_plan<K: KeyRegistry>(keys: &K, id: &str, plan: &str, fresh: bool) -> Result<(), Error> {
+    let current = if fresh { Vec::new() } else { keys.plans_of(id).await? };
+    for old in current.iter().filter(|p| p.as_str() != plan) {
+        tracing::info!(api_key_id = %id, from = %old, to = %plan, "moving the key to another usage plan");
+        keys.detach_from_plan(id, old).await?;
+    }
+    if !current.iter().any(|p| p == plan) {
+        keys.attach_to_plan(id, plan).await?;
+    }
+    Ok(())
+}
+
+async fn detach_from_every_plan<K: KeyRegistry>(keys: &K, id: &str) -> Result<(), Error> {
+    for plan in keys.plans_of(id).await? {
+        keys.detach_from_plan(id, &plan).await?;
+    }
+    Ok(())
 }
 
 async fn choose_key<K: KeyRegistry>(
@@ -50,8 +76,9 @@ async fn choose_key<K: KeyRegistry>(
     Ok(named.iter().find(|k| k.enabled).or_else(|| named.first()).cloned())
 }
 
-/// Disables every PRO key of the user and detaches it from the usage plan.
-pub(crate) async fn revoke_pro_keys<K: KeyRegistry>(
+/// Disables every key of the user and detaches it from its usage plan (a catalog without a free
+/// tier: FREE users have no working key).
+pub(crate) async fn revoke_keys<K: KeyRegistry>(
     keys: &K,
     named: &[IssuedKey],
     recorded: Option<&str>,
@@ -64,7 +91,7 @@ pub(crate) async fn revoke_pro_keys<K: KeyRegistry>(
     }
     for id in ids {
         // Independent calls: side by side.
-        let (disabled, detached) = tokio::join!(keys.set_enabled(id, false), keys.detach_from_plan(id));
+        let (disabled, detached) = tokio::join!(keys.set_enabled(id, false), detach_from_every_plan(keys, id));
         match disabled {
             Ok(()) => {}
             // A recorded key deleted by hand in the console: nothing left to disable.

@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{chrono_duration, Ctx};
-use crate::domain::{CheckoutRecord, CheckoutStatus, CustomerId, Error, LookupKey, OneTimeKey, Plan, User};
+use crate::domain::{CheckoutRecord, CheckoutStatus, CustomerId, Error, LookupKey, OneTimeKey, Tier, User};
 use crate::ports::{Accounts, Checkouts, NewCheckout, OpenCheckouts, Payments, UserDirectory};
 
 /// Body of `POST /checkout-sessions`.
@@ -20,10 +20,13 @@ impl CheckoutRequest {
     }
 }
 
-/// Answer of `POST /checkout-sessions`.
+/// Answer of `POST /checkout-sessions`: where to send the browser.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CheckoutStarted {
     pub url: String,
+    /// `checkout` (a Stripe Checkout page) or `billing_portal` (the caller is on another paid
+    /// tier: plans are switched in the portal, never by a second subscription).
+    pub kind: &'static str,
 }
 
 /// Starts a Stripe Checkout Session for the signed-in `user` and records it with a fresh
@@ -54,26 +57,46 @@ where
 {
     let settings = ctx.settings;
     let lookup_key = LookupKey::parse(request.lookup_key.trim()).map_err(|e| Error::BadRequest(e.to_string()))?;
-    if !settings.allowed_lookup_keys.contains(&lookup_key) {
-        return Err(Error::LookupKeyNotAllowed(lookup_key.to_string()));
-    }
+    let tier = settings
+        .catalog
+        .by_lookup_key(&lookup_key)
+        .filter(|t| !t.is_free())
+        .ok_or_else(|| Error::LookupKeyNotAllowed(lookup_key.to_string()))?;
     let price = payments.find_price(&lookup_key).await?.ok_or_else(|| Error::PriceNotFound(lookup_key.to_string()))?;
 
     let one_time_key = ctx.ids.one_time_key();
     let hint = request.customer_hint.as_ref();
     let (profile, created) = tokio::try_join!(
         users.get_user(&user.name),
-        payments.create_checkout(new_checkout(&price.id, user, hint, ctx, &one_time_key, "a"))
+        payments.create_checkout(new_checkout(&price.id, tier, user, hint, ctx, &one_time_key, "a"))
     )?;
     // The name's holder must be the caller (`sub`), not a deleted user's successor.
     let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
-    if profile.plan() == Plan::Pro {
-        return Err(Error::AlreadyPro);
+    let current = profile.plan();
+    if let Some(on) = settings.tier_of(&current).filter(|t| !t.is_free()) {
+        // Already subscribed (the session created above is left unused; Stripe expires it).
+        return match profile.customer_id.as_ref() {
+            Some(customer) if on.name != tier.name => {
+                // Another paid tier: switched in the billing portal (Stripe prorates), so the
+                // user keeps one subscription.
+                let minute = ctx.clock.now().timestamp() / 60;
+                let url = payments
+                    .create_portal(
+                        customer,
+                        &format!("{}/", settings.app_url),
+                        &format!("paykey-portal-{customer}-{minute}"),
+                    )
+                    .await?;
+                tracing::info!(user = %user, from = %on.name, to = %tier.name, "plan change: sent to the billing portal");
+                Ok(CheckoutStarted { url, kind: "billing_portal" })
+            }
+            _ => Err(Error::AlreadySubscribed(current.to_string())),
+        };
     }
     let created = if profile.customer_id.as_ref() != hint {
         // The token's claim was missing or stale: reuse the customer the directory knows.
         payments
-            .create_checkout(new_checkout(&price.id, user, profile.customer_id.as_ref(), ctx, &one_time_key, "b"))
+            .create_checkout(new_checkout(&price.id, tier, user, profile.customer_id.as_ref(), ctx, &one_time_key, "b"))
             .await?
     } else {
         created
@@ -111,11 +134,12 @@ where
         }
     }
     tracing::info!(user = %user, session_id = %created.id, price_id = %price.id, "checkout session started");
-    Ok(CheckoutStarted { url: created.url })
+    Ok(CheckoutStarted { url: created.url, kind: "checkout" })
 }
 
 fn new_checkout<'a>(
     price_id: &'a str,
+    tier: &Tier,
     user: &'a User,
     customer: Option<&'a CustomerId>,
     ctx: Ctx<'_>,
@@ -133,5 +157,7 @@ fn new_checkout<'a>(
         // The one-time key is a fresh uuid per request, so the key is unique without the user
         // name (which could take it past Stripe's 255 bytes: 128 characters of up to 4 bytes).
         idempotency_key: format!("paykey-checkout-{one_time_key}-{attempt}"),
+        // One trial per customer: a user who subscribed before (has a Stripe customer) gets none.
+        trial_days: if customer.is_none() { tier.trial_days } else { 0 },
     }
 }

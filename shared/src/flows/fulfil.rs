@@ -189,7 +189,7 @@ where
     match result {
         Ok((next, outcome, Commit::Done)) => {
             let completion = match outcome {
-                SyncOutcome::Pro { .. } => {
+                SyncOutcome::Paid { .. } => {
                     Completion::Issued { api_key_id: next.api_key_id.clone().unwrap_or_default() }
                 }
                 SyncOutcome::DuplicateCancelled { refunded, .. } => Completion::Duplicate { refunded },

@@ -28,10 +28,11 @@ pub enum EventOutcome {
 /// What a subscription sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncOutcome {
-    /// The user is PRO with one enabled, attached key.
-    Pro { user: User },
-    /// The user was downgraded (or stays FREE); keys disabled and detached.
-    Free { user: User },
+    /// The user is on the paid tier `plan` with one enabled key in its usage plan.
+    Paid { user: User, plan: Plan },
+    /// The user was downgraded (or stays on the free plan): the key moved to the free tier's
+    /// usage plan, or (no free tier with a usage plan) disabled and detached.
+    Free { user: User, plan: Plan },
     /// The status asks for no change (e.g. `incomplete`: first payment pending).
     Unchanged { user: User },
     /// No paykey user has this subscription's customer.
@@ -43,30 +44,38 @@ pub enum SyncOutcome {
     DuplicateCancelled { user: User, cancelled: SubscriptionId, refunded: i64 },
 }
 
-/// The plan a subscription status grants, or `None` for "leave it as it is".
+/// What a subscription's status grants: the tier its price buys, or the free plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The paid tier of the subscription's price (`Catalog::tier_for_price`).
+    Paid,
+    Free,
+}
+
+/// What a subscription status grants, or `None` for "leave it as it is".
 ///
-/// | status | plan |
+/// | status | grants |
 /// |---|---|
-/// | `active`, `trialing` | PRO (also with `cancel_at_period_end`: PRO until the period ends) |
-/// | `past_due` | PRO while within the grace period since first seen past due, then FREE |
-/// | `canceled`, `unpaid`, `incomplete_expired`, `paused` | FREE |
+/// | `active`, `trialing` | its tier (also with `cancel_at_period_end`: until the period ends) |
+/// | `past_due` | its tier while within the grace period since first seen past due, then free |
+/// | `canceled`, `unpaid`, `incomplete_expired`, `paused` (a trial ended without a payment method) | free |
 /// | `incomplete`, unknown | unchanged |
 pub fn desired_plan(
     status: &SubscriptionStatus,
     past_due_since: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     grace: std::time::Duration,
-) -> Option<Plan> {
+) -> Option<Access> {
     match status {
-        SubscriptionStatus::Active | SubscriptionStatus::Trialing => Some(Plan::Pro),
+        SubscriptionStatus::Active | SubscriptionStatus::Trialing => Some(Access::Paid),
         SubscriptionStatus::PastDue => {
             let since = past_due_since.unwrap_or(now);
-            Some(if now - since <= chrono_duration(grace) { Plan::Pro } else { Plan::Free })
+            Some(if now - since <= chrono_duration(grace) { Access::Paid } else { Access::Free })
         }
         SubscriptionStatus::Canceled
         | SubscriptionStatus::Unpaid
         | SubscriptionStatus::IncompleteExpired
-        | SubscriptionStatus::Paused => Some(Plan::Free),
+        | SubscriptionStatus::Paused => Some(Access::Free),
         SubscriptionStatus::Incomplete | SubscriptionStatus::Other(_) => None,
     }
 }
@@ -148,8 +157,8 @@ where
         match sub {
             None => EventOutcome::Ignored("not about a subscription".into()),
             Some(id) => match sync_subscription(store, keys, users, payments, ctx, &id).await? {
-                SyncOutcome::Pro { user } => EventOutcome::Processed(format!("{} is PRO", user.name)),
-                SyncOutcome::Free { user } => EventOutcome::Processed(format!("{} is FREE", user.name)),
+                SyncOutcome::Paid { user, plan } => EventOutcome::Processed(format!("{} is {plan}", user.name)),
+                SyncOutcome::Free { user, plan } => EventOutcome::Processed(format!("{} is {plan}", user.name)),
                 SyncOutcome::Unchanged { user } => EventOutcome::Processed(format!("{} unchanged", user.name)),
                 SyncOutcome::UnknownCustomer => {
                     tracing::warn!(event_id = %event.id, subscription = %id, "event for a customer paykey does not know");
@@ -332,10 +341,10 @@ where
     if let Some(recorded) = next.subscription_id.clone().filter(|r| r != &state.id) {
         let recorded_state = payments.get_subscription(&recorded).await?;
         let still_granting =
-            recorded_state.filter(|r| desired_plan(&r.status, next.past_due_since, now, grace) == Some(Plan::Pro));
+            recorded_state.filter(|r| desired_plan(&r.status, next.past_due_since, now, grace) == Some(Access::Paid));
         match still_granting {
             Some(current) => {
-                if desired_plan(&state.status, None, now, grace) == Some(Plan::Pro) {
+                if desired_plan(&state.status, None, now, grace) == Some(Access::Paid) {
                     tracing::warn!(user = %user, duplicate = %state.id, kept = %current.id, "a second subscription for one user: cancelling it and refunding its charge");
                     let done = payments.cancel_duplicate(&state.id).await?;
                     duplicate = Some((state.id.clone(), done.refunded));
@@ -360,24 +369,42 @@ where
     next.period_end = state.period_end;
     next.updated_at = now;
 
+    next.trial_end = state.trial_end;
+    let catalog = &ctx.settings.catalog;
+
     let outcome = match desired {
-        Some(Plan::Pro) => {
-            let key = account_keys::ensure_pro_key(keys, key_name, named, next.api_key_id.as_deref()).await?;
-            tokio::try_join!(
-                keys.attach_to_plan(&key.id),
-                users.set_plan(&user.name, Plan::Pro, Some(&state.customer))
-            )?;
-            next.plan = Plan::Pro;
+        Some(Access::Paid) => {
+            let tier = catalog.tier_for_price(state.price_lookup_key.as_deref());
+            let plan = Plan::of(&tier.name);
+            let usage_plan = tier.usage_plan_id.as_deref().ok_or(Error::TierWithoutUsagePlan(plan.to_string()))?;
+            let (key, fresh) = account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref()).await?;
+            tokio::try_join!(account_keys::place_in_plan(keys, &key.id, usage_plan, fresh), async {
+                users.set_plan(&user.name, plan.clone(), Some(&state.customer)).await.map_err(Error::from)
+            })?;
+            next.plan = plan.clone();
             next.api_key_id = Some(key.id);
-            SyncOutcome::Pro { user: user.clone() }
+            SyncOutcome::Paid { user: user.clone(), plan }
         }
-        Some(Plan::Free) => {
+        Some(Access::Free) => {
+            let free = ctx.settings.free_plan();
             // The customer id is kept: re-subscribing reuses the Stripe customer.
-            tokio::try_join!(account_keys::revoke_pro_keys(keys, named, next.api_key_id.as_deref()), async {
-                users.set_plan(&user.name, Plan::Free, Some(&state.customer)).await.map_err(Error::from)
-            },)?;
-            next.plan = Plan::Free;
-            SyncOutcome::Free { user: user.clone() }
+            let set_plan =
+                async { users.set_plan(&user.name, free.clone(), Some(&state.customer)).await.map_err(Error::from) };
+            let has_key = next.api_key_id.is_some() || !named.is_empty();
+            match catalog.free().and_then(|t| t.usage_plan_id.as_deref()) {
+                // One key for life: it stays, on the free tier's usage plan.
+                Some(free_plan) if has_key => {
+                    let (key, fresh) =
+                        account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref()).await?;
+                    tokio::try_join!(account_keys::place_in_plan(keys, &key.id, free_plan, fresh), set_plan)?;
+                    next.api_key_id = Some(key.id);
+                }
+                _ => {
+                    tokio::try_join!(account_keys::revoke_keys(keys, named, next.api_key_id.as_deref()), set_plan)?;
+                }
+            }
+            next.plan = free.clone();
+            SyncOutcome::Free { user: user.clone(), plan: free }
         }
         None => SyncOutcome::Unchanged { user: user.clone() },
     };
@@ -400,15 +427,15 @@ mod tests {
         let day = chrono::Duration::days(1);
         use SubscriptionStatus::*;
         let table = [
-            (Active, None, Some(Plan::Pro)),
-            (Trialing, None, Some(Plan::Pro)),
-            (PastDue, None, Some(Plan::Pro)),
-            (PastDue, Some(now - day * 2), Some(Plan::Pro)),
-            (PastDue, Some(now - day * 4), Some(Plan::Free)),
-            (Canceled, None, Some(Plan::Free)),
-            (Unpaid, None, Some(Plan::Free)),
-            (IncompleteExpired, None, Some(Plan::Free)),
-            (Paused, None, Some(Plan::Free)),
+            (Active, None, Some(Access::Paid)),
+            (Trialing, None, Some(Access::Paid)),
+            (PastDue, None, Some(Access::Paid)),
+            (PastDue, Some(now - day * 2), Some(Access::Paid)),
+            (PastDue, Some(now - day * 4), Some(Access::Free)),
+            (Canceled, None, Some(Access::Free)),
+            (Unpaid, None, Some(Access::Free)),
+            (IncompleteExpired, None, Some(Access::Free)),
+            (Paused, None, Some(Access::Free)),
             (Incomplete, None, None),
             (Other("future_status".into()), None, None),
         ];
@@ -424,6 +451,8 @@ pub struct Drift {
     pub user: User,
     pub current: Plan,
     pub desired: Plan,
+    /// `desired` is a paid tier (else the free plan).
+    pub desired_paid: bool,
     pub subscription: Option<SubscriptionId>,
     pub status: String,
     pub key_enabled: Option<bool>,
@@ -437,12 +466,12 @@ pub struct Drift {
 impl Drift {
     /// Whether `apply` brought the user to the desired plan.
     pub fn repaired(&self) -> bool {
-        matches!(
-            (&self.applied, self.desired),
-            (Some(Ok(SyncOutcome::Pro { .. })), Plan::Pro)
-                | (Some(Ok(SyncOutcome::Free { .. })), Plan::Free)
-                | (Some(Ok(SyncOutcome::DuplicateCancelled { .. })), _)
-        )
+        match &self.applied {
+            Some(Ok(SyncOutcome::Paid { plan, .. })) => self.desired_paid && plan == &self.desired,
+            Some(Ok(SyncOutcome::Free { .. })) => !self.desired_paid,
+            Some(Ok(SyncOutcome::DuplicateCancelled { .. })) => true,
+            _ => false,
+        }
     }
 }
 
@@ -474,8 +503,8 @@ impl std::fmt::Display for Drift {
 
 fn describe_sync(outcome: &SyncOutcome) -> String {
     match outcome {
-        SyncOutcome::Pro { user } => format!("{} is PRO", user.name),
-        SyncOutcome::Free { user } => format!("{} is FREE", user.name),
+        SyncOutcome::Paid { user, plan } => format!("{} is {plan}", user.name),
+        SyncOutcome::Free { user, plan } => format!("{} is {plan}", user.name),
         SyncOutcome::Unchanged { user } => format!("{} unchanged (the subscription asks for no change)", user.name),
         SyncOutcome::UnknownCustomer => "no user holds this customer any more".into(),
         SyncOutcome::UnknownSubscription => "Stripe no longer knows the subscription".into(),
@@ -514,12 +543,20 @@ where
 {
     let now = ctx.clock.now();
     let grace = ctx.settings.past_due_grace;
-    let attached: std::collections::HashSet<String> = keys.plan_key_ids().await?.into_iter().collect();
+    let catalog = &ctx.settings.catalog;
+    // Key id → the usage plan it is in, over every tier's plan.
+    let mut attached: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for plan in catalog.usage_plans() {
+        for id in keys.plan_key_ids(plan).await? {
+            attached.insert(id, plan.to_string());
+        }
+    }
     let mut records: Vec<(AccountRecord, bool)> =
         store.list_accounts().await?.into_iter().map(|a| (a, false)).collect();
+    let own: std::collections::HashSet<UserId> = records.iter().map(|(a, _)| a.user_id.clone()).collect();
     for name in store.list_legacy_names().await? {
         let Some(sub) = users.get_user(&name).await?.and_then(|p| p.sub) else { continue };
-        if records.iter().any(|(a, _)| a.user_id == sub) {
+        if own.contains(&sub) {
             continue; // the user has a record of their own; the old one is not in charge
         }
         if let Some(record) = store.legacy_account(&User { id: sub, name }).await? {
@@ -535,26 +572,36 @@ where
         };
         let Some(customer) = account.customer_id.clone().or_else(|| profile.customer_id.clone()) else { continue };
         let subs = payments.list_subscriptions(&customer).await?;
-        // The subscription that grants PRO, if any, else the newest one.
+        // The subscription that grants a paid tier, if any, else the newest one.
         let chosen = subs
             .iter()
-            .find(|s| desired_plan(&s.status, account.past_due_since, now, grace) == Some(Plan::Pro))
+            .find(|s| desired_plan(&s.status, account.past_due_since, now, grace) == Some(Access::Paid))
             .or_else(|| subs.first());
-        let desired = match chosen {
+        let access = match chosen {
             Some(s) => match desired_plan(&s.status, account.past_due_since, now, grace) {
-                Some(p) => p,
+                Some(a) => a,
                 None => continue,
             },
-            None => Plan::Free,
+            None => Access::Free,
+        };
+        // The tier wanted and the usage plan its key must be in (`None`: no working key).
+        let (desired, want_plan) = match access {
+            Access::Paid => {
+                let tier = catalog.tier_for_price(chosen.and_then(|s| s.price_lookup_key.as_deref()));
+                (Plan::of(&tier.name), tier.usage_plan_id.clone())
+            }
+            Access::Free => (ctx.settings.free_plan(), catalog.free().and_then(|t| t.usage_plan_id.clone())),
         };
         let current = profile.plan();
         let key = match &account.api_key_id {
             Some(id) => keys.get(id).await?,
             None => None,
         };
-        let key_ok = match desired {
-            Plan::Pro => key.as_ref().is_some_and(|k| k.enabled && attached.contains(&k.id)),
-            Plan::Free => key.as_ref().is_none_or(|k| !k.enabled && !attached.contains(&k.id)),
+        let key_ok = match (&want_plan, access) {
+            (Some(plan), _) => {
+                key.as_ref().map_or(access == Access::Free, |k| k.enabled && attached.get(&k.id) == Some(plan))
+            }
+            (None, _) => key.as_ref().is_none_or(|k| !k.enabled && !attached.contains_key(&k.id)),
         };
         if current == desired && account.plan == desired && key_ok && !legacy {
             continue;
@@ -563,6 +610,7 @@ where
             user: user.clone(),
             current,
             desired,
+            desired_paid: access == Access::Paid,
             subscription: chosen.map(|s| s.id.clone()),
             status: chosen.map(|s| s.status.as_str().to_string()).unwrap_or_else(|| "none".into()),
             key_enabled: key.map(|k| k.enabled),

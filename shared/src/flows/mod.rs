@@ -3,21 +3,29 @@
 mod account;
 mod account_keys;
 mod checkout;
+mod free_key;
 mod fulfil;
 mod lifecycle;
+mod plans;
 mod portal;
 
 pub use account::{get_account, AccountView, ApiKeyView};
 pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
+pub use free_key::{issue_free_key, FreeKey};
 pub use fulfil::{complete_checkout, Completion, Rejection};
 pub use lifecycle::{
-    desired_plan, handle_stripe_event, handled_event_types, resync, sync_subscription, Drift, EventOutcome, SyncOutcome,
+    desired_plan, handle_stripe_event, handled_event_types, resync, sync_subscription, Access, Drift, EventOutcome,
+    SyncOutcome,
 };
+pub use plans::{list_plans, PlanView, PlansView, PriceView};
 pub use portal::open_billing_portal;
 
 use std::time::Duration;
 
-use crate::domain::LookupKey;
+use crate::domain::{Catalog, LookupKey, Plan, Tier};
+
+/// The PRO usage plan id of [`Settings::new`]'s catalog (tests and the local stack).
+pub const DEFAULT_PRO_USAGE_PLAN: &str = "usage-plan-pro";
 
 /// Settings the flows need, read once per cold start (by `crate::config`, which the flows do
 /// not import).
@@ -27,10 +35,9 @@ pub struct Settings {
     pub app_url: String,
     /// This API's public base URL (where Stripe redirects after payment), no trailing slash.
     pub api_url: String,
-    /// Lookup keys a checkout may ask for (with a catalog: its paid tiers').
-    pub allowed_lookup_keys: Vec<LookupKey>,
-    /// `PAYKEY_CATALOG`, when set; `None`: today's single PRO tier (`Catalog::legacy`).
-    pub catalog: Option<crate::domain::Catalog>,
+    /// What is sold: `PAYKEY_CATALOG`, or without it today's single PRO tier
+    /// ([`Catalog::legacy`]). A checkout may ask for its paid tiers' lookup keys only.
+    pub catalog: Catalog,
     /// API key names are this prefix plus the user name.
     pub key_name_prefix: String,
     /// How long a fulfilment attempt holds its claim; longer than the function timeout, so a
@@ -55,8 +62,10 @@ impl Settings {
         Self {
             app_url: app_url.into(),
             api_url: api_url.into(),
-            allowed_lookup_keys: vec![LookupKey::parse("FMMailPro").expect("valid lookup key")],
-            catalog: None,
+            catalog: Catalog::legacy(
+                Some(DEFAULT_PRO_USAGE_PLAN),
+                &[LookupKey::parse("FMMailPro").expect("valid lookup key")],
+            ),
             key_name_prefix: "paykey-pro-".to_string(),
             lease: Duration::from_secs(60),
             wait_for_peer: Duration::from_secs(5),
@@ -71,6 +80,17 @@ impl Settings {
     /// name, are found through the account record's key id).
     pub fn key_name(&self, user: &crate::domain::User) -> String {
         format!("{}{}", self.key_name_prefix, user.id)
+    }
+
+    /// The tier a user on `plan` is on; a plan the catalog no longer names (a tier removed
+    /// from it) is treated as the free tier.
+    pub fn tier_of(&self, plan: &Plan) -> Option<&Tier> {
+        self.catalog.tiers().iter().find(|t| t.name.as_str() == plan.as_str())
+    }
+
+    /// The plan of a user without a subscription: the catalog's free tier, else `FREE`.
+    pub fn free_plan(&self) -> Plan {
+        self.catalog.free().map(|t| Plan::of(&t.name)).unwrap_or(Plan::FREE)
     }
 
     pub fn thanks_url(&self) -> String {

@@ -23,6 +23,19 @@ pub struct World {
 pub const APP_URL: &str = "https://app.example.com";
 pub const API_URL: &str = "https://api.example.com/prod";
 
+/// [`World::tiered`]'s catalog.
+pub const TIERS: &str = r#"{"tiers": [
+    {"name": "FREE", "usage_plan_id": "usage-plan-free", "quota": {"limit": 1000, "period": "MONTH"},
+     "throttle": {"rate": 1, "burst": 5}},
+    {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro", "trial_days": 14,
+     "quota": {"limit": 100000, "period": "MONTH"}},
+    {"name": "BUSINESS", "lookup_key": "FMMailBusiness", "usage_plan_id": "usage-plan-business",
+     "quota": {"limit": 1000000, "period": "MONTH"}}
+]}"#;
+pub const FREE_PLAN: &str = "usage-plan-free";
+pub const PRO_PLAN: &str = "usage-plan-pro";
+pub const BUSINESS_PLAN: &str = "usage-plan-business";
+
 impl World {
     pub fn new() -> Self {
         let meter = Meter::new();
@@ -41,6 +54,15 @@ impl World {
             settings,
         };
         Self { meter, clock, app }
+    }
+
+    /// A catalog of three tiers: FREE with keys (its own usage plan), PRO with a 14-day trial,
+    /// BUSINESS.
+    pub fn tiered() -> Self {
+        let mut w = Self::new();
+        w.app.settings.catalog = paykey::domain::Catalog::parse(TIERS).unwrap();
+        w.app.payments.add_price("FMMailBusiness", 4980, "jpy");
+        w
     }
 
     /// Signs a user up, with the `sub` [`sub_of`] gives the name (so API Gateway events built
@@ -95,17 +117,17 @@ impl World {
         let keys: Vec<_> = self.app.keys.all().into_iter().filter(|k| k.name == name).collect();
         assert_eq!(keys.len(), 1, "exactly one key for {user}: {keys:?}");
         assert!(keys[0].enabled, "the key is enabled");
-        let plan = self.app.keys.plan_key_ids().await.unwrap();
+        let plan = self.app.keys.plan_key_ids(paykey::flows::DEFAULT_PRO_USAGE_PLAN).await.unwrap();
         assert_eq!(plan.iter().filter(|k| **k == keys[0].id).count(), 1, "one usage-plan association");
         let profile = self.app.users.get_user(&user.name).await.unwrap().unwrap();
-        assert_eq!(profile.plan, Some(Plan::Pro));
+        assert_eq!(profile.plan, Some(Plan::PRO));
         assert!(profile.customer_id.is_some(), "customer id written");
         let record = self.app.store.sessions().into_iter().find(|r| &r.session_id == id).unwrap();
         assert_eq!(record.status, paykey::domain::CheckoutStatus::Fulfilled);
         assert!(record.paid);
         let account = self.app.store.accounts().into_iter().find(|a| a.user_id == user.id).unwrap();
         assert_eq!(account.api_key_id.as_deref(), Some(keys[0].id.as_str()));
-        assert_eq!(account.plan, Plan::Pro);
+        assert_eq!(account.plan, Plan::PRO);
     }
 
     /// A fingerprint of every store, to assert that a refused request wrote nothing.

@@ -96,18 +96,27 @@ impl Moto {
 
     /// A REST API with a stage and a PRO usage plan bound to it; returns the plan id.
     pub async fn create_usage_plan(&self) -> String {
+        self.create_usage_plans(1).await.remove(0)
+    }
+
+    /// `n` usage plans on one API stage (the catalog's tiers).
+    pub async fn create_usage_plans(&self, n: usize) -> Vec<String> {
         use aws_sdk_apigateway::types::{ApiStage, QuotaPeriodType, QuotaSettings};
         let apigw = aws_sdk_apigateway::Client::new(&self.config);
         let api = apigw.create_rest_api().name(Self::unique("paykey-product-")).send().await.expect("create rest api");
         let api_id = api.id().expect("api id").to_string();
-        let plan = apigw
-            .create_usage_plan()
-            .name(Self::unique("paykey-pro-"))
-            .quota(QuotaSettings::builder().limit(100_000).period(QuotaPeriodType::Month).build())
-            .api_stages(ApiStage::builder().api_id(api_id).stage("prod").build())
-            .send()
-            .await
-            .expect("create usage plan");
-        plan.id().expect("plan id").to_string()
+        let mut plans = Vec::new();
+        for _ in 0..n {
+            let plan = apigw
+                .create_usage_plan()
+                .name(Self::unique("paykey-tier-"))
+                .quota(QuotaSettings::builder().limit(100_000).period(QuotaPeriodType::Month).build())
+                .api_stages(ApiStage::builder().api_id(&api_id).stage("prod").build())
+                .send()
+                .await
+                .expect("create usage plan");
+            plans.push(plan.id().expect("plan id").to_string());
+        }
+        plans
     }
 }

@@ -7,17 +7,25 @@ use crate::ports::{KeyRegistry, Result};
 
 const SERVICE: &str = "apigateway";
 
-/// API keys and the PRO usage plan. Keys are created without `stageKeys`: the usage plan is
-/// what binds a key to the API stage (and moto answers `stageKeys` in a shape the SDK rejects).
+/// API keys and the tiers' usage plans. Keys are created without `stageKeys`: the usage plan
+/// is what binds a key to the API stage (and moto answers `stageKeys` in a shape the SDK
+/// rejects).
 #[derive(Clone, Debug)]
 pub struct ApiGatewayKeys {
     client: Client,
-    usage_plan_id: String,
 }
 
 impl ApiGatewayKeys {
-    pub fn new(config: &aws_config::SdkConfig, usage_plan_id: String) -> Self {
-        Self { client: Client::new(config), usage_plan_id }
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self { client: Client::new(config) }
+    }
+
+    async fn in_plan(&self, id: &str, plan: &str) -> Result<bool> {
+        match self.client.get_usage_plan_key().usage_plan_id(plan).key_id(id).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => Ok(false),
+            Err(e) => Err(BackendError::new(SERVICE, "GetUsagePlanKey", describe(&e))),
+        }
     }
 }
 
@@ -74,7 +82,7 @@ impl KeyRegistry for ApiGatewayKeys {
             .client
             .create_api_key()
             .name(name)
-            .description("paykey PRO plan key")
+            .description("paykey API key")
             .enabled(true)
             .send()
             .await
@@ -95,39 +103,61 @@ impl KeyRegistry for ApiGatewayKeys {
         Ok(())
     }
 
-    async fn attach_to_plan(&self, id: &str) -> Result<()> {
+    async fn attach_to_plan(&self, id: &str, plan: &str) -> Result<()> {
         const OP: &str = "CreateUsagePlanKey";
-        match self
-            .client
-            .create_usage_plan_key()
-            .usage_plan_id(&self.usage_plan_id)
-            .key_id(id)
-            .key_type("API_KEY")
-            .send()
-            .await
-        {
+        match self.client.create_usage_plan_key().usage_plan_id(plan).key_id(id).key_type("API_KEY").send().await {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conflict_exception()) => Ok(()),
+            // Already in this plan: done. A key in *another* plan of the stage is refused too
+            // (one usage plan per key and stage), so a conflict is only success once the key is
+            // found in this plan.
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conflict_exception()) => {
+                if self.in_plan(id, plan).await? {
+                    Ok(())
+                } else {
+                    Err(BackendError::new(SERVICE, OP, describe(&e)))
+                }
+            }
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
 
-    async fn detach_from_plan(&self, id: &str) -> Result<()> {
+    async fn detach_from_plan(&self, id: &str, plan: &str) -> Result<()> {
         const OP: &str = "DeleteUsagePlanKey";
         // Ask first: deleting a key that is not in the plan is NotFound on AWS and a 500 on moto.
-        match self.client.get_usage_plan_key().usage_plan_id(&self.usage_plan_id).key_id(id).send().await {
-            Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => return Ok(()),
-            Err(e) => return Err(BackendError::new(SERVICE, "GetUsagePlanKey", describe(&e))),
+        if !self.in_plan(id, plan).await? {
+            return Ok(());
         }
-        match self.client.delete_usage_plan_key().usage_plan_id(&self.usage_plan_id).key_id(id).send().await {
+        match self.client.delete_usage_plan_key().usage_plan_id(plan).key_id(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => Ok(()),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
 
-    async fn plan_key_ids(&self) -> Result<Vec<String>> {
+    async fn plans_of(&self, id: &str) -> Result<Vec<String>> {
+        const OP: &str = "GetUsagePlans";
+        let mut plans = Vec::new();
+        let mut position: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .get_usage_plans()
+                .key_id(id)
+                .limit(500)
+                .set_position(position.take())
+                .send()
+                .await
+                .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+            plans.extend(out.items().iter().filter_map(|p| p.id().map(str::to_string)));
+            match out.position() {
+                Some(p) if !p.is_empty() && !out.items().is_empty() => position = Some(p.to_string()),
+                _ => break,
+            }
+        }
+        Ok(plans)
+    }
+
+    async fn plan_key_ids(&self, plan: &str) -> Result<Vec<String>> {
         const OP: &str = "GetUsagePlanKeys";
         let mut ids = Vec::new();
         let mut position: Option<String> = None;
@@ -135,7 +165,7 @@ impl KeyRegistry for ApiGatewayKeys {
             let out = self
                 .client
                 .get_usage_plan_keys()
-                .usage_plan_id(&self.usage_plan_id)
+                .usage_plan_id(plan)
                 .limit(500)
                 .set_position(position.take())
                 .send()

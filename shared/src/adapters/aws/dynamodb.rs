@@ -150,6 +150,7 @@ fn account_item(a: &AccountRecord) -> Item {
         ("SubscriptionStatus", a.subscription_status.clone()),
         ("PeriodEnd", a.period_end.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
         ("PastDueSince", a.past_due_since.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
+        ("TrialEnd", a.trial_end.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
     ];
     item.insert("CancelAtPeriodEnd".to_string(), AttributeValue::Bool(a.cancel_at_period_end));
     for (k, v) in optional {
@@ -203,6 +204,7 @@ fn account_from_item(item: &Item, user_id: UserId, user_name: UserName, op: &'st
         cancel_at_period_end: item.get("CancelAtPeriodEnd").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
         period_end: opt_time(item, "PeriodEnd", op)?,
         past_due_since: opt_time(item, "PastDueSince", op)?,
+        trial_end: opt_time(item, "TrialEnd", op)?,
         // Records written by the Python version have no UpdatedAt.
         updated_at: get_time(item, "UpdatedAt", op).unwrap_or(DateTime::UNIX_EPOCH),
     })

@@ -1,0 +1,65 @@
+//! `GET /plans` (public): the catalog for a pricing table, with prices read from Stripe
+//! (through the price cache the checkout uses, so a page view costs no Stripe call once the
+//! container has read them).
+
+use serde::Serialize;
+
+use super::Settings;
+use crate::domain::{Error, Quota, Throttle};
+use crate::ports::Payments;
+
+/// Answer of `GET /plans`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PlansView {
+    pub plans: Vec<PlanView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PlanView {
+    /// What `custom:plan_type` holds on this tier.
+    pub name: String,
+    /// What `POST /checkout-sessions` takes; `null` for the free tier.
+    pub lookup_key: Option<String>,
+    /// `null` for the free tier, or a price Stripe does not have (yet).
+    pub price: Option<PriceView>,
+    /// API Gateway's quota for the tier's keys (`null`: none, or no key on this tier).
+    pub quota: Option<Quota>,
+    pub throttle: Option<Throttle>,
+    pub trial_days: u32,
+    /// Whether users on this tier get an API key.
+    pub has_api_key: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PriceView {
+    /// In the currency's minor unit (JPY has none: 980 means ¥980).
+    pub unit_amount: Option<i64>,
+    pub currency: String,
+}
+
+/// Every tier, in the catalog's order. The paid tiers' prices are looked up one after the
+/// other: a handful of tiers, and after the first view each is a cache hit.
+pub async fn list_plans<P: Payments>(payments: &P, settings: &Settings) -> Result<PlansView, Error> {
+    let tiers = settings.catalog.tiers();
+    let mut prices = Vec::with_capacity(tiers.len());
+    for t in tiers {
+        prices.push(match &t.lookup_key {
+            Some(k) => payments.find_price(k).await?,
+            None => None,
+        });
+    }
+    let plans = tiers
+        .iter()
+        .zip(prices)
+        .map(|(t, price)| PlanView {
+            name: t.name.to_string(),
+            lookup_key: t.lookup_key.as_ref().map(|k| k.to_string()),
+            price: price.map(|p| PriceView { unit_amount: p.unit_amount, currency: p.currency }),
+            quota: t.quota,
+            throttle: t.throttle,
+            trial_days: t.trial_days,
+            has_api_key: t.usage_plan_id.is_some(),
+        })
+        .collect();
+    Ok(PlansView { plans })
+}

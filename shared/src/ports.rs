@@ -34,6 +34,8 @@ pub enum Commit {
 }
 
 /// Outcome of trying to lock a user's account record (one key manager per user at a time).
+// A short-lived return value; boxing the record would cost an allocation per lock for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountLock {
     /// Locked; the record as it stands (`None`: the user has none yet).

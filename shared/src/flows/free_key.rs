@@ -96,7 +96,7 @@ async fn working_key<K: KeyRegistry>(
 ) -> Result<Option<FreeKey>, Error> {
     let Some(a) = account else { return Ok(None) };
     let Some(id) = a.api_key_id.as_deref() else { return Ok(None) };
-    if !settings.tier_of(&a.plan).is_some_and(|t| t.usage_plan_id.is_some()) {
+    if settings.tier_of(&a.plan).is_none_or(|t| t.usage_plan_id.is_none()) {
         return Ok(None);
     }
     Ok(keys.key_value(id).await?.map(|value| FreeKey {

@@ -26,6 +26,8 @@ pub const ROUTES: &[(&str, &str, bool, Function)] = &[
     ("GET", "/create-api-key/{session_id}/{one_time_key}", false, Function::CreateApiKey),
     ("GET", "/create-billing-portal-by-user", true, Function::CreateBillingPortal),
     ("GET", "/account", true, Function::GetAccount),
+    ("POST", "/api-key", true, Function::GetAccount),
+    ("GET", "/plans", false, Function::CreateCheckoutSession),
     ("POST", "/stripe/webhook", false, Function::StripeWebhook),
 ];
 

@@ -44,7 +44,20 @@ pub struct Options {
     pub stripe_webhook_secret: Option<String>,
     /// Emulator webhook retry delay (first backoff).
     pub webhook_retry_delay: std::time::Duration,
+    /// What is sold (`PAYKEY_CATALOG`'s JSON); `None`: [`LOCAL_CATALOG`].
+    pub catalog: Option<String>,
 }
+
+/// The local stack's catalog: FREE with a key (1,000 requests a month), PRO (`FMMailPro`,
+/// ¥980) and BUSINESS (`FMMailBusiness`, ¥4,980), each on its own usage plan; no trial.
+pub const LOCAL_CATALOG: &str = r#"{"tiers": [
+    {"name": "FREE", "usage_plan_id": "usage-plan-free", "quota": {"limit": 1000, "period": "MONTH"},
+     "throttle": {"rate": 1, "burst": 5}},
+    {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro",
+     "quota": {"limit": 100000, "period": "MONTH"}, "throttle": {"rate": 10, "burst": 20}},
+    {"name": "BUSINESS", "lookup_key": "FMMailBusiness", "usage_plan_id": "usage-plan-business",
+     "quota": {"limit": 1000000, "period": "MONTH"}, "throttle": {"rate": 50, "burst": 100}}
+]}"#;
 
 impl Default for Options {
     fn default() -> Self {
@@ -54,6 +67,7 @@ impl Default for Options {
             stripe_api_key: None,
             stripe_webhook_secret: None,
             webhook_retry_delay: std::time::Duration::from_millis(500),
+            catalog: None,
         }
     }
 }
@@ -115,6 +129,8 @@ impl Started {
 }
 
 pub async fn start(opts: Options) -> Result<Started, StartError> {
+    let catalog = paykey::domain::Catalog::parse(opts.catalog.as_deref().unwrap_or(LOCAL_CATALOG))
+        .map_err(|e| StartError::Setup(e.to_string()))?;
     let snapshot = persist::load(&opts.data_dir)?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], opts.port)))
         .await
@@ -177,6 +193,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         keys.restore(s.keys);
     }
     let mut settings = Settings::new(base.clone(), format!("{base}/api"));
+    settings.catalog = catalog;
     settings.webhook_secrets = webhook_secret.split(',').filter(|s| !s.is_empty()).map(Secret::new).collect();
     let app = App {
         store,
@@ -219,18 +236,43 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     Ok(Started { addr, state, task })
 }
 
-/// The PRO product and its monthly price (¥980, lookup key `FMMailPro`) in a new emulator.
+/// The paid tiers' products and monthly prices (PRO ¥980 `FMMailPro`, BUSINESS ¥4,980
+/// `FMMailBusiness`) and a portal configuration that lets customers switch between them and
+/// cancel, in a new emulator (what `paykey-setup` does on Stripe).
 fn seed_catalog(shared: &stripe_emulator::Shared) {
-    let (_, prices) = shared.call("GET", "/v1/prices", "lookup_keys[0]=FMMailPro");
-    if prices["data"].as_array().is_some_and(|d| !d.is_empty()) {
+    let mut offered = Vec::new();
+    for (name, lookup_key, amount) in [("PRO", "FMMailPro", 980), ("BUSINESS", "FMMailBusiness", 4980)] {
+        let (_, prices) = shared.call("GET", "/v1/prices", &format!("lookup_keys[0]={lookup_key}"));
+        let existing = prices["data"].as_array().and_then(|d| d.first()).cloned();
+        let price = match existing {
+            Some(p) => p,
+            None => {
+                let (_, product) = shared.call("POST", "/v1/products", &format!("name=FMMail+{name}"));
+                let form = format!(
+                    "product={}&unit_amount={amount}&currency=jpy&recurring[interval]=month&lookup_key={lookup_key}&nickname={name}+monthly",
+                    product["id"].as_str().unwrap_or_default()
+                );
+                shared.call("POST", "/v1/prices", &form).1
+            }
+        };
+        offered.push((
+            price["product"].as_str().unwrap_or_default().to_string(),
+            price["id"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    let (_, configs) = shared.call("GET", "/v1/billing_portal/configurations", "");
+    if configs["data"].as_array().is_some_and(|d| !d.is_empty()) {
         return;
     }
-    let (_, product) = shared.call("POST", "/v1/products", "name=FMMail+PRO");
-    let form = format!(
-        "product={}&unit_amount=980&currency=jpy&recurring[interval]=month&lookup_key=FMMailPro&nickname=PRO+monthly",
-        product["id"].as_str().unwrap_or_default()
+    let mut form = String::from(
+        "features[subscription_cancel][enabled]=true&features[invoice_history][enabled]=true&features[subscription_update][enabled]=true&features[subscription_update][proration_behavior]=always_invoice&features[subscription_update][default_allowed_updates][0]=price",
     );
-    shared.call("POST", "/v1/prices", &form);
+    for (i, (product, price)) in offered.iter().enumerate() {
+        form.push_str(&format!(
+            "&features[subscription_update][products][{i}][product]={product}&features[subscription_update][products][{i}][prices][0]={price}"
+        ));
+    }
+    shared.call("POST", "/v1/billing_portal/configurations", &form);
 }
 
 async fn persist_after(State(state): State<Arc<LocalState>>, req: Request, next: Next) -> Response {
@@ -279,7 +321,7 @@ async fn api(
     };
     let app = &state.app;
     let resp = match matched.function {
-        Function::CreateCheckoutSession => handlers::create_checkout_session(app, req).await,
+        Function::CreateCheckoutSession => handlers::checkout_routes(app, req).await,
         Function::CreateApiKey => handlers::create_api_key(app, req).await,
         Function::CreateBillingPortal => handlers::create_billing_portal(app, req).await,
         Function::GetAccount => handlers::get_account(app, req).await,
@@ -324,12 +366,22 @@ async fn jwks(State(state): State<Arc<LocalState>>) -> Json<Value> {
     Json(state.cognito.jwks())
 }
 
-/// The API being sold: answers only requests carrying an enabled key of the PRO usage plan,
-/// as API Gateway's API key check does.
+/// The API being sold: answers only requests carrying an enabled key that is in a usage plan,
+/// as API Gateway's API key check does; says which tier's plan served it.
 async fn product_api(State(state): State<Arc<LocalState>>, headers: HeaderMap) -> Response {
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
     match state.app.keys.authorize(key) {
-        Some(_) => Json(json!({"message": "Hello from the PRO API"})).into_response(),
+        Some((_, plan)) => {
+            let tier = state
+                .app
+                .settings
+                .catalog
+                .tiers()
+                .iter()
+                .find(|t| t.usage_plan_id.as_deref() == Some(plan.as_str()))
+                .map(|t| t.name.to_string());
+            Json(json!({"message": "Hello from the API", "usage_plan": plan, "tier": tier})).into_response()
+        }
         None => gateway::gateway_error(StatusCode::FORBIDDEN, "Forbidden"),
     }
 }

@@ -29,6 +29,8 @@ async fn main() -> std::process::ExitCode {
         }
     }
     opts.stripe_webhook_secret = std::env::var("STRIPE_WEBHOOK_SECRET").ok().filter(|k| !k.is_empty());
+    // What is sold (JSON, as the SAM stack writes it); default: FREE with keys, PRO, BUSINESS.
+    opts.catalog = std::env::var("PAYKEY_CATALOG").ok().filter(|c| !c.trim().is_empty());
     let started = match paykey_local::start(opts.clone()).await {
         Ok(s) => s,
         Err(e) => {

@@ -24,9 +24,24 @@ impl Drop for Stack {
     }
 }
 
+/// A deployment configured like the single-tier version: FREE without a key, PRO.
+const SINGLE_TIER: &str = r#"{"tiers": [{"name": "FREE"},
+    {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro"}]}"#;
+
+/// FREE with keys, PRO with a 14-day trial, BUSINESS (the local stack's catalog plus a trial).
+const TIERS_WITH_TRIAL: &str = r#"{"tiers": [
+    {"name": "FREE", "usage_plan_id": "usage-plan-free", "quota": {"limit": 1000, "period": "MONTH"}},
+    {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro", "trial_days": 14},
+    {"name": "BUSINESS", "lookup_key": "FMMailBusiness", "usage_plan_id": "usage-plan-business"}]}"#;
+
 fn start(data: &std::path::Path) -> Stack {
+    start_with(data, SINGLE_TIER)
+}
+
+fn start_with(data: &std::path::Path, catalog: &str) -> Stack {
     let mut child = Command::new(env!("CARGO_BIN_EXE_paykey-local"))
         .env("PAYKEY_PORT", "0")
+        .env("PAYKEY_CATALOG", catalog)
         .env("PAYKEY_DATA_DIR", data)
         .env("RUST_LOG", "info")
         .env_remove("STRIPE_API_KEY")
@@ -91,15 +106,31 @@ async fn account(base: &str, token: &str) -> Value {
 }
 
 async fn checkout(base: &str, token: &str) -> String {
-    let r = call(
+    let r = checkout_for(base, token, "FMMailPro").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["kind"], "checkout");
+    r.json()["url"].as_str().unwrap().to_string()
+}
+
+async fn checkout_for(base: &str, token: &str, lookup_key: &str) -> Resp {
+    call(
         "POST",
         &format!("{base}/api/checkout-sessions"),
         &[("authorization", token), ("content-type", "application/json")],
-        r#"{"lookup_key":"FMMailPro"}"#,
+        &json!({ "lookup_key": lookup_key }).to_string(),
     )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()["url"].as_str().unwrap().to_string()
+    .await
+}
+
+async fn product(base: &str, key: &str) -> Resp {
+    call("GET", &format!("{base}/product/hello"), &[("x-api-key", key)], "").await
+}
+
+/// The `action` of the form whose button carries `marker`, on an HTML page.
+fn form_action(page: &str, marker: &str) -> String {
+    let at = page.find(marker).unwrap_or_else(|| panic!("{marker} not on the page: {page}"));
+    let form = page[..at].rfind("<form").unwrap();
+    page[form..].split(r#"action=""#).nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&")
 }
 
 /// Pays on the hosted checkout page and follows Stripe's redirect to paykey's success URL.
@@ -207,7 +238,7 @@ async fn the_whole_upgrade_flow_over_http() {
     let portal_url = r.json()["billing_portal_url"].as_str().unwrap().to_string();
     let portal = call("GET", &portal_url, &[], "").await;
     assert!(portal.body.contains("Cancel subscription") && portal.body.contains("Invoice history"), "{}", portal.body);
-    let action = portal.body.split(r#"action=""#).nth(1).unwrap().split('"').next().unwrap().to_string();
+    let action = form_action(&portal.body, "Cancel subscription");
     assert_eq!(call("POST", &action, &[], "").await.status, 303);
     eventually(&base, "the cancellation webhook downgrades alice", async || {
         account(&base, &token).await["plan"] == "FREE"
@@ -240,6 +271,110 @@ async fn the_whole_upgrade_flow_over_http() {
     assert_eq!(acct["plan"], "PRO");
     assert_eq!(acct["api_key"]["id"], key_id.as_str(), "the same key, re-enabled");
     assert_eq!(call("GET", &format!("{base}/product/hello"), &[("x-api-key", &key)], "").await.status, 200);
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Issue 11's walk over HTTP on the local stack: the pricing table, a free key, a trial of PRO,
+/// the trial ending with a card (the test clock), a switch to BUSINESS in the portal
+/// (prorated), a checkout for another tier answered with the portal, cancel → back to the free
+/// plan with the same key. The product API says which tier's usage plan served each call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_then_trial_then_paid_then_business_then_cancel_back_to_free_with_one_key() {
+    let data = std::env::temp_dir().join(format!("paykey-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let stack = start_with(&data, TIERS_WITH_TRIAL);
+    let base = stack.base.clone();
+
+    // the pricing table, public
+    let plans = call("GET", &format!("{base}/api/plans"), &[], "").await;
+    assert_eq!(plans.status, 200, "{}", plans.body);
+    let p = plans.json();
+    let names: Vec<&str> = p["plans"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["FREE", "PRO", "BUSINESS"]);
+    assert_eq!(p["plans"][1]["price"]["unit_amount"], 980);
+    assert_eq!(p["plans"][1]["trial_days"], 14);
+    assert_eq!(p["plans"][2]["price"]["unit_amount"], 4980);
+
+    let r = call(
+        "POST",
+        &format!("{base}/cognito/sign-up"),
+        &[("content-type", "application/json")],
+        r#"{"username":"nora","password":"correct horse"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = sign_in(&base, "nora", "correct horse").await;
+
+    // a free key, once
+    let r = call("POST", &format!("{base}/api/api-key"), &[("authorization", &token)], "").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let key = r.json()["api_key"]["value"].as_str().unwrap().to_string();
+    let key_id = r.json()["api_key"]["id"].as_str().unwrap().to_string();
+    let again = call("POST", &format!("{base}/api/api-key"), &[("authorization", &token)], "").await;
+    assert_eq!((again.status, again.json()["api_key"]["id"].as_str()), (200, Some(key_id.as_str())));
+    assert_eq!(product(&base, &key).await.json()["tier"], "FREE");
+
+    // PRO with its trial: the checkout page offers it, trialing grants PRO on the same key
+    let url = checkout(&base, &token).await;
+    let page = call("GET", &url, &[], "").await;
+    assert!(page.body.contains("Start 14-day trial"), "{}", page.body);
+    let success = pay(&base, &url).await;
+    assert_eq!(
+        call("GET", &success, &[], "").await.location.as_deref(),
+        Some(format!("{base}/thanks_upgrade").as_str())
+    );
+    let acct = account(&base, &token).await;
+    assert_eq!((acct["plan"].as_str(), acct["subscription_status"].as_str()), (Some("PRO"), Some("trialing")));
+    assert!(acct["trial_end"].is_string(), "{acct}");
+    assert_eq!(acct["api_key"]["id"], key_id.as_str(), "one key for life");
+    assert_eq!(product(&base, &key).await.json()["tier"], "PRO");
+
+    // the trial ends (test clock +15 days): the card is charged, active, still PRO
+    let r = call(
+        "POST",
+        &format!("{base}/stripe/_emulator/advance"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "seconds=1296000",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(&base, "the trial turns active", async || {
+        account(&base, &token).await["subscription_status"] == "active"
+    })
+    .await;
+    assert_eq!(account(&base, &token).await["plan"], "PRO");
+
+    // asking to check out BUSINESS while on PRO: the portal, not a second subscription
+    let r = checkout_for(&base, &token, "FMMailBusiness").await;
+    assert_eq!((r.status, r.json()["kind"].as_str()), (200, Some("billing_portal")), "{}", r.body);
+    let portal = call("GET", r.json()["url"].as_str().unwrap(), &[], "").await;
+    let switch = form_action(&portal.body, r#"data-lookup-key="FMMailBusiness""#);
+    let price = portal.body.split(r#"name="price" value=""#).nth(1).unwrap().split('"').next().unwrap().to_string();
+    let r = call("POST", &switch, &[("content-type", "application/x-www-form-urlencoded")], &format!("price={price}"))
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    eventually(&base, "the plan change reaches paykey", async || account(&base, &token).await["plan"] == "BUSINESS")
+        .await;
+    assert_eq!(account(&base, &token).await["api_key"]["id"], key_id.as_str());
+    assert_eq!(product(&base, &key).await.json()["tier"], "BUSINESS");
+    let events = call("GET", &format!("{base}/stripe/_emulator/events"), &[], "").await.json();
+    let proration = events.as_array().unwrap().iter().rev().find(|e| e["type"] == "invoice.paid").unwrap();
+    assert_eq!(proration["data"]["object"]["billing_reason"], "subscription_update");
+    assert!(proration["data"]["object"]["amount_due"].as_i64().unwrap() > 0, "the difference is charged");
+    let same = checkout_for(&base, &token, "FMMailBusiness").await;
+    assert_eq!((same.status, same.json()["error"].as_str()), (409, Some("already_subscribed")));
+
+    // cancel in the portal: back to the free plan, the same key still works there
+    let portal = call("GET", r.location.as_deref().unwrap(), &[], "").await;
+    let cancel = form_action(&portal.body, "Cancel subscription");
+    assert_eq!(call("POST", &cancel, &[], "").await.status, 303);
+    eventually(&base, "the cancellation reaches paykey", async || account(&base, &token).await["plan"] == "FREE").await;
+    let acct = account(&base, &token).await;
+    assert_eq!(
+        (acct["api_key"]["id"].as_str(), acct["api_key"]["enabled"].as_bool()),
+        (Some(key_id.as_str()), Some(true))
+    );
+    assert_eq!(product(&base, &key).await.json()["tier"], "FREE");
     drop(stack);
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -187,6 +187,12 @@ impl Shared {
     }
 
     /// Moves a subscription to a status (`canceled` cancels at once), with Stripe's events.
+    /// Moves the test clock forward (see `Emu::advance`) and delivers the events.
+    pub fn advance(&self, seconds: i64) {
+        self.lock().advance(seconds);
+        self.flush_events();
+    }
+
     pub fn set_subscription_status(&self, id: &str, status: &str) -> Option<Value> {
         let s = self.lock().set_subscription_status(id, status);
         self.flush_events();
@@ -220,6 +226,8 @@ impl Shared {
             .route("/checkout/{id}", get(pages::checkout_page).post(pages::checkout_pay))
             .route("/portal/{id}", get(pages::portal_page))
             .route("/portal/{id}/cancel/{sub}", post(pages::portal_cancel))
+            .route("/portal/{id}/switch/{sub}", post(pages::portal_switch))
+            .route("/_emulator/advance", post(emulator_advance))
             .route("/_emulator/events", get(emulator_events))
             .route("/_emulator/deliveries", get(emulator_deliveries))
             .route("/_emulator/subscriptions/{id}", post(emulator_set_subscription))
@@ -425,6 +433,26 @@ async fn emulator_set_subscription(State(shared): State<Shared>, Path(id): Path<
         Some(sub) => json_response(StatusCode::OK, &sub, false),
         None => json_response(StatusCode::NOT_FOUND, &json!({"error": format!("no subscription {id}")}), false),
     }
+}
+
+/// Test clock: `seconds=N` moves the emulator's time forward and runs what Stripe would have
+/// done meanwhile (trial ends, renewals, cancellations at period end), with their events.
+async fn emulator_advance(State(shared): State<Shared>, body: Bytes) -> Response {
+    let form = Form::parse(&body);
+    let Some(seconds) = form.get("seconds").and_then(|s| s.parse::<i64>().ok()).filter(|s| *s >= 0) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "seconds (a whole number ≥ 0) is required"}),
+            false,
+        );
+    };
+    let now = {
+        let mut emu = shared.lock();
+        emu.advance(seconds);
+        emu.now()
+    };
+    shared.flush_events();
+    json_response(StatusCode::OK, &json!({"now": now}), false)
 }
 
 pub(crate) fn html_page(status: StatusCode, body: String) -> Response {

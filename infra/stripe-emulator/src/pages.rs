@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::{html_page, see_other, Form, Shared};
 
@@ -69,6 +69,7 @@ fn render_checkout(shared: &Shared, id: &str, error: Option<&str>) -> Response {
         .map(|p| p["name"].as_str().unwrap_or("").to_string())
         .unwrap_or_default();
     let amount = money(price["unit_amount"].as_i64().unwrap_or(0), price["currency"].as_str().unwrap_or("usd"));
+    let trial_days = s["_trial_days"].as_i64().unwrap_or(0);
     let back = s["cancel_url"]
         .as_str()
         .map(|u| format!(r#"<p><a id="back" href="{}">← Back</a></p>"#, esc(u)))
@@ -82,7 +83,17 @@ fn render_checkout(shared: &Shared, id: &str, error: Option<&str>) -> Response {
 <label for="card">Card number</label><input id="card" name="card_number" inputmode="numeric" autocomplete="cc-number" placeholder="4242 4242 4242 4242" required>
 <label for="exp">Expiry</label><input id="exp" name="exp" placeholder="12 / 34">
 <label for="cvc">CVC</label><input id="cvc" name="cvc" placeholder="123">
-{err}<button id="pay" type="submit">Subscribe</button></form>"#,
+{err}<button id="pay" type="submit">{cta}</button></form>{no_card}"#,
+        cta = if trial_days > 0 { format!("Start {trial_days}-day trial") } else { "Subscribe".to_string() },
+        no_card = if trial_days > 0 {
+            format!(
+                r#"<form method="post" action="{}/checkout/{}"><input type="hidden" name="without_card" value="1"><button id="trial-no-card" class="secondary" type="submit">Start the trial without a card</button></form>"#,
+                esc(&shared.base()),
+                esc(id)
+            )
+        } else {
+            String::new()
+        },
         product = esc(&product),
         interval = esc(price["recurring"]["interval"].as_str().unwrap_or("month")),
         id = esc(id),
@@ -95,10 +106,18 @@ fn render_checkout(shared: &Shared, id: &str, error: Option<&str>) -> Response {
 pub async fn checkout_pay(State(shared): State<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
     let form = Form::parse(&body);
     let card: String = form.get("card_number").unwrap_or("").chars().filter(|c| c.is_ascii_digit()).collect();
-    match card.as_str() {
-        "4242424242424242" => {}
-        "4000000000000002" => return render_checkout(&shared, &id, Some("Your card was declined.")),
-        _ => return render_checkout(&shared, &id, Some("Your card number is incorrect. Use 4242 4242 4242 4242.")),
+    let trial = shared.lock().sessions.get(&id).is_some_and(|s| s["_trial_days"].is_i64());
+    if trial && form.get("without_card") == Some("1") {
+        // A trial started without a payment method: paused when it ends.
+        if let Some(s) = shared.lock().sessions.get_mut(&id) {
+            s["_no_payment_method"] = json!(true);
+        }
+    } else {
+        match card.as_str() {
+            "4242424242424242" => {}
+            "4000000000000002" => return render_checkout(&shared, &id, Some("Your card was declined.")),
+            _ => return render_checkout(&shared, &id, Some("Your card number is incorrect. Use 4242 4242 4242 4242.")),
+        }
     }
     if shared.lock().sessions.get(&id).is_some_and(|s| s["status"] == "expired") {
         return render_checkout(&shared, &id, None);
@@ -148,13 +167,42 @@ pub async fn portal_page(State(shared): State<Shared>, Path(id): Path<String>) -
         } else {
             String::new()
         };
+        // The plan-switch screen: the prices the configuration lets customers switch to.
+        let update = &config["features"]["subscription_update"];
+        let mut switch = String::new();
+        if update["enabled"] == true && status != "canceled" {
+            for offered in update["products"].as_array().into_iter().flatten() {
+                for pid in offered["prices"].as_array().into_iter().flatten().filter_map(|p| p.as_str()) {
+                    let Some(other) = emu.prices.get(pid) else { continue };
+                    if other["id"] == price["id"] || other["active"] != true {
+                        continue;
+                    }
+                    let name = other["product"]
+                        .as_str()
+                        .and_then(|x| emu.products.get(x))
+                        .and_then(|x| x["name"].as_str())
+                        .unwrap_or("Plan");
+                    switch.push_str(&format!(
+                        r#"<form method="post" action="{}/portal/{}/switch/{}"><input type="hidden" name="price" value="{}"><button class="switch" data-lookup-key="{}" type="submit">Switch to {} ({})</button></form>"#,
+                        esc(&shared.base()),
+                        esc(&id),
+                        esc(s["id"].as_str().unwrap_or("")),
+                        esc(pid),
+                        esc(other["lookup_key"].as_str().unwrap_or("")),
+                        esc(name),
+                        money(other["unit_amount"].as_i64().unwrap_or(0), other["currency"].as_str().unwrap_or("usd")),
+                    ));
+                }
+            }
+        }
         subs.push_str(&format!(
-            r#"<section class="subscription"><h2>{}</h2><p class="amount">{} <span class="muted">per {}</span></p><p><span class="badge" id="status">{}</span> <span class="muted">{}</span></p>{}</section>"#,
+            r#"<section class="subscription"><h2 id="plan">{}</h2><p class="amount">{} <span class="muted">per {}</span></p><p><span class="badge" id="status">{}</span> <span class="muted">{}</span></p>{}{}</section>"#,
             esc(product),
             money(price["unit_amount"].as_i64().unwrap_or(0), price["currency"].as_str().unwrap_or("usd")),
             esc(price["recurring"]["interval"].as_str().unwrap_or("month")),
             esc(status),
             esc(&note),
+            switch,
             cancel
         ));
     }
@@ -180,6 +228,48 @@ pub async fn portal_page(State(shared): State<Shared>, Path(id): Path<String>) -
         .unwrap_or_default();
     let body = format!(r#"{back}<h1>Manage your subscription</h1>{subs}{invoices}"#);
     html_page(StatusCode::OK, layout("Billing portal", &body))
+}
+
+/// The portal's plan switch: the subscription's item moves to `price` (prorated), if the
+/// portal configuration offers it and the subscription is the portal customer's.
+pub async fn portal_switch(
+    State(shared): State<Shared>,
+    Path((id, sub)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let form = Form::parse(&body);
+    let ok = {
+        let mut emu = shared.lock();
+        let portal = emu.portal_sessions.get(&id).cloned().unwrap_or(Value::Null);
+        let owner = portal["customer"].as_str().map(str::to_string);
+        let sub_owner = emu.subscriptions.get(&sub).and_then(|s| s["customer"].as_str().map(str::to_string));
+        let config =
+            portal["configuration"].as_str().and_then(|c| emu.portal_configs.get(c)).cloned().unwrap_or(Value::Null);
+        let update = &config["features"]["subscription_update"];
+        let price_id = form.get("price").unwrap_or_default();
+        let offered = update["enabled"] == true
+            && update["products"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["prices"].as_array().into_iter().flatten().any(|x| x.as_str() == Some(price_id)));
+        match emu.prices.get(price_id).cloned() {
+            Some(price) if offered && owner.is_some() && owner == sub_owner => {
+                let proration = update["proration_behavior"].as_str().unwrap_or("create_prorations").to_string();
+                emu.change_price(&sub, &price, &proration).0.is_success()
+            }
+            _ => false,
+        }
+    };
+    shared.flush_events();
+    if ok {
+        see_other(&format!("{}/portal/{id}", shared.base()))
+    } else {
+        html_page(
+            StatusCode::NOT_FOUND,
+            layout("Not found", "<h1>This plan is not offered for this subscription.</h1>"),
+        )
+    }
 }
 
 pub async fn portal_cancel(State(shared): State<Shared>, Path((id, sub)): Path<(String, String)>) -> Response {

@@ -29,9 +29,12 @@ pub struct Emu {
     pub outbox: Vec<Value>,
     pub deliveries: Vec<Attempt>,
     counter: u64,
+    /// Seconds the emulator's clock runs ahead of the wall clock (a test clock: see
+    /// [`Emu::advance`]).
+    pub clock_offset: i64,
 }
 
-fn now() -> i64 {
+fn wall_clock() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
@@ -44,6 +47,11 @@ fn metadata(form: &Form, key: &str) -> Value {
 }
 
 impl Emu {
+    /// The emulator's time (the wall clock plus the test clock's offset).
+    pub fn now(&self) -> i64 {
+        wall_clock() + self.clock_offset
+    }
+
     pub fn new_id(&mut self, prefix: &str) -> String {
         self.counter += 1;
         let rand = uuid::Uuid::new_v4().simple().to_string();
@@ -57,6 +65,7 @@ impl Emu {
             "credit_notes": self.credit_notes, "refunds": self.refunds,
             "portal_sessions": self.portal_sessions, "portal_configs": self.portal_configs,
             "webhook_endpoints": self.webhook_endpoints, "events": self.events, "counter": self.counter,
+            "clock_offset": self.clock_offset,
         })
     }
 
@@ -81,12 +90,13 @@ impl Emu {
         self.webhook_endpoints = map(v, "webhook_endpoints")?;
         self.events = v.get("events").and_then(|e| e.as_array()).cloned().unwrap_or_default();
         self.counter = v.get("counter").and_then(|c| c.as_u64()).unwrap_or(0);
+        self.clock_offset = v.get("clock_offset").and_then(|c| c.as_i64()).unwrap_or(0);
         Ok(())
     }
 
     pub(crate) fn emit(&mut self, kind: &str, object: Value) {
         let id = self.new_id("evt");
-        let ev = objects::event(&id, kind, object, now());
+        let ev = objects::event(&id, kind, object, self.now());
         self.events.push(ev.clone());
         self.outbox.push(ev);
     }
@@ -156,7 +166,7 @@ impl Emu {
             ("POST", ["prices", id]) => self.update_price(id, form),
             ("POST", ["customers"]) => {
                 let id = self.new_id("cus");
-                let c = objects::customer(&id, form.get("email"), now(), metadata(form, "metadata"));
+                let c = objects::customer(&id, form.get("email"), self.now(), metadata(form, "metadata"));
                 self.customers.insert(id, c.clone());
                 self.emit("customer.created", c.clone());
                 ApiResult::ok(c)
@@ -226,12 +236,13 @@ impl Emu {
         if self.products.contains_key(&id) {
             return ApiResult::invalid(&format!("Product already exists: {id}"), Some("id"));
         }
-        let p = objects::product(&id, name, now(), metadata(form, "metadata"));
+        let p = objects::product(&id, name, self.now(), metadata(form, "metadata"));
         self.products.insert(id, p.clone());
         ApiResult::ok(p)
     }
 
     fn update_product(&mut self, id: &str, form: &Form) -> ApiResult {
+        let t = self.now();
         let Some(p) = self.products.get_mut(id) else { return ApiResult::missing("product", id, "id") };
         if let Some(n) = form.get("name") {
             p["name"] = json!(n);
@@ -242,7 +253,7 @@ impl Emu {
         for (k, v) in form.map("metadata") {
             p["metadata"][k] = json!(v);
         }
-        p["updated"] = json!(now());
+        p["updated"] = json!(t);
         ApiResult::ok(p.clone())
     }
 
@@ -285,7 +296,7 @@ impl Emu {
             interval: &interval,
             lookup_key,
             nickname: form.get("nickname"),
-            created: now(),
+            created: self.now(),
             metadata: metadata(form, "metadata"),
         });
         self.prices.insert(id, p.clone());
@@ -359,7 +370,7 @@ impl Emu {
         let mut s = objects::checkout_session(NewSession {
             id: &id,
             url: &url,
-            created: now(),
+            created: self.now(),
             success_url,
             cancel_url: form.get("cancel_url"),
             client_reference_id: form.get("client_reference_id"),
@@ -378,6 +389,16 @@ impl Emu {
             .map(Value::from)
             .unwrap_or(Value::Null);
         s["_transfer_destination"] = sd.sub("transfer_data").get("destination").map(Value::from).unwrap_or(Value::Null);
+        match sd.get("trial_period_days").map(|d| d.parse::<i64>()) {
+            None => {}
+            Some(Ok(d)) if (1..=730).contains(&d) => s["_trial_days"] = json!(d),
+            Some(_) => {
+                return ApiResult::invalid(
+                    "trial_period_days must be a whole number from 1 to 730.",
+                    Some("subscription_data[trial_period_days]"),
+                )
+            }
+        }
         self.sessions.insert(id, s.clone());
         ApiResult::ok(public(&s))
     }
@@ -438,7 +459,7 @@ impl Emu {
                 Some("amount"),
             );
         }
-        let t = now();
+        let t = self.now();
         let (cn_id, re_id) = (self.new_id("cn"), self.new_id("re"));
         let customer = invoice["customer"].clone();
         let currency = invoice["currency"].clone();
@@ -481,7 +502,7 @@ impl Emu {
         if s["status"] != "open" {
             return s["success_url"].as_str().map(|u| u.replace("{CHECKOUT_SESSION_ID}", id));
         }
-        let t = now();
+        let t = self.now();
         let customer = match s["customer"].as_str() {
             Some(c) => c.to_string(),
             None => {
@@ -493,28 +514,37 @@ impl Emu {
             }
         };
         let price = self.prices.get(s["_price"].as_str()?)?.clone();
+        let trial_end = s["_trial_days"].as_i64().map(|d| t + d * 24 * 3600);
         let (sub_id, item_id, inv_id) = (self.new_id("sub"), self.new_id("si"), self.new_id("in"));
-        let sub = objects::subscription(NewSubscription {
+        let mut sub = objects::subscription(NewSubscription {
             id: &sub_id,
             item_id: &item_id,
             customer: &customer,
             price: &price,
             now: t,
-            period_end: month_after(t),
+            period_end: trial_end.unwrap_or_else(|| month_after(t)),
             metadata: s["_subscription_metadata"].clone(),
             latest_invoice: &inv_id,
             application_fee_percent: s["_application_fee_percent"].as_f64(),
             transfer_destination: s["_transfer_destination"].as_str(),
         });
+        if let Some(end) = trial_end {
+            // A trial: `trialing` until `trial_end`, a $0 first invoice; the card given on the
+            // checkout page is the payment method (none when the trial was started without one).
+            sub["status"] = json!("trialing");
+            sub["trial_start"] = json!(t);
+            sub["trial_end"] = json!(end);
+        }
+        sub["_payment_method"] = json!(s["_no_payment_method"] != true);
         let inv = objects::invoice(NewInvoice {
             id: &inv_id,
             customer: &customer,
             subscription: &sub_id,
-            amount: price["unit_amount"].as_i64().unwrap_or(0),
+            amount: if trial_end.is_some() { 0 } else { price["unit_amount"].as_i64().unwrap_or(0) },
             currency: price["currency"].as_str().unwrap_or("usd"),
             paid: true,
             period_start: t,
-            period_end: month_after(t),
+            period_end: trial_end.unwrap_or_else(|| month_after(t)),
             now: t,
         });
         self.subscriptions.insert(sub_id.clone(), sub.clone());
@@ -559,7 +589,7 @@ impl Emu {
         };
         let id = self.new_id("bps");
         let url = format!("{base}/portal/{id}");
-        let p = objects::portal_session(&id, &config, customer, form.get("return_url"), &url, now());
+        let p = objects::portal_session(&id, &config, customer, form.get("return_url"), &url, self.now());
         self.portal_sessions.insert(id, p.clone());
         ApiResult::ok(p)
     }
@@ -575,7 +605,7 @@ impl Emu {
             json!({
                 "id": id, "object": "billing_portal.configuration", "active": true, "application": null,
                 "business_profile": {"headline": null, "privacy_policy_url": null, "terms_of_service_url": null},
-                "created": now(), "default_return_url": null,
+                "created": self.now(), "default_return_url": null,
                 "features": {
                     "customer_update": {"allowed_updates": [], "enabled": false},
                     "invoice_history": {"enabled": false},
@@ -584,7 +614,7 @@ impl Emu {
                     "subscription_update": {"billing_cycle_anchor": null, "default_allowed_updates": [], "enabled": false, "products": [], "proration_behavior": "none", "schedule_at_period_end": {"conditions": []}, "trial_update_behavior": "continue_trial"}
                 },
                 "is_default": is_default, "livemode": false, "login_page": {"enabled": false, "url": null},
-                "metadata": {}, "name": null, "updated": now(),
+                "metadata": {}, "name": null, "updated": self.now(),
             })
         });
         let f = form.sub("features");
@@ -592,6 +622,22 @@ impl Emu {
             if let Some(e) = f.sub(feature).get("enabled") {
                 c["features"][feature]["enabled"] = json!(e == "true");
             }
+        }
+        let update = f.sub("subscription_update");
+        let products: Vec<Value> = update
+            .items("products")
+            .iter()
+            .map(|p| json!({"product": p.get("product").unwrap_or_default(), "prices": p.list("prices")}))
+            .collect();
+        if !products.is_empty() {
+            c["features"]["subscription_update"]["products"] = json!(products);
+        }
+        let allowed = update.list("default_allowed_updates");
+        if !allowed.is_empty() {
+            c["features"]["subscription_update"]["default_allowed_updates"] = json!(allowed);
+        }
+        if let Some(p) = update.get("proration_behavior") {
+            c["features"]["subscription_update"]["proration_behavior"] = json!(p);
         }
         let cancel = f.sub("subscription_cancel");
         if let Some(e) = cancel.get("enabled") {
@@ -609,12 +655,13 @@ impl Emu {
         for (k, v) in form.map("metadata") {
             c["metadata"][k] = json!(v);
         }
-        c["updated"] = json!(now());
+        c["updated"] = json!(self.now());
         self.portal_configs.insert(id, c.clone());
         ApiResult::ok(c)
     }
 
     fn update_subscription(&mut self, id: &str, form: &Form) -> ApiResult {
+        let t = self.now();
         let Some(sub) = self.subscriptions.get_mut(id) else {
             return ApiResult::missing("subscription", id, "id");
         };
@@ -623,21 +670,138 @@ impl Emu {
             sub["cancel_at_period_end"] = json!(on);
             let end = sub["items"]["data"][0]["current_period_end"].clone();
             sub["cancel_at"] = if on { end } else { Value::Null };
-            sub["canceled_at"] = if on { json!(now()) } else { Value::Null };
+            sub["canceled_at"] = if on { json!(t) } else { Value::Null };
         }
         for (k, v) in form.map("metadata") {
             sub["metadata"][k] = json!(v);
         }
-        let s = sub.clone();
+        let items = form.items("items");
+        if let Some(new_price) = items.first().and_then(|i| i.get("price")) {
+            let Some(price) = self.prices.get(new_price).cloned() else {
+                return ApiResult::missing("price", new_price, "items[0][price]");
+            };
+            return self.change_price(id, &price, form.get("proration_behavior").unwrap_or("create_prorations"));
+        }
+        let s = self.subscriptions.get(id).cloned().unwrap_or(Value::Null);
         self.emit("customer.subscription.updated", s.clone());
         ApiResult::ok(s)
     }
 
+    /// A plan switch (the portal's, or `items[0][price]`): the item's price changes now; with
+    /// prorations, an invoice charges the difference for the rest of the period (a credit when
+    /// negative), as Stripe's `always_invoice` does. A trial continues.
+    pub(crate) fn change_price(&mut self, id: &str, price: &Value, proration: &str) -> ApiResult {
+        let t = self.now();
+        let Some(sub) = self.subscriptions.get_mut(id) else {
+            return ApiResult::missing("subscription", id, "id");
+        };
+        let old = sub["items"]["data"][0]["price"].clone();
+        if old["id"] == price["id"] {
+            return ApiResult::ok(sub.clone());
+        }
+        let start = sub["items"]["data"][0]["current_period_start"].as_i64().unwrap_or(t);
+        let end = sub["items"]["data"][0]["current_period_end"].as_i64().unwrap_or(t);
+        sub["items"]["data"][0]["price"] = price.clone();
+        sub["items"]["data"][0]["plan"] = objects::plan_of(price);
+        sub["plan"] = objects::plan_of(price);
+        let trialing = sub["status"] == "trialing";
+        let customer = sub["customer"].as_str().unwrap_or_default().to_string();
+        let s = sub.clone();
+        self.emit("customer.subscription.updated", s.clone());
+        if proration != "none" && !trialing && end > start {
+            let left = (end - t).max(0) as f64 / (end - start) as f64;
+            let diff = price["unit_amount"].as_i64().unwrap_or(0) - old["unit_amount"].as_i64().unwrap_or(0);
+            let amount = (diff as f64 * left).round() as i64;
+            let inv_id = self.new_id("in");
+            let inv = objects::invoice(NewInvoice {
+                id: &inv_id,
+                customer: &customer,
+                subscription: id,
+                amount: amount.max(0),
+                currency: price["currency"].as_str().unwrap_or("usd"),
+                paid: true,
+                period_start: t,
+                period_end: end,
+                now: t,
+            });
+            let mut inv = inv;
+            inv["billing_reason"] = json!("subscription_update");
+            inv["_proration"] = json!(amount);
+            self.invoices.insert(inv_id.clone(), inv.clone());
+            if let Some(sub) = self.subscriptions.get_mut(id) {
+                sub["latest_invoice"] = json!(inv_id);
+            }
+            self.emit("invoice.paid", inv);
+        }
+        ApiResult::ok(s)
+    }
+
+    /// Moves the emulator's clock forward (like a Stripe test clock) and does what Stripe
+    /// would have done meanwhile, in time order per subscription: a trial that ends with a
+    /// payment method turns `active` with its first charge, without one it is `paused`; a period
+    /// that ends renews with a paid invoice, or ends the subscription when it was set to cancel.
+    pub fn advance(&mut self, seconds: i64) {
+        self.clock_offset += seconds.max(0);
+        let t = self.now();
+        let ids: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for id in ids {
+            loop {
+                let Some(sub) = self.subscriptions.get(&id).cloned() else { break };
+                let status = sub["status"].as_str().unwrap_or_default().to_string();
+                let end = sub["items"]["data"][0]["current_period_end"].as_i64().unwrap_or(i64::MAX);
+                if !matches!(status.as_str(), "active" | "trialing" | "past_due") || end > t {
+                    break;
+                }
+                if sub["cancel_at_period_end"] == true {
+                    self.cancel_now(&id);
+                    break;
+                }
+                if status == "trialing" && sub["_payment_method"] == false {
+                    let s = self.subscriptions.get_mut(&id).expect("exists");
+                    s["status"] = json!("paused");
+                    s["pause_collection"] = Value::Null;
+                    let s = s.clone();
+                    self.emit("customer.subscription.paused", s.clone());
+                    self.emit("customer.subscription.updated", s);
+                    break;
+                }
+                self.renew(&id, end);
+            }
+        }
+    }
+
+    /// A new period from `from`: a paid invoice for the item's price, `active`.
+    fn renew(&mut self, id: &str, from: i64) {
+        let inv_id = self.new_id("in");
+        let Some(sub) = self.subscriptions.get_mut(id) else { return };
+        let price = sub["items"]["data"][0]["price"].clone();
+        let customer = sub["customer"].as_str().unwrap_or_default().to_string();
+        sub["status"] = json!("active");
+        sub["items"]["data"][0]["current_period_start"] = json!(from);
+        sub["items"]["data"][0]["current_period_end"] = json!(month_after(from));
+        sub["latest_invoice"] = json!(inv_id);
+        let s = sub.clone();
+        let inv = objects::invoice(NewInvoice {
+            id: &inv_id,
+            customer: &customer,
+            subscription: id,
+            amount: price["unit_amount"].as_i64().unwrap_or(0),
+            currency: price["currency"].as_str().unwrap_or("usd"),
+            paid: true,
+            period_start: from,
+            period_end: month_after(from),
+            now: from,
+        });
+        self.invoices.insert(inv_id, inv.clone());
+        self.emit("customer.subscription.updated", s);
+        self.emit("invoice.paid", inv);
+    }
+
     /// Cancels at once: `canceled`, with `customer.subscription.deleted`.
     pub fn cancel_now(&mut self, id: &str) -> Option<Value> {
+        let t = self.now();
         let sub = self.subscriptions.get_mut(id)?;
         if sub["status"] != "canceled" {
-            let t = now();
             sub["status"] = json!("canceled");
             sub["canceled_at"] = json!(t);
             sub["ended_at"] = json!(t);
@@ -664,7 +828,7 @@ impl Emu {
         let customer = s["customer"].as_str().unwrap_or_default().to_string();
         let price = s["items"]["data"][0]["price"].clone();
         let inv_id = self.new_id("in");
-        let t = now();
+        let t = self.now();
         let paid = status == "active";
         let inv = objects::invoice(NewInvoice {
             id: &inv_id,
@@ -706,7 +870,7 @@ impl Emu {
                 let secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
                 json!({
                     "id": id, "object": "webhook_endpoint", "api_version": form.get("api_version"),
-                    "application": null, "created": now(), "description": form.get("description"),
+                    "application": null, "created": self.now(), "description": form.get("description"),
                     "enabled_events": events, "livemode": false, "metadata": {}, "status": "enabled",
                     "url": url, "secret_for_delivery": secret,
                 })

@@ -920,3 +920,95 @@ fn public_endpoint(e: &Value) -> Value {
     }
     e
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(emu: &mut Emu, method: Method, path: &str, form: &str) -> Value {
+        let r = emu.route(&method, path, &Form::parse(form.as_bytes()), "http://emu");
+        assert!(r.0.is_success(), "{path}: {}", r.1);
+        r.1
+    }
+
+    /// Two monthly prices (¥1,000 and ¥3,000) and a paid-for session of the first, with
+    /// `trial_days` of trial; returns (emulator, subscription id, second price id).
+    fn subscribed(trial_days: u32, card: bool) -> (Emu, String, String) {
+        let mut emu = Emu::default();
+        let product = call(&mut emu, Method::POST, "/v1/products", "name=P")["id"].as_str().unwrap().to_string();
+        let mut prices = Vec::new();
+        for (amount, key) in [(1000, "a"), (3000, "b")] {
+            let form = format!("product={product}&unit_amount={amount}&currency=jpy&recurring[interval]=month&lookup_key={key}");
+            prices.push(call(&mut emu, Method::POST, "/v1/prices", &form)["id"].as_str().unwrap().to_string());
+        }
+        let mut form = format!("mode=subscription&success_url=https://x/ok&line_items[0][price]={}&line_items[0][quantity]=1", prices[0]);
+        if trial_days > 0 {
+            form.push_str(&format!("&subscription_data[trial_period_days]={trial_days}"));
+        }
+        let session = call(&mut emu, Method::POST, "/v1/checkout/sessions", &form)["id"].as_str().unwrap().to_string();
+        if !card {
+            emu.sessions.get_mut(&session).unwrap()["_no_payment_method"] = json!(true);
+        }
+        emu.pay(&session).unwrap();
+        let sub = emu.sessions[&session]["subscription"].as_str().unwrap().to_string();
+        (emu, sub, prices[1].clone())
+    }
+
+    fn kinds(emu: &Emu, from: usize) -> Vec<String> {
+        emu.events[from..].iter().map(|e| e["type"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn a_trial_with_a_card_turns_active_with_its_first_charge_when_the_clock_passes_its_end() {
+        let (mut emu, sub, _) = subscribed(7, true);
+        assert_eq!(emu.subscriptions[&sub]["status"], "trialing");
+        let first = emu.subscriptions[&sub]["latest_invoice"].as_str().unwrap().to_string();
+        assert_eq!(emu.invoices[&first]["amount_due"], 0, "nothing charged for the trial");
+        let n = emu.events.len();
+        emu.advance(6 * 24 * 3600);
+        assert_eq!(emu.subscriptions[&sub]["status"], "trialing", "not yet");
+        emu.advance(2 * 24 * 3600);
+        assert_eq!(emu.subscriptions[&sub]["status"], "active");
+        let inv = emu.subscriptions[&sub]["latest_invoice"].as_str().unwrap().to_string();
+        assert_eq!(emu.invoices[&inv]["amount_due"], 1000);
+        assert_eq!(kinds(&emu, n), ["customer.subscription.updated", "invoice.paid"]);
+    }
+
+    #[test]
+    fn a_trial_without_a_card_is_paused_at_its_end() {
+        let (mut emu, sub, _) = subscribed(7, false);
+        let n = emu.events.len();
+        emu.advance(8 * 24 * 3600);
+        assert_eq!(emu.subscriptions[&sub]["status"], "paused");
+        assert_eq!(kinds(&emu, n), ["customer.subscription.paused", "customer.subscription.updated"]);
+    }
+
+    #[test]
+    fn the_clock_renews_each_period_and_ends_a_subscription_set_to_cancel() {
+        let (mut emu, sub, _) = subscribed(0, true);
+        let n = emu.events.len();
+        emu.advance(61 * 24 * 3600); // two periods of 30 days
+        assert_eq!(kinds(&emu, n).iter().filter(|k| *k == "invoice.paid").count(), 2);
+        call(&mut emu, Method::POST, &format!("/v1/subscriptions/{sub}"), "cancel_at_period_end=true");
+        emu.advance(30 * 24 * 3600);
+        assert_eq!(emu.subscriptions[&sub]["status"], "canceled");
+        assert_eq!(emu.events.last().unwrap()["type"], "customer.subscription.deleted");
+    }
+
+    #[test]
+    fn a_price_change_prorates_the_rest_of_the_period() {
+        let (mut emu, sub, second) = subscribed(0, true);
+        emu.advance(15 * 24 * 3600); // half of the 30-day period left
+        let n = emu.events.len();
+        let s = call(&mut emu, Method::POST, &format!("/v1/subscriptions/{sub}"), &format!("items[0][price]={second}"));
+        assert_eq!(s["items"]["data"][0]["price"]["id"], second.as_str());
+        assert_eq!(kinds(&emu, n), ["customer.subscription.updated", "invoice.paid"]);
+        let inv = emu.subscriptions[&sub]["latest_invoice"].as_str().unwrap().to_string();
+        assert_eq!(emu.invoices[&inv]["billing_reason"], "subscription_update");
+        // (3000 − 1000) × ½ = 1000
+        assert!((990..=1010).contains(&emu.invoices[&inv]["amount_due"].as_i64().unwrap()), "{}", emu.invoices[&inv]);
+        // an unknown price is refused and changes nothing
+        let r = emu.route(&Method::POST, &format!("/v1/subscriptions/{sub}"), &Form::parse(b"items[0][price]=price_nope"), "http://emu");
+        assert_eq!(r.0, StatusCode::NOT_FOUND);
+    }
+}

@@ -128,6 +128,7 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     assert_eq!(sub.price_lookup_key.as_deref(), Some(price.lookup_key.as_str()), "the tier it buys");
     assert!(!sub.cancel_at_period_end);
     assert!(sub.period_end.is_some());
+    assert_eq!(sub.trial_end, None, "no trial asked for");
     assert_eq!(p.get_subscription(&SubscriptionId::parse("sub_nope").unwrap()).await.unwrap(), None);
 
     // a returning customer keeps the customer id through the next checkout
@@ -169,6 +170,17 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
 
     d.cancel(&sub_id);
     assert_eq!(p.get_subscription(&sub_id).await.unwrap().unwrap().status, SubscriptionStatus::Canceled);
+
+    // A trial: `trialing` until `trial_end`, the trial's days after the checkout.
+    let bob = user("bob-trial");
+    let t = p.create_checkout(NewCheckout { trial_days: 14, ..checkout(&price.id, &bob, None, "idem-trial") }).await.unwrap();
+    d.pay(&t.id);
+    let trial_sub = p.get_checkout(&t.id).await.unwrap().unwrap().subscription.unwrap();
+    let trial = p.get_subscription(&trial_sub).await.unwrap().unwrap();
+    assert_eq!(trial.status, SubscriptionStatus::Trialing);
+    let days = (trial.trial_end.expect("trial_end") - chrono::Utc::now()).num_hours();
+    assert!((14 * 24 - 2..=14 * 24).contains(&days), "{days} hours");
+    assert_eq!(trial.period_end, trial.trial_end, "the first period ends with the trial");
 }
 
 #[tokio::test]

@@ -173,7 +173,10 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
 
     // A trial: `trialing` until `trial_end`, the trial's days after the checkout.
     let bob = user("bob-trial");
-    let t = p.create_checkout(NewCheckout { trial_days: 14, ..checkout(&price.id, &bob, None, "idem-trial") }).await.unwrap();
+    let t = p
+        .create_checkout(NewCheckout { trial_days: 14, ..checkout(&price.id, &bob, None, "idem-trial") })
+        .await
+        .unwrap();
     d.pay(&t.id);
     let trial_sub = p.get_checkout(&t.id).await.unwrap().unwrap().subscription.unwrap();
     let trial = p.get_subscription(&trial_sub).await.unwrap().unwrap();

@@ -1,6 +1,7 @@
-//! Creates or updates, in a Stripe account, what paykey needs: the PRO product, its monthly
-//! price carrying the lookup key, a billing portal configuration (cancel allowed, invoice
-//! history on) and the webhook endpoint for the events paykey handles, pinned to the API
+//! Creates or updates, in a Stripe account, what paykey needs: one product and recurring price
+//! per paid tier (the price carries the tier's lookup key), a billing portal configuration
+//! (cancel allowed, invoice history on, and with two tiers or more: switching between their
+//! prices, prorated) and the webhook endpoint for the events paykey handles, pinned to the API
 //! version async-stripe speaks. Every create carries an idempotency key derived from the
 //! settings; a second run changes nothing and says so.
 
@@ -11,10 +12,16 @@ use stripe::{Client, IdempotencyKey, RequestStrategy, StripeError, StripeRequest
 use stripe_billing::billing_portal_configuration::{
     CreateBillingPortalConfiguration, CreateBillingPortalConfigurationFeatures,
     CreateBillingPortalConfigurationFeaturesSubscriptionCancel,
-    CreateBillingPortalConfigurationFeaturesSubscriptionCancelMode, InvoiceListParam, ListBillingPortalConfiguration,
-    UpdateBillingPortalConfiguration, UpdateBillingPortalConfigurationFeatures,
-    UpdateBillingPortalConfigurationFeaturesSubscriptionCancel,
+    CreateBillingPortalConfigurationFeaturesSubscriptionCancelMode,
+    CreateBillingPortalConfigurationFeaturesSubscriptionUpdate,
+    CreateBillingPortalConfigurationFeaturesSubscriptionUpdateDefaultAllowedUpdates,
+    CreateBillingPortalConfigurationFeaturesSubscriptionUpdateProrationBehavior, InvoiceListParam,
+    ListBillingPortalConfiguration, SubscriptionUpdateProductParam, UpdateBillingPortalConfiguration,
+    UpdateBillingPortalConfigurationFeatures, UpdateBillingPortalConfigurationFeaturesSubscriptionCancel,
     UpdateBillingPortalConfigurationFeaturesSubscriptionCancelMode,
+    UpdateBillingPortalConfigurationFeaturesSubscriptionUpdate,
+    UpdateBillingPortalConfigurationFeaturesSubscriptionUpdateDefaultAllowedUpdates,
+    UpdateBillingPortalConfigurationFeaturesSubscriptionUpdateProrationBehavior,
 };
 use stripe_misc::webhook_endpoint::{
     CreateWebhookEndpoint, CreateWebhookEndpointEnabledEvents, ListWebhookEndpoint, UpdateWebhookEndpoint,
@@ -23,13 +30,36 @@ use stripe_misc::webhook_endpoint::{
 use stripe_product::price::{CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, ListPrice};
 use stripe_product::product::{CreateProduct, RetrieveProduct, UpdateProduct};
 
-/// What to set up.
-#[derive(Debug, Clone)]
-pub struct Catalog {
+/// One paid tier's product and price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaidTier {
     pub product_name: String,
     pub lookup_key: String,
     /// In the currency's minor unit (JPY has none).
     pub unit_amount: i64,
+}
+
+impl PaidTier {
+    /// `NAME:LOOKUP_KEY:AMOUNT`, e.g. `FMMail BUSINESS:FMMailBusiness:4980`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.rsplitn(3, ':').collect();
+        match parts.as_slice() {
+            [amount, key, name] if !name.is_empty() && !key.is_empty() => Ok(Self {
+                product_name: name.to_string(),
+                lookup_key: key.to_string(),
+                unit_amount: amount.parse().map_err(|_| format!("{s:?}: the amount must be a whole number"))?,
+            }),
+            _ => Err(format!("{s:?}: expected NAME:LOOKUP_KEY:AMOUNT")),
+        }
+    }
+}
+
+/// What to set up.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    /// The paid tiers, in order (the first is the one `--product-name`, `--lookup-key` and
+    /// `--amount` describe).
+    pub tiers: Vec<PaidTier>,
     pub currency: String,
     /// `day`, `week`, `month` or `year`.
     pub interval: String,
@@ -47,9 +77,11 @@ pub struct Catalog {
 impl Default for Catalog {
     fn default() -> Self {
         Self {
-            product_name: "FMMail PRO".into(),
-            lookup_key: "FMMailPro".into(),
-            unit_amount: 980,
+            tiers: vec![PaidTier {
+                product_name: "FMMail PRO".into(),
+                lookup_key: "FMMailPro".into(),
+                unit_amount: 980,
+            }],
             currency: "jpy".into(),
             interval: "month".into(),
             webhook_url: None,
@@ -87,7 +119,10 @@ impl fmt::Display for Change {
 #[derive(Debug, Default)]
 pub struct Report {
     pub changes: Vec<Change>,
+    /// The first tier's price.
     pub price_id: Option<String>,
+    /// Every tier's price, in the catalog's order.
+    pub price_ids: Vec<String>,
     pub webhook_secret: Option<String>,
 }
 
@@ -140,91 +175,29 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
         .currency
         .parse::<stripe_types::Currency>()
         .map_err(|_| SetupError(format!("unknown currency {:?}", c.currency)))?;
-    if c.unit_amount < 0 || c.lookup_key.is_empty() || c.product_name.is_empty() {
-        return Err(SetupError("amount, lookup key and product name must be given".into()));
+    if c.tiers.is_empty() {
+        return Err(SetupError("at least one paid tier must be given".into()));
+    }
+    for (i, t) in c.tiers.iter().enumerate() {
+        if t.unit_amount < 0 || t.lookup_key.is_empty() || t.product_name.is_empty() {
+            return Err(SetupError("amount, lookup key and product name must be given".into()));
+        }
+        if c.tiers[..i].iter().any(|o| o.lookup_key == t.lookup_key) {
+            return Err(SetupError(format!("two tiers have the lookup key {}", t.lookup_key)));
+        }
     }
     let mut report = Report::default();
-    let product_id = format!("paykey_{}", c.lookup_key);
-
-    // Product: a deterministic id, so it is found again.
-    match RetrieveProduct::new(product_id.as_str()).send(client).await {
-        Ok(p) if p.name == c.product_name && p.active => {
-            report.changes.push(Change::Unchanged(format!("product {product_id}")))
-        }
-        Ok(_) => {
-            UpdateProduct::new(product_id.as_str())
-                .name(c.product_name.as_str())
-                .active(true)
-                .send(client)
-                .await
-                .map_err(|e| err("update product", e))?;
-            report.changes.push(Change::Updated(format!("product {product_id} (name {:?})", c.product_name)));
-        }
-        Err(StripeError::Stripe(_, 404)) => {
-            CreateProduct::new(c.product_name.as_str())
-                .id(product_id.as_str())
-                .metadata(HashMap::from([(MARK.to_string(), "true".to_string())]))
-                .customize()
-                .request_strategy(idem(format!("paykey-setup-product-{product_id}"))?)
-                .send(client)
-                .await
-                .map_err(|e| err("create product", e))?;
-            report.changes.push(Change::Created(format!("product {product_id}")));
-        }
-        Err(e) => return Err(err("retrieve product", e)),
+    let mut offered = Vec::new();
+    for t in &c.tiers {
+        let (product, price) = tier(client, c, t, currency.clone(), recurring_interval.clone(), &mut report).await?;
+        report.price_ids.push(price.clone());
+        offered.push((product, price));
     }
+    report.price_id = report.price_ids.first().cloned();
 
-    // Price: the one holding the lookup key, if it matches; else a new one that takes the key over.
-    let prices = ListPrice::new()
-        .lookup_keys(vec![c.lookup_key.clone()])
-        .limit(1)
-        .send(client)
-        .await
-        .map_err(|e| err("list prices", e))?;
-    let current = prices.data.into_iter().next();
-    let matches = current.as_ref().is_some_and(|p| {
-        p.active
-            && p.unit_amount == Some(c.unit_amount)
-            && p.currency.to_string() == c.currency
-            && p.product.id().as_str() == product_id
-            && p.recurring.as_ref().is_some_and(|r| r.interval.as_str() == c.interval)
-    });
-    if matches {
-        let id = current.map(|p| p.id.to_string()).unwrap_or_default();
-        report.changes.push(Change::Unchanged(format!(
-            "price {id} ({} {} per {}, lookup key {})",
-            c.unit_amount, c.currency, c.interval, c.lookup_key
-        )));
-        report.price_id = Some(id);
-    } else {
-        let price = CreatePrice::new(currency)
-            .product(product_id.as_str())
-            .unit_amount(c.unit_amount)
-            .recurring(CreatePriceRecurring::new(recurring_interval))
-            .lookup_key(c.lookup_key.as_str())
-            .transfer_lookup_key(true)
-            .nickname(format!("{} {}", c.product_name, c.interval))
-            .customize()
-            .request_strategy(idem(format!(
-                "paykey-setup-price-{}-{}-{}-{}-{}",
-                product_id, c.lookup_key, c.unit_amount, c.currency, c.interval
-            ))?)
-            .send(client)
-            .await
-            .map_err(|e| err("create price", e))?;
-        report.changes.push(Change::Created(format!(
-            "price {} ({} {} per {}, lookup key {}{})",
-            price.id,
-            c.unit_amount,
-            c.currency,
-            c.interval,
-            c.lookup_key,
-            if current.is_some() { ", moved from the old price" } else { "" }
-        )));
-        report.price_id = Some(price.id.to_string());
-    }
-
-    // Billing portal configuration: ours is marked with metadata.
+    // Billing portal configuration: ours is marked with metadata. With two tiers or more,
+    // customers switch between their prices there (Stripe prorates and invoices at once).
+    let switching = offered.len() > 1;
     let configs = ListBillingPortalConfiguration::new()
         .limit(100)
         .send(client)
@@ -237,9 +210,21 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
     match ours {
         Some(cfg) => {
             let f = &cfg.features;
+            let mut has: Vec<(String, String)> = f
+                .subscription_update
+                .products
+                .iter()
+                .flatten()
+                .flat_map(|p| p.prices.iter().map(|price| (p.product.clone(), price.clone())))
+                .collect();
+            has.sort();
+            let mut want = if switching { offered.clone() } else { Vec::new() };
+            want.sort();
             let ok = f.subscription_cancel.enabled
                 && f.subscription_cancel.mode.as_str() == "immediately"
                 && f.invoice_history.enabled
+                && f.subscription_update.enabled == switching
+                && (!switching || has == want)
                 && (c.portal_return_url.is_none() || cfg.default_return_url == c.portal_return_url);
             if ok {
                 report.changes.push(Change::Unchanged(format!("billing portal configuration {}", cfg.id)));
@@ -250,14 +235,27 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
                 cancel.mode = Some(UpdateBillingPortalConfigurationFeaturesSubscriptionCancelMode::Immediately);
                 features.subscription_cancel = Some(cancel);
                 features.invoice_history = Some(InvoiceListParam::new(true));
+                let mut update = UpdateBillingPortalConfigurationFeaturesSubscriptionUpdate::new();
+                update.enabled = Some(switching);
+                if switching {
+                    update.products = Some(switch_products(&offered));
+                    update.default_allowed_updates = Some(vec![
+                        UpdateBillingPortalConfigurationFeaturesSubscriptionUpdateDefaultAllowedUpdates::Price,
+                    ]);
+                    update.proration_behavior = Some(
+                        UpdateBillingPortalConfigurationFeaturesSubscriptionUpdateProrationBehavior::AlwaysInvoice,
+                    );
+                }
+                features.subscription_update = Some(update);
                 let mut req = UpdateBillingPortalConfiguration::new(cfg.id.as_str()).features(features);
                 if let Some(u) = &c.portal_return_url {
                     req = req.default_return_url(u.as_str());
                 }
                 req.send(client).await.map_err(|e| err("update portal configuration", e))?;
                 report.changes.push(Change::Updated(format!(
-                    "billing portal configuration {} (cancel, invoice history)",
-                    cfg.id
+                    "billing portal configuration {} (cancel, invoice history{})",
+                    cfg.id,
+                    if switching { ", switching between the tiers" } else { "" }
                 )));
             }
         }
@@ -267,6 +265,15 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
             cancel.mode = Some(CreateBillingPortalConfigurationFeaturesSubscriptionCancelMode::Immediately);
             features.subscription_cancel = Some(cancel);
             features.invoice_history = Some(InvoiceListParam::new(true));
+            if switching {
+                let mut update = CreateBillingPortalConfigurationFeaturesSubscriptionUpdate::new(true);
+                update.products = Some(switch_products(&offered));
+                update.default_allowed_updates =
+                    Some(vec![CreateBillingPortalConfigurationFeaturesSubscriptionUpdateDefaultAllowedUpdates::Price]);
+                update.proration_behavior =
+                    Some(CreateBillingPortalConfigurationFeaturesSubscriptionUpdateProrationBehavior::AlwaysInvoice);
+                features.subscription_update = Some(update);
+            }
             let mut req = CreateBillingPortalConfiguration::new(features)
                 .metadata(HashMap::from([(MARK.to_string(), "true".to_string())]));
             if let Some(u) = &c.portal_return_url {
@@ -275,8 +282,9 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
             let cfg = req
                 .customize()
                 .request_strategy(idem(format!(
-                    "paykey-setup-portal-{}",
-                    c.portal_return_url.as_deref().unwrap_or("-")
+                    "paykey-setup-portal-{}-{}",
+                    c.portal_return_url.as_deref().unwrap_or("-"),
+                    report.price_ids.join("-")
                 ))?)
                 .send(client)
                 .await
@@ -295,6 +303,104 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
         return Err(SetupError("--repin-webhook and --retire-webhook need --webhook-url".into()));
     }
     Ok(report)
+}
+
+/// The portal's plan-switch list: each tier's product with its price.
+fn switch_products(offered: &[(String, String)]) -> Vec<SubscriptionUpdateProductParam> {
+    offered
+        .iter()
+        .map(|(product, price)| SubscriptionUpdateProductParam::new(vec![price.clone()], product.clone()))
+        .collect()
+}
+
+/// The tier's product (a deterministic id) and its price; returns (product id, price id).
+async fn tier(
+    client: &Client,
+    c: &Catalog,
+    t: &PaidTier,
+    currency: stripe_types::Currency,
+    recurring_interval: CreatePriceRecurringInterval,
+    report: &mut Report,
+) -> Result<(String, String), SetupError> {
+    let product_id = format!("paykey_{}", t.lookup_key);
+
+    // Product: a deterministic id, so it is found again.
+    match RetrieveProduct::new(product_id.as_str()).send(client).await {
+        Ok(p) if p.name == t.product_name && p.active => {
+            report.changes.push(Change::Unchanged(format!("product {product_id}")))
+        }
+        Ok(_) => {
+            UpdateProduct::new(product_id.as_str())
+                .name(t.product_name.as_str())
+                .active(true)
+                .send(client)
+                .await
+                .map_err(|e| err("update product", e))?;
+            report.changes.push(Change::Updated(format!("product {product_id} (name {:?})", t.product_name)));
+        }
+        Err(StripeError::Stripe(_, 404)) => {
+            CreateProduct::new(t.product_name.as_str())
+                .id(product_id.as_str())
+                .metadata(HashMap::from([(MARK.to_string(), "true".to_string())]))
+                .customize()
+                .request_strategy(idem(format!("paykey-setup-product-{product_id}"))?)
+                .send(client)
+                .await
+                .map_err(|e| err("create product", e))?;
+            report.changes.push(Change::Created(format!("product {product_id}")));
+        }
+        Err(e) => return Err(err("retrieve product", e)),
+    }
+
+    // Price: the one holding the lookup key, if it matches; else a new one that takes the key over.
+    let prices = ListPrice::new()
+        .lookup_keys(vec![t.lookup_key.clone()])
+        .limit(1)
+        .send(client)
+        .await
+        .map_err(|e| err("list prices", e))?;
+    let current = prices.data.into_iter().next();
+    let matches = current.as_ref().is_some_and(|p| {
+        p.active
+            && p.unit_amount == Some(t.unit_amount)
+            && p.currency.to_string() == c.currency
+            && p.product.id().as_str() == product_id
+            && p.recurring.as_ref().is_some_and(|r| r.interval.as_str() == c.interval)
+    });
+    if matches {
+        let id = current.map(|p| p.id.to_string()).unwrap_or_default();
+        report.changes.push(Change::Unchanged(format!(
+            "price {id} ({} {} per {}, lookup key {})",
+            t.unit_amount, c.currency, c.interval, t.lookup_key
+        )));
+        return Ok((product_id, id));
+    } else {
+        let price = CreatePrice::new(currency)
+            .product(product_id.as_str())
+            .unit_amount(t.unit_amount)
+            .recurring(CreatePriceRecurring::new(recurring_interval))
+            .lookup_key(t.lookup_key.as_str())
+            .transfer_lookup_key(true)
+            .nickname(format!("{} {}", t.product_name, c.interval))
+            .customize()
+            .request_strategy(idem(format!(
+                "paykey-setup-price-{}-{}-{}-{}-{}",
+                product_id, t.lookup_key, t.unit_amount, c.currency, c.interval
+            ))?)
+            .send(client)
+            .await
+            .map_err(|e| err("create price", e))?;
+        report.changes.push(Change::Created(format!(
+            "price {} ({} {} per {}, lookup key {}{})",
+            price.id,
+            t.unit_amount,
+            c.currency,
+            c.interval,
+            t.lookup_key,
+            if current.is_some() { ", moved from the old price" } else { "" }
+        )));
+        Ok((product_id, price.id.to_string()))
+    }
 }
 
 /// The webhook endpoint for `url`, pinned to async-stripe's API version.

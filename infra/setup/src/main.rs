@@ -3,20 +3,23 @@
 //! ```text
 //! STRIPE_API_KEY=sk_test_… paykey-setup [--webhook-url URL] [--return-url URL]
 //!     [--product-name "FMMail PRO"] [--lookup-key FMMailPro] [--amount 980] [--currency jpy] [--interval month]
-//!     [--repin-webhook] [--retire-webhook we_…]
+//!     [--tier "FMMail BUSINESS:FMMailBusiness:4980"]… [--repin-webhook] [--retire-webhook we_…]
 //! ```
+//! The first paid tier is described by `--product-name`, `--lookup-key` and `--amount`; each
+//! `--tier NAME:LOOKUP_KEY:AMOUNT` adds one (same currency and interval). With two tiers or
+//! more, the portal lets customers switch between them.
 //! `--repin-webhook` replaces an endpoint created in another API version by a pinned one (both
 //! deliver until `--retire-webhook <old id>` disables the old one; see `webhook_endpoint`).
 //! `STRIPE_API_BASE` points it at another Stripe-compatible server (the local emulator).
 
 use std::process::ExitCode;
 
-use paykey_setup::{run, Catalog};
+use paykey_setup::{run, Catalog, PaidTier};
 
 fn usage() -> &'static str {
     "usage: STRIPE_API_KEY=sk_… paykey-setup [--webhook-url URL] [--return-url URL] [--product-name NAME] \
      [--lookup-key KEY] [--amount MINOR_UNITS] [--currency ISO] [--interval day|week|month|year] \
-     [--repin-webhook] [--retire-webhook ENDPOINT_ID]"
+     [--tier NAME:LOOKUP_KEY:AMOUNT]... [--repin-webhook] [--retire-webhook ENDPOINT_ID]"
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -28,11 +31,14 @@ async fn main() -> ExitCode {
         let r = match a.as_str() {
             "--webhook-url" => value(&a).map(|v| c.webhook_url = Some(v)),
             "--return-url" => value(&a).map(|v| c.portal_return_url = Some(v)),
-            "--product-name" => value(&a).map(|v| c.product_name = v),
-            "--lookup-key" => value(&a).map(|v| c.lookup_key = v),
+            "--product-name" => value(&a).map(|v| c.tiers[0].product_name = v),
+            "--lookup-key" => value(&a).map(|v| c.tiers[0].lookup_key = v),
             "--amount" => value(&a).and_then(|v| {
-                v.parse().map(|n| c.unit_amount = n).map_err(|_| format!("--amount takes a whole number, got {v:?}"))
+                v.parse()
+                    .map(|n| c.tiers[0].unit_amount = n)
+                    .map_err(|_| format!("--amount takes a whole number, got {v:?}"))
             }),
+            "--tier" => value(&a).and_then(|v| PaidTier::parse(&v)).map(|t| c.tiers.push(t)),
             "--currency" => value(&a).map(|v| c.currency = v.to_lowercase()),
             "--interval" => value(&a).map(|v| c.interval = v),
             "--repin-webhook" => {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use paykey_setup::{run, Catalog, Change};
+use paykey_setup::{run, Catalog, Change, PaidTier};
 
 async fn emulator() -> (stripe_emulator::Running, stripe::Client) {
     let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Default::default()).await.unwrap();
@@ -57,7 +57,9 @@ async fn a_first_run_creates_everything_and_a_second_changes_nothing() {
 async fn a_new_amount_creates_a_new_price_that_takes_the_lookup_key_over() {
     let (emu, client) = emulator().await;
     let first = run(&client, &catalog()).await.unwrap();
-    let changed = run(&client, &Catalog { unit_amount: 1200, ..catalog() }).await.unwrap();
+    let mut dearer = catalog();
+    dearer.tiers[0].unit_amount = 1200;
+    let changed = run(&client, &dearer).await.unwrap();
     let created: Vec<_> = changed.changes.iter().filter(|c| !matches!(c, Change::Unchanged(_))).collect();
     assert_eq!(created.len(), 1, "{:?}", changed.changes);
     assert!(created[0].to_string().contains("moved from the old price"));
@@ -65,6 +67,47 @@ async fn a_new_amount_creates_a_new_price_that_takes_the_lookup_key_over() {
     let (_, prices) = emu.shared.call("GET", "/v1/prices", "lookup_keys[0]=FMMailPro");
     assert_eq!(prices["data"].as_array().unwrap().len(), 1);
     assert_eq!(prices["data"][0]["unit_amount"], 1200);
+}
+
+#[tokio::test]
+async fn two_tiers_get_a_price_each_and_a_portal_that_switches_between_them() {
+    let (emu, client) = emulator().await;
+    let mut two = catalog();
+    two.tiers.push(PaidTier::parse("FMMail BUSINESS:FMMailBusiness:4980").unwrap());
+    let first = run(&client, &two).await.unwrap();
+    assert_eq!(first.price_ids.len(), 2);
+    assert!(first.changes.iter().all(|c| matches!(c, Change::Created(_))), "{:?}", first.changes);
+    let (_, configs) = emu.shared.call("GET", "/v1/billing_portal/configurations", "");
+    let update = &configs["data"][0]["features"]["subscription_update"];
+    assert_eq!(update["enabled"], true);
+    assert_eq!(update["proration_behavior"], "always_invoice");
+    let offered: Vec<(String, String)> = update["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["product"].as_str().unwrap().to_string(), p["prices"][0].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        offered,
+        [
+            ("paykey_FMMailPro".to_string(), first.price_ids[0].clone()),
+            ("paykey_FMMailBusiness".to_string(), first.price_ids[1].clone())
+        ]
+    );
+    // a second run changes nothing; going back to one tier turns switching off
+    assert!(!run(&client, &two).await.unwrap().changed_anything());
+    let one = run(&client, &catalog()).await.unwrap();
+    assert!(
+        one.changes.iter().any(|c| matches!(c, Change::Updated(s) if s.contains("billing portal"))),
+        "{:?}",
+        one.changes
+    );
+    let (_, configs) = emu.shared.call("GET", "/v1/billing_portal/configurations", "");
+    assert_eq!(configs["data"][0]["features"]["subscription_update"]["enabled"], false);
+    // a tier is NAME:LOOKUP_KEY:AMOUNT
+    assert!(PaidTier::parse("no amount:Key").is_err());
+    assert!(PaidTier::parse("x:Key:lots").is_err());
+    assert_eq!(PaidTier::parse("A: B:C:12").unwrap().lookup_key, "C", "the name may hold colons");
 }
 
 #[tokio::test]

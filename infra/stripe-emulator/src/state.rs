@@ -627,7 +627,10 @@ impl Emu {
         let products: Vec<Value> = update
             .items("products")
             .iter()
-            .map(|p| json!({"product": p.get("product").unwrap_or_default(), "prices": p.list("prices")}))
+            .map(|p| {
+                json!({"adjustable_quantity": {"enabled": false, "maximum": null, "minimum": 1},
+                    "product": p.get("product").unwrap_or_default(), "prices": p.list("prices")})
+            })
             .collect();
         if !products.is_empty() {
             c["features"]["subscription_update"]["products"] = json!(products);
@@ -938,10 +941,15 @@ mod tests {
         let product = call(&mut emu, Method::POST, "/v1/products", "name=P")["id"].as_str().unwrap().to_string();
         let mut prices = Vec::new();
         for (amount, key) in [(1000, "a"), (3000, "b")] {
-            let form = format!("product={product}&unit_amount={amount}&currency=jpy&recurring[interval]=month&lookup_key={key}");
+            let form = format!(
+                "product={product}&unit_amount={amount}&currency=jpy&recurring[interval]=month&lookup_key={key}"
+            );
             prices.push(call(&mut emu, Method::POST, "/v1/prices", &form)["id"].as_str().unwrap().to_string());
         }
-        let mut form = format!("mode=subscription&success_url=https://x/ok&line_items[0][price]={}&line_items[0][quantity]=1", prices[0]);
+        let mut form = format!(
+            "mode=subscription&success_url=https://x/ok&line_items[0][price]={}&line_items[0][quantity]=1",
+            prices[0]
+        );
         if trial_days > 0 {
             form.push_str(&format!("&subscription_data[trial_period_days]={trial_days}"));
         }
@@ -1008,7 +1016,12 @@ mod tests {
         // (3000 − 1000) × ½ = 1000
         assert!((990..=1010).contains(&emu.invoices[&inv]["amount_due"].as_i64().unwrap()), "{}", emu.invoices[&inv]);
         // an unknown price is refused and changes nothing
-        let r = emu.route(&Method::POST, &format!("/v1/subscriptions/{sub}"), &Form::parse(b"items[0][price]=price_nope"), "http://emu");
+        let r = emu.route(
+            &Method::POST,
+            &format!("/v1/subscriptions/{sub}"),
+            &Form::parse(b"items[0][price]=price_nope"),
+            "http://emu",
+        );
         assert_eq!(r.0, StatusCode::NOT_FOUND);
     }
 }

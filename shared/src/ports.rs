@@ -162,6 +162,9 @@ pub trait KeyRegistry: Send + Sync {
     fn plans_of(&self, id: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Ids of the keys attached to the usage plan.
     fn plan_key_ids(&self, plan: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// How many API keys the account has in this Region, paykey's or not, enabled or not: what
+    /// API Gateway's 10,000-key quota counts (a full listing; for reports, never on a request).
+    fn count_keys(&self) -> impl Future<Output = Result<usize>> + Send;
     /// The key's secret value, for showing to its owner. A key's value never changes, so
     /// callers may keep it (`adapters::cached::CachedKeyValues`).
     fn key_value(&self, id: &str) -> impl Future<Output = Result<Option<String>>> + Send;

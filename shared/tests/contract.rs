@@ -261,11 +261,14 @@ async fn key_registry_contract<K: KeyRegistry>(keys: &K, plans: [&str; 2], secon
     let [a, b] = plans;
     let name = unique("paykey-pro-contract-");
     assert!(keys.find_by_name(&name).await.unwrap().is_empty());
+    let before = keys.count_keys().await.unwrap();
     let k = keys.create(&name).await.unwrap();
     assert_eq!(k.name, name);
     assert!(k.enabled);
     // exact-name lookup: a longer name sharing the prefix is not returned
     let longer = keys.create(&format!("{name}-other")).await.unwrap();
+    // (moto's store is shared by the suite's tests running at once: at least the two new keys)
+    assert!(keys.count_keys().await.unwrap() >= before + 2, "every key counts");
     assert_eq!(keys.find_by_name(&name).await.unwrap(), vec![k.clone()]);
     assert_eq!(keys.get(&k.id).await.unwrap(), Some(k.clone()));
     assert_eq!(keys.get("doesnotexist").await.unwrap(), None);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use paykey::adapters::memory::Fault;
 use paykey::domain::{Plan, SubscriptionId, User};
 use paykey::flows::{self, CheckoutRequest, EventOutcome, FreeKey};
-use paykey::ports::{EventSubject, StripeEvent, SubscriptionStatus, UserDirectory};
+use paykey::ports::{EventSubject, KeyRegistry, StripeEvent, SubscriptionStatus, UserDirectory};
 use paykey::Error;
 use support::{World, BUSINESS_PLAN, FREE_PLAN, PRO_PLAN};
 
@@ -380,4 +380,27 @@ async fn the_plans_list_the_catalog_with_stripe_prices_quotas_and_trials() {
     let json = serde_json::to_value(&view).unwrap();
     assert_eq!(json["plans"][1]["quota"], serde_json::json!({"limit": 100000, "period": "MONTH"}));
     assert_eq!(json["plans"][1]["price"]["currency"], "jpy");
+}
+
+#[tokio::test]
+async fn the_key_report_counts_every_key_and_each_tier_s_plan() {
+    let w = World::tiered();
+    let (a, b) = (w.user("ann"), w.user("ben"));
+    free_key(&w, &a).await.unwrap();
+    subscribe(&w, &b, "FMMailBusiness").await;
+    w.app.keys.create("someone-elses-key").await.unwrap();
+    let c = flows::count_keys(&w.app.keys, w.app.ctx()).await.unwrap();
+    assert_eq!(c.total, 3, "keys outside paykey's plans count too");
+    assert_eq!(
+        c.per_tier,
+        [
+            ("FREE".to_string(), FREE_PLAN.to_string(), 1),
+            ("PRO".to_string(), PRO_PLAN.to_string(), 0),
+            ("BUSINESS".to_string(), BUSINESS_PLAN.to_string(), 1)
+        ]
+    );
+    assert_eq!(
+        c.to_string(),
+        "API keys: 3 of 10000 per account and Region (0.0%); in the tiers' usage plans: FREE 1, PRO 0, BUSINESS 1"
+    );
 }

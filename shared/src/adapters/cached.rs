@@ -125,6 +125,9 @@ impl<K: crate::ports::KeyRegistry> crate::ports::KeyRegistry for CachedKeyValues
     async fn plan_key_ids(&self, plan: &str) -> Result<Vec<String>> {
         self.inner.plan_key_ids(plan).await
     }
+    async fn count_keys(&self) -> Result<usize> {
+        self.inner.count_keys().await
+    }
     async fn key_value(&self, id: &str) -> Result<Option<String>> {
         if let Some(v) = self.values.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Ok(Some(v.clone()));

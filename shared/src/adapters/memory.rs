@@ -732,6 +732,14 @@ impl KeyRegistry for MemoryKeys {
         Ok(r)
     }
 
+    async fn count_keys(&self) -> Result<usize> {
+        self.meter.enter(APIGW, "apigw.count_keys").await?;
+        self.admit("apigw.count_keys")?;
+        let n = lock(&self.state).keys.len();
+        self.meter.exit(APIGW, "apigw.count_keys")?;
+        Ok(n)
+    }
+
     async fn key_value(&self, id: &str) -> Result<Option<String>> {
         self.meter.enter(APIGW, "apigw.key_value").await?;
         self.admit("apigw.key_value")?;

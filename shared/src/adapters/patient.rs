@@ -84,6 +84,9 @@ impl<K: KeyRegistry> KeyRegistry for Patient<K> {
     async fn plan_key_ids(&self, plan: &str) -> Result<Vec<String>> {
         patiently(self.budget, "GetUsagePlanKeys", || self.inner.plan_key_ids(plan)).await
     }
+    async fn count_keys(&self) -> Result<usize> {
+        patiently(self.budget, "GetApiKeys", || self.inner.count_keys()).await
+    }
     async fn key_value(&self, id: &str) -> Result<Option<String>> {
         patiently(self.budget, "GetApiKey", || self.inner.key_value(id)).await
     }

@@ -629,3 +629,41 @@ where
     }
     Ok(drifts)
 }
+
+/// How many API keys are in use, for the 10,000-keys-per-account-and-Region quota API Gateway
+/// does not raise: every key of the account (paykey's and others, enabled or not: all count)
+/// and, per tier, the keys in its usage plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCount {
+    pub total: usize,
+    /// (tier, usage plan, keys in it), in the catalog's order.
+    pub per_tier: Vec<(String, String, usize)>,
+}
+
+/// API Gateway's quota of API keys per account and Region (not raisable).
+pub const API_KEY_QUOTA: usize = 10_000;
+
+impl std::fmt::Display for KeyCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tiers: Vec<String> = self.per_tier.iter().map(|(t, _, n)| format!("{t} {n}")).collect();
+        write!(
+            f,
+            "API keys: {} of {API_KEY_QUOTA} per account and Region ({:.1}%); in the tiers' usage plans: {}",
+            self.total,
+            self.total as f64 * 100.0 / API_KEY_QUOTA as f64,
+            if tiers.is_empty() { "none".to_string() } else { tiers.join(", ") }
+        )
+    }
+}
+
+/// Counts the keys (one full listing of the account's keys and of each tier's plan).
+pub async fn count_keys<K: KeyRegistry>(keys: &K, ctx: Ctx<'_>) -> Result<KeyCount, Error> {
+    let total = keys.count_keys().await?;
+    let mut per_tier = Vec::new();
+    for t in ctx.settings.catalog.tiers() {
+        if let Some(plan) = &t.usage_plan_id {
+            per_tier.push((t.name.to_string(), plan.clone(), keys.plan_key_ids(plan).await?.len()));
+        }
+    }
+    Ok(KeyCount { total, per_tier })
+}

@@ -14,8 +14,8 @@ pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
 pub use free_key::{issue_free_key, FreeKey};
 pub use fulfil::{complete_checkout, Completion, Rejection};
 pub use lifecycle::{
-    desired_plan, handle_stripe_event, handled_event_types, resync, sync_subscription, Access, Drift, EventOutcome,
-    SyncOutcome,
+    count_keys, desired_plan, handle_stripe_event, handled_event_types, resync, sync_subscription, Access, Drift,
+    EventOutcome, KeyCount, SyncOutcome, API_KEY_QUOTA,
 };
 pub use plans::{list_plans, PlanView, PlansView, PriceView};
 pub use portal::open_billing_portal;

@@ -1,11 +1,12 @@
-//! `paykey-resync [--apply]`: walks every account record (and the name-keyed records of the
+//! `paykey-resync [--apply] [--keys]`: `--keys` prints how many API keys the account uses
+//! against API Gateway's 10,000 per account and Region, and per tier, and stops. Otherwise it walks every account record (and the name-keyed records of the
 //! Python version), reads the user's subscriptions from Stripe and reports every plan or key
 //! out of step (missed webhooks). Dry run by default; `--apply` repairs through the same code
 //! as the webhook and prints what that did for each user; exit status 1 when any user could
 //! not be repaired.
 //!
 //! Configuration: the stripe-webhook function's variables (`MY_DOMAIN`, `USER_POOL_ID`,
-//! `DYNAMODB_STRIPE_TABLE`, `DYNAMODB_API_KEY_TABLE`, `USAGE_PLAN_ID`, `STRIPE_API_KEY` or
+//! `DYNAMODB_STRIPE_TABLE`, `DYNAMODB_API_KEY_TABLE`, `PAYKEY_CATALOG` (or `USAGE_PLAN_ID`), `STRIPE_API_KEY` or
 //! `STRIPE_API_KEY_PARAMETER`), AWS credentials from the usual chain.
 
 use std::process::ExitCode;
@@ -16,11 +17,15 @@ use paykey::{flows, wiring};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let mut apply = false;
+    let mut keys_only = false;
     for a in std::env::args().skip(1) {
         match a.as_str() {
             "--apply" => apply = true,
+            "--keys" => keys_only = true,
             "-h" | "--help" => {
-                println!("usage: paykey-resync [--apply]   (dry run unless --apply)");
+                println!(
+                    "usage: paykey-resync [--apply] [--keys]   (dry run unless --apply; --keys: count the API keys)"
+                );
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -36,6 +41,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if keys_only {
+        return match flows::count_keys(&app.keys, app.ctx()).await {
+            Ok(count) => {
+                println!("{count}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("paykey-resync: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match flows::resync(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), apply).await {
         Ok(drifts) => {
             for d in &drifts {

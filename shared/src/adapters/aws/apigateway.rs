@@ -180,6 +180,29 @@ impl KeyRegistry for ApiGatewayKeys {
         Ok(ids)
     }
 
+    async fn count_keys(&self) -> Result<usize> {
+        const OP: &str = "GetApiKeys";
+        let mut n = 0;
+        let mut position: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .get_api_keys()
+                .include_values(false)
+                .limit(500)
+                .set_position(position.take())
+                .send()
+                .await
+                .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+            n += out.items().len();
+            match out.position() {
+                Some(p) if !p.is_empty() && !out.items().is_empty() => position = Some(p.to_string()),
+                _ => break,
+            }
+        }
+        Ok(n)
+    }
+
     async fn key_value(&self, id: &str) -> Result<Option<String>> {
         const OP: &str = "GetApiKey";
         match self.client.get_api_key().api_key(id).include_value(true).send().await {

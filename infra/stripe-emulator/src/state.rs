@@ -748,8 +748,7 @@ impl Emu {
         let t = self.now();
         let ids: Vec<String> = self.subscriptions.keys().cloned().collect();
         for id in ids {
-            loop {
-                let Some(sub) = self.subscriptions.get(&id).cloned() else { break };
+            while let Some(sub) = self.subscriptions.get(&id).cloned() {
                 let status = sub["status"].as_str().unwrap_or_default().to_string();
                 let end = sub["items"]["data"][0]["current_period_end"].as_i64().unwrap_or(i64::MAX);
                 if !matches!(status.as_str(), "active" | "trialing" | "past_due") || end > t {

@@ -373,7 +373,7 @@ async fn tier(
             "price {id} ({} {} per {}, lookup key {})",
             t.unit_amount, c.currency, c.interval, t.lookup_key
         )));
-        return Ok((product_id, id));
+        Ok((product_id, id))
     } else {
         let price = CreatePrice::new(currency)
             .product(product_id.as_str())

@@ -1,5 +1,6 @@
-// Sign in → upgrade → pay → thanks (key visible) → PRO API → portal → cancel → FREE, in
-// headless Chromium against the real paykey-local binary. Screenshots go to
+// The pricing table → sign up → free key → PRO with a trial → the trial ends (test clock) and
+// is paid → BUSINESS through the portal's plan switch → cancel → back to FREE with the same key,
+// in headless Chromium against the real paykey-local binary. Screenshots go to
 // $PAYKEY_ARTIFACTS (default ../../artifacts/screenshots).
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -14,9 +15,16 @@ const bin = process.env.PAYKEY_LOCAL_BIN;
 const chromiumPath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const shots = path.resolve(process.env.PAYKEY_ARTIFACTS || new URL("../../artifacts/screenshots", import.meta.url).pathname);
 
+// The local stack's catalog with a 14-day trial on PRO.
+const CATALOG = JSON.stringify({ tiers: [
+  { name: "FREE", usage_plan_id: "usage-plan-free", quota: { limit: 1000, period: "MONTH" } },
+  { name: "PRO", lookup_key: "FMMailPro", usage_plan_id: "usage-plan-pro", trial_days: 14, quota: { limit: 100000, period: "MONTH" } },
+  { name: "BUSINESS", lookup_key: "FMMailBusiness", usage_plan_id: "usage-plan-business", quota: { limit: 1000000, period: "MONTH" } },
+] });
+
 function startStack(dataDir) {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, [], { env: { ...process.env, PAYKEY_PORT: "0", PAYKEY_DATA_DIR: dataDir, RUST_LOG: "warn" }, stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(bin, [], { env: { ...process.env, PAYKEY_PORT: "0", PAYKEY_DATA_DIR: dataDir, PAYKEY_CATALOG: CATALOG, RUST_LOG: "warn" }, stdio: ["ignore", "pipe", "inherit"] });
     const lines = createInterface({ input: child.stdout });
     lines.once("line", (l) => {
       const m = l.match(/on (http:\/\/127\.0\.0\.1:\d+)/);
@@ -26,7 +34,7 @@ function startStack(dataDir) {
   });
 }
 
-test("upgrade to PRO, see the key, cancel in the portal, back to FREE", { timeout: 120_000 }, async () => {
+test("free → trial → paid → another tier → cancel → free, on one key", { timeout: 180_000 }, async () => {
   assert.ok(bin, "PAYKEY_LOCAL_BIN must name the paykey-local binary");
   mkdirSync(shots, { recursive: true });
   const dataDir = mkdtempSync(path.join(tmpdir(), "paykey-browser-"));
@@ -45,56 +53,94 @@ test("upgrade to PRO, see the key, cancel in the portal, back to FREE", { timeou
     await page.screenshot({ path: file, fullPage: true });
     saved.push(file);
   };
-  try {
-    const page = await browser.newPage();
-    await page.goto(base + "/");
-    await page.fill("#username", "alice");
-    await page.fill("#password", "correct horse");
-    await page.click("#signup-btn");
-    await page.waitForSelector("#plan:text('FREE')");
-    await shot(page, "01-signed-in-free.png");
-
-    await page.click("#upgrade");
-    await page.waitForURL(/\/stripe\/checkout\/cs_test_/);
-    await assert.doesNotReject(page.waitForSelector("text=FMMail PRO"));
-    await page.fill("#card", "4000 0000 0000 0002");
-    await page.click("#pay");
-    await page.waitForSelector("#error:text('Your card was declined.')");
-    await shot(page, "02-checkout-declined.png");
-    await page.fill("#card", "4242 4242 4242 4242");
-    await page.fill("#exp", "12 / 34");
-    await page.fill("#cvc", "123");
-    await shot(page, "03-checkout-filled.png");
-    await page.click("#pay");
-
-    await page.waitForURL(/\/thanks_upgrade$/);
-    await page.waitForSelector("#thanks");
-    await page.waitForSelector("#plan:text('PRO')");
-    const key = (await page.textContent("#api-key")).trim();
-    assert.match(key, /^[0-9a-f]{64}$/, "the PRO API key is shown");
-    await page.click("#try");
-    await page.waitForSelector("#try-result:text('200')");
-    await shot(page, "04-thanks-pro-key.png");
-
-    await page.click("#portal");
-    await page.waitForURL(/\/stripe\/portal\/bps_/);
-    await page.waitForSelector("#invoices");
-    await shot(page, "05-portal.png");
-    await page.click("#cancel");
-    await page.waitForSelector("#status:text('canceled')");
-    await shot(page, "06-portal-canceled.png");
-    await page.click("#return");
-    await page.waitForURL(base + "/");
-    // the cancellation webhook may still be on its way: reload until the plan shows FREE
-    for (let i = 0; i < 150 && (await page.textContent("#plan")) !== "FREE"; i++) {
+  // Reload until the plan shows `want` (a webhook may still be on its way).
+  const untilPlan = async (page, want) => {
+    for (let i = 0; i < 150 && (await page.textContent("#plan")) !== want; i++) {
       await page.waitForTimeout(200);
       await page.reload();
       await page.waitForSelector("#plan:not(:text('…'))");
     }
-    assert.equal(await page.textContent("#plan"), "FREE");
+    assert.equal(await page.textContent("#plan"), want);
+  };
+  const tryKey = async (page, tier) => {
     await page.click("#try");
-    await page.waitForSelector("#try-result:text('403')");
-    await shot(page, "07-after-cancel-free.png");
+    await page.waitForSelector(`#try-result:text('200 Hello from the API (${tier})')`);
+  };
+  try {
+    const page = await browser.newPage();
+    await page.goto(base + "/");
+    await page.waitForSelector("#tier-BUSINESS");
+    assert.match(await page.textContent("#tier-PRO"), /¥980/);
+    assert.match(await page.textContent("#tier-PRO"), /14-day free trial/);
+    await shot(page, "01-pricing.png");
+
+    await page.fill("#username", "alice");
+    await page.fill("#password", "correct horse");
+    await page.click("#signup-btn");
+    await page.waitForSelector("#plan:text('FREE')");
+    await page.click("#free-key");
+    await page.waitForSelector("#key-box:not(.hidden)");
+    const key = (await page.textContent("#api-key")).trim();
+    assert.match(key, /^[0-9a-f]{64}$/, "the free key is shown");
+    await tryKey(page, "FREE");
+    await shot(page, "02-free-key.png");
+
+    await page.click("#choose-PRO");
+    await page.waitForURL(/\/stripe\/checkout\/cs_test_/);
+    await page.waitForSelector("text=Start 14-day trial");
+    await page.fill("#card", "4000 0000 0000 0002");
+    await page.click("#pay");
+    await page.waitForSelector("#error:text('Your card was declined.')");
+    await shot(page, "03-checkout-declined.png");
+    await page.fill("#card", "4242 4242 4242 4242");
+    await page.fill("#exp", "12 / 34");
+    await page.fill("#cvc", "123");
+    await page.click("#pay");
+    await page.waitForURL(/\/thanks_upgrade$/);
+    await page.waitForSelector("#thanks");
+    await page.waitForSelector("#plan:text('PRO')");
+    await page.waitForSelector("#sub-status:text('(trialing)')");
+    assert.match(await page.textContent("#trial"), /^Trial ends on \d{4}-\d{2}-\d{2}$/);
+    assert.equal((await page.textContent("#api-key")).trim(), key, "the same key, now PRO");
+    await tryKey(page, "PRO");
+    await shot(page, "04-trialing-pro.png");
+
+    // the trial ends: the emulator's test clock moves 15 days, the card is charged
+    const r = await fetch(base + "/stripe/_emulator/advance", { method: "POST", headers: { "content-type": "application/x-www-form-urlencoded" }, body: "seconds=1296000" });
+    assert.equal(r.status, 200);
+    for (let i = 0; i < 150 && (await page.textContent("#sub-status")) !== "(active)"; i++) {
+      await page.waitForTimeout(200);
+      await page.reload();
+      await page.waitForSelector("#plan:not(:text('…'))");
+    }
+    assert.equal(await page.textContent("#sub-status"), "(active)");
+    await shot(page, "05-paid-pro.png");
+
+    // BUSINESS while on PRO: the billing portal's plan switch, not a second subscription
+    await page.click("#choose-BUSINESS");
+    await page.waitForURL(/\/stripe\/portal\/bps_/);
+    await shot(page, "06-portal-switch.png");
+    await page.click("button.switch[data-lookup-key='FMMailBusiness']");
+    await page.waitForSelector("#plan:text('FMMail BUSINESS')");
+    await shot(page, "07-portal-switched.png");
+    await page.click("#return");
+    await page.waitForURL(base + "/");
+    await untilPlan(page, "BUSINESS");
+    assert.equal((await page.textContent("#api-key")).trim(), key);
+    await tryKey(page, "BUSINESS");
+    await shot(page, "08-business.png");
+
+    // cancel in the portal: back to FREE, the key keeps working on the free plan
+    await page.click("#portal");
+    await page.waitForURL(/\/stripe\/portal\/bps_/);
+    await page.click("#cancel");
+    await page.waitForSelector("#status:text('canceled')");
+    await page.click("#return");
+    await page.waitForURL(base + "/");
+    await untilPlan(page, "FREE");
+    assert.equal((await page.textContent("#api-key")).trim(), key, "one key for life");
+    await tryKey(page, "FREE");
+    await shot(page, "09-after-cancel-free.png");
   } finally {
     await browser.close();
     child.kill();

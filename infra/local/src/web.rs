@@ -1,8 +1,10 @@
 //! The demo front end: the original React upgrade screen's flow in one page of plain
-//! JavaScript, calling the API exactly as a front end would (`Authorization: <ID token>`).
+//! JavaScript, calling the API exactly as a front end would (`Authorization: <ID token>`):
+//! the pricing table from `GET /plans`, the free key (`POST /api-key`), a checkout per tier
+//! (answered with the billing portal when switching tiers), `/account` with the trial's end.
 
 pub const PAGE: &str = r##"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>paykey · FMMail PRO</title>
+<html lang="en"><head><meta charset="utf-8"><title>paykey · FMMail</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body{font-family:system-ui,sans-serif;background:#f4f6fb;margin:0;color:#1f2937}
@@ -13,10 +15,13 @@ button{margin:14px 8px 0 0;padding:10px 16px;font-size:15px;border:0;border-radi
 button.secondary{background:#e5e7eb;color:#111827} .banner{padding:10px 14px;border-radius:6px;margin-bottom:14px}
 .ok{background:#dcfce7} .warn{background:#fef3c7} .err{color:#b91c1c} code{background:#f3f4f6;padding:3px 6px;border-radius:4px;word-break:break-all}
 .plan{font-size:18px;font-weight:600} .hidden{display:none}
+#plans{display:flex;gap:10px;margin:10px 0 18px} .tier{flex:1;border:1px solid #e5e7eb;border-radius:8px;padding:10px;font-size:14px}
+.tier h3{margin:0 0 6px;font-size:16px} .tier.current{border-color:#4f46e5;box-shadow:0 0 0 2px #c7d2fe} .tier button{margin-top:8px;padding:7px 10px;font-size:13px}
 </style></head>
 <body><main>
 <h1>FMMail <span id="brand-plan"></span></h1>
 <div id="banner"></div>
+<div id="plans" aria-label="Plans"></div>
 <section id="signin">
   <label for="username">Username</label><input id="username" autocomplete="username">
   <label for="password">Password</label><input id="password" type="password" autocomplete="current-password">
@@ -26,10 +31,12 @@ button.secondary{background:#e5e7eb;color:#111827} .banner{padding:10px 14px;bor
   <p>Signed in as <b id="who"></b> · <a href="#" id="signout">sign out</a></p>
   <p>Plan: <span class="plan" id="plan">…</span> <span id="sub-status"></span></p>
   <p id="period" class="hidden"></p>
-  <div id="key-box" class="hidden"><p>Your PRO API key:</p><p><code id="api-key"></code></p></div>
+  <p id="trial" class="hidden"></p>
+  <div id="key-box" class="hidden"><p>Your API key (<span id="key-plan"></span>):</p><p><code id="api-key"></code></p></div>
+  <button id="free-key" class="hidden secondary">Get a free API key</button>
   <button id="upgrade" class="hidden">Upgrade to PRO</button>
   <button id="portal" class="hidden secondary">Open billing portal</button>
-  <button id="try" class="hidden secondary">Call the PRO API</button>
+  <button id="try" class="hidden secondary">Call the API</button>
   <p id="try-result"></p>
 </section>
 <p id="error" class="err" role="alert"></p>
@@ -69,29 +76,70 @@ async function signUp() {
   catch (e) { fail(e.message); }
 }
 let polls = 0;
+let plans = [];
+let current = null;
+const money = (p) => p && p.unit_amount != null ? (p.currency === "jpy" ? `¥${p.unit_amount.toLocaleString()}` : `${(p.unit_amount / 100).toFixed(2)} ${p.currency.toUpperCase()}`) : "";
+async function loadPlans() {
+  try { plans = (await (await fetch(API + "/plans")).json()).plans || []; } catch (e) { plans = []; }
+}
+function renderPlans() {
+  $("plans").innerHTML = "";
+  for (const t of plans) {
+    const card = document.createElement("div");
+    card.className = "tier" + (current === t.name ? " current" : "");
+    card.id = `tier-${t.name}`;
+    const quota = t.quota ? `${t.quota.limit.toLocaleString()} requests / ${t.quota.period.toLowerCase()}` : "no API key";
+    card.innerHTML = `<h3>${t.name}</h3><div>${t.lookup_key ? money(t.price) + " / month" : "Free"}</div><div class="muted">${quota}</div>` +
+      (t.trial_days ? `<div>${t.trial_days}-day free trial</div>` : "");
+    if (t.lookup_key && token() && current !== t.name) {
+      const b = document.createElement("button");
+      b.id = `choose-${t.name}`; b.textContent = `Choose ${t.name}`; b.onclick = () => choose(t.lookup_key);
+      card.appendChild(b);
+    }
+    $("plans").appendChild(card);
+  }
+}
+async function choose(lookupKey) {
+  fail("");
+  try {
+    // A checkout page, or the billing portal when switching between paid tiers.
+    const j = await api("/checkout-sessions", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({lookup_key: lookupKey})});
+    location.href = j.url;
+  } catch (e) { fail(e.message); }
+}
 async function render() {
+  if (!plans.length) await loadPlans();
   const path = location.pathname;
   // ?status=pending: paid, but the key is still being issued (the webhook finishes it).
   const pending = path === "/thanks_upgrade" && new URLSearchParams(location.search).get("status") === "pending";
-  $("banner").innerHTML = pending ? '<div class="banner ok" id="pending">Payment received: your PRO key is being issued…</div>'
-    : path === "/thanks_upgrade" ? '<div class="banner ok" id="thanks">Thanks! You are now on the PRO plan.</div>'
+  $("banner").innerHTML = pending ? '<div class="banner ok" id="pending">Payment received: your key is being set up…</div>'
+    : path === "/thanks_upgrade" ? '<div class="banner ok" id="thanks">Thanks! Your plan is active.</div>'
     : path === "/canceled_upgrade" ? '<div class="banner warn" id="canceled">Checkout was canceled: nothing was charged.</div>' : "";
   const signedIn = !!token();
   show("signin", !signedIn); show("account", signedIn);
-  if (!signedIn) return;
+  if (!signedIn) { current = null; renderPlans(); return; }
   $("who").textContent = localStorage.getItem("paykey.user") || "";
   try {
     const a = await api("/account");
-    $("plan").textContent = a.plan; $("brand-plan").textContent = a.plan === "PRO" ? "PRO" : "";
+    $("plan").textContent = a.plan; $("brand-plan").textContent = a.plan;
+    current = a.plan; renderPlans();
+    const tier = plans.find((t) => t.name === a.plan);
+    const paid = !!(tier && tier.lookup_key);
+    show("trial", !!a.trial_end && a.subscription_status === "trialing");
+    $("trial").textContent = a.trial_end ? `Trial ends on ${a.trial_end.slice(0, 10)}` : "";
     $("sub-status").textContent = a.subscription_status ? `(${a.subscription_status})` : "";
     show("period", !!a.current_period_end);
     $("period").textContent = a.current_period_end ? (a.cancel_at_period_end ? `Ends on ${a.current_period_end.slice(0, 10)}` : `Renews on ${a.current_period_end.slice(0, 10)}`) : "";
     const key = a.api_key && a.api_key.enabled ? a.api_key.value : null;
-    show("key-box", !!key); $("api-key").textContent = key || "";
-    show("upgrade", a.plan !== "PRO"); show("portal", a.has_billing_account); show("try", !!(a.api_key));
+    show("key-box", !!key); $("api-key").textContent = key || ""; $("key-plan").textContent = a.plan;
+    const freeTier = plans.find((t) => !t.lookup_key);
+    show("free-key", !key && !paid && !!(freeTier && freeTier.has_api_key));
+    const first = plans.find((t) => t.lookup_key);
+    $("upgrade").textContent = first ? `Upgrade to ${first.name}` : "Upgrade";
+    show("upgrade", !paid && !!first); show("portal", a.has_billing_account); show("try", !!(a.api_key));
     window.lastKey = a.api_key ? a.api_key.value : null;
     if (pending) {
-      if (a.plan === "PRO" && key) { history.replaceState(null, "", "/thanks_upgrade"); return render(); }
+      if (paid && key) { history.replaceState(null, "", "/thanks_upgrade"); return render(); }
       if (polls++ < 60) setTimeout(render, 2000);
     }
   } catch (e) { fail(e.message); }
@@ -99,12 +147,10 @@ async function render() {
 $("signin-btn").onclick = signIn;
 $("signup-btn").onclick = signUp;
 $("signout").onclick = (e) => { e.preventDefault(); localStorage.clear(); history.replaceState(null, "", "/"); render(); };
-$("upgrade").onclick = async () => {
+$("upgrade").onclick = () => choose((plans.find((t) => t.lookup_key) || {lookup_key: "FMMailPro"}).lookup_key);
+$("free-key").onclick = async () => {
   fail("");
-  try {
-    const j = await api("/checkout-sessions", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({lookup_key: "FMMailPro"})});
-    location.href = j.url;
-  } catch (e) { fail(e.message); }
+  try { await api("/api-key", {method: "POST"}); await render(); } catch (e) { fail(e.message); }
 };
 $("portal").onclick = async () => {
   fail("");
@@ -112,7 +158,8 @@ $("portal").onclick = async () => {
 };
 $("try").onclick = async () => {
   const r = await fetch("/product/hello", {headers: {"x-api-key": window.lastKey || ""}});
-  $("try-result").textContent = `${r.status} ${(await r.json()).message}`;
+  const j = await r.json();
+  $("try-result").textContent = `${r.status} ${j.message}` + (j.tier ? ` (${j.tier})` : "");
 };
 render();
 </script></body></html>

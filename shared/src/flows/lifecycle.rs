@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{account_keys, chrono_duration, complete_checkout, Completion, Ctx, Rejection};
-use crate::domain::{AccountRecord, Error, Plan, SubscriptionId, User, UserId, UserName};
+use crate::domain::{AccountRecord, Error, Plan, SubscriptionId, User, UserId, UserName, UserProfile};
 use crate::ports::{
     AccountListing, Accounts, Checkouts, EventSubject, KeyRegistry, Payments, ProcessedEvents, StripeEvent,
     SubscriptionState, SubscriptionStatus, UserDirectory,
@@ -551,22 +551,29 @@ where
             attached.insert(id, plan.to_string());
         }
     }
-    let mut records: Vec<(AccountRecord, bool)> =
-        store.list_accounts().await?.into_iter().map(|a| (a, false)).collect();
-    let own: std::collections::HashSet<UserId> = records.iter().map(|(a, _)| a.user_id.clone()).collect();
+    // Each record, whether it is a name-keyed one of an earlier version, and its user's profile
+    // when it was read already (for those: read once, here).
+    let mut records: Vec<(AccountRecord, bool, Option<UserProfile>)> =
+        store.list_accounts().await?.into_iter().map(|a| (a, false, None)).collect();
+    let own: std::collections::HashSet<UserId> = records.iter().map(|(a, ..)| a.user_id.clone()).collect();
     for name in store.list_legacy_names().await? {
-        let Some(sub) = users.get_user(&name).await?.and_then(|p| p.sub) else { continue };
+        let Some(profile) = users.get_user(&name).await? else { continue };
+        let Some(sub) = profile.sub.clone() else { continue };
         if own.contains(&sub) {
             continue; // the user has a record of their own; the old one is not in charge
         }
         if let Some(record) = store.legacy_account(&User { id: sub, name }).await? {
-            records.push((record, true));
+            records.push((record, true, Some(profile)));
         }
     }
     let mut drifts = Vec::new();
-    for (account, legacy) in records {
+    for (account, legacy, profile) in records {
         let user = account.user();
-        let Some(profile) = users.get_user(&user.name).await?.filter(|p| p.is(&user)) else {
+        let profile = match profile {
+            Some(p) => Some(p),
+            None => users.get_user(&user.name).await?,
+        };
+        let Some(profile) = profile.filter(|p| p.is(&user)) else {
             tracing::info!(user = %user, "resync: the user is no longer in the directory; skipped");
             continue;
         };

@@ -40,7 +40,7 @@ async fn main() -> std::process::ExitCode {
     };
     let base = started.base_url();
     println!("paykey local stack on {base}");
-    println!("  open {base}/ in a browser: create an account, upgrade, pay with 4242 4242 4242 4242");
+    println!("  open {base}/ in a browser: create an account, get a free key, upgrade, pay with 4242 4242 4242 4242");
     println!("  API (API Gateway emulation): {base}/api");
     if started.state.emulator.is_some() {
         println!("  Stripe emulator: {base}/stripe (STRIPE_API_BASE={base}/stripe/)");

@@ -158,7 +158,7 @@ where
     U: UserDirectory,
 {
     let origin = &app.settings.app_url;
-    let free_key = req.uri().path().trim_end_matches('/').ends_with("/api-key");
+    let free_key = http::resource(&req).trim_end_matches('/').ends_with("/api-key");
     if req.method() == Method::OPTIONS {
         return Ok(http::preflight(origin, if free_key { "POST, OPTIONS" } else { "GET, OPTIONS" }));
     }
@@ -222,7 +222,7 @@ where
     U: UserDirectory,
     P: Payments,
 {
-    if req.uri().path().trim_end_matches('/').ends_with("/plans") {
+    if http::resource(&req).trim_end_matches('/').ends_with("/plans") {
         list_plans(app, req).await
     } else {
         create_checkout_session(app, req).await

@@ -53,6 +53,17 @@ pub fn claim(req: &Request, name: &str) -> Option<String> {
     claims.get(name)?.as_str().filter(|v| !v.is_empty()).map(str::to_string)
 }
 
+/// The route's resource template as API Gateway matched it (`/account`, `/api-key`, …), else
+/// the request path: for the functions that serve two routes.
+pub fn resource(req: &Request) -> String {
+    #[allow(unreachable_patterns)]
+    let matched = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(c)) => c.resource_path.clone(),
+        _ => None,
+    };
+    matched.unwrap_or_else(|| req.uri().path().to_string())
+}
+
 /// `https://{domainName}/{stage}` of the API the request came in on.
 pub fn api_base_url(req: &Request) -> Option<String> {
     #[allow(unreachable_patterns)]

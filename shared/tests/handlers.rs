@@ -340,3 +340,72 @@ async fn without_api_url_the_success_redirect_comes_back_to_the_api_the_request_
         )
     );
 }
+
+/// `POST /api-key` and `GET /plans` (issue 11): what a front end gets, and bad input answered
+/// with its code and nothing written.
+#[tokio::test]
+async fn the_free_key_and_plans_routes_answer_and_refuse_bad_input_without_writing() {
+    let w = World::tiered();
+    w.user("alice");
+    let free = || Event::new("POST", "/api-key", "/api-key");
+    let plans = || Event::new("GET", "/plans", "/plans").no_claims();
+    for (name, ev, status, code) in [
+        ("free key without sign-in", free().no_claims(), 401, "unauthorized"),
+        (
+            "free key with GET",
+            free().with(|v| {
+                v["httpMethod"] = json!("GET");
+                v["requestContext"]["httpMethod"] = json!("GET");
+            }),
+            400,
+            "bad_request",
+        ),
+        ("free key for a user not in the pool", free().user("ghost"), 404, "user_not_found"),
+        (
+            "plans with POST",
+            plans().with(|v| {
+                v["httpMethod"] = json!("POST");
+                v["requestContext"]["httpMethod"] = json!("POST");
+            }),
+            400,
+            "bad_request",
+        ),
+    ] {
+        let before = w.snapshot();
+        let req = ev.request();
+        let r = if name.starts_with("plans") {
+            handlers::checkout_routes(&w.app, req).await
+        } else {
+            handlers::get_account(&w.app, req).await
+        }
+        .unwrap();
+        assert_eq!(r.status(), status, "{name}: {:?}", r.body());
+        assert_json_with_cors(&r);
+        assert_eq!(body_json(&r)["error"], code, "{name}");
+        assert_eq!(w.snapshot(), before, "{name}: nothing written");
+    }
+    // the free key: 201 once, then 200 with the same key
+    let first = handlers::get_account(&w.app, free().request()).await.unwrap();
+    assert_eq!(first.status(), 201, "{:?}", first.body());
+    let again = handlers::get_account(&w.app, free().request()).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(body_json(&again)["api_key"]["id"], body_json(&first)["api_key"]["id"]);
+    assert_eq!(body_json(&again)["plan"], "FREE");
+    let account = handlers::get_account(&w.app, Event::account().request()).await.unwrap();
+    assert_eq!(body_json(&account)["api_key"]["enabled"], true);
+    // the plans: public, cacheable, the catalog's order
+    let r = handlers::checkout_routes(&w.app, plans().request()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "access-control-allow-origin"), APP_URL);
+    assert_eq!(header(&r, "cache-control"), "public, max-age=300", "the same for everyone: cacheable");
+    let names: Vec<String> =
+        body_json(&r)["plans"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["FREE", "PRO", "BUSINESS"]);
+    // today's catalog has no free key: 404, nothing written
+    let single = World::new();
+    single.user("alice");
+    let before = single.snapshot();
+    let r = handlers::get_account(&single.app, free().request()).await.unwrap();
+    assert_eq!((r.status().as_u16(), body_json(&r)["error"].as_str()), (404, Some("no_free_tier")));
+    assert_eq!(single.snapshot(), before);
+}

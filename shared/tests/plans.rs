@@ -404,3 +404,42 @@ async fn the_key_report_counts_every_key_and_each_tier_s_plan() {
         "API keys: 3 of 10000 per account and Region (0.0%); in the tiers' usage plans: FREE 1, PRO 0, BUSINESS 1"
     );
 }
+
+/// The lifecycle table, extended to tiers and trials: each (status, price) a subscription can
+/// be in → the plan and the usage plan of the user's one key (or "unchanged").
+#[tokio::test]
+async fn the_lifecycle_table_gives_each_status_and_price_its_tier_and_usage_plan() {
+    use SubscriptionStatus::*;
+    let day = chrono::Duration::days(1);
+    // (status, price, days past due already, want tier, want usage plan); None: unchanged (PRO)
+    let table: [(SubscriptionStatus, &str, i64, Option<(&str, &str)>); 12] = [
+        (Active, "FMMailPro", 0, Some(("PRO", PRO_PLAN))),
+        (Active, "FMMailBusiness", 0, Some(("BUSINESS", BUSINESS_PLAN))),
+        (Trialing, "FMMailPro", 0, Some(("PRO", PRO_PLAN))),
+        (Trialing, "FMMailBusiness", 0, Some(("BUSINESS", BUSINESS_PLAN))),
+        (PastDue, "FMMailBusiness", 0, Some(("BUSINESS", BUSINESS_PLAN))),
+        (PastDue, "FMMailBusiness", 8, Some(("FREE", FREE_PLAN))),
+        (Canceled, "FMMailBusiness", 0, Some(("FREE", FREE_PLAN))),
+        (Unpaid, "FMMailPro", 0, Some(("FREE", FREE_PLAN))),
+        (IncompleteExpired, "FMMailPro", 0, Some(("FREE", FREE_PLAN))),
+        (Paused, "FMMailBusiness", 0, Some(("FREE", FREE_PLAN))),
+        (Incomplete, "FMMailBusiness", 0, None),
+        (Other("future_status".into()), "FMMailBusiness", 0, None),
+    ];
+    for (i, (status, price, past_due_days, want)) in table.into_iter().enumerate() {
+        let w = World::tiered();
+        let u = w.user("tab");
+        let sub = subscribe(&w, &u, "FMMailPro").await;
+        let id = assert_on(&w, &u, "PRO", PRO_PLAN).await;
+        if past_due_days > 0 {
+            w.app.payments.update_subscription(&sub, |s| s.status = PastDue);
+            handle(&w, &sub_event("evt_pd", "invoice.payment_failed", &sub)).await.unwrap();
+            w.clock.advance(day * past_due_days as i32);
+        }
+        w.app.payments.switch_price(&sub, price).unwrap();
+        w.app.payments.update_subscription(&sub, |s| s.status = status.clone());
+        handle(&w, &sub_event(&format!("evt_{i}"), "customer.subscription.updated", &sub)).await.unwrap();
+        let (tier, plan) = want.unwrap_or(("PRO", PRO_PLAN));
+        assert_eq!(assert_on(&w, &u, tier, plan).await, id, "{status:?} {price} +{past_due_days}d: one key for life");
+    }
+}

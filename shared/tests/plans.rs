@@ -411,8 +411,9 @@ async fn the_key_report_counts_every_key_and_each_tier_s_plan() {
 async fn the_lifecycle_table_gives_each_status_and_price_its_tier_and_usage_plan() {
     use SubscriptionStatus::*;
     let day = chrono::Duration::days(1);
-    // (status, price, days past due already, want tier, want usage plan); None: unchanged (PRO)
-    let table: [(SubscriptionStatus, &str, i64, Option<(&str, &str)>); 12] = [
+    // (status, price, days past due already, want (tier, usage plan)); None: unchanged (PRO)
+    type Row = (SubscriptionStatus, &'static str, i64, Option<(&'static str, &'static str)>);
+    let table: [Row; 12] = [
         (Active, "FMMailPro", 0, Some(("PRO", PRO_PLAN))),
         (Active, "FMMailBusiness", 0, Some(("BUSINESS", BUSINESS_PLAN))),
         (Trialing, "FMMailPro", 0, Some(("PRO", PRO_PLAN))),

@@ -486,6 +486,9 @@ def test_a_catalog_with_free_keys_business_and_trials_names_each_tiers_plan(cfn)
         ("BUSINESS", "FMMailBusiness", "plan-business", 7),
     ]
     assert c["tiers"][0]["quota"] == {"limit": 1000, "period": "MONTH"}
+    # every tier name fits custom:plan_type (its constraints cannot change once the pool exists)
+    attr = next(a for a in SOURCE["Resources"]["UserPool"]["Properties"]["Schema"] if a["Name"] == "plan_type")
+    assert all(len(t["name"]) <= int(attr["StringAttributeConstraints"]["MaxLength"]) for t in c["tiers"])
 
 
 def test_every_function_reads_the_catalog_and_none_the_single_plan_variables(cfn):

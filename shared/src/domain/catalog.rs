@@ -12,18 +12,19 @@ use serde::{Deserialize, Serialize};
 use super::LookupKey;
 
 /// A tier's name as `custom:plan_type` and the API keys table's `Type` hold it: `FREE`, `PRO`,
-/// `BUSINESS`, … (1–32 of `A-Z`, `0-9`, `_`).
+/// `BUSINESS`, … (1–16 of `A-Z`, `0-9`, `_`: the stack's `custom:plan_type` holds at most 16
+/// characters, and a custom attribute's constraints cannot change once the pool exists).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TierName(String);
 
 impl TierName {
     pub fn parse(s: &str) -> Result<Self, CatalogError> {
         let ok =
-            (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            (1..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
         if ok {
             Ok(Self(s.to_string()))
         } else {
-            Err(CatalogError(format!("tier name {s:?}: 1 to 32 of A-Z, 0-9 and _")))
+            Err(CatalogError(format!("tier name {s:?}: 1 to 16 of A-Z, 0-9 and _")))
         }
     }
     pub fn as_str(&self) -> &str {
@@ -280,6 +281,7 @@ mod tests {
             (r#"{"tiers": []}"#, "no paid tier"),
             (r#"{"tiers": [{"name": "FREE"}]}"#, "no paid tier"),
             (r#"{"tiers": [{"name": "pro", "lookup_key": "a", "usage_plan_id": "p"}]}"#, "tier name"),
+            (r#"{"tiers": [{"name": "PROFESSIONAL_PLUS", "lookup_key": "a", "usage_plan_id": "p"}]}"#, "1 to 16"),
             (r#"{"tiers": [{"name": "PRO", "lookup_key": "a"}]}"#, "names no usage plan"),
             (
                 r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}, {"name": "PRO", "lookup_key": "b", "usage_plan_id": "q"}]}"#,

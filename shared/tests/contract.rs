@@ -669,6 +669,116 @@ mod moto {
         assert_eq!(app.store.get_account(&user.id).await.unwrap().unwrap().api_key_id, Some(keys[0].id.clone()));
     }
 
+    /// Plans on the AWS adapters (Stripe in memory): a free key on the FREE plan, subscribing
+    /// moves it to PRO, a plan change to BUSINESS, cancelling back to FREE; after each step the
+    /// key is in exactly one of the three usage plans as moto reports them (GetUsagePlans by key
+    /// and GetUsagePlanKeys per plan). moto would accept a key in two plans of one stage, so
+    /// this checks the end state the flows leave, not that AWS would have accepted each call.
+    #[tokio::test]
+    async fn plan_moves_on_moto_leave_the_one_key_in_exactly_the_tier_s_plan() {
+        use paykey::adapters::memory::{MemoryPayments, SequentialIds};
+        use paykey::flows::{self, CheckoutRequest, Settings};
+        use paykey::handlers::App;
+        use paykey::ports::{EventSubject, StripeEvent, SubscriptionStatus};
+
+        let Some(m) = Moto::connect().await else { return };
+        let (sessions, api_keys) = m.create_tables().await;
+        let plans = m.create_usage_plans(3).await;
+        let pool = m.create_user_pool().await;
+        let name = UserName::parse(&unique("moto-tiers-")).unwrap();
+        m.create_user(&pool, &name).await;
+        let payments = MemoryPayments::new(Meter::new());
+        payments.add_price("FMMailPro", 980, "jpy");
+        payments.add_price("FMMailBusiness", 4980, "jpy");
+        let mut settings = Settings::new("https://app.example.com", "https://api.example.com");
+        settings.catalog = paykey::domain::Catalog::parse(&format!(
+            r#"{{"tiers": [{{"name": "FREE", "usage_plan_id": "{}"}},
+                {{"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "{}"}},
+                {{"name": "BUSINESS", "lookup_key": "FMMailBusiness", "usage_plan_id": "{}"}}]}}"#,
+            plans[0], plans[1], plans[2]
+        ))
+        .unwrap();
+        let app = App {
+            store: DynamoStore::new(&m.config, Tables { sessions, api_keys }),
+            keys: ApiGatewayKeys::new(&m.config),
+            users: CognitoUsers::new(&m.config, pool),
+            payments,
+            clock: Arc::new(paykey::ports::SystemClock),
+            ids: Arc::new(SequentialIds::default()),
+            settings,
+        };
+        let user = User { id: app.users.get_user(&name).await.unwrap().unwrap().sub.expect("moto gives a sub"), name };
+        let in_plans = |id: String| {
+            let app = &app;
+            let plans = plans.clone();
+            async move {
+                let by_key = app.keys.plans_of(&id).await.unwrap();
+                let mut by_plan = Vec::new();
+                for p in &plans {
+                    if app.keys.plan_key_ids(p).await.unwrap().contains(&id) {
+                        by_plan.push(p.clone());
+                    }
+                }
+                assert_eq!(by_key, by_plan, "GetUsagePlans?keyId= agrees with each plan's keys");
+                by_key
+            }
+        };
+        let plan_of = || async { app.users.get_user(&user.name).await.unwrap().unwrap().plan() };
+
+        let free = flows::issue_free_key(&app.store, &app.keys, &app.users, app.ctx(), &user).await.unwrap();
+        let key = free.api_key.id.clone();
+        assert_eq!(in_plans(key.clone()).await, [plans[0].clone()]);
+
+        let started = flows::start_checkout(
+            &app.users,
+            &app.payments,
+            &app.store,
+            app.ctx(),
+            &user,
+            CheckoutRequest::new("FMMailPro"),
+        )
+        .await
+        .unwrap();
+        let session = SessionId::parse(started.url.rsplit('/').next().unwrap()).unwrap();
+        let one_time = app.store.get(&session).await.unwrap().unwrap().one_time_key;
+        let sub = app.payments.pay(&session).unwrap().subscription.unwrap();
+        flows::complete_checkout(
+            &app.store,
+            &app.keys,
+            &app.users,
+            &app.payments,
+            app.ctx(),
+            &session,
+            Some(&one_time),
+        )
+        .await
+        .unwrap();
+        assert_eq!(in_plans(key.clone()).await, [plans[1].clone()], "the free key moved to PRO");
+        assert_eq!(plan_of().await, Plan::PRO);
+
+        let event = |id: &str| StripeEvent {
+            id: id.into(),
+            kind: "customer.subscription.updated".into(),
+            subject: EventSubject::Subscription { id: sub.clone(), customer: None },
+        };
+        app.payments.switch_price(&sub, "FMMailBusiness").unwrap();
+        flows::handle_stripe_event(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), &event("evt_up"))
+            .await
+            .unwrap();
+        assert_eq!(in_plans(key.clone()).await, [plans[2].clone()], "moved to BUSINESS");
+        assert_eq!(plan_of().await.as_str(), "BUSINESS");
+
+        app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+        flows::handle_stripe_event(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), &event("evt_del"))
+            .await
+            .unwrap();
+        assert_eq!(in_plans(key.clone()).await, [plans[0].clone()], "back on FREE");
+        assert_eq!(plan_of().await, Plan::FREE);
+        assert!(app.keys.get(&key).await.unwrap().unwrap().enabled, "the key still works on the free plan");
+        let account = app.store.get_account(&user.id).await.unwrap().unwrap();
+        assert_eq!((account.plan, account.api_key_id.as_deref()), (Plan::FREE, Some(key.as_str())));
+    }
+
     /// A session the Python version wrote (no Status, timestamps or TTL) is read as pending and
     /// fulfils like any other.
     #[tokio::test]

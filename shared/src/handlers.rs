@@ -178,7 +178,7 @@ where
     }
     let result = async {
         let user = http::caller(&req)?;
-        flows::get_account(&app.store, &app.keys, &app.users, &app.settings, &user).await
+        flows::get_account(&app.store, &app.keys, &app.users, app.ctx(), &user).await
     }
     .await;
     Ok(match result {

@@ -162,12 +162,32 @@ pub trait KeyRegistry: Send + Sync {
     fn plans_of(&self, id: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Ids of the keys attached to the usage plan.
     fn plan_key_ids(&self, plan: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// The key's use of `plan`'s quota over `start..=end` (UTC dates), as API Gateway's GetUsage
+    /// reports it: requests used (summed over the days) and the remaining quota at the end.
+    fn usage(
+        &self,
+        id: &str,
+        plan: &str,
+        start: chrono::NaiveDate,
+        end: chrono::NaiveDate,
+    ) -> impl Future<Output = Result<KeyUsage>> + Send;
+    /// Sets the key's remaining quota on `plan` for the current period (UpdateUsage): a new key
+    /// starts at zero use, so a replacement is given its predecessor's remaining quota.
+    fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> impl Future<Output = Result<()>> + Send;
     /// How many API keys the account has in this Region, paykey's or not, enabled or not: what
     /// API Gateway's 10,000-key quota counts (a full listing; for reports, never on a request).
     fn count_keys(&self) -> impl Future<Output = Result<usize>> + Send;
     /// The key's secret value, for showing to its owner. A key's value never changes, so
     /// callers may keep it (`adapters::cached::CachedKeyValues`).
     fn key_value(&self, id: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+}
+
+/// A key's use of its plan's quota in a period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyUsage {
+    pub used: u64,
+    /// `None` when the plan has no quota (or nothing was reported).
+    pub remaining: Option<u64>,
 }
 
 /// User attributes (Cognito).

@@ -331,12 +331,12 @@ async fn the_portal_opens_for_the_callers_own_customer_only() {
 async fn the_account_shows_plan_and_key_value_once_issued() {
     let w = World::new();
     let alice = w.user("alice");
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &alice).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &alice).await.unwrap();
     assert_eq!(view.plan, Plan::FREE);
     assert!(view.api_key.is_none());
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &alice).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &alice).await.unwrap();
     assert_eq!(view.plan, Plan::PRO);
     assert_eq!(view.subscription_status.as_deref(), Some("active"));
     let k = view.api_key.unwrap();

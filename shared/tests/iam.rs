@@ -220,8 +220,8 @@ async fn account_calls() -> Vec<&'static str> {
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
     w.meter.reset_calls();
-    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &alice).await.unwrap();
-    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &bob).await.unwrap();
+    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &alice).await.unwrap();
+    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &bob).await.unwrap();
     let mut calls = w.meter.calls();
     // POST /api-key: a first free key, the same again, a paid user's key, a failure released
     let w = World::tiered();

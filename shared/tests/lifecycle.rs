@@ -57,7 +57,7 @@ async fn checkout_completed_before_the_redirect_fulfils_and_the_redirect_then_sa
 async fn cancellation_downgrades_disables_and_detaches_the_key_and_keeps_the_customer() {
     let w = World::new();
     let (u, sub) = pro_user(&w, "alice").await;
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &u).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap();
     let value = view.api_key.unwrap().value;
     assert!(w.app.keys.authorize(&value).is_some());
 
@@ -145,7 +145,7 @@ async fn cancel_at_period_end_stays_pro_and_the_account_shows_the_end_date() {
     let end = w.app.payments.update_subscription(&sub, |s| s.cancel_at_period_end = true).unwrap().period_end.unwrap();
     handle(&w, &sub_event("evt_c", "customer.subscription.updated", &sub)).await.unwrap();
     assert_eq!(plan_of(&w, &u).await, Plan::PRO);
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &u).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap();
     assert!(view.cancel_at_period_end);
     assert_eq!(view.current_period_end, Some(end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
     assert!(view.api_key.unwrap().enabled);

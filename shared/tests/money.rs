@@ -409,7 +409,7 @@ async fn account_page_views_spend_one_control_plane_call_per_key_per_container()
     w.meter.reset_calls();
     let mut views = Vec::new();
     for _ in 0..100 {
-        views.push(flows::get_account(&w.app.store, &keys, &w.app.users, &w.app.settings, &alice).await.unwrap());
+        views.push(flows::get_account(&w.app.store, &keys, &w.app.users, w.app.ctx(), &alice).await.unwrap());
     }
     let control_plane = w.meter.calls().iter().filter(|c| c.starts_with("apigw.")).count();
     assert_eq!(control_plane, 1, "{:?}", w.meter.calls());
@@ -421,7 +421,7 @@ async fn account_page_views_spend_one_control_plane_call_per_key_per_container()
         .await
         .unwrap();
     w.meter.reset_calls();
-    let view = flows::get_account(&w.app.store, &keys, &w.app.users, &w.app.settings, &alice).await.unwrap();
+    let view = flows::get_account(&w.app.store, &keys, &w.app.users, w.app.ctx(), &alice).await.unwrap();
     assert_eq!(view.plan, Plan::FREE);
     assert!(!view.api_key.unwrap().enabled);
     assert_eq!(w.meter.calls().iter().filter(|c| c.starts_with("apigw.")).count(), 0);
@@ -444,7 +444,7 @@ async fn a_new_user_with_a_deleted_users_name_inherits_nothing() {
     assert_ne!(new.id, old.id);
 
     // the new alice: FREE, no key, no billing account
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &new).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &new).await.unwrap();
     assert_eq!(view.plan, Plan::FREE);
     assert!(view.api_key.is_none(), "the old key is not shown: {view:?}");
     assert!(!view.has_billing_account);
@@ -467,7 +467,7 @@ async fn a_new_user_with_a_deleted_users_name_inherits_nothing() {
 
     // the old user's token (old sub, same name) reaches nothing of the new user's
     assert!(matches!(
-        flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &old).await,
+        flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &old).await,
         Err(paykey::Error::UserNotFound)
     ));
     let r = flows::start_checkout(
@@ -484,7 +484,7 @@ async fn a_new_user_with_a_deleted_users_name_inherits_nothing() {
     // the new alice buys her own: a key of her own, bound to her sub
     let (id2, key2) = w.checkout_and_pay(&new).await;
     assert!(matches!(w.complete(&id2, &key2).await.unwrap(), Completion::Issued { .. }));
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &new).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &new).await.unwrap();
     let old_key = w.app.store.accounts().into_iter().find(|a| a.user_id == old.id).unwrap().api_key_id.unwrap();
     assert_ne!(view.api_key.unwrap().id, old_key, "a new key, not the old user's");
 }

@@ -190,14 +190,14 @@ async fn upgrading_moves_the_free_key_to_the_paid_plan_and_cancelling_moves_it_b
     assert!(account.trial_end.is_some());
     assert_eq!(assert_on(&w, &u, "PRO", PRO_PLAN).await, key.id, "the same key, moved");
     assert_eq!(w.app.keys.authorize(&key.value), Some((key.id.clone(), PRO_PLAN.to_string())));
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &u).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap();
     assert_eq!(view.trial_end, account.trial_end.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
     assert!(view.api_key.unwrap().enabled);
 
     w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
     handle(&w, &sub_event("evt_c", "customer.subscription.deleted", &sub)).await.unwrap();
     assert_eq!(assert_on(&w, &u, "FREE", FREE_PLAN).await, key.id, "back on the free plan, not disabled");
-    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, &w.app.settings, &u).await.unwrap();
+    let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap();
     assert!(view.api_key.unwrap().enabled);
     assert_eq!(free_key(&w, &u).await.unwrap().api_key.id, key.id);
 }

@@ -125,6 +125,18 @@ impl<K: crate::ports::KeyRegistry> crate::ports::KeyRegistry for CachedKeyValues
     async fn plan_key_ids(&self, plan: &str) -> Result<Vec<String>> {
         self.inner.plan_key_ids(plan).await
     }
+    async fn usage(
+        &self,
+        id: &str,
+        plan: &str,
+        start: chrono::NaiveDate,
+        end: chrono::NaiveDate,
+    ) -> Result<crate::ports::KeyUsage> {
+        self.inner.usage(id, plan, start, end).await
+    }
+    async fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> Result<()> {
+        self.inner.set_remaining(id, plan, remaining).await
+    }
     async fn count_keys(&self) -> Result<usize> {
         self.inner.count_keys().await
     }

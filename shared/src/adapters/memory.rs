@@ -10,16 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::domain::{
-    AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, IssuedKey, LookupKey, Plan, SessionId,
-    SubscriptionId, User, UserId, UserName, UserProfile,
+    AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, IssuedKey, LookupKey, Plan, Quota,
+    SessionId, SubscriptionId, Throttle as CatalogThrottle, User, UserId, UserName, UserProfile,
 };
 use crate::ports::{
     AccountListing, AccountLock, Accounts, CheckoutState, Checkouts, Claim, Clock, Commit, CreatedCheckout,
-    DuplicateCancelled, Ids, KeyRegistry, NewCheckout, OpenCheckouts, Payments, PriceInfo, ProcessedEvents, Result,
-    SubscriptionState, SubscriptionStatus, UserDirectory,
+    DuplicateCancelled, Ids, KeyRegistry, KeyUsage, NewCheckout, OpenCheckouts, Payments, PriceInfo, ProcessedEvents,
+    Result, SubscriptionState, SubscriptionStatus, UserDirectory,
 };
 
 /// When an injected fault strikes, relative to the operation's effect.
@@ -496,6 +496,43 @@ struct KeysState {
     /// plan per key and stage (every plan here serves one stage).
     plans: BTreeMap<String, String>,
     next: u64,
+    /// What API Gateway enforces per usage plan (quota, throttle), as the stack created them.
+    limits: BTreeMap<String, (Option<Quota>, Option<CatalogThrottle>)>,
+    /// (key id, usage plan, UTC day) → requests served.
+    used: BTreeMap<(String, String, NaiveDate), u64>,
+    /// (key id, usage plan, first day of the quota period) → extra use counted against the
+    /// quota by UpdateUsage (negative: quota granted back).
+    adjust: BTreeMap<(String, String, NaiveDate), i64>,
+    /// Key id → its throttle bucket (rate, burst of its plan).
+    buckets: HashMap<String, Bucket>,
+}
+
+/// Why the product API refused a request, with API Gateway's status and message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No such key, disabled, or in no usage plan: 403 `Forbidden`.
+    Forbidden,
+    /// The plan's quota for the period is used up: 429 `Limit Exceeded`.
+    QuotaExceeded,
+    /// Faster than the plan's throttle: 429 `Too Many Requests`.
+    Throttled,
+}
+
+impl Refused {
+    pub fn status(self) -> u16 {
+        match self {
+            Refused::Forbidden => 403,
+            Refused::QuotaExceeded | Refused::Throttled => 429,
+        }
+    }
+    /// API Gateway's `{"message": …}`.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refused::Forbidden => "Forbidden",
+            Refused::QuotaExceeded => "Limit Exceeded",
+            Refused::Throttled => "Too Many Requests",
+        }
+    }
 }
 
 /// What `MemoryKeys::export` saves.
@@ -506,6 +543,11 @@ pub struct KeysSnapshot {
     #[serde(default)]
     pub plans: Vec<(String, String)>,
     pub next: u64,
+    /// (key id, usage plan, day, requests).
+    #[serde(default)]
+    pub used: Vec<(String, String, NaiveDate, u64)>,
+    #[serde(default)]
+    pub adjust: Vec<(String, String, NaiveDate, i64)>,
 }
 
 /// A token bucket on tokio's clock (so a paused test clock drives it).
@@ -534,17 +576,19 @@ struct Throttle {
     throttled: u64,
 }
 
-/// API Gateway keys and one usage plan in memory.
+/// API Gateway keys and usage plans in memory.
 #[derive(Clone, Default)]
 pub struct MemoryKeys {
     state: Arc<Mutex<KeysState>>,
     meter: Arc<Meter>,
     throttle: Arc<Mutex<Option<Throttle>>>,
+    /// The clock UpdateUsage's "current period" is read from (default: the wall clock).
+    clock: Arc<Mutex<Option<Arc<dyn Clock>>>>,
 }
 
 impl MemoryKeys {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self { state: Arc::default(), meter, throttle: Arc::default() }
+        Self { state: Arc::default(), meter, throttle: Arc::default(), clock: Arc::default() }
     }
 
     /// Every key, for assertions.
@@ -559,6 +603,8 @@ impl MemoryKeys {
             keys: st.keys.values().cloned().collect(),
             plans: st.plans.iter().map(|(k, p)| (k.clone(), p.clone())).collect(),
             next: st.next,
+            used: st.used.iter().map(|((k, p, d), n)| (k.clone(), p.clone(), *d, *n)).collect(),
+            adjust: st.adjust.iter().map(|((k, p, d), n)| (k.clone(), p.clone(), *d, *n)).collect(),
         }
     }
 
@@ -567,6 +613,8 @@ impl MemoryKeys {
         let mut st = lock(&self.state);
         st.keys = snap.keys.into_iter().map(|(k, v)| (k.id.clone(), (k, v))).collect();
         st.plans = snap.plans.into_iter().collect();
+        st.used = snap.used.into_iter().map(|(k, p, d, n)| ((k, p, d), n)).collect();
+        st.adjust = snap.adjust.into_iter().map(|(k, p, d, n)| ((k, p, d), n)).collect();
         st.next = snap.next;
     }
 
@@ -611,6 +659,59 @@ impl MemoryKeys {
         lock(&self.state).plans.get(id).cloned()
     }
 
+    /// Reads "today" (UpdateUsage's current period) from `clock` instead of the wall clock.
+    pub fn use_clock(&self, clock: Arc<dyn Clock>) {
+        *lock(&self.clock) = Some(clock);
+    }
+
+    fn today(&self) -> NaiveDate {
+        lock(&self.clock).as_ref().map(|c| c.now()).unwrap_or_else(Utc::now).date_naive()
+    }
+
+    /// Declares every tier's usage plan with its quota and throttle.
+    pub fn define_catalog(&self, catalog: &crate::domain::Catalog) {
+        for t in catalog.tiers() {
+            if let Some(plan) = &t.usage_plan_id {
+                self.define_plan(plan, t.quota, t.throttle);
+            }
+        }
+    }
+
+    /// Declares what a usage plan enforces (the quota and throttle the stack created it with).
+    pub fn define_plan(&self, plan: &str, quota: Option<Quota>, throttle: Option<CatalogThrottle>) {
+        lock(&self.state).limits.insert(plan.to_string(), (quota, throttle));
+    }
+
+    /// A request to the product API carrying `x-api-key: value` at `now`, as API Gateway meters
+    /// it: the key must be enabled and in a usage plan (else 403); the plan's throttle (token
+    /// bucket per key, tokio's clock) and quota for the UTC period are checked, and a served
+    /// request counts against the quota. Returns (key id, usage plan).
+    pub fn call(&self, value: &str, now: DateTime<Utc>) -> std::result::Result<(String, String), Refused> {
+        let mut st = lock(&self.state);
+        let id = st.keys.values().find(|(k, v)| v == value && k.enabled).map(|(k, _)| k.id.clone());
+        let Some(id) = id else { return Err(Refused::Forbidden) };
+        let Some(plan) = st.plans.get(&id).cloned() else { return Err(Refused::Forbidden) };
+        let (quota, throttle) = st.limits.get(&plan).copied().unwrap_or((None, None));
+        if let Some(th) = throttle {
+            let bucket = st.buckets.entry(id.clone()).or_insert_with(|| Bucket::new(th.rate, f64::from(th.burst)));
+            bucket.refill();
+            if bucket.tokens < 1.0 {
+                return Err(Refused::Throttled);
+            }
+            bucket.tokens -= 1.0;
+        }
+        let today = now.date_naive();
+        if let Some(q) = quota {
+            let (start, end) = q.period.containing(today);
+            let used = period_use(&st, &id, &plan, start, end);
+            if used >= i64::from(q.limit) {
+                return Err(Refused::QuotaExceeded);
+            }
+        }
+        *st.used.entry((id.clone(), plan.clone(), today)).or_insert(0) += 1;
+        Ok((id, plan))
+    }
+
     /// The id of the key with this value and the usage plan it is in, if it is enabled and in
     /// one: what API Gateway checks when a request to the product API carries `x-api-key`.
     pub fn authorize(&self, value: &str) -> Option<(String, String)> {
@@ -623,6 +724,16 @@ impl MemoryKeys {
 }
 
 const APIGW: &str = "apigateway";
+
+/// Requests counted against the quota in `start..=end` (served, plus UpdateUsage's adjustment).
+fn period_use(st: &KeysState, id: &str, plan: &str, start: NaiveDate, end: NaiveDate) -> i64 {
+    let served: i64 = st
+        .used
+        .range((id.to_string(), plan.to_string(), start)..=(id.to_string(), plan.to_string(), end))
+        .map(|(_, n)| *n as i64)
+        .sum();
+    served + st.adjust.get(&(id.to_string(), plan.to_string(), start)).copied().unwrap_or(0)
+}
 
 impl KeyRegistry for MemoryKeys {
     async fn find_by_name(&self, name: &str) -> Result<Vec<IssuedKey>> {
@@ -730,6 +841,67 @@ impl KeyRegistry for MemoryKeys {
         let r = lock(&self.state).plans.iter().filter(|(_, p)| *p == plan).map(|(k, _)| k.clone()).collect();
         self.meter.exit(APIGW, "apigw.plan_keys")?;
         Ok(r)
+    }
+
+    async fn usage(&self, id: &str, plan: &str, start: NaiveDate, end: NaiveDate) -> Result<KeyUsage> {
+        self.meter.enter(APIGW, "apigw.usage").await?;
+        self.admit("apigw.usage")?;
+        let r = {
+            let st = lock(&self.state);
+            if !st.keys.contains_key(id) {
+                return Err(BackendError::new(
+                    APIGW,
+                    "apigw.usage",
+                    "NotFoundException: Invalid API Key identifier specified",
+                ));
+            }
+            let used: u64 = st
+                .used
+                .range((id.to_string(), plan.to_string(), start)..=(id.to_string(), plan.to_string(), end))
+                .map(|(_, n)| *n)
+                .sum();
+            // Remaining as API Gateway reports it: the quota of the period holding `end`, less
+            // what was used in it and what UpdateUsage took or gave.
+            let remaining = st.limits.get(plan).and_then(|(q, _)| *q).map(|q| {
+                let (ps, pe) = q.period.containing(end);
+                (i64::from(q.limit) - period_use(&st, id, plan, ps, pe)).max(0) as u64
+            });
+            KeyUsage { used, remaining }
+        };
+        self.meter.exit(APIGW, "apigw.usage")?;
+        Ok(r)
+    }
+
+    async fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> Result<()> {
+        self.meter.enter(APIGW, "apigw.set_remaining").await?;
+        self.admit("apigw.set_remaining")?;
+        let today = self.today();
+        {
+            let mut st = lock(&self.state);
+            let Some(q) = st.limits.get(plan).and_then(|(q, _)| *q) else {
+                return Err(BackendError::new(
+                    APIGW,
+                    "apigw.set_remaining",
+                    "BadRequestException: Usage plan does not have a quota",
+                ));
+            };
+            if st.plans.get(id).is_none_or(|p| p != plan) {
+                return Err(BackendError::new(
+                    APIGW,
+                    "apigw.set_remaining",
+                    "NotFoundException: API Key is not associated with the usage plan",
+                ));
+            }
+            let (ps, pe) = q.period.containing(today);
+            let used: i64 = st
+                .used
+                .range((id.to_string(), plan.to_string(), ps)..=(id.to_string(), plan.to_string(), pe))
+                .map(|(_, n)| *n as i64)
+                .sum();
+            let target_use = i64::from(q.limit) - remaining.min(u64::from(q.limit)) as i64;
+            st.adjust.insert((id.to_string(), plan.to_string(), ps), target_use - used);
+        }
+        self.meter.exit(APIGW, "apigw.set_remaining")
     }
 
     async fn count_keys(&self) -> Result<usize> {

@@ -84,6 +84,18 @@ impl<K: KeyRegistry> KeyRegistry for Patient<K> {
     async fn plan_key_ids(&self, plan: &str) -> Result<Vec<String>> {
         patiently(self.budget, "GetUsagePlanKeys", || self.inner.plan_key_ids(plan)).await
     }
+    async fn usage(
+        &self,
+        id: &str,
+        plan: &str,
+        start: chrono::NaiveDate,
+        end: chrono::NaiveDate,
+    ) -> Result<crate::ports::KeyUsage> {
+        patiently(self.budget, "GetUsage", || self.inner.usage(id, plan, start, end)).await
+    }
+    async fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> Result<()> {
+        patiently(self.budget, "UpdateUsage", || self.inner.set_remaining(id, plan, remaining)).await
+    }
     async fn count_keys(&self) -> Result<usize> {
         patiently(self.budget, "GetApiKeys", || self.inner.count_keys()).await
     }

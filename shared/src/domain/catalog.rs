@@ -47,6 +47,32 @@ pub enum QuotaPeriod {
     Month,
 }
 
+impl QuotaPeriod {
+    /// The quota period containing `day`, as API Gateway counts it: UTC calendar days, weeks
+    /// (Monday to Sunday — API Gateway does not document the first day of its week: an
+    /// assumption, said so in the README) and months. (first day, last day), both inclusive.
+    pub fn containing(self, day: chrono::NaiveDate) -> (chrono::NaiveDate, chrono::NaiveDate) {
+        use chrono::Datelike;
+        match self {
+            QuotaPeriod::Day => (day, day),
+            QuotaPeriod::Week => {
+                let first = day - chrono::Duration::days(i64::from(day.weekday().num_days_from_monday()));
+                (first, first + chrono::Duration::days(6))
+            }
+            QuotaPeriod::Month => {
+                let first = day.with_day(1).expect("day 1 exists");
+                let next = if first.month() == 12 {
+                    chrono::NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
+                } else {
+                    chrono::NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
+                }
+                .expect("a valid month");
+                (first, next - chrono::Duration::days(1))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
@@ -264,6 +290,19 @@ mod tests {
         assert_eq!(pro.quota, Some(Quota { limit: 100_000, period: QuotaPeriod::Month }));
         assert!(c.by_name(&TierName::parse("BUSINESS").unwrap()).is_some());
         assert!(c.by_lookup_key(&LookupKey::parse("Other").unwrap()).is_none());
+    }
+
+    #[test]
+    fn quota_periods_are_utc_calendar_days_weeks_and_months() {
+        let d = |y, m, day| chrono::NaiveDate::from_ymd_opt(y, m, day).unwrap();
+        assert_eq!(QuotaPeriod::Day.containing(d(2026, 12, 2)), (d(2026, 12, 2), d(2026, 12, 2)));
+        // 2026-12-02 is a Wednesday
+        assert_eq!(QuotaPeriod::Week.containing(d(2026, 12, 2)), (d(2026, 11, 30), d(2026, 12, 6)));
+        assert_eq!(QuotaPeriod::Week.containing(d(2026, 11, 30)), (d(2026, 11, 30), d(2026, 12, 6)));
+        assert_eq!(QuotaPeriod::Week.containing(d(2026, 12, 6)), (d(2026, 11, 30), d(2026, 12, 6)));
+        assert_eq!(QuotaPeriod::Month.containing(d(2026, 12, 31)), (d(2026, 12, 1), d(2026, 12, 31)));
+        assert_eq!(QuotaPeriod::Month.containing(d(2028, 2, 10)), (d(2028, 2, 1), d(2028, 2, 29)), "leap year");
+        assert_eq!(QuotaPeriod::Month.containing(d(2027, 2, 28)), (d(2027, 2, 1), d(2027, 2, 28)));
     }
 
     #[test]

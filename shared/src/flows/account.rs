@@ -18,6 +18,26 @@ pub struct AccountView {
     pub trial_end: Option<String>,
     pub has_billing_account: bool,
     pub api_key: Option<ApiKeyView>,
+    /// The key's use of its tier's quota in the current quota period, as API Gateway counts
+    /// it (`null`: no key, or a tier without a quota).
+    pub usage: Option<UsageView>,
+}
+
+/// Quota use in the current period. API Gateway's periods are UTC calendar days, weeks or
+/// months, not Stripe's billing period: both ends are shown.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UsageView {
+    pub limit: u32,
+    pub used: u64,
+    pub remaining: u64,
+    /// `DAY`, `WEEK` or `MONTH`.
+    pub period: crate::domain::QuotaPeriod,
+    /// First and last day (UTC, inclusive) of the quota period API Gateway counts.
+    pub period_start: String,
+    pub period_end: String,
+    /// When Stripe's billing period ends (renewal or end), for comparison; `null` without a
+    /// subscription.
+    pub billing_period_end: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -36,7 +56,7 @@ pub async fn get_account<S, K, U>(
     store: &S,
     keys: &K,
     users: &U,
-    settings: &super::Settings,
+    ctx: super::Ctx<'_>,
     user: &User,
 ) -> Result<AccountView, Error>
 where
@@ -47,15 +67,36 @@ where
     // Keyed by the caller's sub: a new user who took a deleted user's name sees nothing of theirs.
     let (account, profile) = tokio::try_join!(store.get_account(&user.id), users.get_user(&user.name))?;
     let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
-    let api_key = match account.as_ref().and_then(|a| a.api_key_id.as_deref().map(|id| (a, id))) {
-        Some((a, id)) => keys.key_value(id).await?.map(|value| ApiKeyView {
-            id: id.to_string(),
-            value,
+    let settings = ctx.settings;
+    let (api_key, usage) = match account.as_ref().and_then(|a| a.api_key_id.as_deref().map(|id| (a, id))) {
+        Some((a, id)) => {
             // The key works while the record's tier has a usage plan (a paid tier, or a free
             // tier with keys); the flows that change the tier enable or disable it.
-            enabled: settings.tier_of(&a.plan).is_some_and(|t| t.usage_plan_id.is_some()),
-        }),
-        None => None,
+            let tier = settings.tier_of(&a.plan).filter(|t| t.usage_plan_id.is_some());
+            let metered = tier.and_then(|t| Some((t.usage_plan_id.as_deref()?, t.quota?)));
+            // The value (cached per container) and this period's use: side by side.
+            let (value, usage) = tokio::try_join!(keys.key_value(id), async {
+                match metered {
+                    Some((plan, quota)) => {
+                        let (start, end) = quota.period.containing(ctx.clock.now().date_naive());
+                        keys.usage(id, plan, start, end).await.map(|u| Some((quota, start, end, u)))
+                    }
+                    None => Ok(None),
+                }
+            })?;
+            let view = value.map(|value| ApiKeyView { id: id.to_string(), value, enabled: tier.is_some() });
+            let usage = usage.map(|(quota, start, end, u)| UsageView {
+                limit: quota.limit,
+                used: u.used,
+                remaining: u.remaining.unwrap_or_else(|| u64::from(quota.limit).saturating_sub(u.used)),
+                period: quota.period,
+                period_start: start.format("%Y-%m-%d").to_string(),
+                period_end: end.format("%Y-%m-%d").to_string(),
+                billing_period_end: a.period_end.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            });
+            (view, usage)
+        }
+        None => (None, None),
     };
     Ok(AccountView {
         user_name: user.name.to_string(),
@@ -72,5 +113,6 @@ where
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         has_billing_account: profile.customer_id.is_some(),
         api_key,
+        usage,
     })
 }

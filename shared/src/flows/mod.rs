@@ -9,7 +9,7 @@ mod lifecycle;
 mod plans;
 mod portal;
 
-pub use account::{get_account, AccountView, ApiKeyView};
+pub use account::{get_account, AccountView, ApiKeyView, UsageView};
 pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
 pub use free_key::{issue_free_key, FreeKey};
 pub use fulfil::{complete_checkout, Completion, Rejection};

@@ -62,6 +62,8 @@ impl World {
         let mut w = Self::new();
         w.app.settings.catalog = paykey::domain::Catalog::parse(TIERS).unwrap();
         w.app.payments.add_price("FMMailBusiness", 4980, "jpy");
+        w.app.keys.define_catalog(&w.app.settings.catalog);
+        w.app.keys.use_clock(w.clock.clone());
         w
     }
 

@@ -3,7 +3,7 @@ use aws_sdk_apigateway::Client;
 
 use super::describe;
 use crate::domain::{BackendError, IssuedKey};
-use crate::ports::{KeyRegistry, Result};
+use crate::ports::{KeyRegistry, KeyUsage, Result};
 
 const SERVICE: &str = "apigateway";
 
@@ -178,6 +178,54 @@ impl KeyRegistry for ApiGatewayKeys {
             }
         }
         Ok(ids)
+    }
+
+    async fn usage(&self, id: &str, plan: &str, start: chrono::NaiveDate, end: chrono::NaiveDate) -> Result<KeyUsage> {
+        const OP: &str = "GetUsage";
+        let mut usage = KeyUsage::default();
+        let mut position: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .get_usage()
+                .usage_plan_id(plan)
+                .key_id(id)
+                .start_date(start.format("%Y-%m-%d").to_string())
+                .end_date(end.format("%Y-%m-%d").to_string())
+                .limit(500)
+                .set_position(position.take())
+                .send()
+                .await
+                .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+            // {"values": {"<key id>": [[used, remaining], …one per day]}}
+            if let Some(days) = out.items().and_then(|m| m.get(id)) {
+                for day in days {
+                    usage.used += day.first().copied().unwrap_or(0).max(0) as u64;
+                    if let Some(r) = day.get(1) {
+                        usage.remaining = Some((*r).max(0) as u64);
+                    }
+                }
+            }
+            match out.position() {
+                Some(p) if !p.is_empty() => position = Some(p.to_string()),
+                _ => break,
+            }
+        }
+        Ok(usage)
+    }
+
+    async fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> Result<()> {
+        const OP: &str = "UpdateUsage";
+        let patch = PatchOperation::builder().op(Op::Replace).path("/remaining").value(remaining.to_string()).build();
+        self.client
+            .update_usage()
+            .usage_plan_id(plan)
+            .key_id(id)
+            .patch_operations(patch)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        Ok(())
     }
 
     async fn count_keys(&self) -> Result<usize> {

@@ -344,7 +344,7 @@ def test_api_gateway_permissions_are_scoped_to_keys_and_the_stacks_usage_plans(c
                 if s.endswith("::/usageplans"):
                     assert listify(st["Action"]) == ["apigateway:GET"], st  # GetUsagePlans?keyId=
                     continue
-                m = re.search(r"/usageplans/\$\{(\w+)\}/keys(/\*)?$", s)
+                m = re.search(r"/usageplans/\$\{(\w+)\}/(keys(/\*)?|usage)$", s)
                 assert m and m.group(1) in PLAN_CONDITION, s
                 # a conditional plan is named only under its condition
                 assert PLAN_CONDITION[m.group(1)] in (None, cond, st_cond), (fn, s, cond, st_cond)

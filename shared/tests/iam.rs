@@ -33,9 +33,9 @@ fn action(op: &str) -> Option<&'static str> {
         "ddb.find_account" | "ddb.find_legacy_account" => "dynamodb:Query",
         "ddb.list_accounts" => "dynamodb:Scan",
         // API Gateway's control plane, by HTTP method
-        "apigw.find_key" | "apigw.get_key" | "apigw.key_value" | "apigw.plan_keys" | "apigw.plans_of" => {
-            "apigateway:GET"
-        }
+        "apigw.find_key" | "apigw.get_key" | "apigw.key_value" | "apigw.plan_keys" | "apigw.plans_of"
+        | "apigw.usage" => "apigateway:GET",
+        "apigw.set_remaining" => "apigateway:PATCH",
         "apigw.create_key" | "apigw.attach" => "apigateway:POST",
         "apigw.set_enabled" => "apigateway:PATCH",
         // detach reads the association first (moto and API Gateway answer a missing one differently)
@@ -244,6 +244,8 @@ async fn account_calls() -> Vec<&'static str> {
     free(erin.clone()).await.unwrap_err();
     free(erin).await.unwrap();
     // a directory that still says PRO (a cancellation of an older version): set to FREE
+    // /account of a user on a metered tier: the period's usage (GetUsage)
+    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &carol).await.unwrap();
     let fay = w.user("fay");
     w.app.users.set_plan(&fay.name, paykey::domain::Plan::PRO, None).await.unwrap();
     w.meter.reset_calls();

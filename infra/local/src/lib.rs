@@ -193,6 +193,8 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         keys.restore(s.keys);
     }
     let mut settings = Settings::new(base.clone(), format!("{base}/api"));
+    // The product API enforces each tier's quota and throttle as API Gateway would.
+    keys.define_catalog(&catalog);
     settings.catalog = catalog;
     settings.webhook_secrets = webhook_secret.split(',').filter(|s| !s.is_empty()).map(Secret::new).collect();
     let app = App {
@@ -366,12 +368,14 @@ async fn jwks(State(state): State<Arc<LocalState>>) -> Json<Value> {
     Json(state.cognito.jwks())
 }
 
-/// The API being sold: answers only requests carrying an enabled key that is in a usage plan,
-/// as API Gateway's API key check does; says which tier's plan served it.
+/// The API being sold, metered as API Gateway meters it: a request needs an enabled key that is
+/// in a usage plan (else 403 `Forbidden`), within the plan's throttle (else 429 `Too Many
+/// Requests`) and quota for the UTC period (else 429 `Limit Exceeded`); each served request
+/// counts. The answer says which tier's plan served it.
 async fn product_api(State(state): State<Arc<LocalState>>, headers: HeaderMap) -> Response {
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    match state.app.keys.authorize(key) {
-        Some((_, plan)) => {
+    match state.app.keys.call(key, chrono::Utc::now()) {
+        Ok((_, plan)) => {
             let tier = state
                 .app
                 .settings
@@ -382,7 +386,10 @@ async fn product_api(State(state): State<Arc<LocalState>>, headers: HeaderMap) -
                 .map(|t| t.name.to_string());
             Json(json!({"message": "Hello from the API", "usage_plan": plan, "tier": tier})).into_response()
         }
-        None => gateway::gateway_error(StatusCode::FORBIDDEN, "Forbidden"),
+        Err(refused) => gateway::gateway_error(
+            StatusCode::from_u16(refused.status()).unwrap_or(StatusCode::FORBIDDEN),
+            refused.message(),
+        ),
     }
 }
 

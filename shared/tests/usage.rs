@@ -162,3 +162,22 @@ async fn the_memory_registry_throttles_like_a_token_bucket() {
     keys.call(&value, now).unwrap();
     assert_eq!(keys.call(&value, now), Err(Refused::Throttled));
 }
+
+#[tokio::test]
+async fn a_container_reads_a_key_s_usage_once_per_half_minute_and_again_after_an_update() {
+    let meter = Meter::new();
+    let inner = MemoryKeys::new(meter.clone());
+    inner.define_plan("plan1", Some(Quota { limit: 100, period: QuotaPeriod::Month }), None);
+    let keys = paykey::adapters::cached::CachedKeyValues::new(inner);
+    let k = keys.create("k").await.unwrap();
+    keys.attach_to_plan(&k.id, "plan1").await.unwrap();
+    let (start, end) = (d(2026, 12, 1), d(2026, 12, 31));
+    meter.reset_calls();
+    for _ in 0..5 {
+        keys.usage(&k.id, "plan1", start, end).await.unwrap();
+    }
+    assert_eq!(meter.count("apigw.usage"), 1, "one GetUsage for five page views");
+    keys.set_remaining(&k.id, "plan1", 10).await.unwrap();
+    keys.usage(&k.id, "plan1", start, end).await.unwrap();
+    assert_eq!(meter.count("apigw.usage"), 2, "read again after UpdateUsage");
+}

@@ -80,19 +80,27 @@ impl<P: Payments> Payments for CachedPrices<P> {
     }
 }
 
+/// Usage key: (key id, usage plan, first day, last day).
+type UsageKey = (String, String, chrono::NaiveDate, chrono::NaiveDate);
+
 /// Keeps API key values (immutable per key id) for the life of the container, up to
-/// [`CachedKeyValues::CAPACITY`] keys; every other call goes to the inner registry.
+/// [`CachedKeyValues::CAPACITY`] keys, and a key's usage for [`CachedKeyValues::USAGE_TTL`]
+/// (GetUsage is a control-plane call, 10/s per account: `/account` is a page view, polled by
+/// the thanks page); every other call goes to the inner registry.
 pub struct CachedKeyValues<K> {
     inner: K,
     values: Mutex<HashMap<String, String>>,
+    usage: Mutex<HashMap<UsageKey, (Instant, crate::ports::KeyUsage)>>,
 }
 
 impl<K> CachedKeyValues<K> {
     /// Keys kept at most (about 1 MB); past it the map starts over.
     pub const CAPACITY: usize = 10_000;
+    /// How long a key's usage is reused: the usage bar lags by at most this much.
+    pub const USAGE_TTL: Duration = Duration::from_secs(30);
 
     pub fn new(inner: K) -> Self {
-        Self { inner, values: Mutex::default() }
+        Self { inner, values: Mutex::default(), usage: Mutex::default() }
     }
 
     pub fn inner(&self) -> &K {
@@ -132,9 +140,22 @@ impl<K: crate::ports::KeyRegistry> crate::ports::KeyRegistry for CachedKeyValues
         start: chrono::NaiveDate,
         end: chrono::NaiveDate,
     ) -> Result<crate::ports::KeyUsage> {
-        self.inner.usage(id, plan, start, end).await
+        let key = (id.to_string(), plan.to_string(), start, end);
+        if let Some((at, u)) = self.usage.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if at.elapsed() < Self::USAGE_TTL {
+                return Ok(*u);
+            }
+        }
+        let u = self.inner.usage(id, plan, start, end).await?;
+        let mut cache = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= Self::CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, (Instant::now(), u));
+        Ok(u)
     }
     async fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> Result<()> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| k.0 != id);
         self.inner.set_remaining(id, plan, remaining).await
     }
     async fn count_keys(&self) -> Result<usize> {

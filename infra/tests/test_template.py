@@ -82,6 +82,7 @@ ROUTES = {
     ("/create-billing-portal-by-user", "get"): ("CreateBillingPortalFunction", "CognitoAuthorizer"),
     ("/account", "get"): ("GetAccountFunction", "CognitoAuthorizer"),
     ("/api-key", "post"): ("GetAccountFunction", "CognitoAuthorizer"),
+    ("/api-key/rotate", "post"): ("GetAccountFunction", "CognitoAuthorizer"),
     ("/plans", "get"): ("CreateCheckoutSessionFunction", None),
     ("/stripe/webhook", "post"): ("StripeWebhookFunction", None),
 }
@@ -350,14 +351,12 @@ def test_api_gateway_permissions_are_scoped_to_keys_and_the_stacks_usage_plans(c
                 assert PLAN_CONDITION[m.group(1)] in (None, cond, st_cond), (fn, s, cond, st_cond)
 
 
-def test_free_keys_are_created_by_the_account_function_on_the_free_plan_only(cfn):
-    conditional = [(c, st) for c, st in api_gateway_statements(cfn, "GetAccountFunction") if "apigateway:POST" in listify(st["Action"])]
-    assert [c for c, _ in conditional] == ["HasFreeKeys"], "POST only with a free tier that has keys"
-    subs = [s for _, s in resources(conditional[0][1])]
-    assert subs == [
-        "arn:${AWS::Partition}:apigateway:${AWS::Region}::/apikeys",
-        "arn:${AWS::Partition}:apigateway:${AWS::Region}::/usageplans/${FreeUsagePlan}/keys",
-    ]
+def test_the_account_function_creates_keys_only_in_the_stack_s_plans(cfn):
+    posts = [st for _, st in api_gateway_statements(cfn, "GetAccountFunction") if "apigateway:POST" in listify(st["Action"])]
+    assert len(posts) == 1 and listify(posts[0]["Action"]) == ["apigateway:POST"]
+    subs = [s for _, s in resources(posts[0])]
+    assert subs[0] == "arn:${AWS::Partition}:apigateway:${AWS::Region}::/apikeys"
+    assert sorted(re.search(r"\$\{(\w+)\}/keys$", s).group(1) for s in subs[1:]) == sorted(PLAN_CONDITION)
 
 
 def test_functions_are_arm64_al2023_with_the_global_settings(cfn):

@@ -158,9 +158,32 @@ where
     U: UserDirectory,
 {
     let origin = &app.settings.app_url;
-    let free_key = http::resource(&req).trim_end_matches('/').ends_with("/api-key");
+    let resource = http::resource(&req);
+    let resource = resource.trim_end_matches('/');
+    let free_key = resource.ends_with("/api-key");
+    let rotate = resource.ends_with("/api-key/rotate");
     if req.method() == Method::OPTIONS {
-        return Ok(http::preflight(origin, if free_key { "POST, OPTIONS" } else { "GET, OPTIONS" }));
+        return Ok(http::preflight(origin, if free_key || rotate { "POST, OPTIONS" } else { "GET, OPTIONS" }));
+    }
+    if rotate {
+        let result = async {
+            if req.method() != Method::POST {
+                return Err(Error::BadRequest(format!("method {} is not allowed; use POST", req.method())));
+            }
+            let user = http::caller(&req)?;
+            // An empty body is a rotation without grace.
+            let body: flows::RotateRequest = match req.body() {
+                Body::Empty => flows::RotateRequest::default(),
+                Body::Text(t) if t.trim().is_empty() => flows::RotateRequest::default(),
+                _ => http::json_body(&req)?,
+            };
+            flows::rotate_key(&app.store, &app.keys, app.ctx(), &user, body).await
+        }
+        .await;
+        return Ok(match result {
+            Ok(r) => http::json(200, &r, origin),
+            Err(e) => http::error_response(&e, origin),
+        });
     }
     if free_key {
         let result = async {

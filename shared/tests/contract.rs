@@ -59,6 +59,13 @@ fn account(user: &User, key: &str) -> AccountRecord {
         period_end: Some(Utc.with_ymd_and_hms(2026, 12, 23, 12, 0, 0).unwrap()),
         past_due_since: None,
         trial_end: Some(Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap()),
+        previous_key_id: Some("oldkey1".into()),
+        previous_key_until: Some(Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap()),
+        recent_rotations: vec![
+            Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 23, 11, 30, 0).unwrap(),
+        ],
+        rotation_request: Some("req-1".into()),
         updated_at: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 5).unwrap(),
     }
 }

@@ -251,6 +251,12 @@ async fn account_calls() -> Vec<&'static str> {
     w.meter.reset_calls();
     free(fay).await.unwrap();
     calls.extend(w.meter.calls());
+    w.meter.reset_calls();
+    // POST /api-key/rotate: with a grace, then without (the old key disabled and detached)
+    let rot = |g| flows::RotateRequest { grace_seconds: g, request_id: None };
+    flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &carol, rot(60)).await.unwrap();
+    flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &carol, rot(0)).await.unwrap();
+    calls.extend(w.meter.calls());
     calls
 }
 

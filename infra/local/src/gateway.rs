@@ -27,6 +27,7 @@ pub const ROUTES: &[(&str, &str, bool, Function)] = &[
     ("GET", "/create-billing-portal-by-user", true, Function::CreateBillingPortal),
     ("GET", "/account", true, Function::GetAccount),
     ("POST", "/api-key", true, Function::GetAccount),
+    ("POST", "/api-key/rotate", true, Function::GetAccount),
     ("GET", "/plans", false, Function::CreateCheckoutSession),
     ("POST", "/stripe/webhook", false, Function::StripeWebhook),
 ];

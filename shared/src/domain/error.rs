@@ -45,6 +45,10 @@ pub enum Error {
     AlreadySubscribed(String),
     #[error("this deployment has no free tier with a key; subscribe to a paid plan")]
     NoFreeTier,
+    #[error("the caller has no working API key to rotate")]
+    NoKey,
+    #[error("too many key rotations: {0} in the last 24 hours; try again later")]
+    RotationLimited(u32),
     /// The catalog names a paid tier without a usage plan (a configuration error).
     #[error("tier {0} names no usage plan")]
     TierWithoutUsagePlan(String),
@@ -70,6 +74,8 @@ impl Error {
             Error::UserGone => 410,
             Error::AlreadySubscribed(_) => 409,
             Error::NoFreeTier => 404,
+            Error::NoKey => 409,
+            Error::RotationLimited(_) => 429,
             Error::TierWithoutUsagePlan(_) => 500,
             Error::NoCustomer => 409,
             Error::BadSignature(_) => 400,
@@ -91,6 +97,8 @@ impl Error {
             Error::AlreadySubscribed(plan) if plan == "PRO" => "already_pro",
             Error::AlreadySubscribed(_) => "already_subscribed",
             Error::NoFreeTier => "no_free_tier",
+            Error::NoKey => "no_key",
+            Error::RotationLimited(_) => "rotation_limited",
             Error::TierWithoutUsagePlan(_) => "misconfigured",
             Error::NoCustomer => "no_customer",
             Error::BadSignature(_) => "bad_signature",

@@ -132,6 +132,17 @@ pub struct AccountRecord {
     /// End of the subscription's trial, when it has or had one.
     #[serde(default)]
     pub trial_end: Option<DateTime<Utc>>,
+    /// The key a rotation replaced, still working until `previous_key_until` (its grace).
+    #[serde(default)]
+    pub previous_key_id: Option<String>,
+    #[serde(default)]
+    pub previous_key_until: Option<DateTime<Utc>>,
+    /// The rotations of the last 24 hours (for the per-day limit).
+    #[serde(default)]
+    pub recent_rotations: Vec<DateTime<Utc>>,
+    /// The caller's id of the last rotation (a retried request is answered, not repeated).
+    #[serde(default)]
+    pub rotation_request: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -150,6 +161,10 @@ impl AccountRecord {
             period_end: None,
             past_due_since: None,
             trial_end: None,
+            previous_key_id: None,
+            previous_key_until: None,
+            recent_rotations: Vec::new(),
+            rotation_request: None,
             updated_at,
         }
     }

@@ -11,11 +11,13 @@ use crate::ports::{AccountLock, Accounts, KeyRegistry};
 /// one (`true`: created now, so in no usage plan yet). Other enabled keys with the same name
 /// are disabled and detached: never two enabled keys for one user. The caller puts it in its
 /// tier's usage plan ([`place_in_plan`]).
+/// `spare`: a rotation's previous key still in its grace (it keeps working until then).
 pub(crate) async fn ensure_key<K: KeyRegistry>(
     keys: &K,
     key_name: &str,
     named: &[IssuedKey],
     recorded: Option<&str>,
+    spare: Option<&str>,
 ) -> Result<(IssuedKey, bool), Error> {
     let chosen = choose_key(keys, named, recorded).await?;
     let (key, created) = match chosen {
@@ -26,12 +28,17 @@ pub(crate) async fn ensure_key<K: KeyRegistry>(
         }
         None => (keys.create(key_name).await?, true),
     };
-    for extra in named.iter().filter(|k| k.enabled && k.id != key.id) {
+    for extra in named.iter().filter(|k| k.enabled && k.id != key.id && Some(k.id.as_str()) != spare) {
         tracing::warn!(api_key_id = %extra.id, "disabling a second enabled key of one user");
         keys.set_enabled(&extra.id, false).await?;
         detach_from_every_plan(keys, &extra.id).await?;
     }
     Ok((key, created))
+}
+
+/// The previous key of a rotation while its grace lasts.
+pub(crate) fn spared(account: &crate::domain::AccountRecord, now: DateTime<Utc>) -> Option<&str> {
+    account.previous_key_id.as_deref().filter(|_| account.previous_key_until.is_some_and(|t| t > now))
 }
 
 /// Puts the key in `plan` and in no other. API Gateway allows one usage plan per key and stage,

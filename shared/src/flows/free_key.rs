@@ -60,7 +60,10 @@ where
         let plan = Plan::of(&free.name);
         // Rounds 3–4: the key found or created, placed in the free plan; Cognito is written only
         // when its plan is not the free tier's already (UserUpdate is limited per account).
-        let (key, fresh) = account_keys::ensure_key(keys, &key_name, &locked.named, next.api_key_id.as_deref()).await?;
+        let spare = account_keys::spared(&next, now).map(str::to_string);
+        let (key, fresh) =
+            account_keys::ensure_key(keys, &key_name, &locked.named, next.api_key_id.as_deref(), spare.as_deref())
+                .await?;
         let write_plan = async {
             if profile.plan() != plan {
                 users.set_plan(&user.name, plan.clone(), None).await?;

@@ -377,7 +377,9 @@ where
             let tier = catalog.tier_for_price(state.price_lookup_key.as_deref());
             let plan = Plan::of(&tier.name);
             let usage_plan = tier.usage_plan_id.as_deref().ok_or(Error::TierWithoutUsagePlan(plan.to_string()))?;
-            let (key, fresh) = account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref()).await?;
+            let spare = account_keys::spared(&next, now).map(str::to_string);
+            let (key, fresh) =
+                account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref(), spare.as_deref()).await?;
             tokio::try_join!(account_keys::place_in_plan(keys, &key.id, usage_plan, fresh), async {
                 users.set_plan(&user.name, plan.clone(), Some(&state.customer)).await.map_err(Error::from)
             })?;
@@ -394,8 +396,10 @@ where
             match catalog.free().and_then(|t| t.usage_plan_id.as_deref()) {
                 // One key for life: it stays, on the free tier's usage plan.
                 Some(free_plan) if has_key => {
+                    let spare = account_keys::spared(&next, now).map(str::to_string);
                     let (key, fresh) =
-                        account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref()).await?;
+                        account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref(), spare.as_deref())
+                            .await?;
                     tokio::try_join!(account_keys::place_in_plan(keys, &key.id, free_plan, fresh), set_plan)?;
                     next.api_key_id = Some(key.id);
                 }

@@ -8,6 +8,7 @@ mod fulfil;
 mod lifecycle;
 mod plans;
 mod portal;
+mod rotate;
 
 pub use account::{get_account, AccountView, ApiKeyView, UsageView};
 pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
@@ -19,6 +20,7 @@ pub use lifecycle::{
 };
 pub use plans::{list_plans, PlanView, PlansView, PriceView};
 pub use portal::open_billing_portal;
+pub use rotate::{rotate_key, RotateRequest, Rotated};
 
 use std::time::Duration;
 
@@ -51,6 +53,10 @@ pub struct Settings {
     pub past_due_grace: Duration,
     /// How long processed webhook event ids are remembered.
     pub event_ttl: Duration,
+    /// The longest grace a key rotation may give the old key.
+    pub rotation_max_grace: Duration,
+    /// Key rotations a user may make in 24 hours (each costs control-plane calls).
+    pub rotations_per_day: u32,
     /// `STRIPE_WEBHOOK_SECRET` (`whsec_…`), for the webhook function: one, or several while
     /// an endpoint is being replaced (a delivery signed with any of them is accepted).
     pub webhook_secrets: Vec<crate::domain::Secret>,
@@ -72,6 +78,8 @@ impl Settings {
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             past_due_grace: Duration::from_secs(7 * 24 * 3600),
             event_ttl: Duration::from_secs(30 * 24 * 3600),
+            rotation_max_grace: Duration::from_secs(24 * 3600),
+            rotations_per_day: 3,
             webhook_secrets: Vec::new(),
         }
     }

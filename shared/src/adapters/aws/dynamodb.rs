@@ -151,6 +151,19 @@ fn account_item(a: &AccountRecord) -> Item {
         ("PeriodEnd", a.period_end.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
         ("PastDueSince", a.past_due_since.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
         ("TrialEnd", a.trial_end.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
+        ("PreviousKeyId", a.previous_key_id.clone()),
+        ("PreviousKeyUntil", a.previous_key_until.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
+        (
+            "RecentRotations",
+            (!a.recent_rotations.is_empty()).then(|| {
+                a.recent_rotations
+                    .iter()
+                    .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+        ),
+        ("RotationRequest", a.rotation_request.clone()),
     ];
     item.insert("CancelAtPeriodEnd".to_string(), AttributeValue::Bool(a.cancel_at_period_end));
     for (k, v) in optional {
@@ -205,6 +218,17 @@ fn account_from_item(item: &Item, user_id: UserId, user_name: UserName, op: &'st
         period_end: opt_time(item, "PeriodEnd", op)?,
         past_due_since: opt_time(item, "PastDueSince", op)?,
         trial_end: opt_time(item, "TrialEnd", op)?,
+        previous_key_id: get_s(item, "PreviousKeyId").map(str::to_string),
+        previous_key_until: opt_time(item, "PreviousKeyUntil", op)?,
+        recent_rotations: match get_s(item, "RecentRotations") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|t| DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc)))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| bad(op, format!("RecentRotations: {e}")))?,
+        },
+        rotation_request: get_s(item, "RotationRequest").map(str::to_string),
         // Records written by the Python version have no UpdatedAt.
         updated_at: get_time(item, "UpdatedAt", op).unwrap_or(DateTime::UNIX_EPOCH),
     })

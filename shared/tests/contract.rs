@@ -61,6 +61,7 @@ fn account(user: &User, key: &str) -> AccountRecord {
         trial_end: Some(Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap()),
         previous_key_id: Some("oldkey1".into()),
         previous_key_until: Some(Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap()),
+        previous_key_remaining: Some(92),
         recent_rotations: vec![
             Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).unwrap(),
             Utc.with_ymd_and_hms(2026, 11, 23, 11, 30, 0).unwrap(),

@@ -190,3 +190,41 @@ async fn a_rotation_costs_these_round_trips() {
         ms / 20
     );
 }
+
+#[tokio::test]
+async fn the_sweep_disables_a_rotated_key_when_its_grace_ends_and_not_before() {
+    let w = World::tiered();
+    let u = w.user("hank");
+    let (old, old_value) = free_key_value(&w, &u).await;
+    let r = rotate(&w, &u, 600, None).await.unwrap();
+    let sweep = || flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx());
+    assert!(sweep().await.unwrap().is_empty(), "still in its grace");
+    call(&w, &old_value).unwrap();
+    w.clock.advance(chrono::Duration::seconds(601));
+    assert_eq!(sweep().await.unwrap(), vec![old.clone()]);
+    assert_eq!(call(&w, &old_value), Err(Refused::Forbidden));
+    call(&w, &r.api_key.value).unwrap();
+    assert_eq!(enabled_keys(&w, &u), vec![r.api_key.id.clone()]);
+    assert!(sweep().await.unwrap().is_empty(), "done once");
+    let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    assert_eq!((account.previous_key_id, account.previous_key_until), (None, None));
+}
+
+#[tokio::test]
+async fn what_the_old_key_uses_in_its_grace_comes_off_the_new_key_when_it_ends() {
+    let w = World::tiered();
+    let u = w.user("ivy");
+    let (_, old_value) = free_key_value(&w, &u).await;
+    call(&w, &old_value).unwrap(); // 999 left
+    let r = rotate(&w, &u, 600, None).await.unwrap();
+    for _ in 0..4 {
+        w.clock.advance(chrono::Duration::seconds(1));
+        call(&w, &old_value).unwrap(); // in the grace
+    }
+    w.clock.advance(chrono::Duration::seconds(601));
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    let usage =
+        flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap().usage.unwrap();
+    assert_eq!(usage.remaining, 995, "1,000 − 1 before − 4 in the grace: two keys never add quota");
+    let _ = r;
+}

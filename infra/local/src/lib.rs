@@ -230,6 +230,22 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         router = router.nest("/stripe", e.router());
     }
     let router = router.layer(middleware::from_fn_with_state(state.clone(), persist_after));
+    // What a schedule does on AWS: rotated-out keys are disabled when their grace ends.
+    let sweeper = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match paykey::flows::sweep_expired_keys(&sweeper.app.store, &sweeper.app.keys, sweeper.app.ctx()).await {
+                Ok(done) if !done.is_empty() => {
+                    if let Err(e) = sweeper.save() {
+                        tracing::error!(error = %e, "could not save the local stack's data");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "key sweep failed; retried in a second"),
+            }
+        }
+    });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "local stack stopped");

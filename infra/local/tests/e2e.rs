@@ -379,6 +379,63 @@ async fn free_then_trial_then_paid_then_business_then_cancel_back_to_free_with_o
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// Issue 12 over HTTP: a small quota (5 a month) counted by the local product API, `/account`
+/// usage, a rotation with a 2-second grace (both keys work, then only the new one), the
+/// remaining quota carried over, and the quota exhausted (429 `Limit Exceeded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_rotation_with_grace_and_an_exhausted_quota_over_http() {
+    const SMALL: &str = r#"{"tiers": [
+        {"name": "FREE", "usage_plan_id": "usage-plan-free", "quota": {"limit": 5, "period": "MONTH"}},
+        {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro"}]}"#;
+    let data = std::env::temp_dir().join(format!("paykey-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let stack = start_with(&data, SMALL);
+    let base = stack.base.clone();
+    let r = call(
+        "POST",
+        &format!("{base}/cognito/sign-up"),
+        &[("content-type", "application/json")],
+        r#"{"username":"olga","password":"correct horse"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = sign_in(&base, "olga", "correct horse").await;
+    let r = call("POST", &format!("{base}/api/api-key"), &[("authorization", &token)], "").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let old = r.json()["api_key"]["value"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        assert_eq!(product(&base, &old).await.status, 200);
+    }
+    let usage = account(&base, &token).await["usage"].clone();
+    assert_eq!(
+        (usage["limit"].as_u64(), usage["used"].as_u64(), usage["remaining"].as_u64()),
+        (Some(5), Some(3), Some(2))
+    );
+    assert_eq!(usage["period"], "MONTH");
+
+    let r = call(
+        "POST",
+        &format!("{base}/api/api-key/rotate"),
+        &[("authorization", &token), ("content-type", "application/json")],
+        r#"{"grace_seconds": 2}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new = r.json()["api_key"]["value"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(product(&base, &old).await.status, 200, "the old key works in its grace");
+    tokio::time::sleep(Duration::from_millis(3500)).await; // the grace (2 s) and a sweep (every 1 s)
+    assert_eq!(product(&base, &old).await.status, 403, "only the new key works after the grace");
+    // the new key has what was left (5 − 3 − 1 used by the old key in its grace = 1)
+    let ok = product(&base, &new).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let refused = product(&base, &new).await;
+    assert_eq!((refused.status, refused.json()["message"].as_str()), (429, Some("Limit Exceeded")));
+    let acct = account(&base, &token).await;
+    assert_eq!(acct["usage"]["remaining"], 0, "{acct}");
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 #[test]
 fn a_corrupt_data_file_stops_the_stack_with_a_clear_error() {
     let data = std::env::temp_dir().join(format!("paykey-corrupt-{}", uuid::Uuid::new_v4().simple()));

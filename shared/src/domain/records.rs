@@ -137,6 +137,10 @@ pub struct AccountRecord {
     pub previous_key_id: Option<String>,
     #[serde(default)]
     pub previous_key_until: Option<DateTime<Utc>>,
+    /// The old key's remaining quota when it was rotated out (what the new key got): at the end
+    /// of the grace, what the old key used meanwhile is taken from the new key.
+    #[serde(default)]
+    pub previous_key_remaining: Option<u64>,
     /// The rotations of the last 24 hours (for the per-day limit).
     #[serde(default)]
     pub recent_rotations: Vec<DateTime<Utc>>,
@@ -163,6 +167,7 @@ impl AccountRecord {
             trial_end: None,
             previous_key_id: None,
             previous_key_until: None,
+            previous_key_remaining: None,
             recent_rotations: Vec::new(),
             rotation_request: None,
             updated_at,

@@ -100,12 +100,15 @@ where
             None => (keys.create(&key_name).await?, true),
         };
         account_keys::place_in_plan(keys, &new.id, &plan, fresh).await?;
-        // Never grant quota: the new key gets the old key's remaining quota of this period.
+        // Never grant quota: the new key gets the old key's remaining quota of this period (and
+        // what the old key uses in its grace is taken from the new one when the grace ends).
+        let mut carried = None;
         if let Some(q) = tier.quota {
             let (start, end) = q.period.containing(now.date_naive());
             let used = keys.usage(&old, &plan, start, end).await?;
             let remaining = used.remaining.unwrap_or_else(|| u64::from(q.limit).saturating_sub(used.used));
             keys.set_remaining(&new.id, &plan, remaining).await?;
+            carried = Some(remaining);
         }
         let until = now + chrono_duration(grace);
         if grace.is_zero() {
@@ -116,6 +119,7 @@ where
         }
         next.previous_key_id = Some(old.clone());
         next.previous_key_until = Some(until);
+        next.previous_key_remaining = if grace.is_zero() { None } else { carried };
         next.api_key_id = Some(new.id.clone());
         next.recent_rotations.push(now);
         next.rotation_request = req.request_id.clone();
@@ -141,4 +145,76 @@ fn answer(id: String, value: String, previous: String, until: chrono::DateTime<c
         previous_key_id: previous,
         previous_key_until: until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }
+}
+
+/// Ends the grace of every rotated-out key whose grace is over: disabled, detached, and the
+/// record's `previous_key_*` cleared (under the account lock; a user busy elsewhere is left for
+/// the next sweep). Run on a schedule (the local stack every few seconds, `paykey-resync
+/// --sweep` from cron); a full listing of the records. Returns the keys disabled.
+pub async fn sweep_expired_keys<S, K>(store: &S, keys: &K, ctx: Ctx<'_>) -> Result<Vec<String>, Error>
+where
+    S: Accounts + crate::ports::AccountListing,
+    K: KeyRegistry,
+{
+    let now = ctx.clock.now();
+    let mut disabled = Vec::new();
+    for account in store.list_accounts().await? {
+        let (Some(prev), Some(until)) = (account.previous_key_id.clone(), account.previous_key_until) else {
+            continue;
+        };
+        if until > now {
+            continue;
+        }
+        let user = account.user();
+        let token = ctx.ids.token();
+        let lock = store.lock_account(&user.id, &token, now, account_keys::lease_until(ctx, now)).await?;
+        let crate::ports::AccountLock::Acquired(Some(mut next)) = lock else {
+            continue; // busy: the next sweep
+        };
+        let result = async {
+            if next.previous_key_id.as_deref() == Some(prev.as_str())
+                && next.api_key_id.as_deref() != Some(prev.as_str())
+            {
+                keys.set_enabled(&prev, false).await?;
+                // What the old key used in its grace comes off the new key's remaining quota.
+                let tier = ctx.settings.tier_of(&next.plan);
+                let metered = tier.and_then(|t| Some((t.usage_plan_id.clone()?, t.quota?)));
+                if let (Some((plan, q)), Some(at_rotation), Some(new)) =
+                    (metered, next.previous_key_remaining, next.api_key_id.clone())
+                {
+                    let (start, end) = q.period.containing(now.date_naive());
+                    let (old_use, new_use) =
+                        tokio::try_join!(keys.usage(&prev, &plan, start, end), keys.usage(&new, &plan, start, end))?;
+                    let grace_use = at_rotation.saturating_sub(old_use.remaining.unwrap_or(at_rotation));
+                    if grace_use > 0 {
+                        let left = new_use.remaining.unwrap_or(0).saturating_sub(grace_use);
+                        keys.set_remaining(&new, &plan, left).await?;
+                    }
+                }
+                for p in keys.plans_of(&prev).await? {
+                    keys.detach_from_plan(&prev, &p).await?;
+                }
+            }
+            next.previous_key_id = None;
+            next.previous_key_until = None;
+            next.previous_key_remaining = None;
+            next.updated_at = now;
+            match store.put_account(&next, &token).await? {
+                Commit::Done => Ok(()),
+                Commit::LeaseLost => Err(Error::FulfilmentInProgress),
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(user = %user, api_key_id = %prev, "rotated-out key disabled at the end of its grace");
+                disabled.push(prev);
+            }
+            Err(e) => {
+                account_keys::release(store, &user, &token).await;
+                tracing::warn!(user = %user, error = %e, "could not end a rotated key's grace; the next sweep retries");
+            }
+        }
+    }
+    Ok(disabled)
 }

@@ -18,10 +18,12 @@ use paykey::{flows, wiring};
 async fn main() -> ExitCode {
     let mut apply = false;
     let mut keys_only = false;
+    let mut sweep = false;
     for a in std::env::args().skip(1) {
         match a.as_str() {
             "--apply" => apply = true,
             "--keys" => keys_only = true,
+            "--sweep" => sweep = true,
             "-h" | "--help" => {
                 println!(
                     "usage: paykey-resync [--apply] [--keys]   (dry run unless --apply; --keys: count the API keys)"
@@ -41,6 +43,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if sweep {
+        // Rotated-out keys whose grace is over: disabled (run from a schedule).
+        return match flows::sweep_expired_keys(&app.store, &app.keys, app.ctx()).await {
+            Ok(done) => {
+                println!("{} rotated-out key(s) disabled at the end of their grace", done.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("paykey-resync: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if keys_only {
         return match flows::count_keys(&app.keys, app.ctx()).await {
             Ok(count) => {

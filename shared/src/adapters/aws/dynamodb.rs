@@ -153,6 +153,7 @@ fn account_item(a: &AccountRecord) -> Item {
         ("TrialEnd", a.trial_end.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
         ("PreviousKeyId", a.previous_key_id.clone()),
         ("PreviousKeyUntil", a.previous_key_until.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
+        ("PreviousKeyRemaining", a.previous_key_remaining.map(|n| n.to_string())),
         (
             "RecentRotations",
             (!a.recent_rotations.is_empty()).then(|| {
@@ -220,6 +221,9 @@ fn account_from_item(item: &Item, user_id: UserId, user_name: UserName, op: &'st
         trial_end: opt_time(item, "TrialEnd", op)?,
         previous_key_id: get_s(item, "PreviousKeyId").map(str::to_string),
         previous_key_until: opt_time(item, "PreviousKeyUntil", op)?,
+        previous_key_remaining: get_s(item, "PreviousKeyRemaining")
+            .map(|n| n.parse::<u64>().map_err(|e| bad(op, format!("PreviousKeyRemaining: {e}"))))
+            .transpose()?,
         recent_rotations: match get_s(item, "RecentRotations") {
             None => Vec::new(),
             Some(list) => list

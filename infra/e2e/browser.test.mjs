@@ -148,3 +148,64 @@ test("free → trial → paid → another tier → cancel → free, on one key",
     for (const f of saved) console.log(`screenshot: ${f}`);
   }
 });
+
+// Issue 12: the usage bar, a rotation with a grace (both keys work, then only the new one),
+// and a small quota exhausted on the local stack (429 Limit Exceeded).
+test("usage bar, key rotation with a grace, quota exhausted", { timeout: 120_000 }, async () => {
+  const small = JSON.stringify({ tiers: [
+    { name: "FREE", usage_plan_id: "usage-plan-free", quota: { limit: 6, period: "MONTH" } },
+    { name: "PRO", lookup_key: "FMMailPro", usage_plan_id: "usage-plan-pro" },
+  ] });
+  mkdirSync(shots, { recursive: true });
+  const dataDir = mkdtempSync(path.join(tmpdir(), "paykey-browser-"));
+  const { child, base } = await new Promise((resolve, reject) => {
+    const c = spawn(bin, [], { env: { ...process.env, PAYKEY_PORT: "0", PAYKEY_DATA_DIR: dataDir, PAYKEY_CATALOG: small, RUST_LOG: "warn" }, stdio: ["ignore", "pipe", "inherit"] });
+    createInterface({ input: c.stdout }).once("line", (l) => {
+      const m = l.match(/on (http:\/\/127\.0\.0\.1:\d+)/);
+      m ? resolve({ child: c, base: m[1] }) : reject(new Error(`unexpected first line: ${l}`));
+    });
+  });
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, timeout: 30_000,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"] });
+  const product = async (key) => (await fetch(base + "/product/hello", { headers: { "x-api-key": key } }));
+  const saved = [];
+  try {
+    const page = await browser.newPage();
+    await page.goto(base + "/");
+    await page.fill("#username", "ruth");
+    await page.fill("#password", "correct horse");
+    await page.click("#signup-btn");
+    await page.waitForSelector("#plan:text('FREE')");
+    await page.click("#free-key");
+    await page.waitForSelector("#key-box:not(.hidden)");
+    const oldKey = (await page.textContent("#api-key")).trim();
+    for (let i = 0; i < 2; i++) assert.equal((await product(oldKey)).status, 200);
+    await page.reload();
+    await page.waitForSelector("#usage-text:text('2 of 6 requests used, 4 left this month')");
+    let file = path.join(shots, "10-usage-bar.png"); await page.screenshot({ path: file, fullPage: true }); saved.push(file);
+
+    await page.fill("#grace", "2");
+    await page.click("#rotate");
+    await page.waitForSelector("#rotated:text('New key issued')");
+    const newKey = (await page.textContent("#api-key")).trim();
+    assert.notEqual(newKey, oldKey);
+    assert.equal((await product(oldKey)).status, 200, "the old key works in its grace");
+    assert.equal((await product(newKey)).status, 200, "so does the new one");
+    file = path.join(shots, "11-rotated.png"); await page.screenshot({ path: file, fullPage: true }); saved.push(file);
+    await new Promise((r) => setTimeout(r, 3500));
+    assert.equal((await product(oldKey)).status, 403, "after the grace only the new key works");
+    // 6 − 2 − 1 (old, in its grace) − 1 (new) = 2 left
+    for (let i = 0; i < 2; i++) assert.equal((await product(newKey)).status, 200);
+    const refused = await product(newKey);
+    assert.equal(refused.status, 429);
+    assert.equal((await refused.json()).message, "Limit Exceeded");
+    await page.reload();
+    await page.waitForSelector("#usage-text:text('0 left')");
+    file = path.join(shots, "12-quota-exhausted.png"); await page.screenshot({ path: file, fullPage: true }); saved.push(file);
+  } finally {
+    await browser.close();
+    child.kill();
+    rmSync(dataDir, { recursive: true, force: true });
+    for (const f of saved) console.log(`screenshot: ${f}`);
+  }
+});

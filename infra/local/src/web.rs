@@ -16,6 +16,7 @@ button.secondary{background:#e5e7eb;color:#111827} .banner{padding:10px 14px;bor
 .ok{background:#dcfce7} .warn{background:#fef3c7} .err{color:#b91c1c} code{background:#f3f4f6;padding:3px 6px;border-radius:4px;word-break:break-all}
 .plan{font-size:18px;font-weight:600} .hidden{display:none}
 #plans{display:flex;gap:10px;margin:10px 0 18px} .tier{flex:1;border:1px solid #e5e7eb;border-radius:8px;padding:10px;font-size:14px}
+.bar{height:10px;background:#e5e7eb;border-radius:5px;overflow:hidden;margin-top:8px} #usage-fill{height:100%;background:#4f46e5;width:0}
 .tier h3{margin:0 0 6px;font-size:16px} .tier.current{border-color:#4f46e5;box-shadow:0 0 0 2px #c7d2fe} .tier button{margin-top:8px;padding:7px 10px;font-size:13px}
 </style></head>
 <body><main>
@@ -32,7 +33,10 @@ button.secondary{background:#e5e7eb;color:#111827} .banner{padding:10px 14px;bor
   <p>Plan: <span class="plan" id="plan">…</span> <span id="sub-status"></span></p>
   <p id="period" class="hidden"></p>
   <p id="trial" class="hidden"></p>
-  <div id="key-box" class="hidden"><p>Your API key (<span id="key-plan"></span>):</p><p><code id="api-key"></code></p></div>
+  <div id="key-box" class="hidden"><p>Your API key (<span id="key-plan"></span>):</p><p><code id="api-key"></code></p>
+    <div id="usage" class="hidden"><div class="bar"><div id="usage-fill"></div></div><p id="usage-text" class="muted"></p></div>
+    <label for="grace">Keep the old key working for (seconds)</label><input id="grace" type="number" min="0" value="0">
+    <button id="rotate" class="secondary">Rotate key</button><p id="rotated"></p></div>
   <button id="free-key" class="hidden secondary">Get a free API key</button>
   <button id="upgrade" class="hidden">Upgrade to PRO</button>
   <button id="portal" class="hidden secondary">Open billing portal</button>
@@ -132,6 +136,15 @@ async function render() {
     $("period").textContent = a.current_period_end ? (a.cancel_at_period_end ? `Ends on ${a.current_period_end.slice(0, 10)}` : `Renews on ${a.current_period_end.slice(0, 10)}`) : "";
     const key = a.api_key && a.api_key.enabled ? a.api_key.value : null;
     show("key-box", !!key); $("api-key").textContent = key || ""; $("key-plan").textContent = a.plan;
+    const u = a.usage;
+    show("usage", !!u);
+    if (u) {
+      // What the period's quota has lost (a rotated key starts with its predecessor's remaining).
+      const spent = Math.max(0, u.limit - u.remaining);
+      $("usage-fill").style.width = `${Math.min(100, (spent * 100) / Math.max(1, u.limit))}%`;
+      $("usage-text").textContent = `${spent.toLocaleString()} of ${u.limit.toLocaleString()} requests used, ${u.remaining.toLocaleString()} left this ${u.period.toLowerCase()} (${u.period_start} – ${u.period_end}, UTC)` +
+        (u.billing_period_end ? `; billing period ends ${u.billing_period_end.slice(0, 10)}` : "");
+    }
     const freeTier = plans.find((t) => !t.lookup_key);
     show("free-key", !key && !paid && !!(freeTier && freeTier.has_api_key));
     const first = plans.find((t) => t.lookup_key);
@@ -148,6 +161,16 @@ $("signin-btn").onclick = signIn;
 $("signup-btn").onclick = signUp;
 $("signout").onclick = (e) => { e.preventDefault(); localStorage.clear(); history.replaceState(null, "", "/"); render(); };
 $("upgrade").onclick = () => choose((plans.find((t) => t.lookup_key) || {lookup_key: "FMMailPro"}).lookup_key);
+$("rotate").onclick = async () => {
+  fail("");
+  try {
+    const grace = parseInt($("grace").value || "0", 10);
+    const r = await api("/api-key/rotate", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({grace_seconds: grace, request_id: crypto.randomUUID()})});
+    window.previousKey = window.lastKey;
+    $("rotated").textContent = `New key issued; the old one works until ${r.previous_key_until}.`;
+    await render();
+  } catch (e) { fail(e.message); }
+};
 $("free-key").onclick = async () => {
   fail("");
   try { await api("/api-key", {method: "POST"}); await render(); } catch (e) { fail(e.message); }

@@ -164,8 +164,12 @@ def test_gateway_errors_carry_the_app_origin_so_the_browser_can_read_them(cfn):
 def test_each_function_may_be_invoked_only_by_this_api_on_its_own_route(cfn):
     perms = of_type(cfn, "AWS::Lambda::Permission")
     got = set()
+    scheduled = []
     for p in perms.values():
         props = p["Properties"]
+        if props["Principal"] == "events.amazonaws.com":
+            scheduled.append(props)
+            continue
         assert props["Action"] == "lambda:InvokeFunction" and props["Principal"] == "apigateway.amazonaws.com"
         fn = props["FunctionName"]["Ref"]
         arn, values = props["SourceArn"]["Fn::Sub"]
@@ -177,6 +181,11 @@ def test_each_function_may_be_invoked_only_by_this_api_on_its_own_route(cfn):
         got.add((fn, m.group(1), path))
     want = {(fn, method.upper(), re.sub(r"\{[^}]+\}", "{}", path)) for (path, method), (fn, _) in ROUTES.items()}
     assert got == want
+    # the sweeper alone is invoked by EventBridge, by its own schedule rule only
+    assert [p["FunctionName"]["Ref"] for p in scheduled] == ["SweepKeysFunction"]
+    rule = cfn["Resources"][scheduled[0]["SourceArn"]["Fn::GetAtt"][0]]
+    assert rule["Type"] == "AWS::Events::Rule" and rule["Properties"]["ScheduleExpression"] == "rate(1 minute)"
+    assert [t["Arn"] for t in rule["Properties"]["Targets"]] == [{"Fn::GetAtt": ["SweepKeysFunction", "Arn"]}]
 
 
 # ------------------------------------------------------------------ stage: access logs, throttling, tracing
@@ -300,7 +309,7 @@ def test_no_wildcard_actions_or_resources(cfn, fn):
 
 def test_only_the_key_issuing_functions_may_change_api_keys_and_usage_plans(cfn):
     writers = {fn for fn in functions(cfn) if actions(cfn, fn) & {"apigateway:POST", "apigateway:PATCH", "apigateway:DELETE"}}
-    assert writers == {"CreateApiKeyFunction", "StripeWebhookFunction", "GetAccountFunction"}
+    assert writers == {"CreateApiKeyFunction", "StripeWebhookFunction", "GetAccountFunction", "SweepKeysFunction"}
     readers = {fn for fn in functions(cfn) if any(a.startswith("apigateway:") for a in actions(cfn, fn))}
     assert readers == writers
 

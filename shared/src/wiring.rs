@@ -99,6 +99,17 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
     ))
 }
 
+pub type SweepApp = App<DynamoStore, Keys, (), ()>;
+
+/// `sweep-keys`: the API keys table and API Gateway, nothing else.
+pub async fn sweep_app(env: &Env) -> Result<SweepApp, InitError> {
+    let settings = config::settings(env)?;
+    let tables = Tables::from_env(env)?;
+    config::require_usage_plans(&settings.catalog)?;
+    let aws = aws::load_config().await;
+    Ok(app(DynamoStore::new(&aws, tables), Patient::new(ApiGatewayKeys::new(&aws)), (), (), settings))
+}
+
 /// `stripe-webhook`.
 pub async fn webhook_app(env: &Env) -> Result<WebhookApp, InitError> {
     let hook = config::secret_source(env, "STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PARAMETER");

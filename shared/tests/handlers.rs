@@ -409,3 +409,39 @@ async fn the_free_key_and_plans_routes_answer_and_refuse_bad_input_without_writi
     assert_eq!((r.status().as_u16(), body_json(&r)["error"].as_str()), (404, Some("no_free_tier")));
     assert_eq!(single.snapshot(), before);
 }
+
+/// `POST /api-key/rotate` (issue 12): bad input answered with its code, nothing written.
+#[tokio::test]
+async fn the_rotate_route_refuses_bad_input_without_writing() {
+    let w = World::tiered();
+    w.user("alice");
+    let rotate = |body: &str| Event::new("POST", "/api-key/rotate", "/api-key/rotate").body(body);
+    let get = |v: &mut Value| {
+        v["httpMethod"] = json!("GET");
+        v["requestContext"]["httpMethod"] = json!("GET");
+    };
+    let cases: Vec<(&str, Event, u16, &str)> = vec![
+        ("no key yet", rotate(""), 409, "no_key"),
+        ("without sign-in", rotate("").no_claims(), 401, "unauthorized"),
+        ("with GET", rotate("").with(get), 400, "bad_request"),
+        ("malformed JSON", rotate("{\"grace_seconds\":"), 400, "bad_request"),
+        ("unknown field", rotate(r#"{"grace":5}"#), 400, "bad_request"),
+        ("negative grace", rotate(r#"{"grace_seconds":-1}"#), 400, "bad_request"),
+        ("grace over the maximum", rotate(r#"{"grace_seconds":86401}"#), 400, "bad_request"),
+        ("empty request id", rotate(r#"{"request_id":""}"#), 400, "bad_request"),
+        ("user not in the pool", rotate("").user("ghost"), 409, "no_key"),
+    ];
+    for (name, ev, status, code) in cases {
+        let before = w.snapshot();
+        let r = handlers::get_account(&w.app, ev.request()).await.unwrap();
+        assert_eq!(r.status(), status, "{name}: {:?}", r.body());
+        assert_json_with_cors(&r);
+        assert_eq!(body_json(&r)["error"], code, "{name}");
+        assert_eq!(w.snapshot(), before, "{name}: nothing written");
+    }
+    // with a key: 200, a new key
+    handlers::get_account(&w.app, Event::new("POST", "/api-key", "/api-key").request()).await.unwrap();
+    let r = handlers::get_account(&w.app, rotate(r#"{"grace_seconds": 60}"#).request()).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert!(body_json(&r)["previous_key_until"].is_string());
+}

@@ -201,6 +201,29 @@ async fn fulfilment_calls(w: &Arc<World>) -> Vec<&'static str> {
     calls
 }
 
+/// The scheduled sweep: a rotated-out key whose grace ended (with use in the grace to take off
+/// the new key), one still in its grace, a failure (lock released).
+async fn sweep_calls() -> Vec<&'static str> {
+    let w = World::tiered();
+    let (a, b) = (w.user("ann"), w.user("ben"));
+    let mut values = Vec::new();
+    for u in [&a, &b] {
+        let k = flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), u).await.unwrap();
+        values.push(k.api_key.value);
+    }
+    let rot = |g| flows::RotateRequest { grace_seconds: g, request_id: None };
+    flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &a, rot(60)).await.unwrap();
+    use paykey::ports::Clock;
+    w.app.keys.call(&values[0], w.clock.now()).unwrap();
+    w.clock.advance(chrono::Duration::seconds(61));
+    flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &b, rot(600)).await.unwrap();
+    w.meter.reset_calls();
+    w.meter.inject("apigw.set_enabled", Fault::Before);
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    w.meter.calls()
+}
+
 async fn portal_calls() -> Vec<&'static str> {
     let w = World::new();
     let alice = w.user("alice");
@@ -342,6 +365,7 @@ async fn each_functions_permissions_are_what_its_code_calls() {
     derived.insert("CreateBillingPortalFunction", actions_of(&portal_calls().await));
     derived.insert("GetAccountFunction", actions_of(&account_calls().await));
     derived.insert("StripeWebhookFunction", actions_of(&webhook_calls().await));
+    derived.insert("SweepKeysFunction", actions_of(&sweep_calls().await));
     // Functions that call Stripe read its secret key (and the webhook its signing secret) from
     // SSM at cold start (paykey::wiring).
     for f in [

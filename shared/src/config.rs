@@ -84,6 +84,13 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
     }
     s.lease = env.parse_secs("FULFILMENT_LEASE_SECONDS", 60)?;
     s.past_due_grace = env.parse_secs("PAST_DUE_GRACE_SECONDS", 7 * 24 * 3600)?;
+    s.rotation_max_grace = env.parse_secs("ROTATION_MAX_GRACE_SECONDS", 24 * 3600)?;
+    if let Some(v) = env.optional("ROTATIONS_PER_DAY") {
+        s.rotations_per_day = v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| ConfigError::Malformed {
+            name: "ROTATIONS_PER_DAY",
+            reason: format!("expected a whole number of at least 1, got {v:?}"),
+        })?;
+    }
     Ok(s)
 }
 
@@ -284,6 +291,24 @@ mod tests {
             ("ALLOWED_LOOKUP_KEYS", "FMMailPro"),
         ]));
         assert!(matches!(both, Err(ConfigError::Malformed { name: "PAYKEY_CATALOG", .. })), "{both:?}");
+    }
+
+    #[test]
+    fn rotation_limits_are_read_and_checked() {
+        let base = [("MY_DOMAIN", "https://a.example")];
+        let d = settings(&Env::from_pairs(base)).unwrap();
+        assert_eq!((d.rotation_max_grace.as_secs(), d.rotations_per_day), (86_400, 3));
+        let s = settings(&Env::from_pairs([
+            ("MY_DOMAIN", "https://a.example"),
+            ("ROTATION_MAX_GRACE_SECONDS", "600"),
+            ("ROTATIONS_PER_DAY", "5"),
+        ]))
+        .unwrap();
+        assert_eq!((s.rotation_max_grace.as_secs(), s.rotations_per_day), (600, 5));
+        for bad in ["0", "-1", "many"] {
+            let e = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("ROTATIONS_PER_DAY", bad)]));
+            assert!(matches!(e, Err(ConfigError::Malformed { name: "ROTATIONS_PER_DAY", .. })), "{bad}");
+        }
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub(crate) async fn place_in_plan<K: KeyRegistry>(keys: &K, id: &str, plan: &str
     Ok(())
 }
 
-async fn detach_from_every_plan<K: KeyRegistry>(keys: &K, id: &str) -> Result<(), Error> {
+pub(crate) async fn detach_from_every_plan<K: KeyRegistry>(keys: &K, id: &str) -> Result<(), Error> {
     for plan in keys.plans_of(id).await? {
         keys.detach_from_plan(id, &plan).await?;
     }

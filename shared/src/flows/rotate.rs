@@ -87,9 +87,7 @@ where
         if let Some(prev) = next.previous_key_id.take() {
             if prev != old {
                 keys.set_enabled(&prev, false).await?;
-                for p in keys.plans_of(&prev).await? {
-                    keys.detach_from_plan(&prev, &p).await?;
-                }
+                account_keys::detach_from_every_plan(keys, &prev).await?;
             }
         }
         // The new key: one a crashed attempt created (enabled, not the old one), else a new one.
@@ -113,9 +111,7 @@ where
         let until = now + chrono_duration(grace);
         if grace.is_zero() {
             keys.set_enabled(&old, false).await?;
-            for p in keys.plans_of(&old).await? {
-                keys.detach_from_plan(&old, &p).await?;
-            }
+            account_keys::detach_from_every_plan(keys, &old).await?;
         }
         next.previous_key_id = Some(old.clone());
         next.previous_key_until = Some(until);
@@ -191,9 +187,7 @@ where
                         keys.set_remaining(&new, &plan, left).await?;
                     }
                 }
-                for p in keys.plans_of(&prev).await? {
-                    keys.detach_from_plan(&prev, &p).await?;
-                }
+                account_keys::detach_from_every_plan(keys, &prev).await?;
             }
             next.previous_key_id = None;
             next.previous_key_until = None;

@@ -141,30 +141,37 @@ impl LocalCognito {
                 "Password did not conform with policy: Password not long enough (8 characters at least)".into(),
             ));
         }
-        let mut inner = self.lock();
-        if inner.snapshot.users.contains_key(name.as_str()) {
+        if self.lock().snapshot.users.contains_key(name.as_str()) {
             return Err(AuthError::UsernameExists);
         }
+        // PBKDF2 (100,000 rounds) runs without the pool's lock: sign-ups and sign-ins of
+        // other users go on meanwhile.
         let mut salt = [0u8; 16];
         SystemRandom::new().fill(&mut salt).map_err(|_| AuthError::InvalidParameter("no randomness".into()))?;
+        let password_hash = STANDARD.encode(hash_password(&salt, password));
         let user = LocalUser {
             sub: uuid::Uuid::new_v4().to_string(),
             email: email.filter(|e| !e.is_empty()).map(str::to_string),
             salt: STANDARD.encode(salt),
-            password_hash: STANDARD.encode(hash_password(&salt, password)),
+            password_hash,
             plan_type: None,
             stripe_customer_id: None,
         };
+        let mut inner = self.lock();
+        // checked again: another sign-up of the same name may have finished meanwhile
+        if inner.snapshot.users.contains_key(name.as_str()) {
+            return Err(AuthError::UsernameExists);
+        }
         inner.snapshot.users.insert(name.to_string(), user);
         Ok(())
     }
 
     /// Checks the password and issues an ID token valid for an hour.
     pub fn sign_in(&self, username: &str, password: &str, now: i64) -> Result<String, AuthError> {
-        let inner = self.lock();
-        let user = inner.snapshot.users.get(username).ok_or(AuthError::NotAuthorized)?;
-        let salt = STANDARD.decode(&user.salt).map_err(|_| AuthError::NotAuthorized)?;
-        let expected = STANDARD.decode(&user.password_hash).map_err(|_| AuthError::NotAuthorized)?;
+        let checked = self.lock().snapshot.users.get(username).cloned().ok_or(AuthError::NotAuthorized)?;
+        let salt = STANDARD.decode(&checked.salt).map_err(|_| AuthError::NotAuthorized)?;
+        let expected = STANDARD.decode(&checked.password_hash).map_err(|_| AuthError::NotAuthorized)?;
+        // verified without the pool's lock (see sign_up)
         pbkdf2::verify(
             pbkdf2::PBKDF2_HMAC_SHA256,
             NonZeroU32::new(PBKDF2_ROUNDS).expect("nonzero"),
@@ -173,6 +180,14 @@ impl LocalCognito {
             &expected,
         )
         .map_err(|_| AuthError::NotAuthorized)?;
+        let inner = self.lock();
+        // the attributes as they are now (fulfilment may have changed them during the hash)
+        let user = inner
+            .snapshot
+            .users
+            .get(username)
+            .filter(|u| u.sub == checked.sub && u.password_hash == checked.password_hash)
+            .ok_or(AuthError::NotAuthorized)?;
         let mut claims = Map::new();
         claims.insert("sub".into(), json!(user.sub));
         claims.insert("cognito:username".into(), json!(username));

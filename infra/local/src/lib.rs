@@ -10,7 +10,10 @@ mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::{watch, Notify};
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -46,6 +49,8 @@ pub struct Options {
     pub webhook_retry_delay: std::time::Duration,
     /// What is sold (`PAYKEY_CATALOG`'s JSON); `None`: [`LOCAL_CATALOG`].
     pub catalog: Option<String>,
+    /// When the data file is written (`PAYKEY_PERSIST`).
+    pub persist: persist::Mode,
 }
 
 /// The local stack's catalog: FREE with a key (1,000 requests a month), PRO (`FMMailPro`,
@@ -68,6 +73,7 @@ impl Default for Options {
             stripe_webhook_secret: None,
             webhook_retry_delay: std::time::Duration::from_millis(500),
             catalog: None,
+            persist: persist::Mode::default(),
         }
     }
 }
@@ -89,6 +95,11 @@ pub struct LocalState {
     pub data_dir: PathBuf,
     webhook_secret: String,
     save_lock: Mutex<()>,
+    persist: persist::Mode,
+    /// Group commit: tickets handed out, and the highest ticket whose changes are on disk.
+    requested: AtomicU64,
+    durable: watch::Sender<u64>,
+    wake: Notify,
 }
 
 impl LocalState {
@@ -109,6 +120,39 @@ impl LocalState {
     pub fn save(&self) -> Result<(), persist::PersistError> {
         let _guard = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
         persist::save(&self.data_dir, &self.snapshot())
+    }
+
+    /// Returns once everything changed before the call is in the data file (a write error is
+    /// logged: the stack keeps serving from memory).
+    pub async fn commit(self: &Arc<Self>) {
+        match self.persist {
+            persist::Mode::EveryRequest => {
+                if let Err(e) = self.save() {
+                    tracing::error!(error = %e, "could not save the local stack's data");
+                }
+            }
+            persist::Mode::Group => {
+                let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut durable = self.durable.subscribe();
+                self.wake.notify_one();
+                let _ = durable.wait_for(|d| *d >= ticket).await;
+            }
+        }
+    }
+
+    /// The group-commit writer: each write covers every ticket handed out before it began.
+    async fn writer(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            let covered = self.requested.load(Ordering::SeqCst);
+            let state = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || state.save()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "could not save the local stack's data"),
+                Err(e) => tracing::error!(error = %e, "the data file writer panicked"),
+            }
+            self.durable.send_replace(covered);
+        }
     }
 }
 
@@ -213,8 +257,17 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         data_dir: opts.data_dir.clone(),
         webhook_secret,
         save_lock: Mutex::new(()),
+        persist: opts.persist,
+        requested: AtomicU64::new(0),
+        durable: watch::channel(0).0,
+        wake: Notify::new(),
     });
     state.save()?;
+    tokio::spawn(state.clone().writer());
+    // webhooks owed before a restart (the data file keeps them until answered 2xx)
+    if let Some(e) = &state.emulator {
+        e.resume_deliveries();
+    }
 
     let mut router = Router::new()
         .route("/api/{*rest}", any(api))
@@ -236,11 +289,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             match paykey::flows::sweep_expired_keys(&sweeper.app.store, &sweeper.app.keys, sweeper.app.ctx()).await {
-                Ok(done) if !done.is_empty() => {
-                    if let Err(e) = sweeper.save() {
-                        tracing::error!(error = %e, "could not save the local stack's data");
-                    }
-                }
+                Ok(done) if !done.is_empty() => sweeper.commit().await,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "key sweep failed; retried in a second"),
             }
@@ -293,12 +342,19 @@ fn seed_catalog(shared: &stripe_emulator::Shared) {
     shared.call("POST", "/v1/billing_portal/configurations", &form);
 }
 
+/// Answers a request only once what it changed is in the data file. Pages and the JWKS change
+/// nothing and skip the wait.
 async fn persist_after(State(state): State<Arc<LocalState>>, req: Request, next: Next) -> Response {
+    let read_only = req.method() == Method::GET && is_static(req.uri().path());
     let resp = next.run(req).await;
-    if let Err(e) = state.save() {
-        tracing::error!(error = %e, "could not save the local stack's data");
+    if !read_only {
+        state.commit().await;
     }
     resp
+}
+
+fn is_static(path: &str) -> bool {
+    matches!(path, "/" | "/thanks_upgrade" | "/canceled_upgrade" | "/cognito/local_paykey/.well-known/jwks.json")
 }
 
 async fn api(

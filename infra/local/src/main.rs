@@ -1,7 +1,8 @@
 //! `cargo run -p paykey-local`: the whole upgrade flow offline on http://127.0.0.1:8787.
 //!
 //! Environment: `PAYKEY_PORT` (8787), `PAYKEY_DATA_DIR` (.paykey-data), `STRIPE_API_KEY`
-//! (`sk_test_…`: real Stripe test mode instead of the emulator) with `STRIPE_WEBHOOK_SECRET`.
+//! (`sk_test_…`: real Stripe test mode instead of the emulator) with `STRIPE_WEBHOOK_SECRET`,
+//! `PAYKEY_CATALOG` (what is sold), `PAYKEY_PERSIST` (`group`, the default, or `every-request`).
 
 use std::path::PathBuf;
 
@@ -30,6 +31,15 @@ async fn main() -> std::process::ExitCode {
     }
     opts.stripe_webhook_secret = std::env::var("STRIPE_WEBHOOK_SECRET").ok().filter(|k| !k.is_empty());
     // What is sold (JSON, as the SAM stack writes it); default: FREE with keys, PRO, BUSINESS.
+    if let Ok(m) = std::env::var("PAYKEY_PERSIST") {
+        match m.parse() {
+            Ok(m) => opts.persist = m,
+            Err(e) => {
+                eprintln!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     opts.catalog = std::env::var("PAYKEY_CATALOG").ok().filter(|c| !c.trim().is_empty());
     let started = match paykey_local::start(opts.clone()).await {
         Ok(s) => s,

@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 pub use form::Form;
-pub use state::Emu;
+pub use state::{Emu, Target, Undelivered};
 
 /// How the emulator starts.
 #[derive(Debug, Clone)]
@@ -89,6 +89,8 @@ pub struct Shared {
     /// The emulator's own base URL, for hosted page links.
     pub(crate) base: Arc<Mutex<String>>,
     pub(crate) faults: Arc<Mutex<Faults>>,
+    /// Keys of the deliveries running now (never two tasks for one event and target).
+    pub(crate) inflight: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Shared {
@@ -124,6 +126,7 @@ impl Shared {
             config: Arc::new(config),
             base: Arc::default(),
             faults: Arc::default(),
+            inflight: Arc::default(),
         }
     }
 
@@ -139,34 +142,82 @@ impl Shared {
         *self.base.lock().unwrap_or_else(|p| p.into_inner()) = base.trim_end_matches('/').to_string();
     }
 
-    /// Sends every pending event to every endpoint that wants it.
+    /// Fans every new event out to the targets that want it (each kept as undelivered until
+    /// it is answered 2xx or runs out of attempts) and starts their deliveries.
     pub(crate) fn flush_events(&self) {
-        let (events, endpoints) = {
+        let started = {
             let mut emu = self.lock();
-            (std::mem::take(&mut emu.outbox), emu.endpoints())
-        };
-        for ev in events {
-            let kind = ev["type"].as_str().unwrap_or_default().to_string();
-            let id = ev["id"].as_str().unwrap_or_default().to_string();
-            let payload = serde_json::to_string_pretty(&ev).unwrap_or_default();
-            let mut targets: Vec<(String, String)> = endpoints
-                .iter()
-                .filter(|(_, _, events)| events.iter().any(|e| e == "*" || *e == kind))
-                .map(|(url, secret, _)| (url.clone(), secret.clone()))
-                .collect();
-            if let Some(url) = &self.config.webhook_url {
-                targets.push((url.clone(), self.config.webhook_secret.clone()));
+            let events = std::mem::take(&mut emu.outbox);
+            let endpoints = emu.endpoint_ids();
+            let mut started = Vec::new();
+            for event in events {
+                let kind = event["type"].as_str().unwrap_or_default().to_string();
+                let mut targets: Vec<Target> = endpoints
+                    .iter()
+                    .filter(|(_, events)| events.iter().any(|e| e == "*" || *e == kind))
+                    .map(|(id, _)| Target::Endpoint(id.clone()))
+                    .collect();
+                if self.config.webhook_url.is_some() {
+                    targets.push(Target::Configured);
+                }
+                for target in targets {
+                    let u = Undelivered { event: event.clone(), target };
+                    emu.undelivered.insert(u.key(), u.clone());
+                    started.push(u);
+                }
             }
-            for (url, secret) in targets {
-                let shared = self.clone();
-                let (id, kind, payload) = (id.clone(), kind.clone(), payload.clone());
-                let (attempts, delay) = (self.config.max_attempts, self.config.retry_delay);
-                let d = webhooks::Delivery { url, secret, event_id: id, event_type: kind, payload };
-                tokio::spawn(webhooks::deliver(d, attempts, delay, move |a| {
-                    shared.lock().deliveries.push(a);
-                }));
+            started
+        };
+        for u in started {
+            self.deliver(u);
+        }
+    }
+
+    /// Starts the deliveries a restart interrupted (those [`Shared::import`] restored); events
+    /// emitted but not yet fanned out are fanned out first.
+    pub fn resume_deliveries(&self) {
+        let owed: Vec<Undelivered> = self.lock().undelivered.values().cloned().collect();
+        for u in owed {
+            self.deliver(u);
+        }
+        self.flush_events();
+    }
+
+    fn deliver(&self, u: Undelivered) {
+        let key = u.key();
+        let resolved = self.lock().resolve(&u.target, self.config.webhook_url.as_deref(), &self.config.webhook_secret);
+        let Some((url, secret)) = resolved else {
+            // the endpoint was deleted or disabled meanwhile: Stripe stops delivering to it too
+            self.lock().undelivered.remove(&key);
+            return;
+        };
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if !inflight.insert(key.clone()) {
+                return;
             }
         }
+        let d = webhooks::Delivery {
+            url,
+            secret,
+            event_id: u.event["id"].as_str().unwrap_or_default().to_string(),
+            event_type: u.event["type"].as_str().unwrap_or_default().to_string(),
+            payload: serde_json::to_string_pretty(&u.event).unwrap_or_default(),
+        };
+        let (attempts, delay) = (self.config.max_attempts, self.config.retry_delay);
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let recorder = shared.clone();
+            webhooks::deliver(d, attempts, delay, move |a| recorder.lock().deliveries.push(a)).await;
+            shared.lock().undelivered.remove(&key);
+            shared.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
+    }
+
+    /// Deliveries not finished (not yet answered 2xx, attempts left).
+    pub fn undelivered(&self) -> usize {
+        let emu = self.lock();
+        emu.undelivered.len() + emu.outbox.len()
     }
 
     /// Runs one API call in-process (no HTTP, no auth), delivering its events: for seeding

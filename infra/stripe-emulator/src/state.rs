@@ -24,14 +24,66 @@ pub struct Emu {
     pub webhook_endpoints: BTreeMap<String, Value>,
     /// Idempotency-Key → (request fingerprint, status, answer).
     pub idempotency: HashMap<String, (String, u16, Value)>,
-    /// Every event, and those not yet delivered.
+    /// Every event, and those not yet handed to delivery.
     pub events: Vec<Value>,
     pub outbox: Vec<Value>,
+    /// Deliveries not finished yet (not answered 2xx, attempts left), keyed by
+    /// `event id|target`: exported, so a restart resumes them.
+    pub undelivered: BTreeMap<String, Undelivered>,
     pub deliveries: Vec<Attempt>,
     counter: u64,
     /// Seconds the emulator's clock runs ahead of the wall clock (a test clock: see
     /// [`Emu::advance`]).
     pub clock_offset: i64,
+}
+
+/// Where one delivery goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The configured `webhook_url` (resolved at delivery time: the local stack's port may
+    /// differ after a restart).
+    Configured,
+    /// A webhook endpoint created through the API, by id.
+    Endpoint(String),
+    /// Not yet fanned out to targets (an event emitted and not handed to delivery).
+    All,
+}
+
+/// One event owed to one target.
+#[derive(Debug, Clone)]
+pub struct Undelivered {
+    pub event: Value,
+    pub target: Target,
+}
+
+impl Undelivered {
+    pub fn key(&self) -> String {
+        let t = match &self.target {
+            Target::Configured => "configured",
+            Target::Endpoint(id) => id.as_str(),
+            Target::All => "all",
+        };
+        format!("{}|{t}", self.event["id"].as_str().unwrap_or_default())
+    }
+
+    fn to_json(&self) -> Value {
+        let target = match &self.target {
+            Target::Configured => json!("configured"),
+            Target::Endpoint(id) => json!({ "endpoint": id }),
+            Target::All => json!("all"),
+        };
+        json!({"event": self.event, "target": target})
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        let target = match &v["target"] {
+            Value::String(s) if s == "configured" => Target::Configured,
+            Value::String(s) if s == "all" => Target::All,
+            t => Target::Endpoint(t["endpoint"].as_str()?.to_string()),
+        };
+        v["event"]["id"].as_str()?;
+        Some(Self { event: v["event"].clone(), target })
+    }
 }
 
 fn wall_clock() -> i64 {
@@ -66,6 +118,10 @@ impl Emu {
             "portal_sessions": self.portal_sessions, "portal_configs": self.portal_configs,
             "webhook_endpoints": self.webhook_endpoints, "events": self.events, "counter": self.counter,
             "clock_offset": self.clock_offset,
+            // events emitted but not yet handed to delivery belong to the undelivered too
+            "undelivered": self.undelivered.values().map(Undelivered::to_json)
+                .chain(self.outbox.iter().map(|e| Undelivered { event: e.clone(), target: Target::All }.to_json()))
+                .collect::<Vec<_>>(),
         })
     }
 
@@ -91,6 +147,17 @@ impl Emu {
         self.events = v.get("events").and_then(|e| e.as_array()).cloned().unwrap_or_default();
         self.counter = v.get("counter").and_then(|c| c.as_u64()).unwrap_or(0);
         self.clock_offset = v.get("clock_offset").and_then(|c| c.as_i64()).unwrap_or(0);
+        self.undelivered.clear();
+        self.outbox.clear();
+        for u in v.get("undelivered").and_then(|u| u.as_array()).into_iter().flatten() {
+            let u = Undelivered::from_json(u).ok_or("stripe.undelivered holds a malformed entry")?;
+            match u.target {
+                Target::All => self.outbox.push(u.event),
+                _ => {
+                    self.undelivered.insert(u.key(), u);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -101,21 +168,36 @@ impl Emu {
         self.outbox.push(ev);
     }
 
-    /// (url, secret, enabled events) of every enabled webhook endpoint.
-    pub(crate) fn endpoints(&self) -> Vec<(String, String, Vec<String>)> {
+    /// Where `target` delivers now (url, secret): `None` when the endpoint is gone or disabled.
+    pub(crate) fn resolve(
+        &self,
+        target: &Target,
+        config_url: Option<&str>,
+        config_secret: &str,
+    ) -> Option<(String, String)> {
+        match target {
+            Target::All => None,
+            Target::Configured => config_url.map(|u| (u.to_string(), config_secret.to_string())),
+            Target::Endpoint(id) => self.webhook_endpoints.get(id).filter(|e| e["status"] == "enabled").map(|e| {
+                (
+                    e["url"].as_str().unwrap_or_default().to_string(),
+                    e["secret_for_delivery"].as_str().unwrap_or_default().to_string(),
+                )
+            }),
+        }
+    }
+
+    /// (endpoint id, enabled events) of every enabled webhook endpoint.
+    pub(crate) fn endpoint_ids(&self) -> Vec<(String, Vec<String>)> {
         self.webhook_endpoints
-            .values()
-            .filter(|e| e["status"] == "enabled")
-            .map(|e| {
+            .iter()
+            .filter(|(_, e)| e["status"] == "enabled")
+            .map(|(id, e)| {
                 let events = e["enabled_events"]
                     .as_array()
                     .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
                     .unwrap_or_default();
-                (
-                    e["url"].as_str().unwrap_or_default().to_string(),
-                    e["secret_for_delivery"].as_str().unwrap_or_default().to_string(),
-                    events,
-                )
+                (id.clone(), events)
             })
             .collect()
     }

@@ -46,6 +46,18 @@ if [ "$(cat "$checkov_venv/.paykey-tools" 2>/dev/null)" != "checkov==$CHECKOV_VE
 fi
 export PAYKEY_CHECKOV=$checkov_venv/bin/checkov
 
+# Schemathesis (the OpenAPI fuzzer) pins its own hypothesis and pytest: a venv of its own too.
+SCHEMATHESIS_VERSION=4.32.5
+st_venv=$cache/schemathesis-venv
+step "schemathesis $SCHEMATHESIS_VERSION in $st_venv"
+if [ ! -x "$st_venv/bin/python" ]; then
+  python3 -m venv "$st_venv"
+fi
+if [ "$(cat "$st_venv/.paykey-tools" 2>/dev/null)" != "schemathesis==$SCHEMATHESIS_VERSION" ]; then
+  "$st_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  echo "schemathesis==$SCHEMATHESIS_VERSION" >"$st_venv/.paykey-tools"
+fi
+
 step "moto_server on loopback"
 port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 moto_log=$(mktemp)
@@ -85,6 +97,9 @@ cargo build --workspace --bins
 
 step "cargo test (flows, handlers, adapter contracts on memory, moto and the Stripe emulator, local stack e2e)"
 cargo test --workspace --lib --bins --tests 2>&1 | tee -a "$log"
+
+step "schemathesis: the local stack against infra/openapi/openapi.json (every route, phase and mode)"
+bash infra/scripts/fuzz.sh "$st_venv/bin/schemathesis" "$CARGO_TARGET_DIR/debug/paykey-local" 2>&1 | tee -a "$log"
 
 step "browser test: headless Chromium (Debian) driven by playwright-core"
 if ! command -v chromium >/dev/null 2>&1; then

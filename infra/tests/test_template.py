@@ -605,3 +605,25 @@ def test_checkov_finds_no_failed_check_and_the_fixed_checks_pass():
     assert MUST_PASS <= passed, MUST_PASS - passed
     skipped = {(c["check_id"], c["resource"].split(".")[-1]) for c in out["results"].get("skipped_checks", [])}
     assert skipped == {(i, r) for r, i, _ in checkov_skips(SOURCE)}, "every skip in the template is one Checkov applied"
+
+
+OPENAPI = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
+
+
+def test_the_openapi_document_describes_exactly_the_deployed_routes_with_their_auth(cfn):
+    """Every route of the SAM-transformed API is in infra/openapi/openapi.json with the same
+    auth (the `cognito` scheme where API Gateway's Cognito authorizer guards it, none where it
+    does not), and the document has no route the stack lacks."""
+    doc = json.loads(OPENAPI.read_text())
+    body = rest_api_body(cfn)
+    deployed = {}
+    for path, ops in body["paths"].items():
+        for method, op in ops.items():
+            if method != "options":
+                deployed[(path, method)] = method_auth(body, op)[0] == "COGNITO_USER_POOLS"
+    documented = {}
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            documented[(path, method)] = bool(op.get("security", doc.get("security", [])))
+    assert documented == deployed
+    assert doc["openapi"].startswith("3.1")

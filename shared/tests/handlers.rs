@@ -427,6 +427,8 @@ async fn the_rotate_route_refuses_bad_input_without_writing() {
         ("malformed JSON", rotate("{\"grace_seconds\":"), 400, "bad_request"),
         ("unknown field", rotate(r#"{"grace":5}"#), 400, "bad_request"),
         ("negative grace", rotate(r#"{"grace_seconds":-1}"#), 400, "bad_request"),
+        ("fractional grace", rotate(r#"{"grace_seconds":1.5}"#), 400, "bad_request"),
+        ("grace as a string", rotate(r#"{"grace_seconds":"60"}"#), 400, "bad_request"),
         ("grace over the maximum", rotate(r#"{"grace_seconds":86401}"#), 400, "bad_request"),
         ("empty request id", rotate(r#"{"request_id":""}"#), 400, "bad_request"),
         ("user not in the pool", rotate("").user("ghost"), 409, "no_key"),
@@ -441,7 +443,8 @@ async fn the_rotate_route_refuses_bad_input_without_writing() {
     }
     // with a key: 200, a new key
     handlers::get_account(&w.app, Event::new("POST", "/api-key", "/api-key").request()).await.unwrap();
-    let r = handlers::get_account(&w.app, rotate(r#"{"grace_seconds": 60}"#).request()).await.unwrap();
+    // 60.0 is the integer 60 to JSON Schema (and to the OpenAPI document): Schemathesis sent it
+    let r = handlers::get_account(&w.app, rotate(r#"{"grace_seconds": 60.0}"#).request()).await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.body());
     assert!(body_json(&r)["previous_key_until"].is_string());
 }

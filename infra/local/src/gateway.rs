@@ -32,6 +32,21 @@ pub const ROUTES: &[(&str, &str, bool, Function)] = &[
     ("POST", "/stripe/webhook", false, Function::StripeWebhook),
 ];
 
+/// paykey's HTTP API as OpenAPI 3.1 (`infra/openapi/openapi.json`): served by the local stack
+/// at `/openapi.json`, with the local server first.
+pub const OPENAPI: &str = include_str!("../../openapi/openapi.json");
+
+/// The document as this stack answers it: `servers` naming its API (`{base}/api`) only, and
+/// `lookup_key` narrowed to the lookup keys its catalog sells.
+pub fn openapi_for(base: &str, lookup_keys: &[String]) -> Value {
+    let mut doc: Value = serde_json::from_str(OPENAPI).unwrap_or_else(|_| json!({}));
+    doc["servers"] = json!([{"url": format!("{base}/api"), "description": "this local stack"}]);
+    if !lookup_keys.is_empty() {
+        doc["components"]["schemas"]["CheckoutRequest"]["properties"]["lookup_key"]["enum"] = json!(lookup_keys);
+    }
+    doc
+}
+
 /// The matched route: function, resource template, path parameters, whether it needs auth.
 pub struct Matched {
     pub function: Function,
@@ -189,5 +204,64 @@ mod tests {
         assert!(route(&Method::GET, "/checkout-sessions").is_none());
         assert!(route(&Method::GET, "/create-api-key/only-one").is_none());
         assert!(route(&Method::GET, "/nothing").is_none());
+    }
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_gateways_routes_with_their_auth() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let auth = op.get("security").and_then(Value::as_array).is_some_and(|s| !s.is_empty());
+                documented.insert((method.to_uppercase(), path.clone(), auth));
+            }
+        }
+        let served: std::collections::BTreeSet<_> =
+            ROUTES.iter().map(|(m, r, auth, _)| (m.to_string(), r.to_string(), *auth)).collect();
+        assert_eq!(documented, served);
+    }
+
+    /// Each code a route documents is answered with the status it is documented under, and
+    /// every code paykey answers is documented somewhere.
+    #[test]
+    fn every_documented_error_code_has_the_status_paykey_answers_it_with() {
+        use paykey::domain::{BackendError, Error};
+        let all = [
+            Error::Unauthorized("x"),
+            Error::BadRequest("x".into()),
+            Error::LookupKeyNotAllowed("x".into()),
+            Error::PriceNotFound("x".into()),
+            Error::UserNotFound,
+            Error::UserGone,
+            Error::AlreadySubscribed("PRO".into()),
+            Error::AlreadySubscribed("BUSINESS".into()),
+            Error::NoFreeTier,
+            Error::NoKey,
+            Error::RotationLimited(3),
+            Error::TierWithoutUsagePlan("FREE".into()),
+            Error::NoCustomer,
+            Error::BadSignature("x".into()),
+            Error::FulfilmentInProgress,
+            Error::Backend(BackendError::new("dynamodb", "GetItem", "x")),
+        ];
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                for (status, resp) in op["responses"].as_object().unwrap() {
+                    let schema = &resp["content"]["application/json"]["schema"];
+                    for c in schema["allOf"][1]["properties"]["error"]["enum"].as_array().into_iter().flatten() {
+                        let c = c.as_str().unwrap();
+                        let answered = all.iter().find(|e| e.code() == c).map(|e| e.status().to_string());
+                        assert_eq!(answered.as_deref(), Some(status.as_str()), "{method} {path}: {c} under {status}");
+                        seen.insert(c);
+                    }
+                }
+            }
+        }
+        for e in all.iter().filter(|e| e.code() != "unauthorized") {
+            assert!(seen.contains(e.code()), "{} is answered by paykey but documented nowhere", e.code());
+        }
     }
 }

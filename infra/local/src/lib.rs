@@ -51,6 +51,9 @@ pub struct Options {
     pub catalog: Option<String>,
     /// When the data file is written (`PAYKEY_PERSIST`).
     pub persist: persist::Mode,
+    /// How often rotated-out keys whose grace ended are disabled (`PAYKEY_SWEEP_SECONDS`;
+    /// `None`: never, for tests that need the stores to change only on requests).
+    pub sweep_every: Option<std::time::Duration>,
 }
 
 /// The local stack's catalog: FREE with a key (1,000 requests a month), PRO (`FMMailPro`,
@@ -74,6 +77,7 @@ impl Default for Options {
             webhook_retry_delay: std::time::Duration::from_millis(500),
             catalog: None,
             persist: persist::Mode::default(),
+            sweep_every: Some(std::time::Duration::from_secs(1)),
         }
     }
 }
@@ -275,6 +279,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         .route("/cognito/sign-in", post(sign_in))
         .route("/cognito/local_paykey/.well-known/jwks.json", get(jwks))
         .route("/product/hello", get(product_api))
+        .route("/openapi.json", get(openapi))
         .route("/", get(page))
         .route("/thanks_upgrade", get(page))
         .route("/canceled_upgrade", get(page))
@@ -285,9 +290,11 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     let router = router.layer(middleware::from_fn_with_state(state.clone(), persist_after));
     // What a schedule does on AWS: rotated-out keys are disabled when their grace ends.
     let sweeper = state.clone();
+    let sweep_every = opts.sweep_every;
     tokio::spawn(async move {
+        let Some(every) = sweep_every else { return };
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(every).await;
             match paykey::flows::sweep_expired_keys(&sweeper.app.store, &sweeper.app.keys, sweeper.app.ctx()).await {
                 Ok(done) if !done.is_empty() => sweeper.commit().await,
                 Ok(_) => {}
@@ -354,7 +361,10 @@ async fn persist_after(State(state): State<Arc<LocalState>>, req: Request, next:
 }
 
 fn is_static(path: &str) -> bool {
-    matches!(path, "/" | "/thanks_upgrade" | "/canceled_upgrade" | "/cognito/local_paykey/.well-known/jwks.json")
+    matches!(
+        path,
+        "/" | "/thanks_upgrade" | "/canceled_upgrade" | "/openapi.json" | "/cognito/local_paykey/.well-known/jwks.json"
+    )
 }
 
 async fn api(
@@ -463,6 +473,22 @@ async fn product_api(State(state): State<Arc<LocalState>>, headers: HeaderMap) -
             refused.message(),
         ),
     }
+}
+
+/// paykey's OpenAPI document, its server this stack's `/api`.
+async fn openapi(State(state): State<Arc<LocalState>>, headers: HeaderMap) -> Response {
+    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("127.0.0.1");
+    let keys: Vec<String> = state
+        .app
+        .settings
+        .catalog
+        .tiers()
+        .iter()
+        .filter_map(|t| t.lookup_key.as_ref().map(|k| k.to_string()))
+        .collect();
+    let mut resp = Json(gateway::openapi_for(&format!("http://{host}"), &keys)).into_response();
+    resp.headers_mut().insert("access-control-allow-origin", axum::http::HeaderValue::from_static("*"));
+    resp
 }
 
 async fn page() -> Html<&'static str> {

@@ -2,7 +2,8 @@
 //!
 //! Environment: `PAYKEY_PORT` (8787), `PAYKEY_DATA_DIR` (.paykey-data), `STRIPE_API_KEY`
 //! (`sk_test_…`: real Stripe test mode instead of the emulator) with `STRIPE_WEBHOOK_SECRET`,
-//! `PAYKEY_CATALOG` (what is sold), `PAYKEY_PERSIST` (`group`, the default, or `every-request`).
+//! `PAYKEY_CATALOG` (what is sold), `PAYKEY_PERSIST` (`group`, the default, or `every-request`),
+//! `PAYKEY_SWEEP_SECONDS` (1: how often keys whose rotation grace ended are disabled; 0: never).
 
 use std::path::PathBuf;
 
@@ -36,6 +37,16 @@ async fn main() -> std::process::ExitCode {
             Ok(m) => opts.persist = m,
             Err(e) => {
                 eprintln!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    if let Ok(v) = std::env::var("PAYKEY_SWEEP_SECONDS") {
+        match v.parse::<u64>() {
+            Ok(0) => opts.sweep_every = None,
+            Ok(n) => opts.sweep_every = Some(std::time::Duration::from_secs(n)),
+            Err(_) => {
+                eprintln!("PAYKEY_SWEEP_SECONDS must be a whole number of seconds (0: no sweep), got {v:?}");
                 return std::process::ExitCode::from(2);
             }
         }

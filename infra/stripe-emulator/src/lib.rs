@@ -281,6 +281,7 @@ impl Shared {
             .route("/_emulator/advance", post(emulator_advance))
             .route("/_emulator/events", get(emulator_events))
             .route("/_emulator/deliveries", get(emulator_deliveries))
+            .route("/_emulator/undelivered", get(emulator_undelivered))
             .route("/_emulator/subscriptions/{id}", post(emulator_set_subscription))
             .route("/", get(|| async { Html("<h1>paykey Stripe emulator</h1><p>API under /v1.</p>") }))
             .with_state(self)
@@ -469,6 +470,12 @@ async fn emulator_events(State(shared): State<Shared>) -> Json<Value> {
 
 async fn emulator_deliveries(State(shared): State<Shared>) -> Json<Value> {
     Json(Value::Array(shared.lock().deliveries.iter().map(|a| a.to_json()).collect()))
+}
+
+/// Test helper: how many webhook deliveries are not finished (`{"undelivered": n}`): 0 when
+/// every event so far was answered (or ran out of attempts).
+async fn emulator_undelivered(State(shared): State<Shared>) -> Json<Value> {
+    Json(json!({ "undelivered": shared.undelivered() }))
 }
 
 /// Test helper: moves a subscription to another status as a renewal would

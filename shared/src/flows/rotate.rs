@@ -22,11 +22,24 @@ use crate::ports::{Accounts, Commit, KeyRegistry};
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     /// How long the old key keeps working (0: disabled now), at most the configured maximum.
-    #[serde(default)]
+    /// A whole number; `300.0` is read as 300 (JSON does not tell integers from floats).
+    #[serde(default, deserialize_with = "whole_seconds")]
     pub grace_seconds: u64,
     /// The caller's id for this rotation: a retry with the same id answers, it does not rotate again.
     #[serde(default)]
     pub request_id: Option<String>,
+}
+
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(v) = n.as_u64() {
+        return Ok(v);
+    }
+    match n.as_f64() {
+        // below 2^53 every whole f64 is exact
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(format!("grace_seconds must be a whole number of seconds ≥ 0, got {n}"))),
+    }
 }
 
 /// Answer of `POST /api-key/rotate`.
@@ -54,7 +67,7 @@ where
     if grace > settings.rotation_max_grace {
         return Err(Error::BadRequest(format!("grace_seconds is at most {}", settings.rotation_max_grace.as_secs())));
     }
-    if req.request_id.as_ref().is_some_and(|r| r.is_empty() || r.len() > 64) {
+    if req.request_id.as_ref().is_some_and(|r| r.is_empty() || r.chars().count() > 64) {
         return Err(Error::BadRequest("request_id is 1 to 64 characters".into()));
     }
     let token = ctx.ids.token();

@@ -15,8 +15,15 @@ use tokio::sync::{oneshot, Notify};
 
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Response { at: Instant },
-    Error { at: Instant, body: String },
+    /// The function's answer (for API Gateway: the proxy response JSON).
+    Response {
+        at: Instant,
+        body: String,
+    },
+    Error {
+        at: Instant,
+        body: String,
+    },
 }
 
 struct Inner {
@@ -98,8 +105,7 @@ fn finish(api: &Api, outcome: Outcome) {
 }
 
 async fn response(State(api): State<Api>, Path(_id): Path<String>, body: Bytes) -> StatusCode {
-    let _ = body;
-    finish(&api, Outcome::Response { at: Instant::now() });
+    finish(&api, Outcome::Response { at: Instant::now(), body: String::from_utf8_lossy(&body).into_owned() });
     StatusCode::ACCEPTED
 }
 

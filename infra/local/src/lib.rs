@@ -6,6 +6,7 @@
 pub mod cognito;
 pub mod gateway;
 pub mod persist;
+pub mod provision;
 mod web;
 
 use std::net::SocketAddr;

@@ -69,6 +69,8 @@ test("free → trial → paid → another tier → cancel → free, on one key",
   try {
     const page = await browser.newPage();
     await page.goto(base + "/");
+    // the React build (infra/web) is what the stack serves, not the built-in fallback page
+    await page.waitForSelector("main[data-app='paykey-react']");
     await page.waitForSelector("#tier-BUSINESS");
     assert.match(await page.textContent("#tier-PRO"), /¥980/);
     assert.match(await page.textContent("#tier-PRO"), /14-day free trial/);
@@ -78,6 +80,8 @@ test("free → trial → paid → another tier → cancel → free, on one key",
     await page.fill("#password", "correct horse");
     await page.click("#signup-btn");
     await page.waitForSelector("#plan:text('FREE')");
+    assert.equal(await page.textContent("#token-plan"), "FREE", "UpgradeContent reads custom:plan_type from the ID token");
+    assert.equal(await page.isVisible("#upgrade"), true);
     await page.click("#free-key");
     await page.waitForSelector("#key-box:not(.hidden)");
     const key = (await page.textContent("#api-key")).trim();
@@ -103,6 +107,8 @@ test("free → trial → paid → another tier → cancel → free, on one key",
     assert.match(await page.textContent("#trial"), /^Trial ends on \d{4}-\d{2}-\d{2}$/);
     assert.equal((await page.textContent("#api-key")).trim(), key, "the same key, now PRO");
     await tryKey(page, "PRO");
+    assert.equal(await page.isVisible("#upgrade"), false, "no upgrade button on a paid tier");
+    assert.equal(await page.isVisible("#portal"), true, "the billing portal button");
     await shot(page, "04-trialing-pro.png");
 
     // the trial ends: the emulator's test clock moves 15 days, the card is charged
@@ -141,6 +147,14 @@ test("free → trial → paid → another tier → cancel → free, on one key",
     assert.equal((await page.textContent("#api-key")).trim(), key, "one key for life");
     await tryKey(page, "FREE");
     await shot(page, "09-after-cancel-free.png");
+    // signing in again refreshes the token's custom:plan_type (FREE again after the cancel;
+    // the stack wrote PRO, then BUSINESS, then FREE)
+    await page.click("#signout");
+    await page.fill("#username", "alice");
+    await page.fill("#password", "correct horse");
+    await page.click("#signin-btn");
+    await page.waitForSelector("#plan:text('FREE')");
+    assert.equal(await page.textContent("#token-plan"), "FREE");
   } finally {
     await browser.close();
     child.kill();

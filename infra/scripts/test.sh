@@ -92,6 +92,12 @@ AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1} python -m pytest -q infra/te
 # Every binary a test starts as a child process (the functions and the hello-world floor under
 # the benchmarks' Runtime API emulator, paykey-local in the browser test) is built here first:
 # `cargo test` only builds the binaries of the package whose tests it runs.
+# The React front end (infra/web): its client typed from infra/openapi/openapi.json, type-checked
+# and built; the local stack serves the build (the browser test drives it).
+step "front end: npm ci, openapi-typescript, tsc, vite build (infra/web)"
+(cd infra/web && npm ci --no-audit --no-fund --loglevel=error && npm run build)
+echo "front end build: $(du -sb infra/web/dist | cut -f1) bytes ($(cat infra/web/dist/assets/*.js | gzip -9 | wc -c) bytes of JavaScript gzipped)"
+
 step "cargo build --workspace --bins (binaries the tests run as child processes)"
 cargo build --workspace --bins
 

@@ -7,7 +7,7 @@ pub mod cognito;
 pub mod gateway;
 pub mod persist;
 pub mod provision;
-mod web;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +52,8 @@ pub struct Options {
     pub catalog: Option<String>,
     /// When the data file is written (`PAYKEY_PERSIST`).
     pub persist: persist::Mode,
+    /// The front end's production build (`infra/web/dist`); `None`: the built-in page.
+    pub web_dir: Option<PathBuf>,
     /// How often rotated-out keys whose grace ended are disabled (`PAYKEY_SWEEP_SECONDS`;
     /// `None`: never, for tests that need the stores to change only on requests).
     pub sweep_every: Option<std::time::Duration>,
@@ -68,6 +70,9 @@ pub const LOCAL_CATALOG: &str = r#"{"tiers": [
      "quota": {"limit": 1000000, "period": "MONTH"}, "throttle": {"rate": 50, "burst": 100}}
 ]}"#;
 
+/// The React front end's build in this checkout.
+pub const DEFAULT_WEB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../web/dist");
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -79,6 +84,7 @@ impl Default for Options {
             catalog: None,
             persist: persist::Mode::default(),
             sweep_every: Some(std::time::Duration::from_secs(1)),
+            web_dir: Some(PathBuf::from(DEFAULT_WEB_DIR)),
         }
     }
 }
@@ -95,6 +101,8 @@ pub enum StartError {
 
 pub struct LocalState {
     pub app: LocalApp,
+    /// The front end served at `/`: the React build, or `None` for the built-in page.
+    pub web: Option<web::Build>,
     pub cognito: LocalCognito,
     pub emulator: Option<stripe_emulator::Shared>,
     pub data_dir: PathBuf,
@@ -255,7 +263,13 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         ids: Arc::new(RandomIds),
         settings,
     };
+    let web = match &opts.web_dir {
+        Some(dir) => web::Build::load(dir)
+            .map_err(|e| StartError::Setup(format!("cannot read the front end's build in {}: {e}", dir.display())))?,
+        None => None,
+    };
     let state = Arc::new(LocalState {
+        web,
         app,
         cognito,
         emulator: emulator.clone(),
@@ -284,6 +298,8 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         .route("/", get(page))
         .route("/thanks_upgrade", get(page))
         .route("/canceled_upgrade", get(page))
+        .route("/account", get(page))
+        .route("/assets/{file}", get(asset))
         .with_state(state.clone());
     if let Some(e) = emulator {
         router = router.nest("/stripe", e.router());
@@ -364,8 +380,12 @@ async fn persist_after(State(state): State<Arc<LocalState>>, req: Request, next:
 fn is_static(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/thanks_upgrade" | "/canceled_upgrade" | "/openapi.json" | "/cognito/local_paykey/.well-known/jwks.json"
-    )
+        "/" | "/thanks_upgrade"
+            | "/canceled_upgrade"
+            | "/account"
+            | "/openapi.json"
+            | "/cognito/local_paykey/.well-known/jwks.json"
+    ) || path.starts_with("/assets/")
 }
 
 async fn api(
@@ -492,6 +512,22 @@ async fn openapi(State(state): State<Arc<LocalState>>, headers: HeaderMap) -> Re
     resp
 }
 
-async fn page() -> Html<&'static str> {
-    Html(web::PAGE)
+async fn page(State(state): State<Arc<LocalState>>) -> Response {
+    match state.web.as_ref().and_then(|w| w.get("/index.html")) {
+        Some((mime, bytes)) => {
+            ([("content-type", mime), ("cache-control", "no-cache")], bytes.to_vec()).into_response()
+        }
+        None => Html(web::PAGE).into_response(),
+    }
+}
+
+async fn asset(State(state): State<Arc<LocalState>>, uri: Uri) -> Response {
+    match state.web.as_ref().and_then(|w| w.get(uri.path())) {
+        // file names carry a content hash: cacheable for good
+        Some((mime, bytes)) => {
+            ([("content-type", mime), ("cache-control", "public, max-age=31536000, immutable")], bytes.to_vec())
+                .into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
 }

@@ -3,7 +3,8 @@
 //! Environment: `PAYKEY_PORT` (8787), `PAYKEY_DATA_DIR` (.paykey-data), `STRIPE_API_KEY`
 //! (`sk_test_…`: real Stripe test mode instead of the emulator) with `STRIPE_WEBHOOK_SECRET`,
 //! `PAYKEY_CATALOG` (what is sold), `PAYKEY_PERSIST` (`group`, the default, or `every-request`),
-//! `PAYKEY_SWEEP_SECONDS` (1: how often keys whose rotation grace ended are disabled; 0: never).
+//! `PAYKEY_SWEEP_SECONDS` (1: how often keys whose rotation grace ended are disabled; 0: never),
+//! `PAYKEY_WEB_DIR` (the front end's build; default infra/web/dist; empty: the built-in page).
 
 use std::path::PathBuf;
 
@@ -51,6 +52,9 @@ async fn main() -> std::process::ExitCode {
             }
         }
     }
+    if let Ok(d) = std::env::var("PAYKEY_WEB_DIR") {
+        opts.web_dir = Some(PathBuf::from(d)).filter(|d| !d.as_os_str().is_empty());
+    }
     opts.catalog = std::env::var("PAYKEY_CATALOG").ok().filter(|c| !c.trim().is_empty());
     let started = match paykey_local::start(opts.clone()).await {
         Ok(s) => s,
@@ -62,7 +66,11 @@ async fn main() -> std::process::ExitCode {
     let base = started.base_url();
     println!("paykey local stack on {base}");
     println!("  open {base}/ in a browser: create an account, get a free key, upgrade, pay with 4242 4242 4242 4242");
-    println!("  API (API Gateway emulation): {base}/api");
+    match &started.state.web {
+        Some(w) => println!("  front end: the React build in {} ({} bytes)", opts.web_dir.as_deref().unwrap_or(std::path::Path::new("")).display(), w.size()),
+        None => println!("  front end: the built-in page (no React build found; `cd infra/web && npm ci && npm run build`, or PAYKEY_WEB_DIR)"),
+    }
+    println!("  API (API Gateway emulation): {base}/api, described by {base}/openapi.json");
     if started.state.emulator.is_some() {
         println!("  Stripe emulator: {base}/stripe (STRIPE_API_BASE={base}/stripe/)");
         println!("  webhook signing secret: {}", started.webhook_secret());

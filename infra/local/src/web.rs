@@ -1,7 +1,65 @@
-//! The demo front end: the original React upgrade screen's flow in one page of plain
-//! JavaScript, calling the API exactly as a front end would (`Authorization: <ID token>`):
-//! the pricing table from `GET /plans`, the free key (`POST /api-key`), a checkout per tier
-//! (answered with the billing portal when switching tiers), `/account` with the trial's end.
+//! The demo front end. The React app's production build (`infra/web`, `npm run build`) when
+//! there is one: its files are read once at start from `PAYKEY_WEB_DIR` (default
+//! `infra/web/dist` of this checkout). Without a build, [`PAGE`]: the same flow in one page of
+//! plain JavaScript, calling the API exactly as a front end would (`Authorization: <ID
+//! token>`): the pricing table from `GET /plans`, the free key (`POST /api-key`), a checkout
+//! per tier (answered with the billing portal when switching tiers), `/account`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A built front end, in memory: `/index.html` and `/assets/…`.
+#[derive(Debug, Clone, Default)]
+pub struct Build {
+    files: HashMap<String, (&'static str, Vec<u8>)>,
+}
+
+fn mime(name: &str) -> &'static str {
+    match name.rsplit('.').next().unwrap_or_default() {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "json" => "application/json",
+        "woff2" => "font/woff2",
+        _ => "application/octet-stream",
+    }
+}
+
+impl Build {
+    /// The build in `dir` (`index.html` and `assets/`); `Ok(None)` when there is no `index.html`.
+    pub fn load(dir: &Path) -> std::io::Result<Option<Self>> {
+        let index = dir.join("index.html");
+        if !index.is_file() {
+            return Ok(None);
+        }
+        let mut files = HashMap::new();
+        files.insert("/index.html".to_string(), (mime("index.html"), std::fs::read(&index)?));
+        let assets = dir.join("assets");
+        if assets.is_dir() {
+            for entry in std::fs::read_dir(&assets)? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    files.insert(format!("/assets/{name}"), (mime(&name), std::fs::read(entry.path())?));
+                }
+            }
+        }
+        Ok(Some(Self { files }))
+    }
+
+    /// (content type, bytes) of `/index.html` or `/assets/<name>`.
+    pub fn get(&self, path: &str) -> Option<(&'static str, &[u8])> {
+        self.files.get(path).map(|(m, b)| (*m, b.as_slice()))
+    }
+
+    /// Bytes of every file (for the start-up line).
+    pub fn size(&self) -> usize {
+        self.files.values().map(|(_, b)| b.len()).sum()
+    }
+}
 
 pub const PAGE: &str = r##"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>paykey · FMMail</title>

@@ -3,6 +3,7 @@
 //! a product API guarded by the issued keys (`/product/hello`), and a page that walks the
 //! upgrade flow (`/`). Stores persist under a data folder.
 
+pub mod aws;
 pub mod cognito;
 pub mod gateway;
 pub mod persist;
@@ -36,6 +37,20 @@ use gateway::Function;
 
 pub type LocalApp = App<MemoryStore, MemoryKeys, LocalCognito, StripePayments>;
 
+/// The handlers on the production AWS adapters (`PAYKEY_BACKEND=aws`).
+pub type AwsApp = App<
+    paykey::adapters::aws::DynamoStore,
+    paykey::adapters::patient::Patient<paykey::adapters::aws::ApiGatewayKeys>,
+    paykey::adapters::aws::CognitoUsers,
+    StripePayments,
+>;
+
+/// The stack's AWS side and the handlers on it.
+pub struct AwsBackend {
+    pub stack: aws::AwsStack,
+    pub app: AwsApp,
+}
+
 /// How to start.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -54,6 +69,8 @@ pub struct Options {
     pub persist: persist::Mode,
     /// The front end's production build (`infra/web/dist`); `None`: the built-in page.
     pub web_dir: Option<PathBuf>,
+    /// Run on the production AWS adapters instead of the embedded stores and Cognito.
+    pub aws: Option<aws::AwsOptions>,
     /// How often rotated-out keys whose grace ended are disabled (`PAYKEY_SWEEP_SECONDS`;
     /// `None`: never, for tests that need the stores to change only on requests).
     pub sweep_every: Option<std::time::Duration>,
@@ -85,6 +102,7 @@ impl Default for Options {
             persist: persist::Mode::default(),
             sweep_every: Some(std::time::Duration::from_secs(1)),
             web_dir: Some(PathBuf::from(DEFAULT_WEB_DIR)),
+            aws: None,
         }
     }
 }
@@ -100,7 +118,10 @@ pub enum StartError {
 }
 
 pub struct LocalState {
+    /// The embedded stores and Cognito (unused, and empty, when `aws` is set).
     pub app: LocalApp,
+    /// The AWS backend, when the stack runs on it: routes, sign-up and sign-in use it.
+    pub aws: Option<AwsBackend>,
     /// The front end served at `/`: the React build, or `None` for the built-in page.
     pub web: Option<web::Build>,
     pub cognito: LocalCognito,
@@ -263,6 +284,24 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         ids: Arc::new(RandomIds),
         settings,
     };
+    let aws = match &opts.aws {
+        None => None,
+        Some(o) => {
+            let stack = aws::AwsStack::connect(o, &app.settings.catalog).await.map_err(StartError::Setup)?;
+            let mut settings = app.settings.clone();
+            settings.catalog = stack.catalog.clone();
+            let app = App {
+                store: stack.store(),
+                keys: stack.keys(),
+                users: stack.users(),
+                payments: app.payments.clone(),
+                clock: Arc::new(SystemClock),
+                ids: Arc::new(RandomIds),
+                settings,
+            };
+            Some(AwsBackend { stack, app })
+        }
+    };
     let web = match &opts.web_dir {
         Some(dir) => web::Build::load(dir)
             .map_err(|e| StartError::Setup(format!("cannot read the front end's build in {}: {e}", dir.display())))?,
@@ -270,6 +309,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     };
     let state = Arc::new(LocalState {
         web,
+        aws,
         app,
         cognito,
         emulator: emulator.clone(),
@@ -312,7 +352,13 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         let Some(every) = sweep_every else { return };
         loop {
             tokio::time::sleep(every).await;
-            match paykey::flows::sweep_expired_keys(&sweeper.app.store, &sweeper.app.keys, sweeper.app.ctx()).await {
+            let swept = match &sweeper.aws {
+                Some(a) => paykey::flows::sweep_expired_keys(&a.app.store, &a.app.keys, a.app.ctx()).await,
+                None => {
+                    paykey::flows::sweep_expired_keys(&sweeper.app.store, &sweeper.app.keys, sweeper.app.ctx()).await
+                }
+            };
+            match swept {
                 Ok(done) if !done.is_empty() => sweeper.commit().await,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "key sweep failed; retried in a second"),
@@ -408,7 +454,12 @@ async fn api(
             return gateway::gateway_error(StatusCode::UNAUTHORIZED, "Unauthorized");
         };
         let c = &state.cognito;
-        match cognito::verify_id_token(&token, &c.jwks(), &c.client_id(), c.issuer(), chrono::Utc::now().timestamp()) {
+        let now = chrono::Utc::now().timestamp();
+        let verified = match &state.aws {
+            Some(a) => a.stack.verify(&token, now),
+            None => cognito::verify_id_token(&token, &c.jwks(), &c.client_id(), c.issuer(), now),
+        };
+        match verified {
             Ok(claims) => Some(claims),
             Err(e) => {
                 tracing::info!(reason = %e, "token refused by the authorizer");
@@ -424,8 +475,24 @@ async fn api(
         Ok(r) => r,
         Err(e) => return gateway::gateway_error(StatusCode::BAD_GATEWAY, &format!("could not build the event: {e}")),
     };
-    let app = &state.app;
-    let resp = match matched.function {
+    match &state.aws {
+        Some(a) => dispatch(&a.app, matched.function, req).await,
+        None => dispatch(&state.app, matched.function, req).await,
+    }
+}
+
+/// The function behind the route, on either backend.
+async fn dispatch<S, K, U, P>(app: &App<S, K, U, P>, function: Function, req: lambda_http::Request) -> Response
+where
+    S: paykey::ports::Checkouts
+        + paykey::ports::Accounts
+        + paykey::ports::OpenCheckouts
+        + paykey::ports::ProcessedEvents,
+    K: paykey::ports::KeyRegistry,
+    U: paykey::ports::UserDirectory,
+    P: paykey::ports::Payments,
+{
+    let resp = match function {
         Function::CreateCheckoutSession => handlers::checkout_routes(app, req).await,
         Function::CreateApiKey => handlers::create_api_key(app, req).await,
         Function::CreateBillingPortal => handlers::create_billing_portal(app, req).await,
@@ -451,6 +518,12 @@ fn auth_error(status: StatusCode, kind: &str, e: &dyn std::fmt::Display) -> Resp
 }
 
 async fn sign_up(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials>) -> Response {
+    if let Some(a) = &state.aws {
+        return match a.stack.sign_up(&c.username, &c.password, c.email.as_deref()).await {
+            Ok(()) => Json(json!({"UserConfirmed": true, "username": c.username})).into_response(),
+            Err((kind, message)) => auth_error(StatusCode::BAD_REQUEST, &kind, &message),
+        };
+    }
     match state.cognito.sign_up(&c.username, &c.password, c.email.as_deref()) {
         Ok(()) => Json(json!({"UserConfirmed": true, "username": c.username})).into_response(),
         Err(e @ cognito::AuthError::UsernameExists) => {
@@ -461,6 +534,15 @@ async fn sign_up(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials
 }
 
 async fn sign_in(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials>) -> Response {
+    if let Some(a) = &state.aws {
+        return match a.stack.sign_in(&c.username, &c.password).await {
+            Ok((t, expires)) => {
+                Json(json!({"AuthenticationResult": {"IdToken": t, "ExpiresIn": expires, "TokenType": "Bearer"}}))
+                    .into_response()
+            }
+            Err((kind, message)) => auth_error(StatusCode::BAD_REQUEST, &kind, &message),
+        };
+    }
     match state.cognito.sign_in(&c.username, &c.password, chrono::Utc::now().timestamp()) {
         Ok(t) => Json(json!({"AuthenticationResult": {"IdToken": t, "ExpiresIn": cognito::TOKEN_LIFETIME_SECS, "TokenType": "Bearer"}})).into_response(),
         Err(e) => auth_error(StatusCode::BAD_REQUEST, "NotAuthorizedException", &e),
@@ -476,6 +558,13 @@ async fn jwks(State(state): State<Arc<LocalState>>) -> Json<Value> {
 /// Requests`) and quota for the UTC period (else 429 `Limit Exceeded`); each served request
 /// counts. The answer says which tier's plan served it.
 async fn product_api(State(state): State<Arc<LocalState>>, headers: HeaderMap) -> Response {
+    if state.aws.is_some() {
+        // API Gateway meters the real product API; the AWS backend has no local meter
+        return gateway::gateway_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "the product API is API Gateway's on the AWS backend: call your stage with x-api-key",
+        );
+    }
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
     match state.app.keys.call(key, chrono::Utc::now()) {
         Ok((_, plan)) => {

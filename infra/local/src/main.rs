@@ -4,7 +4,9 @@
 //! (`sk_test_…`: real Stripe test mode instead of the emulator) with `STRIPE_WEBHOOK_SECRET`,
 //! `PAYKEY_CATALOG` (what is sold), `PAYKEY_PERSIST` (`group`, the default, or `every-request`),
 //! `PAYKEY_SWEEP_SECONDS` (1: how often keys whose rotation grace ended are disabled; 0: never),
-//! `PAYKEY_WEB_DIR` (the front end's build; default infra/web/dist; empty: the built-in page).
+//! `PAYKEY_WEB_DIR` (the front end's build; default infra/web/dist; empty: the built-in page),
+//! `PAYKEY_BACKEND=aws` (the production AWS adapters at `AWS_ENDPOINT_URL`, or AWS itself, on
+//! resources named `PAYKEY_AWS_PREFIX`-…, created when `PAYKEY_AWS_PROVISION=1`).
 
 use std::path::PathBuf;
 
@@ -52,6 +54,31 @@ async fn main() -> std::process::ExitCode {
             }
         }
     }
+    match std::env::var("PAYKEY_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("memory") => {}
+        Ok("aws") => {
+            let provision = match std::env::var("PAYKEY_AWS_PROVISION").as_deref() {
+                Err(_) | Ok("") | Ok("0") => false,
+                Ok("1") => true,
+                Ok(other) => {
+                    eprintln!("PAYKEY_AWS_PROVISION must be 1 (create what is missing) or 0, got {other:?}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            opts.aws = Some(paykey_local::aws::AwsOptions {
+                endpoint: std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty()),
+                region: std::env::var("AWS_REGION")
+                    .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+                    .unwrap_or_else(|_| "us-east-1".into()),
+                prefix: std::env::var("PAYKEY_AWS_PREFIX").unwrap_or_else(|_| "paykey-local".into()),
+                provision,
+            });
+        }
+        Ok(other) => {
+            eprintln!("PAYKEY_BACKEND must be memory (the default) or aws, got {other:?}");
+            return std::process::ExitCode::from(2);
+        }
+    }
     if let Ok(d) = std::env::var("PAYKEY_WEB_DIR") {
         opts.web_dir = Some(PathBuf::from(d)).filter(|d| !d.as_os_str().is_empty());
     }
@@ -77,7 +104,25 @@ async fn main() -> std::process::ExitCode {
     } else {
         println!("  Stripe: test mode at api.stripe.com; forward webhooks to {base}/api/stripe/webhook");
     }
-    println!("  data folder: {}", opts.data_dir.display());
+    match &started.state.aws {
+        Some(a) => {
+            let r = &a.stack.resources;
+            println!(
+                "  stores: AWS ({}): tables {} and {}, user pool {} (client {}), usage plans in PAYKEY_CATALOG={}",
+                opts.aws
+                    .as_ref()
+                    .and_then(|o| o.endpoint.clone())
+                    .unwrap_or_else(|| "the account of the AWS credentials".into()),
+                r.sessions_table,
+                r.api_keys_table,
+                r.user_pool_id,
+                r.client_id,
+                r.catalog_json
+            );
+            println!("  data folder (the Stripe emulator only): {}", opts.data_dir.display());
+        }
+        None => println!("  data folder: {}", opts.data_dir.display()),
+    }
     tokio::select! {
         _ = started.task => {}
         _ = tokio::signal::ctrl_c() => { println!("stopping"); }

@@ -28,15 +28,29 @@ fn fail(what: &str) -> impl Fn(String) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-/// Creates what is missing, named `{prefix}-sessions`, `{prefix}-api-keys`, `{prefix}` (pool,
-/// client, REST API) and `{prefix}-{tier}` (usage plans).
+/// Finds, and with `create` creates when missing, the resources named `{prefix}-sessions`,
+/// `{prefix}-api-keys`, `{prefix}` (pool, client, REST API) and `{prefix}-{tier}` (usage
+/// plans). Without `create`, a missing one is an error naming it.
 pub async fn provision(config: &SdkConfig, prefix: &str, catalog: &Catalog) -> Result<Provisioned, String> {
+    resources(config, prefix, catalog, true).await
+}
+
+pub async fn resources(
+    config: &SdkConfig,
+    prefix: &str,
+    catalog: &Catalog,
+    create: bool,
+) -> Result<Provisioned, String> {
+    let missing = |what: String| format!("{what} does not exist; run with PAYKEY_AWS_PROVISION=1 to create it");
     let ddb = aws_sdk_dynamodb::Client::new(config);
     let sessions_table = format!("{prefix}-sessions");
     let api_keys_table = format!("{prefix}-api-keys");
     for (name, pk) in [(&sessions_table, "SessionID"), (&api_keys_table, "UserID")] {
         if ddb.describe_table().table_name(name.as_str()).send().await.is_ok() {
             continue;
+        }
+        if !create {
+            return Err(missing(format!("the DynamoDB table {name}")));
         }
         let def =
             |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
@@ -68,6 +82,7 @@ pub async fn provision(config: &SdkConfig, prefix: &str, catalog: &Catalog) -> R
         pools.user_pools().iter().find(|p| p.name() == Some(prefix)).and_then(|p| p.id().map(str::to_string));
     let user_pool_id = match existing {
         Some(id) => id,
+        None if !create => return Err(missing(format!("the user pool {prefix}"))),
         None => {
             use aws_sdk_cognitoidentityprovider::types::{
                 AttributeDataType, SchemaAttributeType, StringAttributeConstraintsType,
@@ -109,6 +124,7 @@ pub async fn provision(config: &SdkConfig, prefix: &str, catalog: &Catalog) -> R
         .and_then(|c| c.client_id().map(str::to_string));
     let client_id = match existing {
         Some(id) => id,
+        None if !create => return Err(missing(format!("the app client {prefix}"))),
         None => {
             use aws_sdk_cognitoidentityprovider::types::ExplicitAuthFlowsType as F;
             let out = idp
@@ -134,6 +150,7 @@ pub async fn provision(config: &SdkConfig, prefix: &str, catalog: &Catalog) -> R
     let existing = apis.items().iter().find(|a| a.name() == Some(prefix)).and_then(|a| a.id().map(str::to_string));
     let rest_api_id = match existing {
         Some(id) => id,
+        None if !create => return Err(missing(format!("the REST API {prefix}"))),
         None => apigw
             .create_rest_api()
             .name(prefix)
@@ -164,6 +181,7 @@ pub async fn provision(config: &SdkConfig, prefix: &str, catalog: &Catalog) -> R
                 plans.items().iter().find(|p| p.name() == Some(name.as_str())).and_then(|p| p.id().map(str::to_string));
             let id = match found {
                 Some(id) => id,
+                None if !create => return Err(missing(format!("the usage plan {name}"))),
                 None => {
                     use aws_sdk_apigateway::types::{ApiStage, QuotaPeriodType, QuotaSettings, ThrottleSettings};
                     let mut req = apigw

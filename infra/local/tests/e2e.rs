@@ -575,3 +575,117 @@ async fn thirty_concurrent_journeys_all_redirect_and_all_end_pro() {
     drop(stack);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Issue 13: the same stack on the production AWS adapters (`PAYKEY_BACKEND=aws`) against
+/// moto_server, its resources created on the first start (`PAYKEY_AWS_PROVISION=1`) and found
+/// by name on the second: sign up and sign in on moto's Cognito, checkout, pay, redirect, key,
+/// `/account`, portal, cancel → FREE; the plan checked in moto's user pool too. The catalog has
+/// no quotas: moto 5.2.5 has no GetUsage, which `/account` calls for a metered tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_flow_on_the_aws_adapters_against_moto() {
+    let Some(moto) = std::env::var("PAYKEY_MOTO_URL").ok().filter(|u| !u.is_empty()) else {
+        assert_eq!(std::env::var("PAYKEY_SKIP_MOTO").as_deref(), Ok("1"), "PAYKEY_MOTO_URL is not set");
+        return;
+    };
+    let prefix = format!("paykey-local-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let data = std::env::temp_dir().join(format!("paykey-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let start_aws = |provision: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_paykey-local"))
+            .env("PAYKEY_PORT", "0")
+            .env("PAYKEY_CATALOG", SINGLE_TIER)
+            .env("PAYKEY_DATA_DIR", &data)
+            .env("PAYKEY_BACKEND", "aws")
+            .env("PAYKEY_AWS_PREFIX", &prefix)
+            .env("PAYKEY_AWS_PROVISION", provision)
+            .env("AWS_ENDPOINT_URL", &moto)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("RUST_LOG", "info")
+            .env_remove("STRIPE_API_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start paykey-local");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a first line").unwrap();
+        let base = first.strip_prefix("paykey local stack on ").unwrap_or_else(|| panic!("{first}")).trim().to_string();
+        let mut pool = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("user pool ").nth(1) {
+                pool = rest.split(' ').next().unwrap().to_string();
+                break;
+            }
+        }
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                println!("paykey-local: {line}");
+            }
+        });
+        (Stack { child, base }, pool)
+    };
+    // without PAYKEY_AWS_PROVISION nothing is created: the start fails naming what is missing
+    let out = Command::new(env!("CARGO_BIN_EXE_paykey-local"))
+        .env("PAYKEY_PORT", "0")
+        .env("PAYKEY_DATA_DIR", &data)
+        .env("PAYKEY_BACKEND", "aws")
+        .env("PAYKEY_AWS_PREFIX", &prefix)
+        .env("AWS_ENDPOINT_URL", &moto)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("the DynamoDB table {prefix}-sessions does not exist")), "{err}");
+
+    let (stack, pool) = start_aws("1");
+    drop(stack);
+    // the second start finds what the first created
+    let (stack, pool_again) = start_aws("0");
+    assert_eq!(pool, pool_again);
+    let base = stack.base.clone();
+    let creds = r#"{"username":"erin","password":"Correct-horse-9"}"#;
+    let r = call("POST", &format!("{base}/cognito/sign-up"), &[("content-type", "application/json")], creds).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call("POST", &format!("{base}/cognito/sign-up"), &[("content-type", "application/json")], creds).await;
+    assert_eq!((r.status, r.json()["__type"].as_str()), (400, Some("UsernameExistsException")), "{}", r.body);
+    let token = sign_in(&base, "erin", "Correct-horse-9").await;
+    assert_eq!(account(&base, &token).await["plan"], "FREE");
+    let r = call("GET", &format!("{base}/api/account"), &[("authorization", "eyJhbGciOiJub25lIn0.e30.")], "").await;
+    assert_eq!(r.status, 401);
+
+    let success = pay(&base, &checkout(&base, &token).await).await;
+    let r = call("GET", &success, &[], "").await;
+    assert_eq!(r.location.as_deref(), Some(format!("{base}/thanks_upgrade").as_str()), "{}", r.body);
+    let acct = account(&base, &token).await;
+    assert_eq!(acct["plan"], "PRO", "{acct}");
+    assert!(acct["api_key"]["value"].as_str().is_some_and(|v| !v.is_empty()), "{acct}");
+
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&moto)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "moto"))
+        .load()
+        .await;
+    let idp = aws_sdk_cognitoidentityprovider::Client::new(&config);
+    let plan_in_pool = || async {
+        let u = idp.admin_get_user().user_pool_id(&pool).username("erin").send().await.unwrap();
+        u.user_attributes().iter().find(|a| a.name() == "custom:plan_type").and_then(|a| a.value().map(str::to_string))
+    };
+    assert_eq!(plan_in_pool().await.as_deref(), Some("PRO"));
+
+    let r = call("GET", &format!("{base}/api/create-billing-portal-by-user"), &[("authorization", &token)], "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let portal = call("GET", r.json()["billing_portal_url"].as_str().unwrap(), &[], "").await;
+    let action = form_action(&portal.body, "Cancel subscription");
+    assert_eq!(call("POST", &action, &[], "").await.status, 303);
+    eventually(&base, "the cancellation webhook downgrades erin", async || {
+        account(&base, &token).await["plan"] == "FREE"
+    })
+    .await;
+    assert_eq!(plan_in_pool().await.as_deref(), Some("FREE"));
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&data);
+}

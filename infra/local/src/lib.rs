@@ -412,10 +412,12 @@ fn seed_catalog(shared: &stripe_emulator::Shared) {
     shared.call("POST", "/v1/billing_portal/configurations", &form);
 }
 
-/// Answers a request only once what it changed is in the data file. Pages and the JWKS change
-/// nothing and skip the wait.
+/// Answers a request only once what it changed is in the data file. Pages, the JWKS and
+/// sign-in change nothing and skip the wait.
 async fn persist_after(State(state): State<Arc<LocalState>>, req: Request, next: Next) -> Response {
-    let read_only = req.method() == Method::GET && is_static(req.uri().path());
+    // sign-in reads the pool and signs a token: nothing to write
+    let read_only = (req.method() == Method::GET && is_static(req.uri().path()))
+        || (req.method() == Method::POST && req.uri().path() == "/cognito/sign-in");
     let resp = next.run(req).await;
     if !read_only {
         state.commit().await;
@@ -524,7 +526,14 @@ async fn sign_up(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials
             Err((kind, message)) => auth_error(StatusCode::BAD_REQUEST, &kind, &message),
         };
     }
-    match state.cognito.sign_up(&c.username, &c.password, c.email.as_deref()) {
+    // PBKDF2 is CPU work: on the blocking pool, not on the threads that serve other requests
+    let cognito = state.cognito.clone();
+    let (name, password, email) = (c.username.clone(), c.password.clone(), c.email.clone());
+    let done = tokio::task::spawn_blocking(move || cognito.sign_up(&name, &password, email.as_deref())).await;
+    let Ok(done) = done else {
+        return auth_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalErrorException", &"sign-up failed");
+    };
+    match done {
         Ok(()) => Json(json!({"UserConfirmed": true, "username": c.username})).into_response(),
         Err(e @ cognito::AuthError::UsernameExists) => {
             auth_error(StatusCode::BAD_REQUEST, "UsernameExistsException", &e)
@@ -543,7 +552,14 @@ async fn sign_in(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials
             Err((kind, message)) => auth_error(StatusCode::BAD_REQUEST, &kind, &message),
         };
     }
-    match state.cognito.sign_in(&c.username, &c.password, chrono::Utc::now().timestamp()) {
+    let cognito = state.cognito.clone();
+    let (name, password) = (c.username.clone(), c.password.clone());
+    let done =
+        tokio::task::spawn_blocking(move || cognito.sign_in(&name, &password, chrono::Utc::now().timestamp())).await;
+    let Ok(done) = done else {
+        return auth_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalErrorException", &"sign-in failed");
+    };
+    match done {
         Ok(t) => Json(json!({"AuthenticationResult": {"IdToken": t, "ExpiresIn": cognito::TOKEN_LIFETIME_SECS, "TokenType": "Bearer"}})).into_response(),
         Err(e) => auth_error(StatusCode::BAD_REQUEST, "NotAuthorizedException", &e),
     }

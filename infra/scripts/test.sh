@@ -80,6 +80,18 @@ if [ -z "${PAYKEY_QUICK:-}" ]; then
   cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
+step "rust-version: the workspace declares at least what its dependencies require"
+cargo metadata --format-version 1 --locked | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+members = set(d["workspace_members"])
+v = lambda s: tuple(int(x) for x in s.split("."))
+ours = min(v(p["rust_version"]) for p in d["packages"] if p["id"] in members)
+need = max((v(p["rust_version"]), p["name"]) for p in d["packages"] if p["id"] not in members and p.get("rust_version"))
+print("workspace rust-version %s; highest of the dependencies %s (%s)" % (".".join(map(str, ours)), ".".join(map(str, need[0])), need[1]))
+sys.exit(0 if ours >= need[0] else "raise [workspace.package] rust-version in Cargo.toml")
+'
+
 step "template.yaml: cfn-lint, sam validate --lint; the SAM transform, assertions on its output, Checkov"
 cfn-lint --version
 cfn-lint template.yaml

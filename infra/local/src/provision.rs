@@ -24,10 +24,6 @@ pub struct Provisioned {
     pub catalog_json: String,
 }
 
-fn fail(what: &str) -> impl Fn(String) -> String + '_ {
-    move |e| format!("{what}: {e}")
-}
-
 /// Finds, and with `create` creates when missing, the resources named `{prefix}-sessions`,
 /// `{prefix}-api-keys`, `{prefix}` (pool, client, REST API) and `{prefix}-{tier}` (usage
 /// plans). Without `create`, a missing one is an error naming it.
@@ -77,7 +73,7 @@ pub async fn resources(
 
     let idp = aws_sdk_cognitoidentityprovider::Client::new(config);
     let pools =
-        idp.list_user_pools().max_results(60).send().await.map_err(|e| aws_error(&e)).map_err(fail("ListUserPools"))?;
+        idp.list_user_pools().max_results(60).send().await.map_err(|e| format!("ListUserPools: {}", aws_error(&e)))?;
     let existing =
         pools.user_pools().iter().find(|p| p.name() == Some(prefix)).and_then(|p| p.id().map(str::to_string));
     let user_pool_id = match existing {

@@ -61,22 +61,14 @@ impl Build {
     }
 }
 
-pub const PAGE: &str = r##"<!doctype html>
+pub const PAGE: &str = concat!(
+    r##"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>paykey · FMMail</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body{font-family:system-ui,sans-serif;background:#f4f6fb;margin:0;color:#1f2937}
-main{max-width:520px;margin:40px auto;background:#fff;border-radius:10px;box-shadow:0 2px 10px #0002;padding:28px}
-h1{font-size:22px;margin-top:0} label{display:block;margin:12px 0 4px;font-size:14px}
-input{width:100%;padding:9px;font-size:15px;box-sizing:border-box;border:1px solid #d1d5db;border-radius:6px}
-button{margin:14px 8px 0 0;padding:10px 16px;font-size:15px;border:0;border-radius:6px;background:#4f46e5;color:#fff;cursor:pointer}
-button.secondary{background:#e5e7eb;color:#111827} .banner{padding:10px 14px;border-radius:6px;margin-bottom:14px}
-.ok{background:#dcfce7} .warn{background:#fef3c7} .err{color:#b91c1c} code{background:#f3f4f6;padding:3px 6px;border-radius:4px;word-break:break-all}
-.plan{font-size:18px;font-weight:600} .hidden{display:none}
-#plans{display:flex;gap:10px;margin:10px 0 18px} .tier{flex:1;border:1px solid #e5e7eb;border-radius:8px;padding:10px;font-size:14px}
-.bar{height:10px;background:#e5e7eb;border-radius:5px;overflow:hidden;margin-top:8px} #usage-fill{height:100%;background:#4f46e5;width:0}
-.tier h3{margin:0 0 6px;font-size:16px} .tier.current{border-color:#4f46e5;box-shadow:0 0 0 2px #c7d2fe} .tier button{margin-top:8px;padding:7px 10px;font-size:13px}
-</style></head>
+"##,
+    include_str!("../../web/src/styles.css"),
+    r##"</style></head>
 <body><main>
 <h1>FMMail <span id="brand-plan"></span></h1>
 <div id="banner"></div>
@@ -244,4 +236,5 @@ $("try").onclick = async () => {
 };
 render();
 </script></body></html>
-"##;
+"##
+);

@@ -1,16 +1,22 @@
 //! A local Cognito user pool: sign-up and sign-in with a username and password, RS256 ID
 //! tokens shaped like Cognito's (`cognito:username`, `sub`, `token_use`, `iss`, `aud`, `exp`,
 //! custom attributes), a JWKS, and the admin attribute API behind paykey's `UserDirectory`
-//! port. Passwords are stored as salted PBKDF2-HMAC-SHA256 hashes.
+//! port. Passwords are stored as salted PBKDF2-HMAC-SHA256 hashes (100,000 rounds).
+//!
+//! A password this process has already checked (at sign-up or a successful sign-in) is
+//! checked again by an HMAC under a key made at start and kept only in memory, as Apache's
+//! `mod_authn_socache` does for slow hashes: signing in right after signing up costs one
+//! PBKDF2, not two. A password that does not match the remembered one still runs the full
+//! PBKDF2, so guessing costs what it did; nothing of this is written to the data file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{KeyPair, RsaKeyPair};
-use aws_lc_rs::{pbkdf2, rsa::KeySize};
+use aws_lc_rs::{hmac, pbkdf2, rsa::KeySize};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use paykey::domain::{BackendError, CustomerId, Plan, UserName, UserProfile};
@@ -58,6 +64,26 @@ struct Inner {
     key: RsaKeyPair,
     /// The same key, for `jsonwebtoken`.
     signing: jsonwebtoken::EncodingKey,
+    /// Passwords checked by this process: user name → HMAC(`remembered_key`, sub, stored hash,
+    /// password). In memory only.
+    remembered: HashMap<String, hmac::Tag>,
+    remembered_key: hmac::Key,
+    /// PBKDF2 derivations and verifications run, for tests and diagnostics.
+    pbkdf2_runs: u64,
+}
+
+impl Inner {
+    fn new(snapshot: PoolSnapshot, key: RsaKeyPair, signing: jsonwebtoken::EncodingKey) -> Result<Self, String> {
+        let remembered_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
+            .map_err(|_| "no randomness for the password cache key".to_string())?;
+        Ok(Self { snapshot, key, signing, remembered: HashMap::new(), remembered_key, pbkdf2_runs: 0 })
+    }
+}
+
+/// What binds a remembered password to the account record it was checked against: a changed
+/// hash or another `sub` under the same name does not match.
+fn remembered_message(user: &LocalUser, password: &str) -> Vec<u8> {
+    [user.sub.as_bytes(), b"\0", user.password_hash.as_bytes(), b"\0", password.as_bytes()].concat()
 }
 
 /// jsonwebtoken reads an RSA private key as PKCS#1 DER or as PEM; aws-lc-rs writes PKCS#8
@@ -101,7 +127,7 @@ impl LocalCognito {
         };
         Ok(Self {
             issuer: format!("{issuer_base}/{}", snapshot.pool_id),
-            inner: Arc::new(Mutex::new(Inner { snapshot, key, signing })),
+            inner: Arc::new(Mutex::new(Inner::new(snapshot, key, signing)?)),
         })
     }
 
@@ -114,7 +140,7 @@ impl LocalCognito {
         let signing = encoding_key(&der)?;
         Ok(Self {
             issuer: format!("{issuer_base}/{}", snapshot.pool_id),
-            inner: Arc::new(Mutex::new(Inner { snapshot, key, signing })),
+            inner: Arc::new(Mutex::new(Inner::new(snapshot, key, signing)?)),
         })
     }
 
@@ -132,6 +158,11 @@ impl LocalCognito {
 
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// How many PBKDF2 derivations and verifications this pool has run.
+    pub fn pbkdf2_runs(&self) -> u64 {
+        self.lock().pbkdf2_runs
     }
 
     pub fn sign_up(&self, username: &str, password: &str, email: Option<&str>) -> Result<(), AuthError> {
@@ -158,28 +189,43 @@ impl LocalCognito {
             stripe_customer_id: None,
         };
         let mut inner = self.lock();
+        inner.pbkdf2_runs += 1;
         // checked again: another sign-up of the same name may have finished meanwhile
         if inner.snapshot.users.contains_key(name.as_str()) {
             return Err(AuthError::UsernameExists);
         }
+        let tag = hmac::sign(&inner.remembered_key, &remembered_message(&user, password));
+        inner.remembered.insert(name.to_string(), tag);
         inner.snapshot.users.insert(name.to_string(), user);
         Ok(())
     }
 
     /// Checks the password and issues an ID token valid for an hour.
     pub fn sign_in(&self, username: &str, password: &str, now: i64) -> Result<String, AuthError> {
-        let checked = self.lock().snapshot.users.get(username).cloned().ok_or(AuthError::NotAuthorized)?;
-        let salt = STANDARD.decode(&checked.salt).map_err(|_| AuthError::NotAuthorized)?;
-        let expected = STANDARD.decode(&checked.password_hash).map_err(|_| AuthError::NotAuthorized)?;
-        // verified without the pool's lock (see sign_up)
-        pbkdf2::verify(
-            pbkdf2::PBKDF2_HMAC_SHA256,
-            NonZeroU32::new(PBKDF2_ROUNDS).expect("nonzero"),
-            &salt,
-            password.as_bytes(),
-            &expected,
-        )
-        .map_err(|_| AuthError::NotAuthorized)?;
+        let (checked, remembered, remembered_key) = {
+            let inner = self.lock();
+            let user = inner.snapshot.users.get(username).cloned().ok_or(AuthError::NotAuthorized)?;
+            (user, inner.remembered.get(username).cloned(), inner.remembered_key.clone())
+        };
+        let message = remembered_message(&checked, password);
+        // constant-time comparison of the tags
+        let known = remembered.is_some_and(|tag| hmac::verify(&remembered_key, &message, tag.as_ref()).is_ok());
+        if !known {
+            let salt = STANDARD.decode(&checked.salt).map_err(|_| AuthError::NotAuthorized)?;
+            let expected = STANDARD.decode(&checked.password_hash).map_err(|_| AuthError::NotAuthorized)?;
+            // verified without the pool's lock (see sign_up)
+            let verified = pbkdf2::verify(
+                pbkdf2::PBKDF2_HMAC_SHA256,
+                NonZeroU32::new(PBKDF2_ROUNDS).expect("nonzero"),
+                &salt,
+                password.as_bytes(),
+                &expected,
+            );
+            let mut inner = self.lock();
+            inner.pbkdf2_runs += 1;
+            verified.map_err(|_| AuthError::NotAuthorized)?;
+            inner.remembered.insert(username.to_string(), hmac::sign(&remembered_key, &message));
+        }
         let inner = self.lock();
         // the attributes as they are now (fulfilment may have changed them during the hash)
         let user = inner
@@ -413,6 +459,26 @@ mod tests {
         assert_eq!(p.sign_up("alice", "another pass", None), Err(AuthError::UsernameExists));
         assert!(matches!(p.sign_up("bob", "short", None), Err(AuthError::InvalidParameter(_))));
         assert!(matches!(p.sign_up("bad name", "long enough", None), Err(AuthError::InvalidParameter(_))));
+    }
+
+    #[test]
+    fn a_checked_password_is_not_hashed_again_and_a_wrong_one_still_is() {
+        let p = pool();
+        assert_eq!(p.pbkdf2_runs(), 1, "sign-up hashes once");
+        assert!(p.sign_in("alice", "correct horse", 0).is_ok());
+        assert_eq!(p.pbkdf2_runs(), 1, "signing in after signing up needs no second PBKDF2");
+        assert_eq!(p.sign_in("alice", "correct horsf", 0), Err(AuthError::NotAuthorized));
+        assert_eq!(p.pbkdf2_runs(), 2, "a wrong password costs a full PBKDF2");
+        assert!(p.sign_in("alice", "correct horse", 0).is_ok());
+        assert_eq!(p.pbkdf2_runs(), 2);
+        // a restarted process remembers nothing: the first sign-in hashes, the next does not
+        let q = LocalCognito::restore("http://127.0.0.1:1", p.snapshot()).unwrap();
+        assert_eq!(q.sign_in("alice", "wrong password", 0), Err(AuthError::NotAuthorized));
+        assert!(q.sign_in("alice", "correct horse", 0).is_ok());
+        assert!(q.sign_in("alice", "correct horse", 0).is_ok());
+        assert_eq!(q.pbkdf2_runs(), 2);
+        let json = serde_json::to_string(&q.snapshot()).unwrap();
+        assert!(!json.contains("remembered"), "the cache is not persisted");
     }
 
     #[test]

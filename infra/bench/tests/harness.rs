@@ -17,7 +17,7 @@ fn the_short_mode_measures_every_target_and_writes_the_table() {
     ] {
         assert!(
             bin_dir.join(f).is_file(),
-            "{f} is not built in {}: run `cargo build --workspace` first",
+            "{f} is not built in {}: run `cargo build --workspace --bins` first (the test command does)",
             bin_dir.display()
         );
     }

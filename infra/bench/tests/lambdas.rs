@@ -192,7 +192,7 @@ fn bin_dir() -> PathBuf {
     for f in FUNCTIONS {
         assert!(
             dir.join(f).is_file(),
-            "{f} is not built in {}: run `cargo build --workspace --bins` first",
+            "{f} is not built in {}: run `cargo build --workspace --bins` first (the test command does)",
             dir.display()
         );
     }

@@ -202,14 +202,17 @@ impl LocalCognito {
 
     /// Checks the password and issues an ID token valid for an hour.
     pub fn sign_in(&self, username: &str, password: &str, now: i64) -> Result<String, AuthError> {
-        let (checked, remembered, remembered_key) = {
+        let (checked, known) = {
             let inner = self.lock();
             let user = inner.snapshot.users.get(username).cloned().ok_or(AuthError::NotAuthorized)?;
-            (user, inner.remembered.get(username).cloned(), inner.remembered_key.clone())
+            // an HMAC takes microseconds: checked under the lock (constant-time comparison)
+            let message = remembered_message(&user, password);
+            let known = inner
+                .remembered
+                .get(username)
+                .is_some_and(|tag| hmac::verify(&inner.remembered_key, &message, tag.as_ref()).is_ok());
+            (user, known)
         };
-        let message = remembered_message(&checked, password);
-        // constant-time comparison of the tags
-        let known = remembered.is_some_and(|tag| hmac::verify(&remembered_key, &message, tag.as_ref()).is_ok());
         if !known {
             let salt = STANDARD.decode(&checked.salt).map_err(|_| AuthError::NotAuthorized)?;
             let expected = STANDARD.decode(&checked.password_hash).map_err(|_| AuthError::NotAuthorized)?;
@@ -224,7 +227,8 @@ impl LocalCognito {
             let mut inner = self.lock();
             inner.pbkdf2_runs += 1;
             verified.map_err(|_| AuthError::NotAuthorized)?;
-            inner.remembered.insert(username.to_string(), hmac::sign(&remembered_key, &message));
+            let tag = hmac::sign(&inner.remembered_key, &remembered_message(&checked, password));
+            inner.remembered.insert(username.to_string(), tag);
         }
         let inner = self.lock();
         // the attributes as they are now (fulfilment may have changed them during the hash)

@@ -25,8 +25,9 @@ printf 'sam build took %s s\n' "$(($(date +%s) - start))"
 
 # The floor, with the same command and the same workspace-wide feature resolution as sam's
 # per-function builds, so it reuses their compiled dependencies.
-printf '\n== cargo lambda build --release --arm64 --bin hello-floor\n'
+printf '\n== cargo lambda build --release --arm64 --bin hello-floor, --bin tls-floor\n'
 cargo lambda build --release --arm64 --bin hello-floor
+cargo lambda build --release --arm64 --bin tls-floor
 
 functions=$(python3 - <<'EOF'
 import re
@@ -48,5 +49,6 @@ done <<<"$functions"
 floor=$CARGO_TARGET_DIR/lambda/hello-floor/bootstrap
 [ -f "$floor" ] || { echo "missing $floor"; exit 1; }
 printf '%-30s %-26s %12s\n' "(floor)" hello-floor "$(stat -c %s "$floor")"
+printf '%-30s %-26s %12s\n' "(TLS floor)" tls-floor "$(stat -c %s "$CARGO_TARGET_DIR/lambda/tls-floor/bootstrap")"
 # The deploy reads .aws-sam/build/template.yaml: it must name every function's built artefact.
 test -f .aws-sam/build/template.yaml

@@ -321,3 +321,75 @@ async fn stripe_calls_retry_429_5xx_and_lost_answers_with_the_same_idempotency_k
     assert!(stripe.create_checkout(checkout("price_missing", &alice, None, "paykey-checkout-retry-2")).await.is_err());
     assert_eq!(shared.requests().len() - n, 1);
 }
+
+/// The adapter over TLS to the emulator, trusting only the emulator front's test certificate.
+fn over_tls(front: &stripe_emulator::front::Front, max_idle_per_host: usize) -> StripePayments {
+    use paykey::adapters::stripe_client::{ClientSettings, TrustRoots};
+    let cfg = StripeConfig {
+        secret_key: Secret::new("sk_test_paykey_pool"),
+        api_base: Some(format!("{}/", front.url(true))),
+        price_cache: std::time::Duration::ZERO,
+    };
+    let settings = ClientSettings {
+        roots: TrustRoots::Only(vec![stripe_emulator::front::test_cert_der()]),
+        max_idle_per_host,
+        ..ClientSettings::default()
+    };
+    StripePayments::with_settings(&cfg, settings).unwrap()
+}
+
+/// A warm container makes its later Stripe calls on the TLS connection its first call opened
+/// (async-stripe's own client opens one per call: `pool_max_idle_per_host(0)`, kept here as
+/// the reference), and a pooled connection the server has closed meanwhile is replaced
+/// without the caller seeing an error. Connections are counted where the emulator's TLS front
+/// accepts them.
+#[tokio::test]
+async fn warm_stripe_calls_reuse_one_tls_connection_and_survive_the_server_closing_it() {
+    use stripe_emulator::front;
+    let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Default::default()).await.unwrap();
+    let tls = front::start(emu.addr, true, std::time::Duration::ZERO).await.unwrap();
+    let d = Emulated(emu);
+    d.add_price("POOLED", 980, "jpy");
+    let key = LookupKey::parse("POOLED").unwrap();
+
+    let pooled = over_tls(&tls, 8);
+    for _ in 0..5 {
+        assert_eq!(pooled.find_price(&key).await.unwrap().unwrap().unit_amount, Some(980));
+    }
+    assert_eq!(tls.accepted(), 1, "five calls, one connection");
+
+    // The server drops the idle connection (Stripe may at any time): the next call still
+    // answers, on a new connection.
+    tls.close_connections();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(pooled.find_price(&key).await.unwrap().unwrap().unit_amount, Some(980));
+    let alice = user("alice");
+    let price = pooled.find_price(&key).await.unwrap().unwrap();
+    let created = pooled.create_checkout(checkout(&price.id, &alice, None, "pool-ck-1")).await.unwrap();
+    assert!(pooled.get_checkout(&created.id).await.unwrap().is_some());
+    assert_eq!(tls.accepted(), 2, "one new connection after the close, reused by the next three calls");
+
+    let before = tls.accepted();
+    let unpooled = over_tls(&tls, 0);
+    for _ in 0..3 {
+        unpooled.find_price(&key).await.unwrap();
+    }
+    assert_eq!(tls.accepted() - before, 3, "the reference opens a connection per call");
+}
+
+/// A certificate the client does not trust is refused before any request is sent.
+#[tokio::test]
+async fn a_server_with_an_untrusted_certificate_gets_no_request() {
+    let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Default::default()).await.unwrap();
+    let tls = stripe_emulator::front::start(emu.addr, true, std::time::Duration::ZERO).await.unwrap();
+    let cfg = StripeConfig {
+        secret_key: Secret::new("sk_test_paykey_untrusted"),
+        api_base: Some(format!("{}/", tls.url(true))),
+        price_cache: std::time::Duration::ZERO,
+    };
+    // The production roots (webpki-roots) do not include the test certificate.
+    let stripe = StripePayments::new(&cfg).unwrap();
+    let err = stripe.find_price(&LookupKey::parse("ANY").unwrap()).await.unwrap_err();
+    assert!(err.message.contains("certificate"), "the cause is named: {err}");
+    assert!(!err.message.contains("sk_test_paykey_untrusted"), "{err}");
+}

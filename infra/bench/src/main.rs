@@ -4,13 +4,13 @@
 //!
 //! ```text
 //! cargo build --release -p paykey-bench -p hello-floor -p create-checkout-session -p create-api-key \
-//!     -p create-billing-portal -p get-account -p stripe-webhook
+//!     -p create-billing-portal -p get-account -p stripe-webhook     # hello-floor builds tls-floor too
 //! bash infra/scripts/build-lambdas.sh            # arm64 sizes (optional)
 //! target/release/paykey-bench [--runs 10] [--bin-dir target/release] [--out BENCHMARKS.md]
 //! paykey-bench --short                           # a quick check that the harness works
 //! ```
 
-use paykey_bench::{runtime_api, warm};
+use paykey_bench::{connections, runtime_api, warm};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -120,14 +120,42 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where TLS root certificates are found, as a child process sees it.
+struct CertEnv {
+    name: &'static str,
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR`; `None`: both unset (the machine's defaults).
+    vars: Option<(PathBuf, PathBuf)>,
+}
+
+/// Lambda's `provided.al2023` has one CA bundle file and no certificate directory; this
+/// Debian machine has a directory of ~300 files beside its bundle. The Lambda-like
+/// environment points `SSL_CERT_FILE` at the bundle and `SSL_CERT_DIR` at an empty folder.
+fn cert_envs() -> Result<Vec<CertEnv>, String> {
+    let bundle = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or("no CA bundle file found (looked for Debian's, Amazon Linux's and /etc/ssl/cert.pem)")?;
+    let empty = std::env::temp_dir().join(format!("paykey-bench-empty-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).map_err(|e| format!("{}: {e}", empty.display()))?;
+    Ok(vec![
+        CertEnv { name: "Lambda-like (one CA bundle file, empty SSL_CERT_DIR)", vars: Some((bundle, empty)) },
+        CertEnv { name: "this machine's default (SSL_CERT_FILE/SSL_CERT_DIR unset)", vars: None },
+    ])
+}
+
 /// Exec → first response posted to the Runtime API, and peak RSS at that moment.
-async fn cold_start(program: &Path, args: &[&str], event: String) -> Result<Sample, String> {
+async fn cold_start(program: &Path, args: &[&str], event: String, certs: &CertEnv) -> Result<Sample, String> {
     let mut api = runtime_api::start(event).await.map_err(|e| e.to_string())?;
     let addr = api.addr.to_string();
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
     for (k, v) in function_env(&addr) {
         cmd.env(k, v);
+    }
+    cmd.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
+    if let Some((file, dir)) = &certs.vars {
+        cmd.env("SSL_CERT_FILE", file).env("SSL_CERT_DIR", dir);
     }
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", program.display()))?;
@@ -221,10 +249,11 @@ async fn run(o: &Opts) -> Result<(), String> {
 
     // ---- cold start
     md.push_str("## Cold start (exec → first response posted to a Lambda Runtime API emulator on loopback)\n\n");
-    md.push_str(&format!("{} runs each, interleaved; median (min–max). The invocation needs no backend call (preflight, malformed link, unsigned webhook), so this is init + one request.\n\n", o.runs));
-    md.push_str("| target | cold start ms | × floor | peak RSS MiB |\n|---|---|---|---|\n");
-    let mut targets: Vec<(String, PathBuf, Vec<String>)> =
-        vec![("hello-floor (lambda_http hello world)".into(), o.bin_dir.join("hello-floor"), vec![])];
+    md.push_str(&format!("{} runs each, interleaved (targets and certificate environments alternate); median (min–max). The invocation needs no backend call (preflight, malformed link, unsigned webhook), so this is init + one request. The TLS floor is the hello world plus aws-config loaded and one HTTPS client built with the Stripe client's roots: what any function that calls AWS and an HTTPS API pays.\n\n", o.runs));
+    let mut targets: Vec<(String, PathBuf, Vec<String>)> = vec![
+        ("hello-floor (lambda_http hello world)".into(), o.bin_dir.join("hello-floor"), vec![]),
+        ("tls-floor (hello + aws-config + one HTTPS client)".into(), o.bin_dir.join("tls-floor"), vec![]),
+    ];
     for f in FUNCTIONS {
         targets.push((f.to_string(), o.bin_dir.join(f), vec![]));
     }
@@ -236,28 +265,42 @@ async fn run(o: &Opts) -> Result<(), String> {
             vec![reference.display().to_string()],
         ));
     }
-    let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| Vec::new()).collect();
+    let envs = cert_envs()?;
+    let mut samples: Vec<Vec<Vec<Sample>>> =
+        envs.iter().map(|_| targets.iter().map(|_| Vec::new()).collect()).collect();
     for _ in 0..o.runs {
-        for (i, (name, program, args)) in targets.iter().enumerate() {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let event = event_for(name.split(' ').next().unwrap_or(""));
-            samples[i].push(cold_start(program, &args, event).await?);
+        for (e, certs) in envs.iter().enumerate() {
+            for (i, (name, program, args)) in targets.iter().enumerate() {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let event = event_for(name.split(' ').next().unwrap_or(""));
+                samples[e][i].push(cold_start(program, &args, event, certs).await?);
+            }
         }
     }
-    let floor = stats(samples[0].iter().map(|s| s.ms).collect()).median;
-    for ((name, _, _), s) in targets.iter().zip(&samples) {
-        let t = stats(s.iter().map(|x| x.ms).collect());
-        let rss = stats(s.iter().map(|x| x.rss_kib as f64 / 1024.0).collect());
-        md.push_str(&format!(
-            "| {name} | {:.1} ({:.1}–{:.1}) | {:.2} | {:.1} ({:.1}–{:.1}) |\n",
-            t.median,
-            t.min,
-            t.max,
-            t.median / floor,
-            rss.median,
-            rss.min,
-            rss.max
-        ));
+    for (certs, samples) in envs.iter().zip(&samples) {
+        md.push_str(&format!("### {}\n\n", certs.name));
+        md.push_str("| target | cold start ms | × hello floor | × TLS floor | peak RSS MiB |\n|---|---|---|---|---|\n");
+        let floor = stats(samples[0].iter().map(|s| s.ms).collect()).median;
+        let tls_floor = stats(samples[1].iter().map(|s| s.ms).collect()).median;
+        for ((name, _, _), s) in targets.iter().zip(samples) {
+            let t = stats(s.iter().map(|x| x.ms).collect());
+            let rss = stats(s.iter().map(|x| x.rss_kib as f64 / 1024.0).collect());
+            md.push_str(&format!(
+                "| {name} | {:.1} ({:.1}–{:.1}) | {:.2} | {:.2} | {:.1} ({:.1}–{:.1}) |\n",
+                t.median,
+                t.min,
+                t.max,
+                t.median / floor,
+                t.median / tls_floor,
+                rss.median,
+                rss.min,
+                rss.max
+            ));
+        }
+        md.push('\n');
+    }
+    if let Some((_, dir)) = envs.iter().find_map(|e| e.vars.as_ref()) {
+        let _ = std::fs::remove_dir(dir);
     }
 
     // ---- sizes
@@ -266,12 +309,7 @@ async fn run(o: &Opts) -> Result<(), String> {
     );
     let fmt =
         |v: Option<u64>| v.map(|b| format!("{b} ({:.1} MB)", b as f64 / 1e6)).unwrap_or_else(|| "not built".into());
-    md.push_str(&format!(
-        "| hello-floor | {} | {} |\n",
-        fmt(size(&o.bin_dir.join("hello-floor"))),
-        fmt(size(&o.lambda_dir.join("hello-floor").join("bootstrap")))
-    ));
-    for f in FUNCTIONS {
+    for f in ["hello-floor", "tls-floor"].into_iter().chain(FUNCTIONS) {
         md.push_str(&format!(
             "| {f} | {} | {} |\n",
             fmt(size(&o.bin_dir.join(f))),
@@ -282,6 +320,8 @@ async fn run(o: &Opts) -> Result<(), String> {
     // ---- round trips and warm overhead
     md.push_str(&warm::round_trips().await);
     md.push_str(&warm::warm_overhead(if o.short { 50 } else { 2000 }).await);
+    let moto = std::env::var("PAYKEY_MOTO_URL").ok();
+    md.push_str(&connections::warm_connections(if o.short { 3 } else { 20 }, moto.as_deref()).await?);
 
     std::fs::write(&o.out, &md).map_err(|e| format!("{}: {e}", o.out.display()))?;
     println!("{md}");

@@ -9,6 +9,7 @@ fn the_short_mode_measures_every_target_and_writes_the_table() {
     let bin_dir = std::path::Path::new(bench).parent().unwrap();
     for f in [
         "hello-floor",
+        "tls-floor",
         "create-checkout-session",
         "create-api-key",
         "create-billing-portal",
@@ -27,7 +28,12 @@ fn the_short_mode_measures_every_target_and_writes_the_table() {
     assert!(status.success());
     let md = std::fs::read_to_string(&out).unwrap();
     for row in [
+        "### Lambda-like (one CA bundle file",
+        "### this machine's default",
         "| hello-floor",
+        "| tls-floor",
+        "| Stripe (TLS) | async-stripe's client",
+        "| Stripe (TLS) | paykey's pooled client |",
         "| create-checkout-session |",
         "| create-api-key |",
         "| create-billing-portal |",
@@ -39,6 +45,9 @@ fn the_short_mode_measures_every_target_and_writes_the_table() {
         "| get-account | ",
     ] {
         assert!(md.contains(row), "missing {row:?} in:\n{md}");
+    }
+    if std::env::var("PAYKEY_MOTO_URL").is_ok() {
+        assert!(md.contains("| AWS on moto | AWS SDK clients"), "the AWS rows, moto being up:\n{md}");
     }
     let _ = std::fs::remove_file(out);
 }

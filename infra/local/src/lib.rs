@@ -145,7 +145,10 @@ impl LocalState {
             events: self.app.store.event_entries(),
             keys: self.app.keys.export(),
             cognito: self.cognito.snapshot(),
-            stripe: self.emulator.as_ref().map(|e| e.export()),
+            stripe: self
+                .emulator
+                .as_ref()
+                .map(|e| serde_json::value::RawValue::from_string(e.export_json()).expect("the emulator writes JSON")),
             webhook_secret: self.webhook_secret.clone(),
         }
     }
@@ -248,8 +251,9 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
             let shared = stripe_emulator::Shared::new(config);
             shared.set_base(&format!("{base}/stripe"));
             if let Some(v) = snapshot.as_ref().and_then(|s| s.stripe.as_ref()) {
-                shared
-                    .import(v)
+                serde_json::from_str(v.get())
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| shared.import(&v))
                     .map_err(|e| StartError::Setup(format!("the data file's Stripe state is corrupt: {e}")))?;
             }
             seed_catalog(&shared);

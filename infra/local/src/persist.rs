@@ -22,8 +22,9 @@ pub struct Snapshot {
     pub events: Vec<(String, chrono::DateTime<chrono::Utc>)>,
     pub keys: KeysSnapshot,
     pub cognito: PoolSnapshot,
-    /// The Stripe emulator's objects (absent when talking to real Stripe).
-    pub stripe: Option<serde_json::Value>,
+    /// The Stripe emulator's objects (absent when talking to real Stripe), as the emulator
+    /// serialised them under its lock (no copy of its state is made to save it).
+    pub stripe: Option<Box<serde_json::value::RawValue>>,
     pub webhook_secret: String,
 }
 
@@ -38,7 +39,11 @@ pub enum PersistError {
 }
 
 impl Snapshot {
-    pub fn new(cognito: PoolSnapshot, stripe: Option<serde_json::Value>, webhook_secret: String) -> Self {
+    pub fn new(
+        cognito: PoolSnapshot,
+        stripe: Option<Box<serde_json::value::RawValue>>,
+        webhook_secret: String,
+    ) -> Self {
         Self {
             version: VERSION,
             sessions: vec![],

@@ -8,6 +8,7 @@
 //! declined and leaves the session unpaid.
 
 mod form;
+pub mod front;
 pub mod objects;
 mod pages;
 mod state;
@@ -253,6 +254,11 @@ impl Shared {
     /// The emulator's objects, for persisting across restarts.
     pub fn export(&self) -> Value {
         self.lock().export()
+    }
+
+    /// [`Shared::export`] as JSON text, without copying the state first.
+    pub fn export_json(&self) -> String {
+        self.lock().export_json()
     }
 
     /// Restores what `export` saved.

@@ -111,18 +111,55 @@ impl Emu {
     }
 
     pub fn export(&self) -> Value {
-        json!({
-            "products": self.products, "prices": self.prices, "customers": self.customers,
-            "sessions": self.sessions, "subscriptions": self.subscriptions, "invoices": self.invoices,
-            "credit_notes": self.credit_notes, "refunds": self.refunds,
-            "portal_sessions": self.portal_sessions, "portal_configs": self.portal_configs,
-            "webhook_endpoints": self.webhook_endpoints, "events": self.events, "counter": self.counter,
-            "clock_offset": self.clock_offset,
+        serde_json::from_str(&self.export_json()).expect("the emulator's own JSON")
+    }
+
+    /// [`Emu::export`] as JSON text, serialised straight from the maps: no copy of the state
+    /// is made (the local stack calls this under the lock on every group commit).
+    pub fn export_json(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Export<'a> {
+            products: &'a BTreeMap<String, Value>,
+            prices: &'a BTreeMap<String, Value>,
+            customers: &'a BTreeMap<String, Value>,
+            sessions: &'a BTreeMap<String, Value>,
+            subscriptions: &'a BTreeMap<String, Value>,
+            invoices: &'a BTreeMap<String, Value>,
+            credit_notes: &'a BTreeMap<String, Value>,
+            refunds: &'a BTreeMap<String, Value>,
+            portal_sessions: &'a BTreeMap<String, Value>,
+            portal_configs: &'a BTreeMap<String, Value>,
+            webhook_endpoints: &'a BTreeMap<String, Value>,
+            events: &'a Vec<Value>,
+            counter: u64,
+            clock_offset: i64,
             // events emitted but not yet handed to delivery belong to the undelivered too
-            "undelivered": self.undelivered.values().map(Undelivered::to_json)
-                .chain(self.outbox.iter().map(|e| Undelivered { event: e.clone(), target: Target::All }.to_json()))
-                .collect::<Vec<_>>(),
+            undelivered: Vec<Value>,
+        }
+        let undelivered = self
+            .undelivered
+            .values()
+            .map(Undelivered::to_json)
+            .chain(self.outbox.iter().map(|e| Undelivered { event: e.clone(), target: Target::All }.to_json()))
+            .collect();
+        serde_json::to_string(&Export {
+            products: &self.products,
+            prices: &self.prices,
+            customers: &self.customers,
+            sessions: &self.sessions,
+            subscriptions: &self.subscriptions,
+            invoices: &self.invoices,
+            credit_notes: &self.credit_notes,
+            refunds: &self.refunds,
+            portal_sessions: &self.portal_sessions,
+            portal_configs: &self.portal_configs,
+            webhook_endpoints: &self.webhook_endpoints,
+            events: &self.events,
+            counter: self.counter,
+            clock_offset: self.clock_offset,
+            undelivered,
         })
+        .expect("maps of JSON values serialise")
     }
 
     pub fn import(&mut self, v: &Value) -> Result<(), String> {

@@ -5,3 +5,4 @@ pub mod cached;
 pub mod memory;
 pub mod patient;
 pub mod stripe;
+pub mod stripe_client;

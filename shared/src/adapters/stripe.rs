@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe::{IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
@@ -18,8 +18,8 @@ use stripe_billing::credit_note::CreateCreditNote;
 use stripe_billing::subscription::{
     CancelSubscription, ListSubscription, ListSubscriptionStatus, RetrieveSubscription,
 };
-use stripe_webhook::{Webhook, WebhookError};
 
+use crate::adapters::stripe_client::{ClientSettings, PooledClient};
 use crate::config::StripeConfig;
 use crate::domain::{BackendError, CustomerId, Error, LookupKey, SessionId, SubscriptionId};
 use crate::ports::{
@@ -27,11 +27,19 @@ use crate::ports::{
     StripeEvent, SubscriptionState, SubscriptionStatus,
 };
 
-/// Checks a webhook's `Stripe-Signature` header against the raw body (HMAC-SHA256 with the
-/// endpoint's `whsec_` secret, any `v1` signature, timestamp within 300 s of `now`, through
-/// async-stripe's verifier) and reads what the event is about from a minimal envelope (`id`,
-/// `type`, and the object's id, customer and subscription), whatever the API version or the
-/// object's other fields.
+/// How far a webhook's signed timestamp may be from now, either way (Stripe's libraries: 300 s).
+const WEBHOOK_TOLERANCE_SECONDS: i64 = 300;
+
+/// Checks a webhook's `Stripe-Signature` header against the raw body the way Stripe's
+/// libraries do (HMAC-SHA256 of `"{t}.{body}"` with the endpoint's `whsec_` secret, accepted
+/// when any `v1` signature matches, compared in constant time by the `hmac` crate, the
+/// timestamp within 300 s of `now`) and reads what the event is about from a minimal envelope
+/// (`id`, `type`, and the object's id, customer and subscription), whatever the API version
+/// or the object's other fields.
+///
+/// The check is written here rather than taken from async-stripe-webhook, whose
+/// `construct_event` also deserializes the event into every Stripe resource type: that
+/// crate pulled all of them into the webhook binary (see BENCHMARKS.md, sizes).
 ///
 /// `Ok(None)`: correctly signed, but not a Stripe event paykey can read (no `id` or `type`).
 /// Only a missing or wrong signature or a stale timestamp is an error.
@@ -41,20 +49,45 @@ pub fn verify_event(
     secret: &str,
     now: i64,
 ) -> std::result::Result<Option<StripeEvent>, Error> {
-    match Webhook::construct_event_with_timestamp(payload, signature, secret, now) {
-        // BadParse comes only after the signature and the timestamp were checked.
-        Ok(_) | Err(WebhookError::BadParse(_)) => {}
-        Err(e) => {
-            return Err(Error::BadSignature(match e {
-                WebhookError::BadSignature => "signature mismatch".into(),
-                WebhookError::BadTimestamp(t) => format!("timestamp {t} is outside the 300 s tolerance"),
-                WebhookError::BadHeader(_) => "malformed Stripe-Signature header".into(),
-                WebhookError::BadKey => "unusable webhook secret".into(),
-                WebhookError::BadParse(_) => unreachable!("handled above"),
-            }))
+    let mut timestamp = None;
+    let mut candidates = Vec::new();
+    for pair in signature.split(',') {
+        let (key, value) = pair.split_once('=').ok_or_else(|| Error::BadSignature("signature mismatch".into()))?;
+        match key {
+            "t" => {
+                timestamp = Some(
+                    value
+                        .parse::<i64>()
+                        .map_err(|_| Error::BadSignature("malformed Stripe-Signature header".into()))?,
+                )
+            }
+            "v1" => candidates.push(value),
+            _ => {}
         }
     }
+    let (Some(t), false) = (timestamp, candidates.is_empty()) else {
+        return Err(Error::BadSignature("signature mismatch".into()));
+    };
+    use hmac::Mac;
+    let mac = signer(secret, t, payload);
+    let matches = candidates.iter().any(|c| hex::decode(c).is_ok_and(|sig| mac.clone().verify_slice(&sig).is_ok()));
+    if !matches {
+        return Err(Error::BadSignature("signature mismatch".into()));
+    }
+    if (now - t).abs() > WEBHOOK_TOLERANCE_SECONDS {
+        return Err(Error::BadSignature(format!("timestamp {t} is outside the 300 s tolerance")));
+    }
     Ok(read_envelope(payload))
+}
+
+/// HMAC-SHA256 over `"{t}.{payload}"` keyed with the whole secret string, as Stripe signs.
+fn signer(secret: &str, t: i64, payload: &str) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any size");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(payload.as_bytes());
+    mac
 }
 
 /// The few fields of a Stripe event paykey acts on; the rest is fetched from Stripe.
@@ -91,7 +124,8 @@ fn read_envelope(payload: &str) -> Option<StripeEvent> {
 
 /// A `Stripe-Signature` header for `payload`, as Stripe computes it (tests, the emulator).
 pub fn sign_payload(payload: &str, secret: &str, timestamp: i64) -> String {
-    Webhook::generate_test_header(payload, secret, Some(timestamp))
+    use hmac::Mac;
+    format!("t={timestamp},v1={}", hex::encode(signer(secret, timestamp, payload).finalize().into_bytes()))
 }
 
 const SERVICE: &str = "stripe";
@@ -101,7 +135,7 @@ pub use crate::domain::Connect;
 /// The Stripe adapter.
 #[derive(Clone)]
 pub struct StripePayments {
-    client: Client,
+    client: PooledClient,
     connect: Option<Connect>,
 }
 
@@ -112,16 +146,21 @@ impl std::fmt::Debug for StripePayments {
 }
 
 impl StripePayments {
-    /// Builds the client once per cold start. The secret only goes into the (sensitive)
-    /// Authorization header.
+    /// Builds the client once per cold start (no connection is opened until the first call).
+    /// The secret only goes into the (sensitive) Authorization header.
     pub fn new(config: &StripeConfig) -> std::result::Result<Self, BackendError> {
-        let mut builder = ClientBuilder::new(config.secret_key.expose())
-            .app_info("paykey", Some(env!("CARGO_PKG_VERSION").to_string()), None)
-            .timeout(Duration::from_secs(10));
-        if let Some(base) = &config.api_base {
-            builder = builder.url(base.clone());
-        }
-        let client = builder.build().map_err(|e| BackendError::new(SERVICE, "client", describe(&e)))?;
+        Self::with_settings(config, ClientSettings::default())
+    }
+
+    /// [`Self::new`] with other connection settings: trust roots (a test CA), pool size.
+    pub fn with_settings(
+        config: &StripeConfig,
+        mut settings: ClientSettings,
+    ) -> std::result::Result<Self, BackendError> {
+        settings.api_base = config.api_base.clone();
+        let app = concat!("paykey/", env!("CARGO_PKG_VERSION"));
+        let client = PooledClient::new(config.secret_key.expose(), app, settings)
+            .map_err(|e| BackendError::new(SERVICE, "client", describe(&e)))?;
         Ok(Self { client, connect: None })
     }
 
@@ -404,5 +443,59 @@ impl Payments for StripePayments {
         .await
         .map_err(|e| BackendError::new(SERVICE, CREDIT, describe(&e)))?;
         Ok(DuplicateCancelled { refunded: left })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAYLOAD: &str =
+        r#"{"id":"evt_1","type":"customer.subscription.deleted","data":{"object":{"id":"sub_1","customer":"cus_1"}}}"#;
+    const SECRET: &str = "whsec_paykey_vector";
+    const T: i64 = 1_764_000_000;
+    /// Computed by stripe-python 16.1.0 (`WebhookSignature._compute_signature`), which also
+    /// accepted the header of `a_signature_stripe_python_computed_is_accepted_among_others`.
+    const STRIPE_PYTHON_V1: &str = "02a6e9ad28d9c61471f9eea1016b78a4fe01809a4e1ab5f51bb62483a8727ee9";
+
+    #[test]
+    fn the_signature_is_the_one_stripes_own_library_computes() {
+        assert_eq!(sign_payload(PAYLOAD, SECRET, T), format!("t={T},v1={STRIPE_PYTHON_V1}"));
+    }
+
+    #[test]
+    fn a_signature_stripe_python_computed_is_accepted_among_others() {
+        let header = format!("t={T},v0=deadbeef,v1=00,v1={STRIPE_PYTHON_V1}");
+        let event = verify_event(PAYLOAD, &header, SECRET, T + 300).unwrap().unwrap();
+        assert_eq!((event.id.as_str(), event.kind.as_str()), ("evt_1", "customer.subscription.deleted"));
+    }
+
+    #[test]
+    fn every_bad_header_is_refused_with_its_reason() {
+        let good = format!("t={T},v1={STRIPE_PYTHON_V1}");
+        let cases: [(&str, String, i64, &str); 9] = [
+            ("a stale timestamp", good.clone(), T + 301, "timestamp 1764000000 is outside the 300 s tolerance"),
+            ("a timestamp from the future", good.clone(), T - 301, "outside the 300 s tolerance"),
+            ("another secret's signature", format!("t={T},v1={}", "0".repeat(64)), T, "signature mismatch"),
+            ("a v0 signature only", format!("t={T},v0={STRIPE_PYTHON_V1}"), T, "signature mismatch"),
+            ("no timestamp", format!("v1={STRIPE_PYTHON_V1}"), T, "signature mismatch"),
+            ("a timestamp that is not a number", format!("t=soon,v1={STRIPE_PYTHON_V1}"), T, "malformed"),
+            ("a pair without =", format!("t={T},v1"), T, "signature mismatch"),
+            ("an empty header", String::new(), T, "signature mismatch"),
+            (
+                "the signature of another timestamp",
+                format!("t={},v1={STRIPE_PYTHON_V1}", T + 1),
+                T,
+                "signature mismatch",
+            ),
+        ];
+        for (what, header, now, reason) in cases {
+            match verify_event(PAYLOAD, &header, SECRET, now) {
+                Err(Error::BadSignature(r)) => assert!(r.contains(reason), "{what}: {r}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        let tampered = PAYLOAD.replace("sub_1", "sub_2");
+        assert!(verify_event(&tampered, &good, SECRET, T).is_err(), "a changed body");
     }
 }

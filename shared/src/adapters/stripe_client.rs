@@ -1,0 +1,200 @@
+//! The HTTP client the Stripe adapter hands to async-stripe's request types
+//! (`Request::send(&client)` takes any [`StripeClient`]).
+//!
+//! async-stripe's own `Client` is built with `pool_max_idle_per_host(0)`: every call opens a
+//! new TCP connection and a new TLS handshake, so a warm Lambda pays a handshake to
+//! api.stripe.com on every Stripe call. Upstream disabled the pool because Stripe may close
+//! an idle connection at any moment and a request written to it then fails (hyper#2136,
+//! stripe-rs#176). paykey can pool safely: every create call carries an idempotency key and
+//! the adapter retries a failed attempt (`adapters::stripe::retrying`), so a request lost on a
+//! stale connection is sent again on a fresh one and Stripe replays or performs it once.
+//!
+//! One attempt per `execute`: the adapter owns retries and backoff. The headers are the ones
+//! async-stripe sends (`Authorization` marked sensitive, `Stripe-Version` of the crates'
+//! generated types, the user agent with paykey's app info, `Idempotency-Key` when the request
+//! strategy carries one).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use hyper::{Method, Request, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use stripe::StripeError;
+use stripe_client_core::{CustomizedStripeRequest, StripeClient, StripeMethod};
+
+/// How long an idle connection is kept for the next call. Under Stripe's own idle limit, so
+/// the client normally closes first; when Stripe closes first the retry covers it.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+const DEFAULT_API_BASE: &str = "https://api.stripe.com/";
+
+/// The certificates a TLS connection to Stripe is checked against.
+#[derive(Clone, Debug, Default)]
+pub enum TrustRoots {
+    /// The Mozilla roots compiled into the binary (webpki-roots): no file read or PEM parsed
+    /// at start, the same on every machine.
+    #[default]
+    Bundled,
+    /// Only these certificates (DER), e.g. a test CA for an emulator behind TLS.
+    Only(Vec<Vec<u8>>),
+}
+
+impl TrustRoots {
+    fn store(&self) -> Result<rustls::RootCertStore, StripeError> {
+        let mut store = rustls::RootCertStore::empty();
+        match self {
+            Self::Bundled => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            Self::Only(certs) => {
+                for der in certs {
+                    store
+                        .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                        .map_err(|e| StripeError::ConfigError(format!("unusable trust root: {e}")))?;
+                }
+            }
+        }
+        Ok(store)
+    }
+}
+
+/// What every request carries, checked once when the client is built.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub api_base: Option<String>,
+    pub timeout: Duration,
+    pub roots: TrustRoots,
+    /// Idle connections kept per host: 0 is async-stripe's behaviour (a connection per call),
+    /// kept for the benchmark's reference.
+    pub max_idle_per_host: usize,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self { api_base: None, timeout: Duration::from_secs(10), roots: TrustRoots::Bundled, max_idle_per_host: 8 }
+    }
+}
+
+/// A Stripe API client over one pooled hyper client (HTTP/1.1 or HTTP/2 by ALPN, rustls
+/// with aws-lc-rs, the roots of [`TrustRoots`]). Cloning shares the pool.
+#[derive(Clone)]
+pub struct PooledClient {
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    base: Arc<str>,
+    secret: HeaderValue,
+    user_agent: HeaderValue,
+    version: HeaderValue,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for PooledClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledClient").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl PooledClient {
+    /// The secret goes only into the `Authorization` header, marked sensitive.
+    pub fn new(secret_key: &str, app: &str, settings: ClientSettings) -> Result<Self, StripeError> {
+        let base = settings.api_base.unwrap_or_else(|| DEFAULT_API_BASE.to_string());
+        let base = if base.ends_with('/') { base } else { format!("{base}/") };
+        base.parse::<Uri>().map_err(|e| StripeError::ConfigError(format!("invalid Stripe API base: {e}")))?;
+        let mut secret = HeaderValue::try_from(format!("Bearer {secret_key}"))
+            .map_err(|_| StripeError::ConfigError("the secret key is not a valid header value".into()))?;
+        secret.set_sensitive(true);
+        let user_agent = HeaderValue::try_from(format!("Stripe/v1 RustBindings/async-stripe {app}"))
+            .map_err(|_| StripeError::ConfigError("app info is not a valid header value".into()))?;
+        let version = HeaderValue::from_str(stripe_shared::version::VERSION.as_str())
+            .map_err(|_| StripeError::ConfigError("the Stripe API version is not a valid header value".into()))?;
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StripeError::ConfigError(e.to_string()))?
+            .with_root_certificates(settings.roots.store()?)
+            .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(settings.timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(settings.max_idle_per_host)
+            .build(connector);
+        Ok(Self { http, base: base.into(), secret, user_agent, version, timeout: settings.timeout })
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Bytes, StripeError> {
+        let response = self.http.request(req).await.map_err(|e| transport(&e))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| transport(&e))?.to_bytes();
+        if status.is_success() {
+            return Ok(body);
+        }
+        let error = std::str::from_utf8(&body)
+            .ok()
+            .and_then(|s| miniserde::json::from_str::<stripe_shared::Error>(s).ok())
+            .ok_or_else(|| {
+                StripeError::JSONDeserialize(format!("an error answer ({status}) without Stripe's error"))
+            })?;
+        Err(StripeError::Stripe(error.error, status.as_u16()))
+    }
+}
+
+/// A failure on the way to Stripe, with its causes ("client error (Connect): invalid peer
+/// certificate: UnknownIssuer"); requests and headers are never part of it.
+fn transport(e: &(dyn std::error::Error + 'static)) -> StripeError {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let _ = write!(message, ": {cause}");
+        source = cause.source();
+    }
+    StripeError::ClientError(message)
+}
+
+impl StripeClient for PooledClient {
+    type Err = StripeError;
+
+    async fn execute(&self, req: CustomizedStripeRequest) -> Result<Bytes, StripeError> {
+        let (req, config) = req.into_pieces();
+        let mut uri = format!("{}v1{}", self.base, req.path);
+        if let Some(query) = &req.query {
+            let _ = write!(uri, "?{query}");
+        }
+        let method = match req.method {
+            StripeMethod::Get => Method::GET,
+            StripeMethod::Post => Method::POST,
+            StripeMethod::Delete => Method::DELETE,
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(AUTHORIZATION, self.secret.clone())
+            .header(USER_AGENT, self.user_agent.clone())
+            .header(HeaderName::from_static("stripe-version"), self.version.clone());
+        if let Some(account) = &config.account_id {
+            builder = builder.header(HeaderName::from_static("stripe-account"), account.as_str());
+        }
+        if let Some(key) = config.request_strategy.as_ref().and_then(|s| s.get_key()) {
+            builder = builder.header(HeaderName::from_static("idempotency-key"), key.as_str());
+        }
+        if req.body.is_some() {
+            builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+        }
+        let request = builder.body(Full::new(Bytes::from(req.body.unwrap_or_default())))?;
+        let timeout = config.timeout.unwrap_or(self.timeout);
+        tokio::time::timeout(timeout, self.send(request)).await.unwrap_or(Err(StripeError::Timeout))
+    }
+}

@@ -40,8 +40,10 @@ pub struct AwsStack {
 
 impl AwsStack {
     pub async fn connect(o: &AwsOptions, catalog: &Catalog) -> Result<Self, String> {
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).region(aws_config::Region::new(o.region.clone()));
+        let http = paykey::adapters::https::AwsHttpClient::new(&Default::default()).map_err(|e| e.to_string())?;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http.shared())
+            .region(aws_config::Region::new(o.region.clone()));
         if let Some(e) = &o.endpoint {
             loader = loader.endpoint_url(e);
         }

@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod cached;
+pub mod https;
 pub mod memory;
 pub mod patient;
 pub mod stripe;

@@ -24,8 +24,9 @@ use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_A
 use hyper::{Method, Request, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::adapters::https;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use stripe::StripeError;
 use stripe_client_core::{CustomizedStripeRequest, StripeClient, StripeMethod};
 
@@ -34,33 +35,7 @@ use stripe_client_core::{CustomizedStripeRequest, StripeClient, StripeMethod};
 const POOL_IDLE: Duration = Duration::from_secs(30);
 const DEFAULT_API_BASE: &str = "https://api.stripe.com/";
 
-/// The certificates a TLS connection to Stripe is checked against.
-#[derive(Clone, Debug, Default)]
-pub enum TrustRoots {
-    /// The Mozilla roots compiled into the binary (webpki-roots): no file read or PEM parsed
-    /// at start, the same on every machine.
-    #[default]
-    Bundled,
-    /// Only these certificates (DER), e.g. a test CA for an emulator behind TLS.
-    Only(Vec<Vec<u8>>),
-}
-
-impl TrustRoots {
-    fn store(&self) -> Result<rustls::RootCertStore, StripeError> {
-        let mut store = rustls::RootCertStore::empty();
-        match self {
-            Self::Bundled => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            Self::Only(certs) => {
-                for der in certs {
-                    store
-                        .add(rustls::pki_types::CertificateDer::from(der.clone()))
-                        .map_err(|e| StripeError::ConfigError(format!("unusable trust root: {e}")))?;
-                }
-            }
-        }
-        Ok(store)
-    }
-}
+pub use crate::adapters::https::TrustRoots;
 
 /// What every request carries, checked once when the client is built.
 #[derive(Clone, Debug)]
@@ -79,8 +54,8 @@ impl Default for ClientSettings {
     }
 }
 
-/// A Stripe API client over one pooled hyper client (HTTP/1.1 or HTTP/2 by ALPN, rustls
-/// with aws-lc-rs, the roots of [`TrustRoots`]). Cloning shares the pool.
+/// A Stripe API client over one pooled hyper client on paykey's HTTPS stack
+/// ([`crate::adapters::https`]). Cloning shares the pool.
 #[derive(Clone)]
 pub struct PooledClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -111,27 +86,8 @@ impl PooledClient {
         let version = HeaderValue::from_str(stripe_shared::version::VERSION.as_str())
             .map_err(|_| StripeError::ConfigError("the Stripe API version is not a valid header value".into()))?;
 
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| StripeError::ConfigError(e.to_string()))?
-            .with_root_certificates(settings.roots.store()?)
-            .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(settings.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(settings.max_idle_per_host)
-            .build(connector);
+        let tls = https::tls_config(&settings.roots).map_err(|e| StripeError::ConfigError(e.to_string()))?;
+        let http = https::client(https::connector(tls, settings.timeout), settings.max_idle_per_host, POOL_IDLE);
         Ok(Self { http, base: base.into(), secret, user_agent, version, timeout: settings.timeout })
     }
 

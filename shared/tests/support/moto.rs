@@ -26,7 +26,11 @@ impl Moto {
                 "PAYKEY_MOTO_URL is not set: run the README's test command (scripts/test), which starts moto_server"
             ),
         };
+        // The functions' HTTP client (adapters::https), so the AWS contract suites on moto
+        // run over the same stack as the deployed functions.
+        let http = paykey::adapters::https::AwsHttpClient::new(&Default::default()).unwrap().shared();
         let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
             .region(Region::new("us-east-1"))
             .endpoint_url(url)
             .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))

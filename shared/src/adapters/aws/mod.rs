@@ -14,9 +14,14 @@ pub use ssm::secure_parameter;
 
 use aws_config::BehaviorVersion;
 
-/// Loads region, credentials and endpoint from the environment, once.
+use crate::adapters::https::{AwsHttpClient, TrustRoots};
+
+/// Loads region, credentials and endpoint from the environment, once, with paykey's HTTP
+/// client ([`crate::adapters::https::AwsHttpClient`]: compiled-in roots, one pool for every
+/// SDK client built from this config).
 pub async fn load_config() -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    let http = AwsHttpClient::new(&TrustRoots::Bundled).expect("the compiled-in roots are usable");
+    aws_config::defaults(BehaviorVersion::latest()).http_client(http.shared()).load().await
 }
 
 /// `ServiceError: message` for an SDK error, without request bodies or credentials.

@@ -67,6 +67,7 @@ async fn serve(fixture: Arc<Mutex<Fixture>>) -> String {
 
 async fn adapter(url: &str) -> ApiGatewayKeys {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(paykey::adapters::https::AwsHttpClient::new(&Default::default()).unwrap().shared())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(url)
         .credentials_provider(aws_sdk_apigateway::config::Credentials::new("testing", "testing", None, None, "fixture"))

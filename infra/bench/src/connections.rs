@@ -119,7 +119,8 @@ async fn stripe_rows(invocations: usize) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
-/// DynamoDB and Cognito calls through one `SdkConfig`, as a function makes them, against moto.
+/// DynamoDB and Cognito calls through one `SdkConfig` with the functions' HTTP client, as a
+/// function makes them, against moto.
 async fn aws_rows(moto: &str, invocations: usize) -> Result<Vec<Row>, String> {
     let upstream: SocketAddr = moto
         .trim_start_matches("http://")
@@ -127,7 +128,9 @@ async fn aws_rows(moto: &str, invocations: usize) -> Result<Vec<Row>, String> {
         .parse()
         .map_err(|e| format!("PAYKEY_MOTO_URL {moto}: {e}"))?;
     let plain = front::start(upstream, false, HANDSHAKE_DELAY).await.map_err(|e| e.to_string())?;
+    let http = paykey::adapters::https::AwsHttpClient::new(&Default::default()).map_err(|e| e.to_string())?;
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http.shared())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(plain.url(false))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::for_tests())
@@ -136,7 +139,7 @@ async fn aws_rows(moto: &str, invocations: usize) -> Result<Vec<Row>, String> {
     let dynamo = aws_sdk_dynamodb::Client::new(&config);
     let cognito = aws_sdk_cognitoidentityprovider::Client::new(&config);
     let mut row = Row {
-        client: "AWS SDK clients (DynamoDB + Cognito), default HTTP client",
+        client: "AWS SDK clients (DynamoDB + Cognito) on paykey's AwsHttpClient",
         first: 0,
         warm: vec![],
         first_ms: 0.0,

@@ -211,6 +211,7 @@ async fn the_five_binaries_cold_per_request_on_moto_and_the_stripe_emulator() {
     let test_started = Instant::now();
     let bin_dir = bin_dir();
     let config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(paykey::adapters::https::AwsHttpClient::new(&Default::default()).unwrap().shared())
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
         .endpoint_url(&moto)
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "moto"))

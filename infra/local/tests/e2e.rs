@@ -664,6 +664,7 @@ async fn the_upgrade_flow_on_the_aws_adapters_against_moto() {
     assert!(acct["api_key"]["value"].as_str().is_some_and(|v| !v.is_empty()), "{acct}");
 
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(paykey::adapters::https::AwsHttpClient::new(&Default::default()).unwrap().shared())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(&moto)
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "moto"))

@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use stripe::{IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe::{IdempotencyKey, StripeError, StripeRequest};
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
     ExpireCheckoutSession, RetrieveCheckoutSession,
 };
-use stripe_checkout::{CheckoutSessionMode, CheckoutSessionPaymentStatus, CheckoutSessionStatus};
+use stripe_checkout::CheckoutSessionMode;
 use stripe_product::price::ListPrice;
 
 use stripe_billing::credit_note::CreateCreditNote;
@@ -182,18 +182,17 @@ fn describe(e: &StripeError) -> String {
     }
 }
 
-fn subscription_state(sub: &stripe_shared::Subscription, op: &'static str) -> Result<SubscriptionState> {
-    let id = SubscriptionId::parse(sub.id.as_str()).map_err(|e| BackendError::new(SERVICE, op, e.to_string()))?;
-    let customer =
-        CustomerId::parse(sub.customer.id().as_str()).map_err(|e| BackendError::new(SERVICE, op, e.to_string()))?;
+fn subscription_state(sub: &wire::Subscription, op: &'static str) -> Result<SubscriptionState> {
+    let id = SubscriptionId::parse(&sub.id).map_err(|e| BackendError::new(SERVICE, op, e.to_string()))?;
+    let customer = CustomerId::parse(sub.customer.id()).map_err(|e| BackendError::new(SERVICE, op, e.to_string()))?;
     let period_end = sub
         .cancel_at
-        .or_else(|| sub.items.data.iter().map(|i| i.current_period_end).max())
+        .or_else(|| sub.items.data.iter().filter_map(|i| i.current_period_end).max())
         .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
     Ok(SubscriptionState {
         id,
         customer,
-        status: SubscriptionStatus::parse(sub.status.as_str()),
+        status: SubscriptionStatus::parse(&sub.status),
         cancel_at_period_end: sub.cancel_at_period_end || sub.cancel_at.is_some(),
         period_end,
         user_name: sub.metadata.get("user_name").cloned(),
@@ -201,6 +200,96 @@ fn subscription_state(sub: &stripe_shared::Subscription, op: &'static str) -> Re
         price_lookup_key: sub.items.data.first().and_then(|i| i.price.lookup_key.clone()),
         trial_end: sub.trial_end.and_then(|t| chrono::DateTime::from_timestamp(t, 0)),
     })
+}
+
+/// The fields paykey reads from Stripe's answers, and nothing else: serde skips the rest, so
+/// neither the API version's other fields nor async-stripe's generated deserializers for
+/// Stripe's full objects (which reach most of its types) are part of the functions.
+mod wire {
+    use std::collections::HashMap;
+
+    use serde::Deserialize;
+
+    /// An expandable field: the id, or the object.
+    #[derive(Debug, Deserialize)]
+    #[serde(untagged)]
+    pub enum Expandable<T> {
+        Id(String),
+        Object(T),
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Object {
+        pub id: String,
+    }
+
+    impl Expandable<Object> {
+        pub fn id(&self) -> &str {
+            match self {
+                Self::Id(id) => id,
+                Self::Object(o) => &o.id,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct List<T> {
+        pub data: Vec<T>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Subscription {
+        pub id: String,
+        pub customer: Expandable<Object>,
+        pub status: String,
+        #[serde(default)]
+        pub cancel_at_period_end: bool,
+        pub cancel_at: Option<i64>,
+        pub items: List<SubscriptionItem>,
+        #[serde(default)]
+        pub metadata: HashMap<String, String>,
+        pub trial_end: Option<i64>,
+        pub created: i64,
+        pub latest_invoice: Option<Expandable<Invoice>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct SubscriptionItem {
+        pub current_period_end: Option<i64>,
+        pub price: Price,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Price {
+        pub id: String,
+        pub lookup_key: Option<String>,
+        pub unit_amount: Option<i64>,
+        pub currency: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Invoice {
+        pub id: Option<String>,
+        pub amount_paid: i64,
+        #[serde(default)]
+        pub post_payment_credit_notes_amount: i64,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct CheckoutSession {
+        pub id: String,
+        pub url: Option<String>,
+        pub payment_status: String,
+        pub status: Option<String>,
+        pub client_reference_id: Option<String>,
+        pub customer: Option<Expandable<Object>>,
+        pub subscription: Option<Expandable<Object>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct PortalSession {
+        pub url: String,
+    }
 }
 
 /// Attempts per Stripe call: the first and up to three retries.
@@ -246,14 +335,18 @@ fn is_missing(e: &StripeError) -> bool {
     matches!(e, StripeError::Stripe(_, 404))
 }
 
-fn idempotent(key: &str, op: &'static str) -> Result<RequestStrategy> {
-    IdempotencyKey::new(key).map(RequestStrategy::Idempotent).map_err(|e| BackendError::new(SERVICE, op, e.to_string()))
+fn idempotency_key(key: &str, op: &'static str) -> Result<IdempotencyKey> {
+    IdempotencyKey::new(key).map_err(|e| BackendError::new(SERVICE, op, e.to_string()))
 }
 
 impl Payments for StripePayments {
     async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<SubscriptionState>> {
         const OP: &str = "GET /v1/subscriptions/{id}";
-        match retrying(OP, || async { RetrieveSubscription::new(id.as_str()).send(&self.client).await }).await {
+        match retrying(OP, || async {
+            self.client.call::<wire::Subscription>(RetrieveSubscription::new(id.as_str()).build(), None).await
+        })
+        .await
+        {
             Ok(s) => subscription_state(&s, OP).map(Some),
             Err(e) if is_missing(&e) => Ok(None),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
@@ -263,12 +356,9 @@ impl Payments for StripePayments {
     async fn list_subscriptions(&self, customer: &CustomerId) -> Result<Vec<SubscriptionState>> {
         const OP: &str = "GET /v1/subscriptions";
         let list = retrying(OP, || async {
-            ListSubscription::new()
-                .customer(customer.as_str())
-                .status(ListSubscriptionStatus::All)
-                .limit(100)
-                .send(&self.client)
-                .await
+            let req =
+                ListSubscription::new().customer(customer.as_str()).status(ListSubscriptionStatus::All).limit(100);
+            self.client.call::<wire::List<wire::Subscription>>(req.build(), None).await
         })
         .await
         .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
@@ -280,15 +370,16 @@ impl Payments for StripePayments {
     async fn find_price(&self, lookup_key: &LookupKey) -> Result<Option<PriceInfo>> {
         const OP: &str = "GET /v1/prices";
         let list = retrying(OP, || async {
-            ListPrice::new().lookup_keys(vec![lookup_key.to_string()]).active(true).limit(1).send(&self.client).await
+            let req = ListPrice::new().lookup_keys(vec![lookup_key.to_string()]).active(true).limit(1);
+            self.client.call::<wire::List<wire::Price>>(req.build(), None).await
         })
         .await
         .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         Ok(list.data.into_iter().next().map(|p| PriceInfo {
-            id: p.id.to_string(),
+            id: p.id,
             lookup_key: p.lookup_key.unwrap_or_else(|| lookup_key.to_string()),
             unit_amount: p.unit_amount,
-            currency: p.currency.to_string(),
+            currency: p.currency,
         }))
     }
 
@@ -325,39 +416,39 @@ impl Payments for StripePayments {
         if let Some(c) = req.customer {
             create = create.customer(c.to_string());
         }
-        let strategy = idempotent(&req.idempotency_key, OP)?;
-        let session = retrying(OP, || async {
-            create.clone().customize().request_strategy(strategy.clone()).send(&self.client).await
-        })
-        .await
-        .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        let id = SessionId::parse(session.id.as_str()).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        let key = idempotency_key(&req.idempotency_key, OP)?;
+        let session =
+            retrying(OP, || async { self.client.call::<wire::CheckoutSession>(create.build(), Some(&key)).await })
+                .await
+                .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        let id = SessionId::parse(&session.id).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
         let url = session.url.ok_or_else(|| BackendError::new(SERVICE, OP, "session without url"))?;
         Ok(CreatedCheckout { id, url })
     }
 
     async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
         const OP: &str = "GET /v1/checkout/sessions/{id}";
-        let session =
-            match retrying(OP, || async { RetrieveCheckoutSession::new(id.as_str()).send(&self.client).await }).await {
-                Ok(s) => s,
-                Err(e) if is_missing(&e) => return Ok(None),
-                Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
-            };
-        let paid = matches!(
-            session.payment_status,
-            CheckoutSessionPaymentStatus::Paid | CheckoutSessionPaymentStatus::NoPaymentRequired
-        ) && session.status == Some(CheckoutSessionStatus::Complete);
+        let session = match retrying(OP, || async {
+            self.client.call::<wire::CheckoutSession>(RetrieveCheckoutSession::new(id.as_str()).build(), None).await
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
+        };
+        let paid = matches!(session.payment_status.as_str(), "paid" | "no_payment_required")
+            && session.status.as_deref() == Some("complete");
         let customer = session
             .customer
             .as_ref()
-            .map(|c| CustomerId::parse(c.id().as_str()))
+            .map(|c| CustomerId::parse(c.id()))
             .transpose()
             .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
         let subscription = session
             .subscription
             .as_ref()
-            .map(|s| SubscriptionId::parse(s.id().as_str()))
+            .map(|s| SubscriptionId::parse(s.id()))
             .transpose()
             .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
         Ok(Some(CheckoutState {
@@ -371,18 +462,12 @@ impl Payments for StripePayments {
 
     async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
         const OP: &str = "POST /v1/billing_portal/sessions";
-        let strategy = idempotent(idempotency_key, OP)?;
-        let session = retrying(OP, || async {
-            CreateBillingPortalSession::new()
-                .customer(customer.to_string())
-                .return_url(return_url)
-                .customize()
-                .request_strategy(strategy.clone())
-                .send(&self.client)
+        let key = self::idempotency_key(idempotency_key, OP)?;
+        let create = CreateBillingPortalSession::new().customer(customer.to_string()).return_url(return_url);
+        let session =
+            retrying(OP, || async { self.client.call::<wire::PortalSession>(create.build(), Some(&key)).await })
                 .await
-        })
-        .await
-        .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+                .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         Ok(session.url)
     }
 
@@ -390,7 +475,11 @@ impl Payments for StripePayments {
         const OP: &str = "POST /v1/checkout/sessions/{id}/expire";
         // Naturally idempotent (only an open session can be expired), so no idempotency key: a
         // replayed 200 would hide that the session was expired already.
-        match retrying(OP, || async { ExpireCheckoutSession::new(id.as_str()).send(&self.client).await }).await {
+        match retrying(OP, || async {
+            self.client.call::<serde::de::IgnoredAny>(ExpireCheckoutSession::new(id.as_str()).build(), None).await
+        })
+        .await
+        {
             Ok(_) => Ok(true),
             // Stripe answers 400 for a session that is no longer open (completed or expired).
             Err(StripeError::Stripe(_, 400)) => Ok(false),
@@ -403,45 +492,34 @@ impl Payments for StripePayments {
         const CANCEL: &str = "DELETE /v1/subscriptions/{id}";
         const CREDIT: &str = "POST /v1/credit_notes";
         let sub = retrying(GET, || async {
-            RetrieveSubscription::new(id.as_str()).expand(vec!["latest_invoice".to_string()]).send(&self.client).await
+            let req = RetrieveSubscription::new(id.as_str()).expand(vec!["latest_invoice".to_string()]);
+            self.client.call::<wire::Subscription>(req.build(), None).await
         })
         .await
         .map_err(|e| BackendError::new(SERVICE, GET, describe(&e)))?;
-        if sub.status != stripe_shared::SubscriptionStatus::Canceled {
-            let strategy = idempotent(&format!("paykey-duplicate-cancel-{id}"), CANCEL)?;
-            retrying(CANCEL, || async {
-                CancelSubscription::new(id.as_str())
-                    .invoice_now(false)
-                    .prorate(false)
-                    .customize()
-                    .request_strategy(strategy.clone())
-                    .send(&self.client)
-                    .await
-            })
-            .await
-            .map_err(|e| BackendError::new(SERVICE, CANCEL, describe(&e)))?;
+        if sub.status != "canceled" {
+            let key = idempotency_key(&format!("paykey-duplicate-cancel-{id}"), CANCEL)?;
+            let cancel = CancelSubscription::new(id.as_str()).invoice_now(false).prorate(false);
+            retrying(CANCEL, || async { self.client.call::<serde::de::IgnoredAny>(cancel.build(), Some(&key)).await })
+                .await
+                .map_err(|e| BackendError::new(SERVICE, CANCEL, describe(&e)))?;
         }
-        let Some(invoice) = sub.latest_invoice.as_ref().and_then(|i| i.as_object()) else {
+        let Some(wire::Expandable::Object(invoice)) = sub.latest_invoice.as_ref() else {
             return Ok(DuplicateCancelled { refunded: 0 });
         };
         let left = invoice.amount_paid - invoice.post_payment_credit_notes_amount;
         let Some(invoice_id) = invoice.id.as_ref().filter(|_| left > 0) else {
             return Ok(DuplicateCancelled { refunded: 0 });
         };
-        let strategy = idempotent(&format!("paykey-duplicate-refund-{id}"), CREDIT)?;
-        retrying(CREDIT, || async {
-            CreateCreditNote::new(invoice_id.as_str())
-                .amount(left)
-                .refund_amount(left)
-                .reason(stripe_shared::CreditNoteReason::Duplicate)
-                .memo("Second subscription for the same plan: cancelled and refunded by paykey.")
-                .customize()
-                .request_strategy(strategy.clone())
-                .send(&self.client)
-                .await
-        })
-        .await
-        .map_err(|e| BackendError::new(SERVICE, CREDIT, describe(&e)))?;
+        let key = idempotency_key(&format!("paykey-duplicate-refund-{id}"), CREDIT)?;
+        let credit = CreateCreditNote::new(invoice_id.as_str())
+            .amount(left)
+            .refund_amount(left)
+            .reason(stripe_shared::CreditNoteReason::Duplicate)
+            .memo("Second subscription for the same plan: cancelled and refunded by paykey.");
+        retrying(CREDIT, || async { self.client.call::<serde::de::IgnoredAny>(credit.build(), Some(&key)).await })
+            .await
+            .map_err(|e| BackendError::new(SERVICE, CREDIT, describe(&e)))?;
         Ok(DuplicateCancelled { refunded: left })
     }
 }

@@ -28,7 +28,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use crate::adapters::https;
 use hyper_util::client::legacy::Client;
 use stripe::StripeError;
-use stripe_client_core::{CustomizedStripeRequest, StripeClient, StripeMethod};
+use stripe_client_core::{CustomizedStripeRequest, IdempotencyKey, RequestBuilder, StripeClient, StripeMethod};
+use stripe_shared::AccountId;
 
 /// How long an idle connection is kept for the next call. Under Stripe's own idle limit, so
 /// the client normally closes first; when Stripe closes first the retry covers it.
@@ -120,11 +121,26 @@ fn transport(e: &(dyn std::error::Error + 'static)) -> StripeError {
     StripeError::ClientError(message)
 }
 
-impl StripeClient for PooledClient {
-    type Err = StripeError;
+impl PooledClient {
+    /// Sends one request built by an async-stripe request type and reads the answer into `T`,
+    /// paykey's own type holding only the fields it uses (`adapters::stripe::wire`): the
+    /// generated deserializers of Stripe's full objects are then never linked in.
+    pub async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<T, StripeError> {
+        let bytes = self.send_built(req, None, idempotency_key, None).await?;
+        serde_json::from_slice(&bytes).map_err(|e| StripeError::JSONDeserialize(e.to_string()))
+    }
 
-    async fn execute(&self, req: CustomizedStripeRequest) -> Result<Bytes, StripeError> {
-        let (req, config) = req.into_pieces();
+    async fn send_built(
+        &self,
+        req: RequestBuilder,
+        account: Option<&AccountId>,
+        idempotency_key: Option<&IdempotencyKey>,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, StripeError> {
         let mut uri = format!("{}v1{}", self.base, req.path);
         if let Some(query) = &req.query {
             let _ = write!(uri, "?{query}");
@@ -140,17 +156,29 @@ impl StripeClient for PooledClient {
             .header(AUTHORIZATION, self.secret.clone())
             .header(USER_AGENT, self.user_agent.clone())
             .header(HeaderName::from_static("stripe-version"), self.version.clone());
-        if let Some(account) = &config.account_id {
+        if let Some(account) = account {
             builder = builder.header(HeaderName::from_static("stripe-account"), account.as_str());
         }
-        if let Some(key) = config.request_strategy.as_ref().and_then(|s| s.get_key()) {
+        if let Some(key) = idempotency_key {
             builder = builder.header(HeaderName::from_static("idempotency-key"), key.as_str());
         }
         if req.body.is_some() {
             builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
         }
         let request = builder.body(Full::new(Bytes::from(req.body.unwrap_or_default())))?;
-        let timeout = config.timeout.unwrap_or(self.timeout);
+        let timeout = timeout.unwrap_or(self.timeout);
         tokio::time::timeout(timeout, self.send(request)).await.unwrap_or(Err(StripeError::Timeout))
+    }
+}
+
+/// async-stripe's own entry point (`Request::send(&client)`), for callers that want its full
+/// typed answers (the setup tool; tests).
+impl StripeClient for PooledClient {
+    type Err = StripeError;
+
+    async fn execute(&self, req: CustomizedStripeRequest) -> Result<Bytes, StripeError> {
+        let (req, config) = req.into_pieces();
+        let key = config.request_strategy.as_ref().and_then(|s| s.get_key());
+        self.send_built(req, config.account_id.as_ref(), key.as_ref(), config.timeout).await
     }
 }

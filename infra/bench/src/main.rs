@@ -321,7 +321,18 @@ async fn run(o: &Opts) -> Result<(), String> {
     md.push_str(&warm::round_trips().await);
     md.push_str(&warm::warm_overhead(if o.short { 50 } else { 2000 }).await);
     let moto = std::env::var("PAYKEY_MOTO_URL").ok();
-    md.push_str(&connections::warm_connections(if o.short { 3 } else { 20 }, moto.as_deref()).await?);
+    // On a current-thread runtime, as the functions run (`#[tokio::main(flavor = "current_thread")]`).
+    let invocations = if o.short { 3 } else { 20 };
+    let section = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(connections::warm_connections(invocations, moto.as_deref()))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    md.push_str(&section);
 
     std::fs::write(&o.out, &md).map_err(|e| format!("{}: {e}", o.out.display()))?;
     println!("{md}");

@@ -24,6 +24,22 @@ struct Row {
     warm_ms: Vec<f64>,
 }
 
+impl Row {
+    fn new(client: &'static str) -> Self {
+        Self { client, first: 0, warm: vec![], first_ms: 0.0, warm_ms: vec![] }
+    }
+
+    /// Invocation `i` opened `opened` connections and took `ms`.
+    fn record(&mut self, i: usize, opened: usize, ms: f64) {
+        if i == 0 {
+            (self.first, self.first_ms) = (opened, ms);
+        } else {
+            self.warm.push(opened);
+            self.warm_ms.push(ms);
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -100,19 +116,14 @@ async fn stripe_rows(invocations: usize) -> Result<Vec<Row>, String> {
     {
         let tls = front::start(emu.addr, true, HANDSHAKE_DELAY).await.map_err(|e| e.to_string())?;
         let stripe = stripe_over(&tls, idle)?;
-        let mut row = Row { client, first: 0, warm: vec![], first_ms: 0.0, warm_ms: vec![] };
+        let mut row = Row::new(client);
         for i in 0..invocations {
             let before = tls.accepted();
             let t = Instant::now();
             verify_once(&stripe, &id).await?;
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             let opened = tls.accepted() - before;
-            if i == 0 {
-                (row.first, row.first_ms) = (opened, ms);
-            } else {
-                row.warm.push(opened);
-                row.warm_ms.push(ms);
-            }
+            row.record(i, opened, ms);
         }
         rows.push(row);
     }
@@ -138,13 +149,7 @@ async fn aws_rows(moto: &str, invocations: usize) -> Result<Vec<Row>, String> {
         .await;
     let dynamo = aws_sdk_dynamodb::Client::new(&config);
     let cognito = aws_sdk_cognitoidentityprovider::Client::new(&config);
-    let mut row = Row {
-        client: "AWS SDK clients (DynamoDB + Cognito) on paykey's AwsHttpClient",
-        first: 0,
-        warm: vec![],
-        first_ms: 0.0,
-        warm_ms: vec![],
-    };
+    let mut row = Row::new("AWS SDK clients (DynamoDB + Cognito) on paykey's AwsHttpClient");
     for i in 0..invocations {
         let before = plain.accepted();
         let t = Instant::now();
@@ -152,12 +157,7 @@ async fn aws_rows(moto: &str, invocations: usize) -> Result<Vec<Row>, String> {
         cognito.list_user_pools().max_results(1).send().await.map_err(|e| format!("ListUserPools: {e:?}"))?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         let opened = plain.accepted() - before;
-        if i == 0 {
-            (row.first, row.first_ms) = (opened, ms);
-        } else {
-            row.warm.push(opened);
-            row.warm_ms.push(ms);
-        }
+        row.record(i, opened, ms);
     }
     Ok(vec![row])
 }

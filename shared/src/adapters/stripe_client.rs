@@ -1,5 +1,6 @@
-//! The HTTP client the Stripe adapter hands to async-stripe's request types
-//! (`Request::send(&client)` takes any [`StripeClient`]).
+//! The HTTP client the Stripe adapter sends async-stripe's requests with
+//! ([`PooledClient::call`]: the request built by async-stripe, the answer read into paykey's
+//! own types).
 //!
 //! async-stripe's own `Client` is built with `pool_max_idle_per_host(0)`: every call opens a
 //! new TCP connection and a new TLS handshake, so a warm Lambda pays a handshake to
@@ -9,7 +10,7 @@
 //! the adapter retries a failed attempt (`adapters::stripe::retrying`), so a request lost on a
 //! stale connection is sent again on a fresh one and Stripe replays or performs it once.
 //!
-//! One attempt per `execute`: the adapter owns retries and backoff. The headers are the ones
+//! One attempt per `call`: the adapter owns retries and backoff. The headers are the ones
 //! async-stripe sends (`Authorization` marked sensitive, `Stripe-Version` of the crates'
 //! generated types, the user agent with paykey's app info, `Idempotency-Key` when the request
 //! strategy carries one).
@@ -28,8 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use crate::adapters::https;
 use hyper_util::client::legacy::Client;
 use stripe::StripeError;
-use stripe_client_core::{CustomizedStripeRequest, IdempotencyKey, RequestBuilder, StripeClient, StripeMethod};
-use stripe_shared::AccountId;
+use stripe_client_core::{IdempotencyKey, RequestBuilder, StripeMethod};
 
 /// How long an idle connection is kept for the next call. Under Stripe's own idle limit, so
 /// the client normally closes first; when Stripe closes first the retry covers it.
@@ -130,16 +130,14 @@ impl PooledClient {
         req: RequestBuilder,
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<T, StripeError> {
-        let bytes = self.send_built(req, None, idempotency_key, None).await?;
+        let bytes = self.send_built(req, idempotency_key).await?;
         serde_json::from_slice(&bytes).map_err(|e| StripeError::JSONDeserialize(e.to_string()))
     }
 
     async fn send_built(
         &self,
         req: RequestBuilder,
-        account: Option<&AccountId>,
         idempotency_key: Option<&IdempotencyKey>,
-        timeout: Option<Duration>,
     ) -> Result<Bytes, StripeError> {
         let mut uri = format!("{}v1{}", self.base, req.path);
         if let Some(query) = &req.query {
@@ -156,9 +154,6 @@ impl PooledClient {
             .header(AUTHORIZATION, self.secret.clone())
             .header(USER_AGENT, self.user_agent.clone())
             .header(HeaderName::from_static("stripe-version"), self.version.clone());
-        if let Some(account) = account {
-            builder = builder.header(HeaderName::from_static("stripe-account"), account.as_str());
-        }
         if let Some(key) = idempotency_key {
             builder = builder.header(HeaderName::from_static("idempotency-key"), key.as_str());
         }
@@ -166,19 +161,6 @@ impl PooledClient {
             builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
         }
         let request = builder.body(Full::new(Bytes::from(req.body.unwrap_or_default())))?;
-        let timeout = timeout.unwrap_or(self.timeout);
-        tokio::time::timeout(timeout, self.send(request)).await.unwrap_or(Err(StripeError::Timeout))
-    }
-}
-
-/// async-stripe's own entry point (`Request::send(&client)`), for callers that want its full
-/// typed answers (the setup tool; tests).
-impl StripeClient for PooledClient {
-    type Err = StripeError;
-
-    async fn execute(&self, req: CustomizedStripeRequest) -> Result<Bytes, StripeError> {
-        let (req, config) = req.into_pieces();
-        let key = config.request_strategy.as_ref().and_then(|s| s.get_key());
-        self.send_built(req, config.account_id.as_ref(), key.as_ref(), config.timeout).await
+        tokio::time::timeout(self.timeout, self.send(request)).await.unwrap_or(Err(StripeError::Timeout))
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use stripe::{IdempotencyKey, StripeError, StripeRequest};
+use stripe::{IdempotencyKey, StripeRequest};
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
@@ -19,7 +19,7 @@ use stripe_billing::subscription::{
     CancelSubscription, ListSubscription, ListSubscriptionStatus, RetrieveSubscription,
 };
 
-use crate::adapters::stripe_client::{ClientSettings, PooledClient};
+use crate::adapters::stripe_client::{CallError, ClientSettings, PooledClient};
 use crate::config::StripeConfig;
 use crate::domain::{BackendError, CustomerId, Error, LookupKey, SessionId, SubscriptionId};
 use crate::ports::{
@@ -170,16 +170,9 @@ impl StripePayments {
     }
 }
 
-/// Code and message of a Stripe error; never the request.
-fn describe(e: &StripeError) -> String {
-    match e {
-        StripeError::Stripe(err, status) => format!(
-            "{status} {}: {}",
-            err.code.as_ref().map(|c| c.to_string()).unwrap_or_else(|| err.type_.to_string()),
-            err.message.as_deref().unwrap_or("no message")
-        ),
-        other => other.to_string(),
-    }
+/// Status, code and message of a Stripe error; never the request.
+fn describe(e: &CallError) -> String {
+    e.to_string()
 }
 
 fn subscription_state(sub: &wire::Subscription, op: &'static str) -> Result<SubscriptionState> {
@@ -299,21 +292,21 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Whether Stripe (or the way to it) asks to try again: rate limited (429), a lock on the
 /// idempotency key by a concurrent request (409), a Stripe-side error (5xx), or no answer at all.
-fn is_retryable(e: &StripeError) -> bool {
+fn is_retryable(e: &CallError) -> bool {
     match e {
-        StripeError::Stripe(_, status) => matches!(status, 409 | 429 | 500..=599),
-        StripeError::ClientError(_) | StripeError::Timeout => true,
-        StripeError::JSONDeserialize(_) | StripeError::ConfigError(_) => false,
+        CallError::Stripe { status, .. } => matches!(status, 409 | 429 | 500..=599),
+        CallError::Transport(_) | CallError::Timeout => true,
+        CallError::Decode(_) | CallError::Config(_) => false,
     }
 }
 
 /// Runs a Stripe call, retrying what [`is_retryable`] allows with exponential backoff. The
 /// request is rebuilt each time with the *same* idempotency key, so a retry after a lost
 /// answer replays Stripe's first answer instead of acting twice.
-async fn retrying<T, F, Fut>(op: &'static str, mut call: F) -> std::result::Result<T, StripeError>
+async fn retrying<T, F, Fut>(op: &'static str, mut call: F) -> std::result::Result<T, CallError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, StripeError>>,
+    Fut: std::future::Future<Output = std::result::Result<T, CallError>>,
 {
     let mut wait = FIRST_BACKOFF;
     let mut attempt = 1;
@@ -331,8 +324,8 @@ where
     }
 }
 
-fn is_missing(e: &StripeError) -> bool {
-    matches!(e, StripeError::Stripe(_, 404))
+fn is_missing(e: &CallError) -> bool {
+    e.status() == Some(404)
 }
 
 fn idempotency_key(key: &str, op: &'static str) -> Result<IdempotencyKey> {
@@ -482,7 +475,7 @@ impl Payments for StripePayments {
         {
             Ok(_) => Ok(true),
             // Stripe answers 400 for a session that is no longer open (completed or expired).
-            Err(StripeError::Stripe(_, 400)) => Ok(false),
+            Err(e) if e.status() == Some(400) => Ok(false),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }

@@ -39,7 +39,21 @@ pub struct TrustError(String);
 
 /// rustls' client configuration for `roots` (TLS 1.2 and 1.3, ALPN h2 and http/1.1 added by
 /// the connector).
+/// The bundled roots' configuration is built once per process and cloned for each client
+/// (the AWS SDK's and the Stripe client share the same store).
 pub fn tls_config(roots: &TrustRoots) -> Result<rustls::ClientConfig, TrustError> {
+    static BUNDLED: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    if let TrustRoots::Bundled = roots {
+        if let Some(config) = BUNDLED.get() {
+            return Ok(config.clone());
+        }
+        let config = build_tls_config(roots)?;
+        return Ok(BUNDLED.get_or_init(|| config).clone());
+    }
+    build_tls_config(roots)
+}
+
+fn build_tls_config(roots: &TrustRoots) -> Result<rustls::ClientConfig, TrustError> {
     let mut store = rustls::RootCertStore::empty();
     match roots {
         TrustRoots::Bundled => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

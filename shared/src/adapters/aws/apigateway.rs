@@ -1,7 +1,7 @@
 use aws_sdk_apigateway::types::{Op, PatchOperation};
 use aws_sdk_apigateway::Client;
 
-use super::describe;
+use super::{describe, OnFirstUse};
 use crate::domain::{BackendError, IssuedKey};
 use crate::ports::{KeyRegistry, KeyUsage, Result};
 
@@ -12,16 +12,16 @@ const SERVICE: &str = "apigateway";
 /// rejects).
 #[derive(Clone, Debug)]
 pub struct ApiGatewayKeys {
-    client: Client,
+    client: OnFirstUse<Client>,
 }
 
 impl ApiGatewayKeys {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
-        Self { client: Client::new(config) }
+        Self { client: OnFirstUse::new(config, Client::new) }
     }
 
     async fn in_plan(&self, id: &str, plan: &str) -> Result<bool> {
-        match self.client.get_usage_plan_key().usage_plan_id(plan).key_id(id).send().await {
+        match self.client.get().get_usage_plan_key().usage_plan_id(plan).key_id(id).send().await {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => Ok(false),
             Err(e) => Err(BackendError::new(SERVICE, "GetUsagePlanKey", describe(&e))),
@@ -45,6 +45,7 @@ impl KeyRegistry for ApiGatewayKeys {
         loop {
             let out = self
                 .client
+                .get()
                 .get_api_keys()
                 .name_query(name)
                 .include_values(false)
@@ -69,7 +70,7 @@ impl KeyRegistry for ApiGatewayKeys {
 
     async fn get(&self, id: &str) -> Result<Option<IssuedKey>> {
         const OP: &str = "GetApiKey";
-        match self.client.get_api_key().api_key(id).include_value(false).send().await {
+        match self.client.get().get_api_key().api_key(id).include_value(false).send().await {
             Ok(k) => Ok(Some(issued(k.id(), k.name(), k.enabled(), OP)?)),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => Ok(None),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
@@ -80,6 +81,7 @@ impl KeyRegistry for ApiGatewayKeys {
         const OP: &str = "CreateApiKey";
         let k = self
             .client
+            .get()
             .create_api_key()
             .name(name)
             .description("paykey API key")
@@ -94,6 +96,7 @@ impl KeyRegistry for ApiGatewayKeys {
         const OP: &str = "UpdateApiKey";
         let patch = PatchOperation::builder().op(Op::Replace).path("/enabled").value(enabled.to_string()).build();
         self.client
+            .get()
             .update_api_key()
             .api_key(id)
             .patch_operations(patch)
@@ -105,7 +108,8 @@ impl KeyRegistry for ApiGatewayKeys {
 
     async fn attach_to_plan(&self, id: &str, plan: &str) -> Result<()> {
         const OP: &str = "CreateUsagePlanKey";
-        match self.client.create_usage_plan_key().usage_plan_id(plan).key_id(id).key_type("API_KEY").send().await {
+        match self.client.get().create_usage_plan_key().usage_plan_id(plan).key_id(id).key_type("API_KEY").send().await
+        {
             Ok(_) => Ok(()),
             // Already in this plan: done. A key in *another* plan of the stage is refused too
             // (one usage plan per key and stage), so a conflict is only success once the key is
@@ -127,7 +131,7 @@ impl KeyRegistry for ApiGatewayKeys {
         if !self.in_plan(id, plan).await? {
             return Ok(());
         }
-        match self.client.delete_usage_plan_key().usage_plan_id(plan).key_id(id).send().await {
+        match self.client.get().delete_usage_plan_key().usage_plan_id(plan).key_id(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => Ok(()),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
@@ -141,6 +145,7 @@ impl KeyRegistry for ApiGatewayKeys {
         loop {
             let out = self
                 .client
+                .get()
                 .get_usage_plans()
                 .key_id(id)
                 .limit(500)
@@ -164,6 +169,7 @@ impl KeyRegistry for ApiGatewayKeys {
         loop {
             let out = self
                 .client
+                .get()
                 .get_usage_plan_keys()
                 .usage_plan_id(plan)
                 .limit(500)
@@ -187,6 +193,7 @@ impl KeyRegistry for ApiGatewayKeys {
         loop {
             let out = self
                 .client
+                .get()
                 .get_usage()
                 .usage_plan_id(plan)
                 .key_id(id)
@@ -218,6 +225,7 @@ impl KeyRegistry for ApiGatewayKeys {
         const OP: &str = "UpdateUsage";
         let patch = PatchOperation::builder().op(Op::Replace).path("/remaining").value(remaining.to_string()).build();
         self.client
+            .get()
             .update_usage()
             .usage_plan_id(plan)
             .key_id(id)
@@ -235,6 +243,7 @@ impl KeyRegistry for ApiGatewayKeys {
         loop {
             let out = self
                 .client
+                .get()
                 .get_api_keys()
                 .include_values(false)
                 .limit(500)
@@ -253,7 +262,7 @@ impl KeyRegistry for ApiGatewayKeys {
 
     async fn key_value(&self, id: &str) -> Result<Option<String>> {
         const OP: &str = "GetApiKey";
-        match self.client.get_api_key().api_key(id).include_value(true).send().await {
+        match self.client.get().get_api_key().api_key(id).include_value(true).send().await {
             Ok(k) => {
                 Ok(Some(k.value().ok_or_else(|| BackendError::new(SERVICE, OP, "key without value"))?.to_string()))
             }

@@ -1,7 +1,7 @@
 use aws_sdk_cognitoidentityprovider::types::AttributeType;
 use aws_sdk_cognitoidentityprovider::Client;
 
-use super::describe;
+use super::{describe, OnFirstUse};
 use crate::domain::{BackendError, CustomerId, Plan, UserId, UserName, UserProfile};
 use crate::ports::{Result, UserDirectory};
 
@@ -13,24 +13,25 @@ pub const CUSTOMER_ATTRIBUTE: &str = "custom:stripe_customer_id";
 /// admin API (the app client cannot write them).
 #[derive(Clone, Debug)]
 pub struct CognitoUsers {
-    client: Client,
+    client: OnFirstUse<Client>,
     pool_id: String,
 }
 
 impl CognitoUsers {
     pub fn new(config: &aws_config::SdkConfig, pool_id: String) -> Self {
-        Self { client: Client::new(config), pool_id }
+        Self { client: OnFirstUse::new(config, Client::new), pool_id }
     }
 }
 
 impl UserDirectory for CognitoUsers {
     async fn get_user(&self, user: &UserName) -> Result<Option<UserProfile>> {
         const OP: &str = "AdminGetUser";
-        let out = match self.client.admin_get_user().user_pool_id(&self.pool_id).username(user.as_str()).send().await {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_user_not_found_exception()) => return Ok(None),
-            Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
-        };
+        let out =
+            match self.client.get().admin_get_user().user_pool_id(&self.pool_id).username(user.as_str()).send().await {
+                Ok(out) => out,
+                Err(e) if e.as_service_error().is_some_and(|se| se.is_user_not_found_exception()) => return Ok(None),
+                Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
+            };
         let mut profile = UserProfile::default();
         for a in out.user_attributes() {
             match (a.name(), a.value()) {
@@ -58,6 +59,7 @@ impl UserDirectory for CognitoUsers {
             // 60 is ListUsers' largest page; only the attribute compared is asked for.
             let page = self
                 .client
+                .get()
                 .list_users()
                 .user_pool_id(&self.pool_id)
                 .attributes_to_get(CUSTOMER_ATTRIBUTE)
@@ -89,6 +91,7 @@ impl UserDirectory for CognitoUsers {
         };
         let mut req = self
             .client
+            .get()
             .admin_update_user_attributes()
             .user_pool_id(&self.pool_id)
             .username(user.as_str())

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::describe;
+use super::{describe, OnFirstUse};
 use crate::config::Tables;
 use crate::domain::{
     AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId,
@@ -33,17 +33,17 @@ type Item = HashMap<String, AttributeValue>;
 /// (`DYNAMODB_API_KEY_TABLE`, key `UserID`), attribute names kept from the Python version.
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
-    client: Client,
+    client: OnFirstUse<Client>,
     tables: Tables,
 }
 
 impl DynamoStore {
     pub fn new(config: &aws_config::SdkConfig, tables: Tables) -> Self {
-        Self { client: Client::new(config), tables }
+        Self { client: OnFirstUse::new(config, Client::new), tables }
     }
 
     pub fn from_client(client: Client, tables: Tables) -> Self {
-        Self { client, tables }
+        Self { client: OnFirstUse::built(client), tables }
     }
 }
 
@@ -242,6 +242,7 @@ impl Checkouts for DynamoStore {
     async fn put_new(&self, record: &CheckoutRecord) -> Result<()> {
         const OP: &str = "PutItem(session)";
         self.client
+            .get()
             .put_item()
             .table_name(&self.tables.sessions)
             .set_item(Some(session_item(record)))
@@ -256,6 +257,7 @@ impl Checkouts for DynamoStore {
         const OP: &str = "GetItem(session)";
         let out = self
             .client
+            .get()
             .get_item()
             .table_name(&self.tables.sessions)
             .key("SessionID", s(id.as_str()))
@@ -275,7 +277,7 @@ impl Checkouts for DynamoStore {
     ) -> Result<Claim> {
         const OP: &str = "UpdateItem(claim)";
         let res = self
-            .client
+            .client.get()
             .update_item()
             .table_name(&self.tables.sessions)
             .key("SessionID", s(id.as_str()))
@@ -333,6 +335,7 @@ impl Checkouts for DynamoStore {
         const OP: &str = "UpdateItem(release claim)";
         let res = self
             .client
+            .get()
             .update_item()
             .table_name(&self.tables.sessions)
             .key("SessionID", s(id.as_str()))
@@ -380,6 +383,7 @@ impl Checkouts for DynamoStore {
             attempt += 1;
             let res = self
                 .client
+                .get()
                 .transact_write_items()
                 .transact_items(TransactWriteItem::builder().update(update.clone()).build())
                 .transact_items(TransactWriteItem::builder().put(put.clone()).build())
@@ -419,6 +423,7 @@ impl Accounts for DynamoStore {
         const OP: &str = "GetItem(account)";
         let out = self
             .client
+            .get()
             .get_item()
             .table_name(&self.tables.api_keys)
             .key("UserID", s(user.as_str()))
@@ -436,6 +441,7 @@ impl Accounts for DynamoStore {
         const OP: &str = "GetItem(legacy account)";
         let out = self
             .client
+            .get()
             .get_item()
             .table_name(&self.tables.api_keys)
             .key("UserID", s(user.name.as_str()))
@@ -456,6 +462,7 @@ impl Accounts for DynamoStore {
         // The customer id goes, so the customer index no longer finds the old item.
         let res = self
             .client
+            .get()
             .update_item()
             .table_name(&self.tables.api_keys)
             .key("UserID", s(user.name.as_str()))
@@ -502,6 +509,7 @@ impl Accounts for DynamoStore {
         const OP: &str = "UpdateItem(lock account)";
         let res = self
             .client
+            .get()
             .update_item()
             .table_name(&self.tables.api_keys)
             .key("UserID", s(user.as_str()))
@@ -542,6 +550,7 @@ impl Accounts for DynamoStore {
         const OP: &str = "UpdateItem(unlock account)";
         let res = self
             .client
+            .get()
             .update_item()
             .table_name(&self.tables.api_keys)
             .key("UserID", s(user.as_str()))
@@ -561,6 +570,7 @@ impl Accounts for DynamoStore {
         const OP: &str = "PutItem(account)";
         let res = self
             .client
+            .get()
             .put_item()
             .table_name(&self.tables.api_keys)
             .set_item(Some(account_item(account)))
@@ -586,6 +596,7 @@ impl DynamoStore {
         loop {
             let page = self
                 .client
+                .get()
                 .scan()
                 .table_name(&self.tables.api_keys)
                 .set_exclusive_start_key(start.take())
@@ -630,6 +641,7 @@ impl ProcessedEvents for DynamoStore {
         const OP: &str = "GetItem(event)";
         let out = self
             .client
+            .get()
             .get_item()
             .table_name(&self.tables.sessions)
             .key("SessionID", s(format!("{EVENT_PREFIX}{event_id}")))
@@ -643,6 +655,7 @@ impl ProcessedEvents for DynamoStore {
     async fn mark_event(&self, event_id: &str, event_type: &str, expires_at: DateTime<Utc>) -> Result<()> {
         const OP: &str = "PutItem(event)";
         self.client
+            .get()
             .put_item()
             .table_name(&self.tables.sessions)
             .item("SessionID", s(format!("{EVENT_PREFIX}{event_id}")))
@@ -661,6 +674,7 @@ impl DynamoStore {
     async fn items_of_customer(&self, customer: &CustomerId, op: &'static str) -> Result<Vec<Item>> {
         let out = self
             .client
+            .get()
             .query()
             .table_name(&self.tables.api_keys)
             .index_name(CUSTOMER_INDEX)
@@ -677,6 +691,7 @@ impl DynamoStore {
         const OP: &str = "GetItem(session)";
         let out = self
             .client
+            .get()
             .get_item()
             .table_name(&self.tables.sessions)
             .key("SessionID", s(id.as_str()))
@@ -704,6 +719,7 @@ impl OpenCheckouts for DynamoStore {
         const OP: &str = "PutItem(open checkout)";
         let out = self
             .client
+            .get()
             .put_item()
             .table_name(&self.tables.sessions)
             .item("SessionID", s(format!("{OPEN_CHECKOUT_PREFIX}{user}#{price_id}")))

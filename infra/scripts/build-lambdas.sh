@@ -37,6 +37,10 @@ for name, binary in re.findall(r"\n  (\w+):\n    Type: AWS::Serverless::Function
 EOF
 )
 [ -n "$functions" ] || { echo "no rust-cargolambda function found in template.yaml"; exit 1; }
+# Size budget (issue 14): every deployable function at most 10,000,000 bytes, stripped, arm64.
+# Not a timing: the same source and toolchain give the same size on any machine.
+budget=10000000
+over=""
 printf '\n%-30s %-26s %12s\n' resource binary bytes
 while read -r name binary; do
   bin=.aws-sam/build/$name/bootstrap
@@ -44,8 +48,11 @@ while read -r name binary; do
   # ELF header: e_machine 183 is AArch64 (what Architectures: [arm64] runs)
   python3 -c 'import sys; h = open(sys.argv[1], "rb").read(20); sys.exit(0 if h[:4] == b"\x7fELF" and int.from_bytes(h[18:20], "little") == 183 else 1)' "$bin" \
     || { echo "$bin is not an arm64 ELF executable"; exit 1; }
-  printf '%-30s %-26s %12s  (ELF aarch64)\n' "$name" "$binary" "$(stat -c %s "$bin")"
+  bytes=$(stat -c %s "$bin")
+  printf '%-30s %-26s %12s  (ELF aarch64)\n' "$name" "$binary" "$bytes"
+  [ "$bytes" -le "$budget" ] || over="$over $binary ($bytes bytes)"
 done <<<"$functions"
+[ -z "$over" ] || { echo "over the size budget of $budget bytes:$over (cargo bloat --release --crates -p <function> says what grew)"; exit 1; }
 floor=$CARGO_TARGET_DIR/lambda/hello-floor/bootstrap
 [ -f "$floor" ] || { echo "missing $floor"; exit 1; }
 printf '%-30s %-26s %12s\n' "(floor)" hello-floor "$(stat -c %s "$floor")"

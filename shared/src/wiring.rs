@@ -1,5 +1,6 @@
 //! What each Lambda builds once per cold start: settings from the environment, AWS and
-//! Stripe clients, the ports. `main` only sets up logging, calls one of these and runs.
+//! Stripe clients (each AWS SDK client on its first use), the ports. `main` only sets up
+//! logging, calls one of these and runs.
 //!
 //! Every variable is checked before the first network call, so a misconfigured function
 //! fails at init with the variable's name, fast.

@@ -213,6 +213,10 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem} GiB, {} {}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 fn size(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.len())
 }
@@ -310,11 +314,14 @@ async fn run(o: &Opts) -> Result<(), String> {
     let fmt =
         |v: Option<u64>| v.map(|b| format!("{b} ({:.1} MB)", b as f64 / 1e6)).unwrap_or_else(|| "not built".into());
     for f in ["hello-floor", "tls-floor"].into_iter().chain(FUNCTIONS) {
-        md.push_str(&format!(
-            "| {f} | {} | {} |\n",
-            fmt(size(&o.bin_dir.join(f))),
-            fmt(size(&o.lambda_dir.join(f).join("bootstrap")))
-        ));
+        let x86 = o.bin_dir.join(f);
+        let arm = o.lambda_dir.join(f).join("bootstrap");
+        // An arm64 binary left from an earlier build would be reported as this code's size.
+        let arm = match (modified(&arm), modified(&x86)) {
+            (Some(a), Some(x)) if a < x => "older than the x86_64 build: not reported".to_string(),
+            _ => fmt(size(&arm)),
+        };
+        md.push_str(&format!("| {f} | {} | {arm} |\n", fmt(size(&x86))));
     }
 
     // ---- round trips and warm overhead

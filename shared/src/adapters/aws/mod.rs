@@ -1,5 +1,5 @@
 //! AWS adapters: DynamoDB (sessions and accounts), Cognito (user attributes), API Gateway
-//! (API keys and the PRO usage plan). Clients are built once per cold start from one
+//! (API keys and the PRO usage plan). Clients are built on first use (`OnFirstUse`) from one
 //! `SdkConfig`; `AWS_ENDPOINT_URL` (honoured by aws-config) points them at moto locally.
 
 mod apigateway;

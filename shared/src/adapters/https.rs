@@ -38,9 +38,8 @@ pub enum TrustRoots {
 pub struct TrustError(String);
 
 /// rustls' client configuration for `roots` (TLS 1.2 and 1.3, ALPN h2 and http/1.1 added by
-/// the connector).
-/// The bundled roots' configuration is built once per process and cloned for each client
-/// (the AWS SDK's and the Stripe client share the same store).
+/// the connector). The bundled roots' configuration is built once per process and cloned for
+/// each client, so the AWS SDK's client and the Stripe client share one store.
 pub fn tls_config(roots: &TrustRoots) -> Result<rustls::ClientConfig, TrustError> {
     static BUNDLED: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
     if let TrustRoots::Bundled = roots {

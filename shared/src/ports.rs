@@ -171,6 +171,17 @@ pub trait KeyRegistry: Send + Sync {
         start: chrono::NaiveDate,
         end: chrono::NaiveDate,
     ) -> impl Future<Output = Result<KeyUsage>> + Send;
+    /// [`usage`](Self::usage) for showing (the `/account` page): an adapter may answer from a
+    /// cache a few seconds old. Never for deciding quota (rotation, the end of a grace).
+    fn recent_usage(
+        &self,
+        id: &str,
+        plan: &str,
+        start: chrono::NaiveDate,
+        end: chrono::NaiveDate,
+    ) -> impl Future<Output = Result<KeyUsage>> + Send {
+        self.usage(id, plan, start, end)
+    }
     /// Sets the key's remaining quota on `plan` for the current period (UpdateUsage): a new key
     /// starts at zero use, so a replacement is given its predecessor's remaining quota.
     fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> impl Future<Output = Result<()>> + Send;
@@ -304,9 +315,10 @@ pub struct SubscriptionState {
     /// `metadata.user_id` (the user's `sub`), set at checkout; absent on subscriptions started
     /// before records were keyed by `sub`.
     pub user_id: Option<String>,
-    /// The lookup key of the price the subscription pays (its first item): the catalog tier it
-    /// buys. `None` for a price without one.
-    pub price_lookup_key: Option<String>,
+    /// The lookup key of each item's price, in the subscription's order (`None`: a price without
+    /// one). Whether the subscription is paykey's, and the tier it buys, is the catalog's to say
+    /// (`Catalog::tier_of_items`): a Stripe account usually sells more than paykey's tiers.
+    pub item_lookup_keys: Vec<Option<String>>,
     /// End of the trial, when the subscription has or had one.
     pub trial_end: Option<DateTime<Utc>>,
 }

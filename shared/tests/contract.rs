@@ -66,7 +66,23 @@ fn account(user: &User, key: &str) -> AccountRecord {
             Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).unwrap(),
             Utc.with_ymd_and_hms(2026, 11, 23, 11, 30, 0).unwrap(),
         ],
-        rotation_request: Some("req-1".into()),
+        rotation_answers: vec![paykey::domain::RotationAnswer {
+            request_id: "req-1".into(),
+            api_key_id: key.to_string(),
+            previous_key_id: "oldkey1".into(),
+            previous_key_until: Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap(),
+            at: Utc.with_ymd_and_hms(2026, 11, 23, 11, 30, 0).unwrap(),
+        }],
+        pending_key_work: Some(paykey::domain::KeyWork {
+            plan: Some("plan-1".into()),
+            period_start: chrono::NaiveDate::from_ymd_opt(2026, 11, 1),
+            targets: vec![paykey::domain::QuotaTarget {
+                key_id: key.to_string(),
+                remaining: 40,
+                counted: vec![(key.to_string(), 3), ("oldkey1".into(), 7)],
+            }],
+            retire: vec!["oldkey0".into()],
+        }),
         updated_at: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 5).unwrap(),
     }
 }

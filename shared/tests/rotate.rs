@@ -132,44 +132,154 @@ async fn rotations_are_limited_per_day_and_a_retried_request_is_answered_not_rep
     assert!(matches!(rotate(&w, &nobody, 0, None).await.unwrap_err(), Error::NoKey));
 }
 
-#[tokio::test]
-async fn a_fault_or_crash_at_each_rotation_call_then_a_retry_ends_with_one_new_key() {
-    let ops = [
-        "ddb.lock_account",
-        "apigw.find_key",
-        "apigw.create_key",
-        "apigw.attach",
-        "apigw.usage",
-        "apigw.set_remaining",
-        "apigw.set_enabled",
-        "apigw.plans_of",
-        "apigw.detach",
-        "ddb.put_account",
-        "apigw.key_value",
-    ];
-    let mut cases = 0;
-    for op in ops {
-        for fault in [Fault::Before, Fault::After, Fault::CrashBefore, Fault::CrashAfter] {
-            let w = Arc::new(World::tiered());
-            let u = w.user("frank");
-            let (old, old_value) = free_key_value(&w, &u).await;
-            w.meter.inject(op, fault);
-            let (w2, u2) = (Arc::clone(&w), u.clone());
-            let first = tokio::spawn(async move { rotate(&w2, &u2, 0, Some("r1")).await }).await;
-            w.meter.clear_faults();
-            assert!(!matches!(first, Ok(Ok(_))), "{op} {fault:?}: the fault fired");
-            w.clock.advance(chrono::Duration::seconds(61));
-            let r = rotate(&w, &u, 0, Some("r1")).await.unwrap_or_else(|e| panic!("{op} {fault:?}: retry: {e}"));
-            assert_ne!(r.api_key.id, old, "{op} {fault:?}");
-            assert_eq!(enabled_keys(&w, &u), vec![r.api_key.id.clone()], "{op} {fault:?}: exactly one new enabled key");
-            assert_eq!(call(&w, &old_value), Err(Refused::Forbidden), "{op} {fault:?}: the old key is off");
-            let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
-            assert_eq!(account.api_key_id.as_deref(), Some(r.api_key.id.as_str()), "{op} {fault:?}");
-            assert_eq!(account.recent_rotations.len(), 1, "{op} {fault:?}: one rotation counted");
-            cases += 1;
-        }
+/// The user's keys' use of the FREE plan this period, summed, and the current key's remaining.
+async fn pool(w: &World, u: &User) -> (u64, u64) {
+    use paykey::ports::{Clock, KeyRegistry};
+    let q = w.app.settings.catalog.free().unwrap().quota.unwrap();
+    let (start, end) = q.period.containing(w.clock.now().date_naive());
+    let name = w.app.settings.key_name(u);
+    let mut used = 0;
+    for k in w.app.keys.all().into_iter().filter(|k| k.name == name) {
+        used += w.app.keys.usage(&k.id, FREE_PLAN, start, end).await.unwrap().used;
     }
-    println!("# rotation: {cases} fault cases converged");
+    let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    let current = account.api_key_id.unwrap();
+    let remaining = w.app.keys.usage(&current, FREE_PLAN, start, end).await.unwrap().remaining.unwrap();
+    (used, remaining)
+}
+
+/// A user with a key in the grace of an earlier rotation, both keys used: the rotation under
+/// test ends that grace (the previous-key path) and starts its own (`grace`).
+async fn mid_grace(w: &World, u: &User) {
+    let (_, old_value) = free_key_value(w, u).await;
+    for _ in 0..3 {
+        call(w, &old_value).unwrap();
+    }
+    let r = rotate(w, u, 600, Some("r1")).await.unwrap();
+    call(w, &old_value).unwrap();
+    call(w, &r.api_key.value).unwrap();
+    w.clock.advance(chrono::Duration::seconds(5));
+}
+
+/// The rotation's crash matrix, generated: a clean rotation's calls are recorded (every call,
+/// every occurrence, error and branch paths of this scenario included), then each of them in
+/// turn fails or crashes (before or after taking effect) in a new world; a retry with the same
+/// request id and the sweep then finish. Each case ends with one enabled key — the one the
+/// record names —, two rotations counted, and the pool exact: what the user's keys used this
+/// period plus what the current key has left is the quota, to the request (never more: quota
+/// multiplied; never less: quota lost in a crash). A panic other than an injected crash fails.
+#[tokio::test]
+async fn a_fault_or_crash_at_every_recorded_rotation_call_then_a_retry_ends_with_one_key_and_the_exact_quota() {
+    for grace in [0u64, 300] {
+        let clean = World::tiered();
+        let u = clean.user("frank");
+        mid_grace(&clean, &u).await;
+        clean.meter.reset_calls();
+        rotate(&clean, &u, grace, Some("r2")).await.unwrap();
+        let recorded = clean.meter.calls();
+        assert!(recorded.contains(&"apigw.set_remaining") && recorded.contains(&"apigw.detach"), "{recorded:?}");
+        clean.clock.advance(chrono::Duration::seconds(grace as i64 + 1));
+        flows::sweep_expired_keys(&clean.app.store, &clean.app.keys, clean.app.ctx()).await.unwrap();
+        let (used, left) = pool(&clean, &u).await;
+        assert_eq!(used + left, 1000, "clean run");
+        let mut cases = 0;
+        for (i, op) in recorded.iter().enumerate() {
+            let n = recorded[..i].iter().filter(|c| *c == op).count();
+            for fault in [Fault::Before, Fault::After, Fault::CrashBefore, Fault::CrashAfter] {
+                let case = format!("grace {grace}, call {i} ({op} #{n}) {fault:?}");
+                let w = Arc::new(World::tiered());
+                let u = w.user("frank");
+                mid_grace(&w, &u).await;
+                w.meter.reset_calls();
+                w.meter.inject_at(op, n, fault);
+                let (w2, u2) = (Arc::clone(&w), u.clone());
+                let first = match tokio::spawn(async move { rotate(&w2, &u2, grace, Some("r2")).await }).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        let p = e.into_panic();
+                        let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
+                        assert!(msg.starts_with("injected crash"), "{case}: an unexpected panic: {msg}");
+                        None
+                    }
+                };
+                let struck = !w.meter.faults_pending();
+                assert!(struck, "{case}: the fault struck");
+                w.clock.advance(chrono::Duration::seconds(61)); // a crashed holder's lease expires
+                let r = rotate(&w, &u, grace, Some("r2")).await.unwrap_or_else(|e| panic!("{case}: retry: {e}"));
+                if let Some(Ok(first)) = &first {
+                    assert_eq!(&r, first, "{case}: the retry gets the first answer");
+                }
+                w.clock.advance(chrono::Duration::seconds(grace as i64 + 1));
+                flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+                let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+                assert_eq!(account.api_key_id.as_deref(), Some(r.api_key.id.as_str()), "{case}");
+                assert_eq!(enabled_keys(&w, &u), vec![r.api_key.id.clone()], "{case}: one enabled key");
+                assert_eq!(account.recent_rotations.len(), 2, "{case}: two rotations counted");
+                let (used, left) = pool(&w, &u).await;
+                assert_eq!(used + left, 1000, "{case}: used {used} + left {left}");
+                call(&w, &r.api_key.value).unwrap_or_else(|e| panic!("{case}: the new key works: {e:?}"));
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, recorded.len() * 4, "every recorded call × every fault");
+        println!("# rotation (grace {grace}): {} recorded calls × 4 faults = {cases} cases converged", recorded.len());
+    }
+}
+
+/// Issue 23's finding, attacked: a FREE quota of 10 a month; use, rotate with a grace, spend
+/// every key that still works, rotate again (with and without a grace), up to the daily limit,
+/// then the same across the month's end. The bound: at most the tier's quota per quota period.
+#[tokio::test]
+async fn no_sequence_of_rotations_and_graces_serves_more_than_the_quota_in_a_period() {
+    let w = World::tiered();
+    let small = r#"{"tiers": [
+        {"name": "FREE", "usage_plan_id": "usage-plan-free", "quota": {"limit": 10, "period": "MONTH"}},
+        {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro"}]}"#;
+    let mut w = w;
+    w.app.settings.catalog = paykey::domain::Catalog::parse(small).unwrap();
+    w.app.settings.rotations_per_day = 5;
+    w.app.keys.define_catalog(&w.app.settings.catalog);
+    // 2026-11-30 12:00: the last day of the month.
+    w.clock.advance(chrono::Duration::days(7));
+    let u = w.user("mallory");
+    let (_, first) = free_key_value(&w, &u).await;
+    let mut values = vec![first.clone()];
+    let spend = |w: &World, values: &[String], at_most: usize| {
+        let mut n = 0;
+        for v in values {
+            while n < at_most && call(w, v).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    };
+    let mut served = spend(&w, &values, 5);
+    let mut rotations = 0;
+    for grace in [3600u64, 0, 3600, 3600, 0, 3600] {
+        match rotate(&w, &u, grace, None).await {
+            Ok(r) => values.push(r.api_key.value),
+            Err(Error::RotationLimited(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+        rotations += 1;
+        served += spend(&w, &values, usize::MAX);
+        w.clock.advance(chrono::Duration::minutes(1));
+        flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+        served += spend(&w, &values, usize::MAX);
+    }
+    println!("# quota bound 10 per month; November: {rotations} rotations, {served} calls served");
+    assert_eq!(rotations, 5, "up to the daily limit");
+    assert_eq!(served, 10, "never more than the quota (and all of it)");
+    // December: a new period, the plan's quota again — and still no more.
+    w.clock.advance(chrono::Duration::days(1));
+    let mut december = spend(&w, &values, usize::MAX);
+    w.clock.advance(chrono::Duration::hours(24));
+    if let Ok(r) = rotate(&w, &u, 3600, None).await {
+        values.push(r.api_key.value);
+    }
+    december += spend(&w, &values, usize::MAX);
+    println!("# December: {december} calls served");
+    assert_eq!(december, 10);
 }
 
 #[tokio::test]

@@ -125,7 +125,7 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     assert_eq!(sub.customer, customer);
     assert_eq!(sub.user_name.as_deref(), Some("alice"), "metadata set at checkout");
     assert_eq!(sub.user_id.as_deref(), Some(alice.id.as_str()), "the sub too");
-    assert_eq!(sub.price_lookup_key.as_deref(), Some(price.lookup_key.as_str()), "the tier it buys");
+    assert_eq!(sub.item_lookup_keys, vec![Some(price.lookup_key.clone())], "the tier it buys");
     assert!(!sub.cancel_at_period_end);
     assert!(sub.period_end.is_some());
     assert_eq!(sub.trial_end, None, "no trial asked for");

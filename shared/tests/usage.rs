@@ -175,10 +175,15 @@ async fn a_container_reads_a_key_s_usage_once_per_half_minute_and_again_after_an
     let (start, end) = (d(2026, 12, 1), d(2026, 12, 31));
     meter.reset_calls();
     for _ in 0..5 {
-        keys.usage(&k.id, "plan1", start, end).await.unwrap();
+        keys.recent_usage(&k.id, "plan1", start, end).await.unwrap();
     }
     assert_eq!(meter.count("apigw.usage"), 1, "one GetUsage for five page views");
     keys.set_remaining(&k.id, "plan1", 10).await.unwrap();
-    keys.usage(&k.id, "plan1", start, end).await.unwrap();
+    keys.recent_usage(&k.id, "plan1", start, end).await.unwrap();
     assert_eq!(meter.count("apigw.usage"), 2, "read again after UpdateUsage");
+    // What decides quota (rotation, the end of a grace) is never read from the cache.
+    for _ in 0..3 {
+        keys.usage(&k.id, "plan1", start, end).await.unwrap();
+    }
+    assert_eq!(meter.count("apigw.usage"), 5, "exact usage: one GetUsage each");
 }

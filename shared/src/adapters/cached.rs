@@ -84,7 +84,8 @@ impl<P: Payments> Payments for CachedPrices<P> {
 type UsageKey = (String, String, chrono::NaiveDate, chrono::NaiveDate);
 
 /// Keeps API key values (immutable per key id) for the life of the container, up to
-/// [`CachedKeyValues::CAPACITY`] keys, and a key's usage for [`CachedKeyValues::USAGE_TTL`]
+/// [`CachedKeyValues::CAPACITY`] keys, and a key's usage shown on `/account` (`recent_usage`; `usage`
+/// is always asked) for [`CachedKeyValues::USAGE_TTL`]
 /// (GetUsage is a control-plane call, 10/s per account: `/account` is a page view, polled by
 /// the thanks page); every other call goes to the inner registry.
 pub struct CachedKeyValues<K> {
@@ -134,6 +135,16 @@ impl<K: crate::ports::KeyRegistry> crate::ports::KeyRegistry for CachedKeyValues
         self.inner.plan_key_ids(plan).await
     }
     async fn usage(
+        &self,
+        id: &str,
+        plan: &str,
+        start: chrono::NaiveDate,
+        end: chrono::NaiveDate,
+    ) -> Result<crate::ports::KeyUsage> {
+        // Exact: what rotation and the end of a grace decide quota from.
+        self.inner.usage(id, plan, start, end).await
+    }
+    async fn recent_usage(
         &self,
         id: &str,
         plan: &str,

@@ -40,7 +40,9 @@ pub enum Fault {
 #[derive(Default)]
 struct MeterState {
     calls: Vec<&'static str>,
-    faults: Vec<(&'static str, Fault)>,
+    /// (operation, fault, which call of it: `None` the next one, `Some(n)` the call with index
+    /// `n` among all calls of that operation since the last reset).
+    faults: Vec<(&'static str, Fault, Option<usize>)>,
 }
 
 /// Counts calls, injects faults and adds latency; shared by the in-memory adapters.
@@ -68,7 +70,19 @@ impl Meter {
 
     /// The next call of `op` fails (once).
     pub fn inject(&self, op: &'static str, fault: Fault) {
-        self.lock().faults.push((op, fault));
+        self.lock().faults.push((op, fault, None));
+    }
+
+    /// The call of `op` with index `n` (0: the first since the last [`Meter::reset_calls`])
+    /// fails (once). For `After`/`CrashAfter` the index is read when the call returns: meant
+    /// for flows whose calls of one operation do not overlap.
+    pub fn inject_at(&self, op: &'static str, n: usize, fault: Fault) {
+        self.lock().faults.push((op, fault, Some(n)));
+    }
+
+    /// Whether an injected fault has not struck yet.
+    pub fn faults_pending(&self) -> bool {
+        !self.lock().faults.is_empty()
     }
 
     /// Drops every fault not struck yet.
@@ -97,7 +111,9 @@ impl Meter {
 
     fn take_fault(&self, op: &'static str, when: Fault) -> bool {
         let mut st = self.lock();
-        if let Some(i) = st.faults.iter().position(|f| *f == (op, when)) {
+        // this call's index among the calls of `op` (it is the latest one recorded)
+        let index = st.calls.iter().filter(|c| **c == op).count().saturating_sub(1);
+        if let Some(i) = st.faults.iter().position(|(o, f, n)| *o == op && *f == when && n.is_none_or(|n| n == index)) {
             st.faults.remove(i);
             true
         } else {
@@ -1097,7 +1113,7 @@ impl MemoryPayments {
         let price = st.prices.values().find(|p| p.id == price_id);
         // A trial charges nothing until it ends.
         let amount = if trial_end.is_some() { 0 } else { price.and_then(|p| p.unit_amount).unwrap_or(0) };
-        let price_lookup_key = price.map(|p| p.lookup_key.clone());
+        let item_lookup_keys = vec![price.map(|p| p.lookup_key.clone())];
         st.charges.insert(sub_id.as_str().to_string(), Charge { amount, refunded: 0 });
         st.subscriptions.insert(
             sub_id.as_str().to_string(),
@@ -1109,11 +1125,48 @@ impl MemoryPayments {
                 period_end: Some(trial_end.unwrap_or_else(|| Utc::now() + chrono::Duration::days(30))),
                 user_name: Some(user.name.to_string()),
                 user_id: Some(user.id.to_string()),
-                price_lookup_key,
+                item_lookup_keys,
                 trial_end,
             },
         );
         Some(state)
+    }
+
+    /// A subscription paykey did not start: the Stripe account's other product bought through a
+    /// plain Checkout (no paykey metadata), by an existing customer (`Some`) or a new one. The
+    /// price is added when the account does not sell it yet. Returns its state.
+    pub fn subscribe_elsewhere(
+        &self,
+        customer: Option<&CustomerId>,
+        lookup_key: &str,
+        amount: i64,
+    ) -> SubscriptionState {
+        if !lock(&self.state).prices.contains_key(lookup_key) {
+            self.add_price(lookup_key, amount, "jpy");
+        }
+        let mut st = lock(&self.state);
+        st.next += 1;
+        let n = st.next;
+        let customer =
+            customer.cloned().unwrap_or_else(|| CustomerId::parse(&format!("cus_mem{n:06}")).expect("valid id"));
+        if !st.customers.contains(&customer) {
+            st.customers.push(customer.clone());
+        }
+        let id = SubscriptionId::parse(&format!("sub_mem{n:06}")).expect("valid id");
+        st.charges.insert(id.as_str().to_string(), Charge { amount, refunded: 0 });
+        let state = SubscriptionState {
+            id: id.clone(),
+            customer,
+            status: SubscriptionStatus::Active,
+            cancel_at_period_end: false,
+            period_end: Some(Utc::now() + chrono::Duration::days(30)),
+            user_name: None,
+            user_id: None,
+            item_lookup_keys: vec![Some(lookup_key.to_string())],
+            trial_end: None,
+        };
+        st.subscriptions.insert(id.as_str().to_string(), state.clone());
+        state
     }
 
     /// Changes a subscription as Stripe would (a cancellation, a failed renewal, …).
@@ -1173,7 +1226,7 @@ impl MemoryPayments {
         let mut st = lock(&self.state);
         st.prices.get(lookup_key)?;
         let sub = st.subscriptions.get_mut(id.as_str())?;
-        sub.price_lookup_key = Some(lookup_key.to_string());
+        sub.item_lookup_keys = vec![Some(lookup_key.to_string())];
         Some(sub.clone())
     }
 

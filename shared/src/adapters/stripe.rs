@@ -190,7 +190,7 @@ fn subscription_state(sub: &wire::Subscription, op: &'static str) -> Result<Subs
         period_end,
         user_name: sub.metadata.get("user_name").cloned(),
         user_id: sub.metadata.get("user_id").cloned(),
-        price_lookup_key: sub.items.data.first().and_then(|i| i.price.lookup_key.clone()),
+        item_lookup_keys: sub.items.data.iter().map(|i| i.price.lookup_key.clone()).collect(),
         trial_end: sub.trial_end.and_then(|t| chrono::DateTime::from_timestamp(t, 0)),
     })
 }

@@ -101,11 +101,20 @@ pub struct Tier {
     pub throttle: Option<Throttle>,
     /// Checkout's `subscription_data.trial_period_days`; 0 for none.
     pub trial_days: u32,
+    /// Lookup keys of prices no longer sold (checkout refuses them) whose subscriptions still
+    /// grant this tier: e.g. the Python version's `FMMailPro` once PRO is sold at a new price.
+    pub retired_lookup_keys: Vec<LookupKey>,
 }
 
 impl Tier {
     pub fn is_free(&self) -> bool {
         self.lookup_key.is_none()
+    }
+
+    /// Whether a subscription to the price with this lookup key buys this tier (its price, or a
+    /// retired one).
+    pub fn sells(&self, lookup_key: &str) -> bool {
+        self.lookup_key.iter().chain(&self.retired_lookup_keys).any(|k| k.as_str() == lookup_key)
     }
 }
 
@@ -133,6 +142,8 @@ struct RawTier {
     throttle: Option<Throttle>,
     #[serde(default)]
     trial_days: u32,
+    #[serde(default)]
+    retired_lookup_keys: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +173,12 @@ impl Catalog {
                 .map(LookupKey::parse)
                 .transpose()
                 .map_err(|e| CatalogError(format!("tier {name}: {e}")))?;
+            let retired_lookup_keys = t
+                .retired_lookup_keys
+                .iter()
+                .map(|k| LookupKey::parse(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CatalogError(format!("tier {name}: {e}")))?;
             let tier = Tier {
                 name,
                 lookup_key,
@@ -169,7 +186,11 @@ impl Catalog {
                 quota: t.quota,
                 throttle: t.throttle,
                 trial_days: t.trial_days,
+                retired_lookup_keys,
             };
+            if tier.is_free() && !tier.retired_lookup_keys.is_empty() {
+                return Err(CatalogError(format!("the free tier {} sells no price (retired_lookup_keys)", tier.name)));
+            }
             if !tier.is_free() && tier.usage_plan_id.is_none() {
                 return Err(CatalogError(format!("paid tier {} names no usage plan", tier.name)));
             }
@@ -185,8 +206,14 @@ impl Catalog {
             if tiers.iter().any(|o: &Tier| o.name == tier.name) {
                 return Err(CatalogError(format!("two tiers are named {}", tier.name)));
             }
-            if tier.lookup_key.is_some() && tiers.iter().any(|o: &Tier| o.lookup_key == tier.lookup_key) {
-                return Err(CatalogError(format!("tier {} reuses another tier's lookup key", tier.name)));
+            let mut sold: Vec<&LookupKey> = tier.lookup_key.iter().chain(&tier.retired_lookup_keys).collect();
+            sold.extend(tiers.iter().flat_map(|o: &Tier| o.lookup_key.iter().chain(&o.retired_lookup_keys)));
+            let distinct: std::collections::HashSet<&str> = sold.iter().map(|k| k.as_str()).collect();
+            if distinct.len() != sold.len() {
+                return Err(CatalogError(format!(
+                    "tier {} reuses a lookup key (its own or another tier's)",
+                    tier.name
+                )));
             }
             if tier.is_free() && tiers.iter().any(Tier::is_free) {
                 return Err(CatalogError("more than one tier without a lookup key (free)".into()));
@@ -210,6 +237,7 @@ impl Catalog {
             quota: None,
             throttle: None,
             trial_days: 0,
+            retired_lookup_keys: Vec::new(),
         }];
         for k in lookup_keys {
             tiers.push(Tier {
@@ -219,6 +247,7 @@ impl Catalog {
                 quota: None,
                 throttle: None,
                 trial_days: 0,
+                retired_lookup_keys: Vec::new(),
             });
         }
         Self { tiers }
@@ -257,14 +286,18 @@ impl Catalog {
         plans
     }
 
-    /// The tier a subscription paying the price with `lookup_key` grants. A price the catalog
-    /// does not list (no lookup key, or one removed from the catalog) grants the first paid
-    /// tier, as every active subscription granted PRO before there were tiers.
-    pub fn tier_for_price(&self, lookup_key: Option<&str>) -> &Tier {
-        lookup_key
-            .and_then(|k| self.tiers.iter().find(|t| t.lookup_key.as_ref().is_some_and(|l| l.as_str() == k)))
-            .or_else(|| self.paid().next())
-            .expect("a catalog has a paid tier")
+    /// The paid tier a subscription with these items (each item's price lookup key) buys: the
+    /// first item whose price a tier sells (its lookup key or a retired one). `None`: the
+    /// subscription is not paykey's — the Stripe account sells it, paykey does not, and paykey
+    /// never grants, downgrades, cancels or refunds for it.
+    pub fn tier_of_items(&self, items: &[Option<String>]) -> Option<&Tier> {
+        items.iter().flatten().find_map(|k| self.paid().find(|t| t.sells(k)))
+    }
+
+    /// Whether every item of the subscription is a price paykey sells: only such a subscription
+    /// may be cancelled as a duplicate (one that also pays for something else is left alone).
+    pub fn sells_every_item(&self, items: &[Option<String>]) -> bool {
+        !items.is_empty() && items.iter().all(|k| k.as_deref().is_some_and(|k| self.paid().any(|t| t.sells(k))))
     }
 }
 
@@ -290,6 +323,33 @@ mod tests {
         assert_eq!(pro.quota, Some(Quota { limit: 100_000, period: QuotaPeriod::Month }));
         assert!(c.by_name(&TierName::parse("BUSINESS").unwrap()).is_some());
         assert!(c.by_lookup_key(&LookupKey::parse("Other").unwrap()).is_none());
+    }
+
+    #[test]
+    fn only_prices_the_catalog_sells_are_paykeys_and_nothing_else_buys_a_tier() {
+        let c = Catalog::parse(
+            r#"{"tiers": [{"name": "FREE", "usage_plan_id": "free1"},
+            {"name": "PRO", "lookup_key": "ProV2", "usage_plan_id": "pro1", "retired_lookup_keys": ["FMMailPro"]},
+            {"name": "BUSINESS", "lookup_key": "FMMailBusiness", "usage_plan_id": "biz1"}]}"#,
+        )
+        .unwrap();
+        let k = |s: &str| Some(s.to_string());
+        let tier = |items: &[Option<String>]| c.tier_of_items(items).map(|t| t.name.as_str().to_string());
+        assert_eq!(tier(&[k("ProV2")]).as_deref(), Some("PRO"));
+        assert_eq!(tier(&[k("FMMailPro")]).as_deref(), Some("PRO"), "a retired price still grants its tier");
+        assert_eq!(tier(&[k("FMMailBusiness")]).as_deref(), Some("BUSINESS"));
+        assert_eq!(tier(&[k("Newsletter")]), None, "another product of the account");
+        assert_eq!(tier(&[None]), None, "a price without a lookup key");
+        assert_eq!(tier(&[]), None);
+        assert_eq!(tier(&[k("Newsletter"), k("ProV2")]).as_deref(), Some("PRO"), "any item");
+        assert!(c.sells_every_item(&[k("ProV2")]));
+        assert!(!c.sells_every_item(&[k("ProV2"), k("Newsletter")]), "also pays for something else");
+        assert!(!c.sells_every_item(&[k("ProV2"), None]));
+        assert!(!c.sells_every_item(&[]));
+        assert!(
+            c.by_lookup_key(&LookupKey::parse("FMMailPro").unwrap()).is_none(),
+            "a retired price is not sold at checkout"
+        );
     }
 
     #[test]
@@ -349,6 +409,18 @@ mod tests {
                 "YEAR",
             ),
             (r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "price": 5}]}"#, "price"),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "retired_lookup_keys": ["a"]}]}"#,
+                "reuses a lookup key",
+            ),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}, {"name": "BIZ", "lookup_key": "b", "usage_plan_id": "q", "retired_lookup_keys": ["a"]}]}"#,
+                "reuses a lookup key",
+            ),
+            (
+                r#"{"tiers": [{"name": "FREE", "retired_lookup_keys": ["x"]}, {"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}]}"#,
+                "sells no price",
+            ),
         ];
         for (json, why) in cases {
             let e = Catalog::parse(json).unwrap_err();

@@ -9,5 +9,7 @@ mod secret;
 pub use catalog::{Catalog, CatalogError, Quota, QuotaPeriod, Throttle, Tier, TierName};
 pub use error::{BackendError, Error};
 pub use ids::{CustomerId, IdError, LookupKey, OneTimeKey, SessionId, SubscriptionId, User, UserId, UserName};
-pub use records::{AccountRecord, CheckoutRecord, CheckoutStatus, IssuedKey, Plan, UserProfile};
+pub use records::{
+    AccountRecord, CheckoutRecord, CheckoutStatus, IssuedKey, KeyWork, Plan, QuotaTarget, RotationAnswer, UserProfile,
+};
 pub use secret::{Connect, Secret};

@@ -137,16 +137,22 @@ pub struct AccountRecord {
     pub previous_key_id: Option<String>,
     #[serde(default)]
     pub previous_key_until: Option<DateTime<Utc>>,
-    /// The old key's remaining quota when it was rotated out (what the new key got): at the end
-    /// of the grace, what the old key used meanwhile is taken from the new key.
+    /// Only in records of graces begun before quota was split between the keys: the old key's
+    /// remaining quota when it was rotated out (what the new key got too). At the end of such a
+    /// grace, what the old key used meanwhile is taken from the new key.
     #[serde(default)]
     pub previous_key_remaining: Option<u64>,
     /// The rotations of the last 24 hours (for the per-day limit).
     #[serde(default)]
     pub recent_rotations: Vec<DateTime<Utc>>,
-    /// The caller's id of the last rotation (a retried request is answered, not repeated).
+    /// The rotations answered in the last [`RotationAnswer::KEPT_FOR`], by request id: a retried
+    /// request gets its first answer, never a second rotation.
     #[serde(default)]
-    pub rotation_request: Option<String>,
+    pub rotation_answers: Vec<RotationAnswer>,
+    /// Key changes written here before they are made (see [`KeyWork`]); done again by the next
+    /// holder of the account lock, which changes nothing if they were done.
+    #[serde(default)]
+    pub pending_key_work: Option<KeyWork>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -169,10 +175,59 @@ impl AccountRecord {
             previous_key_until: None,
             previous_key_remaining: None,
             recent_rotations: Vec::new(),
-            rotation_request: None,
+            rotation_answers: Vec::new(),
+            pending_key_work: None,
             updated_at,
         }
     }
+}
+
+/// One answered rotation, remembered so that a retry of the request is answered the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationAnswer {
+    pub request_id: String,
+    /// The key the answer handed out.
+    pub api_key_id: String,
+    pub previous_key_id: String,
+    pub previous_key_until: DateTime<Utc>,
+    /// When it was answered.
+    pub at: DateTime<Utc>,
+}
+
+impl RotationAnswer {
+    /// How long an answer is remembered: longer than any client's retry (a day), with an hour
+    /// to spare for clocks and queues.
+    pub const KEPT_FOR: chrono::Duration = chrono::Duration::hours(25);
+}
+
+/// Quota and key changes for one user's keys, written to the account record (under the lock)
+/// before they are made, so that a crash or an error between the two is finished by a retry
+/// instead of being lost or done twice.
+///
+/// API Gateway's UpdateUsage sets a key's *remaining* quota outright, so doing it twice would
+/// give back what the key used in between. A target here is therefore stated against what the key
+/// had used when it was computed: applied at any later time in the same period it sets
+/// `remaining − (used now − used then)`, the same quota whenever (and however often) it is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyWork {
+    /// The usage plan the targets are in, and the first day of the quota period they are for (in
+    /// a later period the plan's full quota applies again: targets are skipped).
+    pub plan: Option<String>,
+    pub period_start: Option<chrono::NaiveDate>,
+    pub targets: Vec<QuotaTarget>,
+    /// Keys to disable and detach from every usage plan (first: a disabled key serves nothing).
+    pub retire: Vec<String>,
+}
+
+/// A key's remaining quota for the period, as of when the `counted` keys had used what they
+/// list: whatever they use after that comes off it (the key itself, and a key that keeps serving
+/// until it is retired, whose quota this one takes over).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaTarget {
+    pub key_id: String,
+    pub remaining: u64,
+    /// (key id, requests it had used in the period).
+    pub counted: Vec<(String, u64)>,
 }
 
 /// What the user directory (Cognito) knows about a user.

@@ -79,7 +79,7 @@ where
                 match metered {
                     Some((plan, quota)) => {
                         let (start, end) = quota.period.containing(ctx.clock.now().date_naive());
-                        keys.usage(id, plan, start, end).await.map(|u| Some((quota, start, end, u)))
+                        keys.recent_usage(id, plan, start, end).await.map(|u| Some((quota, start, end, u)))
                     }
                     None => Ok(None),
                 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::Ctx;
-use crate::domain::{AccountRecord, Error, IssuedKey, User};
+use crate::domain::{AccountRecord, Error, IssuedKey, KeyWork, User};
 use crate::ports::{AccountLock, Accounts, KeyRegistry};
 
 /// The user's one enabled key: the recorded one, else one with the user's key name, else a new
@@ -204,7 +204,69 @@ pub(crate) async fn finish_locking<S: Accounts, K: KeyRegistry>(
     } else {
         named
     };
+    // Key changes a crashed or failed holder wrote down and may not have made: made now (nothing
+    // changes if they were), and cleared by this holder's write.
+    let mut account = account;
+    if let Some(work) = account.as_mut().and_then(|a| a.pending_key_work.take()) {
+        if let Err(e) = apply_key_work(keys, ctx, &work).await {
+            release(store, user, token).await;
+            return Err(e);
+        }
+    }
     Ok(Locked { account, named, from_legacy: false })
+}
+
+/// Makes the changes `work` describes; the same result however often, and whenever in its
+/// quota period, it is done (see [`KeyWork`]): retired keys are disabled first (from then on
+/// they serve nothing), each target is set less what its counted keys used since it was
+/// computed, then the retired keys leave every usage plan. Every step is tried even when one
+/// fails (a key that could not be disabled is still detached: in no plan it serves nothing);
+/// the first error is returned, and the work stays written down for the next holder.
+pub(crate) async fn apply_key_work<K: KeyRegistry>(keys: &K, ctx: Ctx<'_>, work: &KeyWork) -> Result<(), Error> {
+    let mut first: Option<Error> = None;
+    let mut keep = |r: Result<(), Error>| {
+        if let Err(e) = r {
+            first.get_or_insert(e);
+        }
+    };
+    for id in &work.retire {
+        keep(disable_if_exists(keys, id).await);
+    }
+    if let (Some(plan), Some(start)) = (&work.plan, work.period_start) {
+        let tier = ctx.settings.catalog.tiers().iter().find(|t| t.usage_plan_id.as_deref() == Some(plan.as_str()));
+        let period = tier.and_then(|t| t.quota).map(|q| q.period.containing(ctx.clock.now().date_naive()));
+        // In a later period the plan's full quota applies again: nothing to carry.
+        if let Some((first_day, last_day)) = period.filter(|(first_day, _)| *first_day == start) {
+            for t in &work.targets {
+                let target = async {
+                    let mut since = 0u64;
+                    for (id, then) in &t.counted {
+                        let now = keys.usage(id, plan, first_day, last_day).await?.used;
+                        since += now.saturating_sub(*then);
+                    }
+                    keys.set_remaining(&t.key_id, plan, t.remaining.saturating_sub(since)).await?;
+                    Ok::<(), Error>(())
+                };
+                keep(target.await);
+            }
+        }
+    }
+    for id in &work.retire {
+        keep(detach_from_every_plan(keys, id).await);
+    }
+    match first {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// Disables a key; one deleted by hand meanwhile is already as good as disabled.
+async fn disable_if_exists<K: KeyRegistry>(keys: &K, id: &str) -> Result<(), Error> {
+    match keys.set_enabled(id, false).await {
+        Ok(()) => Ok(()),
+        Err(_) if keys.get(id).await?.is_none() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Locked {

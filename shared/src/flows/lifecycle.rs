@@ -39,6 +39,9 @@ pub enum SyncOutcome {
     UnknownCustomer,
     /// Stripe does not know the subscription.
     UnknownSubscription,
+    /// Not paykey's: no item's price is one the catalog sells, and it is not the subscription
+    /// paykey recorded for its customer. Left alone: nothing read beyond it, nothing written.
+    NotPaykeys,
     /// The subscription was a second one for a user who has one already: cancelled, its
     /// charge refunded (`refunded`, minor units, by this call); the user stays on the first.
     DuplicateCancelled { user: User, cancelled: SubscriptionId, refunded: i64 },
@@ -47,7 +50,7 @@ pub enum SyncOutcome {
 /// What a subscription's status grants: the tier its price buys, or the free plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// The paid tier of the subscription's price (`Catalog::tier_for_price`).
+    /// The paid tier of the subscription's price (`Catalog::tier_of_items`).
     Paid,
     Free,
 }
@@ -165,6 +168,10 @@ where
                     EventOutcome::Ignored("unknown customer".into())
                 }
                 SyncOutcome::UnknownSubscription => EventOutcome::Ignored("unknown subscription".into()),
+                SyncOutcome::NotPaykeys => {
+                    tracing::info!(event_id = %event.id, subscription = %id, "a subscription to a price paykey does not sell; left alone");
+                    EventOutcome::Ignored("not a paykey subscription".into())
+                }
                 SyncOutcome::DuplicateCancelled { user, cancelled, refunded } => EventOutcome::Processed(format!(
                     "{} keeps the current subscription; duplicate {cancelled} cancelled, {refunded} refunded",
                     user.name
@@ -221,6 +228,9 @@ where
     let Some(state) = payments.get_subscription(subscription).await? else {
         return Ok(SyncOutcome::UnknownSubscription);
     };
+    if !is_paykeys(store, ctx, &state).await? {
+        return Ok(SyncOutcome::NotPaykeys);
+    }
     let user = match known {
         Some(u) if state.user_id.as_deref().is_none_or(|id| id == u.id.as_str()) => Some(u.clone()),
         _ => subscriber(store, users, &state).await?,
@@ -243,6 +253,12 @@ where
             account_keys::release(store, &user, &token).await;
             return Ok(SyncOutcome::UnknownSubscription);
         };
+        // Its items may have changed since the first read (a plan switch to another product).
+        let recorded = locked.account.as_ref().and_then(|a| a.subscription_id.as_ref()) == Some(&state.id);
+        if !recorded && ctx.settings.catalog.tier_of_items(&state.item_lookup_keys).is_none() {
+            account_keys::release(store, &user, &token).await;
+            return Ok(SyncOutcome::NotPaykeys);
+        }
         let (next, outcome) =
             converge(keys, users, payments, ctx, &user, &key_name, &locked.named, locked.account, state).await?;
         match store.put_account(&next, &token).await? {
@@ -258,6 +274,19 @@ where
         account_keys::release(store, &user, &token).await;
     }
     result
+}
+
+/// Whether a subscription is paykey's: one of its items is a price the catalog sells (a tier's
+/// lookup key or a retired one), or it is the subscription recorded on its customer's account
+/// (paykey took it on when it was sold; a later catalog change must not leave it granting
+/// forever). A Stripe account usually sells more than paykey's tiers: everything else is left
+/// alone, and costs one record read at most.
+async fn is_paykeys<S: Accounts>(store: &S, ctx: Ctx<'_>, state: &SubscriptionState) -> Result<bool, Error> {
+    if ctx.settings.catalog.tier_of_items(&state.item_lookup_keys).is_some() {
+        return Ok(true);
+    }
+    let account = store.find_account_by_customer(&state.customer).await?;
+    Ok(account.is_some_and(|a| a.subscription_id.as_ref() == Some(&state.id)))
 }
 
 /// The paykey user a subscription belongs to, and only while they still hold their name in
@@ -344,7 +373,11 @@ where
             recorded_state.filter(|r| desired_plan(&r.status, next.past_due_since, now, grace) == Some(Access::Paid));
         match still_granting {
             Some(current) => {
-                if desired_plan(&state.status, None, now, grace) == Some(Access::Paid) {
+                let sells_all = ctx.settings.catalog.sells_every_item(&state.item_lookup_keys);
+                if desired_plan(&state.status, None, now, grace) == Some(Access::Paid) && !sells_all {
+                    // It also pays for something paykey does not sell: never cancelled by paykey.
+                    tracing::warn!(user = %user, subscription = %state.id, kept = %current.id, "a second subscription that also pays for another product: left alone");
+                } else if desired_plan(&state.status, None, now, grace) == Some(Access::Paid) {
                     tracing::warn!(user = %user, duplicate = %state.id, kept = %current.id, "a second subscription for one user: cancelling it and refunding its charge");
                     let done = payments.cancel_duplicate(&state.id).await?;
                     duplicate = Some((state.id.clone(), done.refunded));
@@ -374,7 +407,15 @@ where
 
     let outcome = match desired {
         Some(Access::Paid) => {
-            let tier = catalog.tier_for_price(state.price_lookup_key.as_deref());
+            // The tier its price buys; the recorded subscription switched to a price the catalog
+            // no longer sells keeps the paid tier it had (never a tier it did not buy).
+            let tier = catalog
+                .tier_of_items(&state.item_lookup_keys)
+                .or_else(|| ctx.settings.tier_of(&next.plan).filter(|t| !t.is_free()));
+            let Some(tier) = tier else {
+                tracing::warn!(user = %user, subscription = %state.id, "the recorded subscription pays for no tier of the catalog; plan unchanged");
+                return Ok((next, SyncOutcome::Unchanged { user: user.clone() }));
+            };
             let plan = Plan::of(&tier.name);
             let usage_plan = tier.usage_plan_id.as_deref().ok_or(Error::TierWithoutUsagePlan(plan.to_string()))?;
             let spare = account_keys::spared(&next, now).map(str::to_string);
@@ -512,6 +553,7 @@ fn describe_sync(outcome: &SyncOutcome) -> String {
         SyncOutcome::Unchanged { user } => format!("{} unchanged (the subscription asks for no change)", user.name),
         SyncOutcome::UnknownCustomer => "no user holds this customer any more".into(),
         SyncOutcome::UnknownSubscription => "Stripe no longer knows the subscription".into(),
+        SyncOutcome::NotPaykeys => "not a paykey subscription; left alone".into(),
         SyncOutcome::DuplicateCancelled { user, cancelled, refunded } => {
             format!(
                 "{} keeps the current subscription; duplicate {cancelled} cancelled, {refunded} refunded",
@@ -582,7 +624,15 @@ where
             continue;
         };
         let Some(customer) = account.customer_id.clone().or_else(|| profile.customer_id.clone()) else { continue };
-        let subs = payments.list_subscriptions(&customer).await?;
+        // paykey's subscriptions only: the customer may pay for the account's other products too.
+        let subs: Vec<SubscriptionState> = payments
+            .list_subscriptions(&customer)
+            .await?
+            .into_iter()
+            .filter(|s| {
+                catalog.tier_of_items(&s.item_lookup_keys).is_some() || account.subscription_id.as_ref() == Some(&s.id)
+            })
+            .collect();
         // The subscription that grants a paid tier, if any, else the newest one.
         let chosen = subs
             .iter()
@@ -598,8 +648,12 @@ where
         // The tier wanted and the usage plan its key must be in (`None`: no working key).
         let (desired, want_plan) = match access {
             Access::Paid => {
-                let tier = catalog.tier_for_price(chosen.and_then(|s| s.price_lookup_key.as_deref()));
-                (Plan::of(&tier.name), tier.usage_plan_id.clone())
+                let items = chosen.map(|s| s.item_lookup_keys.as_slice()).unwrap_or_default();
+                let tier = catalog.tier_of_items(items).or_else(|| ctx.settings.tier_of(&account.plan));
+                match tier.filter(|t| !t.is_free()) {
+                    Some(tier) => (Plan::of(&tier.name), tier.usage_plan_id.clone()),
+                    None => continue, // the recorded subscription pays for no tier: left as it is
+                }
             }
             Access::Free => (ctx.settings.free_plan(), catalog.free().and_then(|t| t.usage_plan_id.clone())),
         };

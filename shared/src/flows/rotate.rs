@@ -1,20 +1,22 @@
 //! `POST /api-key/rotate`: a new key on the same usage plan, the old one disabled now or after a
-//! grace the caller picks (both work meanwhile). Rotation never grants quota: the new key starts
-//! with the old key's remaining quota for the period (UpdateUsage). Limited per day, because
-//! each rotation spends the account's control-plane calls.
+//! grace the caller picks (both work meanwhile). Rotation never grants quota: the user's keys
+//! share what was left of the period (UpdateUsage), so however many rotations and graces, the
+//! calls served in one period on one tier's plan stay within its quota. Limited per day,
+//! because each rotation spends the account's control-plane calls.
 //!
 //! Crash-safe and idempotent like fulfilment, under the account lock: every generation of a
 //! user's key carries the user's key name, so a retry finds the key a crashed attempt created
 //! (enabled, neither the recorded nor the previous one) instead of creating another; the record
-//! is written last; a request id makes a retried request answer with its rotation instead of
-//! rotating again.
+//! names the new key and writes down the quota moves and the keys to disable *before* any of
+//! them is made (no moment where it calls a disabled key enabled), and the next holder of the
+//! lock finishes them; a request id is answered with its first answer for 25 hours.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{account_keys, chrono_duration, ApiKeyView, Ctx};
-use crate::domain::{Error, User};
+use crate::domain::{Error, KeyWork, QuotaTarget, RotationAnswer, User};
 use crate::ports::{Accounts, Commit, KeyRegistry};
 
 /// Body of `POST /api-key/rotate` (all optional).
@@ -70,23 +72,22 @@ where
     if req.request_id.as_ref().is_some_and(|r| r.is_empty() || r.chars().count() > 64) {
         return Err(Error::BadRequest("request_id is 1 to 64 characters".into()));
     }
+    // Identity: `user` comes from the caller's verified ID token (the Cognito `sub`), and the
+    // record and keys read below are keyed by that `sub` and its key name; nothing here writes
+    // to the user directory, so the name's current holder need not be read.
     let token = ctx.ids.token();
     let key_name = settings.key_name(user);
     let locked = account_keys::lock_with_key_lookup(store, keys, ctx, user, &token, &key_name).await?;
     let result = async {
         let mut next = locked.account.clone().ok_or(Error::NoKey)?;
         let now = ctx.clock.now();
+        next.rotation_answers.retain(|a| now - a.at < RotationAnswer::KEPT_FOR);
         // A retried request: its rotation is done; answer it again.
-        if let (Some(r), Some(done)) = (&req.request_id, &next.rotation_request) {
-            if r == done {
-                if let (Some(id), Some(prev), Some(until)) =
-                    (next.api_key_id.clone(), next.previous_key_id.clone(), next.previous_key_until)
-                {
-                    account_keys::release(store, user, &token).await;
-                    let value = keys.key_value(&id).await?.ok_or(Error::NoKey)?;
-                    return Ok(answer(id, value, prev, until));
-                }
-            }
+        if let Some(done) = req.request_id.as_ref().and_then(|r| next.rotation_answers.iter().find(|a| &a.request_id == r)) {
+            let done = done.clone();
+            account_keys::release(store, user, &token).await;
+            let value = keys.key_value(&done.api_key_id).await?.ok_or(Error::NoKey)?;
+            return Ok(answer(done.api_key_id, value, done.previous_key_id, done.previous_key_until));
         }
         let tier = settings.tier_of(&next.plan).filter(|t| t.usage_plan_id.is_some()).ok_or(Error::NoKey)?;
         let plan = tier.usage_plan_id.clone().expect("filtered");
@@ -95,15 +96,13 @@ where
         if next.recent_rotations.len() as u32 >= settings.rotations_per_day {
             return Err(Error::RotationLimited(settings.rotations_per_day));
         }
-        // A previous key still in its grace: its grace ends now (one old key at a time).
-        let previous = next.previous_key_id.clone();
-        if let Some(prev) = next.previous_key_id.take() {
-            if prev != old {
-                keys.set_enabled(&prev, false).await?;
-                account_keys::detach_from_every_plan(keys, &prev).await?;
-            }
-        }
-        // The new key: one a crashed attempt created (enabled, not the old one), else a new one.
+        // A previous key still in its grace: its grace ends now (one old key at a time), and
+        // what it had left of the period joins the pool split below.
+        let previous = next.previous_key_id.take().filter(|p| p != &old);
+        let legacy_at_rotation = next.previous_key_remaining.take();
+        next.previous_key_until = None;
+        // The new key: one a crashed attempt created (enabled, neither the current nor the
+        // previous key; its value was never handed out, so it has served nothing), else a new one.
         let crashed =
             locked.named.iter().find(|k| k.enabled && k.id != old && Some(&k.id) != previous.as_ref()).cloned();
         let (new, fresh) = match crashed {
@@ -111,31 +110,79 @@ where
             None => (keys.create(&key_name).await?, true),
         };
         account_keys::place_in_plan(keys, &new.id, &plan, fresh).await?;
-        // Never grant quota: the new key gets the old key's remaining quota of this period (and
-        // what the old key uses in its grace is taken from the new one when the grace ends).
-        let mut carried = None;
+        // Never grant quota: what the user's keys have left of this period is one pool. Without
+        // a grace the new key takes all of it; with one, the old key keeps half (its clients
+        // move over during the grace) and the new key gets the rest; what the old key has not
+        // used when its grace ends goes to the new key. Each share is stated against what the
+        // keys had used when it was computed (see `KeyWork`), so calls the old key serves until
+        // it stops come off the pool too.
+        let mut work = KeyWork {
+            plan: Some(plan.clone()),
+            period_start: None,
+            targets: Vec::new(),
+            retire: previous.iter().cloned().collect(),
+        };
+        if grace.is_zero() {
+            work.retire.push(old.clone());
+        }
         if let Some(q) = tier.quota {
             let (start, end) = q.period.containing(now.date_naive());
-            let used = keys.usage(&old, &plan, start, end).await?;
-            let remaining = used.remaining.unwrap_or_else(|| u64::from(q.limit).saturating_sub(used.used));
-            keys.set_remaining(&new.id, &plan, remaining).await?;
-            carried = Some(remaining);
+            let old_use = keys.usage(&old, &plan, start, end).await?;
+            let mut pool = old_use.remaining.unwrap_or_else(|| u64::from(q.limit).saturating_sub(old_use.used));
+            let mut counted_old = vec![(old.clone(), old_use.used)];
+            if let Some(prev) = &previous {
+                if keys.plans_of(prev).await?.contains(&plan) {
+                    let p = keys.usage(prev, &plan, start, end).await?;
+                    let left = p.remaining.unwrap_or(0);
+                    pool = match legacy_at_rotation {
+                        // A grace begun by an earlier version gave both keys the whole remaining:
+                        // what the previous key used in it comes off.
+                        Some(at) => pool.saturating_sub(at.saturating_sub(left)),
+                        None => (pool + left).min(u64::from(q.limit)),
+                    };
+                    counted_old.push((prev.clone(), p.used));
+                }
+            }
+            let keep = if grace.is_zero() { 0 } else { pool - pool / 2 };
+            let mut counted_new = vec![(new.id.clone(), 0)];
+            if grace.is_zero() {
+                // the old key's calls until it is disabled come off the new key's share
+                counted_new.extend(counted_old.iter().cloned());
+            } else {
+                work.targets.push(QuotaTarget { key_id: old.clone(), remaining: keep, counted: counted_old });
+            }
+            let share = QuotaTarget { key_id: new.id.clone(), remaining: pool - keep, counted: counted_new };
+            // The new key's share before the record names it: until then it is nobody's key and
+            // must not hold the plan's full quota (a fresh key in a plan does).
+            keys.set_remaining(&new.id, &plan, share.remaining).await?;
+            work.targets.insert(0, share);
+            work.period_start = Some(start);
         }
         let until = now + chrono_duration(grace);
-        if grace.is_zero() {
-            keys.set_enabled(&old, false).await?;
-            account_keys::detach_from_every_plan(keys, &old).await?;
-        }
-        next.previous_key_id = Some(old.clone());
-        next.previous_key_until = Some(until);
-        next.previous_key_remaining = if grace.is_zero() { None } else { carried };
+        next.previous_key_id = (!grace.is_zero()).then(|| old.clone());
+        next.previous_key_until = (!grace.is_zero()).then_some(until);
         next.api_key_id = Some(new.id.clone());
         next.recent_rotations.push(now);
-        next.rotation_request = req.request_id.clone();
+        if let Some(r) = &req.request_id {
+            next.rotation_answers.push(RotationAnswer {
+                request_id: r.clone(),
+                api_key_id: new.id.clone(),
+                previous_key_id: old.clone(),
+                previous_key_until: until,
+                at: now,
+            });
+        }
+        // Written down first, then done: a crash in between is finished by the next holder of
+        // the lock (a retry, any other flow, the sweep), with the same result.
+        next.pending_key_work = Some(work.clone());
         next.updated_at = now;
         match store.put_account(&next, &token).await? {
             Commit::Done => {}
             Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
+        }
+        if let Err(e) = account_keys::apply_key_work(keys, ctx, &work).await {
+            // Recorded: the next holder of the lock finishes it. The rotation itself is done.
+            tracing::warn!(user = %user, error = %e, "rotation recorded; its key changes are finished by the next holder of the lock");
         }
         let value = keys.key_value(&new.id).await?.ok_or(Error::FulfilmentInProgress)?;
         tracing::info!(user = %user, old = %old, new = %new.id, grace_s = grace.as_secs(), "API key rotated");
@@ -156,10 +203,11 @@ fn answer(id: String, value: String, previous: String, until: chrono::DateTime<c
     }
 }
 
-/// Ends the grace of every rotated-out key whose grace is over: disabled, detached, and the
-/// record's `previous_key_*` cleared (under the account lock; a user busy elsewhere is left for
-/// the next sweep). Run on a schedule (the local stack every few seconds, `paykey-resync
-/// --sweep` from cron); a full listing of the records. Returns the keys disabled.
+/// Ends the grace of every rotated-out key whose grace is over (disabled, detached, what it had
+/// not used of the period given to the current key) and finishes key changes a crashed holder
+/// left written down; under the account lock (a user busy elsewhere is left for the next sweep).
+/// Run on a schedule (the local stack every few seconds, `paykey-resync --sweep` from cron); a
+/// full listing of the records. Returns the keys disabled.
 pub async fn sweep_expired_keys<S, K>(store: &S, keys: &K, ctx: Ctx<'_>) -> Result<Vec<String>, Error>
 where
     S: Accounts + crate::ports::AccountListing,
@@ -168,10 +216,8 @@ where
     let now = ctx.clock.now();
     let mut disabled = Vec::new();
     for account in store.list_accounts().await? {
-        let (Some(prev), Some(until)) = (account.previous_key_id.clone(), account.previous_key_until) else {
-            continue;
-        };
-        if until > now {
+        let expired = account.previous_key_id.is_some() && account.previous_key_until.is_none_or(|u| u <= now);
+        if !expired && account.pending_key_work.is_none() {
             continue;
         }
         let user = account.user();
@@ -181,42 +227,38 @@ where
             continue; // busy: the next sweep
         };
         let result = async {
-            if next.previous_key_id.as_deref() == Some(prev.as_str())
-                && next.api_key_id.as_deref() != Some(prev.as_str())
-            {
-                keys.set_enabled(&prev, false).await?;
-                // What the old key used in its grace comes off the new key's remaining quota.
-                let tier = ctx.settings.tier_of(&next.plan);
-                let metered = tier.and_then(|t| Some((t.usage_plan_id.clone()?, t.quota?)));
-                if let (Some((plan, q)), Some(at_rotation), Some(new)) =
-                    (metered, next.previous_key_remaining, next.api_key_id.clone())
-                {
-                    let (start, end) = q.period.containing(now.date_naive());
-                    let (old_use, new_use) =
-                        tokio::try_join!(keys.usage(&prev, &plan, start, end), keys.usage(&new, &plan, start, end))?;
-                    let grace_use = at_rotation.saturating_sub(old_use.remaining.unwrap_or(at_rotation));
-                    if grace_use > 0 {
-                        let left = new_use.remaining.unwrap_or(0).saturating_sub(grace_use);
-                        keys.set_remaining(&new, &plan, left).await?;
-                    }
-                }
-                account_keys::detach_from_every_plan(keys, &prev).await?;
+            if let Some(work) = next.pending_key_work.take() {
+                account_keys::apply_key_work(keys, ctx, &work).await?;
             }
-            next.previous_key_id = None;
-            next.previous_key_until = None;
-            next.previous_key_remaining = None;
+            let ended = match next.previous_key_id.clone() {
+                Some(prev) if next.previous_key_until.is_none_or(|u| u <= now) => Some(prev),
+                _ => None,
+            };
+            let mut work = None;
+            if let Some(prev) = &ended {
+                work = Some(end_grace(keys, ctx, &next, prev, now).await?);
+                next.previous_key_id = None;
+                next.previous_key_until = None;
+                next.previous_key_remaining = None;
+            }
+            next.pending_key_work = work.clone();
             next.updated_at = now;
             match store.put_account(&next, &token).await? {
-                Commit::Done => Ok(()),
-                Commit::LeaseLost => Err(Error::FulfilmentInProgress),
+                Commit::Done => {}
+                Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
             }
+            if let Some(work) = &work {
+                account_keys::apply_key_work(keys, ctx, work).await?;
+            }
+            Ok(ended)
         }
         .await;
         match result {
-            Ok(()) => {
+            Ok(Some(prev)) => {
                 tracing::info!(user = %user, api_key_id = %prev, "rotated-out key disabled at the end of its grace");
                 disabled.push(prev);
             }
+            Ok(None) => {}
             Err(e) => {
                 account_keys::release(store, &user, &token).await;
                 tracing::warn!(user = %user, error = %e, "could not end a rotated key's grace; the next sweep retries");
@@ -224,4 +266,42 @@ where
         }
     }
     Ok(disabled)
+}
+
+/// The end of `prev`'s grace, as key work: `prev` retired, and what it has not used of the
+/// period added to the current key's remaining (when both are in the current tier's plan; a
+/// tier change meanwhile moved the current key to another plan, whose quota is its own).
+async fn end_grace<K: KeyRegistry>(
+    keys: &K,
+    ctx: Ctx<'_>,
+    account: &crate::domain::AccountRecord,
+    prev: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<KeyWork, Error> {
+    let mut work = KeyWork { plan: None, period_start: None, targets: Vec::new(), retire: vec![prev.to_string()] };
+    let current = account.api_key_id.clone().filter(|c| c != prev);
+    let metered = ctx.settings.tier_of(&account.plan).and_then(|t| Some((t.usage_plan_id.clone()?, t.quota?)));
+    let (Some(current), Some((plan, q))) = (current, metered) else {
+        return Ok(work);
+    };
+    if !keys.plans_of(prev).await?.contains(&plan) {
+        return Ok(work);
+    }
+    let (start, end) = q.period.containing(now.date_naive());
+    let (p, c) = tokio::try_join!(keys.usage(prev, &plan, start, end), keys.usage(&current, &plan, start, end))?;
+    let (left, mine) = (p.remaining.unwrap_or(0), c.remaining.unwrap_or(0));
+    let remaining = match account.previous_key_remaining {
+        // A grace begun by an earlier version gave both keys the whole remaining: what the
+        // previous key used in it comes off the current key.
+        Some(at) => mine.saturating_sub(at.saturating_sub(left)),
+        None => (mine + left).min(u64::from(q.limit)),
+    };
+    work.targets.push(QuotaTarget {
+        key_id: current.clone(),
+        remaining,
+        counted: vec![(current, c.used), (prev.to_string(), p.used)],
+    });
+    work.plan = Some(plan);
+    work.period_start = Some(start);
+    Ok(work)
 }

@@ -164,7 +164,15 @@ fn account_item(a: &AccountRecord) -> Item {
                     .join(",")
             }),
         ),
-        ("RotationRequest", a.rotation_request.clone()),
+        (
+            "RotationAnswers",
+            (!a.rotation_answers.is_empty())
+                .then(|| serde_json::to_string(&a.rotation_answers).expect("plain data serializes")),
+        ),
+        (
+            "PendingKeyWork",
+            a.pending_key_work.as_ref().map(|w| serde_json::to_string(w).expect("plain data serializes")),
+        ),
     ];
     item.insert("CancelAtPeriodEnd".to_string(), AttributeValue::Bool(a.cancel_at_period_end));
     for (k, v) in optional {
@@ -232,7 +240,15 @@ fn account_from_item(item: &Item, user_id: UserId, user_name: UserName, op: &'st
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| bad(op, format!("RecentRotations: {e}")))?,
         },
-        rotation_request: get_s(item, "RotationRequest").map(str::to_string),
+        // (records of earlier versions remember one request id in `RotationRequest`, without its
+        // answer: not read, so such a retry rotates again once)
+        rotation_answers: match get_s(item, "RotationAnswers") {
+            None => Vec::new(),
+            Some(json) => serde_json::from_str(json).map_err(|e| bad(op, format!("RotationAnswers: {e}")))?,
+        },
+        pending_key_work: get_s(item, "PendingKeyWork")
+            .map(|json| serde_json::from_str(json).map_err(|e| bad(op, format!("PendingKeyWork: {e}"))))
+            .transpose()?,
         // Records written by the Python version have no UpdatedAt.
         updated_at: get_time(item, "UpdatedAt", op).unwrap_or(DateTime::UNIX_EPOCH),
     })

@@ -690,3 +690,168 @@ async fn the_upgrade_flow_on_the_aws_adapters_against_moto() {
     drop(stack);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+async fn sign_up_and_in(base: &str, user: &str) -> String {
+    let body = json!({"username": user, "password": "correct horse"}).to_string();
+    let r = call("POST", &format!("{base}/cognito/sign-up"), &[("content-type", "application/json")], &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    sign_in(base, user, "correct horse").await
+}
+
+async fn rotate_over_http(base: &str, token: &str, grace: u64, request_id: &str) -> Resp {
+    call(
+        "POST",
+        &format!("{base}/api/api-key/rotate"),
+        &[("authorization", token), ("content-type", "application/json")],
+        &json!({"grace_seconds": grace, "request_id": request_id}).to_string(),
+    )
+    .await
+}
+
+/// Issue 23's three findings over HTTP on the local stack, the way they were found: a FREE
+/// quota of 10 a month; 5 calls, then rotations with and without a grace up to the daily limit,
+/// every key that still works spent after each step and after the sweep → never more than 10
+/// served (it was 15); a rotation retried with its request id after the sweep ran gets its
+/// first answer and the key it handed out keeps working (it rotated again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_graces_and_retries_never_serve_more_than_the_quota_over_http() {
+    const TEN: &str = r#"{"tiers": [
+        {"name": "FREE", "usage_plan_id": "usage-plan-free", "quota": {"limit": 10, "period": "MONTH"}},
+        {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro"}]}"#;
+    let data = std::env::temp_dir().join(format!("paykey-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let stack = start_with(&data, TEN);
+    let base = stack.base.clone();
+    let token = sign_up_and_in(&base, "mallory").await;
+    let r = call("POST", &format!("{base}/api/api-key"), &[("authorization", &token)], "").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let mut keys = vec![r.json()["api_key"]["value"].as_str().unwrap().to_string()];
+    let mut served = 0;
+    for _ in 0..5 {
+        assert_eq!(product(&base, &keys[0]).await.status, 200);
+        served += 1;
+    }
+    // Every key handed out so far, spent until each is refused.
+    async fn spend(base: &str, keys: &[String]) -> usize {
+        let mut n = 0;
+        for k in keys {
+            while product(base, k).await.status == 200 {
+                n += 1;
+            }
+        }
+        n
+    }
+    let mut answers = Vec::new();
+    for (grace, id) in [(2u64, "a"), (0, "b"), (2, "c")] {
+        let r = rotate_over_http(&base, &token, grace, id).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        keys.push(r.json()["api_key"]["value"].as_str().unwrap().to_string());
+        answers.push((id, r.json()));
+        served += spend(&base, &keys).await;
+    }
+    tokio::time::sleep(Duration::from_millis(3500)).await; // the graces end; the sweep runs (every 1 s)
+    served += spend(&base, &keys).await;
+    // The retry of "c", after the sweep: its first answer, no second rotation.
+    let (_, first_c) = &answers[2];
+    let again = rotate_over_http(&base, &token, 2, "c").await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(&again.json(), first_c, "the first answer again");
+    let c_key = first_c["api_key"]["value"].as_str().unwrap();
+    assert_ne!(product(&base, c_key).await.status, 403, "the key the first answer handed out still works");
+    assert_eq!(account(&base, &token).await["api_key"]["id"], first_c["api_key"]["id"], "not rotated again");
+    // The daily limit (3) refuses a fourth rotation.
+    let r = rotate_over_http(&base, &token, 0, "d").await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    served += spend(&base, &keys).await;
+    println!("# quota bound 10 calls per month; served {served} over 3 rotations (graces 2 s, 0, 2 s) and a retry");
+    assert_eq!(served, 10, "the quota, all of it, and not one call more");
+    let usage = account(&base, &token).await["usage"].clone();
+    assert_eq!(usage["remaining"], 0, "{usage}");
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Issue 23, the way it was found: one Stripe account sells paykey's PRO and another product
+/// (a newsletter). A paykey PRO customer buys the newsletter through a plain Checkout (same
+/// customer), a stranger buys it too; Stripe's webhooks for both reach paykey. Nothing changes
+/// for anyone: both newsletter subscriptions stay active, nothing is refunded, she stays PRO with
+/// her key; cancelling the newsletter does not downgrade her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_product_of_the_stripe_account_is_left_alone_over_http() {
+    let data = std::env::temp_dir().join(format!("paykey-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let stack = start(&data);
+    let base = stack.base.clone();
+    let token = sign_up_and_in(&base, "nora").await;
+    let url = checkout(&base, &token).await;
+    let success = pay(&base, &url).await;
+    assert_eq!(call("GET", &success, &[], "").await.status, 302);
+    let acct = account(&base, &token).await;
+    assert_eq!(acct["plan"], "PRO");
+    let key = acct["api_key"]["value"].as_str().unwrap().to_string();
+
+    let auth = [("authorization", "Bearer sk_test_e2e"), ("content-type", "application/x-www-form-urlencoded")];
+    let stripe = |p: &str| format!("{base}/stripe/v1/{p}");
+    let subs = call("GET", &stripe("subscriptions?status=all&limit=100"), &auth, "").await.json();
+    let customer = subs["data"][0]["customer"].as_str().unwrap().to_string();
+    let other = call("POST", &stripe("products"), &auth, "name=Newsletter").await.json();
+    let price = call(
+        "POST",
+        &stripe("prices"),
+        &auth,
+        &format!(
+            "product={}&currency=jpy&unit_amount=500&recurring%5Binterval%5D=month&lookup_key=Newsletter",
+            other["id"].as_str().unwrap()
+        ),
+    )
+    .await
+    .json();
+    let price_id = price["id"].as_str().unwrap().to_string();
+    // A plain Checkout of the newsletter: hers (her customer) and a stranger's (a new one).
+    let mut newsletter = Vec::new();
+    for customer in [Some(customer.as_str()), None] {
+        let mut form = format!(
+            "mode=subscription&success_url=https%3A%2F%2Fnews.example%2Fok&line_items%5B0%5D%5Bprice%5D={price_id}&line_items%5B0%5D%5Bquantity%5D=1"
+        );
+        if let Some(c) = customer {
+            form.push_str(&format!("&customer={c}"));
+        }
+        let s = call("POST", &stripe("checkout/sessions"), &auth, &form).await;
+        assert_eq!(s.status, 200, "{}", s.body);
+        let paid = call(
+            "POST",
+            s.json()["url"].as_str().unwrap(),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "card_number=4242+4242+4242+4242&exp=12%2F34&cvc=123",
+        )
+        .await;
+        assert_eq!(paid.status, 303, "{}", paid.body);
+        let session =
+            call("GET", &stripe(&format!("checkout/sessions/{}", s.json()["id"].as_str().unwrap())), &auth, "")
+                .await
+                .json();
+        newsletter.push(session["subscription"].as_str().unwrap().to_string());
+    }
+    let settled =
+        async || call("GET", &format!("{base}/stripe/_emulator/undelivered"), &[], "").await.json()["undelivered"] == 0;
+    eventually(&base, "every webhook answered", settled).await;
+    let deliveries = call("GET", &format!("{base}/stripe/_emulator/deliveries"), &[], "").await.body;
+    for kind in ["checkout.session.completed", "customer.subscription.created", "invoice.paid"] {
+        assert!(deliveries.matches(kind).count() >= 3, "{kind} delivered for PRO and both newsletters: {deliveries}");
+    }
+    for sub in &newsletter {
+        let s = call("GET", &stripe(&format!("subscriptions/{sub}")), &auth, "").await.json();
+        assert_eq!(s["status"], "active", "{sub} is not paykey's to cancel");
+    }
+    let notes = call("GET", &stripe("credit_notes"), &auth, "").await.json();
+    assert_eq!(notes["data"].as_array().unwrap().len(), 0, "nothing refunded: {notes}");
+    let acct = account(&base, &token).await;
+    assert_eq!(acct["plan"], "PRO");
+    assert_eq!(product(&base, &key).await.status, 200);
+    // She cancels the newsletter: she stays PRO.
+    let r = call("DELETE", &stripe(&format!("subscriptions/{}", newsletter[0])), &auth, "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(&base, "the cancellation delivered", settled).await;
+    assert_eq!(account(&base, &token).await["plan"], "PRO");
+    assert_eq!(product(&base, &key).await.status, 200);
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -107,6 +107,15 @@ pub trait Accounts: Send + Sync {
     fn unlock_account(&self, user: &UserId, token: &str) -> impl Future<Output = Result<()>> + Send;
     /// Writes the account record while `token` holds its lock, releasing the lock.
     fn put_account(&self, account: &AccountRecord, token: &str) -> impl Future<Output = Result<Commit>> + Send;
+    /// Writes the account record while `token` holds its lock, and keeps the lock (its lease
+    /// now ending at `until`): for changes written down before they are made, then made by the
+    /// same holder before anyone else can write newer ones.
+    fn save_account(
+        &self,
+        account: &AccountRecord,
+        token: &str,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Commit>> + Send;
 }
 
 /// Every account record, for the resync command (full scans; never on a request path).

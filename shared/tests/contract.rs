@@ -62,6 +62,7 @@ fn account(user: &User, key: &str) -> AccountRecord {
         previous_key_id: Some("oldkey1".into()),
         previous_key_until: Some(Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap()),
         previous_key_remaining: Some(92),
+        previous_key_period_start: chrono::NaiveDate::from_ymd_opt(2026, 11, 1),
         recent_rotations: vec![
             Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).unwrap(),
             Utc.with_ymd_and_hms(2026, 11, 23, 11, 30, 0).unwrap(),
@@ -169,6 +170,19 @@ async fn session_store_contract<S: Checkouts + Accounts + AccountListing + Proce
     };
     assert_eq!(store.put_account(&free, "tok-6").await.unwrap(), Commit::LeaseLost);
     assert_eq!(store.get_account(&alice.id).await.unwrap(), Some(acct.clone()));
+    // save_account writes under the lock and keeps it: another token still finds it busy, the
+    // holder writes again (and releases it) with put_account.
+    let saved = AccountRecord { pending_key_work: None, ..acct.clone() };
+    let until = t2 + chrono::Duration::seconds(90);
+    assert_eq!(store.save_account(&saved, "tok-6", until).await.unwrap(), Commit::LeaseLost);
+    assert_eq!(store.save_account(&saved, "tok-5", until).await.unwrap(), Commit::Done);
+    assert_eq!(store.get_account(&alice.id).await.unwrap(), Some(saved.clone()));
+    assert_eq!(store.lock_account(&alice.id, "tok-6", t2, t2).await.unwrap(), AccountLock::Busy, "still locked");
+    assert_eq!(
+        store.lock_account(&alice.id, "tok-6", until - chrono::Duration::seconds(1), until).await.unwrap(),
+        AccountLock::Busy,
+        "until its new lease ends"
+    );
     assert_eq!(store.put_account(&free, "tok-5").await.unwrap(), Commit::Done);
     assert_eq!(store.get_account(&alice.id).await.unwrap(), Some(free.clone()));
     assert_eq!(store.put_account(&free, "tok-5").await.unwrap(), Commit::LeaseLost, "the lock was released");

@@ -25,7 +25,9 @@ use support::World;
 fn action(op: &str) -> Option<&'static str> {
     Some(match op {
         // DynamoDB (TransactWriteItems needs the actions of the writes it holds)
-        "ddb.put_session" | "ddb.mark_event" | "ddb.replace_open_checkout" | "ddb.put_account" => "dynamodb:PutItem",
+        "ddb.put_session" | "ddb.mark_event" | "ddb.replace_open_checkout" | "ddb.put_account" | "ddb.save_account" => {
+            "dynamodb:PutItem"
+        }
         "ddb.get_session" | "ddb.event_seen" | "ddb.get_account" | "ddb.legacy_account" => "dynamodb:GetItem",
         "ddb.claim" | "ddb.release_claim" | "ddb.lock_account" | "ddb.unlock_account" | "ddb.retire_legacy_account" => {
             "dynamodb:UpdateItem"

@@ -423,3 +423,52 @@ async fn resync_reports_a_repair_that_failed_and_goes_on_with_the_others() {
         assert_eq!(plan_of(&w, x).await, Plan::FREE);
     }
 }
+
+/// Identity under the lock (issue 23): the user deletes themselves and someone else signs up
+/// with the same name between the webhook's first look-up and its lock. The directory write
+/// goes by name, so the name's holder is read again under the lock: nothing is written to the
+/// newcomer.
+#[tokio::test]
+async fn a_name_taken_over_between_the_lookup_and_the_lock_gets_no_write() {
+    let w = World::new();
+    let (u, sub) = pro_user(&w, "alice").await;
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled).unwrap();
+    let users = w.app.users.clone();
+    let newcomer = User {
+        id: paykey::domain::UserId::parse("0f0f0f0f-0000-4000-8000-000000000001").unwrap(),
+        name: u.name.clone(),
+    };
+    let n2 = newcomer.clone();
+    w.meter.reset_calls();
+    w.meter.on_call("ddb.lock_account", 0, move || {
+        users.delete_user(&n2.name);
+        users.add_user_with_sub(&n2);
+    });
+    let out = handle(&w, &sub_event("evt_late", "customer.subscription.deleted", &sub)).await.unwrap();
+    assert_eq!(out, EventOutcome::Ignored("unknown customer".into()));
+    assert_eq!(w.meter.count("cognito.set_plan"), 0, "nothing written to the newcomer: {:?}", w.meter.calls());
+    let profile = w.app.users.get_user(&newcomer.name).await.unwrap().unwrap();
+    assert_eq!((profile.sub, profile.plan), (Some(newcomer.id), None));
+}
+
+/// The same for the free key: the name changes hands between the first check and the lock.
+#[tokio::test]
+async fn a_free_key_for_a_name_taken_over_before_the_lock_writes_nothing_to_the_directory() {
+    let w = World::tiered();
+    let u = w.user("bob");
+    let users = w.app.users.clone();
+    let newcomer = User {
+        id: paykey::domain::UserId::parse("0f0f0f0f-0000-4000-8000-000000000002").unwrap(),
+        name: u.name.clone(),
+    };
+    let n2 = newcomer.clone();
+    w.meter.reset_calls();
+    w.meter.on_call("ddb.lock_account", 0, move || {
+        users.delete_user(&n2.name);
+        users.add_user_with_sub(&n2);
+    });
+    let e = flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap_err();
+    assert!(matches!(e, paykey::Error::UserNotFound), "{e:?}");
+    assert_eq!(w.meter.count("cognito.set_plan"), 0, "{:?}", w.meter.calls());
+    assert!(w.app.keys.all().iter().all(|k| !k.enabled || w.app.keys.plan_of(&k.id).is_none()), "no working key");
+}

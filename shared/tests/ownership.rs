@@ -68,14 +68,19 @@ async fn another_product_bought_by_a_paykey_customer_or_a_stranger_changes_nothi
     // Alice buys the other product through a plain Checkout (same customer); a stranger buys it.
     let hers = w.app.payments.subscribe_elsewhere(Some(&alice_customer), OTHER, 500);
     let stranger = w.app.payments.subscribe_elsewhere(None, OTHER, 500);
+    // and one to a price with no lookup key at all
+    let bare = w.app.payments.subscribe_elsewhere(Some(&alice_customer), "Consulting", 9000);
+    w.app.payments.update_subscription(&bare.id, |s| s.item_lookup_keys = vec![None]).unwrap();
     let mut events = events_of("alice", &hers.id, &alice_customer);
     events.extend(events_of("stranger", &stranger.id, &stranger.customer));
+    events.extend(events_of("bare", &bare.id, &alice_customer));
     for e in &events {
         let out = handle(&w, e).await;
         assert!(matches!(out, EventOutcome::Ignored(_)), "{} {:?}: {out:?}", e.kind, e.subject);
     }
     untouched(&w, &hers.id);
     untouched(&w, &stranger.id);
+    untouched(&w, &bare.id);
     assert_eq!(w.meter.count("stripe.cancel_duplicate"), 0, "nothing cancelled or refunded");
     assert_eq!(w.snapshot(), before, "no record, key, usage plan or user attribute changed");
     let writes: Vec<_> = w.meter.calls()[calls_before..]

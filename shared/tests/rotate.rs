@@ -11,7 +11,7 @@ use paykey::domain::User;
 use paykey::flows::{self, RotateRequest, Rotated};
 use paykey::ports::{EventSubject, StripeEvent, UserDirectory};
 use paykey::Error;
-use support::{World, BUSINESS_PLAN, FREE_PLAN};
+use support::{World, BUSINESS_PLAN, FREE_PLAN, PRO_PLAN};
 
 async fn rotate(w: &World, u: &User, grace: u64, id: Option<&str>) -> Result<Rotated, Error> {
     let req = RotateRequest { grace_seconds: grace, request_id: id.map(str::to_string) };
@@ -82,14 +82,19 @@ async fn with_a_grace_both_keys_work_until_another_rotation_or_its_end() {
     assert_eq!(enabled_keys(&w, &u), vec![r2.api_key.id]);
 }
 
+/// A tier change ends a rotation's grace: the new key moves, the old one is disabled (a
+/// cancelled or moved user keeps no share of the old tier's quota on it).
 #[tokio::test]
-async fn a_plan_change_during_the_grace_moves_the_new_key_and_spares_the_old_one() {
+async fn a_plan_change_during_the_grace_moves_the_new_key_and_ends_the_grace() {
     let w = World::tiered();
     let u = w.user("carol");
     let (_, old_value) = free_key_value(&w, &u).await;
     let r = rotate(&w, &u, 3600, None).await.unwrap();
+    assert!(call(&w, &old_value).is_ok(), "the old key works in its grace");
     let (id, key) = w.checkout_and_pay(&u).await; // PRO (a trial: first-time customer)
     w.complete(&id, &key).await.unwrap();
+    assert_eq!(w.app.keys.plan_of(&r.api_key.id).as_deref(), Some(PRO_PLAN), "the new key moved");
+    assert_eq!(call(&w, &old_value), Err(Refused::Forbidden), "the grace ended with the tier change");
     let sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
     w.app.payments.switch_price(&sub, "FMMailBusiness").unwrap();
     let e = StripeEvent {
@@ -100,9 +105,11 @@ async fn a_plan_change_during_the_grace_moves_the_new_key_and_spares_the_old_one
     flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &e)
         .await
         .unwrap();
-    assert_eq!(w.app.keys.plan_of(&r.api_key.id).as_deref(), Some(BUSINESS_PLAN), "the new key moved");
-    assert!(call(&w, &old_value).is_ok(), "the old key still works in its grace");
+    assert_eq!(w.app.keys.plan_of(&r.api_key.id).as_deref(), Some(BUSINESS_PLAN), "the new key moved again");
+    assert_eq!(enabled_keys(&w, &u), vec![r.api_key.id.clone()]);
     assert_eq!(w.app.users.get_user(&u.name).await.unwrap().unwrap().plan().as_str(), "BUSINESS");
+    let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    assert_eq!((account.previous_key_id, account.previous_key_until), (None, None));
 }
 
 #[tokio::test]
@@ -337,4 +344,34 @@ async fn what_the_old_key_uses_in_its_grace_comes_off_the_new_key_when_it_ends()
         flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap().usage.unwrap();
     assert_eq!(usage.remaining, 995, "1,000 − 1 before − 4 in the grace: two keys never add quota");
     let _ = r;
+}
+
+/// A grace that runs into the next quota period: API Gateway gives both keys the new period's
+/// whole quota; the sweep splits it anew, so the new period still serves at most its quota.
+#[tokio::test]
+async fn a_grace_across_the_end_of_the_month_does_not_double_the_next_months_quota() {
+    let mut w = World::tiered();
+    let small = r#"{"tiers": [
+        {"name": "FREE", "usage_plan_id": "usage-plan-free", "quota": {"limit": 10, "period": "MONTH"}},
+        {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro"}]}"#;
+    w.app.settings.catalog = paykey::domain::Catalog::parse(small).unwrap();
+    w.app.keys.define_catalog(&w.app.settings.catalog);
+    // 2026-11-30 23:50
+    w.clock.advance(chrono::Duration::days(7) + chrono::Duration::hours(11) + chrono::Duration::minutes(50));
+    let u = w.user("nina");
+    let (_, a) = free_key_value(&w, &u).await;
+    for _ in 0..4 {
+        call(&w, &a).unwrap();
+    }
+    let b = rotate(&w, &u, 3600, None).await.unwrap().api_key.value;
+    let spend = |w: &World| [&a, &b].iter().map(|k| std::iter::from_fn(|| call(w, k).ok()).count()).sum::<usize>();
+    assert_eq!(spend(&w), 6, "November: what was left");
+    w.clock.advance(chrono::Duration::minutes(15)); // December 1st, 00:05, the grace still on
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    let mut december = spend(&w);
+    w.clock.advance(chrono::Duration::hours(1)); // the grace ends
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    december += spend(&w);
+    println!("# quota 10 per month; a grace across the month's end: December served {december}");
+    assert_eq!(december, 10, "the new month's quota once, not once per key");
 }

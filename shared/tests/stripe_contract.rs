@@ -9,6 +9,7 @@ use paykey::adapters::stripe::StripePayments;
 use paykey::config::{Secret, StripeConfig};
 use paykey::domain::{CustomerId, LookupKey, SessionId, SubscriptionId, User, UserId, UserName};
 use paykey::ports::{NewCheckout, Payments, PriceInfo, SubscriptionStatus};
+use serde_json::Value;
 
 /// What a test needs from each side beyond the port: a catalog, a payer, a canceller.
 trait Driver {
@@ -269,6 +270,58 @@ async fn connect_destination_and_fee_are_passed_to_the_subscription() {
         ("STRIPE_APPLICATION_FEE_PERCENT", "101"),
     ]);
     assert!(paykey::config::connect(&bad).is_err());
+}
+
+/// A price change as `paykey-setup` makes it: a new price of the product `paykey_<lookup key>`
+/// takes the lookup key over (`transfer_lookup_key`), the old price keeps none. A subscription
+/// to the old price — an existing one, or a session opened before the change and paid after —
+/// is still sold under that lookup key (the product's), so it stays paykey's and its tier's.
+/// Another product's price without a lookup key is sold under none.
+#[tokio::test]
+async fn a_subscription_to_a_price_whose_lookup_key_moved_is_still_sold_under_it() {
+    let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), Default::default()).await.unwrap();
+    let d = Emulated(emu);
+    let call = |m: &str, path: &str, form: &str| {
+        let (status, v) = d.0.shared.call(m, path, form);
+        assert_eq!(status, 200, "{path}: {v}");
+        v
+    };
+    call("POST", "/v1/products", "id=paykey_FMMailPro&name=FMMail+PRO");
+    let price_form = |amount: i64| {
+        format!("product=paykey_FMMailPro&unit_amount={amount}&currency=jpy&recurring[interval]=month&lookup_key=FMMailPro&transfer_lookup_key=true")
+    };
+    let old = call("POST", "/v1/prices", &price_form(980));
+    let other = call("POST", "/v1/products", "name=Newsletter");
+    let plain = call(
+        "POST",
+        "/v1/prices",
+        &format!("product={}&unit_amount=500&currency=jpy&recurring[interval]=month", other["id"].as_str().unwrap()),
+    );
+    let p = StripePayments::new(&StripeConfig {
+        secret_key: Secret::new("sk_test_x"),
+        api_base: Some(format!("{}/", d.0.base_url())),
+        price_cache: std::time::Duration::ZERO,
+    })
+    .unwrap();
+    let alice = user("alice");
+    let at_old = p.create_checkout(checkout(old["id"].as_str().unwrap(), &alice, None, "old-1")).await.unwrap();
+    let news = p.create_checkout(checkout(plain["id"].as_str().unwrap(), &alice, None, "news-1")).await.unwrap();
+    // the price change: the new price takes the lookup key over
+    let new = call("POST", "/v1/prices", &price_form(1200));
+    assert_eq!(call("GET", &format!("/v1/prices/{}", old["id"].as_str().unwrap()), "")["lookup_key"], Value::Null);
+    d.pay(&at_old.id);
+    d.pay(&news.id);
+    let sub_of = |id: &SessionId| {
+        let p = &p;
+        let id = id.clone();
+        async move {
+            let s = p.get_checkout(&id).await.unwrap().unwrap().subscription.unwrap();
+            p.get_subscription(&s).await.unwrap().unwrap()
+        }
+    };
+    assert_eq!(sub_of(&at_old.id).await.item_lookup_keys, vec![Some("FMMailPro".to_string())], "the product's");
+    assert_eq!(sub_of(&news.id).await.item_lookup_keys, vec![None], "another product's price without one");
+    assert_eq!(new["lookup_key"], "FMMailPro");
 }
 
 /// Stripe rate-limits (429), fails (5xx) and loses answers: the adapter retries with backoff,

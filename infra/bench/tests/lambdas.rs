@@ -6,7 +6,9 @@
 //! moto's JWKS, the proxy event), with the production AWS adapters on moto_server
 //! (`AWS_ENDPOINT_URL`) and Stripe on the project's emulator (`STRIPE_API_BASE`), whose webhooks
 //! are delivered to the `stripe-webhook` binary the same way. One journey: sign up, checkout,
-//! pay, success redirect, `/account`, billing portal, cancel → FREE, each step checked in
+//! pay, success redirect, `/account`, another product of the Stripe account bought by her and by a
+//! stranger (left alone: both stay active, nothing refunded, she stays PRO), billing portal,
+//! cancel → FREE, each step checked in
 //! moto's DynamoDB, Cognito and API Gateway state.
 
 use std::collections::BTreeMap;
@@ -416,6 +418,60 @@ async fn the_five_binaries_cold_per_request_on_moto_and_the_stripe_emulator() {
     let a = account(token.clone()).await;
     assert_eq!((a["plan"].as_str(), a["api_key"]["value"].as_str()), (Some("PRO"), key.value()), "{a}");
 
+    // Issue 23: the Stripe account sells another product too. She buys it through a plain
+    // Checkout (her customer), a stranger buys it (a new customer); the events reach the
+    // stripe-webhook binary, which leaves both subscriptions alone and her on PRO.
+    let paykey_sub = pro_item().await.unwrap()["StripeSubscriptionId"].as_s().unwrap().clone();
+    let (_, other) = emulator.call("POST", "/v1/products", "name=Newsletter");
+    let (_, price) = emulator.call(
+        "POST",
+        "/v1/prices",
+        &format!(
+            "product={}&currency=jpy&unit_amount=500&recurring%5Binterval%5D=month&lookup_key=Newsletter",
+            other["id"].as_str().unwrap()
+        ),
+    );
+    let mut newsletter = Vec::new();
+    for buyer in [Some(customer.as_str()), None] {
+        let mut form = format!(
+            "mode=subscription&success_url=https%3A%2F%2Fnews.example%2Fok&line_items%5B0%5D%5Bprice%5D={}&line_items%5B0%5D%5Bquantity%5D=1",
+            price["id"].as_str().unwrap()
+        );
+        if let Some(c) = buyer {
+            form.push_str(&format!("&customer={c}"));
+        }
+        let (status, session) = emulator.call("POST", "/v1/checkout/sessions", &form);
+        assert_eq!(status, 200, "{session}");
+        let r = call(
+            "POST",
+            session["url"].as_str().unwrap(),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "card_number=4242+4242+4242+4242&exp=12%2F34&cvc=123",
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let (_, paid) = emulator.call("GET", &format!("/v1/checkout/sessions/{}", session["id"].as_str().unwrap()), "");
+        newsletter.push(paid["subscription"].as_str().unwrap().to_string());
+    }
+    eventually("every webhook of the newsletter purchases answered", || {
+        let emulator = emulator.clone();
+        async move { emulator.undelivered() == 0 }
+    })
+    .await;
+    let exported = emulator.export();
+    for sub in &newsletter {
+        assert_eq!(exported["subscriptions"][sub]["status"], "active", "{sub} is not paykey's to cancel");
+    }
+    assert!(
+        exported["credit_notes"].as_object().is_none_or(|m| m.is_empty()),
+        "nothing refunded: {}",
+        exported["credit_notes"]
+    );
+    let item = pro_item().await.expect("still PRO in DynamoDB");
+    assert_eq!(item["StripeSubscriptionId"].as_s().unwrap(), &paykey_sub, "the recorded subscription is unchanged");
+    assert!(apigw.get_api_key().api_key(&key_id).send().await.unwrap().enabled(), "her key is still enabled");
+    assert_eq!(attrs().await.1.get("custom:plan_type").map(String::as_str), Some("PRO"));
+
     // billing portal (create-billing-portal), for the caller's own customer
     let r = call("GET", &format!("{gw_base}/create-billing-portal-by-user"), &[("authorization", &token)], "").await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -430,8 +486,8 @@ async fn the_five_binaries_cold_per_request_on_moto_and_the_stripe_emulator() {
 
     // cancel in Stripe → customer.subscription.deleted → stripe-webhook → FREE, key off the plan
     let subscriptions = emulator.export()["subscriptions"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
-    assert_eq!(subscriptions.len(), 1, "one subscription: {subscriptions:?}");
-    emulator.set_subscription_status(&subscriptions[0], "canceled").expect("cancelled");
+    assert_eq!(subscriptions.len(), 3, "hers, and the two newsletters: {subscriptions:?}");
+    emulator.set_subscription_status(&paykey_sub, "canceled").expect("cancelled");
     eventually("Cognito says FREE", || {
         let attrs = &attrs;
         async move { attrs().await.1.get("custom:plan_type").map(String::as_str) == Some("FREE") }
@@ -459,6 +515,10 @@ async fn the_five_binaries_cold_per_request_on_moto_and_the_stripe_emulator() {
     assert_eq!(item["StripeCustomerId"].as_s().unwrap(), &customer, "the customer id is kept for a re-subscription");
     let a = account(sign_in().await).await;
     assert_eq!(a["plan"], "FREE", "{a}");
+    let exported = emulator.export();
+    for sub in &newsletter {
+        assert_eq!(exported["subscriptions"][sub]["status"], "active", "{sub} untouched by her cancellation");
+    }
 
     let log = gw.log.lock().unwrap().clone();
     let webhooks = log.iter().filter(|i| i.function == "stripe-webhook").count();

@@ -756,7 +756,12 @@ async fn rotations_graces_and_retries_never_serve_more_than_the_quota_over_http(
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(&again.json(), first_c, "the first answer again");
     let c_key = first_c["api_key"]["value"].as_str().unwrap();
-    assert_ne!(product(&base, c_key).await.status, 403, "the key the first answer handed out still works");
+    let c = product(&base, c_key).await;
+    assert_eq!(
+        (c.status, c.json()["message"].as_str()),
+        (429, Some("Limit Exceeded")),
+        "the key the first answer handed out is still enabled and in its plan (only the quota is spent)"
+    );
     assert_eq!(account(&base, &token).await["api_key"]["id"], first_c["api_key"]["id"], "not rotated again");
     // The daily limit (3) refuses a fourth rotation.
     let r = rotate_over_http(&base, &token, 0, "d").await;

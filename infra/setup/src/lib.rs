@@ -322,7 +322,9 @@ async fn tier(
     recurring_interval: CreatePriceRecurringInterval,
     report: &mut Report,
 ) -> Result<(String, String), SetupError> {
-    let product_id = format!("paykey_{}", t.lookup_key);
+    // The functions read this prefix: a price of this product that lost its lookup key to a
+    // newer one still buys the tier (`adapters::stripe::PAYKEY_PRODUCT_PREFIX`).
+    let product_id = format!("{}{}", paykey::adapters::stripe::PAYKEY_PRODUCT_PREFIX, t.lookup_key);
 
     // Product: a deterministic id, so it is found again.
     match RetrieveProduct::new(product_id.as_str()).send(client).await {

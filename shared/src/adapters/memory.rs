@@ -43,7 +43,11 @@ struct MeterState {
     /// (operation, fault, which call of it: `None` the next one, `Some(n)` the call with index
     /// `n` among all calls of that operation since the last reset).
     faults: Vec<(&'static str, Fault, Option<usize>)>,
+    /// (operation, which call of it, what happens in the world just before that call acts).
+    hooks: Vec<(&'static str, usize, Hook)>,
 }
+
+type Hook = Box<dyn FnOnce() + Send>;
 
 /// Counts calls, injects faults and adds latency; shared by the in-memory adapters.
 #[derive(Default)]
@@ -73,11 +77,17 @@ impl Meter {
         self.lock().faults.push((op, fault, None));
     }
 
-    /// The call of `op` with index `n` (0: the first since the last [`Meter::reset_calls`])
-    /// fails (once). For `After`/`CrashAfter` the index is read when the call returns: meant
-    /// for flows whose calls of one operation do not overlap.
+    /// The call of `op` with index `n` (0: the first since the last [`Meter::reset_calls`], in
+    /// the order the calls were made, also when several are under way at once) fails (once).
     pub fn inject_at(&self, op: &'static str, n: usize, fault: Fault) {
         self.lock().faults.push((op, fault, Some(n)));
+    }
+
+    /// Runs `f` when the call of `op` with index `n` (since the last reset) is made, before it
+    /// acts: something happening elsewhere at exactly that point of a flow (a user deleted
+    /// between a check and a write, say).
+    pub fn on_call(&self, op: &'static str, n: usize, f: impl FnOnce() + Send + 'static) {
+        self.lock().hooks.push((op, n, Box::new(f)));
     }
 
     /// Whether an injected fault has not struck yet.
@@ -109,10 +119,8 @@ impl Meter {
         self.max_in_flight.load(Ordering::SeqCst)
     }
 
-    fn take_fault(&self, op: &'static str, when: Fault) -> bool {
+    fn take_fault(&self, op: &'static str, when: Fault, index: usize) -> bool {
         let mut st = self.lock();
-        // this call's index among the calls of `op` (it is the latest one recorded)
-        let index = st.calls.iter().filter(|c| **c == op).count().saturating_sub(1);
         if let Some(i) = st.faults.iter().position(|(o, f, n)| *o == op && *f == when && n.is_none_or(|n| n == index)) {
             st.faults.remove(i);
             true
@@ -121,8 +129,18 @@ impl Meter {
         }
     }
 
-    async fn enter(&self, service: &'static str, op: &'static str) -> Result<()> {
-        self.lock().calls.push(op);
+    /// Records a call of `op` and returns its index among the calls of `op` (counted when it
+    /// is made, so calls under way at once each know their own), for [`Meter::exit`].
+    async fn enter(&self, service: &'static str, op: &'static str) -> Result<usize> {
+        let (index, hook) = {
+            let mut st = self.lock();
+            st.calls.push(op);
+            let index = st.calls.iter().filter(|c| **c == op).count() - 1;
+            (index, st.hooks.iter().position(|(o, n, _)| *o == op && *n == index).map(|i| st.hooks.remove(i).2))
+        };
+        if let Some(f) = hook {
+            f();
+        }
         let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(n, Ordering::SeqCst);
         let latency = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
@@ -133,20 +151,20 @@ impl Meter {
             tokio::time::sleep(latency).await;
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.take_fault(op, Fault::CrashBefore) {
+        if self.take_fault(op, Fault::CrashBefore, index) {
             panic!("injected crash before {op}");
         }
-        if self.take_fault(op, Fault::Before) {
+        if self.take_fault(op, Fault::Before, index) {
             return Err(BackendError::new(service, op, "injected fault before the call"));
         }
-        Ok(())
+        Ok(index)
     }
 
-    fn exit(&self, service: &'static str, op: &'static str) -> Result<()> {
-        if self.take_fault(op, Fault::CrashAfter) {
+    fn exit(&self, service: &'static str, op: &'static str, index: usize) -> Result<()> {
+        if self.take_fault(op, Fault::CrashAfter, index) {
             panic!("injected crash after {op}");
         }
-        if self.take_fault(op, Fault::After) {
+        if self.take_fault(op, Fault::After, index) {
             return Err(BackendError::new(service, op, "injected fault after the call"));
         }
         Ok(())
@@ -253,7 +271,7 @@ const DDB: &str = "dynamodb";
 
 impl Checkouts for MemoryStore {
     async fn put_new(&self, record: &CheckoutRecord) -> Result<()> {
-        self.meter.enter(DDB, "ddb.put_session").await?;
+        let call = self.meter.enter(DDB, "ddb.put_session").await?;
         {
             let mut st = lock(&self.state);
             let id = record.session_id.as_str().to_string();
@@ -266,13 +284,13 @@ impl Checkouts for MemoryStore {
             }
             st.sessions.insert(id, record.clone());
         }
-        self.meter.exit(DDB, "ddb.put_session")
+        self.meter.exit(DDB, "ddb.put_session", call)
     }
 
     async fn get(&self, id: &SessionId) -> Result<Option<CheckoutRecord>> {
-        self.meter.enter(DDB, "ddb.get_session").await?;
+        let call = self.meter.enter(DDB, "ddb.get_session").await?;
         let r = lock(&self.state).sessions.get(id.as_str()).cloned();
-        self.meter.exit(DDB, "ddb.get_session")?;
+        self.meter.exit(DDB, "ddb.get_session", call)?;
         Ok(r)
     }
 
@@ -283,7 +301,7 @@ impl Checkouts for MemoryStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Claim> {
-        self.meter.enter(DDB, "ddb.claim").await?;
+        let call = self.meter.enter(DDB, "ddb.claim").await?;
         let outcome = {
             let mut st = lock(&self.state);
             match st.sessions.get_mut(id.as_str()) {
@@ -304,23 +322,23 @@ impl Checkouts for MemoryStore {
                 },
             }
         };
-        self.meter.exit(DDB, "ddb.claim")?;
+        self.meter.exit(DDB, "ddb.claim", call)?;
         Ok(outcome)
     }
 
     async fn release_claim(&self, id: &SessionId, token: &str) -> Result<()> {
-        self.meter.enter(DDB, "ddb.release_claim").await?;
+        let call = self.meter.enter(DDB, "ddb.release_claim").await?;
         if let Some(r) = lock(&self.state).sessions.get_mut(id.as_str()) {
             if r.status == CheckoutStatus::Issuing && r.lease.as_ref().is_some_and(|(t, _)| t == token) {
                 r.status = CheckoutStatus::Pending;
                 r.lease = None;
             }
         }
-        self.meter.exit(DDB, "ddb.release_claim")
+        self.meter.exit(DDB, "ddb.release_claim", call)
     }
 
     async fn fulfil(&self, id: &SessionId, token: &str, account: &AccountRecord, now: DateTime<Utc>) -> Result<Commit> {
-        self.meter.enter(DDB, "ddb.fulfil").await?;
+        let call = self.meter.enter(DDB, "ddb.fulfil").await?;
         let outcome = {
             let mut st = lock(&self.state);
             let holds_session = st.sessions.get(id.as_str()).is_some_and(|r| {
@@ -343,55 +361,55 @@ impl Checkouts for MemoryStore {
                 Commit::LeaseLost
             }
         };
-        self.meter.exit(DDB, "ddb.fulfil")?;
+        self.meter.exit(DDB, "ddb.fulfil", call)?;
         Ok(outcome)
     }
 }
 
 impl Accounts for MemoryStore {
     async fn get_account(&self, user: &UserId) -> Result<Option<AccountRecord>> {
-        self.meter.enter(DDB, "ddb.get_account").await?;
+        let call = self.meter.enter(DDB, "ddb.get_account").await?;
         let r = lock(&self.state).accounts.get(user.as_str()).and_then(|a| a.record.clone());
-        self.meter.exit(DDB, "ddb.get_account")?;
+        self.meter.exit(DDB, "ddb.get_account", call)?;
         Ok(r)
     }
 
     async fn legacy_account(&self, user: &User) -> Result<Option<AccountRecord>> {
-        self.meter.enter(DDB, "ddb.legacy_account").await?;
+        let call = self.meter.enter(DDB, "ddb.legacy_account").await?;
         let r = lock(&self.state)
             .legacy
             .get(user.name.as_str())
             .map(|a| AccountRecord { user_id: user.id.clone(), ..a.clone() });
-        self.meter.exit(DDB, "ddb.legacy_account")?;
+        self.meter.exit(DDB, "ddb.legacy_account", call)?;
         Ok(r)
     }
 
     async fn retire_legacy_account(&self, user: &User) -> Result<()> {
-        self.meter.enter(DDB, "ddb.retire_legacy_account").await?;
+        let call = self.meter.enter(DDB, "ddb.retire_legacy_account").await?;
         lock(&self.state).legacy.remove(user.name.as_str());
-        self.meter.exit(DDB, "ddb.retire_legacy_account")
+        self.meter.exit(DDB, "ddb.retire_legacy_account", call)
     }
 
     async fn find_account_by_customer(&self, customer: &CustomerId) -> Result<Option<AccountRecord>> {
-        self.meter.enter(DDB, "ddb.find_account").await?;
+        let call = self.meter.enter(DDB, "ddb.find_account").await?;
         let r = lock(&self.state)
             .accounts
             .values()
             .filter_map(|a| a.record.as_ref())
             .find(|a| a.customer_id.as_ref() == Some(customer))
             .cloned();
-        self.meter.exit(DDB, "ddb.find_account")?;
+        self.meter.exit(DDB, "ddb.find_account", call)?;
         Ok(r)
     }
 
     async fn find_legacy_name_by_customer(&self, customer: &CustomerId) -> Result<Option<UserName>> {
-        self.meter.enter(DDB, "ddb.find_legacy_account").await?;
+        let call = self.meter.enter(DDB, "ddb.find_legacy_account").await?;
         let r = lock(&self.state)
             .legacy
             .values()
             .find(|a| a.customer_id.as_ref() == Some(customer))
             .map(|a| a.user_name.clone());
-        self.meter.exit(DDB, "ddb.find_legacy_account")?;
+        self.meter.exit(DDB, "ddb.find_legacy_account", call)?;
         Ok(r)
     }
 
@@ -402,7 +420,7 @@ impl Accounts for MemoryStore {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<AccountLock> {
-        self.meter.enter(DDB, "ddb.lock_account").await?;
+        let call = self.meter.enter(DDB, "ddb.lock_account").await?;
         let outcome = {
             let mut st = lock(&self.state);
             let slot = st.accounts.entry(user.as_str().to_string()).or_default();
@@ -415,12 +433,12 @@ impl Accounts for MemoryStore {
                 }
             }
         };
-        self.meter.exit(DDB, "ddb.lock_account")?;
+        self.meter.exit(DDB, "ddb.lock_account", call)?;
         Ok(outcome)
     }
 
     async fn unlock_account(&self, user: &UserId, token: &str) -> Result<()> {
-        self.meter.enter(DDB, "ddb.unlock_account").await?;
+        let call = self.meter.enter(DDB, "ddb.unlock_account").await?;
         {
             let mut st = lock(&self.state);
             if let Some(slot) = st.accounts.get_mut(user.as_str()) {
@@ -429,11 +447,29 @@ impl Accounts for MemoryStore {
                 }
             }
         }
-        self.meter.exit(DDB, "ddb.unlock_account")
+        self.meter.exit(DDB, "ddb.unlock_account", call)
+    }
+
+    async fn save_account(&self, account: &AccountRecord, token: &str, until: DateTime<Utc>) -> Result<Commit> {
+        let call = self.meter.enter(DDB, "ddb.save_account").await?;
+        let outcome = {
+            let mut st = lock(&self.state);
+            if st.holds_lock(&account.user_id, token) {
+                st.write_account(account);
+                if let Some(slot) = st.accounts.get_mut(account.user_id.as_str()) {
+                    slot.lock = Some((token.to_string(), until));
+                }
+                Commit::Done
+            } else {
+                Commit::LeaseLost
+            }
+        };
+        self.meter.exit(DDB, "ddb.save_account", call)?;
+        Ok(outcome)
     }
 
     async fn put_account(&self, account: &AccountRecord, token: &str) -> Result<Commit> {
-        self.meter.enter(DDB, "ddb.put_account").await?;
+        let call = self.meter.enter(DDB, "ddb.put_account").await?;
         let outcome = {
             let mut st = lock(&self.state);
             if st.holds_lock(&account.user_id, token) {
@@ -443,39 +479,39 @@ impl Accounts for MemoryStore {
                 Commit::LeaseLost
             }
         };
-        self.meter.exit(DDB, "ddb.put_account")?;
+        self.meter.exit(DDB, "ddb.put_account", call)?;
         Ok(outcome)
     }
 }
 
 impl AccountListing for MemoryStore {
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
-        self.meter.enter(DDB, "ddb.list_accounts").await?;
+        let call = self.meter.enter(DDB, "ddb.list_accounts").await?;
         let r = self.accounts();
-        self.meter.exit(DDB, "ddb.list_accounts")?;
+        self.meter.exit(DDB, "ddb.list_accounts", call)?;
         Ok(r)
     }
 
     async fn list_legacy_names(&self) -> Result<Vec<UserName>> {
-        self.meter.enter(DDB, "ddb.list_legacy_names").await?;
+        let call = self.meter.enter(DDB, "ddb.list_legacy_names").await?;
         let r = lock(&self.state).legacy.values().map(|a| a.user_name.clone()).collect();
-        self.meter.exit(DDB, "ddb.list_legacy_names")?;
+        self.meter.exit(DDB, "ddb.list_legacy_names", call)?;
         Ok(r)
     }
 }
 
 impl ProcessedEvents for MemoryStore {
     async fn event_seen(&self, event_id: &str) -> Result<bool> {
-        self.meter.enter(DDB, "ddb.event_seen").await?;
+        let call = self.meter.enter(DDB, "ddb.event_seen").await?;
         let seen = lock(&self.state).events.contains_key(event_id);
-        self.meter.exit(DDB, "ddb.event_seen")?;
+        self.meter.exit(DDB, "ddb.event_seen", call)?;
         Ok(seen)
     }
 
     async fn mark_event(&self, event_id: &str, _event_type: &str, expires_at: DateTime<Utc>) -> Result<()> {
-        self.meter.enter(DDB, "ddb.mark_event").await?;
+        let call = self.meter.enter(DDB, "ddb.mark_event").await?;
         lock(&self.state).events.insert(event_id.to_string(), expires_at);
-        self.meter.exit(DDB, "ddb.mark_event")
+        self.meter.exit(DDB, "ddb.mark_event", call)
     }
 }
 
@@ -487,10 +523,10 @@ impl OpenCheckouts for MemoryStore {
         session: &SessionId,
         _expires_at: DateTime<Utc>,
     ) -> Result<Option<SessionId>> {
-        self.meter.enter(DDB, "ddb.replace_open_checkout").await?;
+        let call = self.meter.enter(DDB, "ddb.replace_open_checkout").await?;
         let previous =
             lock(&self.state).open_checkouts.insert(format!("{user}#{price_id}"), session.as_str().to_string());
-        self.meter.exit(DDB, "ddb.replace_open_checkout")?;
+        self.meter.exit(DDB, "ddb.replace_open_checkout", call)?;
         Ok(previous.map(|p| SessionId::parse(&p).expect("stored ids are valid")))
     }
 }
@@ -753,23 +789,23 @@ fn period_use(st: &KeysState, id: &str, plan: &str, start: NaiveDate, end: Naive
 
 impl KeyRegistry for MemoryKeys {
     async fn find_by_name(&self, name: &str) -> Result<Vec<IssuedKey>> {
-        self.meter.enter(APIGW, "apigw.find_key").await?;
+        let call = self.meter.enter(APIGW, "apigw.find_key").await?;
         self.admit("apigw.find_key")?;
         let r = lock(&self.state).keys.values().filter(|(k, _)| k.name == name).map(|(k, _)| k.clone()).collect();
-        self.meter.exit(APIGW, "apigw.find_key")?;
+        self.meter.exit(APIGW, "apigw.find_key", call)?;
         Ok(r)
     }
 
     async fn get(&self, id: &str) -> Result<Option<IssuedKey>> {
-        self.meter.enter(APIGW, "apigw.get_key").await?;
+        let call = self.meter.enter(APIGW, "apigw.get_key").await?;
         self.admit("apigw.get_key")?;
         let r = lock(&self.state).keys.get(id).map(|(k, _)| k.clone());
-        self.meter.exit(APIGW, "apigw.get_key")?;
+        self.meter.exit(APIGW, "apigw.get_key", call)?;
         Ok(r)
     }
 
     async fn create(&self, name: &str) -> Result<IssuedKey> {
-        self.meter.enter(APIGW, "apigw.create_key").await?;
+        let call = self.meter.enter(APIGW, "apigw.create_key").await?;
         self.admit("apigw.create_key")?;
         let key = {
             let mut st = lock(&self.state);
@@ -780,12 +816,12 @@ impl KeyRegistry for MemoryKeys {
             st.keys.insert(id, (key.clone(), value));
             key
         };
-        self.meter.exit(APIGW, "apigw.create_key")?;
+        self.meter.exit(APIGW, "apigw.create_key", call)?;
         Ok(key)
     }
 
     async fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
-        self.meter.enter(APIGW, "apigw.set_enabled").await?;
+        let call = self.meter.enter(APIGW, "apigw.set_enabled").await?;
         self.admit("apigw.set_enabled")?;
         match lock(&self.state).keys.get_mut(id) {
             Some((k, _)) => k.enabled = enabled,
@@ -797,11 +833,11 @@ impl KeyRegistry for MemoryKeys {
                 ))
             }
         }
-        self.meter.exit(APIGW, "apigw.set_enabled")
+        self.meter.exit(APIGW, "apigw.set_enabled", call)
     }
 
     async fn attach_to_plan(&self, id: &str, plan: &str) -> Result<()> {
-        self.meter.enter(APIGW, "apigw.attach").await?;
+        let call = self.meter.enter(APIGW, "apigw.attach").await?;
         self.admit("apigw.attach")?;
         {
             let mut st = lock(&self.state);
@@ -828,11 +864,11 @@ impl KeyRegistry for MemoryKeys {
                 }
             }
         }
-        self.meter.exit(APIGW, "apigw.attach")
+        self.meter.exit(APIGW, "apigw.attach", call)
     }
 
     async fn detach_from_plan(&self, id: &str, plan: &str) -> Result<()> {
-        self.meter.enter(APIGW, "apigw.detach").await?;
+        let call = self.meter.enter(APIGW, "apigw.detach").await?;
         self.admit("apigw.detach")?;
         {
             let mut st = lock(&self.state);
@@ -840,27 +876,27 @@ impl KeyRegistry for MemoryKeys {
                 st.plans.remove(id);
             }
         }
-        self.meter.exit(APIGW, "apigw.detach")
+        self.meter.exit(APIGW, "apigw.detach", call)
     }
 
     async fn plans_of(&self, id: &str) -> Result<Vec<String>> {
-        self.meter.enter(APIGW, "apigw.plans_of").await?;
+        let call = self.meter.enter(APIGW, "apigw.plans_of").await?;
         self.admit("apigw.plans_of")?;
         let r = lock(&self.state).plans.get(id).cloned().into_iter().collect();
-        self.meter.exit(APIGW, "apigw.plans_of")?;
+        self.meter.exit(APIGW, "apigw.plans_of", call)?;
         Ok(r)
     }
 
     async fn plan_key_ids(&self, plan: &str) -> Result<Vec<String>> {
-        self.meter.enter(APIGW, "apigw.plan_keys").await?;
+        let call = self.meter.enter(APIGW, "apigw.plan_keys").await?;
         self.admit("apigw.plan_keys")?;
         let r = lock(&self.state).plans.iter().filter(|(_, p)| *p == plan).map(|(k, _)| k.clone()).collect();
-        self.meter.exit(APIGW, "apigw.plan_keys")?;
+        self.meter.exit(APIGW, "apigw.plan_keys", call)?;
         Ok(r)
     }
 
     async fn usage(&self, id: &str, plan: &str, start: NaiveDate, end: NaiveDate) -> Result<KeyUsage> {
-        self.meter.enter(APIGW, "apigw.usage").await?;
+        let call = self.meter.enter(APIGW, "apigw.usage").await?;
         self.admit("apigw.usage")?;
         let r = {
             let st = lock(&self.state);
@@ -884,12 +920,12 @@ impl KeyRegistry for MemoryKeys {
             });
             KeyUsage { used, remaining }
         };
-        self.meter.exit(APIGW, "apigw.usage")?;
+        self.meter.exit(APIGW, "apigw.usage", call)?;
         Ok(r)
     }
 
     async fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> Result<()> {
-        self.meter.enter(APIGW, "apigw.set_remaining").await?;
+        let call = self.meter.enter(APIGW, "apigw.set_remaining").await?;
         self.admit("apigw.set_remaining")?;
         let today = self.today();
         {
@@ -917,22 +953,22 @@ impl KeyRegistry for MemoryKeys {
             let target_use = i64::from(q.limit) - remaining.min(u64::from(q.limit)) as i64;
             st.adjust.insert((id.to_string(), plan.to_string(), ps), target_use - used);
         }
-        self.meter.exit(APIGW, "apigw.set_remaining")
+        self.meter.exit(APIGW, "apigw.set_remaining", call)
     }
 
     async fn count_keys(&self) -> Result<usize> {
-        self.meter.enter(APIGW, "apigw.count_keys").await?;
+        let call = self.meter.enter(APIGW, "apigw.count_keys").await?;
         self.admit("apigw.count_keys")?;
         let n = lock(&self.state).keys.len();
-        self.meter.exit(APIGW, "apigw.count_keys")?;
+        self.meter.exit(APIGW, "apigw.count_keys", call)?;
         Ok(n)
     }
 
     async fn key_value(&self, id: &str) -> Result<Option<String>> {
-        self.meter.enter(APIGW, "apigw.key_value").await?;
+        let call = self.meter.enter(APIGW, "apigw.key_value").await?;
         self.admit("apigw.key_value")?;
         let r = lock(&self.state).keys.get(id).map(|(_, v)| v.clone());
-        self.meter.exit(APIGW, "apigw.key_value")?;
+        self.meter.exit(APIGW, "apigw.key_value", call)?;
         Ok(r)
     }
 }
@@ -985,24 +1021,24 @@ const COGNITO: &str = "cognito-idp";
 
 impl UserDirectory for MemoryUsers {
     async fn get_user(&self, user: &UserName) -> Result<Option<UserProfile>> {
-        self.meter.enter(COGNITO, "cognito.get_user").await?;
+        let call = self.meter.enter(COGNITO, "cognito.get_user").await?;
         let r = lock(&self.users).get(user.as_str()).cloned();
-        self.meter.exit(COGNITO, "cognito.get_user")?;
+        self.meter.exit(COGNITO, "cognito.get_user", call)?;
         Ok(r)
     }
 
     async fn find_by_customer(&self, customer: &CustomerId) -> Result<Option<UserName>> {
-        self.meter.enter(COGNITO, "cognito.find_by_customer").await?;
+        let call = self.meter.enter(COGNITO, "cognito.find_by_customer").await?;
         let found = lock(&self.users)
             .iter()
             .find(|(_, p)| p.customer_id.as_ref() == Some(customer))
             .map(|(name, _)| UserName::parse(name).expect("stored names are valid"));
-        self.meter.exit(COGNITO, "cognito.find_by_customer")?;
+        self.meter.exit(COGNITO, "cognito.find_by_customer", call)?;
         Ok(found)
     }
 
     async fn set_plan(&self, user: &UserName, plan: Plan, customer: Option<&CustomerId>) -> Result<()> {
-        self.meter.enter(COGNITO, "cognito.set_plan").await?;
+        let call = self.meter.enter(COGNITO, "cognito.set_plan").await?;
         match lock(&self.users).get_mut(user.as_str()) {
             Some(p) => {
                 p.plan = Some(plan);
@@ -1018,7 +1054,7 @@ impl UserDirectory for MemoryUsers {
                 ))
             }
         }
-        self.meter.exit(COGNITO, "cognito.set_plan")
+        self.meter.exit(COGNITO, "cognito.set_plan", call)
     }
 }
 
@@ -1238,31 +1274,31 @@ impl MemoryPayments {
 
 impl Payments for MemoryPayments {
     async fn list_subscriptions(&self, customer: &CustomerId) -> Result<Vec<SubscriptionState>> {
-        self.meter.enter(STRIPE, "stripe.list_subscriptions").await?;
+        let call = self.meter.enter(STRIPE, "stripe.list_subscriptions").await?;
         // ids grow with time (sub_mem000001, …): newest first.
         let mut r: Vec<SubscriptionState> =
             lock(&self.state).subscriptions.values().filter(|s| &s.customer == customer).cloned().collect();
         r.reverse();
-        self.meter.exit(STRIPE, "stripe.list_subscriptions")?;
+        self.meter.exit(STRIPE, "stripe.list_subscriptions", call)?;
         Ok(r)
     }
 
     async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<SubscriptionState>> {
-        self.meter.enter(STRIPE, "stripe.get_subscription").await?;
+        let call = self.meter.enter(STRIPE, "stripe.get_subscription").await?;
         let r = lock(&self.state).subscriptions.get(id.as_str()).cloned();
-        self.meter.exit(STRIPE, "stripe.get_subscription")?;
+        self.meter.exit(STRIPE, "stripe.get_subscription", call)?;
         Ok(r)
     }
 
     async fn find_price(&self, lookup_key: &LookupKey) -> Result<Option<PriceInfo>> {
-        self.meter.enter(STRIPE, "stripe.find_price").await?;
+        let call = self.meter.enter(STRIPE, "stripe.find_price").await?;
         let r = lock(&self.state).prices.get(lookup_key.as_str()).cloned();
-        self.meter.exit(STRIPE, "stripe.find_price")?;
+        self.meter.exit(STRIPE, "stripe.find_price", call)?;
         Ok(r)
     }
 
     async fn create_checkout(&self, req: NewCheckout<'_>) -> Result<CreatedCheckout> {
-        self.meter.enter(STRIPE, "stripe.create_checkout").await?;
+        let call = self.meter.enter(STRIPE, "stripe.create_checkout").await?;
         let created = {
             let mut st = lock(&self.state);
             let replay_key = format!("checkout:{}", req.idempotency_key);
@@ -1311,19 +1347,19 @@ impl Payments for MemoryPayments {
                 CreatedCheckout { id, url }
             }
         };
-        self.meter.exit(STRIPE, "stripe.create_checkout")?;
+        self.meter.exit(STRIPE, "stripe.create_checkout", call)?;
         Ok(created)
     }
 
     async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
-        self.meter.enter(STRIPE, "stripe.get_checkout").await?;
+        let call = self.meter.enter(STRIPE, "stripe.get_checkout").await?;
         let r = lock(&self.state).checkouts.get(id.as_str()).map(|c| c.state.clone());
-        self.meter.exit(STRIPE, "stripe.get_checkout")?;
+        self.meter.exit(STRIPE, "stripe.get_checkout", call)?;
         Ok(r)
     }
 
     async fn create_portal(&self, customer: &CustomerId, return_url: &str, _idempotency_key: &str) -> Result<String> {
-        self.meter.enter(STRIPE, "stripe.create_portal").await?;
+        let call = self.meter.enter(STRIPE, "stripe.create_portal").await?;
         if !lock(&self.state).customers.contains(customer) {
             return Err(BackendError::new(
                 STRIPE,
@@ -1332,12 +1368,12 @@ impl Payments for MemoryPayments {
             ));
         }
         let url = format!("https://billing.memory.invalid/p/session/{customer}?return_url={return_url}");
-        self.meter.exit(STRIPE, "stripe.create_portal")?;
+        self.meter.exit(STRIPE, "stripe.create_portal", call)?;
         Ok(url)
     }
 
     async fn expire_checkout(&self, id: &SessionId) -> Result<bool> {
-        self.meter.enter(STRIPE, "stripe.expire_checkout").await?;
+        let call = self.meter.enter(STRIPE, "stripe.expire_checkout").await?;
         let expired = {
             let mut st = lock(&self.state);
             let Some(c) = st.checkouts.get_mut(id.as_str()) else {
@@ -1354,12 +1390,12 @@ impl Payments for MemoryPayments {
                 true
             }
         };
-        self.meter.exit(STRIPE, "stripe.expire_checkout")?;
+        self.meter.exit(STRIPE, "stripe.expire_checkout", call)?;
         Ok(expired)
     }
 
     async fn cancel_duplicate(&self, id: &SubscriptionId) -> Result<DuplicateCancelled> {
-        self.meter.enter(STRIPE, "stripe.cancel_duplicate").await?;
+        let call = self.meter.enter(STRIPE, "stripe.cancel_duplicate").await?;
         let refunded = {
             let mut st = lock(&self.state);
             let Some(sub) = st.subscriptions.get_mut(id.as_str()) else {
@@ -1376,7 +1412,7 @@ impl Payments for MemoryPayments {
             charge.refunded = charge.amount;
             left
         };
-        self.meter.exit(STRIPE, "stripe.cancel_duplicate")?;
+        self.meter.exit(STRIPE, "stripe.cancel_duplicate", call)?;
         Ok(DuplicateCancelled { refunded })
     }
 }

@@ -170,6 +170,20 @@ impl StripePayments {
     }
 }
 
+/// The lookup key a price was sold under: its own, or — for a price of a product `paykey-setup`
+/// made (id `paykey_<lookup key>`) whose lookup key moved to a newer price of that product
+/// (`transfer_lookup_key`, a price change) — the product's. So a subscription to the old price
+/// (or a session opened at it and paid after the change) is still the tier's.
+fn sold_under(price: &wire::Price) -> Option<String> {
+    price.lookup_key.clone().or_else(|| {
+        let product = price.product.as_ref()?.id();
+        product.strip_prefix(PAYKEY_PRODUCT_PREFIX).filter(|k| !k.is_empty()).map(str::to_string)
+    })
+}
+
+/// The id prefix of the products `paykey-setup` creates (`paykey_<lookup key>`).
+pub const PAYKEY_PRODUCT_PREFIX: &str = "paykey_";
+
 /// Status, code and message of a Stripe error; never the request.
 fn describe(e: &CallError) -> String {
     e.to_string()
@@ -190,7 +204,7 @@ fn subscription_state(sub: &wire::Subscription, op: &'static str) -> Result<Subs
         period_end,
         user_name: sub.metadata.get("user_name").cloned(),
         user_id: sub.metadata.get("user_id").cloned(),
-        item_lookup_keys: sub.items.data.iter().map(|i| i.price.lookup_key.clone()).collect(),
+        item_lookup_keys: sub.items.data.iter().map(|i| sold_under(&i.price)).collect(),
         trial_end: sub.trial_end.and_then(|t| chrono::DateTime::from_timestamp(t, 0)),
     })
 }
@@ -256,6 +270,8 @@ mod wire {
     pub struct Price {
         pub id: String,
         pub lookup_key: Option<String>,
+        #[serde(default)]
+        pub product: Option<Expandable<Object>>,
         pub unit_amount: Option<i64>,
         pub currency: String,
     }

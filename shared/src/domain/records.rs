@@ -142,6 +142,11 @@ pub struct AccountRecord {
     /// grace, what the old key used meanwhile is taken from the new key.
     #[serde(default)]
     pub previous_key_remaining: Option<u64>,
+    /// The first day of the quota period the grace's quota split was made for: when a grace
+    /// runs into the next period, API Gateway gives both keys the whole quota again, and the
+    /// sweep splits it anew.
+    #[serde(default)]
+    pub previous_key_period_start: Option<chrono::NaiveDate>,
     /// The rotations of the last 24 hours (for the per-day limit).
     #[serde(default)]
     pub recent_rotations: Vec<DateTime<Utc>>,
@@ -174,6 +179,7 @@ impl AccountRecord {
             previous_key_id: None,
             previous_key_until: None,
             previous_key_remaining: None,
+            previous_key_period_start: None,
             recent_rotations: Vec::new(),
             rotation_answers: Vec::new(),
             pending_key_work: None,

@@ -207,10 +207,16 @@ pub(crate) async fn finish_locking<S: Accounts, K: KeyRegistry>(
     // Key changes a crashed or failed holder wrote down and may not have made: made now (nothing
     // changes if they were), and cleared by this holder's write.
     let mut account = account;
+    let mut named = named;
     if let Some(work) = account.as_mut().and_then(|a| a.pending_key_work.take()) {
         if let Err(e) = apply_key_work(keys, ctx, &work).await {
             release(store, user, token).await;
             return Err(e);
+        }
+        // The keys by name were read before: the ones just retired are disabled now (never
+        // taken for a crashed attempt's new key, or for the user's enabled one).
+        for k in named.iter_mut().filter(|k| work.retire.contains(&k.id)) {
+            k.enabled = false;
         }
     }
     Ok(Locked { account, named, from_legacy: false })
@@ -239,6 +245,11 @@ pub(crate) async fn apply_key_work<K: KeyRegistry>(keys: &K, ctx: Ctx<'_>, work:
         if let Some((first_day, last_day)) = period.filter(|(first_day, _)| *first_day == start) {
             for t in &work.targets {
                 let target = async {
+                    // A key no longer in the plan (moved by a tier change since): its quota there
+                    // no longer serves anything, and UpdateUsage would refuse it.
+                    if !keys.plans_of(&t.key_id).await?.iter().any(|p| p == plan) {
+                        return Ok(());
+                    }
                     let mut since = 0u64;
                     for (id, then) in &t.counted {
                         let now = keys.usage(id, plan, first_day, last_day).await?.used;

@@ -39,7 +39,7 @@ where
     let free_plan_id = free.usage_plan_id.clone().expect("filtered");
     // Round trip 1: the record and the caller's profile, side by side.
     let (account, profile) = tokio::try_join!(store.get_account(&user.id), users.get_user(&user.name))?;
-    let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
+    profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
     if let Some(done) = working_key(keys, settings, account.as_ref()).await? {
         return Ok(done);
     }
@@ -49,7 +49,13 @@ where
     let key_name = settings.key_name(user);
     let mut locked = account_keys::lock_with_key_lookup(store, keys, ctx, user, &token, &key_name).await?;
     let result = async {
-        locked.adopt_legacy(store, user).await?;
+        // Under the lock, the name's holder again (a deletion may have freed it since the first
+        // read; the directory write below goes by name), beside the legacy lookup.
+        let (profile, ()) = tokio::try_join!(
+            async { users.get_user(&user.name).await.map_err(Error::from) },
+            locked.adopt_legacy(store, user)
+        )?;
+        let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
         // Under the lock: another request (or a checkout) may have given the key meanwhile.
         if let Some(done) = working_key(keys, settings, locked.account.as_ref()).await? {
             account_keys::release(store, user, &token).await;

@@ -244,11 +244,20 @@ where
     let result = async {
         // Read the subscription again now that we hold the lock: a state read before it may
         // already be older than what another event applied meanwhile.
-        let (state, ()) = tokio::try_join!(
+        // And whether the user still holds their name, now: it was checked before the lock,
+        // and a deletion (the name then free for someone else) may have come in between; the
+        // directory write below goes by name. Side by side with the other reads.
+        let (state, profile, ()) = tokio::try_join!(
             async { payments.get_subscription(subscription).await.map_err(Error::from) },
+            async { users.get_user(&user.name).await.map_err(Error::from) },
             locked.adopt_legacy(store, &user),
         )?;
         let from_legacy = locked.from_legacy;
+        if !profile.is_some_and(|p| p.is(&user)) {
+            tracing::warn!(user = %user, "the subscription's user no longer holds the name; nothing written");
+            account_keys::release(store, &user, &token).await;
+            return Ok(SyncOutcome::UnknownCustomer);
+        }
         let Some(state) = state else {
             account_keys::release(store, &user, &token).await;
             return Ok(SyncOutcome::UnknownSubscription);
@@ -418,7 +427,7 @@ where
             };
             let plan = Plan::of(&tier.name);
             let usage_plan = tier.usage_plan_id.as_deref().ok_or(Error::TierWithoutUsagePlan(plan.to_string()))?;
-            let spare = account_keys::spared(&next, now).map(str::to_string);
+            let spare = grace_through(&mut next, &plan, now);
             let (key, fresh) =
                 account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref(), spare.as_deref()).await?;
             tokio::try_join!(account_keys::place_in_plan(keys, &key.id, usage_plan, fresh), async {
@@ -437,7 +446,7 @@ where
             match catalog.free().and_then(|t| t.usage_plan_id.as_deref()) {
                 // One key for life: it stays, on the free tier's usage plan.
                 Some(free_plan) if has_key => {
-                    let spare = account_keys::spared(&next, now).map(str::to_string);
+                    let spare = grace_through(&mut next, &free, now);
                     let (key, fresh) =
                         account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref(), spare.as_deref())
                             .await?;
@@ -458,6 +467,21 @@ where
         None => outcome,
     };
     Ok((next, outcome))
+}
+
+/// The rotated-out key that keeps working through a tier change: the one in its grace while
+/// the user stays on their tier. A tier change ends the grace (the key is disabled and leaves
+/// the old tier's plan with the other extra keys): a cancelled user must not keep half of the
+/// paid tier's quota on the old key until the grace ends.
+fn grace_through(next: &mut AccountRecord, plan: &Plan, now: DateTime<Utc>) -> Option<String> {
+    if &next.plan == plan {
+        return account_keys::spared(next, now).map(str::to_string);
+    }
+    next.previous_key_id = None;
+    next.previous_key_until = None;
+    next.previous_key_remaining = None;
+    next.previous_key_period_start = None;
+    None
 }
 
 #[cfg(test)]

@@ -96,11 +96,19 @@ where
         if next.recent_rotations.len() as u32 >= settings.rotations_per_day {
             return Err(Error::RotationLimited(settings.rotations_per_day));
         }
+        // The recorded key must be in its tier's plan: a crashed plan change may have moved it
+        // before the record said so (the webhook's retry finishes that); rotating it now would
+        // split a quota it does not draw on. Nothing written: try again.
+        if !keys.plans_of(&old).await?.contains(&plan) {
+            tracing::warn!(user = %user, api_key_id = %old, "the key is not in its tier's plan yet (a plan change in progress)");
+            return Err(Error::FulfilmentInProgress);
+        }
         // A previous key still in its grace: its grace ends now (one old key at a time), and
         // what it had left of the period joins the pool split below.
         let previous = next.previous_key_id.take().filter(|p| p != &old);
         let legacy_at_rotation = next.previous_key_remaining.take();
         next.previous_key_until = None;
+        next.previous_key_period_start = None;
         // The new key: one a crashed attempt created (enabled, neither the current nor the
         // previous key; its value was never handed out, so it has served nothing), else a new one.
         let crashed =
@@ -138,7 +146,10 @@ where
                         // A grace begun by an earlier version gave both keys the whole remaining:
                         // what the previous key used in it comes off.
                         Some(at) => pool.saturating_sub(at.saturating_sub(left)),
-                        None => (pool + left).min(u64::from(q.limit)),
+                        // Never more than the period's quota less what the two used of it (a
+                        // grace that ran into a new period before the sweep split it anew has
+                        // the whole new quota on each key).
+                        None => (pool + left).min(u64::from(q.limit).saturating_sub(old_use.used + p.used)),
                     };
                     counted_old.push((prev.clone(), p.used));
                 }
@@ -152,11 +163,15 @@ where
                 work.targets.push(QuotaTarget { key_id: old.clone(), remaining: keep, counted: counted_old });
             }
             let share = QuotaTarget { key_id: new.id.clone(), remaining: pool - keep, counted: counted_new };
-            // The new key's share before the record names it: until then it is nobody's key and
-            // must not hold the plan's full quota (a fresh key in a plan does).
-            keys.set_remaining(&new.id, &plan, share.remaining).await?;
+            // Nothing on the new key until the work below gives it its share: the record names it
+            // (and `/account` shows it) before that, and a fresh key in a plan holds the plan's
+            // whole quota. A failure before the share is set leaves the user short, never over.
+            keys.set_remaining(&new.id, &plan, 0).await?;
             work.targets.insert(0, share);
             work.period_start = Some(start);
+            if !grace.is_zero() {
+                next.previous_key_period_start = Some(start);
+            }
         }
         let until = now + chrono_duration(grace);
         next.previous_key_id = (!grace.is_zero()).then(|| old.clone());
@@ -176,13 +191,24 @@ where
         // the lock (a retry, any other flow, the sweep), with the same result.
         next.pending_key_work = Some(work.clone());
         next.updated_at = now;
-        match store.put_account(&next, &token).await? {
+        // Written down with the lock kept, then made under it (no newer work can land in
+        // between), then cleared as the lock is given back. A failure in between leaves the
+        // work to the next holder of the lock (a retry, any flow, the sweep), which makes it.
+        match store.save_account(&next, &token, account_keys::lease_until(ctx, now)).await? {
             Commit::Done => {}
             Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
         }
         if let Err(e) = account_keys::apply_key_work(keys, ctx, &work).await {
-            // Recorded: the next holder of the lock finishes it. The rotation itself is done.
             tracing::warn!(user = %user, error = %e, "rotation recorded; its key changes are finished by the next holder of the lock");
+            return Err(e);
+        }
+        next.pending_key_work = None;
+        match store.put_account(&next, &token).await {
+            Ok(Commit::Done) => {}
+            // Done and recorded; only the note of the work stays (making it again changes nothing).
+            Ok(Commit::LeaseLost) | Err(_) => {
+                tracing::warn!(user = %user, "rotation done; its key work stays noted until the next holder clears it")
+            }
         }
         let value = keys.key_value(&new.id).await?.ok_or(Error::FulfilmentInProgress)?;
         tracing::info!(user = %user, old = %old, new = %new.id, grace_s = grace.as_secs(), "API key rotated");
@@ -217,7 +243,7 @@ where
     let mut disabled = Vec::new();
     for account in store.list_accounts().await? {
         let expired = account.previous_key_id.is_some() && account.previous_key_until.is_none_or(|u| u <= now);
-        if !expired && account.pending_key_work.is_none() {
+        if !expired && account.pending_key_work.is_none() && !grace_in_new_period(ctx, &account, now) {
             continue;
         }
         let user = account.user();
@@ -240,15 +266,24 @@ where
                 next.previous_key_id = None;
                 next.previous_key_until = None;
                 next.previous_key_remaining = None;
+                next.previous_key_period_start = None;
+            } else if grace_in_new_period(ctx, &next, now) {
+                work = split_anew(keys, ctx, &mut next, now).await?;
             }
-            next.pending_key_work = work.clone();
             next.updated_at = now;
+            if let Some(work) = &work {
+                // noted with the lock kept, made under it, cleared as the lock is given back
+                next.pending_key_work = Some(work.clone());
+                match store.save_account(&next, &token, account_keys::lease_until(ctx, now)).await? {
+                    Commit::Done => {}
+                    Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
+                }
+                account_keys::apply_key_work(keys, ctx, work).await?;
+                next.pending_key_work = None;
+            }
             match store.put_account(&next, &token).await? {
                 Commit::Done => {}
                 Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
-            }
-            if let Some(work) = &work {
-                account_keys::apply_key_work(keys, ctx, work).await?;
             }
             Ok(ended)
         }
@@ -266,6 +301,55 @@ where
         }
     }
     Ok(disabled)
+}
+
+/// Whether a grace still running began its quota split in an earlier quota period (API Gateway
+/// then gives both keys the whole quota of the new period).
+fn grace_in_new_period(
+    ctx: Ctx<'_>,
+    account: &crate::domain::AccountRecord,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let (Some(_), Some(split)) = (&account.previous_key_id, account.previous_key_period_start) else {
+        return false;
+    };
+    let quota = ctx.settings.tier_of(&account.plan).and_then(|t| t.quota);
+    quota.is_some_and(|q| q.period.containing(now.date_naive()).0 != split)
+}
+
+/// A grace that ran into a new quota period: the new period's quota split between the two keys
+/// as a rotation splits it (half each, less what each used of it so far). Until this runs (the
+/// sweep: every minute on AWS) both keys hold the new period's whole quota.
+async fn split_anew<K: KeyRegistry>(
+    keys: &K,
+    ctx: Ctx<'_>,
+    account: &mut crate::domain::AccountRecord,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<KeyWork>, Error> {
+    let tier = ctx.settings.tier_of(&account.plan);
+    let metered = tier.and_then(|t| Some((t.usage_plan_id.clone()?, t.quota?)));
+    let (Some(prev), Some(current), Some((plan, q))) =
+        (account.previous_key_id.clone(), account.api_key_id.clone(), metered)
+    else {
+        return Ok(None);
+    };
+    let (start, end) = q.period.containing(now.date_naive());
+    account.previous_key_period_start = Some(start);
+    if prev == current || !keys.plans_of(&prev).await?.contains(&plan) {
+        return Ok(None);
+    }
+    let (p, c) = tokio::try_join!(keys.usage(&prev, &plan, start, end), keys.usage(&current, &plan, start, end))?;
+    let pool = u64::from(q.limit).saturating_sub(p.used + c.used);
+    let keep = pool - pool / 2;
+    Ok(Some(KeyWork {
+        plan: Some(plan),
+        period_start: Some(start),
+        targets: vec![
+            QuotaTarget { key_id: current.clone(), remaining: pool - keep, counted: vec![(current, c.used)] },
+            QuotaTarget { key_id: prev.clone(), remaining: keep, counted: vec![(prev, p.used)] },
+        ],
+        retire: Vec::new(),
+    }))
 }
 
 /// The end of `prev`'s grace, as key work: `prev` retired, and what it has not used of the
@@ -294,7 +378,8 @@ async fn end_grace<K: KeyRegistry>(
         // A grace begun by an earlier version gave both keys the whole remaining: what the
         // previous key used in it comes off the current key.
         Some(at) => mine.saturating_sub(at.saturating_sub(left)),
-        None => (mine + left).min(u64::from(q.limit)),
+        // never more than the period's quota less what the two used of it (see `rotate_key`)
+        None => (mine + left).min(u64::from(q.limit).saturating_sub(c.used + p.used)),
     };
     work.targets.push(QuotaTarget {
         key_id: current.clone(),

@@ -154,6 +154,7 @@ fn account_item(a: &AccountRecord) -> Item {
         ("PreviousKeyId", a.previous_key_id.clone()),
         ("PreviousKeyUntil", a.previous_key_until.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))),
         ("PreviousKeyRemaining", a.previous_key_remaining.map(|n| n.to_string())),
+        ("PreviousKeyPeriodStart", a.previous_key_period_start.map(|d| d.format("%Y-%m-%d").to_string())),
         (
             "RecentRotations",
             (!a.recent_rotations.is_empty()).then(|| {
@@ -231,6 +232,12 @@ fn account_from_item(item: &Item, user_id: UserId, user_name: UserName, op: &'st
         previous_key_until: opt_time(item, "PreviousKeyUntil", op)?,
         previous_key_remaining: get_s(item, "PreviousKeyRemaining")
             .map(|n| n.parse::<u64>().map_err(|e| bad(op, format!("PreviousKeyRemaining: {e}"))))
+            .transpose()?,
+        previous_key_period_start: get_s(item, "PreviousKeyPeriodStart")
+            .map(|d| {
+                chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                    .map_err(|e| bad(op, format!("PreviousKeyPeriodStart: {e}")))
+            })
             .transpose()?,
         recent_rotations: match get_s(item, "RecentRotations") {
             None => Vec::new(),
@@ -578,6 +585,30 @@ impl Accounts for DynamoStore {
         match res {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn save_account(&self, account: &AccountRecord, token: &str, until: DateTime<Utc>) -> Result<Commit> {
+        const OP: &str = "PutItem(account, lock kept)";
+        let mut item = account_item(account);
+        item.insert("LockToken".to_string(), s(token));
+        item.insert("LockUntil".to_string(), AttributeValue::N(until.timestamp_millis().to_string()));
+        let res = self
+            .client
+            .get()
+            .put_item()
+            .table_name(&self.tables.api_keys)
+            .set_item(Some(item))
+            .condition_expression("LockToken = :tok")
+            .expression_attribute_values(":tok", s(token))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Commit::Done),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                Ok(Commit::LeaseLost)
+            }
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }

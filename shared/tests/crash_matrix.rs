@@ -1,0 +1,332 @@
+//! Crash matrices generated from the calls each flow really makes (issue 23): a clean run of the
+//! flow records its backend calls (every call site, every occurrence, the branch and error-path
+//! calls of the scenario included); then, in a new world each time, the call at each recorded
+//! position fails or crashes — before or after it takes effect — and the flow's retry (a
+//! refreshed redirect, Stripe's redelivery, the next sweep or resync) must end in the state the
+//! clean run ends in. The number of cases is asserted: recorded calls × 4 faults. A panic that
+//! is not an injected crash fails the case. The rotation's matrix is in `rotate.rs`.
+
+mod support;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use paykey::adapters::memory::Fault;
+use paykey::domain::{CustomerId, Plan, SessionId, SubscriptionId, User};
+use paykey::flows;
+use paykey::ports::{EventSubject, StripeEvent, SubscriptionStatus, UserDirectory};
+use support::{World, BUSINESS_PLAN, FREE_PLAN, PRO_PLAN};
+
+const FAULTS: [Fault; 4] = [Fault::Before, Fault::After, Fault::CrashBefore, Fault::CrashAfter];
+
+/// Runs the matrix: `setup` builds a world up to the flow (and what the flow needs), `flow`
+/// runs it once (its result is ignored: faults make it fail), `settle` retries as the system
+/// would and asserts the end state (with the case's name for messages). Returns the cases run.
+async fn matrix<T, Setup, SetupFut, Flow, FlowFut, Settle, SettleFut>(
+    name: &str,
+    setup: Setup,
+    flow: Flow,
+    settle: Settle,
+) -> usize
+where
+    T: Clone + Send + 'static,
+    Setup: Fn() -> SetupFut,
+    SetupFut: Future<Output = (Arc<World>, T)>,
+    Flow: Fn(Arc<World>, T) -> FlowFut,
+    FlowFut: Future<Output = ()> + Send + 'static,
+    Settle: Fn(Arc<World>, T, String) -> SettleFut,
+    SettleFut: Future<Output = ()>,
+{
+    let (w, t) = setup().await;
+    w.meter.reset_calls();
+    flow(Arc::clone(&w), t.clone()).await;
+    let recorded = w.meter.calls();
+    settle(w, t, format!("{name}: clean run")).await;
+    assert!(!recorded.is_empty(), "{name}: the flow made calls");
+    let mut cases = 0;
+    for (i, op) in recorded.iter().enumerate() {
+        let n = recorded[..i].iter().filter(|c| *c == op).count();
+        for fault in FAULTS {
+            let case = format!("{name}: call {i} ({op} #{n}) {fault:?}");
+            let (w, t) = setup().await;
+            w.meter.reset_calls();
+            w.meter.inject_at(op, n, fault);
+            if let Err(e) = tokio::spawn(flow(Arc::clone(&w), t.clone())).await {
+                let p = e.into_panic();
+                let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
+                assert!(msg.starts_with("injected crash"), "{case}: an unexpected panic: {msg}");
+            }
+            assert!(!w.meter.faults_pending(), "{case}: the fault struck");
+            w.meter.clear_faults();
+            w.clock.advance(chrono::Duration::seconds(61)); // a crashed holder's leases expire
+            settle(w, t, case).await;
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, recorded.len() * FAULTS.len(), "{name}: every recorded call × every fault");
+    println!("# {name}: {} recorded calls × {} faults = {cases} cases converged", recorded.len(), FAULTS.len());
+    cases
+}
+
+async fn handle(w: &World, e: &StripeEvent) -> Result<flows::EventOutcome, paykey::Error> {
+    flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), e).await
+}
+
+fn sub_event(id: &str, kind: &str, sub: &SubscriptionId) -> StripeEvent {
+    StripeEvent {
+        id: id.into(),
+        kind: kind.into(),
+        subject: EventSubject::Subscription { id: sub.clone(), customer: None },
+    }
+}
+
+/// One enabled key for the user, the recorded one, in `plan` and no other; directory and record
+/// on `tier`.
+async fn assert_one_key_in(w: &World, u: &User, plan: &str, tier: &str, case: &str) {
+    let name = w.app.settings.key_name(u);
+    let enabled: Vec<_> = w.app.keys.all().into_iter().filter(|k| k.name == name && k.enabled).collect();
+    let account =
+        w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap_or_else(|| panic!("{case}: no record"));
+    assert_eq!(enabled.len(), 1, "{case}: one enabled key: {enabled:?}");
+    assert_eq!(account.api_key_id.as_deref(), Some(enabled[0].id.as_str()), "{case}: the recorded key");
+    assert_eq!(w.app.keys.plan_of(&enabled[0].id).as_deref(), Some(plan), "{case}: in {plan}");
+    for k in w.app.keys.all().into_iter().filter(|k| k.name == name && !k.enabled) {
+        assert_eq!(w.app.keys.plan_of(&k.id), None, "{case}: a disabled key in no plan");
+    }
+    assert_eq!(account.plan.as_str(), tier, "{case}: record");
+    assert_eq!(w.app.users.get_user(&u.name).await.unwrap().unwrap().plan().as_str(), tier, "{case}: directory");
+}
+
+#[tokio::test]
+async fn the_first_purchase_converges_after_a_fault_at_any_call() {
+    matrix(
+        "first purchase (success redirect)",
+        || async {
+            let w = Arc::new(World::new());
+            let u = w.user("alice");
+            let (id, key) = w.checkout_and_pay(&u).await;
+            (w, (u, id, key))
+        },
+        |w, (_, id, key)| async move {
+            let _ = w.complete(&id, &key).await;
+        },
+        |w, (u, id, key), case| async move {
+            // the user refreshes the success page; Stripe delivers checkout.session.completed
+            let r = w.complete(&id, &key).await.unwrap_or_else(|e| panic!("{case}: refresh: {e}"));
+            assert!(r.is_success(), "{case}: {r:?}");
+            let e = StripeEvent {
+                id: "evt_done".into(),
+                kind: "checkout.session.completed".into(),
+                subject: EventSubject::Checkout(id.clone()),
+            };
+            handle(&w, &e).await.unwrap_or_else(|e| panic!("{case}: webhook: {e}"));
+            w.assert_fulfilled_once(&u, &id).await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_free_key_converges_after_a_fault_at_any_call() {
+    matrix(
+        "free key",
+        || async {
+            let w = Arc::new(World::tiered());
+            let u = w.user("bob");
+            (w, u)
+        },
+        |w, u| async move {
+            let _ = flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await;
+        },
+        |w, u, case| async move {
+            let k = flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u)
+                .await
+                .unwrap_or_else(|e| panic!("{case}: retry: {e}"));
+            assert_one_key_in(&w, &u, FREE_PLAN, "FREE", &case).await;
+            assert_eq!(
+                w.app.keys.call(&k.api_key.value, paykey::ports::Clock::now(&*w.clock)).map(|(_, p)| p).as_deref(),
+                Ok(FREE_PLAN)
+            );
+        },
+    )
+    .await;
+}
+
+/// A PRO user (trial) switched to BUSINESS in the portal: the key moves plans.
+async fn pro_then_switched() -> (Arc<World>, (User, SubscriptionId)) {
+    let w = Arc::new(World::tiered());
+    let u = w.user("carol");
+    flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap();
+    let (id, key) = w.checkout_and_pay(&u).await;
+    w.complete(&id, &key).await.unwrap();
+    let sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
+    w.app.payments.switch_price(&sub, "FMMailBusiness").unwrap();
+    (w, (u, sub))
+}
+
+#[tokio::test]
+async fn a_plan_move_converges_after_a_fault_at_any_call() {
+    matrix(
+        "plan move (PRO → BUSINESS webhook)",
+        pro_then_switched,
+        |w, (_, sub)| async move {
+            let _ = handle(&w, &sub_event("evt_move", "customer.subscription.updated", &sub)).await;
+        },
+        |w, (u, sub), case| async move {
+            // Stripe redelivers after a 5xx (a done event is answered as a duplicate)
+            handle(&w, &sub_event("evt_move", "customer.subscription.updated", &sub))
+                .await
+                .unwrap_or_else(|e| panic!("{case}: redelivery: {e}"));
+            assert_one_key_in(&w, &u, BUSINESS_PLAN, "BUSINESS", &case).await;
+        },
+    )
+    .await;
+}
+
+/// A user whose rotated-out key's grace is over, both keys used.
+async fn grace_over() -> (Arc<World>, User) {
+    let w = Arc::new(World::tiered());
+    let u = w.user("dora");
+    let k = flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap().api_key;
+    w.app.keys.call(&k.value, paykey::ports::Clock::now(&*w.clock)).unwrap();
+    let req = flows::RotateRequest { grace_seconds: 600, request_id: None };
+    let r = flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &u, req).await.unwrap();
+    w.app.keys.call(&k.value, paykey::ports::Clock::now(&*w.clock)).unwrap();
+    w.app.keys.call(&r.api_key.value, paykey::ports::Clock::now(&*w.clock)).unwrap();
+    w.clock.advance(chrono::Duration::seconds(601));
+    (w, u)
+}
+
+#[tokio::test]
+async fn the_sweep_converges_after_a_fault_at_any_call_and_loses_no_quota() {
+    matrix(
+        "sweep (end of a grace)",
+        grace_over,
+        |w, _| async move {
+            let _ = flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await;
+        },
+        |w, u, case| async move {
+            flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx())
+                .await
+                .unwrap_or_else(|e| panic!("{case}: next sweep: {e}"));
+            assert_one_key_in(&w, &u, FREE_PLAN, "FREE", &case).await;
+            let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+            assert_eq!((account.previous_key_id, account.previous_key_until), (None, None), "{case}");
+            let usage = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u)
+                .await
+                .unwrap()
+                .usage
+                .unwrap();
+            assert_eq!(usage.remaining, 997, "{case}: 1,000 − 3 calls over both keys, exactly");
+        },
+    )
+    .await;
+}
+
+/// A PRO user with a second subscription to a catalog price on the same customer.
+async fn with_duplicate() -> (Arc<World>, (User, SubscriptionId, SubscriptionId)) {
+    let w = Arc::new(World::new());
+    let u = w.user("erin");
+    let (id, key) = w.checkout_and_pay(&u).await;
+    w.complete(&id, &key).await.unwrap();
+    let state = w.app.payments.get_checkout_state(&id);
+    let customer: CustomerId = state.customer.unwrap();
+    let dup = w.app.payments.subscribe_elsewhere(Some(&customer), "FMMailPro", 980);
+    (w, (u, state.subscription.unwrap(), dup.id))
+}
+
+#[tokio::test]
+async fn a_duplicate_cancel_converges_after_a_fault_at_any_call_and_refunds_once() {
+    matrix(
+        "duplicate cancel",
+        with_duplicate,
+        |w, (_, _, dup)| async move {
+            let _ = handle(&w, &sub_event("evt_dup", "customer.subscription.created", &dup)).await;
+        },
+        |w, (u, kept, dup), case| async move {
+            handle(&w, &sub_event("evt_dup", "customer.subscription.created", &dup))
+                .await
+                .unwrap_or_else(|e| panic!("{case}: redelivery: {e}"));
+            let subs = w.app.payments.subscriptions();
+            let status = |id: &SubscriptionId| subs.iter().find(|s| &s.id == id).unwrap().status.clone();
+            assert_eq!(status(&dup), SubscriptionStatus::Canceled, "{case}");
+            assert_eq!(status(&kept), SubscriptionStatus::Active, "{case}");
+            assert_eq!(w.app.payments.charge(&dup).unwrap().refunded, 980, "{case}: refunded once, in full");
+            assert_eq!(w.app.payments.charge(&kept).unwrap().refunded, 0, "{case}");
+            assert_one_key_in(&w, &u, PRO_PLAN, "PRO", &case).await;
+            let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+            assert_eq!(account.subscription_id.as_ref(), Some(&kept), "{case}");
+        },
+    )
+    .await;
+}
+
+/// A PRO user whose cancellation webhook was missed.
+async fn missed_cancellation() -> (Arc<World>, (User, SessionId)) {
+    let w = Arc::new(World::new());
+    let u = w.user("fred");
+    let (id, key) = w.checkout_and_pay(&u).await;
+    w.complete(&id, &key).await.unwrap();
+    let sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled).unwrap();
+    (w, (u, id))
+}
+
+#[tokio::test]
+async fn the_resync_converges_after_a_fault_at_any_call() {
+    matrix(
+        "resync --apply (a missed cancellation)",
+        missed_cancellation,
+        |w, _| async move {
+            let _ = flows::resync(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), true).await;
+        },
+        |w, (u, _), case| async move {
+            flows::resync(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), true)
+                .await
+                .unwrap_or_else(|e| panic!("{case}: run again: {e}"));
+            let left = flows::resync(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), false)
+                .await
+                .unwrap();
+            assert!(left.is_empty(), "{case}: no drift left: {left:?}");
+            assert_eq!(w.app.users.get_user(&u.name).await.unwrap().unwrap().plan(), Plan::FREE, "{case}");
+            let name = w.app.settings.key_name(&u);
+            assert!(w.app.keys.all().iter().filter(|k| k.name == name).all(|k| !k.enabled), "{case}: key off");
+            assert!(w.app.keys.plan_members().is_empty(), "{case}: in no plan");
+        },
+    )
+    .await;
+}
+
+/// The sweep crashes or fails at any call, and the user's next rotation (not the sweep) comes
+/// first: it finishes what the sweep wrote down, never picks the retired key as its new one,
+/// and the pool stays exact.
+#[tokio::test]
+async fn a_rotation_after_a_failed_sweep_finishes_it_and_never_revives_the_retired_key() {
+    matrix(
+        "sweep, then a rotation",
+        grace_over,
+        |w, _| async move {
+            let _ = flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await;
+        },
+        |w, u, case| async move {
+            let req = flows::RotateRequest { grace_seconds: 0, request_id: Some("after-sweep".into()) };
+            let r = flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &u, req)
+                .await
+                .unwrap_or_else(|e| panic!("{case}: rotation: {e}"));
+            assert_one_key_in(&w, &u, FREE_PLAN, "FREE", &case).await;
+            let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+            assert_eq!(account.api_key_id.as_deref(), Some(r.api_key.id.as_str()), "{case}");
+            let usage = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u)
+                .await
+                .unwrap()
+                .usage
+                .unwrap();
+            assert_eq!(usage.remaining, 997, "{case}: 1,000 − 3 calls, exactly");
+            w.app
+                .keys
+                .call(&r.api_key.value, paykey::ports::Clock::now(&*w.clock))
+                .unwrap_or_else(|e| panic!("{case}: the new key works: {e:?}"));
+        },
+    )
+    .await;
+}

@@ -22,7 +22,7 @@ use paykey::adapters::memory::Fault;
 use paykey::domain::{OneTimeKey, Plan, SessionId, User};
 use paykey::flows::{self, desired_plan};
 use paykey::ports::{EventSubject, KeyRegistry, StripeEvent, SubscriptionStatus, UserDirectory};
-use support::World;
+use support::{quiet_injected_crashes, Rng, World};
 
 /// What the histories covered, reported with the result (so a test that stopped exercising
 /// something would show it).
@@ -30,28 +30,6 @@ static PRO_AT_END: AtomicUsize = AtomicUsize::new(0);
 static REFUNDED: AtomicUsize = AtomicUsize::new(0);
 static CRASHED: AtomicUsize = AtomicUsize::new(0);
 static CANCELLED: AtomicUsize = AtomicUsize::new(0);
-
-/// xorshift64*: small, deterministic, good enough to pick steps.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> Option<&'a T> {
-        if v.is_empty() {
-            None
-        } else {
-            Some(&v[self.below(v.len())])
-        }
-    }
-}
 
 const OPS: [&str; 12] = [
     "ddb.get_session",
@@ -131,7 +109,7 @@ impl History {
 }
 
 async fn run(seed: u64) -> Result<(), String> {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::seeded(seed);
     let w = Arc::new(World::new());
     let n_users = 1 + rng.below(2);
     let users: Vec<User> = (0..n_users).map(|i| w.user(&format!("u{i}"))).collect();
@@ -324,18 +302,7 @@ async fn check(h: &History) -> Result<(), String> {
 #[test]
 fn seeded_random_histories_keep_the_money_invariants() {
     // Injected crashes are panics in their own tasks: keep their messages out of the output.
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if !msg.starts_with("injected crash") || std::env::var_os("PAYKEY_SHOW_PANICS").is_some() {
-            default(info);
-        }
-    }));
+    quiet_injected_crashes();
     let seeds: Vec<u64> = match std::env::var("PAYKEY_SEED") {
         Ok(s) => vec![s.parse().expect("PAYKEY_SEED is a number")],
         Err(_) => (0..std::env::var("PAYKEY_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(5000)).collect(),

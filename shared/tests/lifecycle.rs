@@ -433,17 +433,7 @@ async fn a_name_taken_over_between_the_lookup_and_the_lock_gets_no_write() {
     let w = World::new();
     let (u, sub) = pro_user(&w, "alice").await;
     w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled).unwrap();
-    let users = w.app.users.clone();
-    let newcomer = User {
-        id: paykey::domain::UserId::parse("0f0f0f0f-0000-4000-8000-000000000001").unwrap(),
-        name: u.name.clone(),
-    };
-    let n2 = newcomer.clone();
-    w.meter.reset_calls();
-    w.meter.on_call("ddb.lock_account", 0, move || {
-        users.delete_user(&n2.name);
-        users.add_user_with_sub(&n2);
-    });
+    let newcomer = w.name_taken_over_at_the_lock(&u, "0f0f0f0f-0000-4000-8000-000000000001");
     let out = handle(&w, &sub_event("evt_late", "customer.subscription.deleted", &sub)).await.unwrap();
     assert_eq!(out, EventOutcome::Ignored("unknown customer".into()));
     assert_eq!(w.meter.count("cognito.set_plan"), 0, "nothing written to the newcomer: {:?}", w.meter.calls());
@@ -456,17 +446,7 @@ async fn a_name_taken_over_between_the_lookup_and_the_lock_gets_no_write() {
 async fn a_free_key_for_a_name_taken_over_before_the_lock_writes_nothing_to_the_directory() {
     let w = World::tiered();
     let u = w.user("bob");
-    let users = w.app.users.clone();
-    let newcomer = User {
-        id: paykey::domain::UserId::parse("0f0f0f0f-0000-4000-8000-000000000002").unwrap(),
-        name: u.name.clone(),
-    };
-    let n2 = newcomer.clone();
-    w.meter.reset_calls();
-    w.meter.on_call("ddb.lock_account", 0, move || {
-        users.delete_user(&n2.name);
-        users.add_user_with_sub(&n2);
-    });
+    w.name_taken_over_at_the_lock(&u, "0f0f0f0f-0000-4000-8000-000000000002");
     let e = flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap_err();
     assert!(matches!(e, paykey::Error::UserNotFound), "{e:?}");
     assert_eq!(w.meter.count("cognito.set_plan"), 0, "{:?}", w.meter.calls());

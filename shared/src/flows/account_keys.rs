@@ -47,15 +47,53 @@ pub(crate) fn spared(account: &crate::domain::AccountRecord, now: DateTime<Utc>)
 /// webhook's, or the next event's: the caller writes the account record only after this), which
 /// reads the key's plans again and finishes the move. `fresh`: the key was created now and is in
 /// no plan (one call saved).
-pub(crate) async fn place_in_plan<K: KeyRegistry>(keys: &K, id: &str, plan: &str, fresh: bool) -> Result<(), Error> {
+/// Returns whether the key entered the plan now (it was not in it).
+pub(crate) async fn place_in_plan<K: KeyRegistry>(keys: &K, id: &str, plan: &str, fresh: bool) -> Result<bool, Error> {
     let current = if fresh { Vec::new() } else { keys.plans_of(id).await? };
     for old in current.iter().filter(|p| p.as_str() != plan) {
         tracing::info!(api_key_id = %id, from = %old, to = %plan, "moving the key to another usage plan");
         keys.detach_from_plan(id, old).await?;
     }
-    if !current.iter().any(|p| p == plan) {
+    let entered = !current.iter().any(|p| p == plan);
+    if entered {
         keys.attach_to_plan(id, plan).await?;
     }
+    Ok(entered)
+}
+
+/// [`place_in_plan`] for the user's key `id`, and when it entered a plan with a quota, its
+/// remaining quota for the period set to what the user's keys (every generation, by name) left
+/// of it: API Gateway counts per key and plan, so a key new to the plan — one made by a rotation
+/// while the user was on another tier — would otherwise start with the whole quota again. A key
+/// API Gateway reports no usage for counts 0 (the one place the quota bound rests on GetUsage
+/// reporting the use of keys no longer in the plan).
+pub(crate) async fn move_into_plan<K: KeyRegistry>(
+    keys: &K,
+    ctx: Ctx<'_>,
+    named: &[IssuedKey],
+    id: &str,
+    plan: &str,
+    fresh: bool,
+) -> Result<(), Error> {
+    let entered = place_in_plan(keys, id, plan, fresh).await?;
+    let quota =
+        ctx.settings.catalog.tiers().iter().find(|t| t.usage_plan_id.as_deref() == Some(plan)).and_then(|t| t.quota);
+    let (true, Some(q)) = (entered, quota) else { return Ok(()) };
+    if fresh && named.is_empty() {
+        return Ok(()); // the user's first key: nothing used the plan, the whole quota is theirs
+    }
+    let (start, end) = q.period.containing(ctx.clock.now().date_naive());
+    let mut ids: Vec<&str> = named.iter().map(|k| k.id.as_str()).collect();
+    if !ids.contains(&id) {
+        ids.push(id);
+    }
+    let mut used = 0u64;
+    for k in ids {
+        if let Ok(u) = keys.usage(k, plan, start, end).await {
+            used += u.used;
+        }
+    }
+    keys.set_remaining(id, plan, u64::from(q.limit).saturating_sub(used)).await?;
     Ok(())
 }
 
@@ -208,15 +246,24 @@ pub(crate) async fn finish_locking<S: Accounts, K: KeyRegistry>(
     // changes if they were), and cleared by this holder's write.
     let mut account = account;
     let mut named = named;
-    if let Some(work) = account.as_mut().and_then(|a| a.pending_key_work.take()) {
-        if let Err(e) = apply_key_work(keys, ctx, &work).await {
-            release(store, user, token).await;
-            return Err(e);
-        }
-        // The keys by name were read before: the ones just retired are disabled now (never
-        // taken for a crashed attempt's new key, or for the user's enabled one).
-        for k in named.iter_mut().filter(|k| work.retire.contains(&k.id)) {
-            k.enabled = false;
+    if let Some(a) = account.as_mut() {
+        if let Some(work) = a.pending_key_work.take() {
+            match apply_key_work(keys, ctx, &work).await {
+                // The keys by name were read before: the ones just retired are disabled now
+                // (never taken for a crashed attempt's new key, or for the user's enabled one).
+                Ok(()) => {
+                    for k in named.iter_mut().filter(|k| work.retire.contains(&k.id)) {
+                        k.enabled = false;
+                    }
+                }
+                // Kept in the record (this holder's write keeps it) for the next holder: a
+                // webhook still lands (a user is never stuck behind key work that keeps
+                // failing); a rotation refuses to start on top of it.
+                Err(e) => {
+                    tracing::warn!(user = %user, error = %e, "pending key work failed; kept for the next holder");
+                    a.pending_key_work = Some(work);
+                }
+            }
         }
     }
     Ok(Locked { account, named, from_legacy: false })
@@ -245,14 +292,19 @@ pub(crate) async fn apply_key_work<K: KeyRegistry>(keys: &K, ctx: Ctx<'_>, work:
         if let Some((first_day, last_day)) = period.filter(|(first_day, _)| *first_day == start) {
             for t in &work.targets {
                 let target = async {
-                    // A key no longer in the plan (moved by a tier change since): its quota there
-                    // no longer serves anything, and UpdateUsage would refuse it.
+                    // A key no longer in the plan (moved by a tier change since, or deleted by
+                    // hand): its quota there serves nothing, and UpdateUsage would refuse it.
                     if !keys.plans_of(&t.key_id).await?.iter().any(|p| p == plan) {
                         return Ok(());
                     }
                     let mut since = 0u64;
                     for (id, then) in &t.counted {
-                        let now = keys.usage(id, plan, first_day, last_day).await?.used;
+                        let now = match keys.usage(id, plan, first_day, last_day).await {
+                            Ok(u) => u.used,
+                            // a counted key deleted by hand serves nothing more
+                            Err(_) if keys.get(id).await?.is_none() => *then,
+                            Err(e) => return Err(e.into()),
+                        };
                         since += now.saturating_sub(*then);
                     }
                     keys.set_remaining(&t.key_id, plan, t.remaining.saturating_sub(since)).await?;
@@ -272,7 +324,7 @@ pub(crate) async fn apply_key_work<K: KeyRegistry>(keys: &K, ctx: Ctx<'_>, work:
 }
 
 /// Disables a key; one deleted by hand meanwhile is already as good as disabled.
-async fn disable_if_exists<K: KeyRegistry>(keys: &K, id: &str) -> Result<(), Error> {
+pub(crate) async fn disable_if_exists<K: KeyRegistry>(keys: &K, id: &str) -> Result<(), Error> {
     match keys.set_enabled(id, false).await {
         Ok(()) => Ok(()),
         Err(_) if keys.get(id).await?.is_none() => Ok(()),

@@ -76,7 +76,10 @@ where
             }
             Ok::<_, Error>(())
         };
-        tokio::try_join!(account_keys::place_in_plan(keys, &key.id, &free_plan_id, fresh), write_plan)?;
+        tokio::try_join!(
+            account_keys::move_into_plan(keys, ctx, &locked.named, &key.id, &free_plan_id, fresh),
+            write_plan
+        )?;
         next.plan = plan.clone();
         next.api_key_id = Some(key.id.clone());
         next.user_name = user.name.clone();

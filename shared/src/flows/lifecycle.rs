@@ -427,10 +427,10 @@ where
             };
             let plan = Plan::of(&tier.name);
             let usage_plan = tier.usage_plan_id.as_deref().ok_or(Error::TierWithoutUsagePlan(plan.to_string()))?;
-            let spare = grace_through(&mut next, &plan, now);
+            let spare = grace_through(keys, &mut next, &plan, now).await?;
             let (key, fresh) =
                 account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref(), spare.as_deref()).await?;
-            tokio::try_join!(account_keys::place_in_plan(keys, &key.id, usage_plan, fresh), async {
+            tokio::try_join!(account_keys::move_into_plan(keys, ctx, named, &key.id, usage_plan, fresh), async {
                 users.set_plan(&user.name, plan.clone(), Some(&state.customer)).await.map_err(Error::from)
             })?;
             next.plan = plan.clone();
@@ -446,11 +446,14 @@ where
             match catalog.free().and_then(|t| t.usage_plan_id.as_deref()) {
                 // One key for life: it stays, on the free tier's usage plan.
                 Some(free_plan) if has_key => {
-                    let spare = grace_through(&mut next, &free, now);
+                    let spare = grace_through(keys, &mut next, &free, now).await?;
                     let (key, fresh) =
                         account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref(), spare.as_deref())
                             .await?;
-                    tokio::try_join!(account_keys::place_in_plan(keys, &key.id, free_plan, fresh), set_plan)?;
+                    tokio::try_join!(
+                        account_keys::move_into_plan(keys, ctx, named, &key.id, free_plan, fresh),
+                        set_plan
+                    )?;
                     next.api_key_id = Some(key.id);
                 }
                 _ => {
@@ -473,15 +476,25 @@ where
 /// the user stays on their tier. A tier change ends the grace (the key is disabled and leaves
 /// the old tier's plan with the other extra keys): a cancelled user must not keep half of the
 /// paid tier's quota on the old key until the grace ends.
-fn grace_through(next: &mut AccountRecord, plan: &Plan, now: DateTime<Utc>) -> Option<String> {
+async fn grace_through<K: KeyRegistry>(
+    keys: &K,
+    next: &mut AccountRecord,
+    plan: &Plan,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, Error> {
     if &next.plan == plan {
-        return account_keys::spared(next, now).map(str::to_string);
+        return Ok(account_keys::spared(next, now).map(str::to_string));
+    }
+    // Retired here, by id: it may be a key of an earlier version, not found by the key name.
+    if let Some(prev) = next.previous_key_id.clone().filter(|p| Some(p) != next.api_key_id.as_ref()) {
+        account_keys::disable_if_exists(keys, &prev).await?;
+        account_keys::detach_from_every_plan(keys, &prev).await?;
     }
     next.previous_key_id = None;
     next.previous_key_until = None;
     next.previous_key_remaining = None;
     next.previous_key_period_start = None;
-    None
+    Ok(None)
 }
 
 #[cfg(test)]

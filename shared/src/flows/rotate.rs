@@ -81,6 +81,11 @@ where
     let result = async {
         let mut next = locked.account.clone().ok_or(Error::NoKey)?;
         let now = ctx.clock.now();
+        // Key work an earlier holder left and that could not be finished now: no rotation on
+        // top of it (its split would start from quotas not moved yet). Retried later.
+        if next.pending_key_work.is_some() {
+            return Err(Error::FulfilmentInProgress);
+        }
         next.rotation_answers.retain(|a| now - a.at < RotationAnswer::KEPT_FOR);
         // A retried request: its rotation is done; answer it again.
         if let Some(done) = req.request_id.as_ref().and_then(|r| next.rotation_answers.iter().find(|a| &a.request_id == r)) {
@@ -99,7 +104,11 @@ where
         // The recorded key must be in its tier's plan: a crashed plan change may have moved it
         // before the record said so (the webhook's retry finishes that); rotating it now would
         // split a quota it does not draw on. Nothing written: try again.
-        if !keys.plans_of(&old).await?.contains(&plan) {
+        let old_plans = keys.plans_of(&old).await?;
+        if old_plans.is_empty() {
+            return Err(Error::NoKey); // revoked (in no plan): nothing to rotate
+        }
+        if !old_plans.contains(&plan) {
             tracing::warn!(user = %user, api_key_id = %old, "the key is not in its tier's plan yet (a plan change in progress)");
             return Err(Error::FulfilmentInProgress);
         }
@@ -113,11 +122,23 @@ where
         // previous key; its value was never handed out, so it has served nothing), else a new one.
         let crashed =
             locked.named.iter().find(|k| k.enabled && k.id != old && Some(&k.id) != previous.as_ref()).cloned();
+        // The keys by name were read beside the lock request: one another holder retired just
+        // before we got the lock still looks enabled there. Asked again (rare: a crash left one).
+        let crashed = match crashed {
+            Some(k) => keys.get(&k.id).await?.filter(|k| k.enabled),
+            None => None,
+        };
         let (new, fresh) = match crashed {
             Some(k) => (k, false),
             None => (keys.create(&key_name).await?, true),
         };
-        account_keys::place_in_plan(keys, &new.id, &plan, fresh).await?;
+        account_keys::place_in_plan(keys, &new.id, &plan, fresh).await?; // its share: below
+        // Nothing on the new key until the work below gives it its share: the record names it
+        // (and `/account` shows it) before that, and a fresh key in a plan holds the plan's
+        // whole quota. A failure before the share is set leaves the user short, never over.
+        if tier.quota.is_some() {
+            keys.set_remaining(&new.id, &plan, 0).await?;
+        }
         // Never grant quota: what the user's keys have left of this period is one pool. Without
         // a grace the new key takes all of it; with one, the old key keeps half (its clients
         // move over during the grace) and the new key gets the rest; what the old key has not
@@ -163,10 +184,6 @@ where
                 work.targets.push(QuotaTarget { key_id: old.clone(), remaining: keep, counted: counted_old });
             }
             let share = QuotaTarget { key_id: new.id.clone(), remaining: pool - keep, counted: counted_new };
-            // Nothing on the new key until the work below gives it its share: the record names it
-            // (and `/account` shows it) before that, and a fresh key in a plan holds the plan's
-            // whole quota. A failure before the share is set leaves the user short, never over.
-            keys.set_remaining(&new.id, &plan, 0).await?;
             work.targets.insert(0, share);
             work.period_start = Some(start);
             if !grace.is_zero() {
@@ -198,16 +215,24 @@ where
             Commit::Done => {}
             Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
         }
-        if let Err(e) = account_keys::apply_key_work(keys, ctx, &work).await {
-            tracing::warn!(user = %user, error = %e, "rotation recorded; its key changes are finished by the next holder of the lock");
-            return Err(e);
-        }
-        next.pending_key_work = None;
-        match store.put_account(&next, &token).await {
-            Ok(Commit::Done) => {}
-            // Done and recorded; only the note of the work stays (making it again changes nothing).
-            Ok(Commit::LeaseLost) | Err(_) => {
-                tracing::warn!(user = %user, "rotation done; its key work stays noted until the next holder clears it")
+        // The rotation is recorded from here on: it is answered (a retry without a request id
+        // would rotate again). Key work that fails stays noted for the next holder of the lock
+        // (the sweep within a minute, or the user's next request); until then the new key may
+        // hold less than its share, never more.
+        match account_keys::apply_key_work(keys, ctx, &work).await {
+            Ok(()) => {
+                next.pending_key_work = None;
+                match store.put_account(&next, &token).await {
+                    Ok(Commit::Done) => {}
+                    Ok(Commit::LeaseLost) | Err(_) => {
+                        tracing::warn!(user = %user, "rotation done; its key work stays noted until the next holder clears it");
+                        account_keys::release(store, user, &token).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "rotation recorded; its key changes are finished by the next holder of the lock");
+                account_keys::release(store, user, &token).await;
             }
         }
         let value = keys.key_value(&new.id).await?.ok_or(Error::FulfilmentInProgress)?;
@@ -248,6 +273,7 @@ where
         }
         let user = account.user();
         let token = ctx.ids.token();
+        let now = ctx.clock.now(); // a long scan: each user's lease from when it is taken
         let lock = store.lock_account(&user.id, &token, now, account_keys::lease_until(ctx, now)).await?;
         let crate::ports::AccountLock::Acquired(Some(mut next)) = lock else {
             continue; // busy: the next sweep

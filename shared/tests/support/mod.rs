@@ -189,3 +189,60 @@ impl World {
         u
     }
 }
+
+impl World {
+    /// At the next flow's first account lock, `user` deletes themselves and someone else (the
+    /// returned user, with `sub`) signs up with the same name. Resets the call counts.
+    pub fn name_taken_over_at_the_lock(&self, user: &User, sub: &str) -> User {
+        let newcomer = User { id: UserId::parse(sub).unwrap(), name: user.name.clone() };
+        let (users, n) = (self.app.users.clone(), newcomer.clone());
+        self.meter.reset_calls();
+        self.meter.on_call("ddb.lock_account", 0, move || {
+            users.delete_user(&n.name);
+            users.add_user_with_sub(&n);
+        });
+        newcomer
+    }
+}
+
+/// xorshift64*: small, deterministic, good enough to pick steps of a seeded history.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn seeded(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> Option<&'a T> {
+        if v.is_empty() {
+            None
+        } else {
+            Some(&v[self.below(v.len())])
+        }
+    }
+}
+
+/// Keeps injected crashes (panics in their own tasks, expected) out of the output; every other
+/// panic is printed as usual. `PAYKEY_SHOW_PANICS` prints them all.
+pub fn quiet_injected_crashes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if !msg.starts_with("injected crash") || std::env::var_os("PAYKEY_SHOW_PANICS").is_some() {
+            default(info);
+        }
+    }));
+}

@@ -590,10 +590,21 @@ impl Accounts for DynamoStore {
     }
 
     async fn save_account(&self, account: &AccountRecord, token: &str, until: DateTime<Utc>) -> Result<Commit> {
-        const OP: &str = "PutItem(account, lock kept)";
         let mut item = account_item(account);
         item.insert("LockToken".to_string(), s(token));
         item.insert("LockUntil".to_string(), AttributeValue::N(until.timestamp_millis().to_string()));
+        self.put_while_locked(item, token, "PutItem(account, lock kept)").await
+    }
+
+    async fn put_account(&self, account: &AccountRecord, token: &str) -> Result<Commit> {
+        // The item written has no LockToken/LockUntil: the lock is released with it.
+        self.put_while_locked(account_item(account), token, "PutItem(account)").await
+    }
+}
+
+impl DynamoStore {
+    /// Replaces an account item while `token` holds its lock.
+    async fn put_while_locked(&self, item: Item, token: &str, op: &'static str) -> Result<Commit> {
         let res = self
             .client
             .get()
@@ -609,33 +620,10 @@ impl Accounts for DynamoStore {
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
                 Ok(Commit::LeaseLost)
             }
-            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+            Err(e) => Err(BackendError::new(SERVICE, op, describe(&e))),
         }
     }
 
-    async fn put_account(&self, account: &AccountRecord, token: &str) -> Result<Commit> {
-        const OP: &str = "PutItem(account)";
-        let res = self
-            .client
-            .get()
-            .put_item()
-            .table_name(&self.tables.api_keys)
-            .set_item(Some(account_item(account)))
-            .condition_expression("LockToken = :tok")
-            .expression_attribute_values(":tok", s(token))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(Commit::Done),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Ok(Commit::LeaseLost)
-            }
-            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
-        }
-    }
-}
-
-impl DynamoStore {
     /// Every item of the API keys table, page by page.
     async fn scan_accounts_table(&self, op: &'static str) -> Result<Vec<Item>> {
         let mut out = Vec::new();

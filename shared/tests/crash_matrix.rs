@@ -68,6 +68,11 @@ where
     cases
 }
 
+/// The user's quota use as `/account` shows it.
+async fn usage_of(w: &World, u: &User) -> flows::UsageView {
+    flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), u).await.unwrap().usage.unwrap()
+}
+
 async fn handle(w: &World, e: &StripeEvent) -> Result<flows::EventOutcome, paykey::Error> {
     flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), e).await
 }
@@ -212,11 +217,7 @@ async fn the_sweep_converges_after_a_fault_at_any_call_and_loses_no_quota() {
             assert_one_key_in(&w, &u, FREE_PLAN, "FREE", &case).await;
             let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
             assert_eq!((account.previous_key_id, account.previous_key_until), (None, None), "{case}");
-            let usage = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u)
-                .await
-                .unwrap()
-                .usage
-                .unwrap();
+            let usage = usage_of(&w, &u).await;
             assert_eq!(usage.remaining, 997, "{case}: 1,000 − 3 calls over both keys, exactly");
         },
     )
@@ -316,11 +317,7 @@ async fn a_rotation_after_a_failed_sweep_finishes_it_and_never_revives_the_retir
             assert_one_key_in(&w, &u, FREE_PLAN, "FREE", &case).await;
             let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
             assert_eq!(account.api_key_id.as_deref(), Some(r.api_key.id.as_str()), "{case}");
-            let usage = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u)
-                .await
-                .unwrap()
-                .usage
-                .unwrap();
+            let usage = usage_of(&w, &u).await;
             assert_eq!(usage.remaining, 997, "{case}: 1,000 − 3 calls, exactly");
             w.app
                 .keys

@@ -1,14 +1,19 @@
 //! Least privilege, derived from the code: each function's flows are run on the in-memory
 //! ports through the paths they can take (first purchase, refresh, re-enable, cancellation,
 //! duplicate, deleted user, name-keyed record, failure and release, events seen before, …),
-//! the backend operations they call are recorded, and each is mapped to the IAM action it
-//! needs. The result must equal `infra/tests/iam-derived.json`, which the template test
-//! (`infra/tests/test_template.py`) compares with each function's deployed role: a new AWS
-//! call without its permission fails one of the two. `PAYKEY_UPDATE_IAM=1` rewrites the file.
+//! the backend operations they call are recorded, and each is mapped to the IAM actions it
+//! needs *on the resource it names* (a table or its index, the user pool, an API Gateway
+//! control-plane path, a tier's usage plan); the secrets each function's init reads are found
+//! by starting its builder (`paykey::wiring`) without them. The result must equal
+//! `infra/tests/iam-derived.json`, which the template test (`infra/tests/test_template.py`)
+//! compares, action × resource, with each function's role in the transformed template: a new
+//! AWS call, or a call on another resource, without its permission fails one of the two, and
+//! so does a permission nothing calls. `PAYKEY_UPDATE_IAM=1` rewrites the file.
 //!
 //! What this does not prove: that a path not exercised here calls nothing else (the scenarios
-//! are listed below), or that the resources in the policies are the right ones (the template
-//! test asserts those separately).
+//! are listed below), or that the mapping from an operation to its action and resource (the
+//! table in [`grants`], read from `adapters/aws`) is right — the moto contract suite runs the
+//! adapters, but moto does not enforce IAM.
 
 mod support;
 
@@ -16,57 +21,116 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use paykey::adapters::memory::Fault;
+use paykey::config::Env;
 use paykey::domain::AccountRecord;
 use paykey::flows::{self, CheckoutRequest};
 use paykey::ports::{EventSubject, KeyRegistry, StripeEvent, SubscriptionStatus, UserDirectory};
+use paykey::wiring;
 use support::World;
 
-/// The IAM action each in-memory operation stands for (the AWS adapter's call).
-fn action(op: &str) -> Option<&'static str> {
-    Some(match op {
-        // DynamoDB (TransactWriteItems needs the actions of the writes it holds)
-        "ddb.put_session" | "ddb.mark_event" | "ddb.replace_open_checkout" | "ddb.put_account" | "ddb.save_account" => {
-            "dynamodb:PutItem"
+// Resources, named as the template names them: a table or index (its logical id), the user
+// pool, an API Gateway control-plane path (`{plan}`: each tier's usage plan), an SSM
+// parameter (the secret's variable).
+const SESSIONS: &str = "SessionsTable";
+const ACCOUNTS: &str = "ApiKeysTable";
+const CUSTOMER_INDEX: &str = "ApiKeysTable/index/StripeCustomerId-index";
+const POOL: &str = "UserPool";
+const KEYS: &str = "apigateway::/apikeys";
+const KEY: &str = "apigateway::/apikeys/*";
+const PLANS: &str = "apigateway::/usageplans";
+const PLAN_KEYS: &str = "apigateway::/usageplans/{plan}/keys";
+const PLAN_KEY: &str = "apigateway::/usageplans/{plan}/keys/*";
+const PLAN_USAGE: &str = "apigateway::/usageplans/{plan}/usage";
+
+/// The IAM actions, each on its resource, that an in-memory operation stands for (the AWS
+/// adapter's calls: `adapters/aws`).
+fn grants(op: &str) -> &'static [(&'static str, &'static str)] {
+    match op {
+        "ddb.put_session" | "ddb.mark_event" | "ddb.replace_open_checkout" => &[("dynamodb:PutItem", SESSIONS)],
+        "ddb.get_session" | "ddb.event_seen" => &[("dynamodb:GetItem", SESSIONS)],
+        "ddb.claim" | "ddb.release_claim" => &[("dynamodb:UpdateItem", SESSIONS)],
+        // TransactWriteItems needs the actions of the writes it holds; after a lost answer the
+        // adapter reads the session to recognise its own commit.
+        "ddb.fulfil" => {
+            &[("dynamodb:UpdateItem", SESSIONS), ("dynamodb:PutItem", ACCOUNTS), ("dynamodb:GetItem", SESSIONS)]
         }
-        "ddb.get_session" | "ddb.event_seen" | "ddb.get_account" | "ddb.legacy_account" => "dynamodb:GetItem",
-        "ddb.claim" | "ddb.release_claim" | "ddb.lock_account" | "ddb.unlock_account" | "ddb.retire_legacy_account" => {
-            "dynamodb:UpdateItem"
-        }
-        "ddb.find_account" | "ddb.find_legacy_account" => "dynamodb:Query",
-        "ddb.list_accounts" => "dynamodb:Scan",
-        // API Gateway's control plane, by HTTP method
-        "apigw.find_key" | "apigw.get_key" | "apigw.key_value" | "apigw.plan_keys" | "apigw.plans_of"
-        | "apigw.usage" => "apigateway:GET",
-        "apigw.set_remaining" => "apigateway:PATCH",
-        "apigw.create_key" | "apigw.attach" => "apigateway:POST",
-        "apigw.set_enabled" => "apigateway:PATCH",
+        "ddb.put_account" | "ddb.save_account" => &[("dynamodb:PutItem", ACCOUNTS)],
+        "ddb.get_account" | "ddb.legacy_account" => &[("dynamodb:GetItem", ACCOUNTS)],
+        "ddb.lock_account" | "ddb.unlock_account" | "ddb.retire_legacy_account" => &[("dynamodb:UpdateItem", ACCOUNTS)],
+        "ddb.find_account" | "ddb.find_legacy_account" => &[("dynamodb:Query", CUSTOMER_INDEX)],
+        "ddb.list_accounts" | "ddb.list_legacy_names" => &[("dynamodb:Scan", ACCOUNTS)],
+        // API Gateway's control plane: the HTTP method on the path the call names
+        "apigw.find_key" | "apigw.count_keys" => &[("apigateway:GET", KEYS)],
+        "apigw.create_key" => &[("apigateway:POST", KEYS)],
+        "apigw.get_key" | "apigw.key_value" => &[("apigateway:GET", KEY)],
+        "apigw.set_enabled" => &[("apigateway:PATCH", KEY)],
+        "apigw.plans_of" => &[("apigateway:GET", PLANS)], // GetUsagePlans?keyId=
+        "apigw.plan_keys" => &[("apigateway:GET", PLAN_KEYS)],
+        "apigw.attach" => &[("apigateway:POST", PLAN_KEYS)],
         // detach reads the association first (moto and API Gateway answer a missing one differently)
-        "apigw.detach" => "apigateway:DELETE",
-        "cognito.get_user" => "cognito-idp:AdminGetUser",
-        "cognito.set_plan" => "cognito-idp:AdminUpdateUserAttributes",
-        "cognito.find_by_customer" => "cognito-idp:ListUsers",
-        op if op.starts_with("stripe.") => return None,
-        "ddb.fulfil" => return None, // expanded below
+        "apigw.detach" => &[("apigateway:GET", PLAN_KEY), ("apigateway:DELETE", PLAN_KEY)],
+        "apigw.set_remaining" => &[("apigateway:PATCH", PLAN_KEY)], // UpdateUsage: …/keys/{key}/usage
+        "apigw.usage" => &[("apigateway:GET", PLAN_USAGE)],
+        "cognito.get_user" => &[("cognito-idp:AdminGetUser", POOL)],
+        "cognito.set_plan" => &[("cognito-idp:AdminUpdateUserAttributes", POOL)],
+        "cognito.find_by_customer" => &[("cognito-idp:ListUsers", POOL)],
+        op if op.starts_with("stripe.") => &[],
         other => panic!("no IAM action known for {other}: add it to this table"),
-    })
+    }
 }
 
-fn actions_of(calls: &[&'static str]) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// Resource → actions on it.
+type Grants = BTreeMap<String, BTreeSet<String>>;
+
+fn grants_of(calls: &[&'static str]) -> Grants {
+    let mut out = Grants::new();
     for op in calls {
-        if *op == "ddb.fulfil" {
-            out.insert("dynamodb:UpdateItem".to_string());
-            out.insert("dynamodb:PutItem".to_string());
-            // a lost answer: the adapter reads the session to recognise its own commit
-            out.insert("dynamodb:GetItem".to_string());
-        } else if *op == "apigw.detach" {
-            out.insert("apigateway:GET".to_string());
-            out.insert("apigateway:DELETE".to_string());
-        } else if let Some(a) = action(op) {
-            out.insert(a.to_string());
+        for (action, resource) in grants(op) {
+            out.entry(resource.to_string()).or_default().insert(action.to_string());
         }
     }
     out
+}
+
+/// The secrets a function's init reads, each from the SSM parameter its `<NAME>_PARAMETER`
+/// names once deployed (`paykey::wiring`): the function's builder is started with every
+/// setting and no secret, and each secret its error names is added (as a value, so nothing
+/// is fetched) until it starts.
+async fn secrets_of(function: &str) -> BTreeSet<String> {
+    // Region and credentials for aws-config without probing the instance metadata service.
+    std::env::set_var("AWS_REGION", "us-east-1");
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    let mut secrets: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let mut pairs = vec![
+            ("MY_DOMAIN", "https://app.example.com"),
+            ("DYNAMODB_STRIPE_TABLE", "s"),
+            ("DYNAMODB_API_KEY_TABLE", "k"),
+            ("USER_POOL_ID", "us-east-1_pool"),
+            ("USAGE_PLAN_ID", "plan"),
+        ];
+        for s in &secrets {
+            pairs.push((s.as_str(), if s == "STRIPE_API_KEY" { "sk_test_derive" } else { "whsec_derive" }));
+        }
+        let env = Env::from_pairs(pairs.iter().map(|(k, v)| (*k, *v)));
+        let started = match function {
+            "CreateCheckoutSessionFunction" => wiring::checkout_app(&env).await.map(drop),
+            "CreateApiKeyFunction" => wiring::fulfil_app(&env).await.map(drop),
+            "CreateBillingPortalFunction" => wiring::portal_app(&env).await.map(drop),
+            "GetAccountFunction" => wiring::account_app(&env).await.map(drop),
+            "StripeWebhookFunction" => wiring::webhook_app(&env).await.map(drop),
+            "SweepKeysFunction" => wiring::sweep_app(&env).await.map(drop),
+            other => panic!("no builder known for {other}"),
+        };
+        let Err(e) = started else { return secrets };
+        let e = e.to_string();
+        let missing = e
+            .strip_prefix("missing environment variable ")
+            .and_then(|m| m.split_once(" (or "))
+            .map(|(name, _)| name.to_string())
+            .unwrap_or_else(|| panic!("{function} did not start with every setting: {e}"));
+        assert!(secrets.insert(missing), "{function} still misses a secret it was given: {e}");
+    }
 }
 
 fn event(id: &str, kind: &str, subject: EventSubject) -> StripeEvent {
@@ -360,23 +424,18 @@ async fn webhook_calls() -> Vec<&'static str> {
 
 #[tokio::test]
 async fn each_functions_permissions_are_what_its_code_calls() {
-    let mut derived: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    derived.insert("CreateCheckoutSessionFunction", actions_of(&checkout_calls().await));
+    let mut derived: BTreeMap<&str, Grants> = BTreeMap::new();
+    derived.insert("CreateCheckoutSessionFunction", grants_of(&checkout_calls().await));
     let w = Arc::new(World::new());
-    derived.insert("CreateApiKeyFunction", actions_of(&fulfilment_calls(&w).await));
-    derived.insert("CreateBillingPortalFunction", actions_of(&portal_calls().await));
-    derived.insert("GetAccountFunction", actions_of(&account_calls().await));
-    derived.insert("StripeWebhookFunction", actions_of(&webhook_calls().await));
-    derived.insert("SweepKeysFunction", actions_of(&sweep_calls().await));
-    // Functions that call Stripe read its secret key (and the webhook its signing secret) from
-    // SSM at cold start (paykey::wiring).
-    for f in [
-        "CreateCheckoutSessionFunction",
-        "CreateApiKeyFunction",
-        "CreateBillingPortalFunction",
-        "StripeWebhookFunction",
-    ] {
-        derived.get_mut(f).unwrap().insert("ssm:GetParameter".to_string());
+    derived.insert("CreateApiKeyFunction", grants_of(&fulfilment_calls(&w).await));
+    derived.insert("CreateBillingPortalFunction", grants_of(&portal_calls().await));
+    derived.insert("GetAccountFunction", grants_of(&account_calls().await));
+    derived.insert("StripeWebhookFunction", grants_of(&webhook_calls().await));
+    derived.insert("SweepKeysFunction", grants_of(&sweep_calls().await));
+    for (function, grants) in &mut derived {
+        for secret in secrets_of(function).await {
+            grants.entry(format!("ssm:parameter/{secret}")).or_default().insert("ssm:GetParameter".to_string());
+        }
     }
     let text = serde_json::to_string_pretty(&derived).unwrap() + "\n";
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/tests/iam-derived.json");
@@ -386,6 +445,6 @@ async fn each_functions_permissions_are_what_its_code_calls() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert_eq!(
         committed, text,
-        "the functions' code calls another set of AWS actions than infra/tests/iam-derived.json says: check the change, update template.yaml's policies, then run with PAYKEY_UPDATE_IAM=1"
+        "the functions' code calls another set of AWS actions or resources than infra/tests/iam-derived.json says: check the change, update template.yaml's policies, then run with PAYKEY_UPDATE_IAM=1"
     );
 }

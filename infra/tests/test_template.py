@@ -92,11 +92,20 @@ ROUTES = {
 # stage like the other public routes, but their function needs no concurrency ceiling.
 READ_ONLY_PUBLIC = {("/plans", "get")}
 
+# Stripe's success redirect has an API of its own (RedirectApi), whose gateway responses are
+# all redirects to the front end; every other route is on PaykeyApi.
+REDIRECT_ROUTES = {("/create-api-key/{session_id}/{one_time_key}", "get")}
+APIS = ("PaykeyApi", "RedirectApi")
 
-def rest_api_body(cfn):
+
+def api_of(route):
+    return "RedirectApi" if route in REDIRECT_ROUTES else "PaykeyApi"
+
+
+def rest_api_body(cfn, api="PaykeyApi"):
     apis = of_type(cfn, "AWS::ApiGateway::RestApi")
-    assert list(apis) == ["PaykeyApi"]
-    return apis["PaykeyApi"]["Properties"]["Body"]
+    assert sorted(apis) == sorted(APIS)
+    return apis[api]["Properties"]["Body"]
 
 
 def method_auth(body, op):
@@ -116,18 +125,20 @@ def method_auth(body, op):
 
 
 def test_every_route_has_the_readme_authorizer_and_no_other_route_exists(cfn):
-    body = rest_api_body(cfn)
     seen = {}
-    for path, ops in body["paths"].items():
-        for method, op in ops.items():
-            if method == "options":
-                continue
-            uri = op["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
-            fn = re.search(r"\$\{(\w+)\.Arn\}", uri).group(1)
-            assert op["x-amazon-apigateway-integration"]["type"] == "aws_proxy"
-            auth_type, authorizer = method_auth(body, op)
-            assert auth_type == ("NONE" if authorizer is None else "COGNITO_USER_POOLS")
-            seen[(path, method)] = (fn, authorizer)
+    for api in APIS:
+        body = rest_api_body(cfn, api)
+        for path, ops in body["paths"].items():
+            for method, op in ops.items():
+                if method == "options":
+                    continue
+                uri = op["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
+                fn = re.search(r"\$\{(\w+)\.Arn\}", uri).group(1)
+                assert op["x-amazon-apigateway-integration"]["type"] == "aws_proxy"
+                auth_type, authorizer = method_auth(body, op)
+                assert auth_type == ("NONE" if authorizer is None else "COGNITO_USER_POOLS")
+                assert api == api_of((path, method)), (path, method, api)
+                seen[(path, method)] = (fn, authorizer)
     assert seen == ROUTES
 
 
@@ -154,6 +165,77 @@ def test_preflight_is_answered_without_a_token_on_every_path_for_the_app_origin_
         assert h["method.response.header.Access-Control-Allow-Credentials"] == "'true'", path
 
 
+def test_the_redirect_api_has_no_preflight_and_no_authorizer(cfn):
+    body = rest_api_body(cfn, "RedirectApi")
+    assert "securityDefinitions" not in body or not body["securityDefinitions"]
+    assert all(set(ops) == {"get"} for ops in body["paths"].values()), body["paths"]
+
+
+FRONT_DOOR = ROOT / "infra/tests/front-door.json"
+
+
+def parameter_default(ref):
+    return SOURCE["Parameters"][ref["Ref"]]["Default"]
+
+
+def gateway_responses(cfn, api):
+    """type -> {status, location}: the status API Gateway answers (None: the type's own) and
+    the Location header (`{AppUrl}` for the parameter), as the transformed API says."""
+    out = {}
+    for kind, r in rest_api_body(cfn, api).get("x-amazon-apigateway-gateway-responses", {}).items():
+        loc = r.get("responseParameters", {}).get("gatewayresponse.header.Location")
+        if loc is not None:
+            loc = loc["Fn::Sub"].strip("'").replace("${AppUrl}", "{AppUrl}")
+        out[kind] = {"status": int(r["statusCode"]) if "statusCode" in r else None, "location": loc}
+    return out
+
+
+def front_door(cfn):
+    """What stands in front of the two functions a burst of payments reaches, with the
+    parameters' defaults: the route's throttle, the function's reserved concurrency and
+    timeout, and the API's gateway responses. shared/tests/money.rs puts this in front of the
+    flows (`a_launch_burst_behind_the_deployed_limits_…`)."""
+    out = {}
+    for name, api, fn, route in [
+        ("success_redirect", "RedirectApi", "CreateApiKeyFunction", ("*", "*")),
+        ("webhook", "PaykeyApi", "StripeWebhookFunction", ("/stripe/webhook", "POST")),
+    ]:
+        settings = {(decode_resource_path(m["ResourcePath"]), m["HttpMethod"]): m for m in stage(cfn, api)["MethodSettings"]}
+        m = settings[route]
+        props = functions(cfn)[fn]["Properties"]
+        cond, reserved, no = props["ReservedConcurrentExecutions"]["Fn::If"]
+        assert cond == "ReservePublicConcurrency" and no == {"Ref": "AWS::NoValue"}
+        out[name] = {
+            "throttle_rate_per_second": parameter_default(m["ThrottlingRateLimit"]),
+            "throttle_burst": parameter_default(m["ThrottlingBurstLimit"]),
+            "reserved_concurrency": parameter_default(reserved),
+            "timeout_seconds": props["Timeout"],
+            "gateway_responses": gateway_responses(cfn, api),
+        }
+    return out
+
+
+def test_the_front_door_the_burst_test_models_is_the_templates(cfn):
+    derived = json.dumps(front_door(cfn), indent=2, sort_keys=True) + "\n"
+    if os.environ.get("PAYKEY_UPDATE_FRONT_DOOR"):
+        FRONT_DOOR.write_text(derived)
+    assert FRONT_DOOR.read_text() == derived, "the template's limits changed: run with PAYKEY_UPDATE_FRONT_DOOR=1, then the burst test"
+
+
+def test_a_paying_browser_never_sees_api_gateways_json_on_the_success_redirect(cfn):
+    """Every answer API Gateway itself makes on the redirect's API is a redirect to a page of
+    the front end: its throttle and every 5XX (a throttled function — Lambda's 429 becomes
+    INTEGRATION_FAILURE —, a timeout) to the thanks page marked pending, other 4XX to the cancel
+    page. Types not listed fall back to DEFAULT_4XX / DEFAULT_5XX (API Gateway's rule)."""
+    gr = gateway_responses(cfn, "RedirectApi")
+    assert set(gr) == {"THROTTLED", "DEFAULT_4XX", "DEFAULT_5XX"}
+    pending = {"status": 302, "location": "{AppUrl}/thanks_upgrade?status=pending"}
+    assert gr["THROTTLED"] == pending and gr["DEFAULT_5XX"] == pending
+    assert gr["DEFAULT_4XX"] == {"status": 302, "location": "{AppUrl}/canceled_upgrade"}
+    for kind, r in rest_api_body(cfn, "RedirectApi")["x-amazon-apigateway-gateway-responses"].items():
+        assert r["responseParameters"]["gatewayresponse.header.Cache-Control"] == "'no-store'", kind
+
+
 def test_gateway_errors_carry_the_app_origin_so_the_browser_can_read_them(cfn):
     gr = rest_api_body(cfn)["x-amazon-apigateway-gateway-responses"]
     assert set(gr) == {"DEFAULT_4XX", "DEFAULT_5XX"}
@@ -173,13 +255,15 @@ def test_each_function_may_be_invoked_only_by_this_api_on_its_own_route(cfn):
         assert props["Action"] == "lambda:InvokeFunction" and props["Principal"] == "apigateway.amazonaws.com"
         fn = props["FunctionName"]["Ref"]
         arn, values = props["SourceArn"]["Fn::Sub"]
-        assert values["__ApiId__"] == {"Ref": "PaykeyApi"}
         assert values["__Stage__"] == "*"
         m = re.fullmatch(r"arn:aws:execute-api:\$\{AWS::Region\}:\$\{AWS::AccountId\}:\$\{__ApiId__\}/\$\{__Stage__\}/([A-Z]+)(/.*)", arn)
         assert m, arn
         path = re.sub(r"\*", "{}", m.group(2))
-        got.add((fn, m.group(1), path))
-    want = {(fn, method.upper(), re.sub(r"\{[^}]+\}", "{}", path)) for (path, method), (fn, _) in ROUTES.items()}
+        got.add((values["__ApiId__"]["Ref"], fn, m.group(1), path))
+    want = {
+        (api_of((path, method)), fn, method.upper(), re.sub(r"\{[^}]+\}", "{}", path))
+        for (path, method), (fn, _) in ROUTES.items()
+    }
     assert got == want
     # the sweeper alone is invoked by EventBridge, by its own schedule rule only
     assert [p["FunctionName"]["Ref"] for p in scheduled] == ["SweepKeysFunction"]
@@ -191,14 +275,15 @@ def test_each_function_may_be_invoked_only_by_this_api_on_its_own_route(cfn):
 # ------------------------------------------------------------------ stage: access logs, throttling, tracing
 
 
-def stage(cfn):
+def stage(cfn, api="PaykeyApi"):
     stages = of_type(cfn, "AWS::ApiGateway::Stage")
-    assert list(stages) == ["PaykeyApiStage"]
-    return stages["PaykeyApiStage"]["Properties"]
+    assert sorted(stages) == sorted(f"{a}Stage" for a in APIS)
+    return stages[f"{api}Stage"]["Properties"]
 
 
-def test_the_stage_writes_one_json_access_log_line_with_request_ids_and_caller_identity(cfn):
-    s = stage(cfn)
+@pytest.mark.parametrize("api", APIS)
+def test_the_stage_writes_one_json_access_log_line_with_request_ids_and_caller_identity(cfn, api):
+    s = stage(cfn, api)
     assert s["StageName"] == {"Ref": "StageName"}
     assert s["TracingEnabled"] is True
     log = s["AccessLogSetting"]
@@ -219,10 +304,11 @@ def test_the_stage_is_ordered_after_the_account_logging_role_when_the_stack_crea
     assert r["ApiGatewayAccount"]["Condition"] == "CreateApiGatewayAccountRole"
     assert r["ApiGatewayAccount"]["Properties"]["CloudWatchRoleArn"] == {"Fn::GetAtt": ["ApiGatewayCloudWatchRole", "Arn"]}
     assert r["ApiGatewayAccountReady"]["Metadata"]["AccountSetting"]["Fn::If"][1] == {"Ref": "ApiGatewayAccount"}
-    assert "ApiGatewayAccountReady" in listify(r["PaykeyApi"].get("DependsOn", []))
-    # the stage comes after the deployment, which comes after the REST API
-    deployment = next(iter(of_type(cfn, "AWS::ApiGateway::Deployment")))
-    assert stage(cfn)["DeploymentId"] == {"Ref": deployment}
+    for api in APIS:
+        assert "ApiGatewayAccountReady" in listify(r[api].get("DependsOn", []))
+        # the stage comes after the deployment, which comes after the REST API
+        deployment = [d for d, v in of_type(cfn, "AWS::ApiGateway::Deployment").items() if v["Properties"]["RestApiId"] == {"Ref": api}]
+        assert len(deployment) == 1 and stage(cfn, api)["DeploymentId"] == {"Ref": deployment[0]}
 
 
 def decode_resource_path(p):
@@ -238,13 +324,18 @@ def test_the_stage_throttles_everything_and_the_unauthenticated_routes_harder(cf
     everything = by_route.pop(("*", "*"))
     assert everything["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRateLimit"}
     assert everything["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurstLimit"}
-    public = {(path, method.upper()) for (path, method), (_, auth) in ROUTES.items() if auth is None}
+    public = {(path, method.upper()) for (path, method), (_, auth) in ROUTES.items() if auth is None and (path, method) not in REDIRECT_ROUTES}
     assert set(by_route) == public
     paths = rest_api_body(cfn)["paths"]
     for (path, method), m in by_route.items():
         assert method.lower() in paths[path], path  # the setting names a real method
         assert m["ThrottlingRateLimit"] == {"Ref": "PublicRouteThrottleRateLimit"}
         assert m["ThrottlingBurstLimit"] == {"Ref": "PublicRouteThrottleBurstLimit"}
+    # the redirect's API: the public route limits on its only route
+    [m] = stage(cfn, "RedirectApi")["MethodSettings"]
+    assert (m["ResourcePath"], m["HttpMethod"]) == ("/*", "*")
+    assert m["ThrottlingRateLimit"] == {"Ref": "PublicRouteThrottleRateLimit"}
+    assert m["ThrottlingBurstLimit"] == {"Ref": "PublicRouteThrottleBurstLimit"}
 
 
 # ------------------------------------------------------------------ functions and their roles
@@ -554,6 +645,9 @@ def test_every_function_reads_the_catalog_and_none_the_single_plan_variables(cfn
 def test_outputs_give_what_operators_need(cfn):
     o = cfn["Outputs"]
     assert o["ApiUrl"]["Value"] == {"Fn::Sub": "https://${PaykeyApi}.execute-api.${AWS::Region}.amazonaws.com/${StageName}"}
+    assert o["RedirectApiUrl"]["Value"] == {"Fn::Sub": "https://${RedirectApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"}
+    checkout = functions(cfn)["CreateCheckoutSessionFunction"]["Properties"]["Environment"]["Variables"]
+    assert checkout["API_URL"] == o["RedirectApiUrl"]["Value"], "Stripe is sent to the redirect's own API"
     assert o["WebhookUrl"]["Value"] == {"Fn::Sub": "https://${PaykeyApi}.execute-api.${AWS::Region}.amazonaws.com/${StageName}/stripe/webhook"}
     assert o["UserPoolId"]["Value"] == {"Ref": "UserPool"}
     assert o["UserPoolClientId"]["Value"] == {"Ref": "UserPoolClient"}
@@ -626,6 +720,8 @@ def test_a_skip_without_a_reason_is_caught():
 MUST_PASS = {
     ("CKV_AWS_76", "AWS::Serverless::Api.PaykeyApi"),  # access logging
     ("CKV_AWS_73", "AWS::Serverless::Api.PaykeyApi"),  # X-Ray tracing
+    ("CKV_AWS_76", "AWS::Serverless::Api.RedirectApi"),
+    ("CKV_AWS_73", "AWS::Serverless::Api.RedirectApi"),
     ("CKV_AWS_115", "AWS::Serverless::Function.CreateApiKeyFunction"),  # concurrency ceiling
     ("CKV_AWS_115", "AWS::Serverless::Function.StripeWebhookFunction"),
     ("CKV_AWS_28", "AWS::DynamoDB::Table.SessionsTable"),  # point-in-time recovery
@@ -660,12 +756,13 @@ def test_the_openapi_document_describes_exactly_the_deployed_routes_with_their_a
     auth (the `cognito` scheme where API Gateway's Cognito authorizer guards it, none where it
     does not), and the document has no route the stack lacks."""
     doc = json.loads(OPENAPI.read_text())
-    body = rest_api_body(cfn)
     deployed = {}
-    for path, ops in body["paths"].items():
-        for method, op in ops.items():
-            if method != "options":
-                deployed[(path, method)] = method_auth(body, op)[0] == "COGNITO_USER_POOLS"
+    for api in APIS:
+        body = rest_api_body(cfn, api)
+        for path, ops in body["paths"].items():
+            for method, op in ops.items():
+                if method != "options":
+                    deployed[(path, method)] = method_auth(body, op)[0] == "COGNITO_USER_POOLS"
     documented = {}
     for path, ops in doc["paths"].items():
         for method, op in ops.items():

@@ -301,6 +301,67 @@ impl paykey::ports::Clock for TokioClock {
     }
 }
 
+type ThrottledApp = paykey::handlers::App<
+    paykey::adapters::memory::MemoryStore,
+    paykey::adapters::patient::Patient<paykey::adapters::memory::MemoryKeys>,
+    paykey::adapters::memory::MemoryUsers,
+    paykey::adapters::memory::MemoryPayments,
+>;
+
+/// The in-memory ports with API Gateway's control-plane limits (5 CreateApiKey/s, 10
+/// management calls/s, burst 40) and a clock on tokio's (paused) one.
+fn throttled_app() -> (Arc<ThrottledApp>, paykey::adapters::memory::MemoryKeys) {
+    use paykey::adapters::memory::{MemoryKeys, MemoryPayments, MemoryStore, MemoryUsers, Meter, SequentialIds};
+    use paykey::adapters::patient::Patient;
+    use paykey::flows::Settings;
+
+    let meter = Meter::new();
+    let keys = MemoryKeys::new(Arc::clone(&meter));
+    keys.throttle_like_aws();
+    let payments = MemoryPayments::new(Arc::clone(&meter));
+    payments.add_price("FMMailPro", 980, "jpy");
+    let app = Arc::new(paykey::handlers::App {
+        store: MemoryStore::new(Arc::clone(&meter)),
+        keys: Patient::new(keys.clone()),
+        users: MemoryUsers::new(Arc::clone(&meter)),
+        payments,
+        clock: Arc::new(TokioClock { start: chrono::Utc::now(), origin: tokio::time::Instant::now() }),
+        ids: Arc::new(SequentialIds::default()),
+        settings: Settings::new(support::APP_URL, support::API_URL),
+    });
+    (app, keys)
+}
+
+/// User `i` signs up, starts a checkout and pays it: (user, session, one-time key).
+async fn pay(app: &ThrottledApp, i: u64) -> (paykey::domain::User, SessionId, OneTimeKey) {
+    let user = app.users.add_user(&paykey::domain::UserName::parse(&format!("user{i:03}")).unwrap());
+    let started = flows::start_checkout(
+        &app.users,
+        &app.payments,
+        &app.store,
+        app.ctx(),
+        &user,
+        flows::CheckoutRequest::new("FMMailPro"),
+    )
+    .await
+    .unwrap();
+    let id = SessionId::parse(started.url.rsplit('/').next().unwrap()).unwrap();
+    let key = app.store.sessions().into_iter().find(|r| r.session_id == id).unwrap().one_time_key;
+    app.payments.pay(&id).unwrap();
+    (user, id, key)
+}
+
+async fn assert_all_pro_with_one_key_each(app: &ThrottledApp, keys: &paykey::adapters::memory::MemoryKeys, n: usize) {
+    let names: std::collections::HashSet<_> = keys.all().into_iter().map(|k| k.name).collect();
+    assert_eq!(keys.all().len(), n, "one key per user, no duplicates");
+    assert_eq!(names.len(), n);
+    for a in app.store.accounts() {
+        assert_eq!(a.plan, Plan::PRO, "{}", a.user_name);
+        assert_eq!(app.users.get_user(&a.user_name).await.unwrap().unwrap().plan(), Plan::PRO);
+    }
+    assert_eq!(app.store.accounts().len(), n);
+}
+
 /// API Gateway's control plane allows 5 CreateApiKey/s and 10 management calls/s (burst 40)
 /// per account. 100 users pay within 10 s; each browser follows the success redirect at
 /// once, and Stripe delivers `checkout.session.completed` a second later and retries it (1 min,
@@ -308,45 +369,13 @@ impl paykey::ports::Clock for TokioClock {
 /// model's, not this machine's.
 #[tokio::test(start_paused = true)]
 async fn a_hundred_upgrades_within_ten_seconds_under_api_gateways_limits_all_end_pro_with_one_key_each() {
-    use paykey::adapters::memory::{MemoryKeys, MemoryPayments, MemoryStore, MemoryUsers, Meter, SequentialIds};
-    use paykey::adapters::patient::Patient;
-    use paykey::flows::{CheckoutRequest, Settings};
-    use paykey::handlers::App;
-
-    let meter = Meter::new();
-    let keys = MemoryKeys::new(Arc::clone(&meter));
-    keys.throttle_like_aws();
-    let payments = MemoryPayments::new(Arc::clone(&meter));
-    payments.add_price("FMMailPro", 980, "jpy");
-    let origin = tokio::time::Instant::now();
-    let app = Arc::new(App {
-        store: MemoryStore::new(Arc::clone(&meter)),
-        keys: Patient::new(keys.clone()),
-        users: MemoryUsers::new(Arc::clone(&meter)),
-        payments,
-        clock: Arc::new(TokioClock { start: chrono::Utc::now(), origin }),
-        ids: Arc::new(SequentialIds::default()),
-        settings: Settings::new(support::APP_URL, support::API_URL),
-    });
+    let (app, keys) = throttled_app();
     let mut tasks = Vec::new();
     for i in 0..100u64 {
         let app = Arc::clone(&app);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(i * 100)).await;
-            let user = app.users.add_user(&paykey::domain::UserName::parse(&format!("user{i:03}")).unwrap());
-            let started = flows::start_checkout(
-                &app.users,
-                &app.payments,
-                &app.store,
-                app.ctx(),
-                &user,
-                CheckoutRequest::new("FMMailPro"),
-            )
-            .await
-            .unwrap();
-            let id = SessionId::parse(started.url.rsplit('/').next().unwrap()).unwrap();
-            let key = app.store.sessions().into_iter().find(|r| r.session_id == id).unwrap().one_time_key;
-            app.payments.pay(&id).unwrap();
+            let (user, id, key) = pay(&app, i).await;
             let paid_at = tokio::time::Instant::now();
             // The browser, at once.
             let r = handlers::create_api_key(&app, support::verify_request(&id, &key.to_string())).await.unwrap();
@@ -377,14 +406,7 @@ async fn a_hundred_upgrades_within_ten_seconds_under_api_gateways_limits_all_end
         by_webhook += usize::from(via == "webhook");
     }
     times.sort();
-    let names: std::collections::HashSet<_> = keys.all().into_iter().map(|k| k.name).collect();
-    assert_eq!(keys.all().len(), 100, "one key per user, no duplicates");
-    assert_eq!(names.len(), 100);
-    for a in app.store.accounts() {
-        assert_eq!(a.plan, Plan::PRO, "{}", a.user_name);
-        assert_eq!(app.users.get_user(&a.user_name).await.unwrap().unwrap().plan(), Plan::PRO);
-    }
-    assert_eq!(app.store.accounts().len(), 100);
+    assert_all_pro_with_one_key_each(&app, &keys, 100).await;
     let (median, worst) = (times[50], times[99]);
     println!(
         "# throttled burst: 100 users PRO; {} by the redirect, {by_webhook} by the webhook; seconds from payment to PRO: median {:.1}, max {:.1}; {} calls throttled",
@@ -394,6 +416,181 @@ async fn a_hundred_upgrades_within_ten_seconds_under_api_gateways_limits_all_end
         keys.throttled_calls()
     );
     assert!(keys.throttled_calls() > 0, "the limits were really hit");
+}
+
+/// What stands in front of a deployed function, as the template sets it: the route's throttle
+/// (a token bucket, API Gateway's algorithm), the function's reserved concurrency, its timeout,
+/// and the API's gateway responses. Read from `infra/tests/front-door.json`, which
+/// `infra/tests/test_template.py` derives from the SAM-transformed template (parameter
+/// defaults) and compares with the committed file. What API Gateway answers when (the sources
+/// of this model): the route throttle → THROTTLED (429); a function at its reserved
+/// concurrency → Lambda's 429, which a proxy integration turns into INTEGRATION_FAILURE (a 5XX);
+/// a function timeout → 502 (DEFAULT_5XX); a type the API does not customise falls back to
+/// DEFAULT_4XX / DEFAULT_5XX, whose status code, when set, all types of its class take
+/// (API Gateway developer guide, "Gateway response types").
+struct FrontDoor {
+    rate: f64,
+    burst: f64,
+    bucket: std::sync::Mutex<(f64, tokio::time::Instant)>,
+    slots: Arc<tokio::sync::Semaphore>,
+    timeout: std::time::Duration,
+    responses: serde_json::Value,
+    refused: std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>>,
+}
+
+/// What a caller gets: the function's answer, or API Gateway's own (status, Location).
+enum Through<T> {
+    Function(T),
+    Gateway(u16, Option<String>),
+}
+
+impl FrontDoor {
+    fn of(name: &str) -> Self {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/tests/front-door.json");
+        let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let d = &all[name];
+        let burst = d["throttle_burst"].as_f64().unwrap();
+        Self {
+            rate: d["throttle_rate_per_second"].as_f64().unwrap(),
+            burst,
+            bucket: std::sync::Mutex::new((burst, tokio::time::Instant::now())),
+            slots: Arc::new(tokio::sync::Semaphore::new(d["reserved_concurrency"].as_u64().unwrap() as usize)),
+            timeout: std::time::Duration::from_secs(d["timeout_seconds"].as_u64().unwrap()),
+            responses: d["gateway_responses"].clone(),
+            refused: Default::default(),
+        }
+    }
+
+    fn admit(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap();
+        let now = tokio::time::Instant::now();
+        b.0 = (b.0 + (now - b.1).as_secs_f64() * self.rate).min(self.burst);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// API Gateway's answer of `kind` (its own status `status`), with the API's customisation.
+    fn gateway<T>(&self, kind: &'static str, status: u16) -> Through<T> {
+        *self.refused.lock().unwrap().entry(kind).or_default() += 1;
+        let class = if status < 500 { "DEFAULT_4XX" } else { "DEFAULT_5XX" };
+        let default = &self.responses[class];
+        let own = &self.responses[kind];
+        let r = if own.is_null() { default } else { own };
+        let code = r["status"].as_u64().or(default["status"].as_u64()).map_or(status, |c| c as u16);
+        Through::Gateway(code, r["location"].as_str().map(|l| l.replace("{AppUrl}", support::APP_URL)))
+    }
+
+    async fn call<T>(&self, function: impl std::future::Future<Output = T>) -> Through<T> {
+        if !self.admit() {
+            return self.gateway("THROTTLED", 429);
+        }
+        let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            return self.gateway("INTEGRATION_FAILURE", 504);
+        };
+        // A timed-out function is stopped wherever it is (its next call never happens).
+        match tokio::time::timeout(self.timeout, function).await {
+            Ok(answer) => Through::Function(answer),
+            Err(_) => self.gateway("FUNCTION_TIMEOUT", 502),
+        }
+    }
+}
+
+/// A launch: 200 users pay within 4 s (50/s, against a route throttle of 10/s, burst 20, and
+/// 10 concurrent functions), each browser follows Stripe's success redirect once, at once;
+/// Stripe delivers `checkout.session.completed` a second later through the webhook's own door
+/// and retries it (1 min, 5 min, 30 min, 1 h, then hourly) while it is refused or fails. Every
+/// browser lands on a page of the front end — the thanks page, or the thanks page marked
+/// pending — never API Gateway's JSON and never the cancel page; every user ends PRO with one
+/// key. On tokio's paused clock: the times are the model's.
+#[tokio::test(start_paused = true)]
+async fn a_launch_burst_behind_the_deployed_limits_shows_every_paying_browser_a_front_end_page_and_ends_pro() {
+    const USERS: u64 = 200;
+    let (app, keys) = throttled_app();
+    let redirect = Arc::new(FrontDoor::of("success_redirect"));
+    let webhook = Arc::new(FrontDoor::of("webhook"));
+    let mut tasks = Vec::new();
+    for i in 0..USERS {
+        let (app, redirect, webhook) = (Arc::clone(&app), Arc::clone(&redirect), Arc::clone(&webhook));
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(i * 20)).await;
+            let (user, id, key) = pay(&app, i).await;
+            let paid_at = tokio::time::Instant::now();
+            let browser = {
+                let (app, id) = (Arc::clone(&app), id.clone());
+                tokio::spawn(async move {
+                    match redirect
+                        .call(handlers::create_api_key(&app, support::verify_request(&id, &key.to_string())))
+                        .await
+                    {
+                        Through::Function(r) => {
+                            let r = r.unwrap();
+                            let location = r.headers().get("location").map(|l| l.to_str().unwrap().to_string());
+                            (r.status().as_u16(), location, "function")
+                        }
+                        Through::Gateway(status, location) => (status, location, "gateway"),
+                    }
+                })
+            };
+            let mut delays = vec![1u64, 60, 300, 1800, 3600];
+            delays.extend([3600; 24]);
+            let mut became_pro = None;
+            for delay in delays {
+                tokio::time::sleep(std::time::Duration::from_secs(delay)).await;
+                let delivery = webhook.call(flows::complete_checkout(
+                    &app.store,
+                    &app.keys,
+                    &app.users,
+                    &app.payments,
+                    app.ctx(),
+                    &id,
+                    None,
+                ));
+                if let Through::Function(Ok(done)) = delivery.await {
+                    if done.is_success() {
+                        became_pro = Some(paid_at.elapsed());
+                        break;
+                    }
+                }
+            }
+            let became_pro = became_pro.unwrap_or_else(|| panic!("{user} never became PRO"));
+            (browser.await.unwrap(), became_pro)
+        }));
+    }
+    let (app_url, thanks, pending) = (support::APP_URL, app.settings.thanks_url(), app.settings.pending_url());
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut waits = Vec::new();
+    for t in tasks {
+        let ((status, location, by), took) = t.await.unwrap();
+        assert_eq!(status, 302, "a browser is always redirected ({by})");
+        let location = location.expect("a redirect says where");
+        assert!(
+            location == thanks || location == pending,
+            "a paying browser lands on {location}, not a thanks page ({by})"
+        );
+        assert!(location.starts_with(app_url));
+        *seen.entry(format!("{} by the {by}", if location == thanks { "thanks" } else { "pending" })).or_default() += 1;
+        waits.push(took);
+    }
+    waits.sort();
+    assert_all_pro_with_one_key_each(&app, &keys, USERS as usize).await;
+    let refused = |d: &FrontDoor| format!("{:?}", d.refused.lock().unwrap());
+    println!(
+        "# launch burst behind the deployed limits: {USERS} paying browsers in {} s; pages: {seen:?}; refused at the redirect's door: {}; at the webhook's: {}; seconds from payment to PRO: median {:.0}, max {:.0}; {} control-plane calls throttled",
+        USERS * 20 / 1000,
+        refused(&redirect),
+        refused(&webhook),
+        waits[waits.len() / 2].as_secs_f64(),
+        waits[waits.len() - 1].as_secs_f64(),
+        keys.throttled_calls(),
+    );
+    let redirect_refusals = redirect.refused.lock().unwrap().clone();
+    assert!(redirect_refusals.get("THROTTLED").is_some_and(|n| *n > 0), "the route throttle was really hit");
+    assert!(seen.keys().any(|k| k.ends_with("by the gateway")), "some browsers were answered by API Gateway itself");
 }
 
 /// `/account` reads the key's value from API Gateway's control plane (10 calls/s for the whole

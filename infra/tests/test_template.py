@@ -93,13 +93,14 @@ ROUTES = {
 READ_ONLY_PUBLIC = {("/plans", "get")}
 
 # Stripe's success redirect has an API of its own (RedirectApi), whose gateway responses are
-# all redirects to the front end; every other route is on PaykeyApi.
+# all redirects to the front end; every route is on PaykeyApi, the success redirect too (for
+# checkouts started before RedirectApi existed).
 REDIRECT_ROUTES = {("/create-api-key/{session_id}/{one_time_key}", "get")}
 APIS = ("PaykeyApi", "RedirectApi")
 
 
-def api_of(route):
-    return "RedirectApi" if route in REDIRECT_ROUTES else "PaykeyApi"
+def apis_of(route):
+    return set(APIS) if route in REDIRECT_ROUTES else {"PaykeyApi"}
 
 
 def rest_api_body(cfn, api="PaykeyApi"):
@@ -137,7 +138,7 @@ def test_every_route_has_the_readme_authorizer_and_no_other_route_exists(cfn):
                 assert op["x-amazon-apigateway-integration"]["type"] == "aws_proxy"
                 auth_type, authorizer = method_auth(body, op)
                 assert auth_type == ("NONE" if authorizer is None else "COGNITO_USER_POOLS")
-                assert api == api_of((path, method)), (path, method, api)
+                assert api in apis_of((path, method)), (path, method, api)
                 seen[(path, method)] = (fn, authorizer)
     assert seen == ROUTES
 
@@ -261,8 +262,9 @@ def test_each_function_may_be_invoked_only_by_this_api_on_its_own_route(cfn):
         path = re.sub(r"\*", "{}", m.group(2))
         got.add((values["__ApiId__"]["Ref"], fn, m.group(1), path))
     want = {
-        (api_of((path, method)), fn, method.upper(), re.sub(r"\{[^}]+\}", "{}", path))
+        (api, fn, method.upper(), re.sub(r"\{[^}]+\}", "{}", path))
         for (path, method), (fn, _) in ROUTES.items()
+        for api in apis_of((path, method))
     }
     assert got == want
     # the sweeper alone is invoked by EventBridge, by its own schedule rule only
@@ -324,7 +326,7 @@ def test_the_stage_throttles_everything_and_the_unauthenticated_routes_harder(cf
     everything = by_route.pop(("*", "*"))
     assert everything["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRateLimit"}
     assert everything["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurstLimit"}
-    public = {(path, method.upper()) for (path, method), (_, auth) in ROUTES.items() if auth is None and (path, method) not in REDIRECT_ROUTES}
+    public = {(path, method.upper()) for (path, method), (_, auth) in ROUTES.items() if auth is None}
     assert set(by_route) == public
     paths = rest_api_body(cfn)["paths"]
     for (path, method), m in by_route.items():
@@ -406,13 +408,20 @@ def granted(cfn, fn):
     after checking that every tier's plan is granted the same actions."""
     env = functions(cfn)[fn]["Properties"]["Environment"]["Variables"]
     by_plan = {}
-    for st in statements(cfn, fn):
-        for r in listify(st["Resource"]):
-            if "Fn::If" in r:
-                _, r, no = r["Fn::If"]
-                assert no == {"Ref": "AWS::NoValue"}, r
-            name, plan = derived_name(env, r)
-            by_plan.setdefault(name, {}).setdefault(plan, set()).update(listify(st["Action"]))
+    for p in role_of(cfn, fn).get("Policies", []):
+        for st in p["PolicyDocument"]["Statement"]:
+            # Unconditional, so what the default deployment's role allows is what is compared;
+            # only a tier's plan may come and go with the tier's condition.
+            assert "Fn::If" not in st and "Condition" not in st, (fn, st)
+            assert st["Effect"] == "Allow", (fn, st)
+            for r in listify(st["Resource"]):
+                cond = None
+                if "Fn::If" in r:
+                    cond, r, no = r["Fn::If"]
+                    assert no == {"Ref": "AWS::NoValue"}, r
+                name, plan = derived_name(env, r)
+                assert cond == (PLAN_CONDITION[plan] if plan else None), (fn, name, plan, "under condition", cond)
+                by_plan.setdefault(name, {}).setdefault(plan, set()).update(listify(st["Action"]))
     out = {}
     for name, plans in by_plan.items():
         if "{plan}" in name:

@@ -86,12 +86,21 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
     s.past_due_grace = env.parse_secs("PAST_DUE_GRACE_SECONDS", 7 * 24 * 3600)?;
     s.rotation_max_grace = env.parse_secs("ROTATION_MAX_GRACE_SECONDS", 24 * 3600)?;
     if let Some(v) = env.optional("ROTATIONS_PER_DAY") {
-        s.rotations_per_day = v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| ConfigError::Malformed {
-            name: "ROTATIONS_PER_DAY",
-            reason: format!("expected a whole number of at least 1, got {v:?}"),
-        })?;
+        s.rotations_per_day = at_least_one("ROTATIONS_PER_DAY", v)?;
     }
+    if let Some(v) = env.optional("USER_BUDGET_BURST") {
+        s.user_budget.burst = at_least_one("USER_BUDGET_BURST", v)?;
+    }
+    s.user_budget.interval = env.parse_secs("USER_BUDGET_INTERVAL_SECONDS", s.user_budget.interval.as_secs())?;
+    s.checkout_reuse = env.parse_secs("CHECKOUT_REUSE_SECONDS", s.checkout_reuse.as_secs())?;
     Ok(s)
+}
+
+fn at_least_one(name: &'static str, v: &str) -> Result<u32, ConfigError> {
+    v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| ConfigError::Malformed {
+        name,
+        reason: format!("expected a whole number of at least 1, got {v:?}"),
+    })
 }
 
 /// `PAYKEY_CATALOG` (the tiers, as JSON; see `Catalog::parse`), or without it the catalog of

@@ -8,11 +8,11 @@ use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 
-use crate::domain::{CustomerId, Error, OneTimeKey, SessionId};
+use crate::domain::{Error, OneTimeKey, SessionId};
 use crate::flows::{self, CheckoutRequest, Completion, Ctx, EventOutcome, Settings};
 use crate::http;
 use crate::ports::{
-    Accounts, Checkouts, Clock, Ids, KeyRegistry, OpenCheckouts, Payments, ProcessedEvents, UserDirectory,
+    Accounts, Budgets, Checkouts, Clock, Ids, KeyRegistry, OpenCheckouts, Payments, ProcessedEvents, UserDirectory,
 };
 
 /// Ports and settings of one function. Ports a function does not use are `()`.
@@ -37,7 +37,7 @@ type HandlerResult = Result<Response<Body>, Infallible>;
 /// `POST /checkout-sessions` `{"lookup_key": "…"}` → `{"url": "…"}`.
 pub async fn create_checkout_session<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
-    S: Checkouts + Accounts + OpenCheckouts,
+    S: Checkouts + Accounts + OpenCheckouts + Budgets,
     U: UserDirectory,
     P: Payments,
 {
@@ -50,8 +50,7 @@ where
             return Err(Error::BadRequest(format!("method {} is not allowed; use POST", req.method())));
         }
         let user = http::caller(&req)?;
-        let mut body: CheckoutRequest = http::json_body(&req)?;
-        body.customer_hint = http::claim(&req, "custom:stripe_customer_id").and_then(|c| CustomerId::parse(&c).ok());
+        let body: CheckoutRequest = http::json_body(&req)?;
         // Stripe's success redirect comes back to this API: its configured URL, or the URL
         // this request came in on (API Gateway's domain and stage).
         let derived;
@@ -130,6 +129,7 @@ struct PortalAnswer {
 /// caller's own Stripe customer.
 pub async fn create_billing_portal<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
+    S: Budgets,
     U: UserDirectory,
     P: Payments,
 {
@@ -139,7 +139,7 @@ where
     }
     let result = async {
         let user = http::caller(&req)?;
-        flows::open_billing_portal(&app.users, &app.payments, app.ctx(), &user).await
+        flows::open_billing_portal(&app.store, &app.users, &app.payments, app.ctx(), &user).await
     }
     .await;
     Ok(match result {
@@ -153,7 +153,7 @@ where
 /// first call, the same key after; 404 `no_free_tier` when the catalog has none with keys).
 pub async fn get_account<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
-    S: Accounts,
+    S: Accounts + Budgets,
     K: KeyRegistry,
     U: UserDirectory,
 {
@@ -241,7 +241,7 @@ where
 /// `GET /plans` (both need the Stripe client and its price cache).
 pub async fn checkout_routes<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
-    S: Checkouts + Accounts + OpenCheckouts,
+    S: Checkouts + Accounts + OpenCheckouts + Budgets,
     U: UserDirectory,
     P: Payments,
 {

@@ -144,8 +144,14 @@ pub fn error_response(err: &Error, app_url: &str) -> Response<Body> {
         tracing::info!(error = %err, code = err.code(), status, "request refused");
     }
     let mut resp = json(status, &ErrorBody { error: err.code(), message: err.public_message() }, app_url);
-    if matches!(err, Error::FulfilmentInProgress) {
-        resp.headers_mut().insert(RETRY_AFTER, lambda_http::http::HeaderValue::from_static("2"));
+    match err {
+        Error::FulfilmentInProgress => {
+            resp.headers_mut().insert(RETRY_AFTER, lambda_http::http::HeaderValue::from_static("2"));
+        }
+        Error::TooManyRequests(seconds) => {
+            resp.headers_mut().insert(RETRY_AFTER, lambda_http::http::HeaderValue::from(*seconds));
+        }
+        _ => {}
     }
     resp
 }

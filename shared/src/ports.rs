@@ -139,17 +139,86 @@ pub trait ProcessedEvents: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// The one open Checkout Session per user and price (a pointer item beside the sessions).
+/// A user's open Checkout Session for one price, as recorded when it was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenCheckout {
+    pub session_id: SessionId,
+    /// Stripe's hosted page for it, handed out again on a repeated request.
+    pub url: String,
+    pub created_at: DateTime<Utc>,
+    /// When Stripe expires it unpaid (24 hours after creation).
+    pub open_until: DateTime<Utc>,
+}
+
+/// The one open Checkout Session per user and price (a pointer item beside the sessions),
+/// and the short claim that lets one request at a time create the next one.
 pub trait OpenCheckouts: Send + Sync {
-    /// Records `session` as the user's open checkout for `price_id` and returns the one it
+    /// The user's open checkout for `price_id`, unless there is none or it is past
+    /// `open_until` at `now`.
+    fn open_checkout(
+        &self,
+        user: &UserId,
+        price_id: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<OpenCheckout>>> + Send;
+    /// Takes the right to create the user's next checkout for `price_id` until `until`, unless
+    /// another unexpired claim holds it (`false`). Recording a checkout
+    /// ([`OpenCheckouts::replace_open_checkout`]) ends the claim.
+    fn claim_open_checkout(
+        &self,
+        user: &UserId,
+        price_id: &str,
+        token: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Records `open` as the user's open checkout for `price_id` and returns the session it
     /// replaces, if any (atomically: of two concurrent calls, one sees the other's session).
     fn replace_open_checkout(
         &self,
         user: &UserId,
         price_id: &str,
-        session: &SessionId,
-        expires_at: DateTime<Utc>,
+        open: &OpenCheckout,
     ) -> impl Future<Output = Result<Option<SessionId>>> + Send;
+}
+
+/// A per-caller request budget: `burst` requests at once, then one per `interval` (a token
+/// bucket, kept as GCRA's theoretical arrival time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub burst: u32,
+    pub interval: std::time::Duration,
+}
+
+impl Budget {
+    /// GCRA: a request at `now` is admitted when the bucket's theoretical arrival time `tat`
+    /// is at most `(burst - 1) × interval` ahead of `now`; the new time is then
+    /// `max(tat, now) + interval`. Otherwise, how long until a request is admitted.
+    pub fn admit(
+        &self,
+        tat: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<DateTime<Utc>, std::time::Duration> {
+        let interval = chrono::Duration::from_std(self.interval).unwrap_or(chrono::Duration::MAX);
+        let tolerance = interval * (self.burst.max(1) as i32 - 1);
+        match tat {
+            Some(t) if t > now + tolerance => Err((t - tolerance - now).to_std().unwrap_or_default()),
+            Some(t) if t > now => Ok(t + interval),
+            _ => Ok(now + interval),
+        }
+    }
+}
+
+/// Per-caller request budgets, shared by every function (beside the checkouts, with a TTL).
+pub trait Budgets: Send + Sync {
+    /// Spends one request of `bucket`'s `budget` at `now`: `None` when admitted, otherwise how
+    /// long until one would be (nothing spent).
+    fn spend(
+        &self,
+        bucket: &str,
+        budget: Budget,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<std::time::Duration>>> + Send;
 }
 
 /// API keys and the usage plans of the catalog's tiers (API Gateway). All plans serve one API

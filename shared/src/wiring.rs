@@ -52,7 +52,8 @@ pub type CheckoutApp = App<DynamoStore, (), CognitoUsers, CachedPrices<StripePay
 /// API Gateway keys behind [`Patient`]: throttled control-plane calls are waited out.
 pub type Keys = Patient<ApiGatewayKeys>;
 pub type FulfilApp = App<DynamoStore, Keys, CognitoUsers, StripePayments>;
-pub type PortalApp = App<(), (), CognitoUsers, StripePayments>;
+/// The portal needs the sessions table only for the caller's request budget.
+pub type PortalApp = App<DynamoStore, (), CognitoUsers, StripePayments>;
 pub type AccountApp = App<DynamoStore, CachedKeyValues<Keys>, CognitoUsers, ()>;
 pub type WebhookApp = App<DynamoStore, Keys, CognitoUsers, StripePayments>;
 
@@ -77,11 +78,12 @@ pub async fn fulfil_app(env: &Env) -> Result<FulfilApp, InitError> {
 /// `create-billing-portal`.
 pub async fn portal_app(env: &Env) -> Result<PortalApp, InitError> {
     let settings = config::settings(env)?;
+    let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let aws = aws::load_config().await;
     let (payments, _) = stripe(env, key, &aws).await?;
-    Ok(app((), (), CognitoUsers::new(&aws, pool), payments, settings))
+    Ok(app(DynamoStore::new(&aws, tables), (), CognitoUsers::new(&aws, pool), payments, settings))
 }
 
 /// `get-account`.

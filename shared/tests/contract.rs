@@ -14,8 +14,8 @@ use paykey::domain::{
     UserId, UserName,
 };
 use paykey::ports::{
-    AccountListing, AccountLock, Accounts, Checkouts, Claim, Commit, KeyRegistry, OpenCheckouts, ProcessedEvents,
-    UserDirectory,
+    AccountListing, AccountLock, Accounts, Budget, Budgets, Checkouts, Claim, Commit, KeyRegistry, OpenCheckout,
+    OpenCheckouts, ProcessedEvents, UserDirectory,
 };
 
 fn unique(prefix: &str) -> String {
@@ -88,7 +88,11 @@ fn account(user: &User, key: &str) -> AccountRecord {
     }
 }
 
-async fn session_store_contract<S: Checkouts + Accounts + AccountListing + ProcessedEvents + OpenCheckouts>(store: &S) {
+async fn session_store_contract<
+    S: Checkouts + Accounts + AccountListing + ProcessedEvents + OpenCheckouts + Budgets,
+>(
+    store: &S,
+) {
     let alice = new_user("alice-");
     let r = record(&alice);
     let t = r.created_at;
@@ -272,10 +276,66 @@ async fn session_store_contract<S: Checkouts + Accounts + AccountListing + Proce
     let price = unique("price_");
     let (s1, s2) = (SessionId::parse(&unique("cs_test_")).unwrap(), SessionId::parse(&unique("cs_test_")).unwrap());
     let until = t5 + chrono::Duration::hours(24);
-    assert_eq!(store.replace_open_checkout(&carol.id, &price, &s1, until).await.unwrap(), None);
-    assert_eq!(store.replace_open_checkout(&carol.id, &price, &s2, until).await.unwrap(), Some(s1.clone()));
-    assert_eq!(store.replace_open_checkout(&carol.id, &unique("price_"), &s1, until).await.unwrap(), None, "per price");
-    assert_eq!(store.replace_open_checkout(&bob.id, &price, &s1, until).await.unwrap(), None, "per user");
+    let open = |id: &SessionId| OpenCheckout {
+        session_id: id.clone(),
+        url: format!("https://checkout.example/{id}"),
+        created_at: t5,
+        open_until: until,
+    };
+    assert_eq!(store.open_checkout(&carol.id, &price, t5).await.unwrap(), None);
+    // the claim: one holder at a time, its own token again (a retried call), anyone once it ends
+    assert!(store.claim_open_checkout(&carol.id, &price, "c1", t5, t5 + chrono::Duration::seconds(20)).await.unwrap());
+    assert!(!store.claim_open_checkout(&carol.id, &price, "c2", t5, t5 + chrono::Duration::seconds(20)).await.unwrap());
+    assert!(store.claim_open_checkout(&carol.id, &price, "c1", t5, t5 + chrono::Duration::seconds(20)).await.unwrap());
+    assert_eq!(store.open_checkout(&carol.id, &price, t5).await.unwrap(), None, "a claim is no open checkout");
+    let later = t5 + chrono::Duration::seconds(21);
+    assert!(store
+        .claim_open_checkout(&carol.id, &price, "c3", later, later + chrono::Duration::seconds(20))
+        .await
+        .unwrap());
+    assert_eq!(store.replace_open_checkout(&carol.id, &price, &open(&s1)).await.unwrap(), None);
+    assert_eq!(store.open_checkout(&carol.id, &price, t5).await.unwrap(), Some(open(&s1)));
+    // recording one ends the claim
+    assert!(store
+        .claim_open_checkout(&carol.id, &price, "c4", later, later + chrono::Duration::seconds(20))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.open_checkout(&carol.id, &price, t5).await.unwrap(),
+        Some(open(&s1)),
+        "a claim keeps the open one"
+    );
+    assert_eq!(store.replace_open_checkout(&carol.id, &price, &open(&s2)).await.unwrap(), Some(s1.clone()));
+    assert!(store
+        .claim_open_checkout(&carol.id, &price, "c5", later, later + chrono::Duration::seconds(20))
+        .await
+        .unwrap());
+    assert_eq!(store.open_checkout(&carol.id, &price, until).await.unwrap(), None, "past its 24 hours");
+    assert_eq!(store.replace_open_checkout(&carol.id, &unique("price_"), &open(&s1)).await.unwrap(), None, "per price");
+    assert_eq!(store.replace_open_checkout(&bob.id, &price, &open(&s1)).await.unwrap(), None, "per user");
+
+    // request budgets (GCRA): a burst of 3, then one per 10 s; an idle bucket starts over
+    let budget = Budget { burst: 3, interval: std::time::Duration::from_secs(10) };
+    let bucket = unique("checkout#");
+    for _ in 0..3 {
+        assert_eq!(store.spend(&bucket, budget, t5).await.unwrap(), None);
+    }
+    assert_eq!(store.spend(&bucket, budget, t5).await.unwrap(), Some(std::time::Duration::from_secs(10)));
+    let t6 = t5 + chrono::Duration::seconds(4);
+    assert_eq!(
+        store.spend(&bucket, budget, t6).await.unwrap(),
+        Some(std::time::Duration::from_secs(6)),
+        "nothing spent by a refusal"
+    );
+    let t7 = t5 + chrono::Duration::seconds(10);
+    assert_eq!(store.spend(&bucket, budget, t7).await.unwrap(), None);
+    assert_eq!(store.spend(&bucket, budget, t7).await.unwrap(), Some(std::time::Duration::from_secs(10)));
+    assert_eq!(store.spend(&unique("checkout#"), budget, t7).await.unwrap(), None, "per bucket");
+    let idle = t7 + chrono::Duration::hours(1);
+    for _ in 0..3 {
+        assert_eq!(store.spend(&bucket, budget, idle).await.unwrap(), None, "idle: a whole burst again, not more");
+    }
+    assert!(store.spend(&bucket, budget, idle).await.unwrap().is_some());
 
     // processed events are remembered
     let evt = unique("evt_");

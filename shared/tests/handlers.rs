@@ -448,3 +448,38 @@ async fn the_rotate_route_refuses_bad_input_without_writing() {
     assert_eq!(r.status(), 200, "{:?}", r.body());
     assert!(body_json(&r)["previous_key_until"].is_string());
 }
+
+/// A user over the route's budget: 429, `Retry-After`, a JSON error with CORS; nothing else
+/// done (no session recorded beyond the admitted ones).
+#[tokio::test]
+async fn a_request_over_the_users_budget_is_429_with_retry_after_and_a_json_error() {
+    let mut w = World::new();
+    let d = paykey::flows::Settings::new(APP_URL, support::API_URL);
+    w.app.settings.user_budget = d.user_budget;
+    w.app.settings.checkout_reuse = d.checkout_reuse;
+    w.user("alice");
+    let mut last = None;
+    for _ in 0..6 {
+        let ev = Event::checkout(r#"{"lookup_key":"FMMailPro"}"#);
+        last = Some(handlers::create_checkout_session(&w.app, ev.request()).await.unwrap());
+    }
+    let r = last.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_json_with_cors(&r);
+    assert_eq!(header(&r, "retry-after"), "10");
+    let body = body_json(&r);
+    assert_eq!(body["error"], "too_many_requests");
+    assert!(body["message"].as_str().unwrap().contains("retry in 10 s"), "{body}");
+    assert_eq!(w.app.store.sessions().len(), 1, "the five admitted share one session");
+    // a lookup key not offered is refused before any budget is spent
+    let mut w = World::new();
+    w.app.settings.user_budget = d.user_budget;
+    w.user("alice");
+    for _ in 0..10 {
+        let r = handlers::create_checkout_session(&w.app, Event::checkout(r#"{"lookup_key":"Nope"}"#).request())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    assert_eq!(w.meter.count("ddb.spend"), 0, "bad input writes nothing");
+}

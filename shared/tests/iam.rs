@@ -48,7 +48,12 @@ fn grants(op: &str) -> &'static [(&'static str, &'static str)] {
     match op {
         "ddb.put_session" | "ddb.mark_event" | "ddb.replace_open_checkout" => &[("dynamodb:PutItem", SESSIONS)],
         "ddb.get_session" | "ddb.event_seen" => &[("dynamodb:GetItem", SESSIONS)],
-        "ddb.claim" | "ddb.release_claim" => &[("dynamodb:UpdateItem", SESSIONS)],
+        // a lost claim reads the session when the failed condition returned no item
+        "ddb.claim" => &[("dynamodb:UpdateItem", SESSIONS), ("dynamodb:GetItem", SESSIONS)],
+        "ddb.release_claim" | "ddb.claim_open_checkout" => &[("dynamodb:UpdateItem", SESSIONS)],
+        "ddb.open_checkout" => &[("dynamodb:GetItem", SESSIONS)],
+        // a refusal reads the bucket when the failed condition returned no item
+        "ddb.spend" => &[("dynamodb:UpdateItem", SESSIONS), ("dynamodb:GetItem", SESSIONS)],
         // TransactWriteItems needs the actions of the writes it holds; after a lost answer the
         // adapter reads the session to recognise its own commit.
         "ddb.fulfil" => {
@@ -66,7 +71,8 @@ fn grants(op: &str) -> &'static [(&'static str, &'static str)] {
         "apigw.set_enabled" => &[("apigateway:PATCH", KEY)],
         "apigw.plans_of" => &[("apigateway:GET", PLANS)], // GetUsagePlans?keyId=
         "apigw.plan_keys" => &[("apigateway:GET", PLAN_KEYS)],
-        "apigw.attach" => &[("apigateway:POST", PLAN_KEYS)],
+        // a ConflictException (already attached?) is settled by GetUsagePlanKey
+        "apigw.attach" => &[("apigateway:POST", PLAN_KEYS), ("apigateway:GET", PLAN_KEY)],
         // detach reads the association first (moto and API Gateway answer a missing one differently)
         "apigw.detach" => &[("apigateway:GET", PLAN_KEY), ("apigateway:DELETE", PLAN_KEY)],
         "apigw.set_remaining" => &[("apigateway:PATCH", PLAN_KEY)], // UpdateUsage: …/keys/{key}/usage
@@ -296,9 +302,9 @@ async fn portal_calls() -> Vec<&'static str> {
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
     w.meter.reset_calls();
-    flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &alice).await.unwrap();
+    flows::open_billing_portal(&w.app.store, &w.app.users, &w.app.payments, w.app.ctx(), &alice).await.unwrap();
     let bob = w.user("bob");
-    flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &bob).await.unwrap_err();
+    flows::open_billing_portal(&w.app.store, &w.app.users, &w.app.payments, w.app.ctx(), &bob).await.unwrap_err();
     w.meter.calls()
 }
 

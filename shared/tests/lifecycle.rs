@@ -315,6 +315,27 @@ async fn resync_reports_missed_cancellations_in_a_dry_run_and_repairs_them_with_
     assert!(resync(false).await.unwrap().is_empty(), "nothing left to repair");
 }
 
+/// A paying user whose record names no key (a record restored from a backup, an edit by hand):
+/// resync sees the drift and gives the key back. (Found by `cargo mutants`: reading "no key"
+/// as fine for a paid user passed the suite.)
+#[tokio::test]
+async fn resync_repairs_a_paying_user_whose_record_names_no_key() {
+    let w = World::new();
+    let (u, _) = pro_user(&w, "dora").await;
+    let mut accounts = w.app.store.accounts();
+    for a in accounts.iter_mut().filter(|a| a.user_id == u.id) {
+        a.api_key_id = None;
+    }
+    w.app.store.restore(w.app.store.sessions(), accounts, w.app.store.event_entries());
+    let drifts =
+        flows::resync(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), true).await.unwrap();
+    assert_eq!(drifts.len(), 1, "{drifts:?}");
+    assert!(drifts[0].repaired(), "{}", drifts[0]);
+    let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    assert!(account.api_key_id.is_some(), "the key is recorded again");
+    assert_eq!(enabled_keys(&w, &u), 1);
+}
+
 /// A user as the Python version left them: a name-keyed record with a key and no customer id;
 /// the customer only in Cognito's `custom:stripe_customer_id`; a subscription without paykey's
 /// metadata. Returns (user, subscription, key id).

@@ -425,9 +425,11 @@ async fn a_hundred_upgrades_within_ten_seconds_under_api_gateways_limits_all_end
 /// defaults) and compares with the committed file. What API Gateway answers when (the sources
 /// of this model): the route throttle → THROTTLED (429); a function at its reserved
 /// concurrency → Lambda's 429, which a proxy integration turns into INTEGRATION_FAILURE (a 5XX);
-/// a function timeout → 502 (DEFAULT_5XX); a type the API does not customise falls back to
-/// DEFAULT_4XX / DEFAULT_5XX, whose status code, when set, all types of its class take
-/// (API Gateway developer guide, "Gateway response types").
+/// a type the API does not customise falls back to DEFAULT_4XX / DEFAULT_5XX, whose status
+/// code, when set, all types of its class take (API Gateway developer guide, "Gateway
+/// response types"). A function error (its timeout, a crash) is API Gateway's 502 "Internal
+/// server error", taken here to be DEFAULT_5XX's: no published type names it, and only a
+/// deployed probe can confirm it.
 struct FrontDoor {
     rate: f64,
     burst: f64,
@@ -495,9 +497,23 @@ impl FrontDoor {
         // A timed-out function is stopped wherever it is (its next call never happens).
         match tokio::time::timeout(self.timeout, function).await {
             Ok(answer) => Through::Function(answer),
-            Err(_) => self.gateway("FUNCTION_TIMEOUT", 502),
+            Err(_) => self.gateway("FUNCTION_ERROR", 502),
         }
     }
+}
+
+/// A function that outlives its timeout (or crashes) behind the redirect's door: the browser
+/// gets DEFAULT_5XX's redirect to the pending thanks page, not API Gateway's JSON.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_success_redirect_lands_on_the_pending_thanks_page() {
+    let door = FrontDoor::of("success_redirect");
+    let slow = async {
+        tokio::time::sleep(door.timeout * 2).await;
+        unreachable!("stopped at the timeout")
+    };
+    let Through::<()>::Gateway(status, location) = door.call(slow).await else { panic!("the function cannot answer") };
+    let settings = paykey::flows::Settings::new(support::APP_URL, support::API_URL);
+    assert_eq!((status, location.as_deref()), (302, Some(settings.pending_url().as_str())));
 }
 
 /// A launch: 200 users pay within 4 s (50/s, against a route throttle of 10/s, burst 20, and
@@ -590,6 +606,7 @@ async fn a_launch_burst_behind_the_deployed_limits_shows_every_paying_browser_a_
     );
     let redirect_refusals = redirect.refused.lock().unwrap().clone();
     assert!(redirect_refusals.get("THROTTLED").is_some_and(|n| *n > 0), "the route throttle was really hit");
+    assert!(redirect_refusals.get("INTEGRATION_FAILURE").is_some_and(|n| *n > 0), "the reserved concurrency too");
     assert!(seen.keys().any(|k| k.ends_with("by the gateway")), "some browsers were answered by API Gateway itself");
 }
 
@@ -646,7 +663,7 @@ async fn a_new_user_with_a_deleted_users_name_inherits_nothing() {
     assert!(view.api_key.is_none(), "the old key is not shown: {view:?}");
     assert!(!view.has_billing_account);
     assert!(matches!(
-        flows::open_billing_portal(&w.app.users, &w.app.payments, w.app.ctx(), &new).await,
+        flows::open_billing_portal(&w.app.store, &w.app.users, &w.app.payments, w.app.ctx(), &new).await,
         Err(paykey::Error::NoCustomer)
     ));
 
@@ -732,4 +749,27 @@ async fn a_name_keyed_record_of_an_earlier_version_is_adopted_once_and_retired()
     assert!(w.app.store.legacy_accounts().is_empty(), "retired");
     let account = w.app.store.accounts().into_iter().find(|a| a.user_id == bob.id).unwrap();
     assert_eq!(account.api_key_id, Some(old_key.id));
+}
+
+/// A fulfilment that lost its lease to another attempt still at work answers the pending
+/// thanks page, never the thanks page: the key is not there yet. (Found by `cargo mutants`:
+/// answering "already fulfilled" whatever the session's state passed the suite.)
+#[tokio::test]
+async fn a_fulfilment_that_lost_its_lease_to_one_still_at_work_answers_pending() {
+    use paykey::ports::Clock;
+    let w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    let (store, clock, sid) = (w.app.store.clone(), w.clock.clone(), id.clone());
+    w.meter.reset_calls();
+    w.meter.on_call("ddb.fulfil", 0, move || {
+        // the lease ran out: another attempt holds the session and the account now
+        let mut sessions = store.sessions();
+        for s in sessions.iter_mut().filter(|s| s.session_id == sid) {
+            s.lease = Some(("tok-other".into(), clock.now() + chrono::Duration::seconds(60)));
+        }
+        store.restore(sessions, store.accounts(), store.event_entries());
+    });
+    let r = handlers::create_api_key(&w.app, support::verify_request(&id, &key.to_string())).await.unwrap();
+    assert_eq!(r.headers()["location"].to_str().unwrap(), w.app.settings.pending_url());
 }

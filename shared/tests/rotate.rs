@@ -375,3 +375,33 @@ async fn a_grace_across_the_end_of_the_month_does_not_double_the_next_months_quo
     println!("# quota 10 per month; a grace across the month's end: December served {december}");
     assert_eq!(december, 10, "the new month's quota once, not once per key");
 }
+
+/// A webhook for an unchanged subscription during a paid user's grace (a renewal, a metadata
+/// edit) keeps both keys working: the key work of every path spares the previous key while
+/// its grace lasts. (Found by `cargo mutants`: `spared` answering `Some("")` passed the suite.)
+#[tokio::test]
+async fn a_webhook_during_a_paid_users_grace_keeps_the_previous_key_working() {
+    let w = World::tiered();
+    let u = w.user("iris");
+    let (id, key) = w.checkout_and_pay(&u).await;
+    w.complete(&id, &key).await.unwrap();
+    let old = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap().api_key_id.unwrap();
+    let old_value = paykey::ports::KeyRegistry::key_value(&w.app.keys, &old).await.unwrap().unwrap();
+    let r = rotate(&w, &u, 3600, None).await.unwrap();
+    let sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
+    let e = StripeEvent {
+        id: "evt_renewal".into(),
+        kind: "customer.subscription.updated".into(),
+        subject: EventSubject::Subscription { id: sub, customer: None },
+    };
+    flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &e)
+        .await
+        .unwrap();
+    let mut both = vec![old.clone(), r.api_key.id.clone()];
+    both.sort();
+    let mut enabled = enabled_keys(&w, &u);
+    enabled.sort();
+    assert_eq!(enabled, both, "the previous key keeps its grace");
+    call(&w, &old_value).unwrap();
+    call(&w, &r.api_key.value).unwrap();
+}

@@ -239,6 +239,7 @@ mod tests {
             Error::NoFreeTier,
             Error::NoKey,
             Error::RotationLimited(3),
+            Error::TooManyRequests(10),
             Error::TierWithoutUsagePlan("FREE".into()),
             Error::NoCustomer,
             Error::BadSignature("x".into()),

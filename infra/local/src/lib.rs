@@ -493,6 +493,7 @@ where
     S: paykey::ports::Checkouts
         + paykey::ports::Accounts
         + paykey::ports::OpenCheckouts
+        + paykey::ports::Budgets
         + paykey::ports::ProcessedEvents,
     K: paykey::ports::KeyRegistry,
     U: paykey::ports::UserDirectory,

@@ -292,6 +292,19 @@ impl Emu {
             }
             ("GET", ["customers", id]) => self.customers.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("customer", id, "id")),
             ("POST", ["checkout", "sessions"]) => self.create_session(form, base),
+            // Stripe: "List all Checkout Sessions" (filters `customer`, `status`), newest first.
+            ("GET", ["checkout", "sessions"]) => {
+                let (customer, status) = (form.get("customer"), form.get("status"));
+                let mut data: Vec<Value> = self
+                    .sessions
+                    .values()
+                    .filter(|s| customer.is_none_or(|c| s["customer"] == c))
+                    .filter(|s| status.is_none_or(|st| s["status"] == st))
+                    .map(public)
+                    .collect();
+                data.sort_by_key(|s| std::cmp::Reverse(s["created"].as_i64()));
+                ApiResult::ok(objects::list(data, "/v1/checkout/sessions"))
+            }
             ("GET", ["checkout", "sessions", id]) => self.sessions.get(*id).map(|s| ApiResult::ok(public(s))).unwrap_or_else(|| ApiResult::missing("checkout.session", id, "session")),
             ("POST", ["checkout", "sessions", id, "expire"]) => self.expire_session(id),
             ("GET", ["invoices", id]) => self.invoices.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("invoice", id, "invoice")),

@@ -17,9 +17,9 @@ use crate::domain::{
     SessionId, SubscriptionId, Throttle as CatalogThrottle, User, UserId, UserName, UserProfile,
 };
 use crate::ports::{
-    AccountListing, AccountLock, Accounts, CheckoutState, Checkouts, Claim, Clock, Commit, CreatedCheckout,
-    DuplicateCancelled, Ids, KeyRegistry, KeyUsage, NewCheckout, OpenCheckouts, Payments, PriceInfo, ProcessedEvents,
-    Result, SubscriptionState, SubscriptionStatus, UserDirectory,
+    AccountListing, AccountLock, Accounts, Budget, Budgets, CheckoutState, Checkouts, Claim, Clock, Commit,
+    CreatedCheckout, DuplicateCancelled, Ids, KeyRegistry, KeyUsage, NewCheckout, OpenCheckout, OpenCheckouts,
+    Payments, PriceInfo, ProcessedEvents, Result, SubscriptionState, SubscriptionStatus, UserDirectory,
 };
 
 /// When an injected fault strikes, relative to the operation's effect.
@@ -184,12 +184,21 @@ struct AccountSlot {
     lock: Option<(String, DateTime<Utc>)>,
 }
 
+/// The item `OPEN#<user>#<price>`: the open checkout, and the claim to create the next one.
+#[derive(Default, Clone)]
+struct OpenPointer {
+    open: Option<OpenCheckout>,
+    claim: Option<(String, DateTime<Utc>)>,
+}
+
 #[derive(Default)]
 struct StoreState {
     sessions: BTreeMap<String, CheckoutRecord>,
     accounts: BTreeMap<String, AccountSlot>,
     events: BTreeMap<String, DateTime<Utc>>,
-    open_checkouts: BTreeMap<String, String>,
+    open_checkouts: BTreeMap<String, OpenPointer>,
+    /// Budget bucket → its theoretical arrival time ([`Budget::admit`]).
+    budgets: BTreeMap<String, DateTime<Utc>>,
     /// Records an earlier version keyed by user name (name → record, its id a placeholder).
     legacy: BTreeMap<String, AccountRecord>,
     /// The token whose `fulfil` finished each session (a repeat with it is recognised).
@@ -516,25 +525,82 @@ impl ProcessedEvents for MemoryStore {
 }
 
 impl OpenCheckouts for MemoryStore {
+    async fn open_checkout(&self, user: &UserId, price_id: &str, now: DateTime<Utc>) -> Result<Option<OpenCheckout>> {
+        let call = self.meter.enter(DDB, "ddb.open_checkout").await?;
+        let open = lock(&self.state)
+            .open_checkouts
+            .get(&format!("{user}#{price_id}"))
+            .and_then(|p| p.open.clone())
+            .filter(|o| o.open_until > now);
+        self.meter.exit(DDB, "ddb.open_checkout", call)?;
+        Ok(open)
+    }
+
+    async fn claim_open_checkout(
+        &self,
+        user: &UserId,
+        price_id: &str,
+        token: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let call = self.meter.enter(DDB, "ddb.claim_open_checkout").await?;
+        let taken = {
+            let mut st = lock(&self.state);
+            let pointer = st.open_checkouts.entry(format!("{user}#{price_id}")).or_default();
+            match &pointer.claim {
+                Some((t, u)) if *u >= now && t != token => false,
+                _ => {
+                    pointer.claim = Some((token.to_string(), until));
+                    true
+                }
+            }
+        };
+        self.meter.exit(DDB, "ddb.claim_open_checkout", call)?;
+        Ok(taken)
+    }
+
     async fn replace_open_checkout(
         &self,
         user: &UserId,
         price_id: &str,
-        session: &SessionId,
-        _expires_at: DateTime<Utc>,
+        open: &OpenCheckout,
     ) -> Result<Option<SessionId>> {
         let call = self.meter.enter(DDB, "ddb.replace_open_checkout").await?;
-        let previous =
-            lock(&self.state).open_checkouts.insert(format!("{user}#{price_id}"), session.as_str().to_string());
+        let previous = lock(&self.state)
+            .open_checkouts
+            .insert(format!("{user}#{price_id}"), OpenPointer { open: Some(open.clone()), claim: None });
         self.meter.exit(DDB, "ddb.replace_open_checkout", call)?;
-        Ok(previous.map(|p| SessionId::parse(&p).expect("stored ids are valid")))
+        Ok(previous.and_then(|p| p.open).map(|o| o.session_id))
+    }
+}
+
+impl Budgets for MemoryStore {
+    async fn spend(&self, bucket: &str, budget: Budget, now: DateTime<Utc>) -> Result<Option<std::time::Duration>> {
+        let call = self.meter.enter(DDB, "ddb.spend").await?;
+        let answer = {
+            let mut st = lock(&self.state);
+            match budget.admit(st.budgets.get(bucket).copied(), now) {
+                Ok(tat) => {
+                    st.budgets.insert(bucket.to_string(), tat);
+                    None
+                }
+                Err(wait) => Some(wait),
+            }
+        };
+        self.meter.exit(DDB, "ddb.spend", call)?;
+        Ok(answer)
     }
 }
 
 impl MemoryStore {
     /// The open checkout recorded for each `user#price`.
     pub fn open_checkouts(&self) -> Vec<(String, String)> {
-        lock(&self.state).open_checkouts.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        lock(&self.state)
+            .open_checkouts
+            .iter()
+            .filter_map(|(k, v)| v.open.as_ref().map(|o| (k.clone(), o.session_id.as_str().to_string())))
+            .collect()
     }
 }
 
@@ -1358,16 +1424,27 @@ impl Payments for MemoryPayments {
         Ok(r)
     }
 
-    async fn create_portal(&self, customer: &CustomerId, return_url: &str, _idempotency_key: &str) -> Result<String> {
+    async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
         let call = self.meter.enter(STRIPE, "stripe.create_portal").await?;
-        if !lock(&self.state).customers.contains(customer) {
-            return Err(BackendError::new(
-                STRIPE,
-                "stripe.create_portal",
-                format!("resource_missing: No such customer: '{customer}'"),
-            ));
-        }
-        let url = format!("https://billing.memory.invalid/p/session/{customer}?return_url={return_url}");
+        let url = {
+            let mut st = lock(&self.state);
+            if !st.customers.contains(customer) {
+                return Err(BackendError::new(
+                    STRIPE,
+                    "stripe.create_portal",
+                    format!("resource_missing: No such customer: '{customer}'"),
+                ));
+            }
+            // Stripe's idempotency: the same key answers the same session.
+            let replay_key = format!("portal:{idempotency_key}");
+            let n = st.replay.len();
+            st.replay
+                .entry(replay_key)
+                .or_insert_with(|| {
+                    format!("https://billing.memory.invalid/p/session/{customer}/{n}?return_url={return_url}")
+                })
+                .clone()
+        };
         self.meter.exit(STRIPE, "stripe.create_portal", call)?;
         Ok(url)
     }

@@ -49,6 +49,9 @@ pub enum Error {
     NoKey,
     #[error("too many key rotations: {0} in the last 24 hours; try again later")]
     RotationLimited(u32),
+    /// The caller's request budget for this action is spent (seconds until the next request).
+    #[error("too many requests from this account for this action; retry in {0} s")]
+    TooManyRequests(u64),
     /// The catalog names a paid tier without a usage plan (a configuration error).
     #[error("tier {0} names no usage plan")]
     TierWithoutUsagePlan(String),
@@ -76,6 +79,7 @@ impl Error {
             Error::NoFreeTier => 404,
             Error::NoKey => 409,
             Error::RotationLimited(_) => 429,
+            Error::TooManyRequests(_) => 429,
             Error::TierWithoutUsagePlan(_) => 500,
             Error::NoCustomer => 409,
             Error::BadSignature(_) => 400,
@@ -99,6 +103,7 @@ impl Error {
             Error::NoFreeTier => "no_free_tier",
             Error::NoKey => "no_key",
             Error::RotationLimited(_) => "rotation_limited",
+            Error::TooManyRequests(_) => "too_many_requests",
             Error::TierWithoutUsagePlan(_) => "misconfigured",
             Error::NoCustomer => "no_customer",
             Error::BadSignature(_) => "bad_signature",

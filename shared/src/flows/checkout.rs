@@ -1,22 +1,19 @@
 use serde::{Deserialize, Serialize};
 
 use super::{chrono_duration, Ctx};
+use super::{spend_budget, Spending};
 use crate::domain::{CheckoutRecord, CheckoutStatus, CustomerId, Error, LookupKey, OneTimeKey, Tier, User};
-use crate::ports::{Accounts, Checkouts, NewCheckout, OpenCheckouts, Payments, UserDirectory};
+use crate::ports::{Accounts, Budgets, Checkouts, NewCheckout, OpenCheckout, OpenCheckouts, Payments, UserDirectory};
 
 /// Body of `POST /checkout-sessions`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CheckoutRequest {
     pub lookup_key: String,
-    /// The caller's `custom:stripe_customer_id` claim, if the ID token has one: a hint that
-    /// lets the Stripe call run beside the user-directory read. Never taken from the body.
-    #[serde(skip)]
-    pub customer_hint: Option<CustomerId>,
 }
 
 impl CheckoutRequest {
     pub fn new(lookup_key: impl Into<String>) -> Self {
-        Self { lookup_key: lookup_key.into(), customer_hint: None }
+        Self { lookup_key: lookup_key.into() }
     }
 }
 
@@ -32,16 +29,17 @@ pub struct CheckoutStarted {
 /// Starts a Stripe Checkout Session for the signed-in `user` and records it with a fresh
 /// one-time key. Nothing is written to paykey's stores unless every check passed.
 ///
-/// Two sequential round trips with a warm price cache: the Checkout Session is created (with
-/// the customer id the ID token names) beside the authoritative user-directory read; if that
-/// read says the user is PRO, the session is left unused (Stripe expires it); if it names
-/// another customer than the token did, the session is created again for that customer, so
-/// one user never gets two Stripe customers.
+/// Repeats cost no Stripe write: the user-directory read (the caller's plan and customer)
+/// runs beside the read of the user's open checkout for the price; while that session is
+/// recent ([`super::Settings::checkout_reuse`]) and unpaid by paykey's record, its URL is the
+/// answer. Otherwise one request at a time (a short claim) creates the session, for the
+/// customer the directory knows, so one user never gets two Stripe customers; concurrent ones
+/// wait for its URL. A user already on the tier gets 409 without any Stripe call.
 ///
 /// One open checkout per user and price: the new session is recorded as the user's open one
-/// and the one it replaces (another tab, a double click) is expired at Stripe, so it can no
-/// longer be paid. Should both still be paid (a race), fulfilment cancels and refunds the
-/// second subscription.
+/// and the one it replaces (an old one, a paid one) is expired at Stripe, so it can no longer
+/// be paid. Should both still be paid (a race), fulfilment cancels and refunds the second
+/// subscription.
 pub async fn start_checkout<U, P, S>(
     users: &U,
     payments: &P,
@@ -53,7 +51,7 @@ pub async fn start_checkout<U, P, S>(
 where
     U: UserDirectory,
     P: Payments,
-    S: Checkouts + Accounts + OpenCheckouts,
+    S: Checkouts + Accounts + OpenCheckouts + Budgets,
 {
     let settings = ctx.settings;
     let lookup_key = LookupKey::parse(request.lookup_key.trim()).map_err(|e| Error::BadRequest(e.to_string()))?;
@@ -64,17 +62,18 @@ where
         .ok_or_else(|| Error::LookupKeyNotAllowed(lookup_key.to_string()))?;
     let price = payments.find_price(&lookup_key).await?.ok_or_else(|| Error::PriceNotFound(lookup_key.to_string()))?;
 
-    let one_time_key = ctx.ids.one_time_key();
-    let hint = request.customer_hint.as_ref();
-    let (profile, created) = tokio::try_join!(
-        users.get_user(&user.name),
-        payments.create_checkout(new_checkout(&price.id, tier, user, hint, ctx, &one_time_key, "a"))
+    let now = ctx.clock.now();
+    // The caller's budget is spent beside the two reads; refused, nothing else happens.
+    let ((), profile, open) = tokio::try_join!(
+        spend_budget(sessions, ctx, user, Spending::Checkout),
+        async { Ok(users.get_user(&user.name).await?) },
+        async { Ok(sessions.open_checkout(&user.id, &price.id, now).await?) },
     )?;
     // The name's holder must be the caller (`sub`), not a deleted user's successor.
     let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
     let current = profile.plan();
     if let Some(on) = settings.tier_of(&current).filter(|t| !t.is_free()) {
-        // Already subscribed (the session created above is left unused; Stripe expires it).
+        // Already subscribed.
         return match profile.customer_id.as_ref() {
             Some(customer) if on.name != tier.name => {
                 // Another paid tier: switched in the billing portal (Stripe prorates), so the
@@ -93,19 +92,28 @@ where
             _ => Err(Error::AlreadySubscribed(current.to_string())),
         };
     }
-    let created = if profile.customer_id.as_ref() != hint {
-        // The token's claim was missing or stale: reuse the customer the directory knows.
-        payments
-            .create_checkout(new_checkout(&price.id, tier, user, profile.customer_id.as_ref(), ctx, &one_time_key, "b"))
-            .await?
-    } else {
-        created
-    };
+    if let Some(open) = open.as_ref() {
+        if reusable(sessions, open, ctx).await? {
+            tracing::info!(user = %user, session_id = %open.session_id, "open checkout handed out again");
+            return Ok(CheckoutStarted { url: open.url.clone(), kind: "checkout" });
+        }
+    }
+    // One request at a time creates the user's next session for this price.
+    let claim = ctx.ids.token();
+    let until = now + chrono_duration(settings.checkout_claim);
+    if !sessions.claim_open_checkout(&user.id, &price.id, &claim, now, until).await? {
+        return wait_for_checkout(sessions, ctx, user, &price.id, open.map(|o| o.session_id)).await;
+    }
+    let one_time_key = ctx.ids.one_time_key();
+    let created = payments
+        .create_checkout(new_checkout(&price.id, tier, user, profile.customer_id.as_ref(), ctx, &one_time_key))
+        .await?;
 
-    let now = ctx.clock.now();
     // Stripe expires an unpaid Checkout Session after 24 hours: so does the pointer. Both
     // writes are independent items: side by side.
     let open_until = now + chrono::Duration::hours(24);
+    let pointer =
+        OpenCheckout { session_id: created.id.clone(), url: created.url.clone(), created_at: now, open_until };
     let record = CheckoutRecord {
         session_id: created.id.clone(),
         user_id: Some(user.id.clone()),
@@ -118,10 +126,8 @@ where
         updated_at: now,
         expires_at: now + chrono_duration(settings.session_ttl),
     };
-    let ((), previous) = tokio::try_join!(
-        sessions.put_new(&record),
-        sessions.replace_open_checkout(&user.id, &price.id, &created.id, open_until)
-    )?;
+    let ((), previous) =
+        tokio::try_join!(sessions.put_new(&record), sessions.replace_open_checkout(&user.id, &price.id, &pointer))?;
     if let Some(previous) = previous.filter(|p| p != &created.id) {
         match payments.expire_checkout(&previous).await {
             Ok(expired) => {
@@ -137,6 +143,40 @@ where
     Ok(CheckoutStarted { url: created.url, kind: "checkout" })
 }
 
+/// Whether the user's open checkout may be handed out again: created recently enough that
+/// Stripe still holds it open (our pointer is replaced, and the old session expired, once it is
+/// older), and not paid or being fulfilled by paykey's record.
+async fn reusable<S: Checkouts>(sessions: &S, open: &OpenCheckout, ctx: Ctx<'_>) -> Result<bool, Error> {
+    let now = ctx.clock.now();
+    if now - open.created_at >= chrono_duration(ctx.settings.checkout_reuse) || open.open_until <= now {
+        return Ok(false);
+    }
+    Ok(sessions.get(&open.session_id).await?.is_some_and(|r| r.status == CheckoutStatus::Pending && !r.paid))
+}
+
+/// Another request holds the claim and is creating the session: its URL is the answer once
+/// recorded (a session other than `previous`).
+async fn wait_for_checkout<S: OpenCheckouts>(
+    sessions: &S,
+    ctx: Ctx<'_>,
+    user: &User,
+    price_id: &str,
+    previous: Option<crate::domain::SessionId>,
+) -> Result<CheckoutStarted, Error> {
+    let started = tokio::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(50);
+    while started.elapsed() < ctx.settings.wait_for_peer {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        if let Some(open) = sessions.open_checkout(&user.id, price_id, ctx.clock.now()).await? {
+            if Some(&open.session_id) != previous.as_ref() {
+                return Ok(CheckoutStarted { url: open.url, kind: "checkout" });
+            }
+        }
+    }
+    Err(Error::FulfilmentInProgress)
+}
+
 fn new_checkout<'a>(
     price_id: &'a str,
     tier: &Tier,
@@ -144,7 +184,6 @@ fn new_checkout<'a>(
     customer: Option<&'a CustomerId>,
     ctx: Ctx<'_>,
     one_time_key: &OneTimeKey,
-    attempt: &str,
 ) -> NewCheckout<'a> {
     NewCheckout {
         price_id,
@@ -153,10 +192,10 @@ fn new_checkout<'a>(
         // Stripe replaces {CHECKOUT_SESSION_ID} itself.
         success_url: format!("{}/create-api-key/{{CHECKOUT_SESSION_ID}}/{one_time_key}", ctx.settings.api_url),
         cancel_url: ctx.settings.cancel_url(),
-        // Deterministic from our own data: a retried call replays, a second attempt does not.
+        // Deterministic from our own data: a retried call replays, another request does not.
         // The one-time key is a fresh uuid per request, so the key is unique without the user
         // name (which could take it past Stripe's 255 bytes: 128 characters of up to 4 bytes).
-        idempotency_key: format!("paykey-checkout-{one_time_key}-{attempt}"),
+        idempotency_key: format!("paykey-checkout-{one_time_key}"),
         // One trial per customer: a user who subscribed before (has a Stripe customer) gets none.
         trial_days: if customer.is_none() { tier.trial_days } else { 0 },
     }

@@ -30,15 +30,19 @@ pub async fn issue_free_key<S, K, U>(
     user: &User,
 ) -> Result<FreeKey, Error>
 where
-    S: Accounts,
+    S: Accounts + crate::ports::Budgets,
     K: KeyRegistry,
     U: UserDirectory,
 {
     let settings = ctx.settings;
     let free = settings.catalog.free().filter(|t| t.usage_plan_id.is_some()).ok_or(Error::NoFreeTier)?;
     let free_plan_id = free.usage_plan_id.clone().expect("filtered");
-    // Round trip 1: the record and the caller's profile, side by side.
-    let (account, profile) = tokio::try_join!(store.get_account(&user.id), users.get_user(&user.name))?;
+    // Round trip 1: the caller's budget, the record and the caller's profile, side by side.
+    let ((), account, profile) = tokio::try_join!(
+        super::spend_budget(store, ctx, user, super::Spending::FreeKey),
+        async { Ok(store.get_account(&user.id).await?) },
+        async { Ok(users.get_user(&user.name).await?) },
+    )?;
     profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
     if let Some(done) = working_key(keys, settings, account.as_ref()).await? {
         return Ok(done);

@@ -2,6 +2,7 @@
 
 mod account;
 mod account_keys;
+mod budget;
 mod checkout;
 mod free_key;
 mod fulfil;
@@ -11,6 +12,7 @@ mod portal;
 mod rotate;
 
 pub use account::{get_account, AccountView, ApiKeyView, UsageView};
+pub use budget::{spend_budget, Spending};
 pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
 pub use free_key::{issue_free_key, FreeKey};
 pub use fulfil::{complete_checkout, Completion, Rejection};
@@ -57,6 +59,15 @@ pub struct Settings {
     pub rotation_max_grace: Duration,
     /// Key rotations a user may make in 24 hours (each costs control-plane calls).
     pub rotations_per_day: u32,
+    /// Each user's budget on each route that spends Stripe writes or API Gateway
+    /// control-plane calls (checkout, billing portal, free key, rotation): `USER_BUDGET_BURST`
+    /// requests at once, then one per `USER_BUDGET_INTERVAL_SECONDS`.
+    pub user_budget: crate::ports::Budget,
+    /// How long after its creation a user's open checkout is handed out again to a repeated
+    /// request (`CHECKOUT_REUSE_SECONDS`); an older one is replaced and expired at Stripe.
+    pub checkout_reuse: Duration,
+    /// How long one request may take to create a user's checkout before another may.
+    pub checkout_claim: Duration,
     /// `STRIPE_WEBHOOK_SECRET` (`whsec_…`), for the webhook function: one, or several while
     /// an endpoint is being replaced (a delivery signed with any of them is accepted).
     pub webhook_secrets: Vec<crate::domain::Secret>,
@@ -80,6 +91,10 @@ impl Settings {
             event_ttl: Duration::from_secs(30 * 24 * 3600),
             rotation_max_grace: Duration::from_secs(24 * 3600),
             rotations_per_day: 3,
+            user_budget: crate::ports::Budget { burst: 5, interval: Duration::from_secs(10) },
+            checkout_reuse: Duration::from_secs(3600),
+            // the function's timeout (20 s): a crashed holder stops blocking once it is gone
+            checkout_claim: Duration::from_secs(20),
             webhook_secrets: Vec::new(),
         }
     }

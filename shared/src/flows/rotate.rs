@@ -61,7 +61,7 @@ pub async fn rotate_key<S, K>(
     req: RotateRequest,
 ) -> Result<Rotated, Error>
 where
-    S: Accounts,
+    S: Accounts + crate::ports::Budgets,
     K: KeyRegistry,
 {
     let settings = ctx.settings;
@@ -72,6 +72,8 @@ where
     if req.request_id.as_ref().is_some_and(|r| r.is_empty() || r.chars().count() > 64) {
         return Err(Error::BadRequest("request_id is 1 to 64 characters".into()));
     }
+    // Before the lock: a refused request takes nothing and calls nothing else.
+    super::spend_budget(store, ctx, user, super::Spending::Rotation).await?;
     // Identity: `user` comes from the caller's verified ID token (the Cognito `sub`), and the
     // record and keys read below are keyed by that `sub` and its key name; nothing here writes
     // to the user directory, so the name's current holder need not be read.

@@ -14,7 +14,8 @@ use crate::domain::{
     SubscriptionId, User, UserId, UserName,
 };
 use crate::ports::{
-    AccountListing, AccountLock, Accounts, Checkouts, Claim, Commit, OpenCheckouts, ProcessedEvents, Result,
+    AccountListing, AccountLock, Accounts, Budget, Budgets, Checkouts, Claim, Commit, OpenCheckout, OpenCheckouts,
+    ProcessedEvents, Result,
 };
 
 const SERVICE: &str = "dynamodb";
@@ -25,6 +26,8 @@ pub const CUSTOMER_INDEX: &str = "StripeCustomerId-index";
 const EVENT_PREFIX: &str = "EVENT#";
 /// The user's open Checkout Session per price lives in the sessions table under this prefix.
 const OPEN_CHECKOUT_PREFIX: &str = "OPEN#";
+/// Per-caller request budgets live in the sessions table under this prefix, with a TTL.
+const BUDGET_PREFIX: &str = "BUDGET#";
 /// How often a transaction that DynamoDB cancelled for a conflict with another one is tried.
 const TRANSACTION_ATTEMPTS: u32 = 4;
 type Item = HashMap<String, AttributeValue>;
@@ -744,14 +747,77 @@ impl DynamoStore {
 }
 
 impl OpenCheckouts for DynamoStore {
+    async fn open_checkout(&self, user: &UserId, price_id: &str, now: DateTime<Utc>) -> Result<Option<OpenCheckout>> {
+        const OP: &str = "GetItem(open checkout)";
+        let out = self
+            .client
+            .get()
+            .get_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(format!("{OPEN_CHECKOUT_PREFIX}{user}#{price_id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        let Some(item) = out.item else { return Ok(None) };
+        // A pointer an earlier version wrote has no URL: nothing to hand out again.
+        let (Some(id), Some(url)) = (get_s(&item, "OpenSessionID"), get_s(&item, "OpenSessionURL")) else {
+            return Ok(None);
+        };
+        let open_until = get_epoch(&item, "ExpiresAt").ok_or_else(|| bad(OP, "open checkout without ExpiresAt"))?;
+        if open_until <= now {
+            return Ok(None); // TTL deletes lazily
+        }
+        Ok(Some(OpenCheckout {
+            session_id: SessionId::parse(id).map_err(|e| bad(OP, e.to_string()))?,
+            url: url.to_string(),
+            created_at: get_time(&item, "CreatedAt", OP)?,
+            open_until,
+        }))
+    }
+
+    async fn claim_open_checkout(
+        &self,
+        user: &UserId,
+        price_id: &str,
+        token: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        const OP: &str = "UpdateItem(claim open checkout)";
+        let res = self
+            .client
+            .get()
+            .update_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(format!("{OPEN_CHECKOUT_PREFIX}{user}#{price_id}")))
+            .update_expression(
+                "SET ClaimToken = :tok, ClaimUntil = :until, RecordType = if_not_exists(RecordType, :rt), ExpiresAt = if_not_exists(ExpiresAt, :ttl)",
+            )
+            // Our own token: the SDK retried a request whose answer was lost.
+            .condition_expression("attribute_not_exists(ClaimUntil) OR ClaimUntil < :now OR ClaimToken = :tok")
+            .expression_attribute_values(":tok", s(token))
+            .expression_attribute_values(":until", AttributeValue::N(until.timestamp_millis().to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now.timestamp_millis().to_string()))
+            .expression_attribute_values(":rt", s("open-checkout"))
+            .expression_attribute_values(":ttl", epoch(until + chrono::Duration::days(1)))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
     async fn replace_open_checkout(
         &self,
         user: &UserId,
         price_id: &str,
-        session: &SessionId,
-        expires_at: DateTime<Utc>,
+        open: &OpenCheckout,
     ) -> Result<Option<SessionId>> {
         const OP: &str = "PutItem(open checkout)";
+        // A whole-item put: it also ends the claim.
         let out = self
             .client
             .get()
@@ -759,8 +825,10 @@ impl OpenCheckouts for DynamoStore {
             .table_name(&self.tables.sessions)
             .item("SessionID", s(format!("{OPEN_CHECKOUT_PREFIX}{user}#{price_id}")))
             .item("RecordType", s("open-checkout"))
-            .item("OpenSessionID", s(session.as_str()))
-            .item("ExpiresAt", epoch(expires_at))
+            .item("OpenSessionID", s(open.session_id.as_str()))
+            .item("OpenSessionURL", s(&open.url))
+            .item("CreatedAt", ts(open.created_at))
+            .item("ExpiresAt", epoch(open.open_until))
             .return_values(ReturnValue::AllOld)
             .send()
             .await
@@ -770,5 +838,90 @@ impl OpenCheckouts for DynamoStore {
             .and_then(|item| get_s(item, "OpenSessionID"))
             .map(|id| SessionId::parse(id).map_err(|e| bad(OP, e.to_string())))
             .transpose()
+    }
+}
+
+impl Budgets for DynamoStore {
+    /// One conditional UpdateItem when the caller is not in a burst (the common path), a second
+    /// while in one, and a read to say how long to wait once the budget is spent. The bucket's
+    /// theoretical arrival time is kept in milliseconds ([`Budget::admit`]); DynamoDB's update
+    /// expressions have no `max`, so the two cases are two conditions.
+    async fn spend(&self, bucket: &str, budget: Budget, now: DateTime<Utc>) -> Result<Option<std::time::Duration>> {
+        const OP: &str = "UpdateItem(budget)";
+        let key = format!("{BUDGET_PREFIX}{bucket}");
+        let interval = budget.interval.as_millis() as i64;
+        let tolerance = interval * (i64::from(budget.burst.max(1)) - 1);
+        let now_ms = now.timestamp_millis();
+        let n = |v: i64| AttributeValue::N(v.to_string());
+        // Kept a day beyond the latest time it can matter.
+        let ttl = epoch(now + chrono::Duration::milliseconds(tolerance + interval) + chrono::Duration::days(1));
+        let update = |expression: &'static str, condition: &'static str| {
+            self.client
+                .get()
+                .update_item()
+                .table_name(&self.tables.sessions)
+                .key("SessionID", s(key.clone()))
+                .update_expression(expression)
+                .condition_expression(condition)
+                .expression_attribute_values(":t", n(interval))
+                .expression_attribute_values(":ttl", ttl.clone())
+                .expression_attribute_values(":rt", s("budget"))
+        };
+        let failed_condition =
+            |e: &aws_sdk_dynamodb::error::SdkError<
+                aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+                aws_sdk_dynamodb::config::http::HttpResponse,
+            >| { e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) };
+        // Idle (or new): the bucket's time is in the past, so it restarts at now.
+        let idle = update(
+            "SET Tat = :now + :t, ExpiresAt = :ttl, RecordType = :rt",
+            "attribute_not_exists(Tat) OR Tat < :now",
+        )
+        .expression_attribute_values(":now", n(now_ms))
+        .send()
+        .await;
+        match idle {
+            Ok(_) => return Ok(None),
+            Err(e) if failed_condition(&e) => {}
+            Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+        // In a burst: admitted while the time stays within the tolerance.
+        let busy = update("SET Tat = Tat + :t, ExpiresAt = :ttl, RecordType = :rt", "Tat <= :limit")
+            .expression_attribute_values(":limit", n(now_ms + tolerance))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let old = match busy {
+            Ok(_) => return Ok(None),
+            Err(e) if failed_condition(&e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    c.item().cloned()
+                }
+                _ => None,
+            },
+            Err(e) => return Err(BackendError::new(SERVICE, OP, describe(&e))),
+        };
+        let old = match old {
+            Some(item) => item,
+            None => self
+                .client
+                .get()
+                .get_item()
+                .table_name(&self.tables.sessions)
+                .key("SessionID", s(key.clone()))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| BackendError::new(SERVICE, "GetItem(budget)", describe(&e)))?
+                .item
+                .unwrap_or_default(),
+        };
+        let tat = old
+            .get("Tat")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .and_then(DateTime::<Utc>::from_timestamp_millis);
+        // Recomputed from what stood: a denial says how long until the next admission.
+        Ok(budget.admit(tat, now).err().or(Some(std::time::Duration::from_millis(1))))
     }
 }

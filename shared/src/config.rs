@@ -90,10 +90,21 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = env.optional("USER_BUDGET_BURST") {
         s.user_budget.burst = at_least_one("USER_BUDGET_BURST", v)?;
+        at_most("USER_BUDGET_BURST", u64::from(s.user_budget.burst), 1000)?;
     }
     s.user_budget.interval = env.parse_secs("USER_BUDGET_INTERVAL_SECONDS", s.user_budget.interval.as_secs())?;
+    at_most("USER_BUDGET_INTERVAL_SECONDS", s.user_budget.interval.as_secs(), 86_400)?;
     s.checkout_reuse = env.parse_secs("CHECKOUT_REUSE_SECONDS", s.checkout_reuse.as_secs())?;
+    // Stripe expires an unpaid Checkout Session after 24 hours.
+    at_most("CHECKOUT_REUSE_SECONDS", s.checkout_reuse.as_secs(), 23 * 3600)?;
     Ok(s)
+}
+
+fn at_most(name: &'static str, v: u64, max: u64) -> Result<(), ConfigError> {
+    if v > max {
+        return Err(ConfigError::Malformed { name, reason: format!("at most {max}, got {v}") });
+    }
+    Ok(())
 }
 
 fn at_least_one(name: &'static str, v: &str) -> Result<u32, ConfigError> {

@@ -153,25 +153,31 @@ pub struct OpenCheckout {
 /// The one open Checkout Session per user and price (a pointer item beside the sessions),
 /// and the short claim that lets one request at a time create the next one.
 pub trait OpenCheckouts: Send + Sync {
-    /// The user's open checkout for `price_id`, unless there is none or it is past
-    /// `open_until` at `now`.
-    fn open_checkout(
-        &self,
-        user: &UserId,
-        price_id: &str,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Option<OpenCheckout>>> + Send;
-    /// Takes the right to create the user's next checkout for `price_id` until `until`, unless
-    /// another unexpired claim holds it (`false`). Recording a checkout
+    /// The user's last recorded checkout for `price_id` (also once past `open_until`), unless
+    /// there is none or it was recorded by a version that kept no URL.
+    fn open_checkout(&self, user: &UserId, price_id: &str)
+        -> impl Future<Output = Result<Option<OpenCheckout>>> + Send;
+    /// Takes the right to create the user's next checkout for `price_id` until `until`: only
+    /// while no other unexpired claim holds it and the recorded checkout is still `seen` (the
+    /// one the caller read, `None` for none), so a request that read before another recorded
+    /// a new one cannot replace it (`false` then). Recording a checkout
     /// ([`OpenCheckouts::replace_open_checkout`]) ends the claim.
     fn claim_open_checkout(
         &self,
         user: &UserId,
         price_id: &str,
+        seen: Option<&SessionId>,
         token: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// Gives the claim back if `token` still holds it (a create that failed).
+    fn release_open_checkout(
+        &self,
+        user: &UserId,
+        price_id: &str,
+        token: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Records `open` as the user's open checkout for `price_id` and returns the session it
     /// replaces, if any (atomically: of two concurrent calls, one sees the other's session).
     fn replace_open_checkout(
@@ -199,8 +205,10 @@ impl Budget {
         tat: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> std::result::Result<DateTime<Utc>, std::time::Duration> {
-        let interval = chrono::Duration::from_std(self.interval).unwrap_or(chrono::Duration::MAX);
-        let tolerance = interval * (self.burst.max(1) as i32 - 1);
+        let ms = i64::try_from(self.interval.as_millis()).unwrap_or(i64::MAX / 4).min(i64::MAX / 4);
+        let interval = chrono::Duration::milliseconds(ms);
+        let tolerance =
+            chrono::Duration::milliseconds(ms.saturating_mul(i64::from(self.burst.max(1)) - 1).min(i64::MAX / 4));
         match tat {
             Some(t) if t > now + tolerance => Err((t - tolerance - now).to_std().unwrap_or_default()),
             Some(t) if t > now => Ok(t + interval),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use paykey::domain::Error;
 use paykey::flows::{self, CheckoutRequest, Settings};
+use paykey::ports::UserDirectory;
 use support::World;
 
 /// The deployed defaults (`Settings::new`), which the test `World` relaxes for other tests.
@@ -110,7 +111,7 @@ async fn a_repeated_checkout_answers_the_open_session_without_calling_stripe() {
 }
 
 /// The two-tabs guarantee stays: one payable session per user and price. An old one (past the
-/// reuse window) or one paid is replaced, and the old one expired at Stripe.
+/// reuse window) is replaced and expired at Stripe; a fulfilled one is never handed out again.
 #[tokio::test]
 async fn an_old_or_paid_open_session_is_replaced_and_expired() {
     let mut w = World::new();
@@ -121,13 +122,14 @@ async fn an_old_or_paid_open_session_is_replaced_and_expired() {
     let (second, _) = w.checkout(&alice).await;
     assert_ne!(first, second, "an hour old: replaced");
     assert!(w.app.payments.checkout_expired(&first), "and expired at Stripe, so it cannot be paid");
-    // paid (fulfilment started: paykey's record is no longer pending): a repeat never hands
-    // out a session that was paid, it starts a new one
-    let (id, key) = w.checkout_and_pay(&w.user("bob")).await;
+    // fulfilled, and the user no longer on the tier (the subscription ended): a new purchase
+    // gets a new session, never the completed one
     let bob = w.user("bob");
+    let (id, key) = w.checkout_and_pay(&bob).await;
     w.complete(&id, &key).await.unwrap();
-    let again = start(&w, &bob).await;
-    assert!(matches!(again, Err(Error::AlreadySubscribed(_))), "bob is PRO now: 409, no Stripe call");
+    w.app.users.set_plan(&bob.name, paykey::domain::Plan::FREE, None).await.unwrap();
+    let again = start(&w, &bob).await.unwrap();
+    assert!(!again.url.ends_with(id.as_str()), "a fulfilled session is never handed out again");
 }
 
 /// 50 different users at once are all served: the budget is per user.
@@ -208,4 +210,36 @@ async fn the_portal_the_free_key_and_the_rotation_each_stop_at_the_burst() {
     }
     assert_eq!(refused, 45, "the budget refuses before the daily rotation limit is even read");
     assert_eq!(served, 3, "of the 5 admitted, the daily limit (3) allows 3");
+}
+
+/// A repeat while the open session's payment is being fulfilled (paykey's record ISSUING):
+/// 503, no new payable session (it could be paid too), no Stripe write.
+#[tokio::test]
+async fn a_repeat_while_the_session_is_being_fulfilled_creates_nothing() {
+    use paykey::ports::Checkouts;
+    let mut w = World::new();
+    deployed(&mut w);
+    let alice = w.user("alice");
+    let (id, _) = w.checkout_and_pay(&alice).await;
+    let now = paykey::ports::Clock::now(&*w.clock);
+    let claim = w.app.store.claim(&id, "tok-fulfilment", now, now + chrono::Duration::seconds(60)).await.unwrap();
+    assert!(matches!(claim, paykey::ports::Claim::Acquired { .. }));
+    w.meter.reset_calls();
+    assert!(matches!(start(&w, &alice).await, Err(Error::FulfilmentInProgress)));
+    assert_eq!(stripe_writes(&w), 0);
+    assert_eq!(w.app.store.sessions().len(), 1);
+}
+
+/// Stripe refuses the create: the claim is given back, so the user's retry creates at once
+/// instead of waiting for it to run out.
+#[tokio::test]
+async fn a_failed_create_gives_the_claim_back() {
+    let mut w = World::new();
+    deployed(&mut w);
+    let alice = w.user("alice");
+    w.meter.inject("stripe.create_checkout", paykey::adapters::memory::Fault::Before);
+    assert!(start(&w, &alice).await.is_err());
+    // (a claim left held would last 20 s on this clock: the retry would wait, then get 503)
+    start(&w, &alice).await.expect("the retry creates the session");
+    assert_eq!(w.meter.count("stripe.create_checkout"), 2);
 }

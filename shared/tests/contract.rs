@@ -282,35 +282,39 @@ async fn session_store_contract<
         created_at: t5,
         open_until: until,
     };
-    assert_eq!(store.open_checkout(&carol.id, &price, t5).await.unwrap(), None);
-    // the claim: one holder at a time, its own token again (a retried call), anyone once it ends
-    assert!(store.claim_open_checkout(&carol.id, &price, "c1", t5, t5 + chrono::Duration::seconds(20)).await.unwrap());
-    assert!(!store.claim_open_checkout(&carol.id, &price, "c2", t5, t5 + chrono::Duration::seconds(20)).await.unwrap());
-    assert!(store.claim_open_checkout(&carol.id, &price, "c1", t5, t5 + chrono::Duration::seconds(20)).await.unwrap());
-    assert_eq!(store.open_checkout(&carol.id, &price, t5).await.unwrap(), None, "a claim is no open checkout");
-    let later = t5 + chrono::Duration::seconds(21);
-    assert!(store
-        .claim_open_checkout(&carol.id, &price, "c3", later, later + chrono::Duration::seconds(20))
-        .await
-        .unwrap());
-    assert_eq!(store.replace_open_checkout(&carol.id, &price, &open(&s1)).await.unwrap(), None);
-    assert_eq!(store.open_checkout(&carol.id, &price, t5).await.unwrap(), Some(open(&s1)));
-    // recording one ends the claim
-    assert!(store
-        .claim_open_checkout(&carol.id, &price, "c4", later, later + chrono::Duration::seconds(20))
-        .await
-        .unwrap());
-    assert_eq!(
-        store.open_checkout(&carol.id, &price, t5).await.unwrap(),
-        Some(open(&s1)),
-        "a claim keeps the open one"
+    assert_eq!(store.open_checkout(&carol.id, &price).await.unwrap(), None);
+    let secs = |n| chrono::Duration::seconds(n);
+    // the claim: one holder at a time, its own token again (a retried call), anyone once it
+    // ends; and only while the recorded checkout is the one the caller read
+    assert!(store.claim_open_checkout(&carol.id, &price, None, "c1", t5, t5 + secs(20)).await.unwrap());
+    assert!(!store.claim_open_checkout(&carol.id, &price, None, "c2", t5, t5 + secs(20)).await.unwrap());
+    assert!(store.claim_open_checkout(&carol.id, &price, None, "c1", t5, t5 + secs(20)).await.unwrap());
+    assert_eq!(store.open_checkout(&carol.id, &price).await.unwrap(), None, "a claim is no open checkout");
+    let later = t5 + secs(21);
+    assert!(
+        !store.claim_open_checkout(&carol.id, &price, Some(&s1), "c3", later, later + secs(20)).await.unwrap(),
+        "not what was read"
     );
+    assert!(store.claim_open_checkout(&carol.id, &price, None, "c3", later, later + secs(20)).await.unwrap());
+    assert_eq!(store.replace_open_checkout(&carol.id, &price, &open(&s1)).await.unwrap(), None);
+    assert_eq!(store.open_checkout(&carol.id, &price).await.unwrap(), Some(open(&s1)));
+    // recording one ended the claim; a caller that read before it was recorded cannot claim
+    assert!(
+        !store.claim_open_checkout(&carol.id, &price, None, "c4", later, later + secs(20)).await.unwrap(),
+        "read before s1"
+    );
+    assert!(store.claim_open_checkout(&carol.id, &price, Some(&s1), "c4", later, later + secs(20)).await.unwrap());
+    assert_eq!(store.open_checkout(&carol.id, &price).await.unwrap(), Some(open(&s1)), "a claim keeps the open one");
+    // given back, another may claim at once
+    store.release_open_checkout(&carol.id, &price, "c4").await.unwrap();
+    store.release_open_checkout(&carol.id, &price, "c-none").await.unwrap();
+    assert!(store.claim_open_checkout(&carol.id, &price, Some(&s1), "c5", later, later + secs(20)).await.unwrap());
     assert_eq!(store.replace_open_checkout(&carol.id, &price, &open(&s2)).await.unwrap(), Some(s1.clone()));
-    assert!(store
-        .claim_open_checkout(&carol.id, &price, "c5", later, later + chrono::Duration::seconds(20))
-        .await
-        .unwrap());
-    assert_eq!(store.open_checkout(&carol.id, &price, until).await.unwrap(), None, "past its 24 hours");
+    assert_eq!(
+        store.open_checkout(&carol.id, &price).await.unwrap(),
+        Some(open(&s2)),
+        "past its 24 hours too: the caller decides"
+    );
     assert_eq!(store.replace_open_checkout(&carol.id, &unique("price_"), &open(&s1)).await.unwrap(), None, "per price");
     assert_eq!(store.replace_open_checkout(&bob.id, &price, &open(&s1)).await.unwrap(), None, "per user");
 

@@ -304,7 +304,7 @@ async fn the_fulfilment_critical_path_is_seven_sequential_round_trips() {
 
 #[tokio::test(start_paused = true)]
 async fn checkout_with_a_cold_price_cache_is_five_sequential_round_trips() {
-    let w = World::new();
+    let w = World::new().spending_budgets();
     let alice = w.user("alice");
     w.meter.set_latency(std::time::Duration::from_millis(50));
     let started = tokio::time::Instant::now();
@@ -369,7 +369,7 @@ async fn the_account_shows_plan_and_key_value_once_issued() {
 async fn checkout_with_a_warm_price_cache_is_four_sequential_round_trips_and_a_repeat_two() {
     use paykey::adapters::cached::CachedPrices;
     use paykey::ports::Payments;
-    let w = World::new();
+    let w = World::new().spending_budgets();
     let alice = w.user("alice");
     let cached = CachedPrices::new(w.app.payments.clone(), std::time::Duration::from_secs(300));
     cached.find_price(&paykey::domain::LookupKey::parse("FMMailPro").unwrap()).await.unwrap();

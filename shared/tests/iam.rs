@@ -50,7 +50,9 @@ fn grants(op: &str) -> &'static [(&'static str, &'static str)] {
         "ddb.get_session" | "ddb.event_seen" => &[("dynamodb:GetItem", SESSIONS)],
         // a lost claim reads the session when the failed condition returned no item
         "ddb.claim" => &[("dynamodb:UpdateItem", SESSIONS), ("dynamodb:GetItem", SESSIONS)],
-        "ddb.release_claim" | "ddb.claim_open_checkout" => &[("dynamodb:UpdateItem", SESSIONS)],
+        "ddb.release_claim" | "ddb.claim_open_checkout" | "ddb.release_open_checkout" => {
+            &[("dynamodb:UpdateItem", SESSIONS)]
+        }
         "ddb.open_checkout" => &[("dynamodb:GetItem", SESSIONS)],
         // a refusal reads the bucket when the failed condition returned no item
         "ddb.spend" => &[("dynamodb:UpdateItem", SESSIONS), ("dynamodb:GetItem", SESSIONS)],
@@ -145,7 +147,7 @@ fn event(id: &str, kind: &str, subject: EventSubject) -> StripeEvent {
 
 /// Every path of the checkout function.
 async fn checkout_calls() -> Vec<&'static str> {
-    let w = World::new();
+    let w = World::new().spending_budgets();
     let alice = w.user("alice");
     let start = |u: paykey::domain::User| {
         let w = &w;
@@ -169,7 +171,7 @@ async fn checkout_calls() -> Vec<&'static str> {
     start(alice.clone()).await.unwrap_err(); // already PRO
     let mut calls = w.meter.calls();
     w.meter.reset_calls();
-    let w2 = World::new();
+    let w2 = World::new().spending_budgets();
     let bob = w2.user("bob");
     flows::start_checkout(
         &w2.app.users,
@@ -263,7 +265,7 @@ async fn fulfilment_calls(w: &Arc<World>) -> Vec<&'static str> {
     let (id7, key7) = w.checkout_and_pay(&gina).await;
     fulfil!(&id7, &key7).unwrap();
     // with a free tier: a free-key user upgrading (the key moves: detach, then attach)
-    let t = World::tiered();
+    let t = World::tiered().spending_budgets();
     let hank = t.user("hank");
     flows::issue_free_key(&t.app.store, &t.app.keys, &t.app.users, t.app.ctx(), &hank).await.unwrap();
     let (id8, key8) = t.checkout_and_pay(&hank).await;
@@ -276,7 +278,7 @@ async fn fulfilment_calls(w: &Arc<World>) -> Vec<&'static str> {
 /// The scheduled sweep: a rotated-out key whose grace ended (with use in the grace to take off
 /// the new key), one still in its grace, a failure (lock released).
 async fn sweep_calls() -> Vec<&'static str> {
-    let w = World::tiered();
+    let w = World::tiered().spending_budgets();
     let (a, b) = (w.user("ann"), w.user("ben"));
     let mut values = Vec::new();
     for u in [&a, &b] {
@@ -297,7 +299,7 @@ async fn sweep_calls() -> Vec<&'static str> {
 }
 
 async fn portal_calls() -> Vec<&'static str> {
-    let w = World::new();
+    let w = World::new().spending_budgets();
     let alice = w.user("alice");
     let (id, key) = w.checkout_and_pay(&alice).await;
     w.complete(&id, &key).await.unwrap();
@@ -309,7 +311,7 @@ async fn portal_calls() -> Vec<&'static str> {
 }
 
 async fn account_calls() -> Vec<&'static str> {
-    let w = World::new();
+    let w = World::new().spending_budgets();
     let alice = w.user("alice");
     let bob = w.user("bob");
     let (id, key) = w.checkout_and_pay(&alice).await;
@@ -319,7 +321,7 @@ async fn account_calls() -> Vec<&'static str> {
     flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &bob).await.unwrap();
     let mut calls = w.meter.calls();
     // POST /api-key: a first free key, the same again, a paid user's key, a failure released
-    let w = World::tiered();
+    let w = World::tiered().spending_budgets();
     let (carol, dave) = (w.user("carol"), w.user("dave"));
     let free = |u: paykey::domain::User| {
         let w = &w;
@@ -356,7 +358,7 @@ async fn account_calls() -> Vec<&'static str> {
 }
 
 async fn webhook_calls() -> Vec<&'static str> {
-    let w = Arc::new(World::new());
+    let w = Arc::new(World::new().spending_budgets());
     let handle = |e: StripeEvent| {
         let w = Arc::clone(&w);
         async move {
@@ -432,7 +434,7 @@ async fn webhook_calls() -> Vec<&'static str> {
 async fn each_functions_permissions_are_what_its_code_calls() {
     let mut derived: BTreeMap<&str, Grants> = BTreeMap::new();
     derived.insert("CreateCheckoutSessionFunction", grants_of(&checkout_calls().await));
-    let w = Arc::new(World::new());
+    let w = Arc::new(World::new().spending_budgets());
     derived.insert("CreateApiKeyFunction", grants_of(&fulfilment_calls(&w).await));
     derived.insert("CreateBillingPortalFunction", grants_of(&portal_calls().await));
     derived.insert("GetAccountFunction", grants_of(&account_calls().await));

@@ -460,7 +460,7 @@ fn a_corrupt_data_file_stops_the_stack_with_a_clear_error() {
 /// charge. (A second session replaces the first only once it is an hour old or paid; then the
 /// first is expired at Stripe: `budget.rs` on memory.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_tab_expires_the_first_checkout_over_http() {
+async fn a_second_tab_gets_the_first_tabs_checkout_over_http() {
     let data = std::env::temp_dir().join(format!("paykey-e2e-{}", uuid::Uuid::new_v4().simple()));
     let stack = start(&data);
     let base = stack.base.clone();

@@ -525,13 +525,9 @@ impl ProcessedEvents for MemoryStore {
 }
 
 impl OpenCheckouts for MemoryStore {
-    async fn open_checkout(&self, user: &UserId, price_id: &str, now: DateTime<Utc>) -> Result<Option<OpenCheckout>> {
+    async fn open_checkout(&self, user: &UserId, price_id: &str) -> Result<Option<OpenCheckout>> {
         let call = self.meter.enter(DDB, "ddb.open_checkout").await?;
-        let open = lock(&self.state)
-            .open_checkouts
-            .get(&format!("{user}#{price_id}"))
-            .and_then(|p| p.open.clone())
-            .filter(|o| o.open_until > now);
+        let open = lock(&self.state).open_checkouts.get(&format!("{user}#{price_id}")).and_then(|p| p.open.clone());
         self.meter.exit(DDB, "ddb.open_checkout", call)?;
         Ok(open)
     }
@@ -540,6 +536,7 @@ impl OpenCheckouts for MemoryStore {
         &self,
         user: &UserId,
         price_id: &str,
+        seen: Option<&SessionId>,
         token: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -548,16 +545,26 @@ impl OpenCheckouts for MemoryStore {
         let taken = {
             let mut st = lock(&self.state);
             let pointer = st.open_checkouts.entry(format!("{user}#{price_id}")).or_default();
-            match &pointer.claim {
-                Some((t, u)) if *u >= now && t != token => false,
-                _ => {
-                    pointer.claim = Some((token.to_string(), until));
-                    true
-                }
+            let claimed = matches!(&pointer.claim, Some((t, u)) if *u >= now && t != token);
+            if claimed || pointer.open.as_ref().map(|o| &o.session_id) != seen {
+                false
+            } else {
+                pointer.claim = Some((token.to_string(), until));
+                true
             }
         };
         self.meter.exit(DDB, "ddb.claim_open_checkout", call)?;
         Ok(taken)
+    }
+
+    async fn release_open_checkout(&self, user: &UserId, price_id: &str, token: &str) -> Result<()> {
+        let call = self.meter.enter(DDB, "ddb.release_open_checkout").await?;
+        if let Some(p) = lock(&self.state).open_checkouts.get_mut(&format!("{user}#{price_id}")) {
+            if p.claim.as_ref().is_some_and(|(t, _)| t == token) {
+                p.claim = None;
+            }
+        }
+        self.meter.exit(DDB, "ddb.release_open_checkout", call)
     }
 
     async fn replace_open_checkout(

@@ -67,7 +67,7 @@ where
     let ((), profile, open) = tokio::try_join!(
         spend_budget(sessions, ctx, user, Spending::Checkout),
         async { Ok(users.get_user(&user.name).await?) },
-        async { Ok(sessions.open_checkout(&user.id, &price.id, now).await?) },
+        async { Ok(sessions.open_checkout(&user.id, &price.id).await?) },
     )?;
     // The name's holder must be the caller (`sub`), not a deleted user's successor.
     let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
@@ -92,22 +92,54 @@ where
             _ => Err(Error::AlreadySubscribed(current.to_string())),
         };
     }
+    let seen = open.as_ref().map(|o| o.session_id.clone());
     if let Some(open) = open.as_ref() {
-        if reusable(sessions, open, ctx).await? {
-            tracing::info!(user = %user, session_id = %open.session_id, "open checkout handed out again");
-            return Ok(CheckoutStarted { url: open.url.clone(), kind: "checkout" });
+        match reuse(sessions, open, ctx).await? {
+            Reuse::Answer => {
+                tracing::info!(user = %user, session_id = %open.session_id, "open checkout handed out again");
+                return Ok(CheckoutStarted { url: open.url.clone(), kind: "checkout" });
+            }
+            // Its payment is being fulfilled: a new payable session could charge twice.
+            Reuse::InProgress => return Err(Error::FulfilmentInProgress),
+            Reuse::Replace => {}
         }
     }
-    // One request at a time creates the user's next session for this price.
+    // One request at a time creates the user's next session for this price, and only while
+    // the recorded one is still the one read above.
     let claim = ctx.ids.token();
     let until = now + chrono_duration(settings.checkout_claim);
-    if !sessions.claim_open_checkout(&user.id, &price.id, &claim, now, until).await? {
-        return wait_for_checkout(sessions, ctx, user, &price.id, open.map(|o| o.session_id)).await;
+    if !sessions.claim_open_checkout(&user.id, &price.id, seen.as_ref(), &claim, now, until).await? {
+        return wait_for_checkout(sessions, ctx, user, &price.id, seen).await;
     }
+    let result = create_and_record(payments, sessions, ctx, user, tier, &price.id, profile.customer_id.as_ref()).await;
+    if result.is_err() {
+        // Best effort: the next request need not wait for the claim to run out.
+        if let Err(e) = sessions.release_open_checkout(&user.id, &price.id, &claim).await {
+            tracing::warn!(user = %user, error = %e, "could not give the checkout claim back");
+        }
+    }
+    result
+}
+
+/// Creates the Checkout Session at Stripe, records it and the pointer, and expires the one it
+/// replaces.
+async fn create_and_record<P, S>(
+    payments: &P,
+    sessions: &S,
+    ctx: Ctx<'_>,
+    user: &User,
+    tier: &Tier,
+    price_id: &str,
+    customer: Option<&CustomerId>,
+) -> Result<CheckoutStarted, Error>
+where
+    P: Payments,
+    S: Checkouts + OpenCheckouts,
+{
+    let settings = ctx.settings;
+    let now = ctx.clock.now();
     let one_time_key = ctx.ids.one_time_key();
-    let created = payments
-        .create_checkout(new_checkout(&price.id, tier, user, profile.customer_id.as_ref(), ctx, &one_time_key))
-        .await?;
+    let created = payments.create_checkout(new_checkout(price_id, tier, user, customer, ctx, &one_time_key)).await?;
 
     // Stripe expires an unpaid Checkout Session after 24 hours: so does the pointer. Both
     // writes are independent items: side by side.
@@ -127,7 +159,7 @@ where
         expires_at: now + chrono_duration(settings.session_ttl),
     };
     let ((), previous) =
-        tokio::try_join!(sessions.put_new(&record), sessions.replace_open_checkout(&user.id, &price.id, &pointer))?;
+        tokio::try_join!(sessions.put_new(&record), sessions.replace_open_checkout(&user.id, price_id, &pointer))?;
     if let Some(previous) = previous.filter(|p| p != &created.id) {
         match payments.expire_checkout(&previous).await {
             Ok(expired) => {
@@ -139,19 +171,35 @@ where
             }
         }
     }
-    tracing::info!(user = %user, session_id = %created.id, price_id = %price.id, "checkout session started");
+    tracing::info!(user = %user, session_id = %created.id, price_id = %price_id, "checkout session started");
     Ok(CheckoutStarted { url: created.url, kind: "checkout" })
 }
 
-/// Whether the user's open checkout may be handed out again: created recently enough that
-/// Stripe still holds it open (our pointer is replaced, and the old session expired, once it is
-/// older), and not paid or being fulfilled by paykey's record.
-async fn reusable<S: Checkouts>(sessions: &S, open: &OpenCheckout, ctx: Ctx<'_>) -> Result<bool, Error> {
+/// What a repeated request does with the user's recorded checkout for the price.
+enum Reuse {
+    /// Hand its URL out again.
+    Answer,
+    /// Its payment is being fulfilled (paykey's record is ISSUING).
+    InProgress,
+    /// Create a new one and expire it: older than the reuse window (Stripe may have expired
+    /// it by then), past its 24 hours, fulfilled, or unknown.
+    Replace,
+}
+
+async fn reuse<S: Checkouts>(sessions: &S, open: &OpenCheckout, ctx: Ctx<'_>) -> Result<Reuse, Error> {
     let now = ctx.clock.now();
-    if now - open.created_at >= chrono_duration(ctx.settings.checkout_reuse) || open.open_until <= now {
-        return Ok(false);
-    }
-    Ok(sessions.get(&open.session_id).await?.is_some_and(|r| r.status == CheckoutStatus::Pending && !r.paid))
+    Ok(match sessions.get(&open.session_id).await? {
+        Some(r) if r.status == CheckoutStatus::Issuing => Reuse::InProgress,
+        Some(r)
+            if r.status == CheckoutStatus::Pending
+                && !r.paid
+                && now - open.created_at < chrono_duration(ctx.settings.checkout_reuse)
+                && open.open_until > now =>
+        {
+            Reuse::Answer
+        }
+        _ => Reuse::Replace,
+    })
 }
 
 /// Another request holds the claim and is creating the session: its URL is the answer once
@@ -168,7 +216,7 @@ async fn wait_for_checkout<S: OpenCheckouts>(
     while started.elapsed() < ctx.settings.wait_for_peer {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(500));
-        if let Some(open) = sessions.open_checkout(&user.id, price_id, ctx.clock.now()).await? {
+        if let Some(open) = sessions.open_checkout(&user.id, price_id).await? {
             if Some(&open.session_id) != previous.as_ref() {
                 return Ok(CheckoutStarted { url: open.url, kind: "checkout" });
             }

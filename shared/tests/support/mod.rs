@@ -60,6 +60,14 @@ impl World {
         Self { meter, clock, app }
     }
 
+    /// The per-user budget on, so every budgeted route spends it as deployed, but large enough
+    /// never to refuse: for tests that record the calls a deployed function makes.
+    pub fn spending_budgets(mut self) -> Self {
+        self.app.settings.user_budget =
+            paykey::ports::Budget { burst: 1_000_000, interval: std::time::Duration::from_secs(1) };
+        self
+    }
+
     /// A catalog of three tiers: FREE with keys (its own usage plan), PRO with a 14-day trial,
     /// BUSINESS.
     pub fn tiered() -> Self {

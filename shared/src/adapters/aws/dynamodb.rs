@@ -747,7 +747,7 @@ impl DynamoStore {
 }
 
 impl OpenCheckouts for DynamoStore {
-    async fn open_checkout(&self, user: &UserId, price_id: &str, now: DateTime<Utc>) -> Result<Option<OpenCheckout>> {
+    async fn open_checkout(&self, user: &UserId, price_id: &str) -> Result<Option<OpenCheckout>> {
         const OP: &str = "GetItem(open checkout)";
         let out = self
             .client
@@ -765,9 +765,6 @@ impl OpenCheckouts for DynamoStore {
             return Ok(None);
         };
         let open_until = get_epoch(&item, "ExpiresAt").ok_or_else(|| bad(OP, "open checkout without ExpiresAt"))?;
-        if open_until <= now {
-            return Ok(None); // TTL deletes lazily
-        }
         Ok(Some(OpenCheckout {
             session_id: SessionId::parse(id).map_err(|e| bad(OP, e.to_string()))?,
             url: url.to_string(),
@@ -780,12 +777,21 @@ impl OpenCheckouts for DynamoStore {
         &self,
         user: &UserId,
         price_id: &str,
+        seen: Option<&SessionId>,
         token: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool> {
         const OP: &str = "UpdateItem(claim open checkout)";
-        let res = self
+        // No other live claim (our own token: the SDK retried a request whose answer was
+        // lost), and the recorded checkout is still the one the caller read (a pointer without
+        // a URL, from an earlier version, reads as none).
+        let free = "(attribute_not_exists(ClaimUntil) OR ClaimUntil < :now OR ClaimToken = :tok)";
+        let condition = match seen {
+            Some(_) => format!("{free} AND OpenSessionID = :seen AND attribute_exists(OpenSessionURL)"),
+            None => format!("{free} AND attribute_not_exists(OpenSessionURL)"),
+        };
+        let mut req = self
             .client
             .get()
             .update_item()
@@ -794,18 +800,40 @@ impl OpenCheckouts for DynamoStore {
             .update_expression(
                 "SET ClaimToken = :tok, ClaimUntil = :until, RecordType = if_not_exists(RecordType, :rt), ExpiresAt = if_not_exists(ExpiresAt, :ttl)",
             )
-            // Our own token: the SDK retried a request whose answer was lost.
-            .condition_expression("attribute_not_exists(ClaimUntil) OR ClaimUntil < :now OR ClaimToken = :tok")
+            .condition_expression(condition)
             .expression_attribute_values(":tok", s(token))
             .expression_attribute_values(":until", AttributeValue::N(until.timestamp_millis().to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now.timestamp_millis().to_string()))
             .expression_attribute_values(":rt", s("open-checkout"))
-            .expression_attribute_values(":ttl", epoch(until + chrono::Duration::days(1)))
-            .send()
-            .await;
+            .expression_attribute_values(":ttl", epoch(until + chrono::Duration::days(1)));
+        if let Some(id) = seen {
+            req = req.expression_attribute_values(":seen", s(id.as_str()));
+        }
+        let res = req.send().await;
         match res {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn release_open_checkout(&self, user: &UserId, price_id: &str, token: &str) -> Result<()> {
+        const OP: &str = "UpdateItem(release open checkout claim)";
+        let res = self
+            .client
+            .get()
+            .update_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(format!("{OPEN_CHECKOUT_PREFIX}{user}#{price_id}")))
+            .update_expression("REMOVE ClaimToken, ClaimUntil")
+            .condition_expression("ClaimToken = :tok")
+            .expression_attribute_values(":tok", s(token))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Taken over, or ended by a recorded checkout: nothing of ours to give back.
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }

@@ -778,3 +778,88 @@ def test_the_openapi_document_describes_exactly_the_deployed_routes_with_their_a
             documented[(path, method)] = bool(op.get("security", doc.get("security", [])))
     assert documented == deployed
     assert doc["openapi"].startswith("3.1")
+
+
+# ------------------------------------------------------------------ deploying, upgrading, tearing down
+
+
+def test_the_functions_that_open_the_billing_portal_name_paykeys_configuration(cfn):
+    """Stripe's default portal configuration is the Dashboard's (API reference,
+    billing_portal.configuration `is_default`), so the two functions that open the portal get
+    the one paykey-setup made; it has no default, so a deploy without it is refused."""
+    p = cfn["Parameters"]["PortalConfigurationId"]
+    assert "Default" not in p
+    assert re.fullmatch(p["AllowedPattern"], "bpc_1QabcXYZ") and not re.fullmatch(p["AllowedPattern"], "")
+    named = {name for name, fn in functions(cfn).items()
+             if fn["Properties"]["Environment"]["Variables"].get("STRIPE_PORTAL_CONFIGURATION") == {"Ref": "PortalConfigurationId"}}
+    assert named == {"CreateCheckoutSessionFunction", "CreateBillingPortalFunction"}
+
+
+def test_a_new_secrets_version_changes_every_functions_configuration(cfn):
+    """Secrets are read once per execution environment; a changed environment variable makes
+    Lambda start new environments, which read the secrets stored since."""
+    for name, fn in functions(cfn).items():
+        assert fn["Properties"]["Environment"]["Variables"].get("PAYKEY_SECRETS_VERSION") == {"Ref": "SecretsVersion"}, name
+
+
+def test_the_users_outlive_the_stack_like_their_records(cfn):
+    pools = of_type(cfn, "AWS::Cognito::UserPool")
+    assert len(pools) == 1
+    (pool,) = pools.values()
+    assert (pool.get("DeletionPolicy"), pool.get("UpdateReplacePolicy")) == ("Retain", "Retain")
+    assert pool["Properties"]["DeletionProtection"] == "ACTIVE"
+    for t in of_type(cfn, "AWS::DynamoDB::Table").values():
+        assert (t.get("DeletionPolicy"), t.get("UpdateReplacePolicy")) == ("Retain", "Retain")
+
+
+def rule_holds(node, params):
+    """A CloudFormation rule's Ref / Fn::Equals / Fn::Not, for given parameters."""
+    (fn, arg), = node.items()
+    if fn == "Ref":
+        return params[arg]
+    if fn == "Fn::Equals":
+        a, b = (x if isinstance(x, str) else rule_holds(x, params) for x in arg)
+        return a == b
+    if fn == "Fn::Not":
+        return not rule_holds(arg[0], params)
+    raise AssertionError(f"unexpected {fn}")
+
+
+@pytest.mark.parametrize("previous, pro, refused", [
+    ("", "FMMailPro", False),               # a new stack
+    ("FMMailPro", "FMMailPro", False),      # an upgrade that kept the default
+    ("MyKey", "FMMailPro", True),           # an upgrade that would silently fall back
+    ("MyKey", "MyKey", False),              # ... once ProLookupKey says it
+    ("MyKey,Other", "MyKey", True),         # several keys: not expressible any more
+])
+def test_the_renamed_lookup_key_parameter_is_accepted_when_it_agrees_and_refused_loudly_when_not(cfn, previous, pro, refused):
+    params = {k: v.get("Default") for k, v in cfn["Parameters"].items()}
+    params.update(AllowedLookupKeys=previous, ProLookupKey=pro)
+    rule = cfn["Rules"]["AllowedLookupKeysWasRenamed"]
+    failed = [a["AssertDescription"] for a in rule["Assertions"]
+              if rule_holds(rule["RuleCondition"], params) and not rule_holds(a["Assert"], params)]
+    assert bool(failed) == refused
+    if refused:
+        assert "ProLookupKey=" in failed[0] and "AllowedLookupKeys=''" in failed[0]
+
+
+def test_samconfig_has_a_dev_and_a_prod_environment_that_cannot_touch_each_others_stack_or_secrets(cfn):
+    import tomllib
+    conf = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    envs = {e: conf[e] for e in ("dev", "prod")}
+
+    def overrides(e):
+        raw = envs[e]["deploy"]["parameters"].get("parameter_overrides", "")
+        return dict(kv.split("=", 1) for kv in raw.split())
+
+    assert envs["dev"]["global"]["parameters"]["stack_name"] != envs["prod"]["global"]["parameters"]["stack_name"]
+    assert envs["prod"]["global"]["parameters"]["stack_name"] == conf["default"]["global"]["parameters"]["stack_name"]
+    assert envs["prod"]["deploy"]["parameters"]["confirm_changeset"] is True
+    dev, prod = overrides("dev"), overrides("prod")
+    for name in ("StripeSecretKeyParameter", "StripeWebhookSecretParameter"):
+        assert dev[name] != prod[name], name
+    for e in (dev, prod):
+        assert set(e) <= set(cfn["Parameters"]), "every override names a template parameter"
+        for k, v in e.items():
+            pattern = cfn["Parameters"][k].get("AllowedPattern")
+            assert pattern is None or re.fullmatch(pattern, v), (k, v)

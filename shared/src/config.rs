@@ -33,6 +33,11 @@ impl Env {
         Self(pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
+    /// Sets (or replaces) one variable.
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.0.insert(name.to_string(), value.to_string());
+    }
+
     /// The value, or `None` when unset or blank.
     pub fn optional(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
@@ -97,7 +102,28 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
     s.checkout_reuse = env.parse_secs("CHECKOUT_REUSE_SECONDS", s.checkout_reuse.as_secs())?;
     // Stripe expires an unpaid Checkout Session after 24 hours.
     at_most("CHECKOUT_REUSE_SECONDS", s.checkout_reuse.as_secs(), 23 * 3600)?;
+    if let Some(c) = env.optional("STRIPE_PORTAL_CONFIGURATION") {
+        let id = c.strip_prefix("bpc_").filter(|r| !r.is_empty() && r.chars().all(|ch| ch.is_ascii_alphanumeric()));
+        if id.is_none() {
+            return Err(ConfigError::Malformed {
+                name: "STRIPE_PORTAL_CONFIGURATION",
+                reason: format!(
+                    "expected a billing portal configuration id (bpc_…, printed by paykey-setup), got {c:?}"
+                ),
+            });
+        }
+        s.portal_configuration = Some(c.to_string());
+    }
     Ok(s)
+}
+
+/// The functions that open the billing portal (checkout, portal) refuse to start without
+/// paykey's portal configuration: Stripe's default is the Dashboard's (or none at all).
+pub fn require_portal_configuration(settings: &Settings) -> Result<(), ConfigError> {
+    match settings.portal_configuration {
+        Some(_) => Ok(()),
+        None => Err(ConfigError::Missing("STRIPE_PORTAL_CONFIGURATION")),
+    }
 }
 
 fn at_most(name: &'static str, v: u64, max: u64) -> Result<(), ConfigError> {

@@ -434,9 +434,13 @@ pub trait Payments: Send + Sync {
     fn find_price(&self, lookup_key: &LookupKey) -> impl Future<Output = Result<Option<PriceInfo>>> + Send;
     fn create_checkout(&self, req: NewCheckout<'_>) -> impl Future<Output = Result<CreatedCheckout>> + Send;
     fn get_checkout(&self, id: &SessionId) -> impl Future<Output = Result<Option<CheckoutState>>> + Send;
+    /// A billing portal session for `customer` in paykey's own portal `configuration`
+    /// (`bpc_…`, from `paykey-setup`): Stripe's default configuration is the Dashboard's, not
+    /// the one paykey set up.
     fn create_portal(
         &self,
         customer: &CustomerId,
+        configuration: &str,
         return_url: &str,
         idempotency_key: &str,
     ) -> impl Future<Output = Result<String>> + Send;

@@ -48,6 +48,14 @@ async fn stripe(
     Ok((StripePayments::new(&cfg)?, cfg))
 }
 
+/// Stripe's settings with the key from `STRIPE_API_KEY`, or else read through `aws` from the
+/// SSM parameter `STRIPE_API_KEY_PARAMETER` names: how `paykey-setup` takes a live key
+/// without it being typed on a command line (or kept in a shell's history).
+pub async fn stripe_config(env: &Env, aws: &aws_config::SdkConfig) -> Result<StripeConfig, InitError> {
+    let source = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
+    Ok(StripeConfig::with_secret(env, resolve(source, aws).await?)?)
+}
+
 pub type CheckoutApp = App<DynamoStore, (), CognitoUsers, CachedPrices<StripePayments>>;
 /// API Gateway keys behind [`Patient`]: throttled control-plane calls are waited out.
 pub type Keys = Patient<ApiGatewayKeys>;
@@ -60,6 +68,7 @@ pub type WebhookApp = App<DynamoStore, Keys, CognitoUsers, StripePayments>;
 /// `create-checkout-session`.
 pub async fn checkout_app(env: &Env) -> Result<CheckoutApp, InitError> {
     let settings = config::settings(env)?;
+    config::require_portal_configuration(&settings)?;
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
@@ -78,6 +87,7 @@ pub async fn fulfil_app(env: &Env) -> Result<FulfilApp, InitError> {
 /// `create-billing-portal`.
 pub async fn portal_app(env: &Env) -> Result<PortalApp, InitError> {
     let settings = config::settings(env)?;
+    config::require_portal_configuration(&settings)?;
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
@@ -159,14 +169,21 @@ mod tests {
             ("USER_POOL_ID", "p"),
             ("USAGE_PLAN_ID", "u"),
         ]);
+        for err in [checkout_app(&env).await.err().unwrap(), portal_app(&env).await.err().unwrap()] {
+            assert_eq!(err.to_string(), "missing environment variable STRIPE_PORTAL_CONFIGURATION");
+        }
+        let mut with_portal = env.clone();
+        with_portal.set("STRIPE_PORTAL_CONFIGURATION", "bpc_1Abc");
         for err in [
-            checkout_app(&env).await.err().unwrap(),
+            checkout_app(&with_portal).await.err().unwrap(),
             fulfil_app(&env).await.err().unwrap(),
-            portal_app(&env).await.err().unwrap(),
+            portal_app(&with_portal).await.err().unwrap(),
             webhook_app(&env).await.err().unwrap(),
         ] {
             assert_eq!(err.to_string(), "missing environment variable STRIPE_API_KEY (or STRIPE_API_KEY_PARAMETER)");
         }
+        with_portal.set("STRIPE_PORTAL_CONFIGURATION", "pc_nope");
+        assert!(portal_app(&with_portal).await.err().unwrap().to_string().contains("bpc_"));
         let env = Env::from_pairs([("MY_DOMAIN", "https://app.example.com"), ("DYNAMODB_STRIPE_TABLE", "s")]);
         assert_eq!(
             account_app(&env).await.err().unwrap().to_string(),

@@ -967,6 +967,17 @@ mod moto {
         assert_eq!(secret.expose(), "sk_test_from_ssm");
         let err = paykey::adapters::aws::secure_parameter(&m.config, "/paykey/missing").await.unwrap_err();
         assert!(err.message.contains("ParameterNotFound"), "{err}");
+
+        // paykey-setup's key: from the parameter, unless the variable holds one
+        let from_ssm = paykey::config::Env::from_pairs([("STRIPE_API_KEY_PARAMETER", name.as_str())]);
+        let cfg = paykey::wiring::stripe_config(&from_ssm, &m.config).await.unwrap();
+        assert_eq!(cfg.secret_key.expose(), "sk_test_from_ssm");
+        let both =
+            paykey::config::Env::from_pairs([("STRIPE_API_KEY", "sk_test_env"), ("STRIPE_API_KEY_PARAMETER", "/x")]);
+        assert_eq!(paykey::wiring::stripe_config(&both, &m.config).await.unwrap().secret_key.expose(), "sk_test_env");
+        let missing = paykey::config::Env::from_pairs([("STRIPE_API_KEY_PARAMETER", "/paykey/missing")]);
+        let err = paykey::wiring::stripe_config(&missing, &m.config).await.unwrap_err().to_string();
+        assert!(err.contains("ParameterNotFound") && !err.contains("sk_"), "{err}");
     }
 }
 

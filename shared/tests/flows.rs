@@ -331,6 +331,11 @@ async fn the_portal_opens_for_the_callers_own_customer_only() {
     let url =
         flows::open_billing_portal(&w.app.store, &w.app.users, &w.app.payments, w.app.ctx(), &alice).await.unwrap();
     assert!(url.contains(customer.as_str()), "{url}");
+    let configuration = w.app.settings.portal_configuration.clone().unwrap();
+    assert!(
+        url.contains(&format!("configuration={configuration}")),
+        "paykey's configuration, not Stripe's default: {url}"
+    );
     // a double click within the minute gets the same session (Stripe's idempotency key), a
     // visit a minute later a new one (found by `cargo mutants`: `/ 60` → `% 60` passed)
     let open = || flows::open_billing_portal(&w.app.store, &w.app.users, &w.app.payments, w.app.ctx(), &alice);
@@ -340,6 +345,23 @@ async fn the_portal_opens_for_the_callers_own_customer_only() {
     assert_ne!(later, url);
     w.clock.advance(chrono::Duration::seconds(30));
     assert_eq!(open().await.unwrap(), later);
+}
+
+/// Stripe's default portal configuration is the Dashboard's; a deployment without its own
+/// (the functions refuse to start so, see `wiring`) opens no portal and calls Stripe for nothing.
+#[tokio::test]
+async fn without_a_portal_configuration_no_portal_is_opened() {
+    let mut w = World::new();
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    w.complete(&id, &key).await.unwrap();
+    w.app.settings.portal_configuration = None;
+    let before = w.meter.count("stripe.create_portal");
+    let err =
+        flows::open_billing_portal(&w.app.store, &w.app.users, &w.app.payments, w.app.ctx(), &alice).await.unwrap_err();
+    assert!(matches!(err, Error::PortalNotConfigured), "{err}");
+    assert_eq!((err.status(), err.code()), (500, "misconfigured"));
+    assert_eq!(w.meter.count("stripe.create_portal"), before);
 }
 
 #[tokio::test]

@@ -116,6 +116,7 @@ async fn secrets_of(function: &str) -> BTreeSet<String> {
             ("DYNAMODB_API_KEY_TABLE", "k"),
             ("USER_POOL_ID", "us-east-1_pool"),
             ("USAGE_PLAN_ID", "plan"),
+            ("STRIPE_PORTAL_CONFIGURATION", "bpc_derive"),
         ];
         for s in &secrets {
             pairs.push((s.as_str(), if s == "STRIPE_API_KEY" { "sk_test_derive" } else { "whsec_derive" }));

@@ -18,6 +18,8 @@ trait Driver {
     fn cancel(&self, sub: &SubscriptionId);
     /// What was refunded of the subscription's charges.
     fn refunded(&self, sub: &SubscriptionId) -> i64;
+    /// A billing portal configuration created as `paykey-setup` does: its id.
+    fn add_portal_configuration(&self) -> String;
 }
 
 impl Driver for MemoryPayments {
@@ -32,6 +34,9 @@ impl Driver for MemoryPayments {
     }
     fn refunded(&self, sub: &SubscriptionId) -> i64 {
         self.charge(sub).map(|c| c.refunded).unwrap_or(0)
+    }
+    fn add_portal_configuration(&self) -> String {
+        MemoryPayments::add_portal_configuration(self)
     }
 }
 
@@ -71,6 +76,12 @@ impl Driver for Emulated {
             .filter(|r| r["invoice"] == invoice.as_str())
             .map(|r| r["amount"].as_i64().unwrap())
             .sum()
+    }
+    fn add_portal_configuration(&self) -> String {
+        let (s, c) =
+            self.0.shared.call("POST", "/v1/billing_portal/configurations", "features[invoice_history][enabled]=true");
+        assert_eq!(s, 200, "{c}");
+        c["id"].as_str().unwrap().to_string()
     }
 }
 
@@ -148,9 +159,14 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     assert!(p.create_checkout(checkout(&price.id, &alice, Some(&ghost), "idem-d")).await.is_err());
     assert!(p.create_checkout(checkout("price_missing", &alice, None, "idem-e")).await.is_err());
 
-    let url = p.create_portal(&customer, "https://app.example.com/", "portal-1").await.unwrap();
+    // A portal session in the configuration it names; an unknown one, or none of the account's,
+    // is refused (Stripe: resource_missing).
+    let configuration = d.add_portal_configuration();
+    let url = p.create_portal(&customer, &configuration, "https://app.example.com/", "portal-1").await.unwrap();
     assert!(url.starts_with("http"), "{url}");
-    assert!(p.create_portal(&ghost, "https://app.example.com/", "portal-2").await.is_err());
+    assert!(p.create_portal(&ghost, &configuration, "https://app.example.com/", "portal-2").await.is_err());
+    let err = p.create_portal(&customer, "bpc_unknown", "https://app.example.com/", "portal-3").await.unwrap_err();
+    assert!(err.to_string().contains("resource_missing"), "{err}");
 
     // An open session can be expired, once; a completed one is not open.
     let open = p.create_checkout(checkout(&price.id, &alice, Some(&customer), "idem-x")).await.unwrap();

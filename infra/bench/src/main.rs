@@ -101,6 +101,7 @@ fn function_env(api: &str) -> Vec<(&'static str, String)> {
         ("USAGE_PLAN_ID", "plan".into()),
         ("STRIPE_API_KEY", "sk_test_bench".into()),
         ("STRIPE_WEBHOOK_SECRET", "whsec_bench".into()),
+        ("STRIPE_PORTAL_CONFIGURATION", "bpc_bench".into()),
         ("RUST_LOG", "warn".into()),
     ]
 }

@@ -23,6 +23,7 @@ fn app(meter: &Arc<Meter>) -> BenchApp {
     let payments = MemoryPayments::new(Arc::clone(meter));
     payments.add_price("FMMailPro", 980, "jpy");
     let mut settings = Settings::new("https://app.example.com", "https://api.example.com/prod");
+    settings.portal_configuration = Some(payments.add_portal_configuration());
     settings.webhook_secrets = vec![paykey::config::Secret::new("whsec_bench")];
     // One user's requests are repeated in a loop here: the per-user budget would refuse them,
     // and a repeat would answer the open session instead of the path measured (a new one).
@@ -152,7 +153,8 @@ pub async fn round_trips() -> String {
     .await;
     let reference = timed(&meter, async {
         let c = a.users.get_user(&alice.name).await.expect("get").expect("user").customer_id.expect("customer");
-        a.payments.create_portal(&c, "https://x", "ref-portal").await.expect("portal");
+        let configuration = a.settings.portal_configuration.as_deref().expect("configured");
+        a.payments.create_portal(&c, configuration, "https://x", "ref-portal").await.expect("portal");
     })
     .await;
     md.push_str(&format!(

@@ -255,7 +255,11 @@ async fn the_five_binaries_cold_per_request_on_moto_and_the_stripe_emulator() {
         product["id"].as_str().unwrap()
     );
     emulator.call("POST", "/v1/prices", &form);
-    emulator.call("POST", "/v1/billing_portal/configurations", "features[subscription_cancel][enabled]=true");
+    // paykey's own configuration, as paykey-setup creates it: not the account's default (the
+    // emulator has none, like an account whose portal settings were never saved)
+    let (_, portal) =
+        emulator.call("POST", "/v1/billing_portal/configurations", "features[subscription_cancel][enabled]=true");
+    let portal = portal["id"].as_str().unwrap().to_string();
 
     let env: Vec<(String, String)> = [
         ("AWS_REGION", "us-east-1"),
@@ -274,6 +278,7 @@ async fn the_five_binaries_cold_per_request_on_moto_and_the_stripe_emulator() {
         ("STRIPE_API_KEY", "sk_test_lambdas_e2e"),
         ("STRIPE_API_BASE", stripe_base.as_str()),
         ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("STRIPE_PORTAL_CONFIGURATION", portal.as_str()),
         ("RUST_LOG", "info"),
     ]
     .into_iter()

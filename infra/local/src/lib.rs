@@ -61,6 +61,8 @@ pub struct Options {
     pub stripe_api_key: Option<String>,
     /// With real Stripe: the signing secret of the endpoint forwarding webhooks here.
     pub stripe_webhook_secret: Option<String>,
+    /// With real Stripe: paykey's portal configuration (`bpc_…`, printed by `paykey-setup`).
+    pub stripe_portal_configuration: Option<String>,
     /// Emulator webhook retry delay (first backoff).
     pub webhook_retry_delay: std::time::Duration,
     /// What is sold (`PAYKEY_CATALOG`'s JSON); `None`: [`LOCAL_CATALOG`].
@@ -97,6 +99,7 @@ impl Default for Options {
             data_dir: PathBuf::from(".paykey-data"),
             stripe_api_key: None,
             stripe_webhook_secret: None,
+            stripe_portal_configuration: None,
             webhook_retry_delay: std::time::Duration::from_millis(500),
             catalog: None,
             persist: persist::Mode::default(),
@@ -227,14 +230,19 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     .map_err(StartError::Setup)?;
 
     let real_stripe = opts.stripe_api_key.as_deref().filter(|k| k.starts_with("sk_test_") || k.starts_with("rk_test_"));
-    let (emulator, stripe_cfg, webhook_secret) = match real_stripe {
+    let (emulator, stripe_cfg, webhook_secret, portal_configuration) = match real_stripe {
         Some(key) => {
             let cfg = StripeConfig {
                 secret_key: Secret::new(key),
                 api_base: None,
                 price_cache: std::time::Duration::from_secs(300),
             };
-            (None, cfg, opts.stripe_webhook_secret.clone().unwrap_or_default())
+            let portal = opts.stripe_portal_configuration.clone().ok_or_else(|| {
+                StartError::Setup(
+                    "with STRIPE_API_KEY, set STRIPE_PORTAL_CONFIGURATION to the portal configuration paykey-setup printed".into(),
+                )
+            })?;
+            (None, cfg, opts.stripe_webhook_secret.clone().unwrap_or_default(), portal)
         }
         None => {
             let secret = snapshot
@@ -256,13 +264,13 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
                     .and_then(|v| shared.import(&v))
                     .map_err(|e| StartError::Setup(format!("the data file's Stripe state is corrupt: {e}")))?;
             }
-            seed_catalog(&shared);
+            let portal = seed_catalog(&shared);
             let cfg = StripeConfig {
                 secret_key: Secret::new("sk_test_paykey_local"),
                 api_base: Some(format!("{base}/stripe/")),
                 price_cache: std::time::Duration::from_secs(300),
             };
-            (Some(shared), cfg, secret)
+            (Some(shared), cfg, secret, portal)
         }
     };
     let payments = StripePayments::new(&stripe_cfg).map_err(|e| StartError::Setup(e.to_string()))?;
@@ -279,6 +287,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     keys.define_catalog(&catalog);
     settings.catalog = catalog;
     settings.webhook_secrets = webhook_secret.split(',').filter(|s| !s.is_empty()).map(Secret::new).collect();
+    settings.portal_configuration = Some(portal_configuration);
     let app = App {
         store,
         keys,
@@ -379,8 +388,10 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
 
 /// The paid tiers' products and monthly prices (PRO ¥980 `FMMailPro`, BUSINESS ¥4,980
 /// `FMMailBusiness`) and a portal configuration that lets customers switch between them and
-/// cancel, in a new emulator (what `paykey-setup` does on Stripe).
-fn seed_catalog(shared: &stripe_emulator::Shared) {
+/// cancel, in a new emulator (what `paykey-setup` does on Stripe); returns the configuration's
+/// id. Like a real account whose portal settings were never saved, the emulator then has no
+/// default configuration: every portal session names this one.
+fn seed_catalog(shared: &stripe_emulator::Shared) -> String {
     let mut offered = Vec::new();
     for (name, lookup_key, amount) in [("PRO", "FMMailPro", 980), ("BUSINESS", "FMMailBusiness", 4980)] {
         let (_, prices) = shared.call("GET", "/v1/prices", &format!("lookup_keys[0]={lookup_key}"));
@@ -402,8 +413,8 @@ fn seed_catalog(shared: &stripe_emulator::Shared) {
         ));
     }
     let (_, configs) = shared.call("GET", "/v1/billing_portal/configurations", "");
-    if configs["data"].as_array().is_some_and(|d| !d.is_empty()) {
-        return;
+    if let Some(c) = configs["data"].as_array().and_then(|d| d.iter().find(|c| c["metadata"]["paykey"] == "true")) {
+        return c["id"].as_str().unwrap_or_default().to_string();
     }
     let mut form = String::from(
         "features[subscription_cancel][enabled]=true&features[invoice_history][enabled]=true&features[subscription_update][enabled]=true&features[subscription_update][proration_behavior]=always_invoice&features[subscription_update][default_allowed_updates][0]=price",
@@ -413,7 +424,8 @@ fn seed_catalog(shared: &stripe_emulator::Shared) {
             "&features[subscription_update][products][{i}][product]={product}&features[subscription_update][products][{i}][prices][0]={price}"
         ));
     }
-    shared.call("POST", "/v1/billing_portal/configurations", &form);
+    form.push_str("&metadata[paykey]=true");
+    shared.call("POST", "/v1/billing_portal/configurations", &form).1["id"].as_str().unwrap_or_default().to_string()
 }
 
 /// Answers a request only once what it changed is in the data file. Pages, the JWKS and

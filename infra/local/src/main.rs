@@ -34,6 +34,7 @@ async fn main() -> std::process::ExitCode {
         }
     }
     opts.stripe_webhook_secret = std::env::var("STRIPE_WEBHOOK_SECRET").ok().filter(|k| !k.is_empty());
+    opts.stripe_portal_configuration = std::env::var("STRIPE_PORTAL_CONFIGURATION").ok().filter(|k| !k.is_empty());
     // What is sold (JSON, as the SAM stack writes it); default: FREE with keys, PRO, BUSINESS.
     if let Ok(m) = std::env::var("PAYKEY_PERSIST") {
         match m.parse() {

@@ -124,6 +124,10 @@ pub struct Report {
     /// Every tier's price, in the catalog's order.
     pub price_ids: Vec<String>,
     pub webhook_secret: Option<String>,
+    /// paykey's billing portal configuration (`bpc_…`): the functions that open the portal
+    /// name it on every session (`STRIPE_PORTAL_CONFIGURATION`, template parameter
+    /// `PortalConfigurationId`), because Stripe's default configuration is the Dashboard's.
+    pub portal_configuration: Option<String>,
 }
 
 impl Report {
@@ -220,12 +224,14 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
             has.sort();
             let mut want = if switching { offered.clone() } else { Vec::new() };
             want.sort();
-            let ok = f.subscription_cancel.enabled
+            let ok = cfg.active
+                && f.subscription_cancel.enabled
                 && f.subscription_cancel.mode.as_str() == "immediately"
                 && f.invoice_history.enabled
                 && f.subscription_update.enabled == switching
                 && (!switching || has == want)
                 && (c.portal_return_url.is_none() || cfg.default_return_url == c.portal_return_url);
+            report.portal_configuration = Some(cfg.id.to_string());
             if ok {
                 report.changes.push(Change::Unchanged(format!("billing portal configuration {}", cfg.id)));
             } else {
@@ -247,7 +253,7 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
                     );
                 }
                 features.subscription_update = Some(update);
-                let mut req = UpdateBillingPortalConfiguration::new(cfg.id.as_str()).features(features);
+                let mut req = UpdateBillingPortalConfiguration::new(cfg.id.as_str()).active(true).features(features);
                 if let Some(u) = &c.portal_return_url {
                     req = req.default_return_url(u.as_str());
                 }
@@ -293,6 +299,7 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
                 "billing portal configuration {} (cancel immediately, invoice history)",
                 cfg.id
             )));
+            report.portal_configuration = Some(cfg.id.to_string());
         }
     }
 

@@ -11,13 +11,15 @@
 //! `--repin-webhook` replaces an endpoint created in another API version by a pinned one (both
 //! deliver until `--retire-webhook <old id>` disables the old one; see `webhook_endpoint`).
 //! `STRIPE_API_BASE` points it at another Stripe-compatible server (the local emulator).
+//! `STRIPE_API_KEY_PARAMETER=/paykey/stripe/secret-key` (instead of `STRIPE_API_KEY`) reads the
+//! key from that SSM SecureString parameter with the AWS credentials of the environment.
 
 use std::process::ExitCode;
 
 use paykey_setup::{run, Catalog, PaidTier};
 
 fn usage() -> &'static str {
-    "usage: STRIPE_API_KEY=sk_… paykey-setup [--webhook-url URL] [--return-url URL] [--product-name NAME] \
+    "usage: STRIPE_API_KEY=sk_… (or STRIPE_API_KEY_PARAMETER=/ssm/name) paykey-setup [--webhook-url URL] [--return-url URL] [--product-name NAME] \
      [--lookup-key KEY] [--amount MINOR_UNITS] [--currency ISO] [--interval day|week|month|year] \
      [--tier NAME:LOOKUP_KEY:AMOUNT]... [--repin-webhook] [--retire-webhook ENDPOINT_ID]"
 }
@@ -58,7 +60,8 @@ async fn main() -> ExitCode {
         }
     }
     let env = paykey::config::Env::from_process();
-    let cfg = match paykey::config::StripeConfig::from_env(&env) {
+    let aws = paykey::adapters::aws::load_config().await;
+    let cfg = match paykey::wiring::stripe_config(&env, &aws).await {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("paykey-setup: {e}");
@@ -81,9 +84,13 @@ async fn main() -> ExitCode {
             for ch in &report.changes {
                 println!("{ch}");
             }
+            if let Some(p) = &report.portal_configuration {
+                println!("\nbilling portal configuration: {p}");
+                println!("deploy with it: sam deploy --parameter-overrides PortalConfigurationId={p} (the portal opens in it, not in the Dashboard's default)");
+            }
             if let Some(s) = &report.webhook_secret {
                 println!("\nwebhook signing secret (shown once by Stripe): {s}");
-                println!("store it: aws ssm put-parameter --type SecureString --name /paykey/stripe/webhook-secret --value '<secret>'");
+                println!("store it: aws ssm put-parameter --overwrite --type SecureString --name /paykey/stripe/webhook-secret --value '<secret>'");
             }
             if !report.changed_anything() {
                 println!("\nnothing to change: the Stripe catalog is already set up");

@@ -185,3 +185,25 @@ async fn an_endpoint_in_another_api_version_is_replaced_by_a_pinned_one_then_ret
     let unknown = run(&client, &Catalog { retire_webhook: Some("we_nope".into()), ..catalog() }).await.unwrap_err();
     assert!(unknown.to_string().contains("we_nope"), "{unknown}");
 }
+
+/// Stripe's default portal configuration is the Dashboard's; the one paykey-setup creates is
+/// not (`is_default: false`), so the functions must name it. The run reports its id, a second
+/// run reports the same one, and a configuration deactivated in the Dashboard is turned back on.
+#[tokio::test]
+async fn the_run_reports_paykeys_portal_configuration_which_is_not_the_accounts_default() {
+    let (emu, client) = emulator().await;
+    let first = run(&client, &catalog()).await.unwrap();
+    let id = first.portal_configuration.clone().expect("reported");
+    assert!(id.starts_with("bpc_"), "{id}");
+    let (_, cfg) = emu.shared.call("GET", "/v1/billing_portal/configurations", "");
+    assert_eq!(cfg["data"][0]["id"], id.as_str());
+    assert_eq!(cfg["data"][0]["is_default"], false, "created through the API");
+    assert_eq!(run(&client, &catalog()).await.unwrap().portal_configuration, Some(id.clone()));
+
+    emu.shared.call("POST", &format!("/v1/billing_portal/configurations/{id}"), "active=false");
+    let again = run(&client, &catalog()).await.unwrap();
+    assert_eq!(again.portal_configuration, Some(id.clone()));
+    assert!(again.changes.iter().any(|c| matches!(c, Change::Updated(s) if s.contains(&id))), "{:?}", again.changes);
+    let (_, cfg) = emu.shared.call("GET", "/v1/billing_portal/configurations", "");
+    assert_eq!(cfg["data"][0]["active"], true);
+}

@@ -84,6 +84,48 @@ impl Form {
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| k.as_str())
     }
+
+    /// The parameters as the nested object Stripe reads from them: `a[b][0][c]=x` →
+    /// `{"a": {"b": [{"c": "x"}]}}`, `e[]=x` → `{"e": ["x"]}`. Every leaf is a string (the
+    /// form has no types). Indexes become array positions in their numeric order.
+    pub fn to_json(&self) -> serde_json::Value {
+        #[derive(Default)]
+        struct Node {
+            leaf: Option<String>,
+            named: BTreeMap<String, Node>,
+            indexed: BTreeMap<usize, Node>,
+            pushed: Vec<Node>,
+        }
+        fn into_json(n: Node) -> serde_json::Value {
+            if let Some(v) = n.leaf {
+                return serde_json::Value::String(v);
+            }
+            if !n.indexed.is_empty() || !n.pushed.is_empty() {
+                let items = n.indexed.into_values().chain(n.pushed);
+                return serde_json::Value::Array(items.map(into_json).collect());
+            }
+            serde_json::Value::Object(n.named.into_iter().map(|(k, v)| (k, into_json(v))).collect())
+        }
+        let mut root = Node::default();
+        for (key, value) in &self.0 {
+            let (head, mut rest) = key.split_once('[').map(|(h, r)| (h, Some(r))).unwrap_or((key.as_str(), None));
+            let mut node = root.named.entry(head.to_string()).or_default();
+            while let Some(r) = rest {
+                let (segment, after) = r.split_once(']').unwrap_or((r, ""));
+                node = if segment.is_empty() {
+                    node.pushed.push(Node::default());
+                    node.pushed.last_mut().expect("just pushed")
+                } else if let Ok(i) = segment.parse::<usize>() {
+                    node.indexed.entry(i).or_default()
+                } else {
+                    node.named.entry(segment.to_string()).or_default()
+                };
+                rest = after.strip_prefix('[');
+            }
+            node.leaf = Some(value.clone());
+        }
+        into_json(root)
+    }
 }
 
 #[cfg(test)]
@@ -108,5 +150,18 @@ mod tests {
         let sd = f.sub("subscription_data");
         assert_eq!(sd.map("metadata").get("user_name").map(String::as_str), Some("alice"));
         assert_eq!(sd.sub("transfer_data").get("destination"), Some("acct_1"));
+        assert_eq!(
+            f.to_json(),
+            serde_json::json!({
+                "mode": "subscription",
+                "line_items": [{"price": "price_1", "quantity": "1"}],
+                "metadata": {"user_name": "alice"},
+                "expand": ["subscription"],
+                "lookup_keys": ["A"],
+                "subscription_data": {"metadata": {"user_name": "alice"}, "transfer_data": {"destination": "acct_1"}},
+            })
+        );
+        let two = Form::parse(b"items[1][price]=b&items[0][price]=a&expand[]=x&expand[]=y");
+        assert_eq!(two.to_json(), serde_json::json!({"items": [{"price": "a"}, {"price": "b"}], "expand": ["x", "y"]}));
     }
 }

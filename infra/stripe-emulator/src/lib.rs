@@ -238,6 +238,12 @@ impl Shared {
         url
     }
 
+    /// Saves the customer portal settings as the Dashboard does (see
+    /// `Emu::save_dashboard_portal_settings`): returns the default configuration's id.
+    pub fn save_dashboard_portal_settings(&self) -> String {
+        self.lock().save_dashboard_portal_settings()
+    }
+
     /// Moves a subscription to a status (`canceled` cancels at once), with Stripe's events.
     /// Moves the test clock forward (see `Emu::advance`) and delivers the events.
     pub fn advance(&self, seconds: i64) {
@@ -439,6 +445,7 @@ async fn api(
                 );
             }
             shared.log(&method, &path, Some(k), status);
+            capture(&method, &path, &form, status, &saved);
             return json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), &saved, true);
         }
     }
@@ -458,6 +465,7 @@ async fn api(
         }
     }
     shared.flush_events();
+    capture(&method, &path, &form, status.as_u16(), &value);
     if fault == Some(ApiFault::LoseAnswer) {
         shared.log(&method, &path, idem.as_deref(), 500);
         return json_response(
@@ -468,6 +476,31 @@ async fn api(
     }
     shared.log(&method, &path, idem.as_deref(), status.as_u16());
     json_response(status, &value, false)
+}
+
+/// `STRIPE_EMULATOR_CAPTURE=<dir>`: every API request that reached the emulator over HTTP (the
+/// calls of paykey's adapter, the functions and `paykey-setup`; not [`Shared::call`]) with its
+/// parameters as Stripe reads them and the answer, one JSON line each in `<dir>/<pid>.jsonl`,
+/// for the check against Stripe's published types (`infra/stripe-oracle`). Injected refusals
+/// are left out: Stripe did not answer them.
+fn capture(method: &Method, path: &str, form: &Form, status: u16, answer: &Value) {
+    use std::io::Write;
+    static FILE: std::sync::OnceLock<Option<Mutex<std::fs::File>>> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        let dir = std::env::var_os("STRIPE_EMULATOR_CAPTURE").filter(|d| !d.is_empty())?;
+        std::fs::create_dir_all(&dir).ok()?;
+        let path = std::path::Path::new(&dir).join(format!("{}.jsonl", std::process::id()));
+        std::fs::OpenOptions::new().create(true).append(true).open(path).ok().map(Mutex::new)
+    });
+    if let Some(f) = file {
+        let line = json!({
+            "method": method.as_str(), "path": path, "params": form.to_json(), "status": status, "response": answer,
+        });
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = writeln!(f, "{line}") {
+            tracing::warn!(error = %e, "could not write the request capture");
+        }
+    }
 }
 
 async fn emulator_events(State(shared): State<Shared>) -> Json<Value> {

@@ -683,7 +683,9 @@ impl Emu {
         self.invoices.insert(inv_id.clone(), inv.clone());
         let session = self.sessions.get_mut(id)?;
         session["status"] = json!("complete");
-        session["payment_status"] = json!("paid");
+        // Stripe (checkout.session.payment_status): `no_payment_required` when "the payment is
+        // delayed to a future date" — a trial; `paid` when the first invoice was charged.
+        session["payment_status"] = json!(if trial_end.is_some() { "no_payment_required" } else { "paid" });
         session["customer"] = json!(customer);
         session["subscription"] = json!(sub_id);
         session["invoice"] = json!(inv_id);
@@ -703,19 +705,27 @@ impl Emu {
         if !self.customers.contains_key(customer) {
             return ApiResult::missing("customer", customer, "customer");
         }
+        // Without `configuration`, Stripe uses the account's default configuration: the one saved
+        // in the Dashboard (`is_default`: "this configuration can be managed in the Dashboard";
+        // API reference, billing_portal.configuration). A configuration created through the API
+        // is never the default, and an account whose portal settings were never saved refuses the
+        // session (the message below is Stripe's, as its API answers it in test mode).
         let config = match form.get("configuration") {
-            Some(c) if self.portal_configs.contains_key(c) => c.to_string(),
+            Some(c) if self.portal_configs.get(c).is_some_and(|c| c["active"] == true) => c.to_string(),
+            Some(c) if self.portal_configs.contains_key(c) => {
+                return ApiResult::invalid(
+                    &format!("The configuration {c} is not active. Activate it or use another configuration."),
+                    Some("configuration"),
+                )
+            }
             Some(c) => return ApiResult::missing("billing_portal.configuration", c, "configuration"),
             None => match self.portal_configs.values().find(|c| c["is_default"] == true) {
                 Some(c) => c["id"].as_str().unwrap_or_default().to_string(),
                 None => {
-                    let r = self.save_portal_config(
+                    return ApiResult::invalid(
+                        "You can't create a portal session in test mode until you save your customer portal settings in test mode at https://dashboard.stripe.com/test/settings/billing/portal.",
                         None,
-                        &Form::parse(
-                            b"features[subscription_cancel][enabled]=true&features[invoice_history][enabled]=true",
-                        ),
-                    );
-                    r.1["id"].as_str().unwrap_or_default().to_string()
+                    )
                 }
             },
         };
@@ -726,13 +736,31 @@ impl Emu {
         ApiResult::ok(p)
     }
 
+    /// What saving the customer portal settings in the Dashboard does: the account gets its
+    /// default configuration (cancel and invoice history), the one portal sessions without
+    /// `configuration` use. Not reachable through the API, as on Stripe.
+    pub fn save_dashboard_portal_settings(&mut self) -> String {
+        if let Some(c) = self.portal_configs.values().find(|c| c["is_default"] == true) {
+            return c["id"].as_str().unwrap_or_default().to_string();
+        }
+        let ApiResult(_, mut c) = self.save_portal_config(
+            None,
+            &Form::parse(b"features[subscription_cancel][enabled]=true&features[invoice_history][enabled]=true"),
+        );
+        let id = c["id"].as_str().unwrap_or_default().to_string();
+        c["is_default"] = json!(true);
+        self.portal_configs.insert(id.clone(), c);
+        id
+    }
+
     fn save_portal_config(&mut self, id: Option<&str>, form: &Form) -> ApiResult {
         let existing = id.and_then(|i| self.portal_configs.get(i).cloned());
         if let (Some(i), None) = (id, &existing) {
             return ApiResult::missing("billing_portal.configuration", i, "configuration");
         }
         let id = id.map(str::to_string).unwrap_or_else(|| self.new_id("bpc"));
-        let is_default = existing.as_ref().map(|e| e["is_default"] == true).unwrap_or(self.portal_configs.is_empty());
+        // created through the API: never the default (see create_portal_session)
+        let is_default = existing.as_ref().is_some_and(|e| e["is_default"] == true);
         let mut c = existing.unwrap_or_else(|| {
             json!({
                 "id": id, "object": "billing_portal.configuration", "active": true, "application": null,
@@ -786,6 +814,9 @@ impl Emu {
         }
         if let Some(u) = form.get("default_return_url") {
             c["default_return_url"] = json!(u);
+        }
+        if let Some(a) = form.get("active") {
+            c["active"] = json!(a == "true");
         }
         for (k, v) in form.map("metadata") {
             c["metadata"][k] = json!(v);
@@ -1097,10 +1128,60 @@ mod tests {
         emu.events[from..].iter().map(|e| e["type"].as_str().unwrap().to_string()).collect()
     }
 
+    /// Stripe: a configuration created through the API is not the default (`is_default`: "this
+    /// configuration can be managed in the Dashboard and portal sessions will use this
+    /// configuration unless it is overriden"); an account whose portal settings were never saved
+    /// refuses a session without `configuration`; an inactive configuration cannot be used.
+    #[test]
+    fn a_portal_session_uses_the_configuration_it_names_and_only_the_dashboards_is_the_default() {
+        let (mut emu, sub, _) = subscribed(0, true);
+        let customer = emu.subscriptions[&sub]["customer"].as_str().unwrap().to_string();
+        let ours = call(
+            &mut emu,
+            Method::POST,
+            "/v1/billing_portal/configurations",
+            "features[invoice_history][enabled]=true",
+        );
+        assert_eq!(ours["is_default"], false, "created through the API");
+        let ours = ours["id"].as_str().unwrap().to_string();
+
+        let bare = format!("customer={customer}&return_url=https://x/");
+        let r = emu.route(&Method::POST, "/v1/billing_portal/sessions", &Form::parse(bare.as_bytes()), "http://emu");
+        assert_eq!(r.0, StatusCode::BAD_REQUEST, "no default yet: {}", r.1);
+        assert!(r.1["error"]["message"].as_str().unwrap().contains("save your customer portal settings"), "{}", r.1);
+
+        let named = format!("{bare}&configuration={ours}");
+        assert_eq!(call(&mut emu, Method::POST, "/v1/billing_portal/sessions", &named)["configuration"], ours.as_str());
+
+        let default = emu.save_dashboard_portal_settings();
+        assert_ne!(default, ours);
+        assert_eq!(
+            call(&mut emu, Method::POST, "/v1/billing_portal/sessions", &bare)["configuration"],
+            default.as_str()
+        );
+        assert_eq!(call(&mut emu, Method::POST, "/v1/billing_portal/sessions", &named)["configuration"], ours.as_str());
+
+        call(&mut emu, Method::POST, &format!("/v1/billing_portal/configurations/{ours}"), "active=false");
+        let r = emu.route(&Method::POST, "/v1/billing_portal/sessions", &Form::parse(named.as_bytes()), "http://emu");
+        assert_eq!((r.0, r.1["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("configuration")), "{}", r.1);
+        let r = emu.route(
+            &Method::POST,
+            "/v1/billing_portal/sessions",
+            &Form::parse(format!("{bare}&configuration=bpc_nope").as_bytes()),
+            "http://emu",
+        );
+        assert_eq!(r.0, StatusCode::NOT_FOUND);
+    }
+
     #[test]
     fn a_trial_with_a_card_turns_active_with_its_first_charge_when_the_clock_passes_its_end() {
         let (mut emu, sub, _) = subscribed(7, true);
         assert_eq!(emu.subscriptions[&sub]["status"], "trialing");
+        let session = emu.sessions.values().find(|s| s["subscription"] == sub.as_str()).unwrap();
+        assert_eq!(session["payment_status"], "no_payment_required", "nothing was charged yet");
+        let (paid, paid_sub, _) = subscribed(0, true);
+        let session = paid.sessions.values().find(|s| s["subscription"] == paid_sub.as_str()).unwrap();
+        assert_eq!(session["payment_status"], "paid");
         let first = emu.subscriptions[&sub]["latest_invoice"].as_str().unwrap().to_string();
         assert_eq!(emu.invoices[&first]["amount_due"], 0, "nothing charged for the trial");
         let n = emu.events.len();

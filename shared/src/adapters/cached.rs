@@ -67,8 +67,14 @@ impl<P: Payments> Payments for CachedPrices<P> {
         self.inner.get_checkout(id).await
     }
 
-    async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
-        self.inner.create_portal(customer, return_url, idempotency_key).await
+    async fn create_portal(
+        &self,
+        customer: &CustomerId,
+        configuration: &str,
+        return_url: &str,
+        idempotency_key: &str,
+    ) -> Result<String> {
+        self.inner.create_portal(customer, configuration, return_url, idempotency_key).await
     }
 
     async fn expire_checkout(&self, id: &SessionId) -> Result<bool> {

@@ -1160,6 +1160,7 @@ struct PaymentsState {
     subscriptions: BTreeMap<String, SubscriptionState>,
     charges: BTreeMap<String, Charge>,
     customers: Vec<CustomerId>,
+    portal_configurations: std::collections::BTreeSet<String>,
     replay: HashMap<String, String>,
     next: u64,
 }
@@ -1191,6 +1192,15 @@ impl MemoryPayments {
         };
         st.prices.insert(lookup_key.to_string(), p.clone());
         p
+    }
+
+    /// Adds a billing portal configuration (what `paykey-setup` creates) and returns its id.
+    pub fn add_portal_configuration(&self) -> String {
+        let mut st = lock(&self.state);
+        st.next += 1;
+        let id = format!("bpc_mem{:06}", st.next);
+        st.portal_configurations.insert(id.clone());
+        id
     }
 
     /// Completes a checkout as if the customer paid: creates the customer (unless the session
@@ -1431,7 +1441,13 @@ impl Payments for MemoryPayments {
         Ok(r)
     }
 
-    async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
+    async fn create_portal(
+        &self,
+        customer: &CustomerId,
+        configuration: &str,
+        return_url: &str,
+        idempotency_key: &str,
+    ) -> Result<String> {
         let call = self.meter.enter(STRIPE, "stripe.create_portal").await?;
         let url = {
             let mut st = lock(&self.state);
@@ -1442,13 +1458,23 @@ impl Payments for MemoryPayments {
                     format!("resource_missing: No such customer: '{customer}'"),
                 ));
             }
+            // Stripe answers an unknown configuration with resource_missing.
+            if !st.portal_configurations.contains(configuration) {
+                return Err(BackendError::new(
+                    STRIPE,
+                    "stripe.create_portal",
+                    format!("resource_missing: No such billing_portal.configuration: '{configuration}'"),
+                ));
+            }
             // Stripe's idempotency: the same key answers the same session.
             let replay_key = format!("portal:{idempotency_key}");
             let n = st.replay.len();
             st.replay
                 .entry(replay_key)
                 .or_insert_with(|| {
-                    format!("https://billing.memory.invalid/p/session/{customer}/{n}?return_url={return_url}")
+                    format!(
+                        "https://billing.memory.invalid/p/session/{customer}/{n}?configuration={configuration}&return_url={return_url}"
+                    )
                 })
                 .clone()
         };

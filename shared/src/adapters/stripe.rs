@@ -469,10 +469,19 @@ impl Payments for StripePayments {
         }))
     }
 
-    async fn create_portal(&self, customer: &CustomerId, return_url: &str, idempotency_key: &str) -> Result<String> {
+    async fn create_portal(
+        &self,
+        customer: &CustomerId,
+        configuration: &str,
+        return_url: &str,
+        idempotency_key: &str,
+    ) -> Result<String> {
         const OP: &str = "POST /v1/billing_portal/sessions";
         let key = self::idempotency_key(idempotency_key, OP)?;
-        let create = CreateBillingPortalSession::new().customer(customer.to_string()).return_url(return_url);
+        let create = CreateBillingPortalSession::new()
+            .customer(customer.to_string())
+            .configuration(configuration)
+            .return_url(return_url);
         let session =
             retrying(OP, || async { self.client.call::<wire::PortalSession>(create.build(), Some(&key)).await })
                 .await

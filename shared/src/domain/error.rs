@@ -55,6 +55,8 @@ pub enum Error {
     /// The catalog names a paid tier without a usage plan (a configuration error).
     #[error("tier {0} names no usage plan")]
     TierWithoutUsagePlan(String),
+    #[error("the billing portal is not set up on this deployment (no portal configuration)")]
+    PortalNotConfigured,
     #[error("the user has no Stripe customer yet: subscribe first")]
     NoCustomer,
     #[error("the Stripe-Signature header is missing or does not match the body: {0}")]
@@ -80,7 +82,7 @@ impl Error {
             Error::NoKey => 409,
             Error::RotationLimited(_) => 429,
             Error::TooManyRequests(_) => 429,
-            Error::TierWithoutUsagePlan(_) => 500,
+            Error::TierWithoutUsagePlan(_) | Error::PortalNotConfigured => 500,
             Error::NoCustomer => 409,
             Error::BadSignature(_) => 400,
             Error::FulfilmentInProgress => 503,
@@ -104,7 +106,7 @@ impl Error {
             Error::NoKey => "no_key",
             Error::RotationLimited(_) => "rotation_limited",
             Error::TooManyRequests(_) => "too_many_requests",
-            Error::TierWithoutUsagePlan(_) => "misconfigured",
+            Error::TierWithoutUsagePlan(_) | Error::PortalNotConfigured => "misconfigured",
             Error::NoCustomer => "no_customer",
             Error::BadSignature(_) => "bad_signature",
             Error::FulfilmentInProgress => "fulfilment_in_progress",

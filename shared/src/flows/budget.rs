@@ -42,7 +42,10 @@ pub async fn spend_budget<B: Budgets>(budgets: &B, ctx: Ctx<'_>, user: &User, ro
     match budgets.spend(&bucket, ctx.settings.user_budget, ctx.clock.now()).await? {
         None => Ok(()),
         Some(wait) => {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            // Measured from this request's clock reading, which a concurrent request may have
+            // passed before spending: never more than one interval from now in truth.
+            let ceil = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            let seconds = ceil(wait).min(ceil(ctx.settings.user_budget.interval));
             tracing::info!(user = %user, route = route.as_str(), retry_after = seconds, "request budget spent");
             Err(Error::TooManyRequests(seconds.max(1)))
         }

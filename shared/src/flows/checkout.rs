@@ -78,14 +78,7 @@ where
             Some(customer) if on.name != tier.name => {
                 // Another paid tier: switched in the billing portal (Stripe prorates), so the
                 // user keeps one subscription.
-                let minute = ctx.clock.now().timestamp() / 60;
-                let url = payments
-                    .create_portal(
-                        customer,
-                        &format!("{}/", settings.app_url),
-                        &format!("paykey-portal-{customer}-{minute}"),
-                    )
-                    .await?;
+                let url = super::portal::portal_session(payments, ctx, customer).await?;
                 tracing::info!(user = %user, from = %on.name, to = %tier.name, "plan change: sent to the billing portal");
                 Ok(CheckoutStarted { url, kind: "billing_portal" })
             }

@@ -66,6 +66,10 @@ pub struct Settings {
     /// How long after its creation a user's open checkout is handed out again to a repeated
     /// request (`CHECKOUT_REUSE_SECONDS`); an older one is replaced and expired at Stripe.
     pub checkout_reuse: Duration,
+    /// paykey's billing portal configuration (`STRIPE_PORTAL_CONFIGURATION`, `bpc_…`, made by
+    /// `paykey-setup`), passed on every portal session. Required by the functions that open
+    /// the portal (checked at init); without it the flows refuse to open one.
+    pub portal_configuration: Option<String>,
     /// How long one request may take to create a user's checkout before another may.
     pub checkout_claim: Duration,
     /// `STRIPE_WEBHOOK_SECRET` (`whsec_…`), for the webhook function: one, or several while
@@ -93,6 +97,7 @@ impl Settings {
             rotations_per_day: 3,
             user_budget: crate::ports::Budget { burst: 5, interval: Duration::from_secs(10) },
             checkout_reuse: Duration::from_secs(3600),
+            portal_configuration: None,
             // the function's timeout (20 s): a crashed holder stops blocking once it is gone
             checkout_claim: Duration::from_secs(20),
             webhook_secrets: Vec::new(),

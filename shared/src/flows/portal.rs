@@ -1,5 +1,5 @@
 use super::Ctx;
-use crate::domain::{Error, User};
+use crate::domain::{CustomerId, Error, User};
 use crate::ports::{Budgets, Payments, UserDirectory};
 
 /// Opens a Stripe Billing Portal session for the caller's own customer, read from the user
@@ -29,11 +29,27 @@ where
     })?;
     let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
     let customer = profile.customer_id.ok_or(Error::NoCustomer)?;
-    // Double clicks within the same minute get the same portal session.
-    let minute = ctx.clock.now().timestamp() / 60;
-    let url = payments
-        .create_portal(&customer, &format!("{}/", ctx.settings.app_url), &format!("paykey-portal-{customer}-{minute}"))
-        .await?;
+    let url = portal_session(payments, ctx, &customer).await?;
     tracing::info!(user = %user, customer = %customer, "billing portal session opened");
     Ok(url)
+}
+
+/// A portal session for `customer` in paykey's configuration (never Stripe's default, which is
+/// the Dashboard's and lacks paykey's plan switch), returning to the front end. Double clicks
+/// within the same minute get the same session (Stripe's idempotency key).
+pub(crate) async fn portal_session<P: Payments>(
+    payments: &P,
+    ctx: Ctx<'_>,
+    customer: &CustomerId,
+) -> Result<String, Error> {
+    let configuration = ctx.settings.portal_configuration.as_deref().ok_or(Error::PortalNotConfigured)?;
+    let minute = ctx.clock.now().timestamp() / 60;
+    Ok(payments
+        .create_portal(
+            customer,
+            configuration,
+            &format!("{}/", ctx.settings.app_url),
+            &format!("paykey-portal-{customer}-{minute}"),
+        )
+        .await?)
 }

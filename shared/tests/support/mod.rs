@@ -43,6 +43,7 @@ impl World {
         let payments = MemoryPayments::new(Arc::clone(&meter));
         payments.add_price("FMMailPro", 980, "jpy");
         let mut settings = Settings::new(APP_URL, API_URL);
+        settings.portal_configuration = Some(payments.add_portal_configuration());
         settings.wait_for_peer = std::time::Duration::from_millis(300);
         // The flows' other tests repeat requests at one instant; `budget.rs` tests the budget
         // and the reuse of an open checkout with the deployed defaults.

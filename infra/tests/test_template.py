@@ -656,7 +656,14 @@ def test_outputs_give_what_operators_need(cfn):
     assert o["ApiUrl"]["Value"] == {"Fn::Sub": "https://${PaykeyApi}.execute-api.${AWS::Region}.amazonaws.com/${StageName}"}
     assert o["RedirectApiUrl"]["Value"] == {"Fn::Sub": "https://${RedirectApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"}
     checkout = functions(cfn)["CreateCheckoutSessionFunction"]["Properties"]["Environment"]["Variables"]
-    assert checkout["API_URL"] == o["RedirectApiUrl"]["Value"], "Stripe is sent to the redirect's own API"
+    # Stripe is sent to the redirect's own API: its execute-api URL, or the custom domain's
+    assert checkout["API_URL"] == {"Fn::If": ["HasPublicRedirectBase", {"Ref": "PublicRedirectBaseUrl"}, o["RedirectApiUrl"]["Value"]]}
+    assert cfn["Conditions"]["HasPublicRedirectBase"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "PublicRedirectBaseUrl"}, ""]}]}
+    pattern = cfn["Parameters"]["PublicRedirectBaseUrl"]["AllowedPattern"]
+    for ok in ("", "https://pay.example.com", "https://example.com/pay"):
+        assert re.fullmatch(pattern, ok), ok
+    for bad in ("http://pay.example.com", "https://pay.example.com/", "pay.example.com"):
+        assert not re.fullmatch(pattern, bad), bad
     assert o["WebhookUrl"]["Value"] == {"Fn::Sub": "https://${PaykeyApi}.execute-api.${AWS::Region}.amazonaws.com/${StageName}/stripe/webhook"}
     assert o["UserPoolId"]["Value"] == {"Ref": "UserPool"}
     assert o["UserPoolClientId"]["Value"] == {"Ref": "UserPoolClient"}

@@ -430,8 +430,13 @@ async fn api(
         fields.sort_unstable();
         format!("{method} {path} {}", fields.join("&"))
     };
+    // The key's check, the action and the saved answer happen under one lock: two concurrent
+    // requests with one key act once (the second replays the first's answer; Stripe answers
+    // it 409 while the first is still running, a window this emulator does not have).
+    let mut emu = shared.lock();
     if let (Some(k), true) = (&idem, method == Method::POST) {
-        if let Some((fp, status, saved)) = shared.lock().idempotency.get(k).cloned() {
+        if let Some((fp, status, saved)) = emu.idempotency.get(k).cloned() {
+            drop(emu);
             if fp != fingerprint {
                 return json_response(
                     StatusCode::BAD_REQUEST,
@@ -450,20 +455,18 @@ async fn api(
         }
     }
     let base = shared.base();
-    let ApiResult(status, value) = {
-        let mut emu = shared.lock();
-        emu.route(&method, &path, &form, &base)
-    };
+    let ApiResult(status, value) = emu.route(&method, &path, &form, &base);
     let value = match (status.is_success(), form.list("expand")) {
-        (true, expand) if !expand.is_empty() => shared.lock().expand(value, &expand),
+        (true, expand) if !expand.is_empty() => emu.expand(value, &expand),
         _ => value,
     };
     if let (Some(k), true) = (idem.clone(), method == Method::POST) {
         // Stripe saves the answer unless it was a 5xx (then the request may be retried).
         if status.as_u16() < 500 {
-            shared.lock().idempotency.insert(k, (fingerprint, status.as_u16(), value.clone()));
+            emu.idempotency.insert(k, (fingerprint, status.as_u16(), value.clone()));
         }
     }
+    drop(emu);
     shared.flush_events();
     capture(&method, &path, &form, status.as_u16(), &value);
     if fault == Some(ApiFault::LoseAnswer) {

@@ -113,6 +113,11 @@ echo "front end build: $(du -sb infra/web/dist | cut -f1) bytes ($(cat infra/web
 step "cargo build --workspace --bins (binaries the tests run as child processes)"
 cargo build --workspace --bins
 
+# Every request that reaches the Stripe emulator over HTTP from here on (paykey's adapter, the
+# functions, paykey-setup, the local stack) is captured with its answer for the Stripe oracle.
+stripe_capture=$(mktemp -d)
+export STRIPE_EMULATOR_CAPTURE=$stripe_capture
+
 step "cargo test (flows, handlers, adapter contracts on memory, moto and the Stripe emulator, local stack e2e)"
 cargo test --workspace --lib --bins --tests 2>&1 | tee -a "$log"
 
@@ -132,6 +137,13 @@ fi
 export PAYKEY_ARTIFACTS=$root/artifacts/screenshots
 PAYKEY_LOCAL_BIN=$CARGO_TARGET_DIR/debug/paykey-local CHROMIUM_PATH=$(command -v chromium) \
   node --test infra/e2e/browser.test.mjs 2>&1 | tee -a "$log"
+
+step "Stripe oracle: every captured request and answer type-checked against stripe-node's declarations (infra/stripe-oracle)"
+unset STRIPE_EMULATOR_CAPTURE
+(cd infra/stripe-oracle && npm ci --no-audit --no-fund --loglevel=error)
+node infra/stripe-oracle/check.mjs --self-test 2>&1 | tee -a "$log"
+node infra/stripe-oracle/check.mjs "$stripe_capture" 2>&1 | tee -a "$log"
+rm -rf "$stripe_capture"
 
 # One closing line for the whole run (cargo prints one per test binary; pytest and node one each).
 awk '/^test result:/ || /^[0-9]+ (passed|failed)/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

@@ -847,7 +847,9 @@ def test_the_renamed_lookup_key_parameter_is_accepted_when_it_agrees_and_refused
               if rule_holds(rule["RuleCondition"], params) and not rule_holds(a["Assert"], params)]
     assert bool(failed) == refused
     if refused:
-        assert "ProLookupKey=" in failed[0] and "AllowedLookupKeys=''" in failed[0]
+        # the whole override string quoted: unquoted, the shell eats '' and SAM CLI refuses
+        # "AllowedLookupKeys=" as an invalid format
+        assert '"ProLookupKey=' in failed[0] and "AllowedLookupKeys=''\"" in failed[0]
 
 
 def test_samconfig_has_a_dev_and_a_prod_environment_that_cannot_touch_each_others_stack_or_secrets(cfn):

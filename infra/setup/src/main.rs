@@ -60,8 +60,14 @@ async fn main() -> ExitCode {
         }
     }
     let env = paykey::config::Env::from_process();
-    let aws = paykey::adapters::aws::load_config().await;
-    let cfg = match paykey::wiring::stripe_config(&env, &aws).await {
+    // AWS (region, credentials) only when the key is read from SSM: without a region, loading
+    // the configuration would ask the instance metadata service and wait for its timeout.
+    let cfg = if env.optional("STRIPE_API_KEY").is_some() {
+        paykey::config::StripeConfig::from_env(&env).map_err(paykey::wiring::InitError::from)
+    } else {
+        paykey::wiring::stripe_config(&env, &paykey::adapters::aws::load_config().await).await
+    };
+    let cfg = match cfg {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("paykey-setup: {e}");
@@ -86,7 +92,7 @@ async fn main() -> ExitCode {
             }
             if let Some(p) = &report.portal_configuration {
                 println!("\nbilling portal configuration: {p}");
-                println!("deploy with it: sam deploy --parameter-overrides PortalConfigurationId={p} (the portal opens in it, not in the Dashboard's default)");
+                println!("the stack's PortalConfigurationId: answer it in `sam deploy --guided` or add PortalConfigurationId={p} to samconfig.toml's parameter_overrides (portal sessions open in it, not in the Dashboard's default)");
             }
             if let Some(s) = &report.webhook_secret {
                 println!("\nwebhook signing secret (shown once by Stripe): {s}");

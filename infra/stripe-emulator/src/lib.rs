@@ -227,6 +227,7 @@ impl Shared {
         let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
         let base = self.base();
         let ApiResult(status, v) = self.lock().route(&method, path, &Form::parse(form.as_bytes()), &base);
+        let v = state::strip_private(v);
         self.flush_events();
         (status.as_u16(), v)
     }
@@ -351,6 +352,19 @@ impl ApiResult {
             ),
         )
     }
+    /// An id named in a request parameter that does not exist: Stripe answers 400 with
+    /// `resource_missing` (404 is for the object named in the URL path).
+    pub fn missing_in_param(kind: &str, id: &str, param: &str) -> Self {
+        Self(
+            StatusCode::BAD_REQUEST,
+            objects::error(
+                "invalid_request_error",
+                Some("resource_missing"),
+                &format!("No such {kind}: '{id}'"),
+                Some(param),
+            ),
+        )
+    }
     pub fn invalid(message: &str, param: Option<&str>) -> Self {
         Self(
             StatusCode::BAD_REQUEST,
@@ -456,6 +470,7 @@ async fn api(
     }
     let base = shared.base();
     let ApiResult(status, value) = emu.route(&method, &path, &form, &base);
+    let value = state::strip_private(value);
     let value = match (status.is_success(), form.list("expand")) {
         (true, expand) if !expand.is_empty() => emu.expand(value, &expand),
         _ => value,

@@ -118,7 +118,7 @@ pub fn subscription(s: NewSubscription<'_>) -> Value {
         "id": s.id, "object": "subscription", "application": null, "application_fee_percent": s.application_fee_percent,
         "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null},
         "billing_cycle_anchor": s.now, "billing_cycle_anchor_config": null,
-        "billing_mode": {"flexible": null, "type": "classic", "updated_at": null}, "billing_schedules": [],
+        "billing_mode": {"flexible": null, "type": "classic"}, "billing_schedules": [],
         "billing_thresholds": null, "cancel_at": null, "cancel_at_period_end": false, "canceled_at": null,
         "cancellation_details": {"comment": null, "feedback": null, "reason": null},
         "collection_method": "charge_automatically", "created": s.now, "currency": s.price["currency"],
@@ -194,6 +194,15 @@ pub fn event(id: &str, kind: &str, object: Value, created: i64) -> Value {
 
 /// A Stripe error body.
 pub fn error(kind: &str, code: Option<&str>, message: &str, param: Option<&str>) -> Value {
-    json!({"error": {"type": kind, "code": code, "message": message, "param": param,
-        "doc_url": code.map(|c| format!("https://stripe.com/docs/error-codes/{}", c.replace('_', "-")))}})
+    // Stripe leaves `code`, `param` and `doc_url` out when they do not apply (optional, not
+    // nullable, in stripe-node's declarations).
+    let mut e = json!({"type": kind, "message": message});
+    if let Some(c) = code {
+        e["code"] = json!(c);
+        e["doc_url"] = json!(format!("https://stripe.com/docs/error-codes/{}", c.replace('_', "-")));
+    }
+    if let Some(p) = param {
+        e["param"] = json!(p);
+    }
+    json!({ "error": e })
 }

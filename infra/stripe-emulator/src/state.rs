@@ -200,7 +200,7 @@ impl Emu {
 
     pub(crate) fn emit(&mut self, kind: &str, object: Value) {
         let id = self.new_id("evt");
-        let ev = objects::event(&id, kind, object, self.now());
+        let ev = objects::event(&id, kind, strip_private(object), self.now());
         self.events.push(ev.clone());
         self.outbox.push(ev);
     }
@@ -718,12 +718,12 @@ impl Emu {
                     Some("configuration"),
                 )
             }
-            Some(c) => return ApiResult::missing("billing_portal.configuration", c, "configuration"),
+            Some(c) => return ApiResult::missing_in_param("billing_portal.configuration", c, "configuration"),
             None => match self.portal_configs.values().find(|c| c["is_default"] == true) {
                 Some(c) => c["id"].as_str().unwrap_or_default().to_string(),
                 None => {
                     return ApiResult::invalid(
-                        "You can't create a portal session in test mode until you save your customer portal settings in test mode at https://dashboard.stripe.com/test/settings/billing/portal.",
+                        "You can’t create a portal session in test mode until you save your customer portal settings in test mode at https://dashboard.stripe.com/test/settings/billing/portal.",
                         None,
                     )
                 }
@@ -869,7 +869,6 @@ impl Emu {
         let end = sub["items"]["data"][0]["current_period_end"].as_i64().unwrap_or(t);
         sub["items"]["data"][0]["price"] = price.clone();
         sub["items"]["data"][0]["plan"] = objects::plan_of(price);
-        sub["plan"] = objects::plan_of(price);
         let trialing = sub["status"] == "trialing";
         let customer = sub["customer"].as_str().unwrap_or_default().to_string();
         let s = sub.clone();
@@ -1069,6 +1068,19 @@ impl Emu {
     }
 }
 
+/// A value without the emulator's private `_…` fields at any depth: what every API answer and
+/// event carries (Stripe has no field starting with `_`; the Stripe oracle checks answers
+/// against stripe-node's declarations).
+pub(crate) fn strip_private(v: Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.into_iter().filter(|(k, _)| !k.starts_with('_')).map(|(k, v)| (k, strip_private(v))).collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_private).collect()),
+        other => other,
+    }
+}
+
 /// An object without the emulator's private `_…` fields.
 pub(crate) fn public(v: &Value) -> Value {
     let mut v = v.clone();
@@ -1170,7 +1182,12 @@ mod tests {
             &Form::parse(format!("{bare}&configuration=bpc_nope").as_bytes()),
             "http://emu",
         );
-        assert_eq!(r.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            (r.0, r.1["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("resource_missing")),
+            "{}",
+            r.1
+        );
     }
 
     #[test]

@@ -573,23 +573,9 @@ impl Accounts for DynamoStore {
     }
 
     async fn unlock_account(&self, user: &UserId, token: &str) -> Result<()> {
-        const OP: &str = "UpdateItem(unlock account)";
-        let res = self
-            .client
-            .get()
-            .update_item()
-            .table_name(&self.tables.api_keys)
-            .key("UserID", s(user.as_str()))
-            .update_expression("REMOVE LockToken, LockUntil")
-            .condition_expression("LockToken = :tok")
-            .expression_attribute_values(":tok", s(token))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
-            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
-        }
+        let key = ("UserID", s(user.as_str()));
+        self.give_back(&self.tables.api_keys, key, ("LockToken", "LockUntil"), token, "UpdateItem(unlock account)")
+            .await
     }
 
     async fn save_account(&self, account: &AccountRecord, token: &str, until: DateTime<Utc>) -> Result<Commit> {
@@ -607,6 +593,34 @@ impl Accounts for DynamoStore {
 
 impl DynamoStore {
     /// Replaces an account item while `token` holds its lock.
+    /// Removes a lock or claim (`token_attr`, `until_attr`) from an item if `token` still holds
+    /// it; one that is not ours any more (taken over, ended) is left as it is, and that is Ok.
+    async fn give_back(
+        &self,
+        table: &str,
+        (key_attr, key): (&str, AttributeValue),
+        (token_attr, until_attr): (&str, &str),
+        token: &str,
+        op: &'static str,
+    ) -> Result<()> {
+        let res = self
+            .client
+            .get()
+            .update_item()
+            .table_name(table)
+            .key(key_attr, key)
+            .update_expression(format!("REMOVE {token_attr}, {until_attr}"))
+            .condition_expression(format!("{token_attr} = :tok"))
+            .expression_attribute_values(":tok", s(token))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(BackendError::new(SERVICE, op, describe(&e))),
+        }
+    }
+
     async fn put_while_locked(&self, item: Item, token: &str, op: &'static str) -> Result<Commit> {
         let res = self
             .client
@@ -818,24 +832,10 @@ impl OpenCheckouts for DynamoStore {
     }
 
     async fn release_open_checkout(&self, user: &UserId, price_id: &str, token: &str) -> Result<()> {
-        const OP: &str = "UpdateItem(release open checkout claim)";
-        let res = self
-            .client
-            .get()
-            .update_item()
-            .table_name(&self.tables.sessions)
-            .key("SessionID", s(format!("{OPEN_CHECKOUT_PREFIX}{user}#{price_id}")))
-            .update_expression("REMOVE ClaimToken, ClaimUntil")
-            .condition_expression("ClaimToken = :tok")
-            .expression_attribute_values(":tok", s(token))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            // Taken over, or ended by a recorded checkout: nothing of ours to give back.
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
-            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
-        }
+        // Taken over, or ended by a recorded checkout: nothing of ours to give back (Ok).
+        let key = ("SessionID", s(format!("{OPEN_CHECKOUT_PREFIX}{user}#{price_id}")));
+        let op = "UpdateItem(release open checkout claim)";
+        self.give_back(&self.tables.sessions, key, ("ClaimToken", "ClaimUntil"), token, op).await
     }
 
     async fn replace_open_checkout(

@@ -311,6 +311,22 @@ pub struct PriceInfo {
     /// Amount in the currency's minor unit (JPY has none: 980 means ¥980).
     pub unit_amount: Option<i64>,
     pub currency: String,
+    /// How often it recurs (Stripe's `recurring`); `None` for a one-time price.
+    pub recurring: Option<Recurring>,
+}
+
+/// A recurring price's billing interval: every `interval_count` `interval`s.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recurring {
+    /// `day`, `week`, `month` or `year`.
+    pub interval: String,
+    pub interval_count: u32,
+}
+
+impl Recurring {
+    pub fn monthly() -> Self {
+        Self { interval: "month".into(), interval_count: 1 }
+    }
 }
 
 /// What we ask Stripe Checkout for.

@@ -57,6 +57,7 @@ impl Driver for Emulated {
             lookup_key: lookup_key.into(),
             unit_amount: Some(amount),
             currency: currency.into(),
+            recurring: Some(paykey::ports::Recurring::monthly()),
         }
     }
     fn pay(&self, id: &SessionId) {

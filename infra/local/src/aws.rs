@@ -110,8 +110,8 @@ impl AwsStack {
         Ok(())
     }
 
-    /// The user's ID token.
-    pub async fn sign_in(&self, username: &str, password: &str) -> Result<(String, i32), (String, String)> {
+    /// The user's ID and refresh tokens.
+    pub async fn sign_in(&self, username: &str, password: &str) -> Result<PoolTokens, (String, String)> {
         let out = self
             .idp()
             .admin_initiate_auth()
@@ -124,8 +124,35 @@ impl AwsStack {
             .await
             .map_err(sdk_err)?;
         let r = out.authentication_result().ok_or(("NotAuthorizedException".to_string(), "no tokens".to_string()))?;
+        Ok(PoolTokens {
+            id_token: r.id_token().unwrap_or_default().to_string(),
+            refresh_token: r.refresh_token().unwrap_or_default().to_string(),
+            expires_in: r.expires_in(),
+        })
+    }
+
+    /// A new ID token for a refresh token (`REFRESH_TOKEN_AUTH`).
+    pub async fn refresh(&self, refresh_token: &str) -> Result<(String, i32), (String, String)> {
+        let out = self
+            .idp()
+            .admin_initiate_auth()
+            .user_pool_id(&self.resources.user_pool_id)
+            .client_id(&self.resources.client_id)
+            .auth_flow(AuthFlowType::RefreshTokenAuth)
+            .auth_parameters("REFRESH_TOKEN", refresh_token)
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        let r = out.authentication_result().ok_or(("NotAuthorizedException".to_string(), "no tokens".to_string()))?;
         Ok((r.id_token().unwrap_or_default().to_string(), r.expires_in()))
     }
+}
+
+/// What the user pool answered a sign-in.
+pub struct PoolTokens {
+    pub id_token: String,
+    pub refresh_token: String,
+    pub expires_in: i32,
 }
 
 fn cognito_err(e: impl std::fmt::Display) -> (String, String) {

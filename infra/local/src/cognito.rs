@@ -26,6 +26,8 @@ use serde_json::{json, Map, Value};
 
 const PBKDF2_ROUNDS: u32 = 100_000;
 pub const TOKEN_LIFETIME_SECS: i64 = 3600;
+/// Cognito's default refresh token validity (30 days).
+pub const REFRESH_LIFETIME_SECS: i64 = 30 * 24 * 3600;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalUser {
@@ -200,8 +202,9 @@ impl LocalCognito {
         Ok(())
     }
 
-    /// Checks the password and issues an ID token valid for an hour.
-    pub fn sign_in(&self, username: &str, password: &str, now: i64) -> Result<String, AuthError> {
+    /// Checks the password and issues an ID token valid for an hour and a refresh token valid
+    /// for 30 days.
+    pub fn sign_in(&self, username: &str, password: &str, now: i64) -> Result<Tokens, AuthError> {
         let (checked, known) = {
             let inner = self.lock();
             let user = inner.snapshot.users.get(username).cloned().ok_or(AuthError::NotAuthorized)?;
@@ -238,6 +241,32 @@ impl LocalCognito {
             .get(username)
             .filter(|u| u.sub == checked.sub && u.password_hash == checked.password_hash)
             .ok_or(AuthError::NotAuthorized)?;
+        let id_token = self.id_token(&inner, username, user, now)?;
+        let refresh = json!({
+            "sub": user.sub, "cognito:username": username, "token_use": "refresh", "iss": self.issuer,
+            "aud": inner.snapshot.client_id, "iat": now, "exp": now + REFRESH_LIFETIME_SECS,
+            "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        let refresh_token =
+            sign_jwt(&inner.signing, &inner.snapshot.kid, &refresh).map_err(|_| AuthError::NotAuthorized)?;
+        Ok(Tokens { id_token, refresh_token })
+    }
+
+    /// A new ID token for a refresh token this pool issued, with the user's attributes as they
+    /// are now (`REFRESH_TOKEN_AUTH`). A user deleted and signed up again under the same name
+    /// (another `sub`) is refused.
+    pub fn refresh(&self, refresh_token: &str, now: i64) -> Result<String, AuthError> {
+        let (jwks, client_id) = (self.jwks(), self.client_id());
+        let claims = verify_token(refresh_token, &jwks, &client_id, &self.issuer, now, "refresh")
+            .map_err(|_| AuthError::NotAuthorized)?;
+        let name = claims.get("cognito:username").and_then(Value::as_str).ok_or(AuthError::NotAuthorized)?;
+        let sub = claims.get("sub").and_then(Value::as_str).ok_or(AuthError::NotAuthorized)?;
+        let inner = self.lock();
+        let user = inner.snapshot.users.get(name).filter(|u| u.sub == sub).ok_or(AuthError::NotAuthorized)?;
+        self.id_token(&inner, name, user, now)
+    }
+
+    fn id_token(&self, inner: &Inner, username: &str, user: &LocalUser, now: i64) -> Result<String, AuthError> {
         let mut claims = Map::new();
         claims.insert("sub".into(), json!(user.sub));
         claims.insert("cognito:username".into(), json!(username));
@@ -277,6 +306,15 @@ pub fn sign_jwt(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Value) -> j
     jsonwebtoken::encode(&header, claims, key)
 }
 
+/// What a successful sign-in gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub id_token: String,
+    /// An RS256 JWT with `token_use: refresh` (Cognito's are opaque); only [`LocalCognito::refresh`]
+    /// takes it: the authorizer refuses it (`token_use` is not `id`).
+    pub refresh_token: String,
+}
+
 /// Why a bearer token was refused (API Gateway answers 401 for all of them).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -306,6 +344,17 @@ pub fn verify_id_token(
     issuer: &str,
     now: i64,
 ) -> Result<Map<String, Value>, TokenError> {
+    verify_token(token, jwks, audience, issuer, now, "id")
+}
+
+fn verify_token(
+    token: &str,
+    jwks: &Value,
+    audience: &str,
+    issuer: &str,
+    now: i64,
+    token_use: &str,
+) -> Result<Map<String, Value>, TokenError> {
     use jsonwebtoken::errors::ErrorKind;
     use jsonwebtoken::{jwk::JwkSet, Algorithm, DecodingKey, Validation};
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
@@ -334,7 +383,7 @@ pub fn verify_id_token(
     if claims.get("exp").and_then(Value::as_i64).is_none_or(|exp| exp <= now) {
         return Err(TokenError::Expired);
     }
-    if claims.get("token_use").and_then(Value::as_str) != Some("id") {
+    if claims.get("token_use").and_then(Value::as_str) != Some(token_use) {
         return Err(TokenError::TokenUse);
     }
     Ok(claims
@@ -414,7 +463,7 @@ mod tests {
     fn a_signed_in_users_token_verifies_like_api_gateway_checks_it() {
         let p = pool();
         let now = 1_800_000_000;
-        let t = p.sign_in("alice", "correct horse", now).unwrap();
+        let t = p.sign_in("alice", "correct horse", now).unwrap().id_token;
         let claims = verify_id_token(&t, &p.jwks(), &p.client_id(), p.issuer(), now + 10).unwrap();
         assert_eq!(claims["cognito:username"], "alice");
         assert_eq!(claims["token_use"], "id");
@@ -425,7 +474,7 @@ mod tests {
     fn expired_forged_foreign_and_wrong_audience_tokens_are_refused() {
         let p = pool();
         let now = 1_800_000_000;
-        let t = p.sign_in("alice", "correct horse", now).unwrap();
+        let t = p.sign_in("alice", "correct horse", now).unwrap().id_token;
         let (jwks, aud, iss) = (p.jwks(), p.client_id(), p.issuer().to_string());
         assert_eq!(verify_id_token(&t, &jwks, &aud, &iss, now + 3600), Err(TokenError::Expired));
         assert_eq!(verify_id_token(&t, &jwks, "other-client", &iss, now), Err(TokenError::Audience));
@@ -439,7 +488,7 @@ mod tests {
         // signed by another pool's key
         let other = LocalCognito::create("http://127.0.0.1:1").unwrap();
         other.sign_up("alice", "correct horse", None).unwrap();
-        let foreign = other.sign_in("alice", "correct horse", now).unwrap();
+        let foreign = other.sign_in("alice", "correct horse", now).unwrap().id_token;
         assert_eq!(verify_id_token(&foreign, &jwks, &aud, &iss, now), Err(TokenError::UnknownKey));
         assert_eq!(verify_id_token("not.a.token", &jwks, &aud, &iss, now), Err(TokenError::Malformed));
         // `alg: none`, and HS256 with the public key's modulus as the shared secret
@@ -488,9 +537,39 @@ mod tests {
     #[test]
     fn a_restored_pool_keeps_users_and_key() {
         let p = pool();
-        let t = p.sign_in("alice", "correct horse", 100).unwrap();
+        let t = p.sign_in("alice", "correct horse", 100).unwrap().id_token;
         let q = LocalCognito::restore("http://127.0.0.1:1", p.snapshot()).unwrap();
         assert!(verify_id_token(&t, &q.jwks(), &q.client_id(), q.issuer(), 200).is_ok());
         assert!(q.sign_in("alice", "correct horse", 100).is_ok());
+    }
+
+    #[test]
+    fn a_refresh_token_gives_an_id_token_with_the_attributes_as_they_are_now() {
+        let p = pool();
+        let now = 1_800_000_000;
+        let t = p.sign_in("alice", "correct horse", now).unwrap();
+        let (jwks, aud, iss) = (p.jwks(), p.client_id(), p.issuer().to_string());
+        let first = verify_id_token(&t.id_token, &jwks, &aud, &iss, now).unwrap();
+        assert!(first.get("custom:plan_type").is_none());
+        // fulfilment writes the plan (the admin API); the old ID token still says nothing
+        p.lock().snapshot.users.get_mut("alice").unwrap().plan_type = Some("PRO".into());
+        let fresh = p.refresh(&t.refresh_token, now + 7200).unwrap();
+        let claims = verify_id_token(&fresh, &jwks, &aud, &iss, now + 7200).unwrap();
+        assert_eq!(claims["custom:plan_type"], "PRO");
+        assert_eq!(claims["sub"], first["sub"]);
+        // the refresh token is not an ID token: the authorizer refuses it
+        assert_eq!(verify_id_token(&t.refresh_token, &jwks, &aud, &iss, now), Err(TokenError::TokenUse));
+        // nor is an ID token a refresh token; expired, forged and another pool's are refused
+        assert_eq!(p.refresh(&t.id_token, now), Err(AuthError::NotAuthorized));
+        assert_eq!(p.refresh(&t.refresh_token, now + REFRESH_LIFETIME_SECS), Err(AuthError::NotAuthorized));
+        let other = LocalCognito::create("http://127.0.0.1:1").unwrap();
+        other.sign_up("alice", "correct horse", None).unwrap();
+        let foreign = other.sign_in("alice", "correct horse", now).unwrap().refresh_token;
+        assert_eq!(p.refresh(&foreign, now), Err(AuthError::NotAuthorized));
+        // survives a restart (the key is in the data file); not for a new user of the same name
+        let q = LocalCognito::restore("http://127.0.0.1:1", p.snapshot()).unwrap();
+        assert!(q.refresh(&t.refresh_token, now).is_ok());
+        q.lock().snapshot.users.get_mut("alice").unwrap().sub = "another-sub".into();
+        assert_eq!(q.refresh(&t.refresh_token, now), Err(AuthError::NotAuthorized));
     }
 }

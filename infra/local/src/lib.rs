@@ -76,6 +76,8 @@ pub struct Options {
     /// How often rotated-out keys whose grace ended are disabled (`PAYKEY_SWEEP_SECONDS`;
     /// `None`: never, for tests that need the stores to change only on requests).
     pub sweep_every: Option<std::time::Duration>,
+    /// The product's name in the front end's `/config.json` (`PAYKEY_PRODUCT_NAME`).
+    pub product_name: String,
 }
 
 /// The local stack's catalog: FREE with a key (1,000 requests a month), PRO (`FMMailPro`,
@@ -106,6 +108,7 @@ impl Default for Options {
             sweep_every: Some(std::time::Duration::from_secs(1)),
             web_dir: Some(PathBuf::from(DEFAULT_WEB_DIR)),
             aws: None,
+            product_name: "FMMail".into(),
         }
     }
 }
@@ -128,6 +131,8 @@ pub struct LocalState {
     /// The front end served at `/`: the React build, or `None` for the built-in page.
     pub web: Option<web::Build>,
     pub cognito: LocalCognito,
+    /// The front end's `/config.json`.
+    pub web_config: Value,
     pub emulator: Option<stripe_emulator::Shared>,
     pub data_dir: PathBuf,
     webhook_secret: String,
@@ -320,8 +325,16 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
             .map_err(|e| StartError::Setup(format!("cannot read the front end's build in {}: {e}", dir.display())))?,
         None => None,
     };
+    // The front end's run-time configuration: on the AWS backend the app signs up and in at the
+    // user pool itself, as it does against a deployed stack.
+    let mut web_config = json!({"apiUrl": "/api", "productName": opts.product_name, "productUrl": "/product/hello"});
+    if let Some(a) = &aws {
+        web_config["userPoolId"] = json!(a.stack.resources.user_pool_id);
+        web_config["userPoolClientId"] = json!(a.stack.resources.client_id);
+    }
     let state = Arc::new(LocalState {
         web,
+        web_config,
         aws,
         app,
         cognito,
@@ -345,9 +358,11 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         .route("/api/{*rest}", any(api))
         .route("/cognito/sign-up", post(sign_up))
         .route("/cognito/sign-in", post(sign_in))
+        .route("/cognito/refresh", post(refresh))
         .route("/cognito/local_paykey/.well-known/jwks.json", get(jwks))
         .route("/product/hello", get(product_api))
         .route("/openapi.json", get(openapi))
+        .route("/config.json", get(serve_web_config))
         .route("/", get(page))
         .route("/thanks_upgrade", get(page))
         .route("/canceled_upgrade", get(page))
@@ -431,9 +446,9 @@ fn seed_catalog(shared: &stripe_emulator::Shared) -> String {
 /// Answers a request only once what it changed is in the data file. Pages, the JWKS and
 /// sign-in change nothing and skip the wait.
 async fn persist_after(State(state): State<Arc<LocalState>>, req: Request, next: Next) -> Response {
-    // sign-in reads the pool and signs a token: nothing to write
+    // sign-in and refresh read the pool and sign tokens: nothing to write
     let read_only = (req.method() == Method::GET && is_static(req.uri().path()))
-        || (req.method() == Method::POST && req.uri().path() == "/cognito/sign-in");
+        || (req.method() == Method::POST && matches!(req.uri().path(), "/cognito/sign-in" | "/cognito/refresh"));
     let resp = next.run(req).await;
     if !read_only {
         state.commit().await;
@@ -448,6 +463,7 @@ fn is_static(path: &str) -> bool {
             | "/canceled_upgrade"
             | "/account"
             | "/openapi.json"
+            | "/config.json"
             | "/cognito/local_paykey/.well-known/jwks.json"
     ) || path.starts_with("/assets/")
 }
@@ -562,10 +578,8 @@ async fn sign_up(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials
 async fn sign_in(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials>) -> Response {
     if let Some(a) = &state.aws {
         return match a.stack.sign_in(&c.username, &c.password).await {
-            Ok((t, expires)) => {
-                Json(json!({"AuthenticationResult": {"IdToken": t, "ExpiresIn": expires, "TokenType": "Bearer"}}))
-                    .into_response()
-            }
+            Ok(t) => Json(json!({"AuthenticationResult": {"IdToken": t.id_token, "RefreshToken": t.refresh_token, "ExpiresIn": t.expires_in, "TokenType": "Bearer"}}))
+                .into_response(),
             Err((kind, message)) => auth_error(StatusCode::BAD_REQUEST, &kind, &message),
         };
     }
@@ -577,6 +591,28 @@ async fn sign_in(State(state): State<Arc<LocalState>>, Json(c): Json<Credentials
         return auth_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalErrorException", &"sign-in failed");
     };
     match done {
+        Ok(t) => Json(json!({"AuthenticationResult": {"IdToken": t.id_token, "RefreshToken": t.refresh_token, "ExpiresIn": cognito::TOKEN_LIFETIME_SECS, "TokenType": "Bearer"}})).into_response(),
+        Err(e) => auth_error(StatusCode::BAD_REQUEST, "NotAuthorizedException", &e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Refresh {
+    refresh_token: String,
+}
+
+/// `REFRESH_TOKEN_AUTH`: a new ID token (the attributes as they are now) for a refresh token.
+async fn refresh(State(state): State<Arc<LocalState>>, Json(r): Json<Refresh>) -> Response {
+    if let Some(a) = &state.aws {
+        return match a.stack.refresh(&r.refresh_token).await {
+            Ok((t, expires)) => {
+                Json(json!({"AuthenticationResult": {"IdToken": t, "ExpiresIn": expires, "TokenType": "Bearer"}}))
+                    .into_response()
+            }
+            Err((kind, message)) => auth_error(StatusCode::BAD_REQUEST, &kind, &message),
+        };
+    }
+    match state.cognito.refresh(&r.refresh_token, chrono::Utc::now().timestamp()) {
         Ok(t) => Json(json!({"AuthenticationResult": {"IdToken": t, "ExpiresIn": cognito::TOKEN_LIFETIME_SECS, "TokenType": "Bearer"}})).into_response(),
         Err(e) => auth_error(StatusCode::BAD_REQUEST, "NotAuthorizedException", &e),
     }
@@ -632,6 +668,11 @@ async fn openapi(State(state): State<Arc<LocalState>>, headers: HeaderMap) -> Re
     let mut resp = Json(gateway::openapi_for(&format!("http://{host}"), &keys)).into_response();
     resp.headers_mut().insert("access-control-allow-origin", axum::http::HeaderValue::from_static("*"));
     resp
+}
+
+/// The front end's run-time configuration (infra/web/src/config.ts reads it).
+async fn serve_web_config(State(state): State<Arc<LocalState>>) -> Response {
+    ([("cache-control", "no-cache")], Json(state.web_config.clone())).into_response()
 }
 
 async fn page(State(state): State<Arc<LocalState>>) -> Response {

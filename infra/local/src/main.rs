@@ -5,6 +5,7 @@
 //! `PAYKEY_CATALOG` (what is sold), `PAYKEY_PERSIST` (`group`, the default, or `every-request`),
 //! `PAYKEY_SWEEP_SECONDS` (1: how often keys whose rotation grace ended are disabled; 0: never),
 //! `PAYKEY_WEB_DIR` (the front end's build; default infra/web/dist; empty: the built-in page),
+//! `PAYKEY_PRODUCT_NAME` (the name the front end shows, in its `/config.json`; default FMMail),
 //! `PAYKEY_BACKEND=aws` (the production AWS adapters at `AWS_ENDPOINT_URL`, or AWS itself, on
 //! resources named `PAYKEY_AWS_PREFIX`-…, created when `PAYKEY_AWS_PROVISION=1`).
 
@@ -84,6 +85,9 @@ async fn main() -> std::process::ExitCode {
         opts.web_dir = Some(PathBuf::from(d)).filter(|d| !d.as_os_str().is_empty());
     }
     opts.catalog = std::env::var("PAYKEY_CATALOG").ok().filter(|c| !c.trim().is_empty());
+    if let Some(n) = std::env::var("PAYKEY_PRODUCT_NAME").ok().filter(|n| !n.trim().is_empty()) {
+        opts.product_name = n;
+    }
     let started = match paykey_local::start(opts.clone()).await {
         Ok(s) => s,
         Err(e) => {

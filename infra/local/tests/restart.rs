@@ -39,7 +39,7 @@ async fn a_webhook_owed_when_the_stack_stops_is_delivered_after_the_restart() {
     let data = std::env::temp_dir().join(format!("paykey-restart-{}", uuid::Uuid::new_v4().simple()));
     let mut first = start(options(&data)).await.expect("first start");
     first.state.cognito.sign_up("carol", "correct horse", None).unwrap();
-    let token = first.state.cognito.sign_in("carol", "correct horse", chrono::Utc::now().timestamp()).unwrap();
+    let token = first.state.cognito.sign_in("carol", "correct horse", chrono::Utc::now().timestamp()).unwrap().id_token;
     let (status, body) =
         post_json(&format!("{}/api/checkout-sessions", first.base_url()), &token, json!({"lookup_key": "FMMailPro"}))
             .await;

@@ -1,14 +1,9 @@
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 import { api, ok, SignedOut, type Account, type Plan } from "./api";
 import * as auth from "./auth";
 import { config } from "./config";
+import { every, money } from "./format";
 
-const money = (p: Plan["price"]) =>
-  p && p.unit_amount != null
-    ? p.currency === "jpy"
-      ? `¥${p.unit_amount.toLocaleString()}`
-      : `${(p.unit_amount / 100).toFixed(2)} ${p.currency.toUpperCase()}`
-    : "";
 const day = (s?: string | null) => (s ? s.slice(0, 10) : "");
 
 /** The thanks and cancel pages are this app at /thanks_upgrade and /canceled_upgrade. */
@@ -28,9 +23,9 @@ function Plans({ plans, current, signedIn, choose }: { plans: Plan[]; current: s
       {plans.map((t) => (
         <div key={t.name} id={`tier-${t.name}`} className={"tier" + (current === t.name ? " current" : "")}>
           <h3>{t.name}</h3>
-          <div>{t.lookup_key ? `${money(t.price)} / month` : "Free"}</div>
+          <div className="price">{t.lookup_key ? `${money(t.price, config.locale)} ${every(t.price)}`.trim() : "Free"}</div>
           <div className="muted">
-            {t.quota ? `${t.quota.limit.toLocaleString()} requests / ${t.quota.period.toLowerCase()}` : "no API key"}
+            {t.quota ? `${t.quota.limit.toLocaleString()} requests / ${t.quota.period.toLowerCase()}` : t.has_api_key ? "API key, no quota" : "no API key"}
           </div>
           {t.trial_days ? <div>{t.trial_days}-day free trial</div> : null}
           {t.lookup_key && signedIn && current !== t.name ? (
@@ -42,26 +37,94 @@ function Plans({ plans, current, signedIn, choose }: { plans: Plan[]; current: s
   );
 }
 
+type Step = "credentials" | "confirm" | "forgot";
+
+/** Sign in or create an account (username, email, password); then, on a deployed user pool,
+ * the emailed confirmation code; or a password reset by an emailed code. */
 function SignIn({ done, fail }: { done: () => void; fail: (m: string) => void }) {
   const [username, setUsername] = useState("");
+  const [email, setEmail] = useState("");
   const [password, setPassword] = useState("");
-  const run = (f: typeof auth.signIn) => async () => {
+  const [code, setCode] = useState("");
+  const [step, setStep] = useState<Step>("credentials");
+  const [info, setInfo] = useState("");
+  const run = (f: () => Promise<void>) => async () => {
     fail("");
     try {
-      await f(username, password);
-      done();
+      await f();
     } catch (e) {
-      fail((e as Error).message);
+      if (e instanceof auth.NeedsConfirmation) {
+        setInfo(e.message);
+        setStep("confirm");
+      } else fail((e as Error).message);
     }
   };
+  const signIn = async () => {
+    await auth.signIn(username, password);
+    done();
+  };
+  const signUp = async () => {
+    await auth.signUp(username, email, password);
+    await signIn();
+  };
+  const confirm = async () => {
+    await auth.confirmSignUp(username, code);
+    setCode("");
+    if (password) await signIn();
+    else {
+      setStep("credentials");
+      setInfo("Confirmed: sign in.");
+    }
+  };
+  const resend = async () => {
+    const to = await auth.resendCode(username);
+    setInfo(to ? `We sent a new code to ${to}.` : "We sent a new code.");
+  };
+  const forgot = async () => {
+    const to = await auth.forgotPassword(username);
+    setInfo(to ? `We sent a code to ${to}: enter it with a new password.` : "Enter the code we sent you with a new password.");
+    setPassword("");
+    setStep("forgot");
+  };
+  const reset = async () => {
+    await auth.resetPassword(username, code, password);
+    setCode("");
+    await signIn();
+  };
+  const field = (id: string, label: string, value: string, set: (v: string) => void, type = "text", auto = "") => (
+    <>
+      <label htmlFor={id}>{label}</label>
+      <input id={id} type={type} autoComplete={auto} value={value} onChange={(e) => set(e.target.value)} />
+    </>
+  );
   return (
-    <section id="signin">
-      <label htmlFor="username">Username</label>
-      <input id="username" autoComplete="username" value={username} onChange={(e) => setUsername(e.target.value)} />
-      <label htmlFor="password">Password</label>
-      <input id="password" type="password" autoComplete="current-password" value={password} onChange={(e) => setPassword(e.target.value)} />
-      <button id="signin-btn" onClick={run(auth.signIn)}>Sign in</button>
-      <button id="signup-btn" className="secondary" onClick={run(auth.signUp)}>Create account</button>
+    <section id="signin" data-step={step}>
+      <p id="auth-info" className="muted">{info}</p>
+      {field("username", "Username", username, setUsername, "text", "username")}
+      {step === "credentials" ? (
+        <>
+          {field("email", "Email (to create an account)", email, setEmail, "email", "email")}
+          {field("password", "Password", password, setPassword, "password", "current-password")}
+          <button id="signin-btn" onClick={run(signIn)}>Sign in</button>
+          <button id="signup-btn" className="secondary" onClick={run(signUp)}>Create account</button>
+          {auth.canResetPassword() ? (
+            <button id="forgot-btn" className="secondary" onClick={run(forgot)}>Forgot password?</button>
+          ) : null}
+        </>
+      ) : step === "confirm" ? (
+        <>
+          {field("code", "Confirmation code", code, setCode, "text", "one-time-code")}
+          <button id="confirm-btn" onClick={run(confirm)}>Confirm</button>
+          <button id="resend-btn" className="secondary" onClick={run(resend)}>Send a new code</button>
+        </>
+      ) : (
+        <>
+          {field("code", "Code", code, setCode, "text", "one-time-code")}
+          {field("password", "New password", password, setPassword, "password", "new-password")}
+          <button id="reset-btn" onClick={run(reset)}>Set the new password</button>
+          <button id="back-btn" className="secondary" onClick={() => { setStep("credentials"); setInfo(""); }}>Back</button>
+        </>
+      )}
     </section>
   );
 }
@@ -69,7 +132,7 @@ function SignIn({ done, fail }: { done: () => void; fail: (m: string) => void })
 /** The original front end's upgrade screen: the plan from the ID token's custom:plan_type, an
  * upgrade button, a billing portal button. */
 function UpgradeContent({ account, plans, choose, portal }: { account: Account; plans: Plan[]; choose: (k: string) => void; portal: () => void }) {
-  const tokenPlan = (auth.claims()["custom:plan_type"] as string | undefined) || "FREE";
+  const tokenPlan = tokenPlanOf(plans);
   const tier = plans.find((t) => t.name === account.plan);
   const paid = !!tier?.lookup_key;
   const first = plans.find((t) => t.lookup_key);
@@ -77,7 +140,7 @@ function UpgradeContent({ account, plans, choose, portal }: { account: Account; 
     <div id="upgrade-content">
       <p className="muted">
         Plan in your ID token: <b id="token-plan">{tokenPlan}</b>
-        {tokenPlan !== account.plan ? " (sign in again to refresh it)" : ""}
+        {tokenPlan !== account.plan ? " (refreshing…)" : ""}
       </p>
       {!paid && first ? <button id="upgrade" onClick={() => choose(first.lookup_key!)}>Upgrade to {first.name}</button> : null}
       {account.has_billing_account ? <button id="portal" className="secondary" onClick={portal}>Open billing portal</button> : null}
@@ -125,12 +188,18 @@ function KeyBox({ account, refresh, fail }: { account: Account; refresh: () => P
   );
 }
 
+/** The plan in the ID token (`custom:plan_type`; none yet: the free tier's name). */
+function tokenPlanOf(plans: Plan[]): string {
+  return (auth.claims()["custom:plan_type"] as string | undefined) || plans.find((t) => !t.lookup_key)?.name || "FREE";
+}
+
 export default function App() {
   const [plans, setPlans] = useState<Plan[]>([]);
   const [account, setAccount] = useState<Account | null>(null);
   const [signedIn, setSignedIn] = useState(!!auth.idToken());
   const [error, setError] = useState("");
   const [tryResult, setTryResult] = useState("");
+  const [tokenVersion, setTokenVersion] = useState(0);
   const [pending, setPending] = useState(
     window.location.pathname === "/thanks_upgrade" && new URLSearchParams(window.location.search).get("status") === "pending",
   );
@@ -140,10 +209,33 @@ export default function App() {
     try {
       setAccount(ok(await api.GET("/account")));
     } catch (e) {
-      if (e instanceof SignedOut) setSignedIn(false);
+      if (e instanceof SignedOut || !auth.idToken()) setSignedIn(false);
       setError((e as Error).message);
     }
   }, []);
+
+  // The ID token's custom:plan_type follows the plan: when paykey reports another plan than
+  // the token says (an upgrade, a plan switch, a cancellation), the token is refreshed: at once,
+  // then (the user pool may be written a moment after the account) twice more 5 seconds apart.
+  const refreshes = useRef({ plan: "", n: 0, at: 0 });
+  useEffect(() => {
+    if (!account || !plans.length || account.plan === tokenPlanOf(plans)) return;
+    const r = refreshes.current;
+    if (r.plan !== account.plan) Object.assign(r, { plan: account.plan, n: 0, at: 0 });
+    if (r.n >= 3) return;
+    const wait = Math.max(0, r.at + 5000 - Date.now());
+    const t = setTimeout(() => {
+      Object.assign(r, { n: r.n + 1, at: Date.now() });
+      auth.refresh().then(
+        () => setTokenVersion((v) => v + 1),
+        (e) => {
+          setSignedIn(false);
+          setError((e as Error).message);
+        },
+      );
+    }, wait);
+    return () => clearTimeout(t);
+  }, [account, plans, tokenVersion]);
 
   useEffect(() => {
     api.GET("/plans").then((r) => setPlans(r.data?.plans || []), () => setPlans([]));
@@ -202,7 +294,7 @@ export default function App() {
   const freeTier = plans.find((t) => !t.lookup_key);
   return (
     <main data-app="paykey-react">
-      <h1>FMMail <span id="brand-plan">{account?.plan}</span></h1>
+      <h1><span id="product-name">{config.productName}</span> <span id="brand-plan">{account?.plan}</span></h1>
       <Banner pending={pending} />
       <Plans plans={plans} current={signedIn ? account?.plan ?? null : null} signedIn={signedIn} choose={choose} />
       {!signedIn ? (

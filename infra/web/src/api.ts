@@ -3,7 +3,7 @@
 import createClient, { type Middleware } from "openapi-fetch";
 import type { components, paths } from "./schema";
 import { config } from "./config";
-import { idToken, signOut } from "./auth";
+import { freshToken, signOut } from "./auth";
 
 export type Account = components["schemas"]["Account"];
 export type Plan = components["schemas"]["Plan"];
@@ -11,10 +11,11 @@ export type ApiError = components["schemas"]["Error"];
 
 export class SignedOut extends Error {}
 
-// The Cognito authorizer takes the ID token as is in Authorization.
+// The Cognito authorizer takes the ID token as is in Authorization (refreshed first when it
+// is about to run out).
 const auth: Middleware = {
-  onRequest({ request }) {
-    const t = idToken();
+  async onRequest({ request }) {
+    const t = await freshToken();
     if (t) request.headers.set("Authorization", t);
     return request;
   },

@@ -1,21 +1,39 @@
-// Sign-in. Against the local stack: its Cognito emulation (/cognito/sign-up, /cognito/sign-in).
-// Against a deployed stack: the user pool itself with SRP (amazon-cognito-identity-js, loaded
-// only then), the only password flow the stack's app client allows.
+// Sign-up, sign-in and tokens. Two back ends:
+// - a deployed stack: its Cognito user pool through amazon-cognito-identity-js (loaded only
+//   then): sign-up with an email, the emailed confirmation code (and a resend), SRP sign-in
+//   (the only password flow the template's app client allows), the refresh token, a forgotten
+//   password reset by an emailed code;
+// - the local stack: its Cognito emulation (/cognito/sign-up, /cognito/sign-in,
+//   /cognito/refresh), which sends no email: users are confirmed at once and there is no
+//   password reset.
+// The ID token goes to paykey's API (API Gateway's Cognito authorizer reads it); it lives an
+// hour, so it is refreshed with the refresh token before it runs out and whenever the plan
+// paykey reports differs from the token's custom:plan_type (after an upgrade, a plan switch, a
+// cancellation).
+import type { CognitoUserPool as Pool, CognitoUserSession, ISignUpResult } from "amazon-cognito-identity-js";
 import { config, localCognito } from "./config";
 
 const TOKEN = "paykey.idToken";
+const REFRESH = "paykey.refreshToken";
 const USER = "paykey.user";
 
 export const idToken = (): string | null => localStorage.getItem(TOKEN);
 export const userName = (): string => localStorage.getItem(USER) || "";
 export function signOut() {
   localStorage.removeItem(TOKEN);
+  localStorage.removeItem(REFRESH);
   localStorage.removeItem(USER);
 }
 
-/** The ID token's claims (display only: API Gateway's authorizer is what verifies it). */
-export function claims(): Record<string, unknown> {
-  const t = idToken();
+/** The user pool wants the emailed code first (sign-up, or sign-in of an unconfirmed user). */
+export class NeedsConfirmation extends Error {
+  constructor(public destination: string | null) {
+    super(destination ? `We sent a confirmation code to ${destination}.` : "Enter the confirmation code we sent you.");
+  }
+}
+
+/** A token's claims (display and expiry only: API Gateway's authorizer is what verifies it). */
+function decode(t: string | null): Record<string, unknown> {
   if (!t) return {};
   try {
     const part = t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -24,49 +42,152 @@ export function claims(): Record<string, unknown> {
     return {};
   }
 }
+export const claims = (): Record<string, unknown> => decode(idToken());
 
-async function local(action: "sign-up" | "sign-in", username: string, password: string) {
+function keep(id: string, refresh: string | null, username: string) {
+  localStorage.setItem(TOKEN, id);
+  if (refresh) localStorage.setItem(REFRESH, refresh);
+  localStorage.setItem(USER, username);
+}
+
+// ---------------------------------------------------------------- the local stack
+async function local(action: string, body: Record<string, string>) {
   const r = await fetch(`/cognito/${action}`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ username, password }),
+    body: JSON.stringify(body),
   });
   const j = await r.json();
   if (!r.ok) throw new Error(j.message || r.statusText);
   return j;
 }
 
-async function pool() {
-  const { CognitoUserPool } = await import("amazon-cognito-identity-js");
-  return new CognitoUserPool({ UserPoolId: config.userPoolId!, ClientId: config.clientId! });
+// ---------------------------------------------------------------- the user pool
+// Tokens are kept under paykey's own keys (above), not in the library's cache.
+const noStorage = { getItem: () => null, setItem: () => {}, removeItem: () => {}, clear: () => {} };
+let poolPromise: Promise<Pool> | null = null;
+function pool(): Promise<Pool> {
+  poolPromise ??= import("amazon-cognito-identity-js").then(
+    ({ CognitoUserPool }) =>
+      new CognitoUserPool({ UserPoolId: config.userPoolId!, ClientId: config.userPoolClientId!, Storage: noStorage }),
+  );
+  return poolPromise;
 }
+async function cognitoUser(username: string) {
+  const { CognitoUser } = await import("amazon-cognito-identity-js");
+  return new CognitoUser({ Username: username, Pool: await pool(), Storage: noStorage });
+}
+type CognitoErr = { code?: string; name?: string; message?: string };
+const message = (e: unknown) => (e as CognitoErr)?.message || String(e);
+const code = (e: unknown) => (e as CognitoErr)?.code || (e as CognitoErr)?.name || "";
+const where = (d: { Destination?: string } | undefined | null) => d?.Destination ?? null;
 
 export async function signIn(username: string, password: string): Promise<void> {
-  let token: string;
-  if (localCognito) {
-    token = (await local("sign-in", username, password)).AuthenticationResult.IdToken;
-  } else {
-    const { AuthenticationDetails, CognitoUser } = await import("amazon-cognito-identity-js");
-    const user = new CognitoUser({ Username: username, Pool: await pool() });
-    token = await new Promise<string>((resolve, reject) =>
-      user.authenticateUser(new AuthenticationDetails({ Username: username, Password: password }), {
-        onSuccess: (s) => resolve(s.getIdToken().getJwtToken()),
-        onFailure: (e) => reject(new Error(e.message || String(e))),
-      }),
-    );
+  if (localCognito()) {
+    const r = (await local("sign-in", { username, password })).AuthenticationResult;
+    keep(r.IdToken, r.RefreshToken ?? null, username);
+    return;
   }
-  localStorage.setItem(TOKEN, token);
-  localStorage.setItem(USER, username);
+  const { AuthenticationDetails } = await import("amazon-cognito-identity-js");
+  const user = await cognitoUser(username);
+  const session = await new Promise<CognitoUserSession>((resolve, reject) =>
+    user.authenticateUser(new AuthenticationDetails({ Username: username, Password: password }), {
+      onSuccess: resolve,
+      onFailure: (e) => reject(code(e) === "UserNotConfirmedException" ? new NeedsConfirmation(null) : new Error(message(e))),
+      newPasswordRequired: () =>
+        reject(new Error("This account needs a new password: use “Forgot password?” to set one.")),
+    }),
+  );
+  keep(session.getIdToken().getJwtToken(), session.getRefreshToken().getToken(), username);
 }
 
-export async function signUp(username: string, password: string): Promise<void> {
-  if (localCognito) {
-    await local("sign-up", username, password);
-  } else {
-    const p = await pool();
-    await new Promise<void>((resolve, reject) =>
-      p.signUp(username, password, [], [], (e) => (e ? reject(new Error(e.message)) : resolve())),
-    );
+/** Creates the account; throws NeedsConfirmation when the pool emails a code first. */
+export async function signUp(username: string, email: string, password: string): Promise<void> {
+  if (localCognito()) {
+    await local("sign-up", { username, password, email });
+    return;
   }
-  await signIn(username, password);
+  const { CognitoUserAttribute } = await import("amazon-cognito-identity-js");
+  const p = await pool();
+  const r = await new Promise<ISignUpResult>((resolve, reject) =>
+    p.signUp(username, password, [new CognitoUserAttribute({ Name: "email", Value: email })], [], (e, res) =>
+      e || !res ? reject(new Error(message(e))) : resolve(res),
+    ),
+  );
+  if (!r.userConfirmed) throw new NeedsConfirmation(where(r.codeDeliveryDetails as { Destination?: string }));
+}
+
+export async function confirmSignUp(username: string, confirmation: string): Promise<void> {
+  const user = await cognitoUser(username);
+  await new Promise<void>((resolve, reject) =>
+    user.confirmRegistration(confirmation, true, (e) => (e ? reject(new Error(message(e))) : resolve())),
+  );
+}
+
+/** Sends the confirmation code again; where it went. */
+export async function resendCode(username: string): Promise<string | null> {
+  const user = await cognitoUser(username);
+  return new Promise((resolve, reject) =>
+    user.resendConfirmationCode((e, r) =>
+      e ? reject(new Error(message(e))) : resolve(where((r as { CodeDeliveryDetails?: { Destination?: string } })?.CodeDeliveryDetails)),
+    ),
+  );
+}
+
+/** Emails a code to reset the password; where it went. */
+export async function forgotPassword(username: string): Promise<string | null> {
+  const user = await cognitoUser(username);
+  return new Promise((resolve, reject) =>
+    user.forgotPassword({
+      onSuccess: (d) => resolve(where((d as { CodeDeliveryDetails?: { Destination?: string } })?.CodeDeliveryDetails)),
+      onFailure: (e) => reject(new Error(message(e))),
+      inputVerificationCode: (d) =>
+        resolve(where((d as { CodeDeliveryDetails?: { Destination?: string } })?.CodeDeliveryDetails)),
+    }),
+  );
+}
+
+export async function resetPassword(username: string, confirmation: string, password: string): Promise<void> {
+  const user = await cognitoUser(username);
+  await new Promise<void>((resolve, reject) =>
+    user.confirmPassword(confirmation, password, { onSuccess: () => resolve(), onFailure: (e) => reject(new Error(message(e))) }),
+  );
+}
+
+export const canResetPassword = (): boolean => !localCognito();
+
+/** A new ID token from the refresh token (its claims as the pool has them now). Signed out
+ * when the refresh token is refused (expired, revoked, user deleted). */
+export async function refresh(): Promise<void> {
+  const rt = localStorage.getItem(REFRESH);
+  const username = userName();
+  if (!rt || !username) throw new Error("Please sign in again.");
+  try {
+    if (localCognito()) {
+      keep((await local("refresh", { refresh_token: rt })).AuthenticationResult.IdToken, null, username);
+      return;
+    }
+    const { CognitoRefreshToken } = await import("amazon-cognito-identity-js");
+    const user = await cognitoUser(username);
+    const s = await new Promise<CognitoUserSession>((resolve, reject) =>
+      user.refreshSession(new CognitoRefreshToken({ RefreshToken: rt }), (e, session) =>
+        e ? reject(new Error(message(e))) : resolve(session),
+      ),
+    );
+    keep(s.getIdToken().getJwtToken(), null, username);
+  } catch (e) {
+    signOut();
+    throw e;
+  }
+}
+
+let inflight: Promise<void> | null = null;
+/** The ID token, refreshed first when it runs out within a minute; one refresh at a time. */
+export async function freshToken(): Promise<string | null> {
+  const exp = Number(claims().exp || 0);
+  if (idToken() && exp * 1000 - Date.now() < 60_000) {
+    inflight ??= refresh().finally(() => (inflight = null));
+    await inflight.catch(() => {});
+  }
+  return idToken();
 }

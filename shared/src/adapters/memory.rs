@@ -1189,6 +1189,7 @@ impl MemoryPayments {
             lookup_key: lookup_key.to_string(),
             unit_amount: Some(unit_amount),
             currency: currency.to_string(),
+            recurring: Some(crate::ports::Recurring::monthly()),
         };
         st.prices.insert(lookup_key.to_string(), p.clone());
         p

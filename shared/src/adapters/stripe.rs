@@ -274,6 +274,14 @@ mod wire {
         pub product: Option<Expandable<Object>>,
         pub unit_amount: Option<i64>,
         pub currency: String,
+        #[serde(default)]
+        pub recurring: Option<Recurring>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Recurring {
+        pub interval: String,
+        pub interval_count: u32,
     }
 
     #[derive(Debug, Deserialize)]
@@ -389,6 +397,9 @@ impl Payments for StripePayments {
             lookup_key: p.lookup_key.unwrap_or_else(|| lookup_key.to_string()),
             unit_amount: p.unit_amount,
             currency: p.currency,
+            recurring: p
+                .recurring
+                .map(|r| crate::ports::Recurring { interval: r.interval, interval_count: r.interval_count }),
         }))
     }
 

@@ -35,6 +35,10 @@ pub struct PriceView {
     /// In the currency's minor unit (JPY has none: 980 means ¥980).
     pub unit_amount: Option<i64>,
     pub currency: String,
+    /// `day`, `week`, `month` or `year`; `null` for a price that does not recur.
+    pub interval: Option<String>,
+    /// Billed every `interval_count` intervals (`null` with `interval`).
+    pub interval_count: Option<u32>,
 }
 
 /// Every tier, in the catalog's order. The paid tiers' prices are looked up one after the
@@ -54,7 +58,12 @@ pub async fn list_plans<P: Payments>(payments: &P, settings: &Settings) -> Resul
         .map(|(t, price)| PlanView {
             name: t.name.to_string(),
             lookup_key: t.lookup_key.as_ref().map(|k| k.to_string()),
-            price: price.map(|p| PriceView { unit_amount: p.unit_amount, currency: p.currency }),
+            price: price.map(|p| PriceView {
+                unit_amount: p.unit_amount,
+                currency: p.currency,
+                interval: p.recurring.as_ref().map(|r| r.interval.clone()),
+                interval_count: p.recurring.as_ref().map(|r| r.interval_count),
+            }),
             quota: t.quota,
             throttle: t.throttle,
             trial_days: t.trial_days,

@@ -1,0 +1,27 @@
+// Prices as Stripe gives them (GET /plans): an amount in the currency's minor unit and a
+// recurring interval, written for the reader's locale.
+import type { Plan } from "./api";
+
+// Stripe's zero- and three-decimal currencies (docs.stripe.com/currencies, "Minor units in API
+// amounts"); every other currency has two decimals in the API (ISK, HUF and TWD included).
+const ZERO_DECIMAL = new Set("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "));
+const THREE_DECIMAL = new Set("bhd jod kwd omr tnd".split(" "));
+
+export function money(p: Plan["price"], locale?: string): string {
+  if (!p || p.unit_amount == null) return "";
+  const c = p.currency.toLowerCase();
+  const exponent = ZERO_DECIMAL.has(c) ? 0 : THREE_DECIMAL.has(c) ? 3 : 2;
+  const amount = p.unit_amount / 10 ** exponent;
+  try {
+    return new Intl.NumberFormat(locale, { style: "currency", currency: c.toUpperCase() }).format(amount);
+  } catch {
+    return `${amount} ${c.toUpperCase()}`;
+  }
+}
+
+/** "/ month", "/ 3 months", "/ year"; "" for a price that does not recur. */
+export function every(p: Plan["price"]): string {
+  if (!p?.interval) return "";
+  const n = p.interval_count ?? 1;
+  return n === 1 ? `/ ${p.interval}` : `/ ${n} ${p.interval}s`;
+}

@@ -242,9 +242,12 @@ test("usage bar, key rotation with a grace, quota exhausted", { timeout: 120_000
 // - ConfirmSignUp accepts any code in moto: a wrong code ("000000") is answered here with
 //   Cognito's CodeMismatchException, to show the app keeps the user on the code step.
 // moto does check: the pool's password policy (sign-up), an unconfirmed user's sign-in
-// (UserNotConfirmedException), the forgotten-password code (it gives it in a response header,
-// x-moto-forgot-password-confirmation-code, read here as the email would be), and it issues
-// refresh tokens whose ID tokens carry the attributes as they are now.
+// (UserNotConfirmedException), and it issues refresh tokens whose ID tokens carry the
+// attributes as they are now. Its forgotten-password code comes in a response header
+// (x-moto-forgot-password-confirmation-code, read here as the email would be); moto refuses only
+// wrong codes that start with "moto-confirmation-code:", so the wrong code tried here is one.
+// Because SRP checks no password, "signs in after the reset" shows the calls, not that the new
+// password is the one that works.
 const PAIR = JSON.stringify({ tiers: [
   { name: "FREE", usage_plan_id: "usage-plan-free" },
   { name: "PRO", lookup_key: "FMMailPro", usage_plan_id: "usage-plan-pro" },
@@ -306,6 +309,10 @@ test("deployed user pool (moto, template's settings): sign up with email, confir
       }
       return route.fulfill({ status: r.status, headers: { ...cors, "content-type": "application/x-amz-json-1.1" }, body: text });
     });
+    // the app is pointed at the pool made from the template (not one paykey-local provisioned)
+    const served = await (await fetch(base + "/config.json")).json();
+    assert.equal(served.userPoolId, poolId);
+    assert.equal(served.localCognito, undefined);
     const page = await context.newPage();
     await page.goto(base + "/");
     await page.waitForSelector("#tier-PRO");

@@ -328,9 +328,12 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     // The front end's run-time configuration: on the AWS backend the app signs up and in at the
     // user pool itself, as it does against a deployed stack.
     let mut web_config = json!({"apiUrl": "/api", "productName": opts.product_name, "productUrl": "/product/hello"});
-    if let Some(a) = &aws {
-        web_config["userPoolId"] = json!(a.stack.resources.user_pool_id);
-        web_config["userPoolClientId"] = json!(a.stack.resources.client_id);
+    match &aws {
+        None => web_config["localCognito"] = json!(true),
+        Some(a) => {
+            web_config["userPoolId"] = json!(a.stack.resources.user_pool_id);
+            web_config["userPoolClientId"] = json!(a.stack.resources.client_id);
+        }
     }
     let state = Arc::new(LocalState {
         web,

@@ -229,7 +229,7 @@ export default function App() {
       auth.refresh().then(
         () => setTokenVersion((v) => v + 1),
         (e) => {
-          setSignedIn(false);
+          if (!auth.idToken()) setSignedIn(false);
           setError((e as Error).message);
         },
       );

@@ -16,13 +16,17 @@ import { config, localCognito } from "./config";
 const TOKEN = "paykey.idToken";
 const REFRESH = "paykey.refreshToken";
 const USER = "paykey.user";
+/** When the ID token runs out by this browser's clock (its lifetime, exp − iat, from when it
+ * was received: a wrong clock does not make every call refresh). */
+const EXPIRES = "paykey.idTokenExpiresAt";
 
 export const idToken = (): string | null => localStorage.getItem(TOKEN);
 export const userName = (): string => localStorage.getItem(USER) || "";
+/** Bumped by every sign-in and sign-out: a refresh that finishes after one writes nothing. */
+let epoch = 0;
 export function signOut() {
-  localStorage.removeItem(TOKEN);
-  localStorage.removeItem(REFRESH);
-  localStorage.removeItem(USER);
+  epoch++;
+  for (const k of [TOKEN, REFRESH, USER, EXPIRES]) localStorage.removeItem(k);
 }
 
 /** The user pool wants the emailed code first (sign-up, or sign-in of an unconfirmed user). */
@@ -45,6 +49,9 @@ function decode(t: string | null): Record<string, unknown> {
 export const claims = (): Record<string, unknown> => decode(idToken());
 
 function keep(id: string, refresh: string | null, username: string) {
+  const c = decode(id);
+  const lifetime = Number(c.exp || 0) - Number(c.iat || 0);
+  localStorage.setItem(EXPIRES, String(Date.now() + Math.max(0, lifetime) * 1000));
   localStorage.setItem(TOKEN, id);
   if (refresh) localStorage.setItem(REFRESH, refresh);
   localStorage.setItem(USER, username);
@@ -58,7 +65,7 @@ async function local(action: string, body: Record<string, string>) {
     body: JSON.stringify(body),
   });
   const j = await r.json();
-  if (!r.ok) throw new Error(j.message || r.statusText);
+  if (!r.ok) throw Object.assign(new Error(j.message || r.statusText), { code: j.__type });
   return j;
 }
 
@@ -83,6 +90,7 @@ const code = (e: unknown) => (e as CognitoErr)?.code || (e as CognitoErr)?.name 
 const where = (d: { Destination?: string } | undefined | null) => d?.Destination ?? null;
 
 export async function signIn(username: string, password: string): Promise<void> {
+  epoch++;
   if (localCognito()) {
     const r = (await local("sign-in", { username, password })).AuthenticationResult;
     keep(r.IdToken, r.RefreshToken ?? null, username);
@@ -120,7 +128,7 @@ export async function signUp(username: string, email: string, password: string):
 export async function confirmSignUp(username: string, confirmation: string): Promise<void> {
   const user = await cognitoUser(username);
   await new Promise<void>((resolve, reject) =>
-    user.confirmRegistration(confirmation, true, (e) => (e ? reject(new Error(message(e))) : resolve())),
+    user.confirmRegistration(confirmation, false, (e) => (e ? reject(new Error(message(e))) : resolve())),
   );
 }
 
@@ -156,38 +164,51 @@ export async function resetPassword(username: string, confirmation: string, pass
 
 export const canResetPassword = (): boolean => !localCognito();
 
-/** A new ID token from the refresh token (its claims as the pool has them now). Signed out
- * when the refresh token is refused (expired, revoked, user deleted). */
-export async function refresh(): Promise<void> {
-  const rt = localStorage.getItem(REFRESH);
-  const username = userName();
-  if (!rt || !username) throw new Error("Please sign in again.");
-  try {
-    if (localCognito()) {
-      keep((await local("refresh", { refresh_token: rt })).AuthenticationResult.IdToken, null, username);
-      return;
-    }
-    const { CognitoRefreshToken } = await import("amazon-cognito-identity-js");
-    const user = await cognitoUser(username);
-    const s = await new Promise<CognitoUserSession>((resolve, reject) =>
-      user.refreshSession(new CognitoRefreshToken({ RefreshToken: rt }), (e, session) =>
-        e ? reject(new Error(message(e))) : resolve(session),
-      ),
-    );
-    keep(s.getIdToken().getJwtToken(), null, username);
-  } catch (e) {
-    signOut();
-    throw e;
-  }
+/** A new ID token from the refresh token (its claims as the pool has them now); one refresh
+ * at a time. Signed out when the pool refuses the refresh token (expired, revoked, user
+ * deleted: NotAuthorizedException); a network error or throttling keeps the session. */
+let inflight: Promise<void> | null = null;
+export function refresh(): Promise<void> {
+  inflight ??= refreshOnce().finally(() => (inflight = null));
+  return inflight;
 }
 
-let inflight: Promise<void> | null = null;
-/** The ID token, refreshed first when it runs out within a minute; one refresh at a time. */
-export async function freshToken(): Promise<string | null> {
-  const exp = Number(claims().exp || 0);
-  if (idToken() && exp * 1000 - Date.now() < 60_000) {
-    inflight ??= refresh().finally(() => (inflight = null));
-    await inflight.catch(() => {});
+async function refreshOnce(): Promise<void> {
+  const rt = localStorage.getItem(REFRESH);
+  const username = userName();
+  if (!rt || !username) {
+    signOut();
+    throw new Error("Please sign in again.");
   }
+  const started = epoch;
+  let id: string;
+  let rotated: string | null = null;
+  try {
+    if (localCognito()) {
+      id = (await local("refresh", { refresh_token: rt })).AuthenticationResult.IdToken;
+    } else {
+      const { CognitoRefreshToken } = await import("amazon-cognito-identity-js");
+      const user = await cognitoUser(username);
+      const s = await new Promise<CognitoUserSession>((resolve, reject) =>
+        user.refreshSession(new CognitoRefreshToken({ RefreshToken: rt }), (e, session) =>
+          e ? reject(e) : resolve(session),
+        ),
+      );
+      id = s.getIdToken().getJwtToken();
+      rotated = s.getRefreshToken().getToken() || null;
+    }
+  } catch (e) {
+    if (code(e) === "NotAuthorizedException" && started === epoch) signOut();
+    throw new Error(message(e));
+  }
+  // signed out (or in as someone else) meanwhile: this token is no longer wanted
+  if (started !== epoch) return;
+  keep(id, rotated, username);
+}
+
+/** The ID token, refreshed first when it runs out within a minute. */
+export async function freshToken(): Promise<string | null> {
+  const expiresAt = Number(localStorage.getItem(EXPIRES) || 0);
+  if (idToken() && expiresAt - Date.now() < 60_000) await refresh().catch(() => {});
   return idToken();
 }

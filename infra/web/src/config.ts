@@ -18,6 +18,8 @@ export interface Config {
   productName: string;
   productUrl: string;
   locale?: string;
+  /** Set by the local stack's config.json: no user pool, its own Cognito emulation. */
+  localCognito?: boolean;
 }
 
 const env = import.meta.env;
@@ -30,7 +32,7 @@ export const config: Config = {
   locale: (env.VITE_LOCALE as string | undefined) || undefined,
 };
 
-const KEYS: (keyof Config)[] = ["apiUrl", "userPoolId", "userPoolClientId", "productName", "productUrl", "locale"];
+const KEYS: (keyof Config & string)[] = ["apiUrl", "userPoolId", "userPoolClientId", "productName", "productUrl", "locale"];
 
 /** Reads /config.json when there is one (a host that answers every path with index.html, as
  * an SPA rewrite does, gives HTML: ignored). Call once, before the first render. */
@@ -39,6 +41,8 @@ export async function loadConfig(): Promise<void> {
     const r = await fetch("/config.json", { cache: "no-store" });
     if (!r.ok) return;
     const j = (await r.json()) as Partial<Record<keyof Config, unknown>>;
+    if (typeof j !== "object" || j === null) return;
+    if (j.localCognito === true) config.localCognito = true;
     for (const k of KEYS) {
       const v = j[k];
       if (typeof v === "string" && v !== "") (config as unknown as Record<string, string>)[k] = v;
@@ -51,3 +55,8 @@ export async function loadConfig(): Promise<void> {
 
 /** No user pool configured: the local stack's Cognito (/cognito/…). */
 export const localCognito = (): boolean => !config.userPoolId;
+
+/** A production build with no user pool, not served by the local stack (whose config.json says
+ * so): a missing or unreadable config.json. The app says so instead of sending passwords to
+ * /cognito/… on a static host. */
+export const misconfigured = (): boolean => import.meta.env.PROD && !config.userPoolId && !config.localCognito;

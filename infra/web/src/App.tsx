@@ -303,7 +303,7 @@ export default function App() {
         <section id="account">
           <p>
             Signed in as <b id="who">{auth.userName()}</b> ·{" "}
-            <a href="/" id="signout" onClick={(e) => { e.preventDefault(); auth.signOut(); setAccount(null); setSignedIn(false); window.history.replaceState(null, "", "/"); }}>sign out</a>
+            <a href="/" id="signout" onClick={(e) => { e.preventDefault(); auth.signOut(); refreshes.current = { plan: "", n: 0, at: 0 }; setAccount(null); setSignedIn(false); window.history.replaceState(null, "", "/"); }}>sign out</a>
           </p>
           <p>
             Plan: <span className="plan" id="plan">{account ? account.plan : "…"}</span>{" "}

@@ -112,39 +112,35 @@ impl AwsStack {
 
     /// The user's ID and refresh tokens.
     pub async fn sign_in(&self, username: &str, password: &str) -> Result<PoolTokens, (String, String)> {
-        let out = self
+        let params = [("USERNAME", username), ("PASSWORD", password)];
+        self.initiate_auth(AuthFlowType::AdminUserPasswordAuth, &params).await
+    }
+
+    /// A new ID token for a refresh token (`REFRESH_TOKEN_AUTH`; Cognito answers no new refresh
+    /// token).
+    pub async fn refresh(&self, refresh_token: &str) -> Result<(String, i32), (String, String)> {
+        let t = self.initiate_auth(AuthFlowType::RefreshTokenAuth, &[("REFRESH_TOKEN", refresh_token)]).await?;
+        Ok((t.id_token, t.expires_in))
+    }
+
+    /// AdminInitiateAuth with the app client; the tokens it answered.
+    async fn initiate_auth(&self, flow: AuthFlowType, params: &[(&str, &str)]) -> Result<PoolTokens, (String, String)> {
+        let mut req = self
             .idp()
             .admin_initiate_auth()
             .user_pool_id(&self.resources.user_pool_id)
             .client_id(&self.resources.client_id)
-            .auth_flow(AuthFlowType::AdminUserPasswordAuth)
-            .auth_parameters("USERNAME", username)
-            .auth_parameters("PASSWORD", password)
-            .send()
-            .await
-            .map_err(sdk_err)?;
+            .auth_flow(flow);
+        for (k, v) in params {
+            req = req.auth_parameters(*k, *v);
+        }
+        let out = req.send().await.map_err(sdk_err)?;
         let r = out.authentication_result().ok_or(("NotAuthorizedException".to_string(), "no tokens".to_string()))?;
         Ok(PoolTokens {
             id_token: r.id_token().unwrap_or_default().to_string(),
             refresh_token: r.refresh_token().unwrap_or_default().to_string(),
             expires_in: r.expires_in(),
         })
-    }
-
-    /// A new ID token for a refresh token (`REFRESH_TOKEN_AUTH`).
-    pub async fn refresh(&self, refresh_token: &str) -> Result<(String, i32), (String, String)> {
-        let out = self
-            .idp()
-            .admin_initiate_auth()
-            .user_pool_id(&self.resources.user_pool_id)
-            .client_id(&self.resources.client_id)
-            .auth_flow(AuthFlowType::RefreshTokenAuth)
-            .auth_parameters("REFRESH_TOKEN", refresh_token)
-            .send()
-            .await
-            .map_err(sdk_err)?;
-        let r = out.authentication_result().ok_or(("NotAuthorizedException".to_string(), "no tokens".to_string()))?;
-        Ok((r.id_token().unwrap_or_default().to_string(), r.expires_in()))
     }
 }
 

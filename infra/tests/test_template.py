@@ -87,6 +87,15 @@ ROUTES = {
     ("/stripe/webhook", "post"): ("StripeWebhookFunction", None),
 }
 
+# CORS preflights: each path a browser calls has an OPTIONS method on the function behind it
+# (no token), which answers AppUrl or an AllowedOrigins origin before any backend call
+# (shared/src/handlers.rs; tested in shared/tests/handlers.rs). The webhook is not a browser's.
+PREFLIGHTS = {
+    (path, "options"): (fn, None)
+    for (path, method), (fn, _) in ROUTES.items()
+    if path not in ("/stripe/webhook", "/create-api-key/{session_id}/{one_time_key}")
+}
+
 # Unauthenticated routes that reach nothing but cached reads (GET /plans: prices from Stripe,
 # at most one read per tier per cache period and container; nothing written): throttled on the
 # stage like the other public routes, but their function needs no concurrency ceiling.
@@ -151,19 +160,35 @@ def test_the_cognito_authorizer_is_the_stacks_user_pool_reading_the_authorizatio
     assert a["x-amazon-apigateway-authorizer"]["providerARNs"] == [{"Fn::GetAtt": ["UserPool", "Arn"]}]
 
 
-def test_preflight_is_answered_without_a_token_on_every_path_for_the_app_origin_only(cfn):
+def test_preflight_is_answered_without_a_token_by_the_paths_own_function(cfn):
+    """No mock preflight (it can answer one fixed origin): OPTIONS on every browser path is a
+    Lambda proxy method on the function serving the path, without an authorizer."""
     body = rest_api_body(cfn)
+    got = {}
     for path, ops in body["paths"].items():
-        assert "options" in ops, path
+        if "options" not in ops:
+            continue
         op = ops["options"]
-        assert method_auth(body, op) == ("NONE", None), path
         integ = op["x-amazon-apigateway-integration"]
-        assert integ["type"] == "mock", path
-        h = integ["responses"]["default"]["responseParameters"]
-        assert h["method.response.header.Access-Control-Allow-Origin"] == {"Fn::Sub": "'${AppUrl}'"}, path
-        assert "Authorization" in h["method.response.header.Access-Control-Allow-Headers"], path
-        assert h["method.response.header.Access-Control-Allow-Methods"] == "'GET,POST,OPTIONS'", path
-        assert h["method.response.header.Access-Control-Allow-Credentials"] == "'true'", path
+        assert integ["type"] == "aws_proxy", path
+        fn = re.search(r"\$\{(\w+)\.Arn\}", integ["uri"]["Fn::Sub"]).group(1)
+        got[(path, "options")] = (fn, method_auth(body, op)[1])
+    assert got == PREFLIGHTS
+    assert "/stripe/webhook" in body["paths"] and "options" not in body["paths"]["/stripe/webhook"]
+
+
+def test_the_functions_read_the_allowed_origins_parameter_whose_pattern_matches_what_they_accept(cfn):
+    """ALLOWED_ORIGINS (shared/src/config.rs) takes comma-separated scheme://host[:port]; the
+    parameter's pattern refuses what the functions would refuse at cold start."""
+    for name, fn in functions(cfn).items():
+        assert fn["Properties"]["Environment"]["Variables"]["ALLOWED_ORIGINS"] == {"Ref": "AllowedOrigins"}, name
+    p = cfn["Parameters"]["AllowedOrigins"]
+    assert p["Default"] == ""
+    pattern = p["AllowedPattern"]
+    for ok in ["", "https://admin.example.com", "https://a.example,http://localhost:5173", "http://[::1]:8080"]:
+        assert re.fullmatch(pattern, ok), ok
+    for bad in ["https://a.example/app", "a.example", "https://a.example, https://b.example", "*", "https://a.example/", "https://a.example,"]:
+        assert not re.fullmatch(pattern, bad), bad
 
 
 def test_the_redirect_api_has_no_preflight_and_no_authorizer(cfn):
@@ -237,11 +262,17 @@ def test_a_paying_browser_never_sees_api_gateways_json_on_the_success_redirect(c
         assert r["responseParameters"]["gatewayresponse.header.Cache-Control"] == "'no-store'", kind
 
 
-def test_gateway_errors_carry_the_app_origin_so_the_browser_can_read_them(cfn):
+def test_gateway_errors_echo_the_callers_origin_so_any_front_end_can_read_them(cfn):
+    """The authorizer's 401, a throttle's 429, a failed function's 5xx: API Gateway answers
+    them itself, and a gateway response cannot compare the Origin with a list, so it echoes it
+    (without Access-Control-Allow-Credentials: nothing a cookie could unlock)."""
     gr = rest_api_body(cfn)["x-amazon-apigateway-gateway-responses"]
     assert set(gr) == {"DEFAULT_4XX", "DEFAULT_5XX"}
     for name, r in gr.items():
-        assert r["responseParameters"] == {"gatewayresponse.header.Access-Control-Allow-Origin": {"Fn::Sub": "'${AppUrl}'"}}, name
+        assert r["responseParameters"] == {
+            "gatewayresponse.header.Access-Control-Allow-Origin": "method.request.header.Origin",
+            "gatewayresponse.header.Vary": "'Origin'",
+        }, name
 
 
 def test_each_function_may_be_invoked_only_by_this_api_on_its_own_route(cfn):
@@ -263,7 +294,7 @@ def test_each_function_may_be_invoked_only_by_this_api_on_its_own_route(cfn):
         got.add((values["__ApiId__"]["Ref"], fn, m.group(1), path))
     want = {
         (api, fn, method.upper(), re.sub(r"\{[^}]+\}", "{}", path))
-        for (path, method), (fn, _) in ROUTES.items()
+        for (path, method), (fn, _) in {**ROUTES, **PREFLIGHTS}.items()
         for api in apis_of((path, method))
     }
     assert got == want
@@ -326,7 +357,7 @@ def test_the_stage_throttles_everything_and_the_unauthenticated_routes_harder(cf
     everything = by_route.pop(("*", "*"))
     assert everything["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRateLimit"}
     assert everything["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurstLimit"}
-    public = {(path, method.upper()) for (path, method), (_, auth) in ROUTES.items() if auth is None}
+    public = {(path, method.upper()) for (path, method), (_, auth) in {**ROUTES, **PREFLIGHTS}.items() if auth is None}
     assert set(by_route) == public
     paths = rest_api_body(cfn)["paths"]
     for (path, method), m in by_route.items():
@@ -524,6 +555,7 @@ def test_functions_are_arm64_al2023_with_the_global_settings(cfn):
 
 
 def test_the_unauthenticated_functions_have_a_concurrency_ceiling_and_the_others_none(cfn):
+    # (the preflights are answered before any backend call, like READ_ONLY_PUBLIC)
     public = {fn for route, (fn, auth) in ROUTES.items() if auth is None and route not in READ_ONLY_PUBLIC}
     for name, fn in functions(cfn).items():
         rc = fn["Properties"].get("ReservedConcurrentExecutions")

@@ -114,7 +114,45 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
         }
         s.portal_configuration = Some(c.to_string());
     }
+    if let Some(list) = env.optional("ALLOWED_ORIGINS") {
+        s.allowed_origins = allowed_origins(list)?;
+    }
     Ok(s)
+}
+
+/// The most origins `ALLOWED_ORIGINS` may list (each is compared on every request).
+pub const MAX_ALLOWED_ORIGINS: usize = 20;
+
+/// `ALLOWED_ORIGINS`: front-end origins besides `MY_DOMAIN`'s, comma-separated, each
+/// `scheme://host[:port]` as a browser sends it in `Origin` (no path, no trailing slash);
+/// hosts are compared lowercased.
+fn allowed_origins(list: &str) -> Result<Vec<String>, ConfigError> {
+    const NAME: &str = "ALLOWED_ORIGINS";
+    let mut out: Vec<String> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let rest = item.strip_prefix("https://").or_else(|| item.strip_prefix("http://"));
+        let ok = rest.is_some_and(|host| {
+            !host.is_empty()
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        });
+        if !ok {
+            return Err(ConfigError::Malformed {
+                name: NAME,
+                reason: format!("expected origins like https://app.example.com (no path), got {item:?}"),
+            });
+        }
+        let origin = item.to_ascii_lowercase();
+        if !out.contains(&origin) {
+            out.push(origin);
+        }
+    }
+    if out.len() > MAX_ALLOWED_ORIGINS {
+        return Err(ConfigError::Malformed {
+            name: NAME,
+            reason: format!("at most {MAX_ALLOWED_ORIGINS} origins, got {}", out.len()),
+        });
+    }
+    Ok(out)
 }
 
 /// The functions that open the billing portal (checkout, portal) refuse to start without
@@ -404,6 +442,7 @@ mod tests {
         assert_eq!(s.app_url, "https://app.example.com");
         assert_eq!(s.api_url, "https://abc123.execute-api.ap-northeast-1.amazonaws.com/v1");
         let no_api = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example")])).unwrap();
+        assert!(no_api.allowed_origins.is_empty());
         assert_eq!(no_api.api_url, "", "derived from each request instead");
     }
 
@@ -413,5 +452,21 @@ mod tests {
         assert_eq!(format!("{s:?}"), "Secret([redacted])");
         let cfg = StripeConfig::from_env(&Env::from_pairs([("STRIPE_API_KEY", "sk_test_very_secret")])).unwrap();
         assert!(!format!("{cfg:?}").contains("very_secret"));
+    }
+
+    #[test]
+    fn allowed_origins_are_origins_lowercased_without_duplicates_and_refused_with_a_path() {
+        let env = |v| Env::from_pairs([("MY_DOMAIN", "https://app.example.com"), ("ALLOWED_ORIGINS", v)]);
+        let s =
+            settings(&env(" https://Admin.Example.com, http://localhost:5173,,https://admin.example.com ")).unwrap();
+        assert_eq!(s.allowed_origins, ["https://admin.example.com", "http://localhost:5173"]);
+        assert!(settings(&env("")).unwrap().allowed_origins.is_empty());
+        for bad in ["https://a.example/app", "a.example", "https://", "*", "https://a.example/", "ftp://a.example"] {
+            let e = settings(&env(bad)).unwrap_err().to_string();
+            assert!(e.contains("ALLOWED_ORIGINS") && e.contains("no path"), "{bad}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_ALLOWED_ORIGINS).map(|i| format!("https://o{i}.example")).collect();
+        let e = settings(&env(&many.join(","))).unwrap_err().to_string();
+        assert!(e.contains("at most 20"), "{e}");
     }
 }

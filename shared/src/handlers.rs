@@ -41,7 +41,7 @@ where
     U: UserDirectory,
     P: Payments,
 {
-    let origin = &app.settings.app_url;
+    let origin = app.settings.cors_origin(http::origin(&req));
     if req.method() == Method::OPTIONS {
         return Ok(http::preflight(origin, "POST, OPTIONS"));
     }
@@ -133,7 +133,7 @@ where
     U: UserDirectory,
     P: Payments,
 {
-    let origin = &app.settings.app_url;
+    let origin = app.settings.cors_origin(http::origin(&req));
     if req.method() == Method::OPTIONS {
         return Ok(http::preflight(origin, "GET, OPTIONS"));
     }
@@ -157,7 +157,7 @@ where
     K: KeyRegistry,
     U: UserDirectory,
 {
-    let origin = &app.settings.app_url;
+    let origin = app.settings.cors_origin(http::origin(&req));
     let resource = http::resource(&req);
     let resource = resource.trim_end_matches('/');
     let free_key = resource.ends_with("/api-key");
@@ -216,7 +216,7 @@ pub async fn list_plans<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> Hand
 where
     P: Payments,
 {
-    let origin = &app.settings.app_url;
+    let origin = app.settings.cors_origin(http::origin(&req));
     if req.method() == Method::OPTIONS {
         return Ok(http::preflight(origin, "GET, OPTIONS"));
     }
@@ -268,7 +268,7 @@ where
     U: UserDirectory,
     P: Payments,
 {
-    let origin = &app.settings.app_url;
+    let origin = app.settings.cors_origin(http::origin(&req));
     let result = async {
         let signature = req
             .headers()

@@ -78,6 +78,11 @@ pub fn api_base_url(req: &Request) -> Option<String> {
 }
 
 /// A path parameter as API Gateway passed it.
+/// The request's `Origin` header (sent by browsers on cross-origin requests).
+pub fn origin(req: &Request) -> Option<&str> {
+    req.headers().get(lambda_http::http::header::ORIGIN).and_then(|v| v.to_str().ok())
+}
+
 pub fn path_param(req: &Request, name: &str) -> Option<String> {
     req.path_parameters_ref().and_then(|p| p.first(name)).map(str::to_string)
 }
@@ -167,7 +172,7 @@ pub fn preflight(app_url: &str, methods: &str) -> Response<Body> {
         base(204, app_url)
             .header(ACCESS_CONTROL_ALLOW_METHODS, methods)
             .header(ACCESS_CONTROL_ALLOW_HEADERS, "Authorization, Content-Type")
-            .header(ACCESS_CONTROL_MAX_AGE, "600"),
+            .header(ACCESS_CONTROL_MAX_AGE, "7200"),
         Body::Empty,
     )
 }

@@ -134,6 +134,40 @@ async fn preflight_is_answered_for_the_app_origin_only() {
 }
 
 #[tokio::test]
+async fn an_allowed_origin_gets_its_own_origin_back_and_any_other_the_app_origin() {
+    let mut w = World::new();
+    w.app.settings.allowed_origins = vec!["https://admin.example.com".into()];
+    w.user("alice");
+    let from = |origin: &str| {
+        let o = origin.to_string();
+        move |v: &mut Value| v["headers"]["origin"] = json!(o)
+    };
+    for (origin, expected) in [
+        ("https://admin.example.com", "https://admin.example.com"),
+        (APP_URL, APP_URL),
+        ("https://evil.example", APP_URL),
+        ("https://ADMIN.example.com", APP_URL),
+        ("null", APP_URL),
+    ] {
+        let pre = Event::new("OPTIONS", "/account", "/account").no_claims().with(from(origin));
+        let r = handlers::get_account(&w.app, pre.request()).await.unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(header(&r, "access-control-allow-origin"), expected, "preflight from {origin}");
+        assert_eq!(header(&r, "vary"), "Origin");
+        assert_eq!(header(&r, "access-control-max-age"), "7200");
+        let r = handlers::get_account(&w.app, Event::account().with(from(origin)).request()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "access-control-allow-origin"), expected, "GET /account from {origin}");
+        // an error answer too (a body the page must be able to read)
+        let bad = Event::checkout("{").with(from(origin));
+        let r = handlers::create_checkout_session(&w.app, bad.request()).await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert_eq!(header(&r, "access-control-allow-origin"), expected, "400 from {origin}");
+    }
+    assert!(w.app.store.sessions().is_empty(), "the refused checkouts wrote nothing");
+}
+
+#[tokio::test]
 async fn the_success_redirect_issues_the_key_and_a_refresh_shows_thanks_again() {
     let w = World::new();
     let alice = w.user("alice");

@@ -39,6 +39,9 @@ pub struct Settings {
     pub app_url: String,
     /// This API's public base URL (where Stripe redirects after payment), no trailing slash.
     pub api_url: String,
+    /// Other front-end origins a browser may call the API from (`ALLOWED_ORIGINS`, lowercased
+    /// `scheme://host[:port]`): answered with their own `Access-Control-Allow-Origin`.
+    pub allowed_origins: Vec<String>,
     /// What is sold: `PAYKEY_CATALOG`, or without it today's single PRO tier
     /// ([`Catalog::legacy`]). A checkout may ask for its paid tiers' lookup keys only.
     pub catalog: Catalog,
@@ -83,6 +86,7 @@ impl Settings {
         Self {
             app_url: app_url.into(),
             api_url: api_url.into(),
+            allowed_origins: Vec::new(),
             catalog: Catalog::legacy(
                 Some(DEFAULT_PRO_USAGE_PLAN),
                 &[LookupKey::parse("FMMailPro").expect("valid lookup key")],
@@ -119,6 +123,16 @@ impl Settings {
     /// The plan of a user without a subscription: the catalog's free tier, else `FREE`.
     pub fn free_plan(&self) -> Plan {
         self.catalog.free().map(|t| Plan::of(&t.name)).unwrap_or(Plan::FREE)
+    }
+
+    /// The `Access-Control-Allow-Origin` to answer a request carrying `origin` (its `Origin`
+    /// header) with: that origin when it is the front end's or an allowed one, else the front
+    /// end's (a page on any other origin cannot read the answer).
+    pub fn cors_origin<'a>(&'a self, origin: Option<&'a str>) -> &'a str {
+        match origin {
+            Some(o) if o == self.app_url || self.allowed_origins.iter().any(|a| a == o) => o,
+            _ => &self.app_url,
+        }
     }
 
     pub fn thanks_url(&self) -> String {

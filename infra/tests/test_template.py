@@ -700,6 +700,10 @@ def test_outputs_give_what_operators_need(cfn):
     assert o["UserPoolId"]["Value"] == {"Ref": "UserPool"}
     assert o["UserPoolClientId"]["Value"] == {"Ref": "UserPoolClient"}
     assert o["UsagePlanId"]["Value"] == {"Ref": "ProUsagePlan"}
+    # what paykey-doctor reads (infra/setup/src/doctor.rs: PLAN_OUTPUTS, Stack::product_api)
+    assert o["FreeUsagePlanId"]["Value"] == {"Ref": "FreeUsagePlan"}
+    assert o["BusinessUsagePlanId"]["Value"] == {"Ref": "BusinessUsagePlan"}
+    assert {"ProductRestApiId", "ProductStageName"} <= set(cfn["Parameters"])
     assert o["SessionsTableName"]["Value"] == {"Ref": "SessionsTable"}
     assert o["ApiKeysTableName"]["Value"] == {"Ref": "ApiKeysTable"}
     # the stage the URLs name is the one deployed

@@ -5,6 +5,8 @@
 //! version async-stripe speaks. Every create carries an idempotency key derived from the
 //! settings; a second run changes nothing and says so.
 
+pub mod doctor;
+
 use std::collections::HashMap;
 use std::fmt;
 

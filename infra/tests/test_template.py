@@ -88,7 +88,7 @@ ROUTES = {
 }
 
 # CORS preflights: each path a browser calls has an OPTIONS method on the function behind it
-# (no token), which answers AppUrl or an AllowedOrigins origin before any backend call
+# (no token), which answers AppUrl or an AllowedOrigins origin without a call of its own
 # (shared/src/handlers.rs; tested in shared/tests/handlers.rs). The webhook is not a browser's.
 PREFLIGHTS = {
     (path, "options"): (fn, None)
@@ -189,6 +189,11 @@ def test_the_functions_read_the_allowed_origins_parameter_whose_pattern_matches_
         assert re.fullmatch(pattern, ok), ok
     for bad in ["https://a.example/app", "a.example", "https://a.example, https://b.example", "*", "https://a.example/", "https://a.example,"]:
         assert not re.fullmatch(pattern, bad), bad
+    # the parser's ceiling (shared/src/config.rs MAX_ALLOWED_ORIGINS): a deploy it would refuse
+    # at every cold start is refused by CloudFormation instead
+    twenty = ",".join(f"https://o{i}.example" for i in range(20))
+    assert re.fullmatch(pattern, twenty)
+    assert not re.fullmatch(pattern, twenty + ",https://o20.example")
 
 
 def test_the_redirect_api_has_no_preflight_and_no_authorizer(cfn):
@@ -555,7 +560,7 @@ def test_functions_are_arm64_al2023_with_the_global_settings(cfn):
 
 
 def test_the_unauthenticated_functions_have_a_concurrency_ceiling_and_the_others_none(cfn):
-    # (the preflights are answered before any backend call, like READ_ONLY_PUBLIC)
+    # (the preflights make no call of their own, like READ_ONLY_PUBLIC)
     public = {fn for route, (fn, auth) in ROUTES.items() if auth is None and route not in READ_ONLY_PUBLIC}
     for name, fn in functions(cfn).items():
         rc = fn["Properties"].get("ReservedConcurrentExecutions")
@@ -908,3 +913,64 @@ def test_samconfig_has_a_dev_and_a_prod_environment_that_cannot_touch_each_other
         for k, v in e.items():
             pattern = cfn["Parameters"][k].get("AllowedPattern")
             assert pattern is None or re.fullmatch(pattern, v), (k, v)
+
+
+# ------------------------------------------------------------------ alarms, metrics, dashboard
+
+TELEMETRY = (ROOT / "shared/src/telemetry.rs").read_text()
+NAMESPACE = {"Fn::Sub": "paykey/${AWS::StackName}"}
+ALARM_TARGET = [{"Fn::If": ["CreateAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}]
+
+
+def alarms(cfn):
+    return {k: v["Properties"] for k, v in of_type(cfn, "AWS::CloudWatch::Alarm").items()}
+
+
+def test_every_function_has_an_errors_and_a_throttles_alarm_that_notify_the_topic(cfn):
+    watched = {}
+    for name, a in alarms(cfn).items():
+        assert a["AlarmActions"] == ALARM_TARGET and a["OKActions"] == ALARM_TARGET, name
+        assert a["TreatMissingData"] == "notBreaching", name
+        if a["Namespace"] == "AWS/Lambda":
+            [d] = a["Dimensions"]
+            assert d["Name"] == "FunctionName"
+            watched.setdefault(a["MetricName"], set()).add(d["Value"]["Ref"])
+            assert (a["Statistic"], a["Threshold"], a["ComparisonOperator"]) == ("Sum", 1, "GreaterThanOrEqualToThreshold"), name
+    assert watched == {"Errors": set(SAM_FUNCTIONS), "Throttles": set(SAM_FUNCTIONS)}
+    topic = cfn["Resources"]["AlarmTopic"]
+    assert topic["Condition"] == "CreateAlarmTopic"
+    assert cfn["Conditions"]["CreateAlarmTopic"] == {"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}
+    assert cfn["Outputs"]["AlarmTopicArn"]["Value"] == ALARM_TARGET[0]
+    pattern = cfn["Parameters"]["AlarmTopicArn"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "") and re.fullmatch(pattern, "arn:aws:sns:us-east-1:123456789012:oncall")
+    assert not re.fullmatch(pattern, "oncall")
+
+
+def test_the_paykey_alarms_watch_metrics_the_functions_write_in_their_namespace(cfn):
+    """The alarms on paykey's own metrics read the namespace every function is given
+    (PAYKEY_METRICS_NAMESPACE) and a metric name shared/src/telemetry.rs writes, without
+    dimensions (telemetry.rs rolls every metric up to none)."""
+    for name, fn in functions(cfn).items():
+        assert fn["Properties"]["Environment"]["Variables"]["PAYKEY_METRICS_NAMESPACE"] == NAMESPACE, name
+    own = {n: a for n, a in alarms(cfn).items() if a["Namespace"] != "AWS/Lambda"}
+    assert {a["MetricName"] for a in own.values()} == {"WebhookFailed", "InitFailed", "BackendThrottled", "KeyCount"}
+    ceiling = own["KeyCeilingAlarm"]
+    assert (ceiling["Statistic"], ceiling["Threshold"], ceiling["Period"]) == ("Maximum", 8000, 3600)
+    for name, a in own.items():
+        assert a["Namespace"] == NAMESPACE, name
+        assert "Dimensions" not in a, name
+        assert f'"{a["MetricName"]}"' in TELEMETRY, f"{a['MetricName']} is not written by telemetry.rs"
+    assert "json!([names, []])" in TELEMETRY, "the rollup to no dimension the alarms rely on"
+
+
+def test_the_dashboard_is_json_showing_paykeys_metrics_and_every_function(cfn):
+    body, values = cfn["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert values == {"Ns": NAMESPACE}
+    refs = set(re.findall(r"\$\{([A-Za-z:]+)\}", body))
+    assert refs == {"Ns", "AWS::Region"} | set(SAM_FUNCTIONS), refs
+    doc = json.loads(re.sub(r"\$\{[A-Za-z:]+\}", "x", body))
+    metrics = [m for w in doc["widgets"] for m in w["properties"]["metrics"]]
+    names = {m[1] for m in metrics if len(m) > 1 and m[0] in ("x", ".") and isinstance(m[1], str)}
+    for metric in ("Fulfilment", "FulfilmentLatency", "WebhookEvent", "WebhookFailed", "Keys", "BackendThrottled", "InitFailed", "KeyCount"):
+        assert metric in names, metric
+        assert f'"{metric}"' in TELEMETRY, metric

@@ -72,7 +72,9 @@ fn http_url(name: &'static str, v: &str) -> Result<String, ConfigError> {
 /// `AWS_REGION` and `STAGE_NAME`, or else (empty) taken from each request's API Gateway
 /// domain and stage.
 pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
-    let app_url = http_url("MY_DOMAIN", env.require("MY_DOMAIN")?)?;
+    // Browsers send the origin serialized: scheme and host lowercased, no default port; the
+    // answer must equal it byte for byte.
+    let app_url = normalise_origin(&http_url("MY_DOMAIN", env.require("MY_DOMAIN")?)?);
     let api_url = match (env.optional("API_URL"), env.optional("REST_API_ID")) {
         (Some(url), _) => http_url("API_URL", url)?,
         (None, Some(id)) => {
@@ -115,7 +117,7 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
         s.portal_configuration = Some(c.to_string());
     }
     if let Some(list) = env.optional("ALLOWED_ORIGINS") {
-        s.allowed_origins = allowed_origins(list)?;
+        s.allowed_origins = parse_allowed_origins(list)?;
     }
     Ok(s)
 }
@@ -123,10 +125,28 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
 /// The most origins `ALLOWED_ORIGINS` may list (each is compared on every request).
 pub const MAX_ALLOWED_ORIGINS: usize = 20;
 
+/// `https://App.Example.com:443/path` → `https://app.example.com/path`: the scheme and host as
+/// a browser serializes an origin (lowercase, without the scheme's default port); the rest
+/// kept.
+pub fn normalise_origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let scheme = scheme.to_ascii_lowercase();
+    let (host, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let mut host = host.to_ascii_lowercase();
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    if let Some(h) = host.strip_suffix(default_port) {
+        host = h.to_string();
+    }
+    format!("{scheme}://{host}{path}")
+}
+
 /// `ALLOWED_ORIGINS`: front-end origins besides `MY_DOMAIN`'s, comma-separated, each
-/// `scheme://host[:port]` as a browser sends it in `Origin` (no path, no trailing slash);
-/// hosts are compared lowercased.
-fn allowed_origins(list: &str) -> Result<Vec<String>, ConfigError> {
+/// `scheme://host[:port]` (no path, no trailing slash), normalised as browsers send `Origin`
+/// ([`normalise_origin`]).
+pub fn parse_allowed_origins(list: &str) -> Result<Vec<String>, ConfigError> {
     const NAME: &str = "ALLOWED_ORIGINS";
     let mut out: Vec<String> = Vec::new();
     for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -141,7 +161,7 @@ fn allowed_origins(list: &str) -> Result<Vec<String>, ConfigError> {
                 reason: format!("expected origins like https://app.example.com (no path), got {item:?}"),
             });
         }
-        let origin = item.to_ascii_lowercase();
+        let origin = normalise_origin(item);
         if !out.contains(&origin) {
             out.push(origin);
         }
@@ -457,9 +477,12 @@ mod tests {
     #[test]
     fn allowed_origins_are_origins_lowercased_without_duplicates_and_refused_with_a_path() {
         let env = |v| Env::from_pairs([("MY_DOMAIN", "https://app.example.com"), ("ALLOWED_ORIGINS", v)]);
-        let s =
-            settings(&env(" https://Admin.Example.com, http://localhost:5173,,https://admin.example.com ")).unwrap();
+        let s = settings(&env(" https://Admin.Example.com, http://localhost:5173,,https://admin.example.com:443 "))
+            .unwrap();
         assert_eq!(s.allowed_origins, ["https://admin.example.com", "http://localhost:5173"]);
+        let upper = Env::from_pairs([("MY_DOMAIN", "https://App.Example.com:443")]);
+        assert_eq!(settings(&upper).unwrap().app_url, "https://app.example.com", "as browsers send Origin");
+        assert_eq!(normalise_origin("http://Local:8080/x/Y"), "http://local:8080/x/Y");
         assert!(settings(&env("")).unwrap().allowed_origins.is_empty());
         for bad in ["https://a.example/app", "a.example", "https://", "*", "https://a.example/", "ftp://a.example"] {
             let e = settings(&env(bad)).unwrap_err().to_string();

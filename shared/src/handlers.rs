@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use crate::domain::{Error, OneTimeKey, SessionId};
 use crate::flows::{self, CheckoutRequest, Completion, Ctx, EventOutcome, Settings};
-use crate::http;
 use crate::ports::{
     Accounts, Budgets, Checkouts, Clock, Ids, KeyRegistry, OpenCheckouts, Payments, ProcessedEvents, UserDirectory,
 };
+use crate::{http, telemetry};
 
 /// Ports and settings of one function. Ports a function does not use are `()`.
 pub struct App<S = (), K = (), U = (), P = ()> {
@@ -88,6 +88,7 @@ where
         tracing::info!("verification with malformed path parameters");
         return Ok(http::redirect(&s.cancel_url(), &s.app_url));
     };
+    let started = std::time::Instant::now();
     let result = flows::complete_checkout(
         &app.store,
         &app.keys,
@@ -98,6 +99,21 @@ where
         Some(&one_time_key),
     )
     .await;
+    let outcome = match &result {
+        Ok(Completion::Issued { .. }) => "issued",
+        Ok(Completion::AlreadyFulfilled) => "already_fulfilled",
+        Ok(Completion::Duplicate { .. }) => "duplicate_refunded",
+        Ok(Completion::Pending) | Err(_) => "pending",
+        Ok(Completion::NotGranted { .. }) => "not_granted",
+        Ok(Completion::Rejected(_)) => "refused",
+    };
+    telemetry::fulfilment(outcome, started.elapsed().as_secs_f64() * 1000.0);
+    if outcome == "issued" {
+        telemetry::keys("Issued");
+    }
+    if let Err(e) = &result {
+        telemetry::backend(e);
+    }
     // A browser follows this redirect: it always gets one, never a JSON error.
     Ok(match result {
         Ok(c) if c.is_success() => http::redirect(&s.thanks_url(), &s.app_url),
@@ -181,7 +197,10 @@ where
         }
         .await;
         return Ok(match result {
-            Ok(r) => http::json(200, &r, origin),
+            Ok(r) => {
+                telemetry::keys("Rotated");
+                http::json(200, &r, origin)
+            }
             Err(e) => http::error_response(&e, origin),
         });
     }
@@ -195,7 +214,12 @@ where
         }
         .await;
         return Ok(match result {
-            Ok(key) => http::json(if key.created { 201 } else { 200 }, &key, origin),
+            Ok(key) => {
+                if key.created {
+                    telemetry::keys("Issued");
+                }
+                http::json(if key.created { 201 } else { 200 }, &key, origin)
+            }
             Err(e) => http::error_response(&e, origin),
         });
     }
@@ -269,6 +293,7 @@ where
     P: Payments,
 {
     let origin = app.settings.cors_origin(http::origin(&req));
+    let mut event_type = String::from("unknown");
     let result = async {
         let signature = req
             .headers()
@@ -292,6 +317,7 @@ where
         }
         match verified? {
             Some(event) => {
+                event_type.clone_from(&event.kind);
                 flows::handle_stripe_event(&app.store, &app.keys, &app.users, &app.payments, app.ctx(), &event).await
             }
             None => {
@@ -305,13 +331,17 @@ where
     .await;
     Ok(match result {
         Ok(outcome) => {
-            let outcome = match outcome {
-                EventOutcome::Processed(s) => format!("processed: {s}"),
-                EventOutcome::Duplicate => "duplicate".to_string(),
-                EventOutcome::Ignored(s) => format!("ignored: {s}"),
+            let (metric, outcome) = match outcome {
+                EventOutcome::Processed(s) => ("processed", format!("processed: {s}")),
+                EventOutcome::Duplicate => ("duplicate", "duplicate".to_string()),
+                EventOutcome::Ignored(s) => ("ignored", format!("ignored: {s}")),
             };
+            telemetry::webhook(&event_type, metric);
             http::json(200, &WebhookAnswer { received: true, outcome }, origin)
         }
-        Err(e) => http::error_response(&e, origin),
+        Err(e) => {
+            telemetry::webhook(&event_type, if e.status() < 500 { "refused" } else { "failed" });
+            http::error_response(&e, origin)
+        }
     })
 }

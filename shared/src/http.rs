@@ -77,12 +77,12 @@ pub fn api_base_url(req: &Request) -> Option<String> {
     }
 }
 
-/// A path parameter as API Gateway passed it.
 /// The request's `Origin` header (sent by browsers on cross-origin requests).
 pub fn origin(req: &Request) -> Option<&str> {
     req.headers().get(lambda_http::http::header::ORIGIN).and_then(|v| v.to_str().ok())
 }
 
+/// A path parameter as API Gateway passed it.
 pub fn path_param(req: &Request, name: &str) -> Option<String> {
     req.path_parameters_ref().and_then(|p| p.first(name)).map(str::to_string)
 }
@@ -143,6 +143,7 @@ struct ErrorBody<'a> {
 /// their cause; the client gets a short message.
 pub fn error_response(err: &Error, app_url: &str) -> Response<Body> {
     let status = err.status();
+    crate::telemetry::backend(err);
     if status >= 500 {
         tracing::error!(error = %err, code = err.code(), status, "request failed");
     } else {

@@ -1,16 +1,162 @@
-//! Structured JSON logs, set up once per process. `RUST_LOG` filters (default `info`).
+//! Structured JSON logs, set up once per process (`RUST_LOG` filters, default `info`), and
+//! CloudWatch metrics in the embedded metric format (EMF).
+//!
+//! Metrics are one JSON line on stdout per observation, which CloudWatch Logs turns into metric
+//! data points: no API call, nothing added to a request's latency, no IAM permission
+//! (format: CloudWatch's "Specification: Embedded metric format"). They are written only when
+//! `PAYKEY_METRICS_NAMESPACE` is set (the template sets `paykey/<stack name>`); the local stack
+//! and the tests leave it unset unless they read the lines.
 
+use std::sync::OnceLock;
+
+use serde_json::{json, Map, Value};
 use tracing_subscriber::EnvFilter;
 
-/// JSON lines on stdout, without ANSI colours and without the time (CloudWatch adds it).
+use crate::domain::Error;
+
+/// JSON lines on stdout, without ANSI colours and without the time (CloudWatch adds it). Each
+/// line carries the Lambda request id (the runtime's invocation span).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
-        .with_current_span(false)
+        .with_current_span(true)
+        .with_span_list(false)
         .with_ansi(false)
         .without_time()
         .with_target(false)
         .try_init();
+}
+
+/// A function could not start (configuration, secrets): logged, and counted as `InitFailed`.
+pub fn init_failed(e: &dyn std::fmt::Display) {
+    tracing::error!(error = %e, "init failed");
+    emit(&[], &[("InitFailed", 1.0, Unit::Count)]);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Milliseconds,
+}
+
+impl Unit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Count => "Count",
+            Unit::Milliseconds => "Milliseconds",
+        }
+    }
+}
+
+/// The EMF document of one observation: every metric under the dimensions given and, rolled
+/// up, under none (what the template's alarms watch).
+pub fn document(
+    namespace: &str,
+    timestamp_ms: i64,
+    dimensions: &[(&str, &str)],
+    metrics: &[(&str, f64, Unit)],
+) -> Value {
+    let names: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
+    let sets = if names.is_empty() { json!([[]]) } else { json!([names, []]) };
+    let defs: Vec<Value> = metrics.iter().map(|(n, _, u)| json!({"Name": n, "Unit": u.as_str()})).collect();
+    let mut doc = Map::new();
+    doc.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{"Namespace": namespace, "Dimensions": sets, "Metrics": defs}]
+        }),
+    );
+    for (k, v) in dimensions {
+        doc.insert((*k).into(), json!(v));
+    }
+    for (n, v, _) in metrics {
+        doc.insert((*n).into(), json!(v));
+    }
+    Value::Object(doc)
+}
+
+fn namespace() -> Option<&'static str> {
+    static NS: OnceLock<Option<String>> = OnceLock::new();
+    NS.get_or_init(|| std::env::var("PAYKEY_METRICS_NAMESPACE").ok().filter(|n| !n.trim().is_empty())).as_deref()
+}
+
+/// Writes one observation (when metrics are on).
+pub fn emit(dimensions: &[(&str, &str)], metrics: &[(&str, f64, Unit)]) {
+    let Some(ns) = namespace() else { return };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    println!("{}", document(ns, now, dimensions, metrics));
+}
+
+/// The success redirect's outcome (`issued`, `pending`, `refused`, `not_granted`) and how long
+/// the fulfilment took.
+pub fn fulfilment(outcome: &str, latency_ms: f64) {
+    emit(
+        &[("Outcome", outcome)],
+        &[("Fulfilment", 1.0, Unit::Count), ("FulfilmentLatency", latency_ms, Unit::Milliseconds)],
+    );
+}
+
+/// A webhook delivery: the event type (`unknown` before it is verified) and the outcome
+/// (`processed`, `duplicate`, `ignored`, `refused`, `failed`). `failed` is what Stripe retries.
+pub fn webhook(event_type: &str, outcome: &str) {
+    emit(&[("EventType", event_type), ("Outcome", outcome)], &[("WebhookEvent", 1.0, Unit::Count)]);
+    if outcome == "failed" {
+        emit(&[("EventType", event_type)], &[("WebhookFailed", 1.0, Unit::Count)]);
+    }
+}
+
+/// A key `Issued` (a first purchase's, a free key) or `Rotated`.
+pub fn keys(action: &str) {
+    emit(&[("Action", action)], &[("Keys", 1.0, Unit::Count)]);
+}
+
+/// The account's API keys (hourly, from the sweeper), against API Gateway's 10,000.
+pub fn key_count(n: usize) {
+    emit(&[], &[("KeyCount", n as f64, Unit::Count)]);
+}
+
+/// A request that ended in a backend error: counted as `BackendThrottled` by service when the
+/// service said slow down, else `BackendFailed`.
+pub fn backend(err: &Error) {
+    if let Error::Backend(b) = err {
+        let metric = if b.is_throttled() { "BackendThrottled" } else { "BackendFailed" };
+        emit(&[("Service", b.service)], &[(metric, 1.0, Unit::Count)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_follows_the_emf_specification() {
+        let d = document(
+            "paykey/prod",
+            1_700_000_000_000,
+            &[("Outcome", "issued")],
+            &[("Fulfilment", 1.0, Unit::Count), ("FulfilmentLatency", 812.5, Unit::Milliseconds)],
+        );
+        assert_eq!(
+            d,
+            json!({
+                "_aws": {"Timestamp": 1_700_000_000_000i64, "CloudWatchMetrics": [{
+                    "Namespace": "paykey/prod",
+                    "Dimensions": [["Outcome"], []],
+                    "Metrics": [{"Name": "Fulfilment", "Unit": "Count"}, {"Name": "FulfilmentLatency", "Unit": "Milliseconds"}]
+                }]},
+                "Outcome": "issued",
+                "Fulfilment": 1.0,
+                "FulfilmentLatency": 812.5
+            })
+        );
+        // no dimensions: one empty dimension set (the metric alone)
+        let d = document("paykey", 0, &[], &[("InitFailed", 1.0, Unit::Count)]);
+        assert_eq!(d["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[]]));
+    }
 }

@@ -119,7 +119,7 @@ async fn a_base64_encoded_body_is_decoded() {
 }
 
 #[tokio::test]
-async fn preflight_is_answered_for_the_app_origin_only() {
+async fn a_preflight_without_an_origin_is_answered_for_the_app_origin() {
     let w = World::new();
     let r = handlers::create_checkout_session(
         &w.app,

@@ -296,6 +296,12 @@ async fn sweep_calls() -> Vec<&'static str> {
     w.meter.inject("apigw.set_enabled", Fault::Before);
     flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
     flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    // the function's run: the same sweep, and at the top of an hour the key count
+    use chrono::Timelike;
+    let to_hour = 60 - i64::from(w.clock.now().minute());
+    w.clock.advance(chrono::Duration::minutes(to_hour));
+    let run = flows::scheduled_run(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    assert!(run.key_count.is_some(), "counted at the top of the hour");
     w.meter.calls()
 }
 

@@ -6,7 +6,6 @@ use paykey::{config::Env, handlers, telemetry, wiring};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     telemetry::init();
-    let app =
-        wiring::fulfil_app(&Env::from_process()).await.inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
+    let app = wiring::fulfil_app(&Env::from_process()).await.inspect_err(|e| telemetry::init_failed(e))?;
     run(service_fn(|req| handlers::create_api_key(&app, req))).await
 }

@@ -1,5 +1,7 @@
-//! `sweep-keys` Lambda, invoked by an EventBridge schedule: disables the rotated-out API keys
-//! whose grace has ended (`flows::sweep_expired_keys`). Builds everything once per cold start.
+//! `sweep-keys` Lambda, invoked by an EventBridge schedule every minute: disables the
+//! rotated-out API keys whose grace has ended, and once an hour writes the account's API key
+//! count as the `KeyCount` metric (`flows::scheduled_run`). Builds everything once per cold
+//! start.
 
 use lambda_http::lambda_runtime::{self, LambdaEvent};
 use lambda_http::{service_fn, Error};
@@ -9,12 +11,14 @@ use serde_json::{json, Value};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     telemetry::init();
-    let app =
-        wiring::sweep_app(&Env::from_process()).await.inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
+    let app = wiring::sweep_app(&Env::from_process()).await.inspect_err(|e| telemetry::init_failed(e))?;
     lambda_runtime::run(service_fn(|_event: LambdaEvent<Value>| async {
         // An error fails the invocation: the next scheduled run (a minute later) tries again.
-        let disabled = flows::sweep_expired_keys(&app.store, &app.keys, app.ctx()).await?;
-        Ok::<_, Error>(json!({ "disabled": disabled.len() }))
+        let run = flows::scheduled_run(&app.store, &app.keys, app.ctx()).await?;
+        if let Some(n) = run.key_count {
+            telemetry::key_count(n);
+        }
+        Ok::<_, Error>(json!({ "disabled": run.disabled.len(), "key_count": run.key_count }))
     }))
     .await
 }

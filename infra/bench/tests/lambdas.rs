@@ -42,6 +42,8 @@ struct Invocation {
     route: String,
     status: u16,
     ms: f64,
+    /// stdout and stderr of the process.
+    logs: String,
 }
 
 struct Gateway {
@@ -89,7 +91,13 @@ impl Gateway {
                 if status >= 500 {
                     eprintln!("{function} answered {status}; its log:\n{logs}");
                 }
-                self.log.lock().unwrap().push(Invocation { function, route: route.to_string(), status, ms });
+                self.log.lock().unwrap().push(Invocation {
+                    function,
+                    route: route.to_string(),
+                    status,
+                    ms,
+                    logs: logs.clone(),
+                });
                 Ok(v)
             }
             Ok(Ok(runtime_api::Outcome::Error { body, .. })) => Err(format!("{function} failed: {body}\n{logs}")),
@@ -280,6 +288,7 @@ async fn the_five_binaries_cold_per_request_on_moto_and_the_stripe_emulator() {
         ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
         ("STRIPE_PORTAL_CONFIGURATION", portal.as_str()),
         ("RUST_LOG", "info"),
+        ("PAYKEY_METRICS_NAMESPACE", "paykey/lambdas-e2e"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -532,6 +541,40 @@ async fn the_five_binaries_cold_per_request_on_moto_and_the_stripe_emulator() {
         assert!(log.iter().any(|i| i.function == f), "{f} never ran: {log:?}");
     }
     assert!(log.iter().all(|i| i.status < 500), "no 5xx: {log:?}");
+    // The functions' own metrics (embedded metric format lines on stdout) and request ids.
+    let emf = |i: &Invocation| -> Vec<Value> {
+        i.logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "paykey/lambdas-e2e")
+            .collect()
+    };
+    let redirect = log.iter().find(|i| i.function == "create-api-key").expect("the success redirect ran");
+    let lines = emf(redirect);
+    let fulfilment =
+        lines.iter().find(|v| v.get("Fulfilment").is_some()).unwrap_or_else(|| panic!("{}", redirect.logs));
+    assert!(fulfilment["Outcome"] == "issued" || fulfilment["Outcome"] == "already_fulfilled", "{fulfilment}");
+    assert!(fulfilment["FulfilmentLatency"].as_f64().unwrap() > 0.0, "{fulfilment}");
+    assert_eq!(fulfilment["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["Outcome"], []]));
+    let events: Vec<(String, String)> = log
+        .iter()
+        .filter(|i| i.function == "stripe-webhook")
+        .flat_map(emf)
+        .filter(|v| v.get("WebhookEvent").is_some())
+        .map(|v| (v["EventType"].as_str().unwrap().to_string(), v["Outcome"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(events.len(), webhooks, "one WebhookEvent line per delivery: {events:?}");
+    assert!(events.contains(&("customer.subscription.deleted".to_string(), "processed".to_string())), "{events:?}");
+    // the handlers' log lines name the Lambda request id (the runtime's invocation span); lines
+    // written at init, before any invocation, have none
+    let traced: Vec<Value> = log
+        .iter()
+        .flat_map(|i| i.logs.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect::<Vec<_>>())
+        .filter(|v| v.get("level").is_some())
+        .collect();
+    let with_id = traced.iter().filter(|v| v["span"]["requestId"].as_str().is_some_and(|id| !id.is_empty())).count();
+    assert!(with_id > 0, "no log line carries the request id: {traced:?}");
+    println!("{with_id} of {} log lines carry the Lambda request id", traced.len());
     let mut per_fn: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for i in &log {
         per_fn.entry(i.function).or_default().push(i.ms);

@@ -55,7 +55,7 @@ pub struct Matched {
     pub auth: bool,
 }
 
-/// Finds the route for `method path`; OPTIONS matches any route's path (CORS preflight, no auth).
+/// Finds the route for `method path`; OPTIONS matches the path of any route a browser calls (CORS preflight, no auth).
 pub fn route(method: &Method, path: &str) -> Option<Matched> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     for (m, resource, auth, function) in ROUTES {
@@ -75,7 +75,11 @@ pub fn route(method: &Method, path: &str) -> Option<Matched> {
                 t == s
             }
         });
-        if ok && (method.as_str() == *m || method == Method::OPTIONS) {
+        // OPTIONS only where a browser calls (template.yaml has no preflight on the webhook or
+        // the success redirect).
+        let preflight =
+            method == Method::OPTIONS && !matches!(function, Function::StripeWebhook | Function::CreateApiKey);
+        if ok && (method.as_str() == *m || preflight) {
             return Some(Matched { function: *function, resource, params, auth: *auth && method != Method::OPTIONS });
         }
     }

@@ -78,6 +78,8 @@ pub struct Options {
     pub sweep_every: Option<std::time::Duration>,
     /// The product's name in the front end's `/config.json` (`PAYKEY_PRODUCT_NAME`).
     pub product_name: String,
+    /// Other front-end origins allowed by CORS (`ALLOWED_ORIGINS`, as the functions read it).
+    pub allowed_origins: Vec<String>,
 }
 
 /// The local stack's catalog: FREE with a key (1,000 requests a month), PRO (`FMMailPro`,
@@ -109,6 +111,7 @@ impl Default for Options {
             web_dir: Some(PathBuf::from(DEFAULT_WEB_DIR)),
             aws: None,
             product_name: "FMMail".into(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -293,6 +296,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     settings.catalog = catalog;
     settings.webhook_secrets = webhook_secret.split(',').filter(|s| !s.is_empty()).map(Secret::new).collect();
     settings.portal_configuration = Some(portal_configuration);
+    settings.allowed_origins = opts.allowed_origins.clone();
     let app = App {
         store,
         keys,

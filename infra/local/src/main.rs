@@ -88,6 +88,15 @@ async fn main() -> std::process::ExitCode {
     if let Some(n) = std::env::var("PAYKEY_PRODUCT_NAME").ok().filter(|n| !n.trim().is_empty()) {
         opts.product_name = n;
     }
+    if let Ok(list) = std::env::var("ALLOWED_ORIGINS") {
+        match paykey::config::parse_allowed_origins(&list) {
+            Ok(o) => opts.allowed_origins = o,
+            Err(e) => {
+                eprintln!("paykey-local: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     let started = match paykey_local::start(opts.clone()).await {
         Ok(s) => s,
         Err(e) => {

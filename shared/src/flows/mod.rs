@@ -22,7 +22,7 @@ pub use lifecycle::{
 };
 pub use plans::{list_plans, PlanView, PlansView, PriceView};
 pub use portal::open_billing_portal;
-pub use rotate::{rotate_key, sweep_expired_keys, RotateRequest, Rotated};
+pub use rotate::{rotate_key, scheduled_run, sweep_expired_keys, RotateRequest, Rotated, ScheduledRun};
 
 use std::time::Duration;
 

@@ -418,3 +418,37 @@ async fn end_grace<K: KeyRegistry>(
     work.period_start = Some(start);
     Ok(work)
 }
+
+/// What one scheduled run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledRun {
+    /// Rotated-out keys disabled at the end of their grace.
+    pub disabled: Vec<String>,
+    /// The account's API keys (every key, paykey's or not), counted on the first run of each
+    /// hour for the ceiling alarm; `None` on the other runs or when counting failed.
+    pub key_count: Option<usize>,
+}
+
+/// The `sweep-keys` function's run (every minute): [`sweep_expired_keys`], and on the first
+/// run of each hour the account's API key count (GetApiKeys pages: 20 calls at 10,000 keys).
+/// A failed count is logged and does not fail the run.
+pub async fn scheduled_run<S, K>(store: &S, keys: &K, ctx: Ctx<'_>) -> Result<ScheduledRun, Error>
+where
+    S: Accounts + crate::ports::AccountListing,
+    K: KeyRegistry,
+{
+    use chrono::Timelike;
+    let disabled = sweep_expired_keys(store, keys, ctx).await?;
+    let key_count = if ctx.clock.now().minute() == 0 {
+        match keys.count_keys().await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(error = %e, "API key count failed");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok(ScheduledRun { disabled, key_count })
+}

@@ -1,13 +1,17 @@
 //! `paykey-doctor --stack NAME`: checks a deployed paykey stack and prints ✓ / ! / ✗ per
-//! check, with the fix for each ✗ (see `paykey_setup::doctor`). Exit status 0 when nothing
-//! failed (warnings allowed), 1 when a check failed, 2 when the stack cannot be read.
+//! check, with the fix for each ✗ and ! (see `paykey_setup::doctor`). Exit status 0 when
+//! nothing failed (warnings allowed), 1 when a check failed, 2 when the stack cannot be read.
+//! Read-only: CloudFormation DescribeStacks, API Gateway GETs, SSM GetParameter (decrypted),
+//! Cognito DescribeUserPool / DescribeUserPoolClient, Stripe GETs with the stack's key.
 //!
 //! AWS credentials and Region from the usual chain (`AWS_PROFILE`, `AWS_REGION`, …);
-//! `AWS_ENDPOINT_URL` points it elsewhere (moto in the tests).
+//! `AWS_ENDPOINT_URL` points it elsewhere (moto in the tests), `STRIPE_API_BASE` at another
+//! Stripe-compatible server (the emulator).
 
 use std::process::ExitCode;
 
-use paykey_setup::doctor::{self, Status};
+use paykey::ports::KeyRegistry;
+use paykey_setup::doctor::{self, aws, stripe as stripe_checks, Check, Stack, Status};
 
 const USAGE: &str = "usage: paykey-doctor --stack STACK_NAME   (AWS credentials and Region from the environment)";
 
@@ -46,25 +50,109 @@ async fn main() -> ExitCode {
         }
     };
     println!("stack {} in {region} ({})", stack.name, stack.status);
-    let checks = match doctor::read_product_api(&ag, &region, &stack).await {
-        Ok(api) => doctor::check_product_api(&api),
-        Err(e) => {
-            eprintln!("paykey-doctor: {e}");
-            return ExitCode::from(2);
+    let mut all: Vec<Check> = Vec::new();
+
+    section("product API");
+    match doctor::read_product_api(&ag, &region, &stack).await {
+        Ok(api) => report(&mut all, doctor::check_product_api(&api)),
+        Err(e) => report(&mut all, vec![unreadable("the product API", e)]),
+    }
+
+    section("secrets");
+    let key = match stack.parameter("StripeSecretKeyParameter") {
+        Some(p) => {
+            let (c, key) = aws::check_secret_key(p, aws::read_parameter(&config, p).await);
+            report(&mut all, vec![c]);
+            key
+        }
+        None => {
+            report(&mut all, vec![unreadable("the Stripe secret key", "the stack has no StripeSecretKeyParameter")]);
+            None
         }
     };
-    for c in &checks {
-        println!("{c}");
+    if let Some(p) = stack.parameter("StripeWebhookSecretParameter") {
+        report(&mut all, vec![aws::check_webhook_secret(p, aws::read_parameter(&config, p).await)]);
     }
-    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
-    let warned = checks.iter().filter(|c| c.status == Status::Warn).count();
-    let n = checks.len();
+
+    section("Stripe");
+    match key {
+        None => println!("  (not checked: no usable Stripe key)"),
+        Some((key, live)) => report(&mut all, stripe_section(&stack, key, live).await),
+    }
+
+    section("users");
+    match (stack.output("UserPoolId"), stack.output("UserPoolClientId")) {
+        (Some(pool), Some(client)) => match aws::read_pool(&config, pool, client).await {
+            Ok((schema, read, write)) => report(&mut all, aws::check_pool(pool, &schema, client, &read, &write)),
+            Err(e) => report(&mut all, vec![unreadable("the user pool", e)]),
+        },
+        _ => {
+            report(&mut all, vec![unreadable("the user pool", "the stack has no UserPoolId / UserPoolClientId output")])
+        }
+    }
+
+    section("API keys");
+    match paykey::adapters::aws::ApiGatewayKeys::new(&config).count_keys().await {
+        Ok(n) => report(&mut all, vec![aws::check_key_count(n, aws::KEY_CEILING)]),
+        Err(e) => report(&mut all, vec![unreadable("the API key count", e.to_string())]),
+    }
+
+    let failed = all.iter().filter(|c| c.status == Status::Fail).count();
+    let warned = all.iter().filter(|c| c.status == Status::Warn).count();
+    let n = all.len();
     println!("\n{n} check{}: {failed} failed, {warned} warning{}", plural(n), plural(warned));
     if failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     }
+}
+
+async fn stripe_section(stack: &Stack, key: paykey::domain::Secret, live: bool) -> Vec<Check> {
+    let env = paykey::config::Env::from_process();
+    let mut builder = stripe::ClientBuilder::new(key.expose());
+    if let Some(base) = env.optional("STRIPE_API_BASE") {
+        builder = builder.url(base);
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(e) => return vec![unreadable("Stripe", e.to_string())],
+    };
+    let (Some(webhook_url), Some(portal)) = (stack.output("WebhookUrl"), stack.parameter("PortalConfigurationId"))
+    else {
+        return vec![unreadable("Stripe", "the stack has no WebhookUrl output or PortalConfigurationId parameter")];
+    };
+    let keys = stack.lookup_keys();
+    let want = stripe_checks::Expected {
+        webhook_url,
+        events: paykey_setup::webhook_events(),
+        api_version: stripe_shared::version::VERSION.as_str(),
+        portal_configuration: portal,
+        lookup_keys: keys.clone(),
+    };
+    match stripe_checks::read(&client, live, portal, &keys).await {
+        Ok(facts) => stripe_checks::check(&facts, &want),
+        Err(e) => vec![Check::fail(
+            "the Stripe key works",
+            format!("Stripe: {e}"),
+            "store a valid secret or restricted key (read access to webhook endpoints, prices and portal configurations) in the stack's StripeSecretKeyParameter",
+        )],
+    }
+}
+
+fn unreadable(what: &str, e: impl Into<String>) -> Check {
+    Check::fail(format!("{what} can be read"), e, "check the credentials' permissions and the stack's parameters")
+}
+
+fn section(name: &str) {
+    println!("\n{name}");
+}
+
+fn report(all: &mut Vec<Check>, checks: Vec<Check>) {
+    for c in &checks {
+        println!("{c}");
+    }
+    all.extend(checks);
 }
 
 fn usage_error(msg: &str) -> ExitCode {

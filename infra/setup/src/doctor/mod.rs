@@ -1,12 +1,22 @@
 //! `paykey-doctor`: checks a deployed paykey stack against what it must be wired to, and says
-//! how to fix what is not. Today: the product API — the REST API being sold (the stack's
-//! `ProductRestApiId` / `ProductStageName` parameters) must have that stage in the stack's
-//! account and Region, every method of it must require an API key (without that, a usage
-//! plan's quota and throttle limit nothing: a call without a key is let through), and each
-//! tier's usage plan (the stack's `*UsagePlanId` outputs) must be bound to that stage.
+//! how to fix what is not.
 //!
-//! The checks are pure functions of what was read ([`ProductApi`]); [`read_stack`] and
-//! [`read_product_api`] read it through CloudFormation and API Gateway.
+//! - the product API — the REST API being sold (the stack's `ProductRestApiId` /
+//!   `ProductStageName` parameters) must have that stage in the stack's account and Region,
+//!   every method of it must require an API key (without that, a usage plan's quota and
+//!   throttle limit nothing: a call without a key is let through), and each tier's usage plan
+//!   (the stack's `*UsagePlanId` outputs) must be bound to that stage;
+//! - the secrets ([`aws`]): both SSM parameters readable and valid as the functions check them;
+//! - Stripe ([`stripe`]), with the stack's own key: its mode, the webhook endpoint (URL, enabled,
+//!   events, API version), the portal configuration, each paid tier's price;
+//! - the user pool: paykey's custom attributes, not writable by the app client;
+//! - the account's API keys against API Gateway's 10,000.
+//!
+//! The checks are pure functions of what was read; the `read_*` functions read it through
+//! CloudFormation, API Gateway, SSM, Cognito and Stripe (read-only calls).
+
+pub mod aws;
+pub mod stripe;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,13 +42,13 @@ pub struct Check {
 }
 
 impl Check {
-    fn pass(title: impl Into<String>) -> Self {
+    pub fn pass(title: impl Into<String>) -> Self {
         Self { status: Status::Pass, title: title.into(), detail: None, fix: None }
     }
-    fn fail(title: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn fail(title: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
         Self { status: Status::Fail, title: title.into(), detail: Some(detail.into()), fix: Some(fix.into()) }
     }
-    fn warn(title: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn warn(title: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
         Self { status: Status::Warn, title: title.into(), detail: Some(detail.into()), fix: Some(fix.into()) }
     }
 }
@@ -83,6 +93,19 @@ pub const PLAN_OUTPUTS: [(&str, &str); 3] =
     [("FREE", "FreeUsagePlanId"), ("PRO", "UsagePlanId"), ("BUSINESS", "BusinessUsagePlanId")];
 
 impl Stack {
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    pub fn output(&self, name: &str) -> Option<&str> {
+        self.outputs.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The paid tiers' lookup keys (PRO, and BUSINESS when set).
+    pub fn lookup_keys(&self) -> Vec<&str> {
+        ["ProLookupKey", "BusinessLookupKey"].iter().filter_map(|p| self.parameter(p)).collect()
+    }
+
     /// The product API's id and stage (the stack's parameters).
     pub fn product_api(&self) -> Option<(&str, &str)> {
         let id = self.parameters.get("ProductRestApiId")?;
@@ -103,6 +126,19 @@ pub struct Method {
     pub resource_id: String,
     pub http_method: String,
     pub api_key_required: bool,
+    /// `MOCK`, `HTTP_PROXY`, `AWS_PROXY`, …: an OPTIONS method may go without a key only when
+    /// it is a mock (a CORS preflight); forwarded, it serves the API.
+    pub integration_type: Option<String>,
+}
+
+/// A deployment the stage serves: its own, or its canary's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub id: String,
+    pub canary: bool,
+    /// (path, method, apiKeyRequired) from GetDeployment's `apiSummary`; `None` when the
+    /// service returned none (moto).
+    pub methods: Option<Vec<(String, String, bool)>>,
 }
 
 /// A tier's usage plan as read.
@@ -126,10 +162,21 @@ pub struct ProductApi {
     pub stage_exists: bool,
     /// The API's current method definitions (GetResources).
     pub methods: Vec<Method>,
-    /// The methods of the deployment the stage serves (GetDeployment `apiSummary`), when the
-    /// service returned it: (path, method, apiKeyRequired).
-    pub deployed: Option<Vec<(String, String, bool)>>,
+    /// The deployments the stage serves (its own, and a canary's).
+    pub deployments: Vec<Deployment>,
     pub plans: Vec<Plan>,
+}
+
+impl ProductApi {
+    /// A CORS preflight: OPTIONS with a mock integration in the current definitions.
+    fn preflight(&self, path: &str, method: &str) -> bool {
+        method.eq_ignore_ascii_case("OPTIONS")
+            && self.methods.iter().any(|m| {
+                m.path == path
+                    && m.http_method.eq_ignore_ascii_case("OPTIONS")
+                    && m.integration_type.as_deref() == Some("MOCK")
+            })
+    }
 }
 
 fn update_method_fix(api: &ProductApi, methods: &[&Method]) -> String {
@@ -155,7 +202,7 @@ pub fn check_product_api(api: &ProductApi) -> Vec<Check> {
         out.push(Check::fail(
             format!("product API {} is in this account and Region ({})", api.rest_api_id, api.region),
             format!("no REST API {} in {} for these credentials", api.rest_api_id, api.region),
-            "deploy paykey in the account and Region of the API you sell, with ProductRestApiId set to its id (aws apigateway get-rest-apis); usage plans can only bind stages of their own account and Region",
+            "deploy paykey in the account and Region of the API you sell, with ProductRestApiId set to its id (aws apigateway get-rest-apis; an HTTP API's id is not found here: usage plans and API keys are REST API features); usage plans can only bind stages of their own account and Region",
         ));
         return out;
     };
@@ -172,10 +219,10 @@ pub fn check_product_api(api: &ProductApi) -> Vec<Check> {
         out.push(Check::pass(format!("product API stage {name} exists in {}", api.region)));
     }
 
-    // Methods: OPTIONS (CORS preflights) may go without a key.
+    // Methods: a mock OPTIONS (a CORS preflight) may go without a key.
     let open: Vec<&Method> =
-        api.methods.iter().filter(|m| !m.api_key_required && !m.http_method.eq_ignore_ascii_case("OPTIONS")).collect();
-    let keyed = api.methods.iter().filter(|m| !m.http_method.eq_ignore_ascii_case("OPTIONS")).count();
+        api.methods.iter().filter(|m| !m.api_key_required && !api.preflight(&m.path, &m.http_method)).collect();
+    let keyed = api.methods.iter().filter(|m| !api.preflight(&m.path, &m.http_method)).count();
     if keyed == 0 {
         out.push(Check::fail(
             format!("the product API's methods require an API key ({})", api.rest_api_id),
@@ -196,35 +243,62 @@ pub fn check_product_api(api: &ProductApi) -> Vec<Check> {
             update_method_fix(api, &open),
         ));
     }
-    match &api.deployed {
-        Some(deployed) => {
-            let open: Vec<String> = deployed
-                .iter()
-                .filter(|(_, m, k)| !k && !m.eq_ignore_ascii_case("OPTIONS"))
-                .map(|(p, m, _)| format!("{m} {p}"))
-                .collect();
-            if open.is_empty() {
-                out.push(Check::pass(format!("the deployment stage {} serves requires a key on every method", api.stage_name)));
-            } else {
-                out.push(Check::fail(
-                    format!("the deployment stage {} serves requires a key on every method", api.stage_name),
-                    format!("deployed without a key: {}", open.join(", ")),
-                    format!(
-                        "deploy the current definitions: aws apigateway create-deployment --region {} --rest-api-id {} --stage-name {}",
-                        api.region, api.rest_api_id, api.stage_name
-                    ),
-                ));
-            }
+    let deploy = format!(
+        "aws apigateway create-deployment --region {} --rest-api-id {} --stage-name {}",
+        api.region, api.rest_api_id, api.stage_name
+    );
+    for d in &api.deployments {
+        let which = if d.canary {
+            format!("the canary deployment {} of stage {}", d.id, api.stage_name)
+        } else {
+            format!("the deployment stage {} serves ({})", api.stage_name, d.id)
+        };
+        let Some(deployed) = &d.methods else {
+            out.push(Check::warn(
+                format!("{which} was not compared"),
+                "API Gateway returned no apiSummary for it; the check above read the API's current definitions",
+                format!("after changing methods, deploy the stage: {deploy}"),
+            ));
+            continue;
+        };
+        let open: Vec<String> = deployed
+            .iter()
+            .filter(|(p, m, k)| !k && !api.preflight(p, m))
+            .map(|(p, m, _)| format!("{m} {p}"))
+            .collect();
+        if open.is_empty() {
+            out.push(Check::pass(format!("{which} requires a key on every method")));
+        } else {
+            out.push(Check::fail(
+                format!("{which} requires a key on every method"),
+                format!("deployed without a key: {}", open.join(", ")),
+                if d.canary {
+                    format!("promote or delete the canary after deploying the current definitions: {deploy} --canary-settings …, or aws apigateway update-stage … op=remove,path=/canarySettings")
+                } else {
+                    format!("deploy the current definitions: {deploy}")
+                },
+            ));
         }
-        None if api.stage_exists => out.push(Check::warn(
-            format!("the deployment stage {} serves was not compared", api.stage_name),
-            "API Gateway returned no apiSummary for it; the check above read the API's current definitions",
-            format!(
-                "after changing methods, deploy the stage: aws apigateway create-deployment --region {} --rest-api-id {} --stage-name {}",
-                api.region, api.rest_api_id, api.stage_name
-            ),
-        )),
-        None => {}
+        let defined: std::collections::BTreeSet<(&str, &str)> =
+            api.methods.iter().map(|m| (m.path.as_str(), m.http_method.as_str())).collect();
+        let served: std::collections::BTreeSet<(&str, &str)> =
+            deployed.iter().map(|(p, m, _)| (p.as_str(), m.as_str())).collect();
+        let only_defined: Vec<String> = defined.difference(&served).map(|(p, m)| format!("{m} {p}")).collect();
+        let only_served: Vec<String> = served.difference(&defined).map(|(p, m)| format!("{m} {p}")).collect();
+        if !only_defined.is_empty() || !only_served.is_empty() {
+            let mut detail = Vec::new();
+            if !only_defined.is_empty() {
+                detail.push(format!("defined, not deployed: {}", only_defined.join(", ")));
+            }
+            if !only_served.is_empty() {
+                detail.push(format!("deployed, no longer defined: {}", only_served.join(", ")));
+            }
+            out.push(Check::warn(
+                format!("{which} matches the API's definitions"),
+                detail.join("\n"),
+                format!("deploy the current definitions: {deploy}"),
+            ));
+        }
     }
     if source != "HEADER" {
         out.push(Check::warn(
@@ -319,7 +393,7 @@ pub async fn read_product_api(
         api_key_source: None,
         stage_exists: false,
         methods: Vec::new(),
-        deployed: None,
+        deployments: Vec::new(),
         plans: Vec::new(),
     };
     for (tier, plan) in stack.usage_plans() {
@@ -342,15 +416,16 @@ pub async fn read_product_api(
         Err(e) if is_not_found(&e) => return Ok(api),
         Err(e) => return Err(ag_error("GetRestApi", e)),
     }
-    let deployment = match ag.get_stage().rest_api_id(id).stage_name(stage).send().await {
+    let served: Vec<(String, bool)> = match ag.get_stage().rest_api_id(id).stage_name(stage).send().await {
         Ok(s) => {
             api.stage_exists = true;
-            s.deployment_id().map(str::to_string)
+            let canary = s.canary_settings().and_then(|c| c.deployment_id()).map(|d| (d.to_string(), true));
+            s.deployment_id().map(|d| (d.to_string(), false)).into_iter().chain(canary).collect()
         }
-        Err(e) if is_not_found(&e) => None,
+        Err(e) if is_not_found(&e) => Vec::new(),
         Err(e) => return Err(ag_error("GetStage", e)),
     };
-    if let Some(d) = deployment {
+    for (d, canary) in served {
         let r = ag
             .get_deployment()
             .rest_api_id(id)
@@ -359,7 +434,7 @@ pub async fn read_product_api(
             .send()
             .await
             .map_err(|e| ag_error("GetDeployment", e))?;
-        if let Some(summary) = r.api_summary() {
+        let methods = r.api_summary().map(|summary| {
             let mut deployed = Vec::new();
             for (path, methods) in summary {
                 for (m, snap) in methods {
@@ -367,8 +442,9 @@ pub async fn read_product_api(
                 }
             }
             deployed.sort();
-            api.deployed = Some(deployed);
-        }
+            deployed
+        });
+        api.deployments.push(Deployment { id: d, canary, methods });
     }
     let mut position: Option<String> = None;
     loop {
@@ -388,6 +464,7 @@ pub async fn read_product_api(
                     resource_id: r.id().unwrap_or_default().to_string(),
                     http_method: m.clone(),
                     api_key_required: def.api_key_required().unwrap_or(false),
+                    integration_type: def.method_integration().and_then(|i| i.r#type()).map(|t| t.as_str().to_string()),
                 });
             }
         }
@@ -417,15 +494,21 @@ mod tests {
                     resource_id: "r1".into(),
                     http_method: "GET".into(),
                     api_key_required: true,
+                    integration_type: Some("HTTP_PROXY".into()),
                 },
                 Method {
                     path: "/mail".into(),
                     resource_id: "r1".into(),
                     http_method: "OPTIONS".into(),
                     api_key_required: false,
+                    integration_type: Some("MOCK".into()),
                 },
             ],
-            deployed: Some(vec![("/mail".into(), "GET".into(), true), ("/mail".into(), "OPTIONS".into(), false)]),
+            deployments: vec![Deployment {
+                id: "d1".into(),
+                canary: false,
+                methods: Some(vec![("/mail".into(), "GET".into(), true), ("/mail".into(), "OPTIONS".into(), false)]),
+            }],
             plans: vec![Plan {
                 tier: "PRO".into(),
                 id: "up1".into(),
@@ -448,10 +531,41 @@ mod tests {
     #[test]
     fn a_method_deployed_without_a_key_fails_even_when_the_current_definition_has_one() {
         let mut api = good();
-        api.deployed = Some(vec![("/mail".into(), "GET".into(), false)]);
+        api.deployments[0].methods =
+            Some(vec![("/mail".into(), "GET".into(), false), ("/mail".into(), "OPTIONS".into(), false)]);
         let f = failed(&api);
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(f[0].contains("deployed without a key: GET /mail") && f[0].contains("create-deployment"), "{}", f[0]);
+    }
+
+    #[test]
+    fn an_options_method_forwarded_to_the_backend_needs_a_key_too() {
+        let mut api = good();
+        api.methods[1].integration_type = Some("HTTP_PROXY".into());
+        let f = failed(&api);
+        assert_eq!(f.len(), 2, "the definition and the deployment: {f:?}");
+        assert!(f[0].contains("OPTIONS /mail"), "{}", f[0]);
+    }
+
+    #[test]
+    fn a_canary_is_checked_like_the_stage_and_a_stale_deployment_is_a_warning() {
+        let mut api = good();
+        api.deployments.push(Deployment {
+            id: "d0".into(),
+            canary: true,
+            methods: Some(vec![("/old".into(), "GET".into(), false)]),
+        });
+        let checks = check_product_api(&api);
+        let f: Vec<String> = checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.to_string()).collect();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("canary deployment d0") && f[0].contains("GET /old"), "{}", f[0]);
+        let w: Vec<String> = checks.iter().filter(|c| c.status == Status::Warn).map(|c| c.to_string()).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("deployed, no longer defined: GET /old") && w[0].contains("defined, not deployed: GET /mail"),
+            "{}",
+            w[0]
+        );
     }
 
     #[test]

@@ -103,7 +103,9 @@ where
         Ok(Completion::Issued { .. }) => "issued",
         Ok(Completion::AlreadyFulfilled) => "already_fulfilled",
         Ok(Completion::Duplicate { .. }) => "duplicate_refunded",
-        Ok(Completion::Pending) | Err(_) => "pending",
+        Ok(Completion::Pending) => "pending",
+        // the page says pending too; the webhook finishes it
+        Err(_) => "error",
         Ok(Completion::NotGranted { .. }) => "not_granted",
         Ok(Completion::Rejected(_)) => "refused",
     };

@@ -103,11 +103,16 @@ pub fn fulfilment(outcome: &str, latency_ms: f64) {
 }
 
 /// A webhook delivery: the event type (`unknown` before it is verified) and the outcome
-/// (`processed`, `duplicate`, `ignored`, `refused`, `failed`). `failed` is what Stripe retries.
+/// (`processed`, `duplicate`, `ignored`, `refused`, `failed`). Stripe retries both `failed`
+/// (5xx: a backend) and `refused` (4xx: a missing or bad signature — a wrong signing secret
+/// refuses every delivery until Stripe disables the endpoint), counted as `WebhookFailed` and
+/// `WebhookRefused`.
 pub fn webhook(event_type: &str, outcome: &str) {
     emit(&[("EventType", event_type), ("Outcome", outcome)], &[("WebhookEvent", 1.0, Unit::Count)]);
-    if outcome == "failed" {
-        emit(&[("EventType", event_type)], &[("WebhookFailed", 1.0, Unit::Count)]);
+    match outcome {
+        "failed" => emit(&[("EventType", event_type)], &[("WebhookFailed", 1.0, Unit::Count)]),
+        "refused" => emit(&[], &[("WebhookRefused", 1.0, Unit::Count)]),
+        _ => {}
     }
 }
 
@@ -122,10 +127,16 @@ pub fn key_count(n: usize) {
 }
 
 /// A request that ended in a backend error: counted as `BackendThrottled` by service when the
-/// service said slow down, else `BackendFailed`.
+/// service said slow down (API Gateway's and AWS's throttling codes, DynamoDB's throughput and
+/// request-limit errors, Stripe's 429), else `BackendFailed`.
 pub fn backend(err: &Error) {
     if let Error::Backend(b) = err {
-        let metric = if b.is_throttled() { "BackendThrottled" } else { "BackendFailed" };
+        let throttled = b.is_throttled()
+            || b.message.starts_with("429 ")
+            || ["ProvisionedThroughputExceededException", "RequestLimitExceeded"]
+                .iter()
+                .any(|c| b.message.starts_with(c));
+        let metric = if throttled { "BackendThrottled" } else { "BackendFailed" };
         emit(&[("Service", b.service)], &[(metric, 1.0, Unit::Count)]);
     }
 }

@@ -12,13 +12,16 @@ use serde_json::{json, Value};
 async fn main() -> Result<(), Error> {
     telemetry::init();
     let app = wiring::sweep_app(&Env::from_process()).await.inspect_err(|e| telemetry::init_failed(e))?;
-    lambda_runtime::run(service_fn(|_event: LambdaEvent<Value>| async {
-        // An error fails the invocation: the next scheduled run (a minute later) tries again.
-        let run = flows::scheduled_run(&app.store, &app.keys, app.ctx()).await?;
+    let app = &app;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        // EventBridge's scheduled time (`time`), so a late start still counts its hour.
+        let run = flows::scheduled_run(&app.store, &app.keys, app.ctx(), event.payload["time"].as_str()).await;
         if let Some(n) = run.key_count {
             telemetry::key_count(n);
         }
-        Ok::<_, Error>(json!({ "disabled": run.disabled.len(), "key_count": run.key_count }))
+        // A failed sweep fails the invocation: the next scheduled run (a minute later) tries again.
+        let disabled = run.disabled?;
+        Ok::<_, Error>(json!({ "disabled": disabled.len(), "key_count": run.key_count }))
     }))
     .await
 }

@@ -72,10 +72,23 @@ pub async fn resources(
     }
 
     let idp = aws_sdk_cognitoidentityprovider::Client::new(config);
-    let pools =
-        idp.list_user_pools().max_results(60).send().await.map_err(|e| format!("ListUserPools: {}", aws_error(&e)))?;
-    let existing =
-        pools.user_pools().iter().find(|p| p.name() == Some(prefix)).and_then(|p| p.id().map(str::to_string));
+    // Every page (60 pools each): an account with more pools must still find its own.
+    let mut token: Option<String> = None;
+    let existing = loop {
+        let page = idp
+            .list_user_pools()
+            .max_results(60)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| format!("ListUserPools: {}", aws_error(&e)))?;
+        let found =
+            page.user_pools().iter().find(|p| p.name() == Some(prefix)).and_then(|p| p.id().map(str::to_string));
+        match page.next_token() {
+            Some(t) if found.is_none() && !t.is_empty() => token = Some(t.to_string()),
+            _ => break found,
+        }
+    };
     let user_pool_id = match existing {
         Some(id) => id,
         None if !create => return Err(missing(format!("the user pool {prefix}"))),
@@ -106,18 +119,26 @@ pub async fn resources(
             out.user_pool().and_then(|p| p.id()).ok_or("CreateUserPool answered no id")?.to_string()
         }
     };
-    let clients = idp
-        .list_user_pool_clients()
-        .user_pool_id(&user_pool_id)
-        .max_results(60)
-        .send()
-        .await
-        .map_err(|e| format!("ListUserPoolClients: {}", aws_error(&e)))?;
-    let existing = clients
-        .user_pool_clients()
-        .iter()
-        .find(|c| c.client_name() == Some(prefix))
-        .and_then(|c| c.client_id().map(str::to_string));
+    let mut token: Option<String> = None;
+    let existing = loop {
+        let page = idp
+            .list_user_pool_clients()
+            .user_pool_id(&user_pool_id)
+            .max_results(60)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| format!("ListUserPoolClients: {}", aws_error(&e)))?;
+        let found = page
+            .user_pool_clients()
+            .iter()
+            .find(|c| c.client_name() == Some(prefix))
+            .and_then(|c| c.client_id().map(str::to_string));
+        match page.next_token() {
+            Some(t) if found.is_none() && !t.is_empty() => token = Some(t.to_string()),
+            _ => break found,
+        }
+    };
     let client_id = match existing {
         Some(id) => id,
         None if !create => return Err(missing(format!("the app client {prefix}"))),

@@ -275,10 +275,13 @@ fn marks(text: &str, mark: char) -> Vec<&str> {
 #[tokio::test]
 async fn a_correctly_wired_stack_passes_and_each_fault_alone_gives_its_failure() {
     let Some(url) = moto_url() else { return };
-    let (code, out) = doctor(&url, &deploy(&url, Fault::default()).await).await;
+    let d = deploy(&url, Fault::default()).await;
+    let (code, out) = doctor(&url, &d).await;
     assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("sk_test_doctor") && !out.contains("whsec_"), "a secret in the output:\n{out}");
     assert!(marks(&out, '✗').is_empty(), "{out}");
     for ok in [
+        "✓ the stack is deployed (CREATE_COMPLETE)",
         "✓ product API stage ",
         "✓ every method of the product API requires an API key (2 methods)",
         "✓ PRO usage plan ",
@@ -364,7 +367,7 @@ async fn a_correctly_wired_stack_passes_and_each_fault_alone_gives_its_failure()
         (
             Fault { price_missing: true, ..Fault::default() },
             "✗ tier price with lookup key NoSuchLookupKey exists",
-            "no active price with lookup key \"NoSuchLookupKey\"",
+            "no active recurring price with lookup key \"NoSuchLookupKey\"",
             "paykey-setup --lookup-key",
         ),
         (

@@ -420,26 +420,30 @@ async fn end_grace<K: KeyRegistry>(
 }
 
 /// What one scheduled run did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ScheduledRun {
-    /// Rotated-out keys disabled at the end of their grace.
-    pub disabled: Vec<String>,
+    /// Rotated-out keys disabled at the end of their grace, or why the sweep failed.
+    pub disabled: Result<Vec<String>, Error>,
     /// The account's API keys (every key, paykey's or not), counted on the first run of each
     /// hour for the ceiling alarm; `None` on the other runs or when counting failed.
     pub key_count: Option<usize>,
 }
 
-/// The `sweep-keys` function's run (every minute): [`sweep_expired_keys`], and on the first
-/// run of each hour the account's API key count (GetApiKeys pages: 20 calls at 10,000 keys).
-/// A failed count is logged and does not fail the run.
-pub async fn scheduled_run<S, K>(store: &S, keys: &K, ctx: Ctx<'_>) -> Result<ScheduledRun, Error>
+/// The `sweep-keys` function's run (every minute): on the run scheduled for minute 0 of each
+/// hour (`scheduled`: the schedule event's RFC 3339 `time`, else the clock) the account's API
+/// key count (GetApiKeys pages: 20 calls at 10,000 keys), before and whatever the sweep does;
+/// then [`sweep_expired_keys`]. A failed count is logged and does not fail the run.
+pub async fn scheduled_run<S, K>(store: &S, keys: &K, ctx: Ctx<'_>, scheduled: Option<&str>) -> ScheduledRun
 where
     S: Accounts + crate::ports::AccountListing,
     K: KeyRegistry,
 {
     use chrono::Timelike;
-    let disabled = sweep_expired_keys(store, keys, ctx).await?;
-    let key_count = if ctx.clock.now().minute() == 0 {
+    let at = scheduled
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|| ctx.clock.now());
+    let key_count = if at.minute() == 0 {
         match keys.count_keys().await {
             Ok(n) => Some(n),
             Err(e) => {
@@ -450,5 +454,6 @@ where
     } else {
         None
     };
-    Ok(ScheduledRun { disabled, key_count })
+    let disabled = sweep_expired_keys(store, keys, ctx).await;
+    ScheduledRun { disabled, key_count }
 }

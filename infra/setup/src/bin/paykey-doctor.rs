@@ -49,8 +49,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("stack {} in {region} ({})", stack.name, stack.status);
+    println!("stack {} in {region}", stack.name);
     let mut all: Vec<Check> = Vec::new();
+    report(&mut all, vec![doctor::check_stack_status(&stack.status)]);
 
     section("product API");
     match doctor::read_product_api(&ag, &region, &stack).await {
@@ -70,8 +71,12 @@ async fn main() -> ExitCode {
             None
         }
     };
-    if let Some(p) = stack.parameter("StripeWebhookSecretParameter") {
-        report(&mut all, vec![aws::check_webhook_secret(p, aws::read_parameter(&config, p).await)]);
+    match stack.parameter("StripeWebhookSecretParameter") {
+        Some(p) => report(&mut all, vec![aws::check_webhook_secret(p, aws::read_parameter(&config, p).await)]),
+        None => report(
+            &mut all,
+            vec![unreadable("the webhook signing secret", "the stack has no StripeWebhookSecretParameter")],
+        ),
     }
 
     section("Stripe");
@@ -130,14 +135,29 @@ async fn stripe_section(stack: &Stack, key: paykey::domain::Secret, live: bool) 
         portal_configuration: portal,
         lookup_keys: keys.clone(),
     };
-    match stripe_checks::read(&client, live, portal, &keys).await {
+    let restricted = key.expose().starts_with("rk_");
+    let mut out = match stripe_checks::read(&client, live, portal, &keys).await {
         Ok(facts) => stripe_checks::check(&facts, &want),
-        Err(e) => vec![Check::fail(
+        // A restricted key the functions can use may lack the reads the doctor makes.
+        Err((Some(403), e)) if restricted => vec![Check::warn(
+            "the Stripe account can be read with the stack's restricted key",
+            format!("Stripe: {e}"),
+            "to let the doctor check Stripe, give the key read access to webhook endpoints, billing portal configurations and prices (or run it with a secret key's stack copy)",
+        )],
+        Err((_, e)) => vec![Check::fail(
             "the Stripe key works",
             format!("Stripe: {e}"),
-            "store a valid secret or restricted key (read access to webhook endpoints, prices and portal configurations) in the stack's StripeSecretKeyParameter",
+            "store a valid secret key (sk_…) or restricted key (rk_…) in the stack's StripeSecretKeyParameter, then deploy with a new SecretsVersion",
         )],
+    };
+    if restricted {
+        out.push(Check::warn(
+            "the restricted key may write what the functions write",
+            "the doctor only reads; a restricted key needs write access to Checkout Sessions, customers, subscriptions, refunds and billing portal sessions",
+            "check the key's permissions in the Dashboard (Developers → API keys)",
+        ));
     }
+    out
 }
 
 fn unreadable(what: &str, e: impl Into<String>) -> Check {

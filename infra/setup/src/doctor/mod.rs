@@ -88,6 +88,26 @@ pub struct Stack {
     pub outputs: BTreeMap<String, String>,
 }
 
+/// The stack's own state: a failed or rolled-back stack runs what it ran before, or nothing.
+pub fn check_stack_status(status: &str) -> Check {
+    let title = format!("the stack is deployed ({status})");
+    if status.ends_with("_FAILED") || status.ends_with("ROLLBACK_COMPLETE") || status.starts_with("DELETE") {
+        Check::fail(
+            title,
+            "the last deploy did not complete: the stack runs the previous template, or nothing",
+            "read the stack's events (aws cloudformation describe-stack-events --stack-name …), fix the cause and deploy again",
+        )
+    } else if status.ends_with("_IN_PROGRESS") {
+        Check::warn(
+            title,
+            "a change is under way: the checks below may see either version",
+            "run the doctor again when it completes",
+        )
+    } else {
+        Check::pass(title)
+    }
+}
+
 /// The stack's outputs naming each tier's usage plan (template.yaml's Outputs).
 pub const PLAN_OUTPUTS: [(&str, &str); 3] =
     [("FREE", "FreeUsagePlanId"), ("PRO", "UsagePlanId"), ("BUSINESS", "BusinessUsagePlanId")];
@@ -519,6 +539,15 @@ mod tests {
 
     fn failed(api: &ProductApi) -> Vec<String> {
         check_product_api(api).into_iter().filter(|c| c.status == Status::Fail).map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn the_stack_status_is_judged() {
+        assert_eq!(check_stack_status("UPDATE_COMPLETE").status, Status::Pass);
+        assert_eq!(check_stack_status("UPDATE_ROLLBACK_COMPLETE").status, Status::Fail);
+        assert_eq!(check_stack_status("UPDATE_ROLLBACK_FAILED").status, Status::Fail);
+        assert_eq!(check_stack_status("ROLLBACK_COMPLETE").status, Status::Fail);
+        assert_eq!(check_stack_status("UPDATE_IN_PROGRESS").status, Status::Warn);
     }
 
     #[test]

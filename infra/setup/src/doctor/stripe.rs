@@ -59,7 +59,7 @@ pub fn check(f: &Facts, want: &Expected<'_>) -> Vec<Check> {
             Some(p) => out.push(Check::pass(format!("tier price with lookup key {key} exists ({p})"))),
             None => out.push(Check::fail(
                 format!("tier price with lookup key {key} exists"),
-                format!("Stripe has no active price with lookup key {key:?}: checkout answers 404 price_not_found"),
+                format!("Stripe has no active recurring price with lookup key {key:?}: checkout answers 404 price_not_found"),
                 "create it: paykey-setup --lookup-key <key> … (with the same key and mode as the stack's), or set the stack's lookup key parameter to an existing price's",
             )),
         }
@@ -163,17 +163,24 @@ fn check_portal(portal: &Result<Portal, String>, id: &str, paid_tiers: usize) ->
     }
 }
 
-fn describe(e: &stripe::StripeError) -> String {
+fn describe(e: &stripe::StripeError) -> (Option<u16>, String) {
     match e {
         stripe::StripeError::Stripe(s, status) => {
-            format!("{status} {}", s.message.as_deref().unwrap_or("(no message)"))
+            (Some(*status), format!("{status} {}", s.message.as_deref().unwrap_or("(no message)")))
         }
-        other => other.to_string(),
+        other => (None, other.to_string()),
     }
 }
 
-/// Reads the facts with the stack's key. `Err`: Stripe refused the key or could not be reached.
-pub async fn read(client: &Client, live: bool, portal_id: &str, lookup_keys: &[&str]) -> Result<Facts, String> {
+/// Reads the facts with the stack's key. `Err((status, message))`: Stripe refused the key or a
+/// read (403: a restricted key without that permission), or could not be reached.
+pub async fn read(
+    client: &Client,
+    live: bool,
+    portal_id: &str,
+    lookup_keys: &[&str],
+) -> Result<Facts, (Option<u16>, String)> {
+    // Stripe allows 16 webhook endpoints per account: one page.
     let hooks = ListWebhookEndpoint::new().limit(100).send(client).await.map_err(|e| describe(&e))?;
     let endpoints = hooks
         .data
@@ -217,7 +224,8 @@ pub async fn read(client: &Client, live: bool, portal_id: &str, lookup_keys: &[&
             .send(client)
             .await
             .map_err(|e| describe(&e))?;
-        prices.push((key.to_string(), found.data.first().map(|p| p.id.to_string())));
+        // a recurring price: Checkout sells a subscription
+        prices.push((key.to_string(), found.data.iter().find(|p| p.recurring.is_some()).map(|p| p.id.to_string())));
     }
     Ok(Facts { live, endpoints, portal, prices })
 }

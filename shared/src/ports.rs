@@ -476,6 +476,48 @@ pub struct DuplicateCancelled {
     pub refunded: i64,
 }
 
+/// Operator-only operations (`paykey-admin`), beside the ports the functions use. No function
+/// calls them, and no function's role grants them: an operator's credentials do.
+pub mod admin {
+    use std::future::Future;
+
+    use super::{Commit, Result};
+    use crate::domain::{CustomerId, SubscriptionId, UserId, UserName};
+
+    /// Deleting a user's account record.
+    pub trait AccountErasure: super::Accounts {
+        /// Deletes the record (keyed by `sub`) while `token` holds its lock.
+        fn delete_account(&self, user: &UserId, token: &str) -> impl Future<Output = Result<Commit>> + Send;
+    }
+
+    /// Deleting API keys.
+    pub trait KeyDeletion: super::KeyRegistry {
+        /// Deletes the key (`DeleteApiKey`); a key that does not exist is deleted already.
+        fn delete_key(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    }
+
+    /// Finding and deleting users in the directory.
+    pub trait DirectoryAdmin: super::UserDirectory {
+        /// The names of the users with this email address (Cognito `ListUsers`, `email = "…"`).
+        fn find_by_email(&self, email: &str) -> impl Future<Output = Result<Vec<UserName>>> + Send;
+        /// The name of the user with this `sub`.
+        fn find_by_sub(&self, sub: &UserId) -> impl Future<Output = Result<Option<UserName>>> + Send;
+        /// The user's email address, if the directory has one.
+        fn email_of(&self, user: &UserName) -> impl Future<Output = Result<Option<String>>> + Send;
+        /// Deletes the user (`AdminDeleteUser`); a user that does not exist is deleted already.
+        fn remove_user(&self, user: &UserName) -> impl Future<Output = Result<()>> + Send;
+    }
+
+    /// Cancelling subscriptions and deleting customers.
+    pub trait PaymentsAdmin: super::Payments {
+        /// Cancels the subscription now (no proration, no refund); one cancelled already stays so.
+        fn cancel_subscription(&self, id: &SubscriptionId) -> impl Future<Output = Result<()>> + Send;
+        /// Deletes the customer (Stripe also cancels every subscription it still has, of any
+        /// product); one that does not exist is deleted already.
+        fn delete_customer(&self, id: &CustomerId) -> impl Future<Output = Result<()>> + Send;
+    }
+}
+
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
 }

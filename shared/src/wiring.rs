@@ -112,15 +112,23 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
     ))
 }
 
-pub type SweepApp = App<DynamoStore, Keys, (), ()>;
+pub type SweepApp = App<DynamoStore, Keys, CognitoUsers, ()>;
 
-/// `sweep-keys`: the API keys table and API Gateway, nothing else.
+/// `sweep-keys`: the API keys table, API Gateway and the user pool (a comp that ends writes the
+/// user's plan); no Stripe.
 pub async fn sweep_app(env: &Env) -> Result<SweepApp, InitError> {
     let settings = config::settings(env)?;
     let tables = Tables::from_env(env)?;
+    let pool = config::user_pool_id(env)?;
     config::require_usage_plans(&settings.catalog)?;
     let aws = aws::load_config().await;
-    Ok(app(DynamoStore::new(&aws, tables), Patient::new(ApiGatewayKeys::new(&aws)), (), (), settings))
+    Ok(app(
+        DynamoStore::new(&aws, tables),
+        Patient::new(ApiGatewayKeys::new(&aws)),
+        CognitoUsers::new(&aws, pool),
+        (),
+        settings,
+    ))
 }
 
 /// `stripe-webhook`.

@@ -84,12 +84,29 @@ fn account(user: &User, key: &str) -> AccountRecord {
             }],
             retire: vec!["oldkey0".into()],
         }),
+        subscription_plan: Some(Plan::PRO),
+        comp: Some(paykey::domain::Comp {
+            plan: Plan::PRO,
+            until: Utc.with_ymd_and_hms(2026, 12, 31, 0, 0, 0).unwrap(),
+            granted_at: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap(),
+            note: "support ticket 42".into(),
+        }),
+        suspension: Some(paykey::domain::Suspension {
+            since: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 1).unwrap(),
+            reason: "abuse".into(),
+        }),
         updated_at: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 5).unwrap(),
     }
 }
 
 async fn session_store_contract<
-    S: Checkouts + Accounts + AccountListing + ProcessedEvents + OpenCheckouts + Budgets,
+    S: Checkouts
+        + Accounts
+        + AccountListing
+        + ProcessedEvents
+        + OpenCheckouts
+        + Budgets
+        + paykey::ports::admin::AccountErasure,
 >(
     store: &S,
 ) {
@@ -347,6 +364,26 @@ async fn session_store_contract<
     store.mark_event(&evt, "invoice.paid", t4 + chrono::Duration::days(30)).await.unwrap();
     assert!(store.event_seen(&evt).await.unwrap());
     assert!(!store.event_seen(&unique("evt_")).await.unwrap());
+
+    // an erasure deletes a record (comp and suspension round-tripped above) only under its lock
+    let eve = new_user("eve-");
+    let t5 = t4 + chrono::Duration::days(1);
+    assert!(matches!(
+        store.lock_account(&eve.id, "tok-e", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
+        AccountLock::Acquired(None)
+    ));
+    let eve_record = AccountRecord { customer_id: None, ..account(&eve, "keyeve1") };
+    assert_eq!(store.put_account(&eve_record, "tok-e").await.unwrap(), Commit::Done);
+    assert_eq!(store.get_account(&eve.id).await.unwrap().as_ref(), Some(&eve_record), "comp and suspension kept");
+    assert!(matches!(
+        store.lock_account(&eve.id, "tok-f", t5, t5 + chrono::Duration::seconds(60)).await.unwrap(),
+        AccountLock::Acquired(Some(_))
+    ));
+    assert_eq!(store.delete_account(&eve.id, "tok-other").await.unwrap(), Commit::LeaseLost);
+    assert!(store.get_account(&eve.id).await.unwrap().is_some(), "not deleted without the lock");
+    assert_eq!(store.delete_account(&eve.id, "tok-f").await.unwrap(), Commit::Done);
+    assert_eq!(store.get_account(&eve.id).await.unwrap(), None);
+    assert!(store.list_accounts().await.unwrap().iter().all(|a| a.user_id != eve.id));
 }
 
 /// How the registry treats a key attached to a second usage plan of the same stage.
@@ -359,7 +396,11 @@ enum SecondPlan {
 }
 
 /// `plans`: two usage plans on one stage (two tiers).
-async fn key_registry_contract<K: KeyRegistry>(keys: &K, plans: [&str; 2], second_plan: SecondPlan) {
+async fn key_registry_contract<K: KeyRegistry + paykey::ports::admin::KeyDeletion>(
+    keys: &K,
+    plans: [&str; 2],
+    second_plan: SecondPlan,
+) {
     let [a, b] = plans;
     let name = unique("paykey-pro-contract-");
     assert!(keys.find_by_name(&name).await.unwrap().is_empty());
@@ -423,6 +464,14 @@ async fn key_registry_contract<K: KeyRegistry>(keys: &K, plans: [&str; 2], secon
     keys.set_enabled(&k.id, true).await.unwrap();
     assert!(keys.get(&k.id).await.unwrap().unwrap().enabled);
     assert!(keys.set_enabled("doesnotexist", true).await.is_err());
+
+    // an operator's erasure: deleted, gone from its plan, and deleting it again is no error
+    keys.delete_key(&longer.id).await.unwrap();
+    assert_eq!(keys.get(&longer.id).await.unwrap(), None);
+    assert!(keys.find_by_name(&format!("{name}-other")).await.unwrap().is_empty());
+    // (whether a deleted key leaves its plan is not relied on — moto 5.2.5 keeps the association:
+    // the erasure detaches a key from its plans before deleting it)
+    keys.delete_key(&longer.id).await.unwrap();
 }
 
 async fn user_directory_contract<U: UserDirectory>(users: &U, existing: &UserName) {

@@ -401,11 +401,12 @@ async fn checkout_with_a_warm_price_cache_is_four_sequential_round_trips_and_a_r
     flows::start_checkout(&w.app.users, &cached, &w.app.store, w.app.ctx(), &alice, req("FMMailPro")).await.unwrap();
     assert_eq!(started.elapsed(), std::time::Duration::from_millis(4 * 50));
     let mut first = w.meter.calls();
-    first[..3].sort();
+    first[..4].sort();
     assert_eq!(
         first,
         vec![
             "cognito.get_user",
+            "ddb.get_account",
             "ddb.open_checkout",
             "ddb.spend",
             "ddb.claim_open_checkout",
@@ -421,8 +422,11 @@ async fn checkout_with_a_warm_price_cache_is_four_sequential_round_trips_and_a_r
     flows::start_checkout(&w.app.users, &cached, &w.app.store, w.app.ctx(), &alice, req("FMMailPro")).await.unwrap();
     assert_eq!(started.elapsed(), std::time::Duration::from_millis(2 * 50));
     let mut repeat = w.meter.calls();
-    repeat[..3].sort();
-    assert_eq!(repeat, vec!["cognito.get_user", "ddb.open_checkout", "ddb.spend", "ddb.get_session"]);
+    repeat[..4].sort();
+    assert_eq!(
+        repeat,
+        vec!["cognito.get_user", "ddb.get_account", "ddb.open_checkout", "ddb.spend", "ddb.get_session"]
+    );
 }
 
 #[tokio::test]

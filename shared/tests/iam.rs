@@ -300,9 +300,22 @@ async fn sweep_calls() -> Vec<&'static str> {
     use chrono::Timelike;
     let to_hour = 60 - i64::from(w.clock.now().minute());
     w.clock.advance(chrono::Duration::minutes(to_hour));
-    let run = flows::scheduled_run(&w.app.store, &w.app.keys, w.app.ctx(), None).await;
+    let run = flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), None).await;
     assert!(run.key_count.is_some() && run.disabled.is_ok(), "counted at the top of the hour");
-    w.meter.calls()
+    let mut calls = w.meter.calls();
+    // complimentary tiers that end: the users move back to the free tier's plan
+    let (cal, dee) = (w.user("cal"), w.user("dee"));
+    let until = w.clock.now() + chrono::Duration::days(1);
+    for u in [&cal, &dee] {
+        let pro = Some((paykey::domain::Plan::PRO, until, String::new()));
+        flows::admin::set_comp(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), u, pro).await.unwrap();
+    }
+    w.clock.advance(chrono::Duration::days(2));
+    w.meter.reset_calls();
+    let run = flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), None).await;
+    assert_eq!(run.comps_ended.unwrap().len(), 2);
+    calls.extend(w.meter.calls());
+    calls
 }
 
 async fn portal_calls() -> Vec<&'static str> {

@@ -1,5 +1,6 @@
 //! `sweep-keys` Lambda, invoked by an EventBridge schedule every minute: disables the
-//! rotated-out API keys whose grace has ended, and once an hour writes the account's API key
+//! rotated-out API keys whose grace has ended, ends complimentary tiers whose time is up, and
+//! once an hour writes the account's API key
 //! count as the `KeyCount` metric (`flows::scheduled_run`). Builds everything once per cold
 //! start.
 
@@ -15,13 +16,17 @@ async fn main() -> Result<(), Error> {
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         // EventBridge's scheduled time (`time`), so a late start still counts its hour.
-        let run = flows::scheduled_run(&app.store, &app.keys, app.ctx(), event.payload["time"].as_str()).await;
+        let run =
+            flows::scheduled_run(&app.store, &app.keys, &app.users, app.ctx(), event.payload["time"].as_str()).await;
         if let Some(n) = run.key_count {
             telemetry::key_count(n);
         }
         // A failed sweep fails the invocation: the next scheduled run (a minute later) tries again.
         let disabled = run.disabled?;
-        Ok::<_, Error>(json!({ "disabled": disabled.len(), "key_count": run.key_count }))
+        let comps_ended = run.comps_ended?;
+        Ok::<_, Error>(
+            json!({ "disabled": disabled.len(), "comps_ended": comps_ended.len(), "key_count": run.key_count }),
+        )
     }))
     .await
 }

@@ -388,13 +388,21 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
         loop {
             tokio::time::sleep(every).await;
             let swept = match &sweeper.aws {
-                Some(a) => paykey::flows::sweep_expired_keys(&a.app.store, &a.app.keys, a.app.ctx()).await,
+                Some(a) => {
+                    let app = &a.app;
+                    let swept = paykey::flows::sweep_expired_keys(&app.store, &app.keys, app.ctx()).await;
+                    let comps = paykey::flows::end_expired_comps(&app.store, &app.keys, &app.users, app.ctx()).await;
+                    swept.and_then(|s| comps.map(|c| s.len() + c.len()))
+                }
                 None => {
-                    paykey::flows::sweep_expired_keys(&sweeper.app.store, &sweeper.app.keys, sweeper.app.ctx()).await
+                    let app = &sweeper.app;
+                    let swept = paykey::flows::sweep_expired_keys(&app.store, &app.keys, app.ctx()).await;
+                    let comps = paykey::flows::end_expired_comps(&app.store, &app.keys, &app.users, app.ctx()).await;
+                    swept.and_then(|s| comps.map(|c| s.len() + c.len()))
                 }
             };
             match swept {
-                Ok(done) if !done.is_empty() => sweeper.commit().await,
+                Ok(done) if done > 0 => sweeper.commit().await,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "key sweep failed; retried in a second"),
             }

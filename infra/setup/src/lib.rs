@@ -5,6 +5,7 @@
 //! version async-stripe speaks. Every create carries an idempotency key derived from the
 //! settings; a second run changes nothing and says so.
 
+pub mod admin;
 pub mod doctor;
 
 use std::collections::HashMap;

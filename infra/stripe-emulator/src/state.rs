@@ -291,6 +291,10 @@ impl Emu {
                 ApiResult::ok(c)
             }
             ("GET", ["customers", id]) => self.customers.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("customer", id, "id")),
+            // Stripe: "Delete a customer" — permanent; "also immediately cancels any active
+            // subscriptions on the customer" (API reference, DELETE /v1/customers/:id). Answers
+            // `{id, object: "customer", deleted: true}`; a deleted one is 404 resource_missing.
+            ("DELETE", ["customers", id]) => self.delete_customer(id),
             ("POST", ["checkout", "sessions"]) => self.create_session(form, base),
             // Stripe: "List all Checkout Sessions" (filters `customer`, `status`), newest first.
             ("GET", ["checkout", "sessions"]) => {
@@ -962,6 +966,23 @@ impl Emu {
     }
 
     /// Cancels at once: `canceled`, with `customer.subscription.deleted`.
+    fn delete_customer(&mut self, id: &str) -> ApiResult {
+        let Some(customer) = self.customers.remove(id) else {
+            return ApiResult::missing("customer", id, "id");
+        };
+        let live: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s["customer"] == id && s["status"] != "canceled" && s["status"] != "incomplete_expired")
+            .map(|(k, _)| k.clone())
+            .collect();
+        for sub in live {
+            self.cancel_now(&sub);
+        }
+        self.emit("customer.deleted", customer);
+        ApiResult::ok(json!({ "id": id, "object": "customer", "deleted": true }))
+    }
+
     pub fn cancel_now(&mut self, id: &str) -> Option<Value> {
         let t = self.now();
         let sub = self.subscriptions.get_mut(id)?;

@@ -493,6 +493,23 @@ impl Accounts for MemoryStore {
     }
 }
 
+impl crate::ports::admin::AccountErasure for MemoryStore {
+    async fn delete_account(&self, user: &UserId, token: &str) -> Result<Commit> {
+        let call = self.meter.enter(DDB, "ddb.delete_account").await?;
+        let outcome = {
+            let mut st = lock(&self.state);
+            if st.holds_lock(user, token) {
+                st.accounts.remove(user.as_str());
+                Commit::Done
+            } else {
+                Commit::LeaseLost
+            }
+        };
+        self.meter.exit(DDB, "ddb.delete_account", call)?;
+        Ok(outcome)
+    }
+}
+
 impl AccountListing for MemoryStore {
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
         let call = self.meter.enter(DDB, "ddb.list_accounts").await?;
@@ -860,6 +877,19 @@ fn period_use(st: &KeysState, id: &str, plan: &str, start: NaiveDate, end: Naive
     served + st.adjust.get(&(id.to_string(), plan.to_string(), start)).copied().unwrap_or(0)
 }
 
+impl crate::ports::admin::KeyDeletion for MemoryKeys {
+    async fn delete_key(&self, id: &str) -> Result<()> {
+        let call = self.meter.enter(APIGW, "apigw.delete_key").await?;
+        self.admit("apigw.delete_key")?;
+        {
+            let mut st = lock(&self.state);
+            st.keys.remove(id);
+            st.plans.remove(id);
+        }
+        self.meter.exit(APIGW, "apigw.delete_key", call)
+    }
+}
+
 impl KeyRegistry for MemoryKeys {
     async fn find_by_name(&self, name: &str) -> Result<Vec<IssuedKey>> {
         let call = self.meter.enter(APIGW, "apigw.find_key").await?;
@@ -1053,12 +1083,19 @@ impl KeyRegistry for MemoryKeys {
 #[derive(Clone, Default)]
 pub struct MemoryUsers {
     users: Arc<Mutex<BTreeMap<String, UserProfile>>>,
+    /// Name → email address.
+    emails: Arc<Mutex<BTreeMap<String, String>>>,
     meter: Arc<Meter>,
 }
 
 impl MemoryUsers {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self { users: Arc::default(), meter }
+        Self { users: Arc::default(), emails: Arc::default(), meter }
+    }
+
+    /// Sets a user's email address.
+    pub fn set_email(&self, name: &UserName, email: &str) {
+        lock(&self.emails).insert(name.as_str().to_string(), email.to_string());
     }
 
     /// Every user and their attributes, for assertions.
@@ -1087,6 +1124,43 @@ impl MemoryUsers {
     /// Deletes a user (as `DeleteUser` does): the name is free for someone else.
     pub fn delete_user(&self, name: &UserName) {
         lock(&self.users).remove(name.as_str());
+        lock(&self.emails).remove(name.as_str());
+    }
+}
+
+impl crate::ports::admin::DirectoryAdmin for MemoryUsers {
+    async fn find_by_email(&self, email: &str) -> Result<Vec<UserName>> {
+        let call = self.meter.enter(COGNITO, "cognito.find_by_email").await?;
+        let found = lock(&self.emails)
+            .iter()
+            .filter(|(_, e)| e.as_str() == email)
+            .map(|(n, _)| UserName::parse(n).expect("stored names are valid"))
+            .collect();
+        self.meter.exit(COGNITO, "cognito.find_by_email", call)?;
+        Ok(found)
+    }
+
+    async fn find_by_sub(&self, sub: &UserId) -> Result<Option<UserName>> {
+        let call = self.meter.enter(COGNITO, "cognito.find_by_sub").await?;
+        let found = lock(&self.users)
+            .iter()
+            .find(|(_, p)| p.sub.as_ref() == Some(sub))
+            .map(|(n, _)| UserName::parse(n).expect("stored names are valid"));
+        self.meter.exit(COGNITO, "cognito.find_by_sub", call)?;
+        Ok(found)
+    }
+
+    async fn email_of(&self, user: &UserName) -> Result<Option<String>> {
+        let call = self.meter.enter(COGNITO, "cognito.get_user").await?;
+        let found = lock(&self.emails).get(user.as_str()).cloned();
+        self.meter.exit(COGNITO, "cognito.get_user", call)?;
+        Ok(found)
+    }
+
+    async fn remove_user(&self, user: &UserName) -> Result<()> {
+        let call = self.meter.enter(COGNITO, "cognito.delete_user").await?;
+        self.delete_user(user);
+        self.meter.exit(COGNITO, "cognito.delete_user", call)
     }
 }
 
@@ -1525,6 +1599,46 @@ impl Payments for MemoryPayments {
         };
         self.meter.exit(STRIPE, "stripe.cancel_duplicate", call)?;
         Ok(DuplicateCancelled { refunded })
+    }
+}
+
+impl crate::ports::admin::PaymentsAdmin for MemoryPayments {
+    async fn cancel_subscription(&self, id: &SubscriptionId) -> Result<()> {
+        let call = self.meter.enter(STRIPE, "stripe.cancel_subscription").await?;
+        {
+            let mut st = lock(&self.state);
+            let Some(sub) = st.subscriptions.get_mut(id.as_str()) else {
+                return Err(BackendError::new(
+                    STRIPE,
+                    "stripe.cancel_subscription",
+                    format!("resource_missing: No such subscription: '{id}'"),
+                ));
+            };
+            sub.status = SubscriptionStatus::Canceled;
+            sub.cancel_at_period_end = false;
+        }
+        self.meter.exit(STRIPE, "stripe.cancel_subscription", call)
+    }
+
+    async fn delete_customer(&self, id: &CustomerId) -> Result<()> {
+        let call = self.meter.enter(STRIPE, "stripe.delete_customer").await?;
+        {
+            let mut st = lock(&self.state);
+            st.customers.retain(|c| c != id);
+            // Stripe cancels every subscription the customer still has, of any product.
+            for sub in st.subscriptions.values_mut().filter(|s| &s.customer == id) {
+                sub.status = SubscriptionStatus::Canceled;
+                sub.cancel_at_period_end = false;
+            }
+        }
+        self.meter.exit(STRIPE, "stripe.delete_customer", call)
+    }
+}
+
+impl MemoryPayments {
+    /// Whether the customer exists (not deleted).
+    pub fn has_customer(&self, id: &CustomerId) -> bool {
+        lock(&self.state).customers.contains(id)
     }
 }
 

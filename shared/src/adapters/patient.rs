@@ -103,3 +103,9 @@ impl<K: KeyRegistry> KeyRegistry for Patient<K> {
         patiently(self.budget, "GetApiKey", || self.inner.key_value(id)).await
     }
 }
+
+impl<K: crate::ports::admin::KeyDeletion> crate::ports::admin::KeyDeletion for Patient<K> {
+    async fn delete_key(&self, id: &str) -> Result<()> {
+        patiently(self.budget, "DeleteApiKey", || self.inner.delete_key(id)).await
+    }
+}

@@ -553,6 +553,43 @@ impl Payments for StripePayments {
     }
 }
 
+impl crate::ports::admin::PaymentsAdmin for StripePayments {
+    async fn cancel_subscription(&self, id: &SubscriptionId) -> Result<()> {
+        const GET: &str = "GET /v1/subscriptions/{id}";
+        const CANCEL: &str = "DELETE /v1/subscriptions/{id}";
+        let sub = retrying(GET, || async {
+            self.client.call::<wire::Subscription>(RetrieveSubscription::new(id.as_str()).build(), None).await
+        })
+        .await
+        .map_err(|e| BackendError::new(SERVICE, GET, describe(&e)))?;
+        if sub.status == "canceled" {
+            return Ok(());
+        }
+        let key = idempotency_key(&format!("paykey-admin-cancel-{id}"), CANCEL)?;
+        let cancel = CancelSubscription::new(id.as_str()).invoice_now(false).prorate(false);
+        retrying(CANCEL, || async { self.client.call::<serde::de::IgnoredAny>(cancel.build(), Some(&key)).await })
+            .await
+            .map_err(|e| BackendError::new(SERVICE, CANCEL, describe(&e)))?;
+        Ok(())
+    }
+
+    async fn delete_customer(&self, id: &crate::domain::CustomerId) -> Result<()> {
+        const OP: &str = "DELETE /v1/customers/{id}";
+        let path = format!("/customers/{id}");
+        let res = retrying(OP, || async {
+            let req = stripe_client_core::RequestBuilder::new(stripe_client_core::StripeMethod::Delete, path.clone());
+            self.client.call::<serde::de::IgnoredAny>(req, None).await
+        })
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Deleted already (a retry after a lost answer).
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,9 @@ pub enum Error {
     BadSignature(String),
     #[error("another request is updating this account: retry in a few seconds")]
     FulfilmentInProgress,
+    /// An operator suspended the account (`paykey-admin suspend`).
+    #[error("this account is suspended; contact support")]
+    Suspended,
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -86,6 +89,7 @@ impl Error {
             Error::NoCustomer => 409,
             Error::BadSignature(_) => 400,
             Error::FulfilmentInProgress => 503,
+            Error::Suspended => 403,
             Error::Backend(_) => 502,
         }
     }
@@ -110,6 +114,7 @@ impl Error {
             Error::NoCustomer => "no_customer",
             Error::BadSignature(_) => "bad_signature",
             Error::FulfilmentInProgress => "fulfilment_in_progress",
+            Error::Suspended => "account_suspended",
             Error::Backend(_) => "backend_unavailable",
         }
     }

@@ -10,6 +10,7 @@ pub use catalog::{Catalog, CatalogError, Quota, QuotaPeriod, Throttle, Tier, Tie
 pub use error::{BackendError, Error};
 pub use ids::{CustomerId, IdError, LookupKey, OneTimeKey, SessionId, SubscriptionId, User, UserId, UserName};
 pub use records::{
-    AccountRecord, CheckoutRecord, CheckoutStatus, IssuedKey, KeyWork, Plan, QuotaTarget, RotationAnswer, UserProfile,
+    AccountRecord, CheckoutRecord, CheckoutStatus, Comp, IssuedKey, KeyWork, Plan, QuotaTarget, RotationAnswer,
+    Suspension, UserProfile,
 };
 pub use secret::{Connect, Secret};

@@ -158,7 +158,45 @@ pub struct AccountRecord {
     /// holder of the account lock, which changes nothing if they were done.
     #[serde(default)]
     pub pending_key_work: Option<KeyWork>,
+    /// The paid tier the recorded subscription buys, as of the last time it was read from Stripe
+    /// (`None`: it buys none, or the record predates this field). What the user falls back to
+    /// when a complimentary tier ends, without a Stripe read.
+    #[serde(default)]
+    pub subscription_plan: Option<Plan>,
+    /// A complimentary tier an operator granted (`paykey-admin comp`), honoured by the webhooks,
+    /// the resync and fulfilment until it ends; the sweep ends it.
+    #[serde(default)]
+    pub comp: Option<Comp>,
+    /// Set by an operator (`paykey-admin suspend`): every key of the user stays disabled, and no
+    /// key is issued, rotated or sold to them, whatever Stripe says, until it is lifted.
+    #[serde(default)]
+    pub suspension: Option<Suspension>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A complimentary tier: the user is on `plan` until `until`, unless a subscription buys them a
+/// paid tier (then they are on what they pay for; the comp still applies if that ends first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comp {
+    pub plan: Plan,
+    pub until: DateTime<Utc>,
+    pub granted_at: DateTime<Utc>,
+    /// The operator's note (why), shown by `paykey-admin show`.
+    #[serde(default)]
+    pub note: String,
+}
+
+impl Comp {
+    pub fn active(&self, now: DateTime<Utc>) -> bool {
+        self.until > now
+    }
+}
+
+/// An operator's suspension of a user's keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    pub since: DateTime<Utc>,
+    pub reason: String,
 }
 
 impl AccountRecord {
@@ -183,6 +221,9 @@ impl AccountRecord {
             recent_rotations: Vec::new(),
             rotation_answers: Vec::new(),
             pending_key_work: None,
+            subscription_plan: None,
+            comp: None,
+            suspension: None,
             updated_at,
         }
     }

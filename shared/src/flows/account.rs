@@ -84,7 +84,11 @@ where
                     None => Ok(None),
                 }
             })?;
-            let view = value.map(|value| ApiKeyView { id: id.to_string(), value, enabled: tier.is_some() });
+            let view = value.map(|value| ApiKeyView {
+                id: id.to_string(),
+                value,
+                enabled: tier.is_some() && a.suspension.is_none(),
+            });
             let usage = usage.map(|(quota, start, end, u)| UsageView {
                 limit: quota.limit,
                 used: u.used,

@@ -64,13 +64,18 @@ where
 
     let now = ctx.clock.now();
     // The caller's budget is spent beside the two reads; refused, nothing else happens.
-    let ((), profile, open) = tokio::try_join!(
+    let ((), profile, open, account) = tokio::try_join!(
         spend_budget(sessions, ctx, user, Spending::Checkout),
         async { Ok(users.get_user(&user.name).await?) },
         async { Ok(sessions.open_checkout(&user.id, &price.id).await?) },
+        async { Ok(sessions.get_account(&user.id).await?) },
     )?;
     // The name's holder must be the caller (`sub`), not a deleted user's successor.
     let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
+    // A suspended user is sold nothing (what they paid for would not be served).
+    if account.is_some_and(|a| a.suspension.is_some()) {
+        return Err(Error::Suspended);
+    }
     let current = profile.plan();
     if let Some(on) = settings.tier_of(&current).filter(|t| !t.is_free()) {
         // Already subscribed.

@@ -44,6 +44,9 @@ where
         async { Ok(users.get_user(&user.name).await?) },
     )?;
     profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
+    if account.as_ref().is_some_and(|a| a.suspension.is_some()) {
+        return Err(Error::Suspended);
+    }
     if let Some(done) = working_key(keys, settings, account.as_ref()).await? {
         return Ok(done);
     }
@@ -60,6 +63,9 @@ where
             locked.adopt_legacy(store, user)
         )?;
         let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
+        if locked.account.as_ref().is_some_and(|a| a.suspension.is_some()) {
+            return Err(Error::Suspended);
+        }
         // Under the lock: another request (or a checkout) may have given the key meanwhile.
         if let Some(done) = working_key(keys, settings, locked.account.as_ref()).await? {
             account_keys::release(store, user, &token).await;

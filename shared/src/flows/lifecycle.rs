@@ -414,62 +414,197 @@ where
     next.trial_end = state.trial_end;
     let catalog = &ctx.settings.catalog;
 
-    let outcome = match desired {
-        Some(Access::Paid) => {
-            // The tier its price buys; the recorded subscription switched to a price the catalog
-            // no longer sells keeps the paid tier it had (never a tier it did not buy).
-            let tier = catalog
-                .tier_of_items(&state.item_lookup_keys)
-                .or_else(|| ctx.settings.tier_of(&next.plan).filter(|t| !t.is_free()));
-            let Some(tier) = tier else {
-                tracing::warn!(user = %user, subscription = %state.id, "the recorded subscription pays for no tier of the catalog; plan unchanged");
-                return Ok((next, SyncOutcome::Unchanged { user: user.clone() }));
-            };
-            let plan = Plan::of(&tier.name);
-            let usage_plan = tier.usage_plan_id.as_deref().ok_or(Error::TierWithoutUsagePlan(plan.to_string()))?;
-            let spare = grace_through(keys, &mut next, &plan, now).await?;
-            let (key, fresh) =
-                account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref(), spare.as_deref()).await?;
-            tokio::try_join!(account_keys::move_into_plan(keys, ctx, named, &key.id, usage_plan, fresh), async {
-                users.set_plan(&user.name, plan.clone(), Some(&state.customer)).await.map_err(Error::from)
-            })?;
-            next.plan = plan.clone();
-            next.api_key_id = Some(key.id);
-            SyncOutcome::Paid { user: user.clone(), plan }
-        }
-        Some(Access::Free) => {
-            let free = ctx.settings.free_plan();
-            // The customer id is kept: re-subscribing reuses the Stripe customer.
-            let set_plan =
-                async { users.set_plan(&user.name, free.clone(), Some(&state.customer)).await.map_err(Error::from) };
-            let has_key = next.api_key_id.is_some() || !named.is_empty();
-            match catalog.free().and_then(|t| t.usage_plan_id.as_deref()) {
-                // One key for life: it stays, on the free tier's usage plan.
-                Some(free_plan) if has_key => {
-                    let spare = grace_through(keys, &mut next, &free, now).await?;
-                    let (key, fresh) =
-                        account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref(), spare.as_deref())
-                            .await?;
-                    tokio::try_join!(
-                        account_keys::move_into_plan(keys, ctx, named, &key.id, free_plan, fresh),
-                        set_plan
-                    )?;
-                    next.api_key_id = Some(key.id);
-                }
-                _ => {
-                    tokio::try_join!(account_keys::revoke_keys(keys, named, next.api_key_id.as_deref()), set_plan)?;
-                }
-            }
-            next.plan = free.clone();
-            SyncOutcome::Free { user: user.clone(), plan: free }
-        }
-        None => SyncOutcome::Unchanged { user: user.clone() },
+    // The tier its price buys; the recorded subscription switched to a price the catalog no
+    // longer sells keeps the paid tier it had (never a tier it did not buy).
+    let sub_tier = match desired {
+        Some(Access::Paid) => catalog.tier_of_items(&state.item_lookup_keys).or_else(|| bought_before(ctx, &next)),
+        _ => None,
     };
+    if desired == Some(Access::Paid) && sub_tier.is_none() {
+        tracing::warn!(user = %user, subscription = %state.id, "the recorded subscription pays for no tier of the catalog; plan unchanged");
+        return Ok((next, SyncOutcome::Unchanged { user: user.clone() }));
+    }
+    next.subscription_plan = sub_tier.map(|t| Plan::of(&t.name));
+    let target = policy(ctx, &mut next, desired, sub_tier, now);
+    let outcome =
+        apply_target(keys, users, ctx, user, key_name, named, &mut next, target, Some(&state.customer)).await?;
     let outcome = match duplicate {
         Some((cancelled, refunded)) => SyncOutcome::DuplicateCancelled { user: user.clone(), cancelled, refunded },
         None => outcome,
     };
     Ok((next, outcome))
+}
+
+/// What a user's plan and key should be.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'t> {
+    /// On a paid tier (its usage plan).
+    Paid(&'t crate::domain::Tier),
+    /// On the free plan.
+    Free,
+    /// Left as it is (a subscription whose status asks for no change, no comp).
+    Unchanged,
+}
+
+/// The one policy over what a subscription grants (`access`, and the tier it buys), an
+/// operator's complimentary tier and nothing: what the subscription buys while it grants a paid
+/// tier; otherwise the comp while it lasts; otherwise the free plan (or no change, for a status
+/// that asks for none). An ended comp is cleared from the record here.
+pub(crate) fn policy<'t>(
+    ctx: Ctx<'t>,
+    next: &mut AccountRecord,
+    access: Option<Access>,
+    sub_tier: Option<&'t crate::domain::Tier>,
+    now: DateTime<Utc>,
+) -> Target<'t> {
+    if next.comp.as_ref().is_some_and(|c| !c.active(now)) {
+        tracing::info!(user_id = %next.user_id, "the complimentary tier ended");
+        next.comp = None;
+    }
+    if let (Some(Access::Paid), Some(tier)) = (access, sub_tier) {
+        return Target::Paid(tier);
+    }
+    let comp = next.comp.as_ref().and_then(|c| ctx.settings.tier_of(&c.plan)).filter(|t| !t.is_free());
+    match (comp, access) {
+        (Some(tier), _) => Target::Paid(tier),
+        (None, Some(Access::Free)) => Target::Free,
+        (None, _) => Target::Unchanged,
+    }
+}
+
+/// The paid tier the record says its subscription buys, for a subscription whose price the
+/// catalog no longer sells: the recorded one, else (records before it was kept) the record's
+/// plan unless that is a comp's.
+fn bought_before<'t>(ctx: Ctx<'t>, next: &AccountRecord) -> Option<&'t crate::domain::Tier> {
+    let plan = match &next.subscription_plan {
+        Some(p) => p,
+        None if next.comp.as_ref().is_some_and(|c| c.plan == next.plan) => return None,
+        None => &next.plan,
+    };
+    ctx.settings.tier_of(plan).filter(|t| !t.is_free())
+}
+
+/// [`converge`] from the record alone, without reading Stripe: its recorded subscription's
+/// status and tier (kept in step by the webhooks), its comp and its suspension. For an
+/// operator's change and for a comp that ends (the sweep); the caller holds the lock and writes
+/// the record.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn converge_recorded<K, U>(
+    keys: &K,
+    users: &U,
+    ctx: Ctx<'_>,
+    user: &User,
+    key_name: &str,
+    named: &[crate::domain::IssuedKey],
+    next: &mut AccountRecord,
+) -> Result<SyncOutcome, Error>
+where
+    K: KeyRegistry,
+    U: UserDirectory,
+{
+    let now = ctx.clock.now();
+    let access = match next.subscription_status.as_deref().map(SubscriptionStatus::parse) {
+        Some(status) => desired_plan(&status, next.past_due_since, now, ctx.settings.past_due_grace),
+        None => Some(Access::Free),
+    };
+    let sub_tier = match access {
+        Some(Access::Paid) => bought_before(ctx, next),
+        _ => None,
+    };
+    let target = policy(ctx, next, access, sub_tier, now);
+    let customer = next.customer_id.clone();
+    next.updated_at = now;
+    apply_target(keys, users, ctx, user, key_name, named, next, target, customer.as_ref()).await
+}
+
+/// Makes the user's key and directory plan what `target` says, and the record's plan with them
+/// (the caller holds the account lock and writes `next`). A suspended user's keys are all held
+/// disabled: none is created or enabled, and the recorded one is still moved to its tier's usage
+/// plan, so that lifting the suspension only has to enable it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn apply_target<K, U>(
+    keys: &K,
+    users: &U,
+    ctx: Ctx<'_>,
+    user: &User,
+    key_name: &str,
+    named: &[crate::domain::IssuedKey],
+    next: &mut AccountRecord,
+    target: Target<'_>,
+    customer: Option<&crate::domain::CustomerId>,
+) -> Result<SyncOutcome, Error>
+where
+    K: KeyRegistry,
+    U: UserDirectory,
+{
+    let now = ctx.clock.now();
+    let catalog = &ctx.settings.catalog;
+    let held = next.suspension.is_some();
+    let (plan, usage_plan, paid) = match target {
+        Target::Unchanged => return Ok(SyncOutcome::Unchanged { user: user.clone() }),
+        Target::Paid(tier) => {
+            let plan = Plan::of(&tier.name);
+            let usage_plan = tier.usage_plan_id.as_deref().ok_or(Error::TierWithoutUsagePlan(plan.to_string()))?;
+            (plan, Some(usage_plan), true)
+        }
+        Target::Free => {
+            let has_key = next.api_key_id.is_some() || !named.is_empty();
+            // One key for life: it stays, on the free tier's usage plan (without one, FREE users
+            // have no working key).
+            let usage_plan = catalog.free().and_then(|t| t.usage_plan_id.as_deref()).filter(|_| has_key);
+            (ctx.settings.free_plan(), usage_plan, false)
+        }
+    };
+    // The customer id is kept on a downgrade: re-subscribing reuses the Stripe customer.
+    let set_plan = async { users.set_plan(&user.name, plan.clone(), customer).await.map_err(Error::from) };
+    match usage_plan {
+        Some(usage_plan) if held => {
+            grace_through(keys, next, &plan, now).await?;
+            tokio::try_join!(hold_keys(keys, ctx, named, next, usage_plan), set_plan)?;
+        }
+        Some(usage_plan) => {
+            let spare = grace_through(keys, next, &plan, now).await?;
+            let (key, fresh) =
+                account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref(), spare.as_deref()).await?;
+            tokio::try_join!(account_keys::move_into_plan(keys, ctx, named, &key.id, usage_plan, fresh), set_plan)?;
+            next.api_key_id = Some(key.id);
+        }
+        None => {
+            tokio::try_join!(account_keys::revoke_keys(keys, named, next.api_key_id.as_deref()), set_plan)?;
+        }
+    }
+    next.plan = plan.clone();
+    Ok(if paid {
+        SyncOutcome::Paid { user: user.clone(), plan }
+    } else {
+        SyncOutcome::Free { user: user.clone(), plan }
+    })
+}
+
+/// A suspended user's keys: every one disabled (by name, the recorded one, a rotation's previous
+/// one), none created; the recorded key, if it still exists, placed in `usage_plan`.
+async fn hold_keys<K: KeyRegistry>(
+    keys: &K,
+    ctx: Ctx<'_>,
+    named: &[crate::domain::IssuedKey],
+    next: &AccountRecord,
+    usage_plan: &str,
+) -> Result<(), Error> {
+    let mut ids: Vec<&str> = named.iter().map(|k| k.id.as_str()).collect();
+    for id in [next.api_key_id.as_deref(), next.previous_key_id.as_deref()].into_iter().flatten() {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    for id in ids {
+        account_keys::disable_if_exists(keys, id).await?;
+    }
+    if let Some(id) = next.api_key_id.as_deref() {
+        if keys.get(id).await?.is_some() {
+            account_keys::move_into_plan(keys, ctx, named, id, usage_plan, false).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The rotated-out key that keeps working through a tier change: the one in its grace while
@@ -682,24 +817,33 @@ where
             },
             None => Access::Free,
         };
-        // The tier wanted and the usage plan its key must be in (`None`: no working key).
-        let (desired, want_plan) = match access {
+        // The tier wanted and the usage plan its key must be in (`None`: no working key): the
+        // webhooks' policy (what the subscription buys, else a comp while it lasts, else free).
+        let sub_tier = match access {
             Access::Paid => {
                 let items = chosen.map(|s| s.item_lookup_keys.as_slice()).unwrap_or_default();
-                let tier = catalog.tier_of_items(items).or_else(|| ctx.settings.tier_of(&account.plan));
-                match tier.filter(|t| !t.is_free()) {
-                    Some(tier) => (Plan::of(&tier.name), tier.usage_plan_id.clone()),
+                let tier = catalog.tier_of_items(items).or_else(|| bought_before(ctx, &account));
+                match tier {
+                    Some(tier) => Some(tier),
                     None => continue, // the recorded subscription pays for no tier: left as it is
                 }
             }
-            Access::Free => (ctx.settings.free_plan(), catalog.free().and_then(|t| t.usage_plan_id.clone())),
+            Access::Free => None,
         };
+        let (desired, want_plan, paid) = match policy(ctx, &mut account.clone(), Some(access), sub_tier, now) {
+            Target::Paid(tier) => (Plan::of(&tier.name), tier.usage_plan_id.clone(), true),
+            Target::Free => (ctx.settings.free_plan(), catalog.free().and_then(|t| t.usage_plan_id.clone()), false),
+            Target::Unchanged => continue,
+        };
+        let access = if paid { Access::Paid } else { Access::Free };
         let current = profile.plan();
         let key = match &account.api_key_id {
             Some(id) => keys.get(id).await?,
             None => None,
         };
         let key_ok = match (&want_plan, access) {
+            // Suspended by an operator: no key serves.
+            _ if account.suspension.is_some() => key.as_ref().is_none_or(|k| !k.enabled),
             (Some(plan), _) => {
                 key.as_ref().map_or(access == Access::Free, |k| k.enabled && attached.get(&k.id) == Some(plan))
             }

@@ -2,6 +2,7 @@
 
 mod account;
 mod account_keys;
+pub mod admin;
 mod budget;
 mod checkout;
 mod free_key;
@@ -22,7 +23,9 @@ pub use lifecycle::{
 };
 pub use plans::{list_plans, PlanView, PlansView, PriceView};
 pub use portal::open_billing_portal;
-pub use rotate::{rotate_key, scheduled_run, sweep_expired_keys, RotateRequest, Rotated, ScheduledRun};
+pub use rotate::{
+    end_expired_comps, rotate_key, scheduled_run, sweep_expired_keys, RotateRequest, Rotated, ScheduledRun,
+};
 
 use std::time::Duration;
 

@@ -82,6 +82,9 @@ where
     let locked = account_keys::lock_with_key_lookup(store, keys, ctx, user, &token, &key_name).await?;
     let result = async {
         let mut next = locked.account.clone().ok_or(Error::NoKey)?;
+        if next.suspension.is_some() {
+            return Err(Error::Suspended);
+        }
         let now = ctx.clock.now();
         // Key work an earlier holder left and that could not be finished now: no rotation on
         // top of it (its split would start from quotas not moved yet). Retried later.
@@ -424,6 +427,8 @@ async fn end_grace<K: KeyRegistry>(
 pub struct ScheduledRun {
     /// Rotated-out keys disabled at the end of their grace, or why the sweep failed.
     pub disabled: Result<Vec<String>, Error>,
+    /// Users whose complimentary tier ended in this run, or why that pass failed.
+    pub comps_ended: Result<Vec<User>, Error>,
     /// The account's API keys (every key, paykey's or not), counted on the first run of each
     /// hour for the ceiling alarm; `None` on the other runs or when counting failed.
     pub key_count: Option<usize>,
@@ -433,10 +438,17 @@ pub struct ScheduledRun {
 /// hour (`scheduled`: the schedule event's RFC 3339 `time`, else the clock) the account's API
 /// key count (GetApiKeys pages: 20 calls at 10,000 keys), before and whatever the sweep does;
 /// then [`sweep_expired_keys`]. A failed count is logged and does not fail the run.
-pub async fn scheduled_run<S, K>(store: &S, keys: &K, ctx: Ctx<'_>, scheduled: Option<&str>) -> ScheduledRun
+pub async fn scheduled_run<S, K, U>(
+    store: &S,
+    keys: &K,
+    users: &U,
+    ctx: Ctx<'_>,
+    scheduled: Option<&str>,
+) -> ScheduledRun
 where
     S: Accounts + crate::ports::AccountListing,
     K: KeyRegistry,
+    U: crate::ports::UserDirectory,
 {
     use chrono::Timelike;
     let at = scheduled
@@ -455,5 +467,71 @@ where
         None
     };
     let disabled = sweep_expired_keys(store, keys, ctx).await;
-    ScheduledRun { disabled, key_count }
+    let comps_ended = end_expired_comps(store, keys, users, ctx).await;
+    ScheduledRun { disabled, comps_ended, key_count }
+}
+
+/// Ends every complimentary tier whose end has passed: under the account lock, the user goes
+/// back to what the record's subscription buys (kept in step by the webhooks), else the free
+/// plan — key moved, directory written, comp cleared with the record, last (a crash before is
+/// redone by the next run). A user busy elsewhere is left for the next run; one whose name is
+/// no longer theirs in the directory (deleted) has the comp cleared and their keys revoked,
+/// and nothing written to the directory. A full listing of the records. Returns the users whose
+/// comp ended.
+pub async fn end_expired_comps<S, K, U>(store: &S, keys: &K, users: &U, ctx: Ctx<'_>) -> Result<Vec<User>, Error>
+where
+    S: Accounts + crate::ports::AccountListing,
+    K: KeyRegistry,
+    U: crate::ports::UserDirectory,
+{
+    let mut ended = Vec::new();
+    for account in store.list_accounts().await? {
+        if account.comp.as_ref().is_none_or(|c| c.active(ctx.clock.now())) {
+            continue;
+        }
+        let user = account.user();
+        let token = ctx.ids.token();
+        let key_name = ctx.settings.key_name(&user);
+        let locked = match account_keys::lock_with_key_lookup(store, keys, ctx, &user, &token, &key_name).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "could not end a complimentary tier; the next run retries");
+                continue;
+            }
+        };
+        let result = async {
+            let Some(mut next) = locked.account else { return Ok(false) };
+            if next.comp.as_ref().is_none_or(|c| c.active(ctx.clock.now())) {
+                account_keys::release(store, &user, &token).await;
+                return Ok(false); // changed meanwhile (renewed by an operator)
+            }
+            let holder = users.get_user(&user.name).await?;
+            if holder.is_some_and(|p| p.is(&user)) {
+                super::lifecycle::converge_recorded(keys, users, ctx, &user, &key_name, &locked.named, &mut next)
+                    .await?;
+            } else {
+                tracing::warn!(user = %user, "the comped user no longer holds the name; keys revoked, directory untouched");
+                account_keys::revoke_keys(keys, &locked.named, next.api_key_id.as_deref()).await?;
+                next.plan = ctx.settings.free_plan();
+            }
+            next.comp = None;
+            match store.put_account(&next, &token).await? {
+                Commit::Done => Ok(true),
+                Commit::LeaseLost => Err(Error::FulfilmentInProgress),
+            }
+        }
+        .await;
+        match result {
+            Ok(true) => {
+                tracing::info!(user = %user, "complimentary tier ended");
+                ended.push(user);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                account_keys::release(store, &user, &token).await;
+                tracing::warn!(user = %user, error = %e, "could not end a complimentary tier; the next run retries");
+            }
+        }
+    }
+    Ok(ended)
 }

@@ -45,12 +45,15 @@ async fn main() -> ExitCode {
     };
     if sweep {
         // Rotated-out keys whose grace is over: disabled (run from a schedule).
-        return match flows::sweep_expired_keys(&app.store, &app.keys, app.ctx()).await {
-            Ok(done) => {
+        let swept = flows::sweep_expired_keys(&app.store, &app.keys, app.ctx()).await;
+        let comps = flows::end_expired_comps(&app.store, &app.keys, &app.users, app.ctx()).await;
+        return match (swept, comps) {
+            (Ok(done), Ok(ended)) => {
                 println!("{} rotated-out key(s) disabled at the end of their grace", done.len());
+                println!("{} complimentary tier(s) ended", ended.len());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
+            (Err(e), _) | (_, Err(e)) => {
                 eprintln!("paykey-resync: {e}");
                 ExitCode::from(1)
             }

@@ -271,3 +271,14 @@ impl KeyRegistry for ApiGatewayKeys {
         }
     }
 }
+
+impl crate::ports::admin::KeyDeletion for ApiGatewayKeys {
+    async fn delete_key(&self, id: &str) -> Result<()> {
+        const OP: &str = "DeleteApiKey";
+        match self.client.get().delete_api_key().api_key(id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found_exception()) => Ok(()),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+}

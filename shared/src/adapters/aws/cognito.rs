@@ -103,3 +103,71 @@ impl UserDirectory for CognitoUsers {
         Ok(())
     }
 }
+
+impl CognitoUsers {
+    /// The names of the users `ListUsers` finds with `filter` (one attribute, `=`), every page.
+    async fn list_names(&self, attribute: &str, value: &str) -> Result<Vec<UserName>> {
+        const OP: &str = "ListUsers";
+        // A filter value is a quoted string: a quote or backslash in it would end it early.
+        if value.contains(['"', '\\']) {
+            return Err(BackendError::new(SERVICE, OP, format!("{attribute} may not contain quotes or backslashes")));
+        }
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .get()
+                .list_users()
+                .user_pool_id(&self.pool_id)
+                .filter(format!("{attribute} = \"{value}\""))
+                .limit(60)
+                .set_pagination_token(token.take())
+                .send()
+                .await
+                .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+            for u in page.users() {
+                if let Some(name) = u.username() {
+                    names.push(UserName::parse(name).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?);
+                }
+            }
+            match page.pagination_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(names),
+            }
+        }
+    }
+}
+
+impl crate::ports::admin::DirectoryAdmin for CognitoUsers {
+    async fn find_by_email(&self, email: &str) -> Result<Vec<UserName>> {
+        self.list_names("email", email).await
+    }
+
+    async fn find_by_sub(&self, sub: &UserId) -> Result<Option<UserName>> {
+        Ok(self.list_names("sub", sub.as_str()).await?.into_iter().next())
+    }
+
+    async fn email_of(&self, user: &UserName) -> Result<Option<String>> {
+        const OP: &str = "AdminGetUser";
+        match self.client.get().admin_get_user().user_pool_id(&self.pool_id).username(user.as_str()).send().await {
+            Ok(out) => Ok(out
+                .user_attributes()
+                .iter()
+                .find(|a| a.name() == "email")
+                .and_then(|a| a.value())
+                .map(str::to_string)),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_user_not_found_exception()) => Ok(None),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+
+    async fn remove_user(&self, user: &UserName) -> Result<()> {
+        const OP: &str = "AdminDeleteUser";
+        match self.client.get().admin_delete_user().user_pool_id(&self.pool_id).username(user.as_str()).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_user_not_found_exception()) => Ok(()),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
+}

@@ -177,6 +177,9 @@ fn account_item(a: &AccountRecord) -> Item {
             "PendingKeyWork",
             a.pending_key_work.as_ref().map(|w| serde_json::to_string(w).expect("plain data serializes")),
         ),
+        ("SubscriptionPlan", a.subscription_plan.as_ref().map(|p| p.to_string())),
+        ("Comp", a.comp.as_ref().map(|c| serde_json::to_string(c).expect("plain data serializes"))),
+        ("Suspension", a.suspension.as_ref().map(|c| serde_json::to_string(c).expect("plain data serializes"))),
     ];
     item.insert("CancelAtPeriodEnd".to_string(), AttributeValue::Bool(a.cancel_at_period_end));
     for (k, v) in optional {
@@ -258,6 +261,15 @@ fn account_from_item(item: &Item, user_id: UserId, user_name: UserName, op: &'st
         },
         pending_key_work: get_s(item, "PendingKeyWork")
             .map(|json| serde_json::from_str(json).map_err(|e| bad(op, format!("PendingKeyWork: {e}"))))
+            .transpose()?,
+        subscription_plan: get_s(item, "SubscriptionPlan")
+            .map(|p| p.parse::<Plan>().map_err(|e| bad(op, e)))
+            .transpose()?,
+        comp: get_s(item, "Comp")
+            .map(|json| serde_json::from_str(json).map_err(|e| bad(op, format!("Comp: {e}"))))
+            .transpose()?,
+        suspension: get_s(item, "Suspension")
+            .map(|json| serde_json::from_str(json).map_err(|e| bad(op, format!("Suspension: {e}"))))
             .transpose()?,
         // Records written by the Python version have no UpdatedAt.
         updated_at: get_time(item, "UpdatedAt", op).unwrap_or(DateTime::UNIX_EPOCH),
@@ -662,6 +674,29 @@ impl DynamoStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl crate::ports::admin::AccountErasure for DynamoStore {
+    async fn delete_account(&self, user: &UserId, token: &str) -> Result<Commit> {
+        const OP: &str = "DeleteItem(account)";
+        let res = self
+            .client
+            .get()
+            .delete_item()
+            .table_name(&self.tables.api_keys)
+            .key("UserID", s(user.as_str()))
+            .condition_expression("LockToken = :tok")
+            .expression_attribute_values(":tok", s(token))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Commit::Done),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                Ok(Commit::LeaseLost)
+            }
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
     }
 }
 

@@ -327,3 +327,143 @@ async fn a_rotation_after_a_failed_sweep_finishes_it_and_never_revives_the_retir
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Operator actions (`paykey-admin`): the operator's retry is the same command again.
+
+/// A PRO subscriber with a used key: (user, subscription).
+async fn paying() -> (Arc<World>, (User, SubscriptionId)) {
+    let w = Arc::new(World::tiered());
+    let u = w.user("olga");
+    let (id, key) = w.checkout_and_pay(&u).await;
+    w.complete(&id, &key).await.unwrap();
+    let sub = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap().subscription_id.unwrap();
+    (w, (u, sub))
+}
+
+#[tokio::test]
+async fn a_comp_converges_after_a_fault_at_any_call_and_survives_the_next_webhook() {
+    // the worlds' clocks all start at one instant
+    let until = paykey::ports::Clock::now(&*support::World::new().clock) + chrono::Duration::days(30);
+    let business = move || Some(("BUSINESS".parse::<Plan>().unwrap(), until, "apology".to_string()));
+    matrix(
+        "comp (BUSINESS for a subscriber whose subscription ended)",
+        || async {
+            let (w, (u, sub)) = paying().await;
+            w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+            handle(&w, &sub_event("evt_end", "customer.subscription.deleted", &sub)).await.unwrap();
+            (w, (u, sub))
+        },
+        move |w, (u, _)| async move {
+            let _ = flows::admin::set_comp(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, business()).await;
+        },
+        move |w, (u, sub), case| async move {
+            flows::admin::set_comp(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, business())
+                .await
+                .unwrap_or_else(|e| panic!("{case}: the command again: {e}"));
+            assert_one_key_in(&w, &u, BUSINESS_PLAN, "BUSINESS", &case).await;
+            handle(&w, &sub_event("evt_late", "customer.subscription.updated", &sub))
+                .await
+                .unwrap_or_else(|e| panic!("{case}: a late webhook: {e}"));
+            assert_one_key_in(&w, &u, BUSINESS_PLAN, "BUSINESS", &case).await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_suspension_converges_after_a_fault_at_any_call_and_a_webhook_never_lifts_it() {
+    matrix(
+        "suspend (a subscriber)",
+        paying,
+        |w, (u, _)| async move {
+            let why = Some("abuse".to_string());
+            let _ = flows::admin::set_suspension(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, why).await;
+        },
+        |w, (u, sub), case| async move {
+            // Stripe's event before the operator's retry: it must not re-enable a suspended key
+            // whatever the crash left (a crash before the suspension was recorded leaves none).
+            handle(&w, &sub_event("evt_between", "customer.subscription.updated", &sub))
+                .await
+                .unwrap_or_else(|e| panic!("{case}: webhook: {e}"));
+            let why = Some("abuse".to_string());
+            flows::admin::set_suspension(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, why)
+                .await
+                .unwrap_or_else(|e| panic!("{case}: the command again: {e}"));
+            let name = w.app.settings.key_name(&u);
+            let keys: Vec<_> = w.app.keys.all().into_iter().filter(|k| k.name == name).collect();
+            assert_eq!(keys.len(), 1, "{case}: {keys:?}");
+            assert!(!keys[0].enabled, "{case}: disabled");
+            assert_eq!(w.app.keys.plan_of(&keys[0].id).as_deref(), Some(PRO_PLAN), "{case}: kept in its plan");
+            handle(&w, &sub_event("evt_after", "customer.subscription.updated", &sub)).await.unwrap();
+            assert!(!w.app.keys.all().iter().any(|k| k.name == name && k.enabled), "{case}: still disabled");
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_erasure_converges_after_a_fault_at_any_call_when_run_again() {
+    use paykey::flows::admin::{EraseOptions, Who};
+    let opts = EraseOptions { cancel_subscriptions: true, delete_customer: true };
+    matrix(
+        "erase (a subscriber, customer deleted)",
+        paying,
+        move |w, (u, _)| async move {
+            let _ =
+                flows::admin::erase(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &u, opts)
+                    .await;
+        },
+        move |w, (u, sub), case| async move {
+            let customer = w.app.payments.subscriptions().into_iter().find(|s| s.id == sub).unwrap().customer;
+            // the operator runs it again, finding the user by sub (the name may be gone)
+            let who = Who::Sub(u.id.clone());
+            let found = flows::admin::find_user(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &who)
+                .await
+                .unwrap_or_else(|e| panic!("{case}: find: {e}"));
+            if let Some(again) = found {
+                assert_eq!(again, u, "{case}");
+                flows::admin::erase(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &u, opts)
+                    .await
+                    .unwrap_or_else(|e| panic!("{case}: the command again: {e}"));
+            }
+            let name = w.app.settings.key_name(&u);
+            assert!(w.app.keys.all().iter().all(|k| k.name != name), "{case}: no key left");
+            assert!(w.app.keys.plan_members().is_empty(), "{case}: nothing in a plan");
+            assert!(w.app.store.accounts().iter().all(|a| a.user_id != u.id), "{case}: no record");
+            assert!(w.app.users.get_user(&u.name).await.unwrap().is_none(), "{case}: no directory user");
+            assert!(!w.app.payments.has_customer(&customer), "{case}: customer deleted");
+            let s = w.app.payments.subscriptions().into_iter().find(|s| s.id == sub).unwrap();
+            assert_eq!(s.status, SubscriptionStatus::Canceled, "{case}");
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_end_of_a_comp_converges_after_a_fault_at_any_call_on_the_next_sweep() {
+    matrix(
+        "comp ends (sweep)",
+        || async {
+            let w = Arc::new(World::tiered());
+            let u = w.user("cleo");
+            let until = paykey::ports::Clock::now(&*w.clock) + chrono::Duration::days(1);
+            let pro = Some((Plan::PRO, until, String::new()));
+            flows::admin::set_comp(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, pro).await.unwrap();
+            w.clock.advance(chrono::Duration::days(2));
+            (w, u)
+        },
+        |w, _| async move {
+            let _ = flows::end_expired_comps(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx()).await;
+        },
+        |w, u, case| async move {
+            flows::end_expired_comps(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx())
+                .await
+                .unwrap_or_else(|e| panic!("{case}: next sweep: {e}"));
+            assert_one_key_in(&w, &u, FREE_PLAN, "FREE", &case).await;
+            let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+            assert!(account.comp.is_none(), "{case}: comp cleared");
+        },
+    )
+    .await;
+}

@@ -19,7 +19,7 @@ use paykey::domain::{CustomerId, Plan, User, UserName};
 use paykey::flows::admin::{self, EraseOptions, Who};
 use paykey::flows::{self, Settings};
 use paykey::handlers::App;
-use paykey::ports::{Clock, KeyRegistry, RandomIds, SystemClock, UserDirectory};
+use paykey::ports::{KeyRegistry, RandomIds, SystemClock, UserDirectory};
 use support::moto::Moto;
 
 #[tokio::test]

@@ -62,6 +62,7 @@ const ROUTES = [
   ['POST', '/v1/prices/{id}', 'Stripe.PriceUpdateParams', 'Stripe.Price'],
   ['POST', '/v1/customers', 'Stripe.CustomerCreateParams', 'Stripe.Customer'],
   ['GET', '/v1/customers/{id}', 'Stripe.CustomerRetrieveParams', 'Stripe.Customer | Stripe.DeletedCustomer'],
+  ['DELETE', '/v1/customers/{id}', 'Stripe.CustomerDeleteParams', 'Stripe.DeletedCustomer'],
   ['POST', '/v1/checkout/sessions', 'Stripe.Checkout.SessionCreateParams', 'Stripe.Checkout.Session'],
   ['GET', '/v1/checkout/sessions', 'Stripe.Checkout.SessionListParams', 'Stripe.ApiList<Stripe.Checkout.Session>'],
   ['GET', '/v1/checkout/sessions/{id}', 'Stripe.Checkout.SessionRetrieveParams', 'Stripe.Checkout.Session'],

@@ -196,6 +196,19 @@ def test_the_functions_read_the_allowed_origins_parameter_whose_pattern_matches_
     assert not re.fullmatch(pattern, twenty + ",https://o20.example")
 
 
+def test_only_the_sweeper_reclaims_idle_free_keys_within_what_its_config_accepts(cfn):
+    """FREE_KEY_IDLE_DAYS (shared/src/config.rs): 0 is off, 1-90 days (GetUsage's window); the
+    parameter's bounds are the parser's, and only sweep-keys reads it."""
+    p = cfn["Parameters"]["FreeKeyIdleDays"]
+    assert (p["Type"], str(p["Default"]), str(p["MinValue"]), str(p["MaxValue"])) == ("Number", "0", "0", "90")
+    for name, fn in functions(cfn).items():
+        env = fn["Properties"]["Environment"]["Variables"]
+        if name == "SweepKeysFunction":
+            assert env["FREE_KEY_IDLE_DAYS"] == {"Ref": "FreeKeyIdleDays"}
+        else:
+            assert "FREE_KEY_IDLE_DAYS" not in env, name
+
+
 def test_the_redirect_api_has_no_preflight_and_no_authorizer(cfn):
     body = rest_api_body(cfn, "RedirectApi")
     assert "securityDefinitions" not in body or not body["securityDefinitions"]

@@ -119,6 +119,12 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
     if let Some(list) = env.optional("ALLOWED_ORIGINS") {
         s.allowed_origins = parse_allowed_origins(list)?;
     }
+    // 0 or unset: off. At most 90: GetUsage's window.
+    if let Some(v) = env.optional("FREE_KEY_IDLE_DAYS").filter(|v| *v != "0") {
+        let days = at_least_one("FREE_KEY_IDLE_DAYS", v)?;
+        at_most("FREE_KEY_IDLE_DAYS", u64::from(days), 90)?;
+        s.free_key_idle_days = Some(days);
+    }
     Ok(s)
 }
 
@@ -412,6 +418,14 @@ mod tests {
         for bad in ["0", "-1", "many"] {
             let e = settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("ROTATIONS_PER_DAY", bad)]));
             assert!(matches!(e, Err(ConfigError::Malformed { name: "ROTATIONS_PER_DAY", .. })), "{bad}");
+        }
+        let idle =
+            |v: &str| settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("FREE_KEY_IDLE_DAYS", v)]));
+        assert_eq!(idle("0").unwrap().free_key_idle_days, None, "0 is off");
+        assert_eq!(idle("30").unwrap().free_key_idle_days, Some(30));
+        assert_eq!(idle("90").unwrap().free_key_idle_days, Some(90));
+        for bad in ["91", "-1", "x", "1.5"] {
+            assert!(matches!(idle(bad), Err(ConfigError::Malformed { name: "FREE_KEY_IDLE_DAYS", .. })), "{bad}");
         }
     }
 

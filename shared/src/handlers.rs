@@ -14,6 +14,7 @@ use crate::ports::{
     Accounts, Budgets, Checkouts, Clock, Ids, KeyRegistry, OpenCheckouts, Payments, ProcessedEvents, UserDirectory,
 };
 use crate::{http, telemetry};
+use tracing::Instrument;
 
 /// Ports and settings of one function. Ports a function does not use are `()`.
 pub struct App<S = (), K = (), U = (), P = ()> {
@@ -62,7 +63,9 @@ where
         } else {
             app.ctx()
         };
-        flows::start_checkout(&app.users, &app.payments, &app.store, ctx, &user, body).await
+        flows::start_checkout(&app.users, &app.payments, &app.store, ctx, &user, body)
+            .instrument(http::user_span(&req, &user))
+            .await
     }
     .await;
     Ok(match result {
@@ -157,7 +160,9 @@ where
     }
     let result = async {
         let user = http::caller(&req)?;
-        flows::open_billing_portal(&app.store, &app.users, &app.payments, app.ctx(), &user).await
+        flows::open_billing_portal(&app.store, &app.users, &app.payments, app.ctx(), &user)
+            .instrument(http::user_span(&req, &user))
+            .await
     }
     .await;
     Ok(match result {
@@ -195,7 +200,9 @@ where
                 Body::Text(t) if t.trim().is_empty() => flows::RotateRequest::default(),
                 _ => http::json_body(&req)?,
             };
-            flows::rotate_key(&app.store, &app.keys, app.ctx(), &user, body).await
+            flows::rotate_key(&app.store, &app.keys, app.ctx(), &user, body)
+                .instrument(http::user_span(&req, &user))
+                .await
         }
         .await;
         return Ok(match result {
@@ -212,7 +219,9 @@ where
                 return Err(Error::BadRequest(format!("method {} is not allowed; use POST", req.method())));
             }
             let user = http::caller(&req)?;
-            flows::issue_free_key(&app.store, &app.keys, &app.users, app.ctx(), &user).await
+            flows::issue_free_key(&app.store, &app.keys, &app.users, app.ctx(), &user)
+                .instrument(http::user_span(&req, &user))
+                .await
         }
         .await;
         return Ok(match result {
@@ -227,7 +236,9 @@ where
     }
     let result = async {
         let user = http::caller(&req)?;
-        flows::get_account(&app.store, &app.keys, &app.users, app.ctx(), &user).await
+        flows::get_account(&app.store, &app.keys, &app.users, app.ctx(), &user)
+            .instrument(http::user_span(&req, &user))
+            .await
     }
     .await;
     Ok(match result {

@@ -43,6 +43,13 @@ pub fn caller(req: &Request) -> Result<User, Error> {
     })
 }
 
+/// The span a signed-in caller's work runs in: the flows' log lines then carry the Lambda
+/// request id and the caller's `sub` (`span.requestId`, `span.userId`).
+pub fn user_span(req: &Request, user: &User) -> tracing::Span {
+    let request_id = req.lambda_context_ref().map(|c| c.request_id.clone()).unwrap_or_default();
+    tracing::info_span!("caller", requestId = %request_id, userId = %user.id)
+}
+
 /// Another claim of the caller's ID token, as the Cognito authorizer passed it.
 pub fn claim(req: &Request, name: &str) -> Option<String> {
     #[allow(unreachable_patterns)]

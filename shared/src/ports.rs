@@ -268,6 +268,15 @@ pub trait KeyRegistry: Send + Sync {
     ) -> impl Future<Output = Result<KeyUsage>> + Send {
         self.usage(id, plan, start, end)
     }
+    /// Requests each key of `plan` served over `start..=end` (UTC dates), summed over the days:
+    /// one paginated GetUsage for the whole plan (a key with no data is absent). For the sweep's
+    /// reclaim of idle free keys.
+    fn plan_usage(
+        &self,
+        plan: &str,
+        start: chrono::NaiveDate,
+        end: chrono::NaiveDate,
+    ) -> impl Future<Output = Result<std::collections::HashMap<String, u64>>> + Send;
     /// Sets the key's remaining quota on `plan` for the current period (UpdateUsage): a new key
     /// starts at zero use, so a replacement is given its predecessor's remaining quota.
     fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> impl Future<Output = Result<()>> + Send;
@@ -476,8 +485,9 @@ pub struct DuplicateCancelled {
     pub refunded: i64,
 }
 
-/// Operator-only operations (`paykey-admin`), beside the ports the functions use. No function
-/// calls them, and no function's role grants them: an operator's credentials do.
+/// Operator operations (`paykey-admin`), beside the ports the functions use. No function calls
+/// them, and no function's role grants them (an operator's credentials do) — except
+/// [`admin::KeyDeletion`], which the sweep also uses to reclaim idle free keys.
 pub mod admin {
     use std::future::Future;
 
@@ -488,6 +498,9 @@ pub mod admin {
     pub trait AccountErasure: super::Accounts {
         /// Deletes the record (keyed by `sub`) while `token` holds its lock.
         fn delete_account(&self, user: &UserId, token: &str) -> impl Future<Output = Result<Commit>> + Send;
+        /// Deletes the record an earlier version keyed by the user's name, migrated or not (never
+        /// a record keyed by `sub`).
+        fn delete_legacy_account(&self, name: &UserName) -> impl Future<Output = Result<()>> + Send;
     }
 
     /// Deleting API keys.

@@ -121,6 +121,12 @@ pub fn keys(action: &str) {
     emit(&[("Action", action)], &[("Keys", 1.0, Unit::Count)]);
 }
 
+/// Idle free keys the sweeper deleted in one run (`Keys` with `Action=Reclaimed`; written on
+/// the hour's runs, 0 included, so the dashboard shows the reclaim running).
+pub fn keys_reclaimed(n: usize) {
+    emit(&[("Action", "Reclaimed")], &[("Keys", n as f64, Unit::Count)]);
+}
+
 /// The account's API keys (hourly, from the sweeper), against API Gateway's 10,000.
 pub fn key_count(n: usize) {
     emit(&[], &[("KeyCount", n as f64, Unit::Count)]);

@@ -2,7 +2,7 @@
 //! and the sweep honour and end; a suspension nothing re-enables until it is lifted; an erasure
 //! that refuses first and then removes everything of the user's. Their crash matrices are in
 //! `crash_matrix.rs`; the same actions on moto_server and the Stripe emulator in
-//! `infra/setup/tests/admin.rs`.
+//! `admin_moto.rs`; the command line in `infra/setup/tests/admin_cli.rs`.
 
 mod support;
 
@@ -207,7 +207,7 @@ async fn a_suspension_holds_against_webhooks_resync_free_key_rotation_and_checko
     assert_eq!(w.app.keys.all().len(), keys_before, "nothing created");
     let view = flows::get_account(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &sam).await.unwrap();
     assert!(!view.api_key.unwrap().enabled, "/account shows the key as not working");
-    // a suspended user with no key gets none from a payment
+    // suspending a user with no key creates none
     let newbie = w.user("nia");
     admin::set_suspension(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &newbie, Some("fraud".into()))
         .await
@@ -329,4 +329,112 @@ async fn users_are_found_by_name_email_sub_customer_and_key_id() {
     for part in ["sam@example.com", "plan PRO", "current enabled", PRO_PLAN, "trialing", "paykey's"] {
         assert!(text.contains(part), "{part:?} in\n{text}");
     }
+}
+
+#[tokio::test]
+async fn a_suspension_or_a_comps_end_with_an_incomplete_subscription_recorded_still_acts() {
+    let w = World::tiered();
+    // a record whose subscription is `incomplete` (a status the webhooks make no change for)
+    let (sam, sub) = subscriber(&w, "sam").await;
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Incomplete);
+    event(&w, "evt_incomplete", &sub).await;
+    admin::set_suspension(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &sam, Some("x".into())).await.unwrap();
+    assert!(!key_of(&w, &sam).1, "suspended: disabled whatever the status");
+    event(&w, "evt_incomplete_again", &sub).await;
+    assert!(!key_of(&w, &sam).1, "a no-change event holds it too");
+    admin::set_suspension(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &sam, None).await.unwrap();
+
+    // a comp over it, ended by a webhook that arrives after its end (before the sweep)
+    let until = w.clock.now() + days(1);
+    let business = "BUSINESS".parse::<Plan>().unwrap();
+    admin::set_comp(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &sam, Some((business, until, String::new())))
+        .await
+        .unwrap();
+    assert_eq!(key_of(&w, &sam).2.as_deref(), Some(BUSINESS_PLAN));
+    w.clock.advance(days(2));
+    event(&w, "evt_after_comp", &sub).await;
+    assert_eq!(
+        key_of(&w, &sam).2.as_deref(),
+        Some(FREE_PLAN),
+        "the comp's end leaves the free plan, not the comp's tier"
+    );
+    assert_eq!(directory_plan(&w, &sam).await, "FREE");
+}
+
+#[tokio::test]
+async fn a_comped_user_without_a_subscription_may_buy_one() {
+    let w = World::tiered();
+    let fay = w.user("fay");
+    let until = w.clock.now() + days(30);
+    admin::set_comp(
+        &w.app.store,
+        &w.app.keys,
+        &w.app.users,
+        w.app.ctx(),
+        &fay,
+        Some((Plan::PRO, until, String::new())),
+    )
+    .await
+    .unwrap();
+    let (id, key) = w.checkout_and_pay(&fay).await;
+    w.complete(&id, &key).await.unwrap();
+    let a = w.app.store.accounts().into_iter().find(|a| a.user_id == fay.id).unwrap();
+    assert!(a.subscription_id.is_some() && a.comp.is_some(), "subscribed, comp kept for after");
+    assert_eq!(key_of(&w, &fay).2.as_deref(), Some(PRO_PLAN));
+}
+
+#[tokio::test]
+async fn erase_refuses_a_subscription_that_also_pays_for_another_product() {
+    let w = World::tiered();
+    let (sam, sub) = subscriber(&w, "sam").await;
+    w.app.payments.update_subscription(&sub, |s| s.item_lookup_keys.push(Some("newsletter".into())));
+    let before = (w.app.store.accounts(), w.app.keys.all());
+    let opts = EraseOptions { cancel_subscriptions: true, delete_customer: false };
+    let e = admin::erase(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &sam, opts)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("also pays for products paykey does not sell") && e.to_string().contains(sub.as_str()),
+        "{e}"
+    );
+    assert_eq!((w.app.store.accounts(), w.app.keys.all()), before, "nothing changed");
+    assert_eq!(w.app.payments.subscriptions()[0].status, SubscriptionStatus::Trialing, "not cancelled");
+}
+
+#[tokio::test]
+async fn erase_removes_a_name_keyed_record_of_an_earlier_version_and_its_key_and_open_checkouts() {
+    let w = World::tiered();
+    let old = w.user("olds");
+    // the earlier version's key (named after the user name) and its record
+    let k = paykey::ports::KeyRegistry::create(&w.app.keys, "paykey-pro-olds").await.unwrap();
+    paykey::ports::KeyRegistry::attach_to_plan(&w.app.keys, &k.id, PRO_PLAN).await.unwrap();
+    let mut record = paykey::domain::AccountRecord::new(&old, w.clock.now());
+    record.plan = Plan::PRO;
+    record.api_key_id = Some(k.id.clone());
+    w.app.store.add_legacy_account(record);
+    let r = admin::inspect(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &old).await.unwrap();
+    assert!(r.legacy && r.to_string().contains(&k.id), "{r}");
+    // an open checkout, not paid
+    let (session, _) = w.checkout(&old).await;
+    let done = admin::erase(
+        &w.app.store,
+        &w.app.keys,
+        &w.app.users,
+        &w.app.payments,
+        w.app.ctx(),
+        &old,
+        EraseOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.checkouts_expired, vec![session.clone()]);
+    assert!(w.app.payments.checkout_expired(&session), "can no longer be paid");
+    assert_eq!(done.keys_deleted, vec![k.id.clone()]);
+    assert!(done.legacy_record_deleted);
+    assert!(w.app.store.legacy_accounts().is_empty(), "the name's next holder adopts nothing");
+    assert!(w.app.keys.all().iter().all(|x| x.id != k.id));
+    // the name taken again: a fresh user, nothing of the erased one's
+    let new = w.app.users.add_user(&old.name);
+    let k2 = flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &new).await.unwrap();
+    assert_ne!(k2.api_key.id, k.id);
 }

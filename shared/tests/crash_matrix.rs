@@ -467,3 +467,88 @@ async fn the_end_of_a_comp_converges_after_a_fault_at_any_call_on_the_next_sweep
     )
     .await;
 }
+
+#[tokio::test]
+async fn lifting_a_suspension_converges_after_a_fault_at_any_call() {
+    matrix(
+        "unsuspend (a subscriber)",
+        || async {
+            let (w, t) = paying().await;
+            let why = Some("abuse".to_string());
+            flows::admin::set_suspension(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &t.0, why)
+                .await
+                .unwrap();
+            (w, t)
+        },
+        |w, (u, _)| async move {
+            let _ = flows::admin::set_suspension(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, None).await;
+        },
+        |w, (u, _), case| async move {
+            flows::admin::set_suspension(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, None)
+                .await
+                .unwrap_or_else(|e| panic!("{case}: the command again: {e}"));
+            assert_one_key_in(&w, &u, PRO_PLAN, "PRO", &case).await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ending_a_comp_by_hand_converges_after_a_fault_at_any_call() {
+    matrix(
+        "comp --end (a free user)",
+        || async {
+            let w = Arc::new(World::tiered());
+            let u = w.user("enzo");
+            let until = paykey::ports::Clock::now(&*w.clock) + chrono::Duration::days(9);
+            let pro = Some((Plan::PRO, until, String::new()));
+            flows::admin::set_comp(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, pro).await.unwrap();
+            (w, u)
+        },
+        |w, u| async move {
+            let _ = flows::admin::set_comp(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, None).await;
+        },
+        |w, u, case| async move {
+            flows::admin::set_comp(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, None)
+                .await
+                .unwrap_or_else(|e| panic!("{case}: the command again: {e}"));
+            assert_one_key_in(&w, &u, FREE_PLAN, "FREE", &case).await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn reclaiming_an_idle_free_key_converges_after_a_fault_at_any_call() {
+    matrix(
+        "reclaim an idle free key (sweep)",
+        || async {
+            let mut w = World::tiered();
+            w.app.settings.free_key_idle_days = Some(30);
+            let w = Arc::new(w);
+            let u = w.user("ivy");
+            flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap();
+            w.clock.advance(chrono::Duration::days(31));
+            (w, u)
+        },
+        |w, _| async move {
+            let accounts = w.app.store.accounts();
+            let _ = flows::reclaim_idle_free_keys(&w.app.store, &w.app.keys, w.app.ctx(), &accounts).await;
+        },
+        |w, u, case| async move {
+            let accounts = w.app.store.accounts();
+            flows::reclaim_idle_free_keys(&w.app.store, &w.app.keys, w.app.ctx(), &accounts)
+                .await
+                .unwrap_or_else(|e| panic!("{case}: next run: {e}"));
+            let name = w.app.settings.key_name(&u);
+            assert!(w.app.keys.all().iter().all(|k| k.name != name), "{case}: the idle key is gone");
+            // the user's next request: one new working key on the free plan
+            let k = flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u)
+                .await
+                .unwrap_or_else(|e| panic!("{case}: the user's next request: {e}"));
+            assert!(k.created, "{case}");
+            assert_one_key_in(&w, &u, FREE_PLAN, "FREE", &case).await;
+        },
+    )
+    .await;
+}

@@ -78,7 +78,8 @@ fn grants(op: &str) -> &'static [(&'static str, &'static str)] {
         // detach reads the association first (moto and API Gateway answer a missing one differently)
         "apigw.detach" => &[("apigateway:GET", PLAN_KEY), ("apigateway:DELETE", PLAN_KEY)],
         "apigw.set_remaining" => &[("apigateway:PATCH", PLAN_KEY)], // UpdateUsage: …/keys/{key}/usage
-        "apigw.usage" => &[("apigateway:GET", PLAN_USAGE)],
+        "apigw.usage" | "apigw.plan_usage" => &[("apigateway:GET", PLAN_USAGE)],
+        "apigw.delete_key" => &[("apigateway:DELETE", KEY)], // DeleteApiKey
         "cognito.get_user" => &[("cognito-idp:AdminGetUser", POOL)],
         "cognito.set_plan" => &[("cognito-idp:AdminUpdateUserAttributes", POOL)],
         "cognito.find_by_customer" => &[("cognito-idp:ListUsers", POOL)],
@@ -279,7 +280,8 @@ async fn fulfilment_calls(w: &Arc<World>) -> Vec<&'static str> {
 /// The scheduled sweep: a rotated-out key whose grace ended (with use in the grace to take off
 /// the new key), one still in its grace, a failure (lock released).
 async fn sweep_calls() -> Vec<&'static str> {
-    let w = World::tiered().spending_budgets();
+    let mut w = World::tiered().spending_budgets();
+    w.app.settings.free_key_idle_days = Some(30);
     let (a, b) = (w.user("ann"), w.user("ben"));
     let mut values = Vec::new();
     for u in [&a, &b] {
@@ -310,10 +312,21 @@ async fn sweep_calls() -> Vec<&'static str> {
         let pro = Some((paykey::domain::Plan::PRO, until, String::new()));
         flows::admin::set_comp(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), u, pro).await.unwrap();
     }
+    // dee's key deleted by hand in the console: the comp's end makes her a new one on FREE
+    let dee_key = w.app.store.accounts().into_iter().find(|a| a.user_id == dee.id).unwrap().api_key_id.unwrap();
+    paykey::ports::admin::KeyDeletion::delete_key(&w.app.keys, &dee_key).await.unwrap();
     w.clock.advance(chrono::Duration::days(2));
     w.meter.reset_calls();
     let run = flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), None).await;
     assert_eq!(run.comps_ended.unwrap().len(), 2);
+    calls.extend(w.meter.calls());
+    // a month later, on the hour: the idle free keys are reclaimed
+    w.clock.advance(chrono::Duration::days(31));
+    let to_hour = 60 - i64::from(w.clock.now().minute());
+    w.clock.advance(chrono::Duration::minutes(to_hour % 60));
+    w.meter.reset_calls();
+    let run = flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), None).await;
+    assert!(!run.reclaimed.unwrap().unwrap().is_empty(), "idle free keys reclaimed");
     calls.extend(w.meter.calls());
     calls
 }

@@ -1,6 +1,6 @@
 //! `sweep-keys` Lambda, invoked by an EventBridge schedule every minute: disables the
 //! rotated-out API keys whose grace has ended, ends complimentary tiers whose time is up, and
-//! once an hour writes the account's API key
+//! once an hour deletes idle free keys (`FREE_KEY_IDLE_DAYS`) and writes the account's API key
 //! count as the `KeyCount` metric (`flows::scheduled_run`). Builds everything once per cold
 //! start.
 
@@ -22,11 +22,18 @@ async fn main() -> Result<(), Error> {
             telemetry::key_count(n);
         }
         // A failed sweep fails the invocation: the next scheduled run (a minute later) tries again.
+        if let Some(Ok(done)) = &run.reclaimed {
+            telemetry::keys_reclaimed(done.len());
+        }
         let disabled = run.disabled?;
         let comps_ended = run.comps_ended?;
-        Ok::<_, Error>(
-            json!({ "disabled": disabled.len(), "comps_ended": comps_ended.len(), "key_count": run.key_count }),
-        )
+        let reclaimed = run.reclaimed.transpose()?.map(|r| r.len());
+        Ok::<_, Error>(json!({
+            "disabled": disabled.len(),
+            "comps_ended": comps_ended.len(),
+            "reclaimed": reclaimed,
+            "key_count": run.key_count
+        }))
     }))
     .await
 }

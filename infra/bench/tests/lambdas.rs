@@ -575,6 +575,17 @@ async fn the_five_binaries_cold_per_request_on_moto_and_the_stripe_emulator() {
     let with_id = traced.iter().filter(|v| v["span"]["requestId"].as_str().is_some_and(|id| !id.is_empty())).count();
     assert!(with_id > 0, "no log line carries the request id: {traced:?}");
     println!("{with_id} of {} log lines carry the Lambda request id", traced.len());
+    // a signed-in caller's lines name them too (the flows run in the handler's `caller` span)
+    let with_user: Vec<&Value> = traced
+        .iter()
+        .filter(|v| v["span"]["userId"].as_str().is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()))
+        .collect();
+    assert!(!with_user.is_empty(), "no log line carries the caller's sub: {traced:?}");
+    assert!(
+        with_user.iter().all(|v| v["span"]["requestId"].as_str().is_some_and(|id| !id.is_empty())),
+        "{with_user:?}"
+    );
+    println!("{} log lines carry the caller's sub", with_user.len());
     let mut per_fn: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for i in &log {
         per_fn.entry(i.function).or_default().push(i.ms);

@@ -34,7 +34,7 @@ left), 2 bad arguments or configuration, 3 no such user.";
 /// Runs one command; returns the exit status and what to print (stdout for 0, else stderr).
 pub async fn run<S, K, U, P>(app: &App<S, K, U, P>, args: &[String]) -> (u8, String)
 where
-    S: AccountErasure + AccountListing,
+    S: AccountErasure + AccountListing + paykey::ports::OpenCheckouts,
     K: KeyDeletion,
     U: DirectoryAdmin,
     P: PaymentsAdmin,
@@ -141,7 +141,7 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 
 async fn execute<S, K, U, P>(app: &App<S, K, U, P>, cmd: Command) -> (u8, String)
 where
-    S: AccountErasure + AccountListing,
+    S: AccountErasure + AccountListing + paykey::ports::OpenCheckouts,
     K: KeyDeletion,
     U: DirectoryAdmin,
     P: PaymentsAdmin,

@@ -293,7 +293,9 @@ impl Emu {
             ("GET", ["customers", id]) => self.customers.get(*id).cloned().map(ApiResult::ok).unwrap_or_else(|| ApiResult::missing("customer", id, "id")),
             // Stripe: "Delete a customer" — permanent; "also immediately cancels any active
             // subscriptions on the customer" (API reference, DELETE /v1/customers/:id). Answers
-            // `{id, object: "customer", deleted: true}`; a deleted one is 404 resource_missing.
+            // `{id, object: "customer", deleted: true}` (stripe-node: `del` resolves to
+            // `DeletedCustomer`), which a later GET answers too (`retrieve` resolves to
+            // `Customer | DeletedCustomer`); deleting it again is 404 resource_missing.
             ("DELETE", ["customers", id]) => self.delete_customer(id),
             ("POST", ["checkout", "sessions"]) => self.create_session(form, base),
             // Stripe: "List all Checkout Sessions" (filters `customer`, `status`), newest first.
@@ -967,9 +969,11 @@ impl Emu {
 
     /// Cancels at once: `canceled`, with `customer.subscription.deleted`.
     fn delete_customer(&mut self, id: &str) -> ApiResult {
-        let Some(customer) = self.customers.remove(id) else {
+        let Some(customer) = self.customers.get(id).filter(|c| c["deleted"] != true).cloned() else {
             return ApiResult::missing("customer", id, "id");
         };
+        let tombstone = json!({ "id": id, "object": "customer", "deleted": true });
+        self.customers.insert(id.to_string(), tombstone.clone());
         let live: Vec<String> = self
             .subscriptions
             .iter()
@@ -980,7 +984,7 @@ impl Emu {
             self.cancel_now(&sub);
         }
         self.emit("customer.deleted", customer);
-        ApiResult::ok(json!({ "id": id, "object": "customer", "deleted": true }))
+        ApiResult::ok(tombstone)
     }
 
     pub fn cancel_now(&mut self, id: &str) -> Option<Value> {

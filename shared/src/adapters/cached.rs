@@ -150,6 +150,14 @@ impl<K: crate::ports::KeyRegistry> crate::ports::KeyRegistry for CachedKeyValues
         // Exact: what rotation and the end of a grace decide quota from.
         self.inner.usage(id, plan, start, end).await
     }
+    async fn plan_usage(
+        &self,
+        plan: &str,
+        start: chrono::NaiveDate,
+        end: chrono::NaiveDate,
+    ) -> Result<std::collections::HashMap<String, u64>> {
+        self.inner.plan_usage(plan, start, end).await
+    }
     async fn recent_usage(
         &self,
         id: &str,

@@ -508,6 +508,12 @@ impl crate::ports::admin::AccountErasure for MemoryStore {
         self.meter.exit(DDB, "ddb.delete_account", call)?;
         Ok(outcome)
     }
+
+    async fn delete_legacy_account(&self, name: &UserName) -> Result<()> {
+        let call = self.meter.enter(DDB, "ddb.delete_legacy_account").await?;
+        lock(&self.state).legacy.remove(name.as_str());
+        self.meter.exit(DDB, "ddb.delete_legacy_account", call)
+    }
 }
 
 impl AccountListing for MemoryStore {
@@ -1024,6 +1030,23 @@ impl KeyRegistry for MemoryKeys {
             KeyUsage { used, remaining }
         };
         self.meter.exit(APIGW, "apigw.usage", call)?;
+        Ok(r)
+    }
+
+    async fn plan_usage(&self, plan: &str, start: NaiveDate, end: NaiveDate) -> Result<HashMap<String, u64>> {
+        let call = self.meter.enter(APIGW, "apigw.plan_usage").await?;
+        self.admit("apigw.plan_usage")?;
+        let r = {
+            let st = lock(&self.state);
+            let mut out: HashMap<String, u64> = HashMap::new();
+            for ((id, p, day), n) in &st.used {
+                if p == plan && (start..=end).contains(day) {
+                    *out.entry(id.clone()).or_default() += n;
+                }
+            }
+            out
+        };
+        self.meter.exit(APIGW, "apigw.plan_usage", call)?;
         Ok(r)
     }
 

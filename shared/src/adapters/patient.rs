@@ -93,6 +93,14 @@ impl<K: KeyRegistry> KeyRegistry for Patient<K> {
     ) -> Result<crate::ports::KeyUsage> {
         patiently(self.budget, "GetUsage", || self.inner.usage(id, plan, start, end)).await
     }
+    async fn plan_usage(
+        &self,
+        plan: &str,
+        start: chrono::NaiveDate,
+        end: chrono::NaiveDate,
+    ) -> Result<std::collections::HashMap<String, u64>> {
+        patiently(self.budget, "GetUsage", || self.inner.plan_usage(plan, start, end)).await
+    }
     async fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> Result<()> {
         patiently(self.budget, "UpdateUsage", || self.inner.set_remaining(id, plan, remaining)).await
     }

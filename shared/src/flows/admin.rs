@@ -134,6 +134,8 @@ pub struct UserReport {
     pub profile: Option<UserProfile>,
     pub email: Option<String>,
     pub record: Option<AccountRecord>,
+    /// The record is one an earlier version keyed by the user's name (not migrated yet).
+    pub legacy: bool,
     pub keys: Vec<KeyReport>,
     /// The customer's subscriptions, paykey's and others, and whether each is paykey's.
     pub subscriptions: Vec<(SubscriptionState, bool)>,
@@ -163,6 +165,15 @@ where
     let email = match profile {
         Some(_) => users.email_of(&user.name).await?,
         None => None,
+    };
+    // A record an earlier version keyed by the name (the user's while they hold the name).
+    let (record, legacy) = match (record, &profile) {
+        (None, Some(_)) => {
+            let legacy = store.legacy_account(user).await?;
+            let found = legacy.is_some();
+            (legacy, found)
+        }
+        (record, _) => (record, false),
     };
     let mut all = named;
     for id in
@@ -211,7 +222,7 @@ where
             .collect(),
         None => Vec::new(),
     };
-    Ok(UserReport { user: user.clone(), profile, email, record, keys: reports, subscriptions })
+    Ok(UserReport { user: user.clone(), profile, email, record, legacy, keys: reports, subscriptions })
 }
 
 fn is_paykeys(ctx: Ctx<'_>, record: Option<&AccountRecord>, s: &SubscriptionState) -> bool {
@@ -243,6 +254,12 @@ impl std::fmt::Display for UserReport {
         match &self.record {
             None => writeln!(f, "record    none")?,
             Some(r) => {
+                if self.legacy {
+                    writeln!(
+                        f,
+                        "record    (keyed by the user name: an earlier version's, migrated on the next change)"
+                    )?;
+                }
                 writeln!(
                     f,
                     "record    plan {}, key {}, customer {}, subscription {} ({}{}), updated {}",
@@ -455,22 +472,30 @@ pub struct EraseOptions {
 /// What an erasure did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Erased {
+    /// The user's open Checkout Sessions, expired so that none can be paid.
+    pub checkouts_expired: Vec<crate::domain::SessionId>,
     pub subscriptions_cancelled: Vec<SubscriptionId>,
     pub customer_deleted: Option<CustomerId>,
     /// The customer kept (no `delete_customer`).
     pub customer_kept: Option<CustomerId>,
     pub keys_deleted: Vec<String>,
     pub directory_user_deleted: bool,
+    /// A record an earlier version keyed by the user's name.
+    pub legacy_record_deleted: bool,
     pub record_deleted: bool,
 }
 
 /// Erases a user: checks first (nothing is changed when one fails), then under the user's lock
-/// their live paykey subscriptions cancelled (with `cancel_subscriptions`), the Stripe customer
-/// deleted (with `delete_customer`), every key of theirs deleted (by name, recorded, previous),
-/// the directory user deleted (only while the name is still theirs), and the record deleted
-/// last — so a crash at any step is finished by running it again, found by `sub`, customer or
-/// key id through the record. Checkout records (keyed by session) keep the user's id and name
-/// until their TTL removes them.
+/// the checks again (a checkout may have completed meanwhile), the user's open Checkout Sessions
+/// expired (none can be paid after), their live paykey subscriptions cancelled (with
+/// `cancel_subscriptions`), the Stripe customer deleted (with `delete_customer`), every key of
+/// theirs detached and deleted (by name, recorded, previous, and those of a name-keyed record of
+/// an earlier version), the directory user deleted (only while the name is still theirs), the
+/// name-keyed record deleted (only then: the name's next holder would adopt it), and the record
+/// deleted last — so a crash at any step is finished by running it again, found by `sub`,
+/// customer or key id through the record. Checkout records (keyed by session) keep the user's
+/// id and name until their TTL removes them.
+#[allow(clippy::too_many_arguments)]
 pub async fn erase<S, K, U, P>(
     store: &S,
     keys: &K,
@@ -481,7 +506,7 @@ pub async fn erase<S, K, U, P>(
     opts: EraseOptions,
 ) -> Result<Erased, Error>
 where
-    S: AccountErasure,
+    S: AccountErasure + crate::ports::OpenCheckouts,
     K: KeyDeletion,
     U: DirectoryAdmin,
     P: PaymentsAdmin,
@@ -490,40 +515,36 @@ where
         tokio::try_join!(async { Ok::<_, Error>(users.get_user(&user.name).await?.filter(|p| p.is(user))) }, async {
             Ok(store.get_account(&user.id).await?)
         },)?;
-    let customer =
-        record.as_ref().and_then(|r| r.customer_id.clone()).or(profile.as_ref().and_then(|p| p.customer_id.clone()));
-    let subs = match &customer {
-        Some(c) => payments.list_subscriptions(c).await?,
-        None => Vec::new(),
+    // A record an earlier version keyed by the name: the user's while they hold the name.
+    let legacy = match (&record, &profile) {
+        (None, Some(_)) => store.legacy_account(user).await?,
+        _ => None,
     };
-    let ours: Vec<&SubscriptionState> =
-        subs.iter().filter(|s| live(s) && is_paykeys(ctx, record.as_ref(), s)).collect();
-    let others: Vec<&SubscriptionState> =
-        subs.iter().filter(|s| live(s) && !is_paykeys(ctx, record.as_ref(), s)).collect();
-    if !ours.is_empty() && !opts.cancel_subscriptions {
-        let ids: Vec<&str> = ours.iter().map(|s| s.id.as_str()).collect();
-        return Err(Error::BadRequest(format!(
-            "{} still pays for paykey through {}: pass --cancel-subscriptions to cancel (no refund), or wait until it ends",
-            user.name,
-            ids.join(", ")
-        )));
-    }
-    if opts.delete_customer && !others.is_empty() {
-        let ids: Vec<&str> = others.iter().map(|s| s.id.as_str()).collect();
-        return Err(Error::BadRequest(format!(
-            "the Stripe customer also pays for products paykey does not sell ({}): deleting it would cancel them; erase without --delete-customer",
-            ids.join(", ")
-        )));
-    }
+    let held = record.as_ref().or(legacy.as_ref());
+    let customer = held.and_then(|r| r.customer_id.clone()).or(profile.as_ref().and_then(|p| p.customer_id.clone()));
+    // Refused here, before anything is written (the lock included).
+    let mut ours = erasable(payments, ctx, held, customer.as_ref(), opts, user).await?;
     let token = ctx.ids.token();
     let key_name = ctx.settings.key_name(user);
     let locked = account_keys::lock_with_key_lookup(store, keys, ctx, user, &token, &key_name).await?;
     let result = async {
+        // Again under the lock: a checkout completed since the first look is a live subscription.
+        let held = locked.account.as_ref().or(legacy.as_ref());
+        ours = erasable(payments, ctx, held, customer.as_ref(), opts, user).await?;
         let mut done = Erased::default();
+        // Open checkouts first: none can start a subscription after this.
+        for lookup_key in ctx.settings.catalog.paid().filter_map(|t| t.lookup_key.as_ref()) {
+            let Some(price) = payments.find_price(lookup_key).await? else { continue };
+            if let Some(open) = store.open_checkout(&user.id, &price.id).await? {
+                if payments.expire_checkout(&open.session_id).await? {
+                    done.checkouts_expired.push(open.session_id);
+                }
+            }
+        }
         if opts.cancel_subscriptions {
             for s in &ours {
-                payments.cancel_subscription(&s.id).await?;
-                done.subscriptions_cancelled.push(s.id.clone());
+                payments.cancel_subscription(s).await?;
+                done.subscriptions_cancelled.push(s.clone());
             }
         }
         match (&customer, opts.delete_customer) {
@@ -534,14 +555,19 @@ where
             (Some(c), false) => done.customer_kept = Some(c.clone()),
             (None, _) => {}
         }
-        let account = locked.account.as_ref().or(record.as_ref());
+        // Stripe's calls may have taken a while: the lease renewed before the keys go.
+        if let Some(r) = &locked.account {
+            let now = ctx.clock.now();
+            if store.save_account(r, &token, account_keys::lease_until(ctx, now)).await? == Commit::LeaseLost {
+                return Err(Error::FulfilmentInProgress);
+            }
+        }
         let mut ids: Vec<String> = locked.named.iter().map(|k| k.id.clone()).collect();
-        for id in [account.and_then(|a| a.api_key_id.clone()), account.and_then(|a| a.previous_key_id.clone())]
-            .into_iter()
-            .flatten()
-        {
-            if !ids.contains(&id) {
-                ids.push(id);
+        for r in [locked.account.as_ref(), legacy.as_ref()].into_iter().flatten() {
+            for id in [r.api_key_id.clone(), r.previous_key_id.clone()].into_iter().flatten() {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
             }
         }
         for id in ids {
@@ -555,6 +581,10 @@ where
         }
         // Under the lock, whether the name is still the user's (it is deleted by name).
         if users.get_user(&user.name).await?.is_some_and(|p| p.is(user)) {
+            if legacy.is_some() {
+                store.delete_legacy_account(&user.name).await?;
+                done.legacy_record_deleted = true;
+            }
             users.remove_user(&user.name).await?;
             done.directory_user_deleted = true;
         }
@@ -572,8 +602,66 @@ where
     result
 }
 
+/// The live paykey subscriptions an erasure cancels, or why it may not go on: a live paykey
+/// subscription without `cancel_subscriptions` (the user would go on paying for nothing), one
+/// that also pays for products paykey does not sell (cancelling it would end those: the seller
+/// removes paykey's item or cancels it in the Dashboard first), or `delete_customer` while the
+/// customer pays for anything paykey does not sell (deleting a customer cancels all of them).
+async fn erasable<P: Payments>(
+    payments: &P,
+    ctx: Ctx<'_>,
+    record: Option<&AccountRecord>,
+    customer: Option<&CustomerId>,
+    opts: EraseOptions,
+    user: &User,
+) -> Result<Vec<SubscriptionId>, Error> {
+    let subs = match customer {
+        Some(c) => match payments.list_subscriptions(c).await {
+            Ok(subs) => subs,
+            // A customer deleted already (a run again after `--delete-customer`): Stripe cancelled
+            // its subscriptions with it.
+            Err(e) if e.message.starts_with("404 ") => Vec::new(),
+            Err(e) => return Err(e.into()),
+        },
+        None => Vec::new(),
+    };
+    let catalog = &ctx.settings.catalog;
+    let live: Vec<&SubscriptionState> = subs.iter().filter(|s| live(s)).collect();
+    let ids = |v: &[&SubscriptionState]| v.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ");
+    let mixed: Vec<&SubscriptionState> = live
+        .iter()
+        .copied()
+        .filter(|s| is_paykeys(ctx, record, s) && !catalog.sells_every_item(&s.item_lookup_keys))
+        .collect();
+    if !mixed.is_empty() {
+        return Err(Error::BadRequest(format!(
+            "{} also pays for products paykey does not sell: remove paykey's item from it or cancel it in the Stripe Dashboard, then erase",
+            ids(&mixed)
+        )));
+    }
+    let ours: Vec<&SubscriptionState> = live.iter().copied().filter(|s| is_paykeys(ctx, record, s)).collect();
+    if !ours.is_empty() && !opts.cancel_subscriptions {
+        return Err(Error::BadRequest(format!(
+            "{} still pays for paykey through {}: pass --cancel-subscriptions to cancel (no refund), or wait until it ends",
+            user.name,
+            ids(&ours)
+        )));
+    }
+    let others: Vec<&SubscriptionState> = live.iter().copied().filter(|s| !is_paykeys(ctx, record, s)).collect();
+    if opts.delete_customer && !others.is_empty() {
+        return Err(Error::BadRequest(format!(
+            "the Stripe customer also pays for products paykey does not sell ({}): deleting it would cancel them; erase without --delete-customer",
+            ids(&others)
+        )));
+    }
+    Ok(ours.iter().map(|s| s.id.clone()).collect())
+}
+
 impl std::fmt::Display for Erased {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in &self.checkouts_expired {
+            writeln!(f, "open checkout {c} expired")?;
+        }
         for s in &self.subscriptions_cancelled {
             writeln!(f, "subscription {s} cancelled (no refund)")?;
         }
@@ -590,6 +678,9 @@ impl std::fmt::Display for Erased {
             writeln!(f, "API key {k} deleted")?;
         }
         writeln!(f, "directory user {}", if self.directory_user_deleted { "deleted" } else { "already gone" })?;
+        if self.legacy_record_deleted {
+            writeln!(f, "name-keyed record of an earlier version deleted")?;
+        }
         writeln!(f, "account record {}", if self.record_deleted { "deleted" } else { "already gone" })?;
         write!(f, "checkout records keep the user's id and name until their TTL removes them")
     }

@@ -73,10 +73,18 @@ where
     // The name's holder must be the caller (`sub`), not a deleted user's successor.
     let profile = profile.filter(|p| p.is(user)).ok_or(Error::UserNotFound)?;
     // A suspended user is sold nothing (what they paid for would not be served).
-    if account.is_some_and(|a| a.suspension.is_some()) {
+    if account.as_ref().is_some_and(|a| a.suspension.is_some()) {
         return Err(Error::Suspended);
     }
-    let current = profile.plan();
+    // An operator's comp is not a subscription: a comped user whom no subscription grants a
+    // paid tier may buy one (its tier applies while it grants; the comp after, until it ends).
+    let comped_only = account.as_ref().is_some_and(|a| {
+        let paying = a.subscription_status.as_deref().map(crate::ports::SubscriptionStatus::parse).is_some_and(|st| {
+            super::desired_plan(&st, a.past_due_since, now, settings.past_due_grace) == Some(super::Access::Paid)
+        });
+        a.comp.as_ref().is_some_and(|c| c.active(now)) && !paying
+    });
+    let current = if comped_only { settings.free_plan() } else { profile.plan() };
     if let Some(on) = settings.tier_of(&current).filter(|t| !t.is_free()) {
         // Already subscribed.
         return match profile.customer_id.as_ref() {

@@ -457,9 +457,11 @@ pub(crate) fn policy<'t>(
     sub_tier: Option<&'t crate::domain::Tier>,
     now: DateTime<Utc>,
 ) -> Target<'t> {
+    let mut ended = false;
     if next.comp.as_ref().is_some_and(|c| !c.active(now)) {
         tracing::info!(user_id = %next.user_id, "the complimentary tier ended");
         next.comp = None;
+        ended = true;
     }
     if let (Some(Access::Paid), Some(tier)) = (access, sub_tier) {
         return Target::Paid(tier);
@@ -468,6 +470,9 @@ pub(crate) fn policy<'t>(
     match (comp, access) {
         (Some(tier), _) => Target::Paid(tier),
         (None, Some(Access::Free)) => Target::Free,
+        // A status that asks for no change (`incomplete`: a first payment pending) never kept
+        // the comp's tier: the comp ending leaves the free plan.
+        (None, _) if ended => Target::Free,
         (None, _) => Target::Unchanged,
     }
 }
@@ -503,10 +508,13 @@ where
     U: UserDirectory,
 {
     let now = ctx.clock.now();
+    // A status that asks the webhooks for no change (`incomplete`: the first payment pending)
+    // grants nothing yet: from the record alone, the free plan.
     let access = match next.subscription_status.as_deref().map(SubscriptionStatus::parse) {
         Some(status) => desired_plan(&status, next.past_due_since, now, ctx.settings.past_due_grace),
         None => Some(Access::Free),
-    };
+    }
+    .or(Some(Access::Free));
     let sub_tier = match access {
         Some(Access::Paid) => bought_before(ctx, next),
         _ => None,
@@ -541,6 +549,11 @@ where
     let catalog = &ctx.settings.catalog;
     let held = next.suspension.is_some();
     let (plan, usage_plan, paid) = match target {
+        Target::Unchanged if held => {
+            // No plan change, but a suspended user's keys are held whatever the status.
+            hold_keys(keys, ctx, named, next, None).await?;
+            return Ok(SyncOutcome::Unchanged { user: user.clone() });
+        }
         Target::Unchanged => return Ok(SyncOutcome::Unchanged { user: user.clone() }),
         Target::Paid(tier) => {
             let plan = Plan::of(&tier.name);
@@ -560,7 +573,7 @@ where
     match usage_plan {
         Some(usage_plan) if held => {
             grace_through(keys, next, &plan, now).await?;
-            tokio::try_join!(hold_keys(keys, ctx, named, next, usage_plan), set_plan)?;
+            tokio::try_join!(hold_keys(keys, ctx, named, next, Some(usage_plan)), set_plan)?;
         }
         Some(usage_plan) => {
             let spare = grace_through(keys, next, &plan, now).await?;
@@ -582,13 +595,13 @@ where
 }
 
 /// A suspended user's keys: every one disabled (by name, the recorded one, a rotation's previous
-/// one), none created; the recorded key, if it still exists, placed in `usage_plan`.
+/// one), none created; the recorded key, if it still exists, placed in `usage_plan` (when given).
 async fn hold_keys<K: KeyRegistry>(
     keys: &K,
     ctx: Ctx<'_>,
     named: &[crate::domain::IssuedKey],
     next: &AccountRecord,
-    usage_plan: &str,
+    usage_plan: Option<&str>,
 ) -> Result<(), Error> {
     let mut ids: Vec<&str> = named.iter().map(|k| k.id.as_str()).collect();
     for id in [next.api_key_id.as_deref(), next.previous_key_id.as_deref()].into_iter().flatten() {
@@ -599,7 +612,7 @@ async fn hold_keys<K: KeyRegistry>(
     for id in ids {
         account_keys::disable_if_exists(keys, id).await?;
     }
-    if let Some(id) = next.api_key_id.as_deref() {
+    if let (Some(id), Some(usage_plan)) = (next.api_key_id.as_deref(), usage_plan) {
         if keys.get(id).await?.is_some() {
             account_keys::move_into_plan(keys, ctx, named, id, usage_plan, false).await?;
         }

@@ -10,6 +10,7 @@ mod fulfil;
 mod lifecycle;
 mod plans;
 mod portal;
+mod reclaim;
 mod rotate;
 
 pub use account::{get_account, AccountView, ApiKeyView, UsageView};
@@ -23,6 +24,7 @@ pub use lifecycle::{
 };
 pub use plans::{list_plans, PlanView, PlansView, PriceView};
 pub use portal::open_billing_portal;
+pub use reclaim::{reclaim_idle_free_keys, RECLAIMS_PER_RUN};
 pub use rotate::{
     end_expired_comps, rotate_key, scheduled_run, sweep_expired_keys, RotateRequest, Rotated, ScheduledRun,
 };
@@ -78,6 +80,11 @@ pub struct Settings {
     pub portal_configuration: Option<String>,
     /// How long one request may take to create a user's checkout before another may.
     pub checkout_claim: Duration,
+    /// `FREE_KEY_IDLE_DAYS` (1–90; unset or 0: off): the sweep deletes a free-tier key that served
+    /// no call in that many days and whose record did not change in them (re-issued, as a new
+    /// key, on the user's next `POST /api-key`), so idle free keys do not fill API Gateway's
+    /// 10,000 keys per account and Region.
+    pub free_key_idle_days: Option<u32>,
     /// `STRIPE_WEBHOOK_SECRET` (`whsec_…`), for the webhook function: one, or several while
     /// an endpoint is being replaced (a delivery signed with any of them is accepted).
     pub webhook_secrets: Vec<crate::domain::Secret>,
@@ -108,6 +115,7 @@ impl Settings {
             // the function's timeout (20 s): a crashed holder stops blocking once it is gone
             checkout_claim: Duration::from_secs(20),
             webhook_secrets: Vec::new(),
+            free_key_idle_days: None,
         }
     }
 

@@ -269,9 +269,23 @@ where
     S: Accounts + crate::ports::AccountListing,
     K: KeyRegistry,
 {
+    sweep_listed(store, keys, ctx, store.list_accounts().await?).await
+}
+
+/// [`sweep_expired_keys`] over records listed already.
+async fn sweep_listed<S, K>(
+    store: &S,
+    keys: &K,
+    ctx: Ctx<'_>,
+    accounts: Vec<crate::domain::AccountRecord>,
+) -> Result<Vec<String>, Error>
+where
+    S: Accounts,
+    K: KeyRegistry,
+{
     let now = ctx.clock.now();
     let mut disabled = Vec::new();
-    for account in store.list_accounts().await? {
+    for account in accounts {
         let expired = account.previous_key_id.is_some() && account.previous_key_until.is_none_or(|u| u <= now);
         if !expired && account.pending_key_work.is_none() && !grace_in_new_period(ctx, &account, now) {
             continue;
@@ -429,6 +443,9 @@ pub struct ScheduledRun {
     pub disabled: Result<Vec<String>, Error>,
     /// Users whose complimentary tier ended in this run, or why that pass failed.
     pub comps_ended: Result<Vec<User>, Error>,
+    /// Idle free keys deleted, or why that failed: on the hour's run (`None` on the others;
+    /// nothing is deleted without `FREE_KEY_IDLE_DAYS`).
+    pub reclaimed: Option<Result<Vec<String>, Error>>,
     /// The account's API keys (every key, paykey's or not), counted on the first run of each
     /// hour for the ceiling alarm; `None` on the other runs or when counting failed.
     pub key_count: Option<usize>,
@@ -436,8 +453,9 @@ pub struct ScheduledRun {
 
 /// The `sweep-keys` function's run (every minute): on the run scheduled for minute 0 of each
 /// hour (`scheduled`: the schedule event's RFC 3339 `time`, else the clock) the account's API
-/// key count (GetApiKeys pages: 20 calls at 10,000 keys), before and whatever the sweep does;
-/// then [`sweep_expired_keys`]. A failed count is logged and does not fail the run.
+/// key count (GetApiKeys pages: 20 calls at 10,000 keys), before and whatever the sweep does,
+/// and the reclaim of idle free keys ([`super::reclaim_idle_free_keys`]); then, on one listing
+/// of the records, [`sweep_expired_keys`] and [`end_expired_comps`]. A failed count is logged and does not fail the run.
 pub async fn scheduled_run<S, K, U>(
     store: &S,
     keys: &K,
@@ -447,7 +465,7 @@ pub async fn scheduled_run<S, K, U>(
 ) -> ScheduledRun
 where
     S: Accounts + crate::ports::AccountListing,
-    K: KeyRegistry,
+    K: crate::ports::admin::KeyDeletion,
     U: crate::ports::UserDirectory,
 {
     use chrono::Timelike;
@@ -466,9 +484,25 @@ where
     } else {
         None
     };
-    let disabled = sweep_expired_keys(store, keys, ctx).await;
-    let comps_ended = end_expired_comps(store, keys, users, ctx).await;
-    ScheduledRun { disabled, comps_ended, key_count }
+    // One listing of the records for every pass.
+    let hourly = at.minute() == 0;
+    let (disabled, comps_ended, reclaimed) = match store.list_accounts().await {
+        Ok(accounts) => {
+            let reclaimed = match hourly {
+                true => Some(super::reclaim_idle_free_keys(store, keys, ctx, &accounts).await),
+                false => None,
+            };
+            (
+                sweep_listed(store, keys, ctx, accounts.clone()).await,
+                end_comps_listed(store, keys, users, ctx, accounts).await,
+                reclaimed,
+            )
+        }
+        Err(e) => {
+            (Err(Error::Backend(e.clone())), Err(Error::Backend(e.clone())), hourly.then_some(Err(Error::Backend(e))))
+        }
+    };
+    ScheduledRun { disabled, comps_ended, reclaimed, key_count }
 }
 
 /// Ends every complimentary tier whose end has passed: under the account lock, the user goes
@@ -484,8 +518,24 @@ where
     K: KeyRegistry,
     U: crate::ports::UserDirectory,
 {
+    end_comps_listed(store, keys, users, ctx, store.list_accounts().await?).await
+}
+
+/// [`end_expired_comps`] over records listed already.
+async fn end_comps_listed<S, K, U>(
+    store: &S,
+    keys: &K,
+    users: &U,
+    ctx: Ctx<'_>,
+    accounts: Vec<crate::domain::AccountRecord>,
+) -> Result<Vec<User>, Error>
+where
+    S: Accounts,
+    K: KeyRegistry,
+    U: crate::ports::UserDirectory,
+{
     let mut ended = Vec::new();
-    for account in store.list_accounts().await? {
+    for account in accounts {
         if account.comp.as_ref().is_none_or(|c| c.active(ctx.clock.now())) {
             continue;
         }
@@ -500,7 +550,10 @@ where
             }
         };
         let result = async {
-            let Some(mut next) = locked.account else { return Ok(false) };
+            let Some(mut next) = locked.account else {
+                account_keys::release(store, &user, &token).await;
+                return Ok(false); // erased meanwhile
+            };
             if next.comp.as_ref().is_none_or(|c| c.active(ctx.clock.now())) {
                 account_keys::release(store, &user, &token).await;
                 return Ok(false); // changed meanwhile (renewed by an operator)

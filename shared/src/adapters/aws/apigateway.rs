@@ -221,6 +221,41 @@ impl KeyRegistry for ApiGatewayKeys {
         Ok(usage)
     }
 
+    async fn plan_usage(
+        &self,
+        plan: &str,
+        start: chrono::NaiveDate,
+        end: chrono::NaiveDate,
+    ) -> Result<std::collections::HashMap<String, u64>> {
+        const OP: &str = "GetUsage";
+        let mut used: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut position: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .get()
+                .get_usage()
+                .usage_plan_id(plan)
+                .start_date(start.format("%Y-%m-%d").to_string())
+                .end_date(end.format("%Y-%m-%d").to_string())
+                .limit(1000)
+                .set_position(position.take())
+                .send()
+                .await
+                .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+            // {"values": {"<key id>": [[used, remaining], …one per day]}}
+            for (id, days) in out.items().into_iter().flatten() {
+                let n: u64 = days.iter().map(|d| d.first().copied().unwrap_or(0).max(0) as u64).sum();
+                *used.entry(id.clone()).or_default() += n;
+            }
+            match out.position() {
+                Some(p) if !p.is_empty() => position = Some(p.to_string()),
+                _ => break,
+            }
+        }
+        Ok(used)
+    }
+
     async fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> Result<()> {
         const OP: &str = "UpdateUsage";
         let patch = PatchOperation::builder().op(Op::Replace).path("/remaining").value(remaining.to_string()).build();

@@ -698,6 +698,25 @@ impl crate::ports::admin::AccountErasure for DynamoStore {
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
     }
+
+    async fn delete_legacy_account(&self, name: &UserName) -> Result<()> {
+        const OP: &str = "DeleteItem(legacy account)";
+        let res = self
+            .client
+            .get()
+            .delete_item()
+            .table_name(&self.tables.api_keys)
+            .key("UserID", s(name.as_str()))
+            // never a record keyed by sub (a user name may look like one)
+            .condition_expression("attribute_not_exists(UserSub)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
+    }
 }
 
 impl AccountListing for DynamoStore {

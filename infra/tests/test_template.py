@@ -197,10 +197,10 @@ def test_the_functions_read_the_allowed_origins_parameter_whose_pattern_matches_
 
 
 def test_only_the_sweeper_reclaims_idle_free_keys_within_what_its_config_accepts(cfn):
-    """FREE_KEY_IDLE_DAYS (shared/src/config.rs): 0 is off, 1-90 days (GetUsage's window); the
-    parameter's bounds are the parser's, and only sweep-keys reads it."""
+    """FREE_KEY_IDLE_DAYS (shared/src/config.rs): 0 is off, 1-60 days; the parameter's bounds are
+    the parser's, and only sweep-keys reads it."""
     p = cfn["Parameters"]["FreeKeyIdleDays"]
-    assert (p["Type"], str(p["Default"]), str(p["MinValue"]), str(p["MaxValue"])) == ("Number", "0", "0", "90")
+    assert (p["Type"], str(p["Default"]), str(p["MinValue"]), str(p["MaxValue"])) == ("Number", "0", "0", "60")
     for name, fn in functions(cfn).items():
         env = fn["Properties"]["Environment"]["Variables"]
         if name == "SweepKeysFunction":

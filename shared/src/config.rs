@@ -119,10 +119,10 @@ pub fn settings(env: &Env) -> Result<Settings, ConfigError> {
     if let Some(list) = env.optional("ALLOWED_ORIGINS") {
         s.allowed_origins = parse_allowed_origins(list)?;
     }
-    // 0 or unset: off. At most 90: GetUsage's window.
+    // 0 or unset: off. At most 60: the reclaim reads that many days of GetUsage and more.
     if let Some(v) = env.optional("FREE_KEY_IDLE_DAYS").filter(|v| *v != "0") {
         let days = at_least_one("FREE_KEY_IDLE_DAYS", v)?;
-        at_most("FREE_KEY_IDLE_DAYS", u64::from(days), 90)?;
+        at_most("FREE_KEY_IDLE_DAYS", u64::from(days), 60)?;
         s.free_key_idle_days = Some(days);
     }
     Ok(s)
@@ -423,8 +423,8 @@ mod tests {
             |v: &str| settings(&Env::from_pairs([("MY_DOMAIN", "https://a.example"), ("FREE_KEY_IDLE_DAYS", v)]));
         assert_eq!(idle("0").unwrap().free_key_idle_days, None, "0 is off");
         assert_eq!(idle("30").unwrap().free_key_idle_days, Some(30));
-        assert_eq!(idle("90").unwrap().free_key_idle_days, Some(90));
-        for bad in ["91", "-1", "x", "1.5"] {
+        assert_eq!(idle("60").unwrap().free_key_idle_days, Some(60));
+        for bad in ["61", "-1", "x", "1.5"] {
             assert!(matches!(idle(bad), Err(ConfigError::Malformed { name: "FREE_KEY_IDLE_DAYS", .. })), "{bad}");
         }
     }

@@ -438,3 +438,47 @@ async fn erase_removes_a_name_keyed_record_of_an_earlier_version_and_its_key_and
     let k2 = flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &new).await.unwrap();
     assert_ne!(k2.api_key.id, k.id);
 }
+
+#[tokio::test]
+async fn erase_sees_a_checkout_paid_but_not_fulfilled_yet() {
+    let w = World::tiered();
+    let nat = w.user("nat");
+    // paid at Stripe; neither the redirect nor the webhook has come yet: no customer recorded
+    let (session, _) = w.checkout_and_pay(&nat).await;
+    assert!(w.app.store.accounts().iter().all(|a| a.user_id != nat.id));
+    let e = admin::erase(
+        &w.app.store,
+        &w.app.keys,
+        &w.app.users,
+        &w.app.payments,
+        w.app.ctx(),
+        &nat,
+        EraseOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("still pays for paykey"), "{e}");
+    assert!(
+        w.app.payments.subscriptions().iter().all(|s| s.status != SubscriptionStatus::Canceled),
+        "nothing cancelled"
+    );
+    let opts = EraseOptions { cancel_subscriptions: true, delete_customer: false };
+    let done =
+        admin::erase(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &nat, opts).await.unwrap();
+    assert_eq!(done.subscriptions_cancelled.len(), 1, "{done:?}");
+    assert!(done.checkouts_expired.is_empty(), "a paid session is not open any more");
+    let state = w.app.payments.get_checkout_state(&session);
+    let sub = w.app.payments.subscriptions().into_iter().find(|s| Some(&s.id) == state.subscription.as_ref()).unwrap();
+    assert_eq!(sub.status, SubscriptionStatus::Canceled, "the user is not charged for nothing");
+    // the late webhook: nothing written for the erased user
+    let e = StripeEvent {
+        id: "evt_late_checkout".into(),
+        kind: "checkout.session.completed".into(),
+        subject: EventSubject::Checkout(session),
+    };
+    flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &e)
+        .await
+        .unwrap();
+    let name = w.app.settings.key_name(&nat);
+    assert!(w.app.keys.all().iter().all(|k| k.name != name), "no key issued to an erased user");
+}

@@ -92,3 +92,40 @@ async fn one_run_reclaims_at_most_its_cap_and_the_next_run_the_rest() {
     assert_eq!(reclaim(&w).await.len(), 5);
     assert!(w.app.keys.all().is_empty(), "every idle key deleted");
 }
+
+#[tokio::test]
+async fn a_key_used_earlier_in_the_quota_period_or_yesterday_or_of_a_lapsed_payer_stays() {
+    let mut w = World::tiered();
+    w.app.settings.free_key_idle_days = Some(1);
+    // the clock starts on 2026-11-23 12:00 UTC; the FREE quota is monthly
+    let (early, yesterday, lapsed) = (w.user("ed"), w.user("yul"), w.user("lap"));
+    let early_key = free_key(&w, &early).await.api_key;
+    let y_key = free_key(&w, &yesterday).await.api_key;
+    w.app.keys.call(&early_key.value, w.clock.now()).unwrap(); // used on the 23rd
+                                                               // a payer whose subscription went past due and then lapsed to FREE: not a candidate
+    let (id, key) = w.checkout_and_pay(&lapsed).await;
+    w.complete(&id, &key).await.unwrap();
+    let sub = w.app.store.accounts().into_iter().find(|a| a.user_id == lapsed.id).unwrap().subscription_id.unwrap();
+    w.app.payments.update_subscription(&sub, |s| s.status = paykey::ports::SubscriptionStatus::Unpaid);
+    let e = paykey::ports::StripeEvent {
+        id: "evt_unpaid".into(),
+        kind: "customer.subscription.updated".into(),
+        subject: paykey::ports::EventSubject::Subscription { id: sub, customer: None },
+    };
+    flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &e)
+        .await
+        .unwrap();
+    // to 2026-11-29 23:00: yul calls once; then the 00:00 run of the 30th
+    w.clock.advance(days(6) + chrono::Duration::hours(11));
+    w.app.keys.call(&y_key.value, w.clock.now()).unwrap();
+    w.clock.advance(chrono::Duration::hours(1));
+    assert!(reclaim(&w).await.is_empty(), "used on the 23rd (this month), yesterday, or a lapsed payer: all kept");
+    // 1 December 01:00, a new quota period: ed's and yul's calls were last month and more than a
+    // whole day ago; the lapsed payer stays
+    w.clock.advance(days(1) + chrono::Duration::hours(1));
+    let mut gone = reclaim(&w).await;
+    gone.sort();
+    let mut want = vec![early_key.id.clone(), y_key.id.clone()];
+    want.sort();
+    assert_eq!(gone, want);
+}

@@ -499,7 +499,7 @@ impl Emu {
         }
         let customer = form.get("customer");
         if let Some(c) = customer {
-            if !self.customers.contains_key(c) {
+            if !self.customer_exists(c) {
                 return ApiResult::missing("customer", c, "customer");
             }
         }
@@ -708,7 +708,7 @@ impl Emu {
         let Some(customer) = form.get("customer") else {
             return ApiResult::missing_param("customer");
         };
-        if !self.customers.contains_key(customer) {
+        if !self.customer_exists(customer) {
             return ApiResult::missing("customer", customer, "customer");
         }
         // Without `configuration`, Stripe uses the account's default configuration: the one saved
@@ -968,6 +968,11 @@ impl Emu {
     }
 
     /// Cancels at once: `canceled`, with `customer.subscription.deleted`.
+    /// A customer that exists and is not deleted (a deleted one is kept as a tombstone).
+    fn customer_exists(&self, id: &str) -> bool {
+        self.customers.get(id).is_some_and(|c| c["deleted"] != true)
+    }
+
     fn delete_customer(&mut self, id: &str) -> ApiResult {
         let Some(customer) = self.customers.get(id).filter(|c| c["deleted"] != true).cloned() else {
             return ApiResult::missing("customer", id, "id");

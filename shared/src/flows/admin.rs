@@ -528,17 +528,28 @@ where
     let key_name = ctx.settings.key_name(user);
     let locked = account_keys::lock_with_key_lookup(store, keys, ctx, user, &token, &key_name).await?;
     let result = async {
-        // Again under the lock: a checkout completed since the first look is a live subscription.
+        // Again under the lock, with what may have happened since the first look: a checkout
+        // fulfilled (the record's customer now), or paid and not fulfilled yet (its customer
+        // and subscription exist only at Stripe: read from the user's open checkouts).
         let held = locked.account.as_ref().or(legacy.as_ref());
-        ours = erasable(payments, ctx, held, customer.as_ref(), opts, user).await?;
-        let mut done = Erased::default();
-        // Open checkouts first: none can start a subscription after this.
+        let mut customer = held.and_then(|r| r.customer_id.clone()).or(customer.clone());
+        let mut open = Vec::new();
         for lookup_key in ctx.settings.catalog.paid().filter_map(|t| t.lookup_key.as_ref()) {
             let Some(price) = payments.find_price(lookup_key).await? else { continue };
-            if let Some(open) = store.open_checkout(&user.id, &price.id).await? {
-                if payments.expire_checkout(&open.session_id).await? {
-                    done.checkouts_expired.push(open.session_id);
+            if let Some(o) = store.open_checkout(&user.id, &price.id).await? {
+                if let Some(state) = payments.get_checkout(&o.session_id).await? {
+                    customer = customer.or(state.customer.clone());
                 }
+                open.push(o.session_id);
+            }
+        }
+        ours = erasable(payments, ctx, held, customer.as_ref(), opts, user).await?;
+        let mut done = Erased::default();
+        // Open checkouts next: none can start a subscription after this (a paid one is not open
+        // any more; its subscription is among `ours`).
+        for session in open {
+            if payments.expire_checkout(&session).await? {
+                done.checkouts_expired.push(session);
             }
         }
         if opts.cancel_subscriptions {

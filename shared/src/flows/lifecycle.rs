@@ -508,13 +508,12 @@ where
     U: UserDirectory,
 {
     let now = ctx.clock.now();
-    // A status that asks the webhooks for no change (`incomplete`: the first payment pending)
-    // grants nothing yet: from the record alone, the free plan.
+    // `incomplete` (the first payment pending) grants nothing yet: from the record alone, the
+    // free plan. A status paykey does not know stays "no change".
     let access = match next.subscription_status.as_deref().map(SubscriptionStatus::parse) {
+        Some(SubscriptionStatus::Incomplete) | None => Some(Access::Free),
         Some(status) => desired_plan(&status, next.past_due_since, now, ctx.settings.past_due_grace),
-        None => Some(Access::Free),
-    }
-    .or(Some(Access::Free));
+    };
     let sub_tier = match access {
         Some(Access::Paid) => bought_before(ctx, next),
         _ => None,

@@ -80,10 +80,10 @@ pub struct Settings {
     pub portal_configuration: Option<String>,
     /// How long one request may take to create a user's checkout before another may.
     pub checkout_claim: Duration,
-    /// `FREE_KEY_IDLE_DAYS` (1–90; unset or 0: off): the sweep deletes a free-tier key that served
-    /// no call in that many days and whose record did not change in them (re-issued, as a new
-    /// key, on the user's next `POST /api-key`), so idle free keys do not fill API Gateway's
-    /// 10,000 keys per account and Region.
+    /// `FREE_KEY_IDLE_DAYS` (1–60; unset or 0: off): the sweep deletes a free-tier key that served
+    /// no call in that many days nor in the current quota period, and whose record did not change
+    /// in them (re-issued, as a new key, on the user's next `POST /api-key`), so idle free keys do
+    /// not fill API Gateway's 10,000 keys per account and Region.
     pub free_key_idle_days: Option<u32>,
     /// `STRIPE_WEBHOOK_SECRET` (`whsec_…`), for the webhook function: one, or several while
     /// an endpoint is being replaced (a delivery signed with any of them is accepted).

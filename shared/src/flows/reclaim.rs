@@ -10,16 +10,20 @@ use crate::domain::{AccountRecord, Error, Plan};
 use crate::ports::admin::KeyDeletion;
 use crate::ports::{AccountLock, Accounts, Commit};
 
-/// The most keys one run deletes: three control-plane calls each (plans, detach, delete) within
-/// API Gateway's 10 management calls per second, and the function's 20 s; an hourly run
-/// reclaims up to 1,200 a day.
-pub const RECLAIMS_PER_RUN: usize = 50;
+/// The most keys one run deletes: about four control-plane calls each (GetApiKey, the key's
+/// plans, DeleteApiKey, and the plan association's read and removal where a registry keeps
+/// it), within API Gateway's 10 management calls per second shared with every other caller,
+/// and after the minute's sweep inside the function's 20 s; an hourly run reclaims up to 240
+/// a day.
+pub const RECLAIMS_PER_RUN: usize = 10;
 
-/// Whether the record is a candidate: on the free tier with a key, nothing else going on (no
-/// comp, suspension, rotation grace or unfinished key work), unchanged since `cutoff`.
+/// Whether the record is a candidate: on the free tier with a key and no subscription that may
+/// come back (none, or one that ended: `canceled`, `incomplete_expired`), nothing else going on
+/// (no comp, suspension, rotation grace or unfinished key work), unchanged since `cutoff`.
 fn idle_candidate(a: &AccountRecord, free: &Plan, cutoff: chrono::DateTime<chrono::Utc>) -> bool {
     &a.plan == free
         && a.api_key_id.is_some()
+        && matches!(a.subscription_status.as_deref(), None | Some("canceled") | Some("incomplete_expired"))
         && a.comp.is_none()
         && a.suspension.is_none()
         && a.previous_key_id.is_none()
@@ -27,14 +31,21 @@ fn idle_candidate(a: &AccountRecord, free: &Plan, cutoff: chrono::DateTime<chron
         && a.updated_at <= cutoff
 }
 
-/// Deletes the keys of free-tier users whose key served no call over the last
-/// `FREE_KEY_IDLE_DAYS` days (today included: GetUsage's data for the plan, one paginated call)
-/// and whose record did not change in that time (a key issued or moved to the free tier
-/// recently is not idle), at most [`RECLAIMS_PER_RUN`]. Each under the user's lock, checked
-/// again there: the key is detached and deleted, then the record written without it; a crash
-/// in between leaves a record naming a deleted key, which `POST /api-key` replaces (the key is
-/// looked up, not trusted). A user busy elsewhere is left for the next run. Off (nothing read)
-/// without the setting or a free tier with a usage plan. Returns the keys deleted.
+/// Deletes the keys of free-tier users whose key served no call from the start of the current
+/// quota period, or `FREE_KEY_IDLE_DAYS` whole days before today if that is earlier, through
+/// today (GetUsage for the free tier's plan, one paginated call), and whose record did not
+/// change in those days — at most [`RECLAIMS_PER_RUN`]. No use in the quota period means the
+/// new key a returning user gets (with the plan's whole quota) keeps the period's bound. Calls
+/// in the last minutes before the run may not be reported yet (GetUsage's delay): a key first
+/// used again then can still be deleted, and its user's next `POST /api-key` gets a new one.
+///
+/// Each under the user's lock, checked again there: only a key in the free tier's plan and no
+/// other (one being moved by a fulfilment, or moved by hand, is left alone) is deleted, then
+/// the record is written without it. A crash in between leaves the record naming a deleted
+/// key: the next run finds it gone and clears the record; meanwhile `POST /api-key` looks the
+/// key up and issues a new one (a warm container that cached the old value may hand it out
+/// until then). A user busy elsewhere is left for the next run. Off (nothing read) without the
+/// setting or a free tier with a usage plan. Returns the keys deleted.
 pub async fn reclaim_idle_free_keys<S, K>(
     store: &S,
     keys: &K,
@@ -58,7 +69,10 @@ where
         return Ok(Vec::new());
     }
     let today = now.date_naive();
-    let first = today - Duration::days(i64::from(days) - 1);
+    let mut first = today - window;
+    if let Some(q) = tier.quota {
+        first = first.min(q.period.containing(today).0);
+    }
     let used = keys.plan_usage(&usage_plan, first, today).await?;
     let mut reclaimed = Vec::new();
     for account in candidates {
@@ -91,16 +105,19 @@ where
                 account_keys::release(store, &user, &token).await;
                 return Ok(false);
             }
-            // Only a key in the free tier's plan and nowhere else (its usage above is that
-            // plan's), or in none (a reclaim that failed after detaching it: it serves nothing):
-            // one moved to another plan by hand is left alone.
-            let plans = keys.plans_of(&key).await?;
-            if !(plans.is_empty() || plans == [usage_plan.clone()]) {
-                account_keys::release(store, &user, &token).await;
-                return Ok(false);
+            if keys.get(&key).await?.is_some() {
+                let plans = keys.plans_of(&key).await?;
+                if plans != [usage_plan.clone()] {
+                    account_keys::release(store, &user, &token).await;
+                    return Ok(false);
+                }
+                keys.delete_key(&key).await?;
+                // A registry that keeps a deleted key's plan association (moto does; API Gateway
+                // removes it with the key): removed too.
+                for p in &plans {
+                    keys.detach_from_plan(&key, p).await?;
+                }
             }
-            account_keys::detach_from_every_plan(keys, &key).await?;
-            keys.delete_key(&key).await?;
             next.api_key_id = None;
             next.updated_at = ctx.clock.now();
             match store.put_account(&next, &token).await? {

@@ -295,6 +295,9 @@ where
         let now = ctx.clock.now(); // a long scan: each user's lease from when it is taken
         let lock = store.lock_account(&user.id, &token, now, account_keys::lease_until(ctx, now)).await?;
         let crate::ports::AccountLock::Acquired(Some(mut next)) = lock else {
+            if matches!(lock, crate::ports::AccountLock::Acquired(None)) {
+                account_keys::release(store, &user, &token).await; // erased since the scan
+            }
             continue; // busy: the next sweep
         };
         let result = async {
@@ -488,15 +491,14 @@ where
     let hourly = at.minute() == 0;
     let (disabled, comps_ended, reclaimed) = match store.list_accounts().await {
         Ok(accounts) => {
+            // The minute's work first; the reclaim (hourly) after it.
+            let disabled = sweep_listed(store, keys, ctx, accounts.clone()).await;
+            let comps = end_comps_listed(store, keys, users, ctx, accounts.clone()).await;
             let reclaimed = match hourly {
                 true => Some(super::reclaim_idle_free_keys(store, keys, ctx, &accounts).await),
                 false => None,
             };
-            (
-                sweep_listed(store, keys, ctx, accounts.clone()).await,
-                end_comps_listed(store, keys, users, ctx, accounts).await,
-                reclaimed,
-            )
+            (disabled, comps, reclaimed)
         }
         Err(e) => {
             (Err(Error::Backend(e.clone())), Err(Error::Backend(e.clone())), hourly.then_some(Err(Error::Backend(e))))

@@ -238,7 +238,7 @@ impl KeyRegistry for ApiGatewayKeys {
                 .usage_plan_id(plan)
                 .start_date(start.format("%Y-%m-%d").to_string())
                 .end_date(end.format("%Y-%m-%d").to_string())
-                .limit(1000)
+                .limit(500)
                 .set_position(position.take())
                 .send()
                 .await

@@ -83,8 +83,20 @@ fn namespace() -> Option<&'static str> {
     NS.get_or_init(|| std::env::var("PAYKEY_METRICS_NAMESPACE").ok().filter(|n| !n.trim().is_empty())).as_deref()
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The library's unit tests: the observations this thread writes, when set.
+    pub(crate) static CAPTURED: std::cell::RefCell<Option<Vec<Value>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Writes one observation (when metrics are on).
 pub fn emit(dimensions: &[(&str, &str)], metrics: &[(&str, f64, Unit)]) {
+    #[cfg(test)]
+    if CAPTURED.with(|c| c.borrow().is_some()) {
+        let doc = document("test", 0, dimensions, metrics);
+        CAPTURED.with(|c| c.borrow_mut().as_mut().expect("checked").push(doc));
+        return;
+    }
     let Some(ns) = namespace() else { return };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -116,13 +128,14 @@ pub fn webhook(event_type: &str, outcome: &str) {
     }
 }
 
-/// A key `Issued` (a first purchase's, a free key) or `Rotated`.
+/// A key `Issued` (a first purchase's, a free key), `Rotated`, or `Moved` from one tier's usage
+/// plan to another's (a plan change, a cancellation onto the free tier, a comp).
 pub fn keys(action: &str) {
     emit(&[("Action", action)], &[("Keys", 1.0, Unit::Count)]);
 }
 
 /// Idle free keys the sweeper deleted in one run (`Keys` with `Action=Reclaimed`; written on
-/// the hour's runs, 0 included, so the dashboard shows the reclaim running).
+/// the hour's runs, 0 included).
 pub fn keys_reclaimed(n: usize) {
     emit(&[("Action", "Reclaimed")], &[("Keys", n as f64, Unit::Count)]);
 }
@@ -144,6 +157,47 @@ pub fn backend(err: &Error) {
                 .any(|c| b.message.starts_with(c));
         let metric = if throttled { "BackendThrottled" } else { "BackendFailed" };
         emit(&[("Service", b.service)], &[(metric, 1.0, Unit::Count)]);
+    }
+}
+
+#[cfg(test)]
+mod moved_tests {
+    use crate::adapters::memory::{ManualClock, MemoryKeys, MemoryStore, MemoryUsers, Meter, SequentialIds};
+    use crate::domain::{Plan, User, UserId, UserName};
+    use crate::flows::{self, Ctx, Settings};
+
+    /// `Keys` `Action=Moved`: written by the flows where a key leaves one tier's usage plan for
+    /// another's (`account_keys::place_in_plan`), once per move.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_key_leaving_one_tiers_plan_for_another_is_counted_once_as_moved() {
+        super::CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        let meter = Meter::new();
+        let (store, keys, users) =
+            (MemoryStore::new(meter.clone()), MemoryKeys::new(meter.clone()), MemoryUsers::new(meter));
+        let mut settings = Settings::new("https://app.example.com", "https://api.example.com");
+        settings.catalog = crate::domain::Catalog::parse(
+            r#"{"tiers": [{"name": "FREE", "usage_plan_id": "plan-free"},
+            {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "plan-pro"}]}"#,
+        )
+        .unwrap();
+        settings.user_budget.interval = std::time::Duration::ZERO;
+        let clock = ManualClock::new(chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(20_000));
+        let ids = SequentialIds::default();
+        let ctx = Ctx { clock: &clock, ids: &ids, settings: &settings };
+        let u = User {
+            id: UserId::parse("6f1e9a52-0000-4000-8000-000000000001").unwrap(),
+            name: UserName::parse("mo").unwrap(),
+        };
+        users.add_user_with_sub(&u);
+        flows::issue_free_key(&store, &keys, &users, ctx, &u).await.unwrap(); // a new key: not a move
+        let until = crate::ports::Clock::now(&clock) + chrono::Duration::days(9);
+        flows::admin::set_comp(&store, &keys, &users, ctx, &u, Some((Plan::PRO, until, String::new()))).await.unwrap();
+        flows::admin::set_comp(&store, &keys, &users, ctx, &u, Some((Plan::PRO, until, String::new()))).await.unwrap();
+        let docs = super::CAPTURED.with(|c| c.borrow_mut().take()).unwrap();
+        let moved: Vec<_> = docs.iter().filter(|d| d["Action"] == "Moved").collect();
+        assert_eq!(moved.len(), 1, "FREE → PRO once; the repeat finds it in PRO: {docs:?}");
+        assert_eq!(moved[0]["Keys"].as_f64(), Some(1.0));
+        assert_eq!(moved[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["Action"], []]));
     }
 }
 

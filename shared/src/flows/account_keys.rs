@@ -50,9 +50,14 @@ pub(crate) fn spared(account: &crate::domain::AccountRecord, now: DateTime<Utc>)
 /// Returns whether the key entered the plan now (it was not in it).
 pub(crate) async fn place_in_plan<K: KeyRegistry>(keys: &K, id: &str, plan: &str, fresh: bool) -> Result<bool, Error> {
     let current = if fresh { Vec::new() } else { keys.plans_of(id).await? };
+    let moving = !current.is_empty() && !current.iter().any(|p| p == plan);
     for old in current.iter().filter(|p| p.as_str() != plan) {
         tracing::info!(api_key_id = %id, from = %old, to = %plan, "moving the key to another usage plan");
         keys.detach_from_plan(id, old).await?;
+    }
+    if moving {
+        // Counted once it has left the old plan (a retry finds it in none: not counted again).
+        crate::telemetry::keys("Moved");
     }
     let entered = !current.iter().any(|p| p == plan);
     if entered {

@@ -269,7 +269,7 @@ where
     S: Accounts + crate::ports::AccountListing,
     K: KeyRegistry,
 {
-    sweep_listed(store, keys, ctx, store.list_accounts().await?).await
+    sweep_listed(store, keys, ctx, &store.list_accounts().await?).await
 }
 
 /// [`sweep_expired_keys`] over records listed already.
@@ -277,7 +277,7 @@ async fn sweep_listed<S, K>(
     store: &S,
     keys: &K,
     ctx: Ctx<'_>,
-    accounts: Vec<crate::domain::AccountRecord>,
+    accounts: &[crate::domain::AccountRecord],
 ) -> Result<Vec<String>, Error>
 where
     S: Accounts,
@@ -287,7 +287,7 @@ where
     let mut disabled = Vec::new();
     for account in accounts {
         let expired = account.previous_key_id.is_some() && account.previous_key_until.is_none_or(|u| u <= now);
-        if !expired && account.pending_key_work.is_none() && !grace_in_new_period(ctx, &account, now) {
+        if !expired && account.pending_key_work.is_none() && !grace_in_new_period(ctx, account, now) {
             continue;
         }
         let user = account.user();
@@ -492,8 +492,8 @@ where
     let (disabled, comps_ended, reclaimed) = match store.list_accounts().await {
         Ok(accounts) => {
             // The minute's work first; the reclaim (hourly) after it.
-            let disabled = sweep_listed(store, keys, ctx, accounts.clone()).await;
-            let comps = end_comps_listed(store, keys, users, ctx, accounts.clone()).await;
+            let disabled = sweep_listed(store, keys, ctx, &accounts).await;
+            let comps = end_comps_listed(store, keys, users, ctx, &accounts).await;
             let reclaimed = match hourly {
                 true => Some(super::reclaim_idle_free_keys(store, keys, ctx, &accounts).await),
                 false => None,
@@ -520,7 +520,7 @@ where
     K: KeyRegistry,
     U: crate::ports::UserDirectory,
 {
-    end_comps_listed(store, keys, users, ctx, store.list_accounts().await?).await
+    end_comps_listed(store, keys, users, ctx, &store.list_accounts().await?).await
 }
 
 /// [`end_expired_comps`] over records listed already.
@@ -529,7 +529,7 @@ async fn end_comps_listed<S, K, U>(
     keys: &K,
     users: &U,
     ctx: Ctx<'_>,
-    accounts: Vec<crate::domain::AccountRecord>,
+    accounts: &[crate::domain::AccountRecord],
 ) -> Result<Vec<User>, Error>
 where
     S: Accounts,

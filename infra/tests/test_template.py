@@ -667,7 +667,12 @@ def catalog_of(cfn, **overrides):
     params = {k: v.get("Default") for k, v in cfn["Parameters"].items()}
     params.update(overrides)
     params.update({"ProUsagePlan": "plan-pro", "FreeUsagePlan": "plan-free", "BusinessUsagePlan": "plan-business"})
-    conditions = {"HasFreeKeys": int(params["FreeQuotaLimit"]) != 0, "HasBusiness": params["BusinessLookupKey"] != ""}
+    conditions = {
+        "HasFreeKeys": int(params["FreeQuotaLimit"]) != 0,
+        "HasBusiness": params["BusinessLookupKey"] != "",
+        "ProMetered": params["ProMeteredLookupKey"] != "",
+        "BusinessMetered": params["BusinessMeteredLookupKey"] != "",
+    }
     raws = {json.dumps(fn["Properties"]["Environment"]["Variables"]["PAYKEY_CATALOG"]) for fn in functions(cfn).values()}
     assert len(raws) == 1, "every function reads the same catalog"
     return json.loads(evaluate(json.loads(raws.pop()), params, conditions))
@@ -678,7 +683,27 @@ def test_the_default_catalog_is_the_single_tier_deployment(cfn):
         {"name": "FREE"},
         {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "plan-pro", "trial_days": 0,
          "quota": {"limit": 100000, "period": "MONTH"}, "throttle": {"rate": 10, "burst": 20}},
-    ]}
+    ], "meter_event_name": "paykey_api_requests"}
+
+
+def test_metered_tiers_carry_their_metered_price_and_included_requests_and_the_sweeper_the_stripe_key(cfn):
+    c = catalog_of(
+        cfn, BusinessLookupKey="FMMailBusiness", ProMeteredLookupKey="FMMailProCalls", ProIncludedRequests=1000,
+        ProQuotaLimit=5000, BusinessMeteredLookupKey="FMMailBusinessCalls", BusinessIncludedRequests=10000,
+        MeterEventName="fmmail_requests",
+    )
+    assert [t.get("metered") for t in c["tiers"]] == [
+        None,
+        {"lookup_key": "FMMailProCalls", "included": 1000},
+        {"lookup_key": "FMMailBusinessCalls", "included": 10000},
+    ]
+    assert c["meter_event_name"] == "fmmail_requests"
+    only_pro = catalog_of(cfn, ProMeteredLookupKey="FMMailProCalls", ProIncludedRequests=1000)
+    assert [t["name"] for t in only_pro["tiers"]] == ["FREE", "PRO"], "no BUSINESS without its lookup key"
+    plain_business = catalog_of(cfn, BusinessLookupKey="FMMailBusiness", BusinessMeteredLookupKey="X")
+    assert "metered" in plain_business["tiers"][2] and "metered" not in plain_business["tiers"][1]
+    env = functions(cfn)["SweepKeysFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["STRIPE_API_KEY_PARAMETER"] == {"Ref": "StripeSecretKeyParameter"}
 
 
 def test_a_catalog_with_free_keys_business_and_trials_names_each_tiers_plan(cfn):

@@ -300,10 +300,10 @@ struct WebhookAnswer {
 /// 5xx when acting failed, so Stripe retries.
 pub async fn stripe_webhook<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
-    S: Checkouts + Accounts + ProcessedEvents,
+    S: Checkouts + Accounts + ProcessedEvents + crate::ports::metering::UsageCursor,
     K: KeyRegistry,
     U: UserDirectory,
-    P: Payments,
+    P: Payments + crate::ports::metering::UsageMeter,
 {
     let origin = app.settings.cors_origin(http::origin(&req));
     let mut event_type = String::from("unknown");

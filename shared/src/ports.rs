@@ -322,6 +322,21 @@ pub struct PriceInfo {
     pub currency: String,
     /// How often it recurs (Stripe's `recurring`); `None` for a one-time price.
     pub recurring: Option<Recurring>,
+    /// Billed for usage reported to a meter (`recurring.usage_type: metered`): sold without a
+    /// quantity.
+    pub metered: bool,
+    /// A tiered price's tiers in order (`billing_scheme: tiered`); empty for a per-unit price.
+    pub tiers: Vec<PriceTier>,
+}
+
+/// One tier of a tiered price (Stripe's `tiers[]`): units up to `up_to` (`None`: the rest) cost
+/// `unit_amount_decimal` each (in the currency's minor unit, a decimal string: "0.5" is half a
+/// cent or half a yen), plus `flat_amount` once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PriceTier {
+    pub up_to: Option<u64>,
+    pub unit_amount_decimal: Option<String>,
+    pub flat_amount: Option<i64>,
 }
 
 /// A recurring price's billing interval: every `interval_count` `interval`s.
@@ -342,6 +357,10 @@ impl Recurring {
 #[derive(Debug, Clone)]
 pub struct NewCheckout<'a> {
     pub price_id: &'a str,
+    /// The price is metered (sold without a quantity: a pay-per-call tier).
+    pub price_metered: bool,
+    /// A metered price sold beside `price_id` (a tier's overage above its included amount).
+    pub overage_price_id: Option<&'a str>,
     pub user: &'a User,
     pub customer: Option<&'a CustomerId>,
     pub success_url: String,
@@ -438,8 +457,24 @@ pub struct SubscriptionState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventSubject {
     Checkout(SessionId),
-    Subscription { id: SubscriptionId, customer: Option<CustomerId> },
-    Invoice { subscription: Option<SubscriptionId>, customer: Option<CustomerId> },
+    Subscription {
+        id: SubscriptionId,
+        customer: Option<CustomerId>,
+    },
+    Invoice {
+        subscription: Option<SubscriptionId>,
+        customer: Option<CustomerId>,
+    },
+    /// `invoice.created` for a subscription's new period (`billing_reason: subscription_cycle`),
+    /// still a draft: the invoice of the period `period_start..period_end` that just closed
+    /// (Stripe bills metered usage in arrears), which Stripe finalizes after the account's grace
+    /// period.
+    ClosingInvoice {
+        subscription: SubscriptionId,
+        customer: CustomerId,
+        period_start: DateTime<Utc>,
+        period_end: DateTime<Utc>,
+    },
     Other,
 }
 
@@ -528,6 +563,61 @@ pub mod admin {
         /// Deletes the customer (Stripe also cancels every subscription it still has, of any
         /// product); one that does not exist is deleted already.
         fn delete_customer(&self, id: &CustomerId) -> impl Future<Output = Result<()>> + Send;
+    }
+}
+
+/// Usage-based billing: what the usage reporter reads and writes beside the other ports.
+pub mod metering {
+    use std::future::Future;
+
+    use chrono::{DateTime, NaiveDate, Utc};
+
+    use super::Result;
+    use crate::domain::CustomerId;
+
+    /// One customer's calls on one UTC day, as one Stripe meter event. paykey's meter
+    /// pre-aggregates by day (`event_time_window: day`): Stripe keeps, per customer and UTC day
+    /// of the event's timestamp, only the most recently received event — so a day's total sent
+    /// again *replaces* the earlier one, it never adds to it (Stripe's "Record usage for billing":
+    /// "A newer event sent within the same hourly or daily window overwrites the previous one").
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct MeterEvent {
+        pub event_name: String,
+        pub customer: CustomerId,
+        pub day: NaiveDate,
+        pub value: u64,
+    }
+
+    impl MeterEvent {
+        /// The event's timestamp: the day's last second, so the whole day falls in the billing
+        /// period that contains its end (the day a period ends in is billed in the next one).
+        pub fn timestamp(&self) -> DateTime<Utc> {
+            self.day.and_hms_opt(23, 59, 59).expect("a valid time").and_utc()
+        }
+
+        /// Unique per customer, day and value (Stripe drops an identifier it saw in the last
+        /// 24 hours: the same total sent twice is one event; a new total is a new event, which
+        /// replaces the day's earlier one). At most 100 characters, as Stripe allows.
+        pub fn identifier(&self) -> String {
+            let mut id = format!("paykey-{}-{}-{}", self.customer, self.day.format("%Y%m%d"), self.value);
+            id.truncate(100);
+            id
+        }
+    }
+
+    /// Stripe Billing Meters.
+    pub trait UsageMeter: Send + Sync {
+        /// Sends the event (`POST /v1/billing/meter_events`).
+        fn send_meter_event(&self, event: &MeterEvent) -> impl Future<Output = Result<()>> + Send;
+    }
+
+    /// How far the usage reporter has reported: every day up to and including it was sent after
+    /// it had settled (API Gateway's daily counts arrive late), so it is final at Stripe.
+    pub trait UsageCursor: Send + Sync {
+        fn reported_through(&self) -> impl Future<Output = Result<Option<NaiveDate>>> + Send;
+        /// Moves the cursor forward to `day`; never back (a slower run that finishes after a
+        /// faster one leaves the later day).
+        fn set_reported_through(&self, day: NaiveDate) -> impl Future<Output = Result<()>> + Send;
     }
 }
 

@@ -140,6 +140,18 @@ pub fn keys_reclaimed(n: usize) {
     emit(&[("Action", "Reclaimed")], &[("Keys", n as f64, Unit::Count)]);
 }
 
+/// One usage report: meter events sent to Stripe and the calls they carry (`UsageReported`,
+/// `UsageEvents`; written on every run of the reporter, 0 included).
+pub fn usage_reported(events: usize, calls: u64) {
+    emit(&[], &[("UsageEvents", events as f64, Unit::Count), ("UsageReported", calls as f64, Unit::Count)]);
+}
+
+/// Calls on metered plans in a day too old for Stripe's 35-day window: not billed, logged per
+/// customer (`UsageUnreported`).
+pub fn usage_unreported(calls: u64) {
+    emit(&[], &[("UsageUnreported", calls as f64, Unit::Count)]);
+}
+
 /// The account's API keys (hourly, from the sweeper), against API Gateway's 10,000.
 pub fn key_count(n: usize) {
     emit(&[], &[("KeyCount", n as f64, Unit::Count)]);

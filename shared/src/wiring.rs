@@ -112,21 +112,30 @@ pub async fn account_app(env: &Env) -> Result<AccountApp, InitError> {
     ))
 }
 
-pub type SweepApp = App<DynamoStore, Keys, CognitoUsers, ()>;
+pub type SweepApp = App<DynamoStore, Keys, CognitoUsers, Option<StripePayments>>;
 
 /// `sweep-keys`: the API keys table, API Gateway and the user pool (a comp that ends writes the
-/// user's plan); no Stripe.
+/// user's plan); Stripe only when a tier is metered (the hourly usage report), its key then
+/// required.
 pub async fn sweep_app(env: &Env) -> Result<SweepApp, InitError> {
     let settings = config::settings(env)?;
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
     config::require_usage_plans(&settings.catalog)?;
+    let key = match settings.catalog.metered().next() {
+        Some(_) => Some(config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?),
+        None => None,
+    };
     let aws = aws::load_config().await;
+    let payments = match key {
+        Some(key) => Some(stripe(env, key, &aws).await?.0),
+        None => None,
+    };
     Ok(app(
         DynamoStore::new(&aws, tables),
         Patient::new(ApiGatewayKeys::new(&aws)),
         CognitoUsers::new(&aws, pool),
-        (),
+        payments,
         settings,
     ))
 }

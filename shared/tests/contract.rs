@@ -106,10 +106,20 @@ async fn session_store_contract<
         + ProcessedEvents
         + OpenCheckouts
         + Budgets
-        + paykey::ports::admin::AccountErasure,
+        + paykey::ports::admin::AccountErasure
+        + paykey::ports::metering::UsageCursor,
 >(
     store: &S,
 ) {
+    // The usage reporter's cursor: none at first, then only forward.
+    let day = |d| chrono::NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    assert_eq!(store.reported_through().await.unwrap(), None);
+    store.set_reported_through(day(23)).await.unwrap();
+    store.set_reported_through(day(21)).await.expect("an older day is not an error");
+    assert_eq!(store.reported_through().await.unwrap(), Some(day(23)), "never back");
+    store.set_reported_through(day(24)).await.unwrap();
+    assert_eq!(store.reported_through().await.unwrap(), Some(day(24)));
+
     let alice = new_user("alice-");
     let r = record(&alice);
     let t = r.created_at;
@@ -967,6 +977,8 @@ mod moto {
             .payments
             .create_checkout(paykey::ports::NewCheckout {
                 price_id: &price.id,
+                price_metered: false,
+                overage_price_id: None,
                 user: &python_user,
                 customer: None,
                 trial_days: 0,

@@ -552,3 +552,49 @@ async fn reclaiming_an_idle_free_key_converges_after_a_fault_at_any_call() {
     )
     .await;
 }
+
+/// Two customers of the metered PRO with calls on 2026-11-23 (700 and 1,300), reported at
+/// 03:00 the next day, when the day has settled.
+async fn two_metered_customers() -> (Arc<World>, Vec<(paykey::domain::CustomerId, u64)>) {
+    let w = Arc::new(World::metered());
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let mut expected = Vec::new();
+    for (name, calls) in [("jane", 700), ("kim", 1300)] {
+        let u = w.user(name);
+        let (id, key) = w.checkout_and_pay(&u).await;
+        w.complete(&id, &key).await.unwrap();
+        let a = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+        w.app.keys.add_use(a.api_key_id.as_deref().unwrap(), PRO_PLAN, day, calls);
+        expected.push((a.customer_id.unwrap(), calls));
+    }
+    w.clock.advance(chrono::Duration::hours(15)); // 2026-11-24 03:00
+    (w, expected)
+}
+
+#[tokio::test]
+async fn the_usage_report_converges_after_a_fault_at_any_call_and_never_counts_twice() {
+    use paykey::ports::metering::UsageCursor;
+    matrix(
+        "usage report",
+        two_metered_customers,
+        |w, _| async move {
+            let accounts = w.app.store.accounts();
+            let _ =
+                flows::metering::report_usage(&w.app.keys, &w.app.payments, &w.app.store, w.app.ctx(), &accounts).await;
+        },
+        |w, expected, case| async move {
+            // the next hourly run
+            w.clock.advance(chrono::Duration::hours(1));
+            let accounts = w.app.store.accounts();
+            flows::metering::report_usage(&w.app.keys, &w.app.payments, &w.app.store, w.app.ctx(), &accounts)
+                .await
+                .unwrap_or_else(|e| panic!("{case}: next run: {e}"));
+            let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+            for (customer, calls) in &expected {
+                assert_eq!(w.app.payments.meter_total(customer, day, day), *calls, "{case}: {customer}");
+            }
+            assert_eq!(w.app.store.reported_through().await.unwrap(), Some(day), "{case}: settled");
+        },
+    )
+    .await;
+}

@@ -66,6 +66,9 @@ fn grants(op: &str) -> &'static [(&'static str, &'static str)] {
         "ddb.lock_account" | "ddb.unlock_account" | "ddb.retire_legacy_account" => &[("dynamodb:UpdateItem", ACCOUNTS)],
         "ddb.find_account" | "ddb.find_legacy_account" => &[("dynamodb:Query", CUSTOMER_INDEX)],
         "ddb.list_accounts" | "ddb.list_legacy_names" => &[("dynamodb:Scan", ACCOUNTS)],
+        // the usage reporter's cursor: one item of the sessions table
+        "ddb.usage_cursor" => &[("dynamodb:GetItem", SESSIONS)],
+        "ddb.set_usage_cursor" => &[("dynamodb:UpdateItem", SESSIONS)],
         // API Gateway's control plane: the HTTP method on the path the call names
         "apigw.find_key" | "apigw.count_keys" => &[("apigateway:GET", KEYS)],
         "apigw.create_key" => &[("apigateway:POST", KEYS)],
@@ -118,6 +121,8 @@ async fn secrets_of(function: &str) -> BTreeSet<String> {
             ("USER_POOL_ID", "us-east-1_pool"),
             ("USAGE_PLAN_ID", "plan"),
             ("STRIPE_PORTAL_CONFIGURATION", "bpc_derive"),
+            // a catalog with a metered tier: the sweep then reports usage to Stripe
+            ("PAYKEY_CATALOG", support::METERED_TIERS),
         ];
         for s in &secrets {
             pairs.push((s.as_str(), if s == "STRIPE_API_KEY" { "sk_test_derive" } else { "whsec_derive" }));
@@ -302,7 +307,8 @@ async fn sweep_calls() -> Vec<&'static str> {
     use chrono::Timelike;
     let to_hour = 60 - i64::from(w.clock.now().minute());
     w.clock.advance(chrono::Duration::minutes(to_hour));
-    let run = flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), None).await;
+    let run =
+        flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, Some(&w.app.payments), w.app.ctx(), None).await;
     assert!(run.key_count.is_some() && run.disabled.is_ok(), "counted at the top of the hour");
     let mut calls = w.meter.calls();
     // complimentary tiers that end: the users move back to the free tier's plan
@@ -317,7 +323,8 @@ async fn sweep_calls() -> Vec<&'static str> {
     paykey::ports::admin::KeyDeletion::delete_key(&w.app.keys, &dee_key).await.unwrap();
     w.clock.advance(chrono::Duration::days(2));
     w.meter.reset_calls();
-    let run = flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), None).await;
+    let run =
+        flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, Some(&w.app.payments), w.app.ctx(), None).await;
     assert_eq!(run.comps_ended.unwrap().len(), 2);
     calls.extend(w.meter.calls());
     // a month later, on the hour: the idle free keys are reclaimed
@@ -325,8 +332,28 @@ async fn sweep_calls() -> Vec<&'static str> {
     let to_hour = 60 - i64::from(w.clock.now().minute());
     w.clock.advance(chrono::Duration::minutes(to_hour % 60));
     w.meter.reset_calls();
-    let run = flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), None).await;
+    let run =
+        flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, Some(&w.app.payments), w.app.ctx(), None).await;
     assert!(!run.reclaimed.unwrap().unwrap().is_empty(), "idle free keys reclaimed");
+    calls.extend(w.meter.calls());
+    // a catalog with metered tiers: on the hour, a subscriber's usage is reported to Stripe,
+    // the keys no record names looked up by id
+    let w = World::metered();
+    let eve = w.user("eve");
+    let (id, key) = w.checkout_and_pay(&eve).await;
+    w.complete(&id, &key).await.unwrap();
+    let eve_key = w.app.store.accounts()[0].api_key_id.clone().unwrap();
+    let stray = w.app.keys.create("made-by-hand").await.unwrap();
+    let day = w.clock.now().date_naive();
+    w.app.keys.add_use(&eve_key, support::PRO_PLAN, day, 10);
+    w.app.keys.add_use(&stray.id, support::PRO_PLAN, day, 1);
+    w.clock.advance(chrono::Duration::hours(16));
+    let to_hour = 60 - i64::from(w.clock.now().minute());
+    w.clock.advance(chrono::Duration::minutes(to_hour % 60));
+    w.meter.reset_calls();
+    let run =
+        flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, Some(&w.app.payments), w.app.ctx(), None).await;
+    assert_eq!(run.usage.unwrap().unwrap().events, 1, "usage reported");
     calls.extend(w.meter.calls());
     calls
 }
@@ -460,6 +487,35 @@ async fn webhook_calls() -> Vec<&'static str> {
     let out = webhook!(event("evt_python_era", "customer.subscription.updated", subject)).unwrap();
     assert_eq!(out, flows::EventOutcome::Processed("pyra is PRO".into()));
     webhook!(event("evt_other", "customer.created", EventSubject::Other)).unwrap();
+    // a period's draft invoice on a metered tier: the closing period's usage is sent
+    use paykey::ports::Clock;
+    let w = World::metered();
+    let una = w.user("una");
+    let (id, key) = w.checkout_and_pay(&una).await;
+    w.complete(&id, &key).await.unwrap();
+    let a = w.app.store.accounts()[0].clone();
+    w.app.keys.add_use(a.api_key_id.as_deref().unwrap(), support::PRO_PLAN, w.clock.now().date_naive(), 5);
+    let start = w.clock.now();
+    w.clock.advance(chrono::Duration::days(30));
+    let subject = EventSubject::ClosingInvoice {
+        subscription: a.subscription_id.clone().unwrap(),
+        customer: a.customer_id.clone().unwrap(),
+        period_start: start,
+        period_end: w.clock.now(),
+    };
+    w.meter.reset_calls();
+    let out = flows::handle_stripe_event(
+        &w.app.store,
+        &w.app.keys,
+        &w.app.users,
+        &w.app.payments,
+        w.app.ctx(),
+        &event("evt_close", "invoice.created", subject),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(&out, flows::EventOutcome::Processed(m) if m.contains("days of usage sent: 1")), "{out:?}");
+    calls.extend(w.meter.calls());
     calls
 }
 

@@ -412,23 +412,51 @@ async fn the_scheduled_run_counts_keys_on_the_hours_run_by_its_scheduled_time_ev
     let u = w.user("ann");
     flows::issue_free_key(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u).await.unwrap();
     // started late (the clock is past minute 0): the schedule's time decides
-    let run =
-        flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), Some("2026-12-04T15:00:00Z")).await;
+    let run = flows::scheduled_run(
+        &w.app.store,
+        &w.app.keys,
+        &w.app.users,
+        Some(&w.app.payments),
+        w.app.ctx(),
+        Some("2026-12-04T15:00:00Z"),
+    )
+    .await;
     assert_eq!(run.key_count, Some(1));
-    let run =
-        flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), Some("2026-12-04T15:01:00Z")).await;
+    let run = flows::scheduled_run(
+        &w.app.store,
+        &w.app.keys,
+        &w.app.users,
+        Some(&w.app.payments),
+        w.app.ctx(),
+        Some("2026-12-04T15:01:00Z"),
+    )
+    .await;
     assert_eq!(run.key_count, None, "other minutes do not count");
     assert!(run.disabled.is_ok());
     // the sweep fails: the count is still there, and the failure too
     w.meter.inject("ddb.list_accounts", Fault::Before);
-    let run =
-        flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), Some("2026-12-04T16:00:00Z")).await;
+    let run = flows::scheduled_run(
+        &w.app.store,
+        &w.app.keys,
+        &w.app.users,
+        Some(&w.app.payments),
+        w.app.ctx(),
+        Some("2026-12-04T16:00:00Z"),
+    )
+    .await;
     assert_eq!(run.key_count, Some(1));
     assert!(run.disabled.is_err());
     // a count that fails does not fail the sweep
     w.meter.inject("apigw.count_keys", Fault::Before);
-    let run =
-        flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), Some("2026-12-04T17:00:00Z")).await;
+    let run = flows::scheduled_run(
+        &w.app.store,
+        &w.app.keys,
+        &w.app.users,
+        Some(&w.app.payments),
+        w.app.ctx(),
+        Some("2026-12-04T17:00:00Z"),
+    )
+    .await;
     assert_eq!(run.key_count, None);
     assert!(run.disabled.is_ok());
 }

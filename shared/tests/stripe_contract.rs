@@ -20,6 +20,11 @@ trait Driver {
     fn refunded(&self, sub: &SubscriptionId) -> i64;
     /// A billing portal configuration created as `paykey-setup` does: its id.
     fn add_portal_configuration(&self) -> String;
+    /// A graduated metered price on the meter of `paykey_api_requests` (made if missing):
+    /// `included` calls at 0, then `rate` each.
+    fn add_metered_price(&self, lookup_key: &str, included: u64, rate: &str) -> PriceInfo;
+    /// What the meter bills the customer for the UTC day.
+    fn meter_day(&self, customer: &CustomerId, day: chrono::NaiveDate) -> u64;
 }
 
 impl Driver for MemoryPayments {
@@ -37,6 +42,12 @@ impl Driver for MemoryPayments {
     }
     fn add_portal_configuration(&self) -> String {
         MemoryPayments::add_portal_configuration(self)
+    }
+    fn add_metered_price(&self, lookup_key: &str, included: u64, rate: &str) -> PriceInfo {
+        MemoryPayments::add_metered_price(self, lookup_key, included, rate, "jpy")
+    }
+    fn meter_day(&self, customer: &CustomerId, day: chrono::NaiveDate) -> u64 {
+        self.meter_total(customer, day, day)
     }
 }
 
@@ -58,6 +69,8 @@ impl Driver for Emulated {
             unit_amount: Some(amount),
             currency: currency.into(),
             recurring: Some(paykey::ports::Recurring::monthly()),
+            metered: false,
+            tiers: Vec::new(),
         }
     }
     fn pay(&self, id: &SessionId) {
@@ -84,11 +97,58 @@ impl Driver for Emulated {
         assert_eq!(s, 200, "{c}");
         c["id"].as_str().unwrap().to_string()
     }
+    fn add_metered_price(&self, lookup_key: &str, included: u64, rate: &str) -> PriceInfo {
+        let sh = &self.0.shared;
+        let (_, meters) = sh.call("GET", "/v1/billing/meters", "");
+        let meter = match meters["data"].as_array().unwrap().iter().find(|m| m["event_name"] == "paykey_api_requests") {
+            Some(m) => m["id"].as_str().unwrap().to_string(),
+            None => {
+                let (s, m) = sh.call(
+                    "POST",
+                    "/v1/billing/meters",
+                    "display_name=API+requests&event_name=paykey_api_requests&default_aggregation[formula]=sum&event_time_window=day",
+                );
+                assert_eq!(s, 200, "{m}");
+                m["id"].as_str().unwrap().to_string()
+            }
+        };
+        let (_, product) = sh.call("POST", "/v1/products", "name=paykey+PRO+calls");
+        let form = format!(
+            "product={}&currency=jpy&recurring[interval]=month&recurring[usage_type]=metered&recurring[meter]={meter}&billing_scheme=tiered&tiers_mode=graduated&tiers[0][up_to]={included}&tiers[0][unit_amount_decimal]=0&tiers[1][up_to]=inf&tiers[1][unit_amount_decimal]={rate}&lookup_key={lookup_key}",
+            product["id"].as_str().unwrap()
+        );
+        let (s, price) = sh.call("POST", "/v1/prices", &form);
+        assert_eq!(s, 200, "{price}");
+        PriceInfo {
+            id: price["id"].as_str().unwrap().into(),
+            lookup_key: lookup_key.into(),
+            unit_amount: None,
+            currency: "jpy".into(),
+            recurring: Some(paykey::ports::Recurring::monthly()),
+            metered: true,
+            tiers: vec![
+                paykey::ports::PriceTier {
+                    up_to: Some(included),
+                    unit_amount_decimal: Some("0".into()),
+                    flat_amount: None,
+                },
+                paykey::ports::PriceTier { up_to: None, unit_amount_decimal: Some(rate.into()), flat_amount: None },
+            ],
+        }
+    }
+    fn meter_day(&self, customer: &CustomerId, day: chrono::NaiveDate) -> u64 {
+        let (_, meters) = self.0.shared.call("GET", "/v1/billing/meters", "");
+        let meter = meters["data"][0]["id"].as_str().unwrap().to_string();
+        let start = day.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp();
+        self.0.shared.meter_usage(&meter, customer.as_str(), start, start + 24 * 3600)
+    }
 }
 
 fn checkout<'a>(price: &'a str, user: &'a User, customer: Option<&'a CustomerId>, key: &str) -> NewCheckout<'a> {
     NewCheckout {
         price_id: price,
+        price_metered: false,
+        overage_price_id: None,
         user,
         customer,
         success_url: "https://api.example.com/create-api-key/{CHECKOUT_SESSION_ID}/k".into(),
@@ -202,6 +262,60 @@ async fn payments_contract<P: Payments, D: Driver>(p: &P, d: &D) {
     let days = (trial.trial_end.expect("trial_end") - chrono::Utc::now()).num_hours();
     assert!((14 * 24 - 2..=14 * 24).contains(&days), "{days} hours");
     assert_eq!(trial.period_end, trial.trial_end, "the first period ends with the trial");
+}
+
+/// Usage-based billing: a metered price found with its tiers, sold without a quantity beside a
+/// flat one, and a day's meter total replaced (never added to) by a newer total, the same total
+/// sent twice counting once.
+async fn metering_contract<P: Payments + paykey::ports::metering::UsageMeter, D: Driver>(p: &P, d: &D) {
+    use paykey::ports::metering::MeterEvent;
+    let flat_key = LookupKey::parse(&format!("Pro{}", uuid::Uuid::new_v4().simple())).unwrap();
+    let calls_key = LookupKey::parse(&format!("Calls{}", uuid::Uuid::new_v4().simple())).unwrap();
+    let flat = d.add_price(flat_key.as_str(), 980, "jpy");
+    let calls = d.add_metered_price(calls_key.as_str(), 1000, "0.5");
+    let found = p.find_price(&calls_key).await.unwrap().expect("the metered price");
+    assert_eq!(found, calls, "metered, with its tiers");
+    let bob = user("bob");
+    // A metered price with a quantity, a flat one without: refused by both.
+    let wrong = NewCheckout { price_id: &calls.id, ..checkout(&calls.id, &bob, None, "idem-m0") };
+    assert!(p.create_checkout(wrong).await.is_err(), "a metered price takes no quantity");
+    let both = NewCheckout { overage_price_id: Some(&calls.id), ..checkout(&flat.id, &bob, None, "idem-m1") };
+    let session = p.create_checkout(both).await.unwrap();
+    d.pay(&session.id);
+    let state = p.get_checkout(&session.id).await.unwrap().unwrap();
+    let sub = p.get_subscription(state.subscription.as_ref().unwrap()).await.unwrap().unwrap();
+    assert_eq!(sub.item_lookup_keys, [Some(flat_key.to_string()), Some(calls_key.to_string())]);
+    let customer = state.customer.unwrap();
+    let day = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let event = |value| MeterEvent { event_name: "paykey_api_requests".into(), customer: customer.clone(), day, value };
+    p.send_meter_event(&event(700)).await.unwrap();
+    p.send_meter_event(&event(700)).await.expect("a total Stripe holds already is delivered");
+    assert_eq!(d.meter_day(&customer, day), 700);
+    p.send_meter_event(&event(1200)).await.unwrap();
+    assert_eq!(d.meter_day(&customer, day), 1200, "the newer total replaces the day's");
+    // a pay-per-call checkout: the metered price alone
+    let payg = NewCheckout { price_metered: true, ..checkout(&calls.id, &bob, Some(&customer), "idem-m2") };
+    p.create_checkout(payg).await.expect("a metered price alone");
+}
+
+#[tokio::test]
+async fn memory_metering_meets_the_contract() {
+    let p = MemoryPayments::new(Meter::new());
+    metering_contract(&p, &p).await;
+}
+
+#[tokio::test]
+async fn the_async_stripe_adapter_on_the_emulator_meets_the_metering_contract() {
+    let emu = stripe_emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), stripe_emulator::Config::default())
+        .await
+        .unwrap();
+    let cfg = StripeConfig {
+        secret_key: Secret::new("sk_test_contract"),
+        api_base: Some(format!("{}/", emu.base_url())),
+        price_cache: std::time::Duration::ZERO,
+    };
+    let p = StripePayments::new(&cfg).unwrap();
+    metering_contract(&p, &Emulated(emu)).await;
 }
 
 #[tokio::test]

@@ -76,13 +76,15 @@ fn subscription_event(w: &World, id: &str, kind: &str, sub_id: &str, customer: &
     let price = objects::price(objects::NewPrice {
         id: "price_1",
         product: "prod_1",
-        unit_amount: 980,
+        unit_amount: Some(980),
         currency: "jpy",
         interval: "month",
         lookup_key: Some("FMMailPro"),
         nickname: None,
         created: t,
         metadata: json!({}),
+        tiers_mode: None,
+        meter: None,
     });
     let sub = objects::subscription(objects::NewSubscription {
         id: sub_id,
@@ -95,6 +97,7 @@ fn subscription_event(w: &World, id: &str, kind: &str, sub_id: &str, customer: &
         latest_invoice: "in_1",
         application_fee_percent: None,
         transfer_destination: None,
+        more_items: &[],
     });
     objects::event(id, kind, sub, t).to_string()
 }

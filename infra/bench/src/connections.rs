@@ -84,6 +84,8 @@ async fn paid_session(emu: &stripe_emulator::Running) -> Result<SessionId, Strin
     let created = direct
         .create_checkout(NewCheckout {
             price_id: price["id"].as_str().unwrap_or_default(),
+            price_metered: false,
+            overage_price_id: None,
             user: &user,
             customer: None,
             success_url: "https://app.example.com/ok".into(),

@@ -116,6 +116,8 @@ pub async fn round_trips() -> String {
             .payments
             .create_checkout(NewCheckout {
                 price_id: &p.id,
+                price_metered: false,
+                overage_price_id: None,
                 user: &carol,
                 customer: None,
                 success_url: "https://x/{CHECKOUT_SESSION_ID}".into(),

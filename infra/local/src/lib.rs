@@ -93,6 +93,9 @@ pub const LOCAL_CATALOG: &str = r#"{"tiers": [
      "quota": {"limit": 1000000, "period": "MONTH"}, "throttle": {"rate": 50, "burst": 100}}
 ]}"#;
 
+/// What the local stack's metered prices charge per call beyond the included amount: ¥0.5.
+pub const LOCAL_RATE: &str = "0.5";
+
 /// The React front end's build in this checkout.
 pub const DEFAULT_WEB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../web/dist");
 
@@ -161,6 +164,7 @@ impl LocalState {
                 .as_ref()
                 .map(|e| serde_json::value::RawValue::from_string(e.export_json()).expect("the emulator writes JSON")),
             webhook_secret: self.webhook_secret.clone(),
+            usage_cursor: self.app.store.usage_cursor(),
         }
     }
 
@@ -272,7 +276,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
                     .and_then(|v| shared.import(&v))
                     .map_err(|e| StartError::Setup(format!("the data file's Stripe state is corrupt: {e}")))?;
             }
-            let portal = seed_catalog(&shared);
+            let portal = seed_catalog(&shared, &catalog);
             let cfg = StripeConfig {
                 secret_key: Secret::new("sk_test_paykey_local"),
                 api_base: Some(format!("{base}/stripe/")),
@@ -288,8 +292,18 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     let keys = MemoryKeys::new(meter);
     if let Some(s) = snapshot {
         store.restore(s.sessions, s.accounts, s.events);
+        store.restore_usage_cursor(s.usage_cursor);
         keys.restore(s.keys);
     }
+    // One test clock for the stack: with the emulator, paykey's flows and the product API's
+    // daily counts run on the emulator's clock, which `/stripe/_emulator/advance` moves (a
+    // month later for Stripe is a month later for the quota periods and the usage report).
+    // Sign-in tokens stay on the wall clock.
+    let clock: Arc<dyn paykey::ports::Clock> = match &emulator {
+        Some(e) => Arc::new(EmulatorClock(e.clone())),
+        None => Arc::new(SystemClock),
+    };
+    keys.use_clock(clock.clone());
     let mut settings = Settings::new(base.clone(), format!("{base}/api"));
     // The product API enforces each tier's quota and throttle as API Gateway would.
     keys.define_catalog(&catalog);
@@ -297,15 +311,7 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     settings.webhook_secrets = webhook_secret.split(',').filter(|s| !s.is_empty()).map(Secret::new).collect();
     settings.portal_configuration = Some(portal_configuration);
     settings.allowed_origins = opts.allowed_origins.clone();
-    let app = App {
-        store,
-        keys,
-        users: cognito.clone(),
-        payments,
-        clock: Arc::new(SystemClock),
-        ids: Arc::new(RandomIds),
-        settings,
-    };
+    let app = App { store, keys, users: cognito.clone(), payments, clock, ids: Arc::new(RandomIds), settings };
     let aws = match &opts.aws {
         None => None,
         Some(o) => {
@@ -385,22 +391,37 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     let sweep_every = opts.sweep_every;
     tokio::spawn(async move {
         let Some(every) = sweep_every else { return };
+        // The usage report runs once an hour of the (test) clock, as the deployed schedule does.
+        let mut reported_hour = None;
         loop {
             tokio::time::sleep(every).await;
+            let hour = sweeper.app.clock.now().timestamp() / 3600;
+            let hourly = reported_hour != Some(hour);
             let swept = match &sweeper.aws {
                 Some(a) => {
                     let app = &a.app;
                     let swept = paykey::flows::sweep_expired_keys(&app.store, &app.keys, app.ctx()).await;
                     let comps = paykey::flows::end_expired_comps(&app.store, &app.keys, &app.users, app.ctx()).await;
-                    swept.and_then(|s| comps.map(|c| s.len() + c.len()))
+                    let usage = match hourly {
+                        true => report_usage(&app.store, &app.keys, &app.payments, app.ctx()).await,
+                        false => Ok(0),
+                    };
+                    swept.and_then(|s| comps.map(|c| s.len() + c.len())).and_then(|n| usage.map(|u| n + u))
                 }
                 None => {
                     let app = &sweeper.app;
                     let swept = paykey::flows::sweep_expired_keys(&app.store, &app.keys, app.ctx()).await;
                     let comps = paykey::flows::end_expired_comps(&app.store, &app.keys, &app.users, app.ctx()).await;
-                    swept.and_then(|s| comps.map(|c| s.len() + c.len()))
+                    let usage = match hourly {
+                        true => report_usage(&app.store, &app.keys, &app.payments, app.ctx()).await,
+                        false => Ok(0),
+                    };
+                    swept.and_then(|s| comps.map(|c| s.len() + c.len())).and_then(|n| usage.map(|u| n + u))
                 }
             };
+            if swept.is_ok() && hourly {
+                reported_hour = Some(hour);
+            }
             match swept {
                 Ok(done) if done > 0 => sweeper.commit().await,
                 Ok(_) => {}
@@ -416,14 +437,56 @@ pub async fn start(opts: Options) -> Result<Started, StartError> {
     Ok(Started { addr, state, task })
 }
 
+/// The emulator's test clock: the wall clock plus the time `/_emulator/advance` added.
+struct EmulatorClock(stripe_emulator::Shared);
+
+impl paykey::ports::Clock for EmulatorClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + chrono::Duration::seconds(self.0.clock_offset())
+    }
+}
+
+/// What the sweep function does on the hour: the metered tiers' usage to Stripe's meter (here
+/// on every sweep). Returns the events sent (a change worth saving: the cursor).
+async fn report_usage<S, K, M>(
+    store: &S,
+    keys: &K,
+    meter: &M,
+    ctx: paykey::flows::Ctx<'_>,
+) -> Result<usize, paykey::Error>
+where
+    S: paykey::ports::AccountListing + paykey::ports::metering::UsageCursor,
+    K: paykey::ports::KeyRegistry,
+    M: paykey::ports::metering::UsageMeter,
+{
+    if ctx.settings.catalog.metered().next().is_none() {
+        return Ok(0);
+    }
+    let accounts = store.list_accounts().await?;
+    let r = paykey::flows::metering::report_usage(keys, meter, store, ctx, &accounts).await?;
+    Ok(r.events + r.days.len())
+}
+
 /// The paid tiers' products and monthly prices (PRO ¥980 `FMMailPro`, BUSINESS ¥4,980
 /// `FMMailBusiness`) and a portal configuration that lets customers switch between them and
 /// cancel, in a new emulator (what `paykey-setup` does on Stripe); returns the configuration's
 /// id. Like a real account whose portal settings were never saved, the emulator then has no
 /// default configuration: every portal session names this one.
-fn seed_catalog(shared: &stripe_emulator::Shared) -> String {
+///
+/// A catalog's other tiers get a product and a ¥1,980 monthly price; its metered tiers a
+/// graduated price on the meter (made if missing) at [`LOCAL_RATE`] per call beyond the included
+/// amount (a pay-per-call tier: that price alone), as `paykey-setup --metered` makes them.
+fn seed_catalog(shared: &stripe_emulator::Shared, catalog: &paykey::domain::Catalog) -> String {
     let mut offered = Vec::new();
-    for (name, lookup_key, amount) in [("PRO", "FMMailPro", 980), ("BUSINESS", "FMMailBusiness", 4980)] {
+    let mut flat: Vec<(String, String, i64)> =
+        vec![("PRO".into(), "FMMailPro".into(), 980), ("BUSINESS".into(), "FMMailBusiness".into(), 4980)];
+    for t in catalog.paid() {
+        let key = t.lookup_key.as_ref().map(|k| k.to_string()).unwrap_or_default();
+        if !t.pay_per_call() && !flat.iter().any(|(_, k, _)| *k == key) {
+            flat.push((t.name.to_string(), key, 1980));
+        }
+    }
+    for (name, lookup_key, amount) in flat.iter().map(|(n, k, a)| (n.as_str(), k.as_str(), *a)) {
         let (_, prices) = shared.call("GET", "/v1/prices", &format!("lookup_keys[0]={lookup_key}"));
         let existing = prices["data"].as_array().and_then(|d| d.first()).cloned();
         let price = match existing {
@@ -441,6 +504,57 @@ fn seed_catalog(shared: &stripe_emulator::Shared) -> String {
             price["product"].as_str().unwrap_or_default().to_string(),
             price["id"].as_str().unwrap_or_default().to_string(),
         ));
+    }
+    for t in catalog.metered() {
+        let m = t.metered.as_ref().expect("a metered tier");
+        let (_, prices) = shared.call("GET", "/v1/prices", &format!("lookup_keys[0]={}", m.lookup_key));
+        if prices["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            continue;
+        }
+        let (_, meters) = shared.call("GET", "/v1/billing/meters", "");
+        let event = catalog.meter_event_name();
+        let meter = match meters["data"].as_array().and_then(|d| d.iter().find(|m| m["event_name"] == event)) {
+            Some(m) => m["id"].as_str().unwrap_or_default().to_string(),
+            None => shared
+                .call(
+                    "POST",
+                    "/v1/billing/meters",
+                    &format!("display_name=API+requests&event_name={event}&default_aggregation[formula]=sum&event_time_window=day"),
+                )
+                .1["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        // the tier's product (a pay-per-call tier's is made here)
+        let product = match flat.iter().any(|(_, k, _)| Some(k.as_str()) == t.lookup_key.as_ref().map(|k| k.as_str())) {
+            true => {
+                let (_, p) = shared.call(
+                    "GET",
+                    "/v1/prices",
+                    &format!("lookup_keys[0]={}", t.lookup_key.as_ref().expect("paid")),
+                );
+                p["data"][0]["product"].as_str().unwrap_or_default().to_string()
+            }
+            false => shared.call("POST", "/v1/products", &format!("name=FMMail+{}", t.name)).1["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        let mut form = format!(
+            "product={product}&currency=jpy&recurring[interval]=month&recurring[usage_type]=metered&recurring[meter]={meter}&billing_scheme=tiered&tiers_mode=graduated&lookup_key={}&nickname={}+calls",
+            m.lookup_key, t.name
+        );
+        let mut i = 0;
+        if m.included > 0 {
+            form.push_str(&format!("&tiers[0][up_to]={}&tiers[0][unit_amount_decimal]=0", m.included));
+            i = 1;
+        }
+        form.push_str(&format!("&tiers[{i}][up_to]=inf&tiers[{i}][unit_amount_decimal]={LOCAL_RATE}"));
+        let price = shared.call("POST", "/v1/prices", &form).1;
+        if t.pay_per_call() {
+            offered.push((product, price["id"].as_str().unwrap_or_default().to_string()));
+        }
     }
     let (_, configs) = shared.call("GET", "/v1/billing_portal/configurations", "");
     if let Some(c) = configs["data"].as_array().and_then(|d| d.iter().find(|c| c["metadata"]["paykey"] == "true")) {
@@ -537,10 +651,11 @@ where
         + paykey::ports::Accounts
         + paykey::ports::OpenCheckouts
         + paykey::ports::Budgets
-        + paykey::ports::ProcessedEvents,
+        + paykey::ports::ProcessedEvents
+        + paykey::ports::metering::UsageCursor,
     K: paykey::ports::KeyRegistry,
     U: paykey::ports::UserDirectory,
-    P: paykey::ports::Payments,
+    P: paykey::ports::Payments + paykey::ports::metering::UsageMeter,
 {
     let resp = match function {
         Function::CreateCheckoutSession => handlers::checkout_routes(app, req).await,
@@ -650,7 +765,7 @@ async fn product_api(State(state): State<Arc<LocalState>>, headers: HeaderMap) -
         );
     }
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    match state.app.keys.call(key, chrono::Utc::now()) {
+    match state.app.keys.call(key, state.app.clock.now()) {
         Ok((_, plan)) => {
             let tier = state
                 .app

@@ -26,6 +26,9 @@ pub struct Snapshot {
     /// serialised them under its lock (no copy of its state is made to save it).
     pub stripe: Option<Box<serde_json::value::RawValue>>,
     pub webhook_secret: String,
+    /// The usage reporter's cursor (absent in data files of earlier versions).
+    #[serde(default)]
+    pub usage_cursor: Option<chrono::NaiveDate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,7 @@ impl Snapshot {
             cognito,
             stripe,
             webhook_secret,
+            usage_cursor: None,
         }
     }
 }

@@ -57,12 +57,52 @@ impl PaidTier {
     }
 }
 
+/// A tier's metered price (usage-based billing): a graduated price on paykey's meter, the
+/// first `included` calls of a period at 0, every further one at `rate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeteredPrice {
+    /// The lookup key of the tier it belongs to (its product is that tier's).
+    pub tier_lookup_key: String,
+    /// The metered price's own lookup key (the catalog's `metered.lookup_key`).
+    pub lookup_key: String,
+    pub included: u64,
+    /// Per call beyond `included`, in the currency's minor unit, a decimal string ("0.5").
+    pub rate: String,
+}
+
+impl MeteredPrice {
+    /// `TIER_LOOKUP_KEY:METERED_LOOKUP_KEY:INCLUDED:RATE`, e.g. `FMMailPro:FMMailProCalls:1000:0.5`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let [tier, key, included, rate] = parts.as_slice() else {
+            return Err(format!("{s:?}: expected TIER_LOOKUP_KEY:METERED_LOOKUP_KEY:INCLUDED:RATE"));
+        };
+        let decimal = |r: &str| {
+            let (i, f) = r.split_once('.').unwrap_or((r, ""));
+            !i.is_empty() && f.len() <= 12 && i.bytes().chain(f.bytes()).all(|b| b.is_ascii_digit())
+        };
+        if tier.is_empty() || key.is_empty() || !decimal(rate) {
+            return Err(format!("{s:?}: lookup keys must be given and the rate a decimal number (at most 12 places)"));
+        }
+        Ok(Self {
+            tier_lookup_key: tier.to_string(),
+            lookup_key: key.to_string(),
+            included: included.parse().map_err(|_| format!("{s:?}: INCLUDED must be a whole number"))?,
+            rate: rate.to_string(),
+        })
+    }
+}
+
 /// What to set up.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     /// The paid tiers, in order (the first is the one `--product-name`, `--lookup-key` and
     /// `--amount` describe).
     pub tiers: Vec<PaidTier>,
+    /// Metered prices of tiers (`--metered`), on one meter whose event name is
+    /// `meter_event_name` (summing daily totals: `event_time_window: day`).
+    pub metered: Vec<MeteredPrice>,
+    pub meter_event_name: String,
     pub currency: String,
     /// `day`, `week`, `month` or `year`.
     pub interval: String,
@@ -85,6 +125,8 @@ impl Default for Catalog {
                 lookup_key: "FMMailPro".into(),
                 unit_amount: 980,
             }],
+            metered: Vec::new(),
+            meter_event_name: paykey::domain::DEFAULT_METER_EVENT.into(),
             currency: "jpy".into(),
             interval: "month".into(),
             webhook_url: None,
@@ -193,12 +235,41 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
             return Err(SetupError(format!("two tiers have the lookup key {}", t.lookup_key)));
         }
     }
+    for m in &c.metered {
+        if !c.tiers.iter().any(|t| t.lookup_key == m.tier_lookup_key) {
+            return Err(SetupError(format!(
+                "--metered names the tier {}, which no --tier or --lookup-key gives",
+                m.tier_lookup_key
+            )));
+        }
+        if m.lookup_key != m.tier_lookup_key && c.tiers.iter().any(|t| t.lookup_key == m.lookup_key) {
+            return Err(SetupError(format!("the metered lookup key {} is another tier's", m.lookup_key)));
+        }
+    }
     let mut report = Report::default();
     let mut offered = Vec::new();
     for t in &c.tiers {
+        // A pay-per-call tier (its metered price has the tier's lookup key) has no flat price.
+        let pay_per_call = c.metered.iter().any(|m| m.tier_lookup_key == t.lookup_key && m.lookup_key == t.lookup_key);
+        if pay_per_call {
+            continue;
+        }
         let (product, price) = tier(client, c, t, currency.clone(), recurring_interval.clone(), &mut report).await?;
         report.price_ids.push(price.clone());
         offered.push((product, price));
+    }
+    if !c.metered.is_empty() {
+        let meter = meter(client, c, &mut report).await?;
+        for m in &c.metered {
+            let t = c.tiers.iter().find(|t| t.lookup_key == m.tier_lookup_key).expect("checked above");
+            let (product, price) =
+                metered_price(client, c, t, m, &meter, currency.clone(), recurring_interval.clone(), &mut report)
+                    .await?;
+            if m.lookup_key == m.tier_lookup_key {
+                report.price_ids.push(price.clone());
+                offered.push((product, price));
+            }
+        }
     }
     report.price_id = report.price_ids.first().cloned();
 
@@ -336,13 +407,25 @@ async fn tier(
     // newer one still buys the tier (`adapters::stripe::PAYKEY_PRODUCT_PREFIX`).
     let product_id = format!("{}{}", paykey::adapters::stripe::PAYKEY_PRODUCT_PREFIX, t.lookup_key);
 
-    // Product: a deterministic id, so it is found again.
-    match RetrieveProduct::new(product_id.as_str()).send(client).await {
+    ensure_product(client, t, &product_id, report).await?;
+
+    // Price: the one holding the lookup key, if it matches; else a new one that takes the key over.
+    tier_price(client, c, t, product_id, currency, recurring_interval, report).await
+}
+
+/// The tier's product, with a deterministic id so it is found again.
+async fn ensure_product(
+    client: &Client,
+    t: &PaidTier,
+    product_id: &str,
+    report: &mut Report,
+) -> Result<(), SetupError> {
+    match RetrieveProduct::new(product_id).send(client).await {
         Ok(p) if p.name == t.product_name && p.active => {
             report.changes.push(Change::Unchanged(format!("product {product_id}")))
         }
         Ok(_) => {
-            UpdateProduct::new(product_id.as_str())
+            UpdateProduct::new(product_id)
                 .name(t.product_name.as_str())
                 .active(true)
                 .send(client)
@@ -352,7 +435,7 @@ async fn tier(
         }
         Err(StripeError::Stripe(_, 404)) => {
             CreateProduct::new(t.product_name.as_str())
-                .id(product_id.as_str())
+                .id(product_id)
                 .metadata(HashMap::from([(MARK.to_string(), "true".to_string())]))
                 .customize()
                 .request_strategy(idem(format!("paykey-setup-product-{product_id}"))?)
@@ -363,8 +446,18 @@ async fn tier(
         }
         Err(e) => return Err(err("retrieve product", e)),
     }
+    Ok(())
+}
 
-    // Price: the one holding the lookup key, if it matches; else a new one that takes the key over.
+async fn tier_price(
+    client: &Client,
+    c: &Catalog,
+    t: &PaidTier,
+    product_id: String,
+    currency: stripe_types::Currency,
+    recurring_interval: CreatePriceRecurringInterval,
+    report: &mut Report,
+) -> Result<(String, String), SetupError> {
     let prices = ListPrice::new()
         .lookup_keys(vec![t.lookup_key.clone()])
         .limit(1)
@@ -413,6 +506,159 @@ async fn tier(
         )));
         Ok((product_id, price.id.to_string()))
     }
+}
+
+/// paykey's meter: the one whose `event_name` is the catalog's, summing daily totals (the
+/// reporter sends one event per customer and UTC day; a newer one replaces the day's). Returns
+/// its id. Stripe allows one meter per event name and never changes a meter's settings: a meter
+/// of that name with other settings is an error to resolve by hand.
+async fn meter(client: &Client, c: &Catalog, report: &mut Report) -> Result<String, SetupError> {
+    use stripe_billing::billing_meter::{
+        CreateBillingMeter, CreateBillingMeterDefaultAggregation, CreateBillingMeterDefaultAggregationFormula,
+        ListBillingMeter,
+    };
+    let meters = ListBillingMeter::new().limit(100).send(client).await.map_err(|e| err("list meters", e))?;
+    if let Some(m) = meters.data.into_iter().find(|m| m.event_name == c.meter_event_name) {
+        let ok = m.status.as_str() == "active"
+            && m.default_aggregation.formula.as_str() == "sum"
+            && m.event_time_window.as_ref().map(|w| w.as_str()) == Some("day")
+            && m.customer_mapping.event_payload_key == "stripe_customer_id"
+            && m.value_settings.event_payload_key == "value";
+        if !ok {
+            return Err(SetupError(format!(
+                "the meter {} ({}) is not paykey's kind (active, sum, daily window, stripe_customer_id, value): Stripe cannot change a meter; deactivate it or set another meter_event_name",
+                m.id, c.meter_event_name
+            )));
+        }
+        report.changes.push(Change::Unchanged(format!("meter {} ({})", m.id, c.meter_event_name)));
+        return Ok(m.id.to_string());
+    }
+    let m = CreateBillingMeter::new(
+        CreateBillingMeterDefaultAggregation::new(CreateBillingMeterDefaultAggregationFormula::Sum),
+        "API requests (paykey)",
+        c.meter_event_name.as_str(),
+    )
+    .event_time_window(stripe_billing::BillingMeterEventTimeWindow::Day)
+    .customize()
+    .request_strategy(idem(format!("paykey-setup-meter-{}", c.meter_event_name))?)
+    .send(client)
+    .await
+    .map_err(|e| err("create meter", e))?;
+    report.changes.push(Change::Created(format!("meter {} ({}, daily totals summed)", m.id, c.meter_event_name)));
+    Ok(m.id.to_string())
+}
+
+/// The tiers a metered price should have: the included calls at 0, then the rate.
+fn wanted_tiers(m: &MeteredPrice) -> Vec<(Option<i64>, String)> {
+    let mut t = Vec::new();
+    if m.included > 0 {
+        t.push((Some(m.included as i64), "0".to_string()));
+    }
+    t.push((None, m.rate.clone()));
+    t
+}
+
+/// Two decimal strings with the same value ("0.50" and "0.5").
+fn same_decimal(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        let (i, f) = s.split_once('.').unwrap_or((s, ""));
+        let i = i.trim_start_matches('0');
+        format!("{}.{}", if i.is_empty() { "0" } else { i }, f.trim_end_matches('0'))
+    };
+    norm(a) == norm(b)
+}
+
+/// The tier's metered price on `meter` (a graduated price): the one holding the lookup key if
+/// it matches, else a new one that takes the key over. Returns (product id, price id).
+#[allow(clippy::too_many_arguments)]
+async fn metered_price(
+    client: &Client,
+    c: &Catalog,
+    t: &PaidTier,
+    m: &MeteredPrice,
+    meter: &str,
+    currency: stripe_types::Currency,
+    recurring_interval: CreatePriceRecurringInterval,
+    report: &mut Report,
+) -> Result<(String, String), SetupError> {
+    use stripe_product::price::{CreatePriceRecurringUsageType, CreatePriceTiers, CreatePriceTiersUpTo};
+    let product_id = format!("{}{}", paykey::adapters::stripe::PAYKEY_PRODUCT_PREFIX, t.lookup_key);
+    if m.lookup_key == m.tier_lookup_key {
+        // a pay-per-call tier: its product is made here
+        ensure_product(client, t, &product_id, report).await?;
+    }
+    let prices = ListPrice::new()
+        .lookup_keys(vec![m.lookup_key.clone()])
+        .limit(1)
+        .expand(vec!["data.tiers".to_string()])
+        .send(client)
+        .await
+        .map_err(|e| err("list prices", e))?;
+    let current = prices.data.into_iter().next();
+    let wanted = wanted_tiers(m);
+    let matches = current.as_ref().is_some_and(|p| {
+        let tiers: Vec<(Option<i64>, String)> = p
+            .tiers
+            .iter()
+            .flatten()
+            .map(|t| {
+                (t.up_to, t.unit_amount_decimal.clone().or(t.unit_amount.map(|a| a.to_string())).unwrap_or_default())
+            })
+            .collect();
+        p.active
+            && p.currency.to_string() == c.currency
+            && p.product.id().as_str() == product_id
+            && p.recurring.as_ref().is_some_and(|r| {
+                r.interval.as_str() == c.interval
+                    && r.usage_type.as_str() == "metered"
+                    && r.meter.as_deref() == Some(meter)
+            })
+            && tiers.len() == wanted.len()
+            && tiers.iter().zip(&wanted).all(|(a, b)| a.0 == b.0 && same_decimal(&a.1, &b.1))
+    });
+    let what = format!("{} included, then {} {} per call, lookup key {}", m.included, m.rate, c.currency, m.lookup_key);
+    if matches {
+        let id = current.map(|p| p.id.to_string()).unwrap_or_default();
+        report.changes.push(Change::Unchanged(format!("metered price {id} ({what})")));
+        return Ok((product_id, id));
+    }
+    let tiers: Vec<CreatePriceTiers> = wanted
+        .iter()
+        .map(|(up_to, rate)| {
+            let mut tier = CreatePriceTiers::new(match up_to {
+                Some(n) => CreatePriceTiersUpTo::I64(*n),
+                None => CreatePriceTiersUpTo::Inf,
+            });
+            tier.unit_amount_decimal = Some(rate.clone());
+            tier
+        })
+        .collect();
+    let mut recurring = CreatePriceRecurring::new(recurring_interval);
+    recurring.usage_type = Some(CreatePriceRecurringUsageType::Metered);
+    recurring.meter = Some(meter.to_string());
+    let price = CreatePrice::new(currency)
+        .product(product_id.as_str())
+        .recurring(recurring)
+        .billing_scheme(stripe_shared::PriceBillingScheme::Tiered)
+        .tiers_mode(stripe_shared::PriceTiersMode::Graduated)
+        .tiers(tiers)
+        .lookup_key(m.lookup_key.as_str())
+        .transfer_lookup_key(true)
+        .nickname(format!("{} calls", t.product_name))
+        .customize()
+        .request_strategy(idem(format!(
+            "paykey-setup-metered-{}-{}-{}-{}-{}-{}-{}",
+            product_id, m.lookup_key, meter, m.included, m.rate, c.currency, c.interval
+        ))?)
+        .send(client)
+        .await
+        .map_err(|e| err("create metered price", e))?;
+    report.changes.push(Change::Created(format!(
+        "metered price {} ({what}{})",
+        price.id,
+        if current.is_some() { ", moved from the old price" } else { "" }
+    )));
+    Ok((product_id, price.id.to_string()))
 }
 
 /// The webhook endpoint for `url`, pinned to async-stripe's API version.

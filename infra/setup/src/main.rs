@@ -3,11 +3,16 @@
 //! ```text
 //! STRIPE_API_KEY=sk_test_… paykey-setup [--webhook-url URL] [--return-url URL]
 //!     [--product-name "FMMail PRO"] [--lookup-key FMMailPro] [--amount 980] [--currency jpy] [--interval month]
-//!     [--tier "FMMail BUSINESS:FMMailBusiness:4980"]… [--repin-webhook] [--retire-webhook we_…]
+//!     [--tier "FMMail BUSINESS:FMMailBusiness:4980"]… [--metered FMMailPro:FMMailProCalls:1000:0.5]…
+//!     [--meter-event-name paykey_api_requests] [--repin-webhook] [--retire-webhook we_…]
 //! ```
 //! The first paid tier is described by `--product-name`, `--lookup-key` and `--amount`; each
 //! `--tier NAME:LOOKUP_KEY:AMOUNT` adds one (same currency and interval). With two tiers or
-//! more, the portal lets customers switch between them.
+//! more, the portal lets customers switch between them. `--metered TIER_KEY:METERED_KEY:INCLUDED:RATE`
+//! gives the tier with lookup key TIER_KEY a metered price (usage beyond INCLUDED calls a
+//! period at RATE each, a decimal in the currency's minor unit) on paykey's meter, made if
+//! missing (`--meter-event-name`, the catalog's `meter_event_name`); METERED_KEY equal to
+//! TIER_KEY makes the tier pay-per-call (no flat price).
 //! `--repin-webhook` replaces an endpoint created in another API version by a pinned one (both
 //! deliver until `--retire-webhook <old id>` disables the old one; see `webhook_endpoint`).
 //! `STRIPE_API_BASE` points it at another Stripe-compatible server (the local emulator).
@@ -16,12 +21,13 @@
 
 use std::process::ExitCode;
 
-use paykey_setup::{run, Catalog, PaidTier};
+use paykey_setup::{run, Catalog, MeteredPrice, PaidTier};
 
 fn usage() -> &'static str {
     "usage: STRIPE_API_KEY=sk_… (or STRIPE_API_KEY_PARAMETER=/ssm/name) paykey-setup [--webhook-url URL] [--return-url URL] [--product-name NAME] \
      [--lookup-key KEY] [--amount MINOR_UNITS] [--currency ISO] [--interval day|week|month|year] \
-     [--tier NAME:LOOKUP_KEY:AMOUNT]... [--repin-webhook] [--retire-webhook ENDPOINT_ID]"
+     [--tier NAME:LOOKUP_KEY:AMOUNT]... [--metered TIER_LOOKUP_KEY:METERED_LOOKUP_KEY:INCLUDED:RATE]... \
+     [--meter-event-name NAME] [--repin-webhook] [--retire-webhook ENDPOINT_ID]"
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -41,6 +47,8 @@ async fn main() -> ExitCode {
                     .map_err(|_| format!("--amount takes a whole number, got {v:?}"))
             }),
             "--tier" => value(&a).and_then(|v| PaidTier::parse(&v)).map(|t| c.tiers.push(t)),
+            "--metered" => value(&a).and_then(|v| MeteredPrice::parse(&v)).map(|m| c.metered.push(m)),
+            "--meter-event-name" => value(&a).map(|v| c.meter_event_name = v),
             "--currency" => value(&a).map(|v| c.currency = v.to_lowercase()),
             "--interval" => value(&a).map(|v| c.interval = v),
             "--repin-webhook" => {

@@ -207,3 +207,61 @@ async fn the_run_reports_paykeys_portal_configuration_which_is_not_the_accounts_
     let (_, cfg) = emu.shared.call("GET", "/v1/billing_portal/configurations", "");
     assert_eq!(cfg["data"][0]["active"], true);
 }
+
+#[tokio::test]
+async fn metered_prices_get_the_meter_and_a_graduated_price_once_and_a_new_rate_moves_the_lookup_key() {
+    use paykey_setup::MeteredPrice;
+    let (emu, client) = emulator().await;
+    let mut metered = catalog();
+    metered.tiers.push(PaidTier::parse("FMMail PAYG:FMMailPayg:0").unwrap());
+    metered.metered = vec![
+        MeteredPrice::parse("FMMailPro:FMMailProCalls:1000:0.5").unwrap(),
+        MeteredPrice::parse("FMMailPayg:FMMailPayg:0:0.25").unwrap(),
+    ];
+    let first = run(&client, &metered).await.unwrap();
+    assert!(first.changes.iter().all(|c| matches!(c, Change::Created(_))), "{:?}", first.changes);
+    assert!(first.changes.iter().any(|c| c.to_string().contains("meter ")), "{:?}", first.changes);
+    let (_, meters) = emu.shared.call("GET", "/v1/billing/meters", "");
+    let meter = &meters["data"][0];
+    assert_eq!(meters["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (
+            meter["event_name"].as_str(),
+            meter["default_aggregation"]["formula"].as_str(),
+            meter["event_time_window"].as_str()
+        ),
+        (Some("paykey_api_requests"), Some("sum"), Some("day"))
+    );
+    let (_, prices) = emu.shared.call("GET", "/v1/prices", "lookup_keys[0]=FMMailProCalls&expand[0]=data.tiers");
+    let calls = &prices["data"][0];
+    assert_eq!(
+        (calls["recurring"]["usage_type"].as_str(), calls["recurring"]["meter"].as_str()),
+        (Some("metered"), meter["id"].as_str())
+    );
+    assert_eq!(calls["product"], "paykey_FMMailPro", "the tier's product");
+    assert_eq!(calls["tiers"][0]["up_to"], 1000);
+    assert_eq!(calls["tiers"][1]["unit_amount_decimal"], "0.5");
+    // a pay-per-call tier: its metered price is its only price, and the portal offers it
+    let (_, payg) = emu.shared.call("GET", "/v1/prices", "lookup_keys[0]=FMMailPayg&expand[0]=data.tiers");
+    assert_eq!(payg["data"].as_array().unwrap().len(), 1);
+    assert_eq!(payg["data"][0]["tiers"].as_array().unwrap().len(), 1, "nothing included");
+    assert_eq!(first.price_ids.len(), 2, "PRO's flat price and PAYG's metered one: {:?}", first.price_ids);
+    assert_eq!(first.price_ids[1], payg["data"][0]["id"].as_str().unwrap());
+
+    // again: nothing changes; a new rate makes a new price that takes the lookup key over
+    assert!(!run(&client, &metered).await.unwrap().changed_anything());
+    metered.metered[0] = MeteredPrice::parse("FMMailPro:FMMailProCalls:1000:0.40").unwrap();
+    let changed = run(&client, &metered).await.unwrap();
+    let created: Vec<String> =
+        changed.changes.iter().filter(|c| !matches!(c, Change::Unchanged(_))).map(|c| c.to_string()).collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(created[0].contains("moved from the old price"), "{created:?}");
+    let (_, prices) = emu.shared.call("GET", "/v1/prices", "lookup_keys[0]=FMMailProCalls&expand[0]=data.tiers");
+    assert_eq!(prices["data"][0]["tiers"][1]["unit_amount_decimal"], "0.40");
+    // bad arguments
+    assert!(MeteredPrice::parse("FMMailPro:Calls:many:0.5").is_err());
+    assert!(MeteredPrice::parse("FMMailPro:Calls:10:0.5.1").is_err());
+    let mut orphan = catalog();
+    orphan.metered = vec![MeteredPrice::parse("Nope:Calls:10:1").unwrap()];
+    assert!(run(&client, &orphan).await.unwrap_err().to_string().contains("Nope"));
+}

@@ -9,6 +9,7 @@
 
 mod form;
 pub mod front;
+pub mod metering;
 pub mod objects;
 mod pages;
 mod state;
@@ -209,7 +210,9 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             let recorder = shared.clone();
-            webhooks::deliver(d, attempts, delay, move |a| recorder.lock().deliveries.push(a)).await;
+            let clock = shared.clone();
+            let now = move || chrono::Utc::now().timestamp() + clock.clock_offset();
+            webhooks::deliver(d, attempts, delay, now, move |a| recorder.lock().deliveries.push(a)).await;
             shared.lock().undelivered.remove(&key);
             shared.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         });
@@ -226,8 +229,15 @@ impl Shared {
     pub fn call(&self, method: &str, path: &str, form: &str) -> (u16, Value) {
         let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
         let base = self.base();
-        let ApiResult(status, v) = self.lock().route(&method, path, &Form::parse(form.as_bytes()), &base);
-        let v = state::strip_private(v);
+        let form = Form::parse(form.as_bytes());
+        let (status, v) = {
+            let mut emu = self.lock();
+            let ApiResult(status, v) = emu.route(&method, path, &form, &base);
+            let v = state::strip_private(v);
+            let expand = form.list("expand");
+            let v = if status.is_success() && !expand.is_empty() { emu.expand(v, &expand) } else { v };
+            (status, v)
+        };
         self.flush_events();
         (status.as_u16(), v)
     }
@@ -250,6 +260,17 @@ impl Shared {
     pub fn advance(&self, seconds: i64) {
         self.lock().advance(seconds);
         self.flush_events();
+    }
+
+    /// Seconds the emulator's clock runs ahead of the wall clock (its test clock).
+    pub fn clock_offset(&self) -> i64 {
+        self.lock().clock_offset
+    }
+
+    /// A meter's aggregate for the customer over events timestamped in `start..end` (what a
+    /// period's invoice bills), for tests.
+    pub fn meter_usage(&self, meter: &str, customer: &str, start: i64, end: i64) -> u64 {
+        self.lock().meter_usage(meter, customer, start, end)
     }
 
     pub fn set_subscription_status(&self, id: &str, status: &str) -> Option<Value> {

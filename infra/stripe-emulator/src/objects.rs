@@ -21,23 +21,30 @@ pub fn product(id: &str, name: &str, created: i64, metadata: Value) -> Value {
 pub struct NewPrice<'a> {
     pub id: &'a str,
     pub product: &'a str,
-    pub unit_amount: i64,
+    /// `None` for a tiered price (its tiers say what a unit costs).
+    pub unit_amount: Option<i64>,
     pub currency: &'a str,
     pub interval: &'a str,
     pub lookup_key: Option<&'a str>,
     pub nickname: Option<&'a str>,
     pub created: i64,
     pub metadata: Value,
+    /// `graduated` or `volume` for a tiered price.
+    pub tiers_mode: Option<&'a str>,
+    /// The meter of a metered price (`recurring.usage_type: metered`).
+    pub meter: Option<&'a str>,
 }
 
 pub fn price(p: NewPrice<'_>) -> Value {
+    let usage_type = if p.meter.is_some() { "metered" } else { "licensed" };
     json!({
-        "id": p.id, "object": "price", "active": true, "billing_scheme": "per_unit", "created": p.created,
+        "id": p.id, "object": "price", "active": true,
+        "billing_scheme": if p.tiers_mode.is_some() { "tiered" } else { "per_unit" }, "created": p.created,
         "currency": p.currency, "custom_unit_amount": null, "livemode": false, "lookup_key": p.lookup_key,
         "metadata": p.metadata, "nickname": p.nickname, "product": p.product,
-        "recurring": {"interval": p.interval, "interval_count": 1, "meter": null, "trial_period_days": null, "usage_type": "licensed"},
-        "tax_behavior": "unspecified", "tiers_mode": null, "transform_quantity": null, "type": "recurring",
-        "unit_amount": p.unit_amount, "unit_amount_decimal": p.unit_amount.to_string(),
+        "recurring": {"interval": p.interval, "interval_count": 1, "meter": p.meter, "trial_period_days": null, "usage_type": usage_type},
+        "tax_behavior": "unspecified", "tiers_mode": p.tiers_mode, "transform_quantity": null, "type": "recurring",
+        "unit_amount": p.unit_amount, "unit_amount_decimal": p.unit_amount.map(|a| a.to_string()),
     })
 }
 
@@ -45,10 +52,10 @@ pub fn price(p: NewPrice<'_>) -> Value {
 pub fn plan_of(price: &Value) -> Value {
     json!({
         "id": price["id"], "object": "plan", "active": price["active"], "amount": price["unit_amount"],
-        "amount_decimal": price["unit_amount_decimal"], "billing_scheme": "per_unit", "created": price["created"],
+        "amount_decimal": price["unit_amount_decimal"], "billing_scheme": price["billing_scheme"], "created": price["created"],
         "currency": price["currency"], "interval": price["recurring"]["interval"], "interval_count": 1,
-        "livemode": false, "metadata": {}, "meter": null, "nickname": price["nickname"], "product": price["product"],
-        "tiers_mode": null, "transform_usage": null, "trial_period_days": null, "usage_type": "licensed",
+        "livemode": false, "metadata": {}, "meter": price["recurring"]["meter"], "nickname": price["nickname"], "product": price["product"],
+        "tiers_mode": price["tiers_mode"], "transform_usage": null, "trial_period_days": null, "usage_type": price["recurring"]["usage_type"],
     })
 }
 
@@ -106,14 +113,26 @@ pub struct NewSubscription<'a> {
     pub latest_invoice: &'a str,
     pub application_fee_percent: Option<f64>,
     pub transfer_destination: Option<&'a str>,
+    /// Items after the first: (item id, price).
+    pub more_items: &'a [(String, Value)],
+}
+
+/// A subscription item; a metered price's has no quantity (the meter's usage is billed).
+pub fn subscription_item(id: &str, subscription: &str, price: &Value, now: i64, period_end: i64) -> Value {
+    let mut item = json!({
+        "id": id, "object": "subscription_item", "billing_thresholds": null, "created": now,
+        "current_period_end": period_end, "current_period_start": now, "discounts": [], "metadata": {},
+        "plan": plan_of(price), "price": price, "quantity": 1, "subscription": subscription, "tax_rates": [],
+    });
+    if price["recurring"]["usage_type"] == "metered" {
+        item.as_object_mut().expect("an object").remove("quantity");
+    }
+    item
 }
 
 pub fn subscription(s: NewSubscription<'_>) -> Value {
-    let item = json!({
-        "id": s.item_id, "object": "subscription_item", "billing_thresholds": null, "created": s.now,
-        "current_period_end": s.period_end, "current_period_start": s.now, "discounts": [], "metadata": {},
-        "plan": plan_of(s.price), "price": s.price, "quantity": 1, "subscription": s.id, "tax_rates": [],
-    });
+    let mut items = vec![subscription_item(s.item_id, s.id, s.price, s.now, s.period_end)];
+    items.extend(s.more_items.iter().map(|(id, price)| subscription_item(id, s.id, price, s.now, s.period_end)));
     json!({
         "id": s.id, "object": "subscription", "application": null, "application_fee_percent": s.application_fee_percent,
         "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null},
@@ -125,7 +144,7 @@ pub fn subscription(s: NewSubscription<'_>) -> Value {
         "customer": s.customer, "days_until_due": null, "default_payment_method": null, "default_source": null,
         "default_tax_rates": [], "description": null, "discounts": [], "ended_at": null,
         "invoice_settings": {"account_tax_ids": null, "issuer": {"type": "self"}},
-        "items": list(vec![item], &format!("/v1/subscription_items?subscription={}", s.id)),
+        "items": list(items, &format!("/v1/subscription_items?subscription={}", s.id)),
         "latest_invoice": s.latest_invoice, "livemode": false, "metadata": s.metadata,
         "next_pending_invoice_item_invoice": null, "on_behalf_of": null, "pause_collection": null,
         "payment_settings": {"payment_method_options": null, "payment_method_types": null, "save_default_payment_method": "off"},
@@ -146,6 +165,24 @@ pub struct NewInvoice<'a> {
     pub period_start: i64,
     pub period_end: i64,
     pub now: i64,
+}
+
+/// A period's invoice as a draft (Stripe finalizes it after the grace period): its lines, no
+/// payment yet.
+pub fn draft_invoice(i: NewInvoice<'_>, lines: Vec<Value>) -> Value {
+    let id = i.id.to_string();
+    let mut v = invoice(i);
+    v["status"] = json!("draft");
+    v["amount_paid"] = json!(0);
+    v["amount_remaining"] = v["amount_due"].clone();
+    v["attempt_count"] = json!(0);
+    v["attempted"] = json!(false);
+    v["auto_advance"] = json!(true);
+    v["status_transitions"] =
+        json!({"finalized_at": null, "marked_uncollectible_at": null, "paid_at": null, "voided_at": null});
+    v["number"] = Value::Null;
+    v["lines"] = list(lines, &format!("/v1/invoices/{id}/lines"));
+    v
 }
 
 pub fn invoice(i: NewInvoice<'_>) -> Value {

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::objects::{self, NewInvoice, NewPrice, NewSession, NewSubscription};
 use crate::webhooks::Attempt;
-use crate::{ApiResult, Form};
+use crate::{metering, ApiResult, Form};
 
 #[derive(Default)]
 pub struct Emu {
@@ -31,6 +31,14 @@ pub struct Emu {
     /// `event id|target`: exported, so a restart resumes them.
     pub undelivered: BTreeMap<String, Undelivered>,
     pub deliveries: Vec<Attempt>,
+    /// Billing meters, by id.
+    pub meters: BTreeMap<String, Value>,
+    /// What meters aggregate: `event name|customer|window` (a day or hour of a pre-aggregated
+    /// meter, else the event's identifier) → the latest event's value (in 10⁻¹² units, a
+    /// string), timestamp and order of receipt.
+    pub meter_values: BTreeMap<String, Value>,
+    /// Meter event identifiers seen in the last 24 hours → when.
+    pub meter_identifiers: BTreeMap<String, Value>,
     counter: u64,
     /// Seconds the emulator's clock runs ahead of the wall clock (a test clock: see
     /// [`Emu::advance`]).
@@ -104,6 +112,12 @@ impl Emu {
         wall_clock() + self.clock_offset
     }
 
+    /// The next number of the emulator's counter (orders what happened within one second).
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.counter += 1;
+        self.counter
+    }
+
     pub fn new_id(&mut self, prefix: &str) -> String {
         self.counter += 1;
         let rand = uuid::Uuid::new_v4().simple().to_string();
@@ -130,6 +144,9 @@ impl Emu {
             portal_sessions: &'a BTreeMap<String, Value>,
             portal_configs: &'a BTreeMap<String, Value>,
             webhook_endpoints: &'a BTreeMap<String, Value>,
+            meters: &'a BTreeMap<String, Value>,
+            meter_values: &'a BTreeMap<String, Value>,
+            meter_identifiers: &'a BTreeMap<String, Value>,
             events: &'a Vec<Value>,
             counter: u64,
             clock_offset: i64,
@@ -154,6 +171,9 @@ impl Emu {
             portal_sessions: &self.portal_sessions,
             portal_configs: &self.portal_configs,
             webhook_endpoints: &self.webhook_endpoints,
+            meters: &self.meters,
+            meter_values: &self.meter_values,
+            meter_identifiers: &self.meter_identifiers,
             events: &self.events,
             counter: self.counter,
             clock_offset: self.clock_offset,
@@ -181,6 +201,9 @@ impl Emu {
         self.portal_sessions = map(v, "portal_sessions")?;
         self.portal_configs = map(v, "portal_configs")?;
         self.webhook_endpoints = map(v, "webhook_endpoints")?;
+        self.meters = map(v, "meters")?;
+        self.meter_values = map(v, "meter_values")?;
+        self.meter_identifiers = map(v, "meter_identifiers")?;
         self.events = v.get("events").and_then(|e| e.as_array()).cloned().unwrap_or_default();
         self.counter = v.get("counter").and_then(|c| c.as_u64()).unwrap_or(0);
         self.clock_offset = v.get("clock_offset").and_then(|c| c.as_i64()).unwrap_or(0);
@@ -257,6 +280,15 @@ impl Emu {
     }
 
     fn expand_field(&self, obj: &mut Value, field: &str) {
+        // A price's `tiers` are returned only when expanded.
+        if field == "tiers" && obj["object"] == "price" {
+            if let Some(t) = obj["id"].as_str().and_then(|id| self.prices.get(id)).map(|p| p["_tiers"].clone()) {
+                if t.is_array() {
+                    obj["tiers"] = t;
+                }
+            }
+            return;
+        }
         let Some(id) = obj.get(field).and_then(|v| v.as_str()).map(str::to_string) else {
             return;
         };
@@ -351,6 +383,9 @@ impl Emu {
                 let data = self.invoices.values().filter(|i| customer.is_none_or(|c| i["customer"] == c)).cloned().collect();
                 ApiResult::ok(objects::list(data, "/v1/invoices"))
             }
+            ("POST", ["billing", "meters"]) => self.create_meter(form),
+            ("GET", ["billing", "meters"]) => self.list_meters(form),
+            ("POST", ["billing", "meter_events"]) => self.create_meter_event(form),
             ("POST", ["webhook_endpoints"]) => self.save_webhook_endpoint(None, form),
             ("POST", ["webhook_endpoints", id]) => self.save_webhook_endpoint(Some(id), form),
             ("GET", ["webhook_endpoints"]) => {
@@ -405,12 +440,84 @@ impl Emu {
         let Some(currency) = form.get("currency") else {
             return ApiResult::missing_param("currency");
         };
-        let Some(amount) = form.get("unit_amount").and_then(|a| a.parse::<i64>().ok()) else {
+        let tiered = form.get("billing_scheme") == Some("tiered");
+        let amount = form.get("unit_amount").and_then(|a| a.parse::<i64>().ok());
+        if amount.is_none() && !tiered {
             return ApiResult::missing_param("unit_amount");
-        };
+        }
         let interval = form.sub("recurring").get("interval").map(str::to_string);
         let Some(interval) = interval else {
             return ApiResult::missing_param("recurring[interval]");
+        };
+        // A tiered price: `tiers_mode` and `tiers`, no `unit_amount`, the last tier up to `inf`.
+        let mut tiers = Value::Null;
+        let tiers_mode = form.get("tiers_mode");
+        if tiered {
+            if amount.is_some() {
+                return ApiResult::invalid(
+                    "You may only specify one of these parameters: tiers, unit_amount.",
+                    Some("unit_amount"),
+                );
+            }
+            let Some(mode) = tiers_mode.filter(|m| *m == "graduated" || *m == "volume") else {
+                return ApiResult::missing_param("tiers_mode");
+            };
+            let _ = mode;
+            let items = form.items("tiers");
+            if items.is_empty() {
+                return ApiResult::missing_param("tiers");
+            }
+            let mut out = Vec::new();
+            for (i, t) in items.iter().enumerate() {
+                let up_to = match t.get("up_to") {
+                    Some("inf") => Value::Null,
+                    Some(n) => match n.parse::<u64>() {
+                        Ok(n) => json!(n),
+                        Err(_) => {
+                            return ApiResult::invalid(
+                                &format!("Invalid tiers[{i}][up_to]: an integer or inf."),
+                                Some("tiers"),
+                            )
+                        }
+                    },
+                    None => return ApiResult::missing_param(&format!("tiers[{i}][up_to]")),
+                };
+                if (i + 1 == items.len()) != up_to.is_null() {
+                    return ApiResult::invalid(
+                        "The last tier's up_to must be inf, and only the last one's.",
+                        Some("tiers"),
+                    );
+                }
+                let unit = t
+                    .get("unit_amount_decimal")
+                    .map(str::to_string)
+                    .or_else(|| t.get("unit_amount").map(str::to_string));
+                let flat = t.get("flat_amount").and_then(|f| f.parse::<i64>().ok());
+                out.push(json!({
+                    "flat_amount": flat, "flat_amount_decimal": flat.map(|f| f.to_string()),
+                    "unit_amount": unit.as_deref().and_then(|u| u.parse::<i64>().ok()),
+                    "unit_amount_decimal": unit, "up_to": up_to,
+                }));
+            }
+            tiers = Value::Array(out);
+        } else if tiers_mode.is_some() || !form.items("tiers").is_empty() {
+            return ApiResult::invalid("tiers and tiers_mode require billing_scheme=tiered.", Some("billing_scheme"));
+        }
+        // A metered price counts a meter's usage (`recurring[meter]`, an active meter).
+        let recurring = form.sub("recurring");
+        let meter = match recurring.get("usage_type").unwrap_or("licensed") {
+            "licensed" => None,
+            "metered" => match recurring.get("meter") {
+                Some(m) if self.meters.get(m).is_some_and(|x| x["status"] == "active") => Some(m.to_string()),
+                Some(m) => return ApiResult::missing("billing.meter", m, "recurring[meter]"),
+                None => return ApiResult::missing_param("recurring[meter]"),
+            },
+            other => {
+                return ApiResult::invalid(
+                    &format!("Invalid recurring[usage_type]: {other}"),
+                    Some("recurring[usage_type]"),
+                )
+            }
         };
         let lookup_key = form.get("lookup_key");
         if let Some(k) = lookup_key {
@@ -436,8 +543,12 @@ impl Emu {
             nickname: form.get("nickname"),
             created: self.now(),
             metadata: metadata(form, "metadata"),
+            tiers_mode: if tiered { tiers_mode } else { None },
+            meter: meter.as_deref(),
         });
-        self.prices.insert(id, p.clone());
+        let mut kept = p.clone();
+        kept["_tiers"] = tiers;
+        self.prices.insert(id, kept);
         ApiResult::ok(p)
     }
 
@@ -482,21 +593,42 @@ impl Emu {
             return ApiResult::missing_param("success_url");
         };
         let items = form.items("line_items");
-        let Some(item) = items.first() else {
+        if items.is_empty() {
             return ApiResult::missing_param("line_items");
-        };
-        let Some(price_id) = item.get("price") else {
-            return ApiResult::missing_param("line_items[0][price]");
-        };
-        let Some(price) = self.prices.get(price_id).cloned() else {
-            return ApiResult::missing("price", price_id, "line_items[0][price]");
-        };
-        if price["active"] != true {
-            return ApiResult::invalid(
-                &format!("The price specified is inactive: {price_id}"),
-                Some("line_items[0][price]"),
-            );
         }
+        let mut prices = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(price_id) = item.get("price") else {
+                return ApiResult::missing_param(&format!("line_items[{i}][price]"));
+            };
+            let Some(price) = self.prices.get(price_id).cloned() else {
+                return ApiResult::missing("price", price_id, &format!("line_items[{i}][price]"));
+            };
+            if price["active"] != true {
+                return ApiResult::invalid(
+                    &format!("The price specified is inactive: {price_id}"),
+                    Some(format!("line_items[{i}][price]").as_str()),
+                );
+            }
+            // Stripe: a metered price is sold without a quantity, any other with one.
+            let metered = price["recurring"]["usage_type"] == "metered";
+            match (metered, item.get("quantity").is_some()) {
+                (true, true) => {
+                    return ApiResult::invalid(
+                        &format!("Quantity should not be specified where usage_type is `metered`. Remove quantity from `line_items[{i}]`."),
+                        Some(format!("line_items[{i}][quantity]").as_str()),
+                    )
+                }
+                (false, false) => return ApiResult::missing_param(&format!("line_items[{i}][quantity]")),
+                _ => {}
+            }
+            prices.push(price);
+        }
+        let price = prices[0].clone();
+        let price_id = price["id"].as_str().unwrap_or_default().to_string();
+        let price_id = price_id.as_str();
+        // What the first invoice charges: the licensed prices (metered ones bill at period end).
+        let amount_total: i64 = prices.iter().filter_map(|p| p["unit_amount"].as_i64()).sum();
         let customer = form.get("customer");
         if let Some(c) = customer {
             if !self.customer_exists(c) {
@@ -514,12 +646,13 @@ impl Emu {
             client_reference_id: form.get("client_reference_id"),
             customer,
             metadata: metadata(form, "metadata"),
-            amount_total: price["unit_amount"].as_i64().unwrap_or(0),
+            amount_total,
             currency: price["currency"].as_str().unwrap_or("usd"),
         });
         // Kept for the payment step (not part of Stripe's object).
         let sd = form.sub("subscription_data");
         s["_price"] = json!(price_id);
+        s["_more_prices"] = json!(prices[1..].iter().map(|p| p["id"].clone()).collect::<Vec<_>>());
         s["_subscription_metadata"] = json!(sd.map("metadata"));
         s["_application_fee_percent"] = sd
             .get("application_fee_percent")
@@ -651,9 +784,20 @@ impl Emu {
                 cid
             }
         };
-        let price = self.prices.get(s["_price"].as_str()?)?.clone();
+        let price = strip_private(self.prices.get(s["_price"].as_str()?)?.clone());
+        let more: Vec<Value> = s["_more_prices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().and_then(|id| self.prices.get(id)).cloned().map(strip_private))
+            .collect();
         let trial_end = s["_trial_days"].as_i64().map(|d| t + d * 24 * 3600);
         let (sub_id, item_id, inv_id) = (self.new_id("sub"), self.new_id("si"), self.new_id("in"));
+        let more_items: Vec<(String, Value)> = more.into_iter().map(|p| (self.new_id("si"), p)).collect();
+        let licensed: i64 = std::iter::once(&price)
+            .chain(more_items.iter().map(|(_, p)| p))
+            .filter_map(|p| p["unit_amount"].as_i64())
+            .sum();
         let mut sub = objects::subscription(NewSubscription {
             id: &sub_id,
             item_id: &item_id,
@@ -665,6 +809,7 @@ impl Emu {
             latest_invoice: &inv_id,
             application_fee_percent: s["_application_fee_percent"].as_f64(),
             transfer_destination: s["_transfer_destination"].as_str(),
+            more_items: &more_items,
         });
         if let Some(end) = trial_end {
             // A trial: `trialing` until `trial_end`, a $0 first invoice; the card given on the
@@ -678,7 +823,7 @@ impl Emu {
             id: &inv_id,
             customer: &customer,
             subscription: &sub_id,
-            amount: if trial_end.is_some() { 0 } else { price["unit_amount"].as_i64().unwrap_or(0) },
+            amount: if trial_end.is_some() { 0 } else { licensed },
             currency: price["currency"].as_str().unwrap_or("usd"),
             paid: true,
             period_start: t,
@@ -938,24 +1083,76 @@ impl Emu {
                 self.renew(&id, end);
             }
         }
+        self.finalize_drafts(t);
     }
 
-    /// A new period from `from`: a paid invoice for the item's price, `active`.
+    /// A new period from `from`: `active`, and an invoice for it. Without a metered item, a paid
+    /// invoice for the licensed prices; with one, a draft carrying the licensed prices for the new
+    /// period and the closed period's metered usage (`invoice.created`), finalized and paid after
+    /// [`metering::FINALIZATION_GRACE`] by [`Emu::advance`] with the usage as it stands then.
     fn renew(&mut self, id: &str, from: i64) {
         let inv_id = self.new_id("in");
         let Some(sub) = self.subscriptions.get_mut(id) else { return };
         let price = sub["items"]["data"][0]["price"].clone();
         let customer = sub["customer"].as_str().unwrap_or_default().to_string();
+        let closed_from = sub["items"]["data"][0]["current_period_start"].as_i64().unwrap_or(from);
+        let metered = sub["items"]["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["price"]["recurring"]["usage_type"] == "metered");
+        let licensed: Vec<Value> = sub["items"]["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["price"]["recurring"]["usage_type"] != "metered")
+            .map(|i| i["price"].clone())
+            .collect();
         sub["status"] = json!("active");
-        sub["items"]["data"][0]["current_period_start"] = json!(from);
-        sub["items"]["data"][0]["current_period_end"] = json!(month_after(from));
+        for item in sub["items"]["data"].as_array_mut().into_iter().flatten() {
+            item["current_period_start"] = json!(from);
+            item["current_period_end"] = json!(month_after(from));
+        }
         sub["latest_invoice"] = json!(inv_id);
         let s = sub.clone();
+        if metered {
+            let mut lines: Vec<Value> = licensed
+                .iter()
+                .map(|p| {
+                    let a = p["unit_amount"].as_i64().unwrap_or(0);
+                    metering::line(&inv_id, "1 × subscription", a, p, Some(1), from, month_after(from))
+                })
+                .collect();
+            let usage = self.usage_lines(&s, &inv_id, closed_from, from);
+            let amount = lines.iter().filter_map(|l| l["amount"].as_i64()).sum::<i64>()
+                + usage.iter().map(|(_, a)| a).sum::<i64>();
+            lines.extend(usage.into_iter().map(|(l, _)| l));
+            let mut inv = objects::draft_invoice(
+                NewInvoice {
+                    id: &inv_id,
+                    customer: &customer,
+                    subscription: id,
+                    amount,
+                    currency: price["currency"].as_str().unwrap_or("usd"),
+                    paid: false,
+                    period_start: closed_from,
+                    period_end: from,
+                    now: from,
+                },
+                lines,
+            );
+            let public_inv = inv.clone();
+            inv["_finalize_at"] = json!(from + metering::FINALIZATION_GRACE);
+            self.invoices.insert(inv_id, inv);
+            self.emit("customer.subscription.updated", s);
+            self.emit("invoice.created", public_inv);
+            return;
+        }
         let inv = objects::invoice(NewInvoice {
             id: &inv_id,
             customer: &customer,
             subscription: id,
-            amount: price["unit_amount"].as_i64().unwrap_or(0),
+            amount: licensed.iter().filter_map(|p| p["unit_amount"].as_i64()).sum(),
             currency: price["currency"].as_str().unwrap_or("usd"),
             paid: true,
             period_start: from,
@@ -965,6 +1162,57 @@ impl Emu {
         self.invoices.insert(inv_id, inv.clone());
         self.emit("customer.subscription.updated", s);
         self.emit("invoice.paid", inv);
+    }
+
+    /// Finalizes and pays every draft whose grace period has ended by `t`: its usage lines are
+    /// computed again from the meters (the usage reported meanwhile counts), then
+    /// `invoice.finalized` and `invoice.paid`.
+    fn finalize_drafts(&mut self, t: i64) {
+        let due: Vec<String> = self
+            .invoices
+            .iter()
+            .filter(|(_, i)| i["status"] == "draft" && i["_finalize_at"].as_i64().is_some_and(|at| at <= t))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in due {
+            let inv = self.invoices[&id].clone();
+            let at = inv["_finalize_at"].as_i64().unwrap_or(t);
+            let sub_id = inv["parent"]["subscription_details"]["subscription"].as_str().unwrap_or_default().to_string();
+            let Some(sub) = self.subscriptions.get(&sub_id).cloned() else { continue };
+            let (start, end) = (inv["period_start"].as_i64().unwrap_or(0), inv["period_end"].as_i64().unwrap_or(0));
+            let mut lines: Vec<Value> = inv["lines"]["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| {
+                    !sub["items"]["data"].as_array().into_iter().flatten().any(|i| {
+                        i["price"]["recurring"]["usage_type"] == "metered"
+                            && l["pricing"]["price_details"]["price"] == i["price"]["id"]
+                    })
+                })
+                .cloned()
+                .collect();
+            lines.extend(self.usage_lines(&sub, &id, start, end).into_iter().map(|(l, _)| l));
+            let amount: i64 = lines.iter().filter_map(|l| l["amount"].as_i64()).sum();
+            let inv = self.invoices.get_mut(&id).expect("listed");
+            inv["lines"]["data"] = Value::Array(lines);
+            for k in ["amount_due", "amount_paid", "subtotal", "total"] {
+                inv[k] = json!(amount);
+            }
+            inv["amount_remaining"] = json!(0);
+            inv["status"] = json!("paid");
+            inv["attempted"] = json!(true);
+            inv["attempt_count"] = json!(1);
+            inv["number"] = json!(format!("EMU-{}", &id[id.len().saturating_sub(6)..]));
+            inv["status_transitions"]["finalized_at"] = json!(at);
+            inv["status_transitions"]["paid_at"] = json!(at);
+            if let Some(o) = inv.as_object_mut() {
+                o.remove("_finalize_at");
+            }
+            let done = inv.clone();
+            self.emit("invoice.finalized", done.clone());
+            self.emit("invoice.paid", done);
+        }
     }
 
     /// Cancels at once: `canceled`, with `customer.subscription.deleted`.

@@ -45,13 +45,24 @@ pub struct Delivery {
     pub payload: String,
 }
 
-/// Posts the payload, signed, until a 2xx answer or `max_attempts` tries, waiting
-/// `base_delay`·2ⁿ between tries. Reports each attempt through `record`.
-pub async fn deliver(d: Delivery, max_attempts: u32, base_delay: Duration, record: impl Fn(Attempt) + Send + Sync) {
+/// Posts the payload, signed at `now()` (Unix seconds), until a 2xx answer or `max_attempts`
+/// tries, waiting `base_delay`·2ⁿ between tries. Reports each attempt through `record`.
+///
+/// The emulator signs at its own clock's time (the wall clock plus its test clock's offset).
+/// Stripe signs events of a test clock at the real time; the local stack runs paykey on the
+/// emulator's clock (so a month later is a month later for both), and its signature check
+/// then needs the same time.
+pub async fn deliver(
+    d: Delivery,
+    max_attempts: u32,
+    base_delay: Duration,
+    now: impl Fn() -> i64 + Send + Sync,
+    record: impl Fn(Attempt) + Send + Sync,
+) {
     let Delivery { url, secret, event_id, event_type, payload } = d;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     for attempt in 1..=max_attempts {
-        let header = signature_header(&payload, &secret, chrono::Utc::now().timestamp());
+        let header = signature_header(&payload, &secret, now());
         let req = hyper::Request::post(&url)
             .header("content-type", "application/json; charset=utf-8")
             .header("stripe-signature", header)

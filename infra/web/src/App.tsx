@@ -2,7 +2,7 @@ import { useCallback, useEffect, useRef, useState } from "react";
 import { api, ok, SignedOut, type Account, type Plan } from "./api";
 import * as auth from "./auth";
 import { config } from "./config";
-import { every, money } from "./format";
+import { every, money, perCall } from "./format";
 
 const day = (s?: string | null) => (s ? s.slice(0, 10) : "");
 
@@ -24,8 +24,15 @@ function Plans({ plans, current, signedIn, choose }: { plans: Plan[]; current: s
         <div key={t.name} id={`tier-${t.name}`} className={"tier" + (current === t.name ? " current" : "")}>
           <h3>{t.name}</h3>
           <div className="price">{t.lookup_key ? `${money(t.price, config.locale)} ${every(t.price)}`.trim() : "Free"}</div>
+          {t.metered ? (
+            <div className="metered" id={`metered-${t.name}`}>
+              {t.metered.included.toLocaleString()} requests included, then {perCall(t.metered, config.locale) || "a metered rate"} per request
+            </div>
+          ) : null}
           <div className="muted">
-            {t.quota ? `${t.quota.limit.toLocaleString()} requests / ${t.quota.period.toLowerCase()}` : t.has_api_key ? "API key, no quota" : "no API key"}
+            {t.quota
+              ? `${t.metered ? "up to " : ""}${t.quota.limit.toLocaleString()} requests / ${t.quota.period.toLowerCase()}`
+              : t.has_api_key ? "API key, no quota" : "no API key"}
           </div>
           {t.trial_days ? <div>{t.trial_days}-day free trial</div> : null}
           {t.lookup_key && signedIn && current !== t.name ? (

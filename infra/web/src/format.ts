@@ -25,3 +25,17 @@ export function every(p: Plan["price"]): string {
   const n = p.interval_count ?? 1;
   return n === 1 ? `/ ${p.interval}` : `/ ${n} ${p.interval}s`;
 }
+
+/** The price of one call beyond a metered tier's included ones ("¥0.5"), from Stripe's
+ * `unit_amount_decimal` (a decimal string in the currency's minor unit). */
+export function perCall(m: Plan["metered"], locale?: string): string {
+  if (!m || m.unit_amount_decimal == null || !m.currency) return "";
+  const c = m.currency.toLowerCase();
+  const exponent = ZERO_DECIMAL.has(c) ? 0 : THREE_DECIMAL.has(c) ? 3 : 2;
+  const amount = Number(m.unit_amount_decimal) / 10 ** exponent;
+  try {
+    return new Intl.NumberFormat(locale, { style: "currency", currency: c.toUpperCase(), maximumFractionDigits: 8 }).format(amount);
+  } catch {
+    return `${amount} ${c.toUpperCase()}`;
+  }
+}

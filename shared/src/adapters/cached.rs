@@ -86,6 +86,12 @@ impl<P: Payments> Payments for CachedPrices<P> {
     }
 }
 
+impl<P: crate::ports::metering::UsageMeter> crate::ports::metering::UsageMeter for CachedPrices<P> {
+    async fn send_meter_event(&self, event: &crate::ports::metering::MeterEvent) -> Result<()> {
+        self.inner.send_meter_event(event).await
+    }
+}
+
 /// Usage key: (key id, usage plan, first day, last day).
 type UsageKey = (String, String, chrono::NaiveDate, chrono::NaiveDate);
 

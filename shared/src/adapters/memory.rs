@@ -203,6 +203,8 @@ struct StoreState {
     legacy: BTreeMap<String, AccountRecord>,
     /// The token whose `fulfil` finished each session (a repeat with it is recognised).
     fulfilled_by: BTreeMap<String, String>,
+    /// The usage reporter's cursor.
+    usage_cursor: Option<NaiveDate>,
 }
 
 impl StoreState {
@@ -273,6 +275,37 @@ impl MemoryStore {
     /// Processed event ids with their expiry, for persisting.
     pub fn event_entries(&self) -> Vec<(String, DateTime<Utc>)> {
         lock(&self.state).events.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// The usage reporter's cursor, for persisting.
+    pub fn usage_cursor(&self) -> Option<NaiveDate> {
+        lock(&self.state).usage_cursor
+    }
+
+    /// Restores the usage reporter's cursor (the local stack's data folder).
+    pub fn restore_usage_cursor(&self, day: Option<NaiveDate>) {
+        lock(&self.state).usage_cursor = day;
+    }
+}
+
+impl crate::ports::metering::UsageCursor for MemoryStore {
+    async fn reported_through(&self) -> Result<Option<NaiveDate>> {
+        let call = self.meter.enter(DDB, "ddb.usage_cursor").await?;
+        let day = lock(&self.state).usage_cursor;
+        self.meter.exit(DDB, "ddb.usage_cursor", call)?;
+        Ok(day)
+    }
+
+    async fn set_reported_through(&self, day: NaiveDate) -> Result<()> {
+        let call = self.meter.enter(DDB, "ddb.set_usage_cursor").await?;
+        {
+            let mut st = lock(&self.state);
+            // forward only (DynamoDB: a condition on the stored day)
+            if st.usage_cursor.is_none_or(|d| d < day) {
+                st.usage_cursor = Some(day);
+            }
+        }
+        self.meter.exit(DDB, "ddb.set_usage_cursor", call)
     }
 }
 
@@ -797,6 +830,12 @@ impl MemoryKeys {
         }
     }
 
+    /// Adds `n` requests served by the key on `plan` on `day`, as API Gateway's daily counts
+    /// would show them (also late: counts that arrive after the day was first read).
+    pub fn add_use(&self, id: &str, plan: &str, day: NaiveDate, n: u64) {
+        *lock(&self.state).used.entry((id.to_string(), plan.to_string(), day)).or_default() += n;
+    }
+
     /// Ids of the keys attached to a usage plan (any), for assertions.
     pub fn plan_members(&self) -> Vec<String> {
         lock(&self.state).plans.keys().cloned().collect()
@@ -1237,6 +1276,8 @@ struct MemCheckout {
     /// `metadata.user_id` / `metadata.user_name`, copied onto the subscription.
     user: User,
     price_id: String,
+    /// A metered price sold beside it (overage).
+    overage_price_id: Option<String>,
     success_url: String,
     trial_days: u32,
     /// Expired (by paykey or by time): it can no longer be paid.
@@ -1260,6 +1301,12 @@ struct PaymentsState {
     portal_configurations: std::collections::BTreeSet<String>,
     replay: HashMap<String, String>,
     next: u64,
+    /// The meter's value per (customer, UTC day of the event's timestamp): the latest event
+    /// received for the day (a meter pre-aggregated by day).
+    meter_days: BTreeMap<(String, NaiveDate), u64>,
+    /// Every meter event received (identifiers Stripe saw are dropped as duplicates).
+    meter_events: Vec<crate::ports::metering::MeterEvent>,
+    meter_identifiers: std::collections::HashSet<String>,
 }
 
 /// Stripe prices, Checkout Sessions, customers and portal sessions in memory, with
@@ -1287,9 +1334,50 @@ impl MemoryPayments {
             unit_amount: Some(unit_amount),
             currency: currency.to_string(),
             recurring: Some(crate::ports::Recurring::monthly()),
+            metered: false,
+            tiers: Vec::new(),
         };
         st.prices.insert(lookup_key.to_string(), p.clone());
         p
+    }
+
+    /// Adds an active metered price with graduated tiers: `included` calls at 0, then
+    /// `rate` (a decimal string, in the currency's minor unit) per call.
+    pub fn add_metered_price(&self, lookup_key: &str, included: u64, rate: &str, currency: &str) -> PriceInfo {
+        let mut st = lock(&self.state);
+        st.next += 1;
+        let mut tiers = Vec::new();
+        if included > 0 {
+            tiers.push(crate::ports::PriceTier {
+                up_to: Some(included),
+                unit_amount_decimal: Some("0".into()),
+                flat_amount: None,
+            });
+        }
+        tiers.push(crate::ports::PriceTier { up_to: None, unit_amount_decimal: Some(rate.into()), flat_amount: None });
+        let p = PriceInfo {
+            id: format!("price_mem{:06}", st.next),
+            lookup_key: lookup_key.to_string(),
+            unit_amount: None,
+            currency: currency.to_string(),
+            recurring: Some(crate::ports::Recurring::monthly()),
+            metered: true,
+            tiers,
+        };
+        st.prices.insert(lookup_key.to_string(), p.clone());
+        p
+    }
+
+    /// What the meter holds for `customer` over `first..=last` (UTC days): the sum of each
+    /// day's latest event, as a period's invoice would bill it.
+    pub fn meter_total(&self, customer: &CustomerId, first: NaiveDate, last: NaiveDate) -> u64 {
+        let st = lock(&self.state);
+        st.meter_days.range((customer.to_string(), first)..=(customer.to_string(), last)).map(|(_, v)| *v).sum()
+    }
+
+    /// Every meter event received, in order (duplicates dropped).
+    pub fn meter_events(&self) -> Vec<crate::ports::metering::MeterEvent> {
+        lock(&self.state).meter_events.clone()
     }
 
     /// Adds a billing portal configuration (what `paykey-setup` creates) and returns its id.
@@ -1322,6 +1410,7 @@ impl MemoryPayments {
         }
         c.state.paid = true;
         let price_id = c.price_id.clone();
+        let overage_price_id = c.overage_price_id.clone();
         let trial_end = (c.trial_days > 0).then(|| Utc::now() + chrono::Duration::days(c.trial_days.into()));
         c.state.customer = Some(customer.clone());
         c.state.subscription = Some(sub_id.clone());
@@ -1330,7 +1419,10 @@ impl MemoryPayments {
         let price = st.prices.values().find(|p| p.id == price_id);
         // A trial charges nothing until it ends.
         let amount = if trial_end.is_some() { 0 } else { price.and_then(|p| p.unit_amount).unwrap_or(0) };
-        let item_lookup_keys = vec![price.map(|p| p.lookup_key.clone())];
+        let mut item_lookup_keys = vec![price.map(|p| p.lookup_key.clone())];
+        if let Some(o) = overage_price_id {
+            item_lookup_keys.push(st.prices.values().find(|p| p.id == o).map(|p| p.lookup_key.clone()));
+        }
         st.charges.insert(sub_id.as_str().to_string(), Charge { amount, refunded: 0 });
         st.subscriptions.insert(
             sub_id.as_str().to_string(),
@@ -1488,12 +1580,23 @@ impl Payments for MemoryPayments {
                 let url = format!("https://checkout.memory.invalid/pay/{id}");
                 CreatedCheckout { id, url }
             } else {
-                if !st.prices.values().any(|p| p.id == req.price_id) {
-                    return Err(BackendError::new(
-                        STRIPE,
-                        "stripe.create_checkout",
-                        format!("resource_missing: No such price: '{}'", req.price_id),
-                    ));
+                for (i, id) in std::iter::once(req.price_id).chain(req.overage_price_id).enumerate() {
+                    let Some(p) = st.prices.values().find(|p| p.id == id) else {
+                        return Err(BackendError::new(
+                            STRIPE,
+                            "stripe.create_checkout",
+                            format!("resource_missing: No such price: '{id}'"),
+                        ));
+                    };
+                    // Stripe: a metered price takes no quantity, every other one needs one.
+                    let without_quantity = if i == 0 { req.price_metered } else { true };
+                    if p.metered != without_quantity {
+                        return Err(BackendError::new(
+                            STRIPE,
+                            "stripe.create_checkout",
+                            format!("invalid_request_error: line_items[{i}]: quantity must be given exactly when usage_type is not `metered`"),
+                        ));
+                    }
                 }
                 if let Some(c) = req.customer {
                     if !st.customers.contains(c) {
@@ -1518,6 +1621,7 @@ impl Payments for MemoryPayments {
                         },
                         user: req.user.clone(),
                         price_id: req.price_id.to_string(),
+                        overage_price_id: req.overage_price_id.map(str::to_string),
                         success_url: req.success_url.clone(),
                         trial_days: req.trial_days,
                         expired: false,
@@ -1622,6 +1726,23 @@ impl Payments for MemoryPayments {
         };
         self.meter.exit(STRIPE, "stripe.cancel_duplicate", call)?;
         Ok(DuplicateCancelled { refunded })
+    }
+}
+
+impl crate::ports::metering::UsageMeter for MemoryPayments {
+    async fn send_meter_event(&self, event: &crate::ports::metering::MeterEvent) -> Result<()> {
+        let call = self.meter.enter(STRIPE, "stripe.meter_event").await?;
+        {
+            let mut st = lock(&self.state);
+            // Stripe drops an identifier it saw within 24 hours; otherwise the newest event of
+            // the customer's day replaces the day's value (`event_time_window: day`).
+            if st.meter_identifiers.insert(event.identifier()) {
+                let day = event.timestamp().date_naive();
+                st.meter_days.insert((event.customer.to_string(), day), event.value);
+                st.meter_events.push(event.clone());
+            }
+        }
+        self.meter.exit(STRIPE, "stripe.meter_event", call)
     }
 }
 

@@ -107,6 +107,8 @@ fn read_envelope(payload: &str) -> Option<StripeEvent> {
         object_id.and_then(|i| SessionId::parse(i).ok()).map(EventSubject::Checkout)
     } else if kind.starts_with("customer.subscription.") {
         object_id.and_then(|i| SubscriptionId::parse(i).ok()).map(|id| EventSubject::Subscription { id, customer })
+    } else if kind == "invoice.created" && closing_invoice(object).is_some() {
+        closing_invoice(object)
     } else if kind.starts_with("invoice.") {
         let from_parent = object
             .and_then(|o| o.get("parent"))
@@ -120,6 +122,29 @@ fn read_envelope(payload: &str) -> Option<StripeEvent> {
         None
     };
     Some(StripeEvent { id, kind, subject: subject.unwrap_or(EventSubject::Other) })
+}
+
+/// A draft invoice of a subscription's new period: the closed period it bills (the invoice's
+/// `period_start`/`period_end`: "the usage period during which invoice items were added").
+fn closing_invoice(object: Option<&serde_json::Value>) -> Option<EventSubject> {
+    let o = object?;
+    if o.get("billing_reason")?.as_str()? != "subscription_cycle" || o.get("status")?.as_str()? != "draft" {
+        return None;
+    }
+    let id_of = |f: &serde_json::Value| f.as_str().or_else(|| f.get("id").and_then(|i| i.as_str())).map(str::to_string);
+    let subscription = o
+        .get("parent")
+        .and_then(|p| p.get("subscription_details"))
+        .and_then(|d| d.get("subscription"))
+        .and_then(id_of)
+        .or_else(|| o.get("subscription").and_then(id_of))?;
+    let at = |k: &str| chrono::DateTime::from_timestamp(o.get(k)?.as_i64()?, 0);
+    Some(EventSubject::ClosingInvoice {
+        subscription: SubscriptionId::parse(&subscription).ok()?,
+        customer: CustomerId::parse(&id_of(o.get("customer")?)?).ok()?,
+        period_start: at("period_start")?,
+        period_end: at("period_end")?,
+    })
 }
 
 /// A `Stripe-Signature` header for `payload`, as Stripe computes it (tests, the emulator).
@@ -276,12 +301,26 @@ mod wire {
         pub currency: String,
         #[serde(default)]
         pub recurring: Option<Recurring>,
+        /// Present when expanded (`expand[]=data.tiers`).
+        #[serde(default)]
+        pub tiers: Option<Vec<PriceTier>>,
     }
 
     #[derive(Debug, Deserialize)]
     pub struct Recurring {
         pub interval: String,
         pub interval_count: u32,
+        /// `licensed` or `metered`.
+        #[serde(default)]
+        pub usage_type: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct PriceTier {
+        /// `null`: the last tier ("inf").
+        pub up_to: Option<u64>,
+        pub unit_amount_decimal: Option<String>,
+        pub flat_amount: Option<i64>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -306,6 +345,12 @@ mod wire {
     #[derive(Debug, Deserialize)]
     pub struct PortalSession {
         pub url: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct MeterEvent {
+        #[allow(dead_code)] // read to check the answer is a meter event
+        pub identifier: String,
     }
 }
 
@@ -387,7 +432,12 @@ impl Payments for StripePayments {
     async fn find_price(&self, lookup_key: &LookupKey) -> Result<Option<PriceInfo>> {
         const OP: &str = "GET /v1/prices";
         let list = retrying(OP, || async {
-            let req = ListPrice::new().lookup_keys(vec![lookup_key.to_string()]).active(true).limit(1);
+            // `tiers` is included only when expanded (Stripe: "expand[]=data.tiers").
+            let req = ListPrice::new()
+                .lookup_keys(vec![lookup_key.to_string()])
+                .active(true)
+                .limit(1)
+                .expand(vec!["data.tiers".to_string()]);
             self.client.call::<wire::List<wire::Price>>(req.build(), None).await
         })
         .await
@@ -397,9 +447,20 @@ impl Payments for StripePayments {
             lookup_key: p.lookup_key.unwrap_or_else(|| lookup_key.to_string()),
             unit_amount: p.unit_amount,
             currency: p.currency,
+            metered: p.recurring.as_ref().is_some_and(|r| r.usage_type.as_deref() == Some("metered")),
             recurring: p
                 .recurring
                 .map(|r| crate::ports::Recurring { interval: r.interval, interval_count: r.interval_count }),
+            tiers: p
+                .tiers
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| crate::ports::PriceTier {
+                    up_to: t.up_to,
+                    unit_amount_decimal: t.unit_amount_decimal,
+                    flat_amount: t.flat_amount,
+                })
+                .collect(),
         }))
     }
 
@@ -409,9 +470,17 @@ impl Payments for StripePayments {
             ("user_id".to_string(), req.user.id.to_string()),
             ("user_name".to_string(), req.user.name.to_string()),
         ]);
+        // A metered price is sold without a quantity (Stripe refuses one): the meter's usage
+        // is the quantity. A tier's overage price goes beside its flat price.
         let mut item = CreateCheckoutSessionLineItems::new();
         item.price = Some(req.price_id.to_string());
-        item.quantity = Some(1);
+        item.quantity = (!req.price_metered).then_some(1);
+        let mut items = vec![item];
+        if let Some(o) = req.overage_price_id {
+            let mut overage = CreateCheckoutSessionLineItems::new();
+            overage.price = Some(o.to_string());
+            items.push(overage);
+        }
         let mut sub = CreateCheckoutSessionSubscriptionData::new();
         sub.metadata = Some(metadata.clone());
         if req.trial_days > 0 {
@@ -427,7 +496,7 @@ impl Payments for StripePayments {
         }
         let mut create = CreateCheckoutSession::new()
             .mode(CheckoutSessionMode::Subscription)
-            .line_items(vec![item])
+            .line_items(items)
             .success_url(req.success_url)
             .cancel_url(req.cancel_url)
             .client_reference_id(req.user.id.to_string())
@@ -550,6 +619,35 @@ impl Payments for StripePayments {
             .await
             .map_err(|e| BackendError::new(SERVICE, CREDIT, describe(&e)))?;
         Ok(DuplicateCancelled { refunded: left })
+    }
+}
+
+/// The start of Stripe's message refusing a meter event whose identifier it saw already.
+pub const DUPLICATE_METER_EVENT: &str = "An event already exists with identifier";
+
+impl crate::ports::metering::UsageMeter for StripePayments {
+    async fn send_meter_event(&self, event: &crate::ports::metering::MeterEvent) -> Result<()> {
+        const OP: &str = "POST /v1/billing/meter_events";
+        let identifier = event.identifier();
+        let req = stripe_billing::billing_meter_event::CreateBillingMeterEvent::new(
+            event.event_name.as_str(),
+            HashMap::from([
+                ("stripe_customer_id".to_string(), event.customer.to_string()),
+                ("value".to_string(), event.value.to_string()),
+            ]),
+        )
+        .identifier(identifier.as_str())
+        .timestamp(event.timestamp().timestamp());
+        let key = idempotency_key(&identifier, OP)?;
+        match retrying(OP, || async { self.client.call::<wire::MeterEvent>(req.build(), Some(&key)).await }).await {
+            Ok(_) => Ok(()),
+            // Stripe refuses an identifier it saw within 24 hours: "400 invalid_request_error An
+            // event already exists with identifier …" (not retryable; as Stripe answered it live,
+            // langfuse/langfuse#16292). The identifier carries the customer, day and total, so
+            // Stripe holding it means this total was delivered.
+            Err(e) if describe(&e).contains(DUPLICATE_METER_EVENT) => Ok(()),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
     }
 }
 

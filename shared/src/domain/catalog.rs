@@ -104,6 +104,20 @@ pub struct Tier {
     /// Lookup keys of prices no longer sold (checkout refuses them) whose subscriptions still
     /// grant this tier: e.g. the Python version's `FMMailPro` once PRO is sold at a new price.
     pub retired_lookup_keys: Vec<LookupKey>,
+    /// Usage billed beyond an included amount (Stripe Billing Meters); `None`: a flat tier whose
+    /// quota is a hard limit.
+    pub metered: Option<Metered>,
+}
+
+/// A tier's metered price: calls each billing period up to `included` cost nothing, every call
+/// after costs the price's rate (a graduated price: `included` at 0, then the rate, on the
+/// catalog's meter). Checkout sells it beside the tier's flat price; when it *is* the tier's
+/// price (`lookup_key` equal to the tier's), the tier is pay-per-call with no flat price. The
+/// tier's quota is then a spend cap, not the included amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metered {
+    pub lookup_key: LookupKey,
+    pub included: u64,
 }
 
 impl Tier {
@@ -114,7 +128,25 @@ impl Tier {
     /// Whether a subscription to the price with this lookup key buys this tier (its price, or a
     /// retired one).
     pub fn sells(&self, lookup_key: &str) -> bool {
-        self.lookup_key.iter().chain(&self.retired_lookup_keys).any(|k| k.as_str() == lookup_key)
+        self.sold_keys().any(|k| k.as_str() == lookup_key)
+    }
+
+    /// Every lookup key whose price belongs to this tier: its price, its metered price, retired
+    /// prices.
+    fn sold_keys(&self) -> impl Iterator<Item = &LookupKey> {
+        let metered = self.metered.as_ref().map(|m| &m.lookup_key).filter(|k| Some(*k) != self.lookup_key.as_ref());
+        self.lookup_key.iter().chain(metered).chain(&self.retired_lookup_keys)
+    }
+
+    /// The metered price checkout sells beside the tier's own (overage above the included
+    /// amount); `None` for a flat tier and for a pay-per-call tier (its own price is metered).
+    pub fn overage_lookup_key(&self) -> Option<&LookupKey> {
+        self.metered.as_ref().map(|m| &m.lookup_key).filter(|k| Some(*k) != self.lookup_key.as_ref())
+    }
+
+    /// Whether the tier's own price is its metered price (pay per call, no flat price).
+    pub fn pay_per_call(&self) -> bool {
+        self.metered.as_ref().is_some_and(|m| Some(&m.lookup_key) == self.lookup_key.as_ref())
     }
 }
 
@@ -126,6 +158,17 @@ pub struct CatalogError(pub String);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
     tiers: Vec<Tier>,
+    meter_event_name: String,
+}
+
+/// The Stripe meter's `event_name` when the catalog names none.
+pub const DEFAULT_METER_EVENT: &str = "paykey_api_requests";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetered {
+    lookup_key: String,
+    included: u64,
 }
 
 #[derive(Deserialize)]
@@ -144,12 +187,16 @@ struct RawTier {
     trial_days: u32,
     #[serde(default)]
     retired_lookup_keys: Vec<String>,
+    #[serde(default)]
+    metered: Option<RawMetered>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCatalog {
     tiers: Vec<RawTier>,
+    #[serde(default)]
+    meter_event_name: Option<String>,
 }
 
 /// Stripe refuses longer trials.
@@ -179,6 +226,14 @@ impl Catalog {
                 .map(|k| LookupKey::parse(k))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| CatalogError(format!("tier {name}: {e}")))?;
+            let metered = t
+                .metered
+                .map(|m| {
+                    LookupKey::parse(&m.lookup_key)
+                        .map(|lookup_key| Metered { lookup_key, included: m.included })
+                        .map_err(|e| CatalogError(format!("tier {name}: metered: {e}")))
+                })
+                .transpose()?;
             let tier = Tier {
                 name,
                 lookup_key,
@@ -187,6 +242,7 @@ impl Catalog {
                 throttle: t.throttle,
                 trial_days: t.trial_days,
                 retired_lookup_keys,
+                metered,
             };
             if tier.is_free() && !tier.retired_lookup_keys.is_empty() {
                 return Err(CatalogError(format!("the free tier {} sells no price (retired_lookup_keys)", tier.name)));
@@ -203,11 +259,35 @@ impl Catalog {
             if tier.throttle.is_some_and(|th| th.rate.is_nan() || th.rate <= 0.0 || th.burst == 0) {
                 return Err(CatalogError(format!("tier {}: throttle rate and burst must be positive", tier.name)));
             }
+            if let Some(m) = &tier.metered {
+                if tier.is_free() {
+                    return Err(CatalogError(format!(
+                        "the free tier {} cannot be metered (its quota is a hard limit)",
+                        tier.name
+                    )));
+                }
+                // The quota is the spend cap: without one, a key could run up any bill.
+                match tier.quota {
+                    None => {
+                        return Err(CatalogError(format!(
+                            "metered tier {} needs a quota: the spend cap API Gateway enforces",
+                            tier.name
+                        )))
+                    }
+                    Some(q) if u64::from(q.limit) < m.included => {
+                        return Err(CatalogError(format!(
+                            "metered tier {}: the quota ({}) is below the included amount ({})",
+                            tier.name, q.limit, m.included
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
             if tiers.iter().any(|o: &Tier| o.name == tier.name) {
                 return Err(CatalogError(format!("two tiers are named {}", tier.name)));
             }
-            let mut sold: Vec<&LookupKey> = tier.lookup_key.iter().chain(&tier.retired_lookup_keys).collect();
-            sold.extend(tiers.iter().flat_map(|o: &Tier| o.lookup_key.iter().chain(&o.retired_lookup_keys)));
+            let mut sold: Vec<&LookupKey> = tier.sold_keys().collect();
+            sold.extend(tiers.iter().flat_map(|o: &Tier| o.sold_keys()));
             let distinct: std::collections::HashSet<&str> = sold.iter().map(|k| k.as_str()).collect();
             if distinct.len() != sold.len() {
                 return Err(CatalogError(format!(
@@ -223,7 +303,26 @@ impl Catalog {
         if !tiers.iter().any(|t| !t.is_free()) {
             return Err(CatalogError("no paid tier (a tier with a lookup_key)".into()));
         }
-        Ok(Self { tiers })
+        let meter_event_name = raw.meter_event_name.unwrap_or_else(|| DEFAULT_METER_EVENT.to_string());
+        // Stripe: `event_name` is at most 100 characters.
+        let ok = (1..=100).contains(&meter_event_name.len())
+            && meter_event_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !ok {
+            return Err(CatalogError(format!(
+                "meter_event_name {meter_event_name:?}: 1 to 100 of A-Z, a-z, 0-9, _ - ."
+            )));
+        }
+        Ok(Self { tiers, meter_event_name })
+    }
+
+    /// The `event_name` of the Stripe meter every metered price is on.
+    pub fn meter_event_name(&self) -> &str {
+        &self.meter_event_name
+    }
+
+    /// The metered tiers (their usage is reported to the meter).
+    pub fn metered(&self) -> impl Iterator<Item = &Tier> {
+        self.tiers.iter().filter(|t| t.metered.is_some())
     }
 
     /// Today's deployment: FREE without a key, and one PRO tier per allowed lookup key (in
@@ -238,6 +337,7 @@ impl Catalog {
             throttle: None,
             trial_days: 0,
             retired_lookup_keys: Vec::new(),
+            metered: None,
         }];
         for k in lookup_keys {
             tiers.push(Tier {
@@ -248,9 +348,10 @@ impl Catalog {
                 throttle: None,
                 trial_days: 0,
                 retired_lookup_keys: Vec::new(),
+                metered: None,
             });
         }
-        Self { tiers }
+        Self { tiers, meter_event_name: DEFAULT_METER_EVENT.to_string() }
     }
 
     pub fn tiers(&self) -> &[Tier] {
@@ -353,6 +454,39 @@ mod tests {
     }
 
     #[test]
+    fn a_metered_tier_sells_its_overage_price_and_a_pay_per_call_tier_its_one_price() {
+        let c = Catalog::parse(
+            r#"{"tiers": [{"name": "FREE", "usage_plan_id": "free1", "quota": {"limit": 100, "period": "MONTH"}},
+            {"name": "PRO", "lookup_key": "Pro", "usage_plan_id": "pro1", "quota": {"limit": 5000, "period": "MONTH"},
+             "metered": {"lookup_key": "ProCalls", "included": 1000}},
+            {"name": "PAYG", "lookup_key": "Payg", "usage_plan_id": "payg1", "quota": {"limit": 100000, "period": "MONTH"},
+             "metered": {"lookup_key": "Payg", "included": 0}},
+            {"name": "BUSINESS", "lookup_key": "Biz", "usage_plan_id": "biz1"}],
+            "meter_event_name": "fmmail_requests"}"#,
+        )
+        .unwrap();
+        let k = |s: &str| Some(s.to_string());
+        let tier = |items: &[Option<String>]| c.tier_of_items(items).map(|t| t.name.as_str().to_string());
+        assert_eq!(tier(&[k("Pro"), k("ProCalls")]).as_deref(), Some("PRO"));
+        assert_eq!(tier(&[k("ProCalls")]).as_deref(), Some("PRO"), "the metered item alone is paykey's too");
+        assert_eq!(tier(&[k("Payg")]).as_deref(), Some("PAYG"));
+        assert!(c.sells_every_item(&[k("Pro"), k("ProCalls")]));
+        assert!(!c.sells_every_item(&[k("Pro"), k("ProCalls"), k("Newsletter")]));
+        let by = |n: &str| c.by_name(&TierName::parse(n).unwrap()).unwrap();
+        assert_eq!(by("PRO").overage_lookup_key().map(LookupKey::as_str), Some("ProCalls"));
+        assert!(!by("PRO").pay_per_call());
+        assert_eq!(by("PAYG").overage_lookup_key(), None, "its own price is the metered one");
+        assert!(by("PAYG").pay_per_call());
+        assert_eq!(by("BUSINESS").overage_lookup_key(), None);
+        let metered: Vec<&str> = c.metered().map(|t| t.name.as_str()).collect();
+        assert_eq!(metered, ["PRO", "PAYG"]);
+        assert_eq!(c.meter_event_name(), "fmmail_requests");
+        assert!(c.by_lookup_key(&LookupKey::parse("ProCalls").unwrap()).is_none(), "not sold on its own");
+        let plain = Catalog::parse(r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}]}"#).unwrap();
+        assert_eq!(plain.meter_event_name(), DEFAULT_METER_EVENT);
+    }
+
+    #[test]
     fn quota_periods_are_utc_calendar_days_weeks_and_months() {
         let d = |y, m, day| chrono::NaiveDate::from_ymd_opt(y, m, day).unwrap();
         assert_eq!(QuotaPeriod::Day.containing(d(2026, 12, 2)), (d(2026, 12, 2), d(2026, 12, 2)));
@@ -420,6 +554,30 @@ mod tests {
             (
                 r#"{"tiers": [{"name": "FREE", "retired_lookup_keys": ["x"]}, {"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}]}"#,
                 "sells no price",
+            ),
+            (
+                r#"{"tiers": [{"name": "FREE", "metered": {"lookup_key": "m", "included": 0}}, {"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}]}"#,
+                "cannot be metered",
+            ),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "metered": {"lookup_key": "m", "included": 10}}]}"#,
+                "needs a quota",
+            ),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "quota": {"limit": 9, "period": "MONTH"}, "metered": {"lookup_key": "m", "included": 10}}]}"#,
+                "below the included amount",
+            ),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "quota": {"limit": 9, "period": "MONTH"}, "metered": {"lookup_key": "b", "included": 1}}, {"name": "BIZ", "lookup_key": "b", "usage_plan_id": "q"}]}"#,
+                "reuses a lookup key",
+            ),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "quota": {"limit": 9, "period": "MONTH"}, "metered": {"lookup_key": "m", "included": 1, "rate": 2}}]}"#,
+                "rate",
+            ),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}], "meter_event_name": "a b"}"#,
+                "meter_event_name",
             ),
         ];
         for (json, why) in cases {

@@ -6,7 +6,7 @@ mod ids;
 mod records;
 mod secret;
 
-pub use catalog::{Catalog, CatalogError, Quota, QuotaPeriod, Throttle, Tier, TierName};
+pub use catalog::{Catalog, CatalogError, Metered, Quota, QuotaPeriod, Throttle, Tier, TierName, DEFAULT_METER_EVENT};
 pub use error::{BackendError, Error};
 pub use ids::{CustomerId, IdError, LookupKey, OneTimeKey, SessionId, SubscriptionId, User, UserId, UserName};
 pub use records::{

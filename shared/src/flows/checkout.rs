@@ -60,7 +60,21 @@ where
         .by_lookup_key(&lookup_key)
         .filter(|t| !t.is_free())
         .ok_or_else(|| Error::LookupKeyNotAllowed(lookup_key.to_string()))?;
-    let price = payments.find_price(&lookup_key).await?.ok_or_else(|| Error::PriceNotFound(lookup_key.to_string()))?;
+    // A metered tier's overage price is looked up beside its own (one wave; cached after the
+    // first checkout of the container).
+    let (price, overage) = tokio::try_join!(payments.find_price(&lookup_key), async {
+        match tier.overage_lookup_key() {
+            Some(k) => payments.find_price(k).await.map(|p| p.ok_or_else(|| k.clone())).map(Some),
+            None => Ok(None),
+        }
+    })?;
+    let price = price.ok_or_else(|| Error::PriceNotFound(lookup_key.to_string()))?;
+    let overage = match overage {
+        Some(Err(k)) => return Err(Error::PriceNotFound(k.to_string())),
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+    let priced = Priced { price: &price, overage: overage.as_ref() };
 
     let now = ctx.clock.now();
     // The caller's budget is spent beside the two reads; refused, nothing else happens.
@@ -117,7 +131,7 @@ where
     if !sessions.claim_open_checkout(&user.id, &price.id, seen.as_ref(), &claim, now, until).await? {
         return wait_for_checkout(sessions, ctx, user, &price.id, seen).await;
     }
-    let result = create_and_record(payments, sessions, ctx, user, tier, &price.id, profile.customer_id.as_ref()).await;
+    let result = create_and_record(payments, sessions, ctx, user, tier, priced, profile.customer_id.as_ref()).await;
     if result.is_err() {
         // Best effort: the next request need not wait for the claim to run out.
         if let Err(e) = sessions.release_open_checkout(&user.id, &price.id, &claim).await {
@@ -125,6 +139,13 @@ where
         }
     }
     result
+}
+
+/// The prices a checkout sells: the tier's, and its metered overage price if it has one.
+#[derive(Clone, Copy)]
+struct Priced<'a> {
+    price: &'a crate::ports::PriceInfo,
+    overage: Option<&'a crate::ports::PriceInfo>,
 }
 
 /// Creates the Checkout Session at Stripe, records it and the pointer, and expires the one it
@@ -135,7 +156,7 @@ async fn create_and_record<P, S>(
     ctx: Ctx<'_>,
     user: &User,
     tier: &Tier,
-    price_id: &str,
+    priced: Priced<'_>,
     customer: Option<&CustomerId>,
 ) -> Result<CheckoutStarted, Error>
 where
@@ -145,7 +166,8 @@ where
     let settings = ctx.settings;
     let now = ctx.clock.now();
     let one_time_key = ctx.ids.one_time_key();
-    let created = payments.create_checkout(new_checkout(price_id, tier, user, customer, ctx, &one_time_key)).await?;
+    let price_id = priced.price.id.as_str();
+    let created = payments.create_checkout(new_checkout(priced, tier, user, customer, ctx, &one_time_key)).await?;
 
     // Stripe expires an unpaid Checkout Session after 24 hours: so does the pointer. Both
     // writes are independent items: side by side.
@@ -232,7 +254,7 @@ async fn wait_for_checkout<S: OpenCheckouts>(
 }
 
 fn new_checkout<'a>(
-    price_id: &'a str,
+    priced: Priced<'a>,
     tier: &Tier,
     user: &'a User,
     customer: Option<&'a CustomerId>,
@@ -240,7 +262,9 @@ fn new_checkout<'a>(
     one_time_key: &OneTimeKey,
 ) -> NewCheckout<'a> {
     NewCheckout {
-        price_id,
+        price_id: &priced.price.id,
+        price_metered: priced.price.metered,
+        overage_price_id: priced.overage.map(|p| p.id.as_str()),
         user,
         customer,
         // Stripe replaces {CHECKOUT_SESSION_ID} itself.

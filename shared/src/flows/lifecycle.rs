@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{account_keys, chrono_duration, complete_checkout, Completion, Ctx, Rejection};
 use crate::domain::{AccountRecord, Error, Plan, SubscriptionId, User, UserId, UserName, UserProfile};
+use crate::ports::metering::{UsageCursor, UsageMeter};
 use crate::ports::{
     AccountListing, Accounts, Checkouts, EventSubject, KeyRegistry, Payments, ProcessedEvents, StripeEvent,
     SubscriptionState, SubscriptionStatus, UserDirectory,
@@ -92,9 +93,13 @@ const SUBSCRIPTION_EVENTS: [&str; 5] = [
     "invoice.payment_failed",
 ];
 
+/// A period's draft invoice: the closing period's metered usage is sent before Stripe
+/// finalizes it.
+const METERING_EVENTS: [&str; 1] = ["invoice.created"];
+
 /// Every event type paykey acts on.
 pub fn handled_event_types() -> Vec<&'static str> {
-    CHECKOUT_EVENTS.iter().chain(SUBSCRIPTION_EVENTS.iter()).copied().collect()
+    CHECKOUT_EVENTS.iter().chain(SUBSCRIPTION_EVENTS.iter()).chain(METERING_EVENTS.iter()).copied().collect()
 }
 
 /// Acts on one verified Stripe event, once per event id.
@@ -107,10 +112,10 @@ pub async fn handle_stripe_event<S, K, U, P>(
     event: &StripeEvent,
 ) -> Result<EventOutcome, Error>
 where
-    S: Checkouts + Accounts + ProcessedEvents,
+    S: Checkouts + Accounts + ProcessedEvents + UsageCursor,
     K: KeyRegistry,
     U: UserDirectory,
-    P: Payments,
+    P: Payments + UsageMeter,
 {
     if store.event_seen(&event.id).await? {
         tracing::info!(event_id = %event.id, event_type = %event.kind, "duplicate event");
@@ -177,6 +182,25 @@ where
                     user.name
                 )),
             },
+        }
+    } else if METERING_EVENTS.contains(&kind) {
+        match &event.subject {
+            EventSubject::ClosingInvoice { subscription, customer, period_start, period_end } => {
+                let sent = super::metering::report_closing_period(
+                    store,
+                    keys,
+                    payments,
+                    store,
+                    ctx,
+                    customer,
+                    subscription,
+                    *period_start,
+                    *period_end,
+                )
+                .await?;
+                EventOutcome::Processed(format!("closing period: days of usage sent: {}", sent.len()))
+            }
+            _ => EventOutcome::Ignored("not a draft invoice of a new period".into()),
         }
     } else {
         tracing::info!(event_id = %event.id, event_type = %kind, "event type not handled; ignored");

@@ -8,6 +8,7 @@ mod checkout;
 mod free_key;
 mod fulfil;
 mod lifecycle;
+pub mod metering;
 mod plans;
 mod portal;
 mod reclaim;
@@ -22,7 +23,7 @@ pub use lifecycle::{
     count_keys, desired_plan, handle_stripe_event, handled_event_types, resync, sync_subscription, Access, Drift,
     EventOutcome, KeyCount, SyncOutcome, API_KEY_QUOTA,
 };
-pub use plans::{list_plans, PlanView, PlansView, PriceView};
+pub use plans::{list_plans, MeteredView, PlanView, PlansView, PriceView};
 pub use portal::open_billing_portal;
 pub use reclaim::{reclaim_idle_free_keys, RECLAIMS_PER_RUN};
 pub use rotate::{

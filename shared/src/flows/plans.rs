@@ -28,6 +28,20 @@ pub struct PlanView {
     pub trial_days: u32,
     /// Whether users on this tier get an API key.
     pub has_api_key: bool,
+    /// Usage billed beyond an included amount (`null`: a flat tier, whose quota is a hard
+    /// limit). The quota is then the spend cap.
+    pub metered: Option<MeteredView>,
+}
+
+/// A metered tier's terms.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MeteredView {
+    /// Calls each billing period included in the tier's price.
+    pub included: u64,
+    /// The price of each call beyond them, in the currency's minor unit as a decimal string
+    /// ("0.5": half a cent, or half a yen); `null` when Stripe has no such price (yet).
+    pub unit_amount_decimal: Option<String>,
+    pub currency: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -46,16 +60,32 @@ pub struct PriceView {
 pub async fn list_plans<P: Payments>(payments: &P, settings: &Settings) -> Result<PlansView, Error> {
     let tiers = settings.catalog.tiers();
     let mut prices = Vec::with_capacity(tiers.len());
+    let mut metered = Vec::with_capacity(tiers.len());
     for t in tiers {
-        prices.push(match &t.lookup_key {
+        let price = match &t.lookup_key {
             Some(k) => payments.find_price(k).await?,
             None => None,
+        };
+        metered.push(match &t.metered {
+            Some(m) => {
+                let p = match t.overage_lookup_key() {
+                    Some(k) => payments.find_price(k).await?,
+                    None => price.clone(),
+                };
+                // The rate: the last tier of the graduated price (the first is the included
+                // amount at 0).
+                let rate = p.as_ref().and_then(|p| p.tiers.last()).and_then(|t| t.unit_amount_decimal.clone());
+                Some(MeteredView { included: m.included, unit_amount_decimal: rate, currency: p.map(|p| p.currency) })
+            }
+            None => None,
         });
+        prices.push(price);
     }
     let plans = tiers
         .iter()
         .zip(prices)
-        .map(|(t, price)| PlanView {
+        .zip(metered)
+        .map(|((t, price), metered)| PlanView {
             name: t.name.to_string(),
             lookup_key: t.lookup_key.as_ref().map(|k| k.to_string()),
             price: price.map(|p| PriceView {
@@ -68,6 +98,7 @@ pub async fn list_plans<P: Payments>(payments: &P, settings: &Settings) -> Resul
             throttle: t.throttle,
             trial_days: t.trial_days,
             has_api_key: t.usage_plan_id.is_some(),
+            metered,
         })
         .collect();
     Ok(PlansView { plans })

@@ -452,6 +452,10 @@ pub struct ScheduledRun {
     /// The account's API keys (every key, paykey's or not), counted on the first run of each
     /// hour for the ceiling alarm; `None` on the other runs or when counting failed.
     pub key_count: Option<usize>,
+    /// The usage report to Stripe's meter ([`super::metering::report_usage`]): on the hour's
+    /// run when Stripe is configured (`None` on the others); nothing is read without a metered
+    /// tier.
+    pub usage: Option<Result<super::metering::UsageReport, Error>>,
 }
 
 /// The `sweep-keys` function's run (every minute): on the run scheduled for minute 0 of each
@@ -459,17 +463,19 @@ pub struct ScheduledRun {
 /// key count (GetApiKeys pages: 20 calls at 10,000 keys), before and whatever the sweep does,
 /// and the reclaim of idle free keys ([`super::reclaim_idle_free_keys`]); then, on one listing
 /// of the records, [`sweep_expired_keys`] and [`end_expired_comps`]. A failed count is logged and does not fail the run.
-pub async fn scheduled_run<S, K, U>(
+pub async fn scheduled_run<S, K, U, M>(
     store: &S,
     keys: &K,
     users: &U,
+    meter: Option<&M>,
     ctx: Ctx<'_>,
     scheduled: Option<&str>,
 ) -> ScheduledRun
 where
-    S: Accounts + crate::ports::AccountListing,
+    S: Accounts + crate::ports::AccountListing + crate::ports::metering::UsageCursor,
     K: crate::ports::admin::KeyDeletion,
     U: crate::ports::UserDirectory,
+    M: crate::ports::metering::UsageMeter,
 {
     use chrono::Timelike;
     let at = scheduled
@@ -489,22 +495,29 @@ where
     };
     // One listing of the records for every pass.
     let hourly = at.minute() == 0;
-    let (disabled, comps_ended, reclaimed) = match store.list_accounts().await {
+    let (disabled, comps_ended, reclaimed, usage) = match store.list_accounts().await {
         Ok(accounts) => {
-            // The minute's work first; the reclaim (hourly) after it.
+            // The minute's work first; the reclaim and the usage report (hourly) after it.
             let disabled = sweep_listed(store, keys, ctx, &accounts).await;
             let comps = end_comps_listed(store, keys, users, ctx, &accounts).await;
             let reclaimed = match hourly {
                 true => Some(super::reclaim_idle_free_keys(store, keys, ctx, &accounts).await),
                 false => None,
             };
-            (disabled, comps, reclaimed)
+            let usage = match (hourly, meter) {
+                (true, Some(m)) => Some(super::metering::report_usage(keys, m, store, ctx, &accounts).await),
+                _ => None,
+            };
+            (disabled, comps, reclaimed, usage)
         }
-        Err(e) => {
-            (Err(Error::Backend(e.clone())), Err(Error::Backend(e.clone())), hourly.then_some(Err(Error::Backend(e))))
-        }
+        Err(e) => (
+            Err(Error::Backend(e.clone())),
+            Err(Error::Backend(e.clone())),
+            hourly.then(|| Err(Error::Backend(e.clone()))),
+            (hourly && meter.is_some()).then_some(Err(Error::Backend(e))),
+        ),
     };
-    ScheduledRun { disabled, comps_ended, reclaimed, key_count }
+    ScheduledRun { disabled, comps_ended, reclaimed, key_count, usage }
 }
 
 /// Ends every complimentary tier whose end has passed: under the account lock, the user goes

@@ -32,6 +32,15 @@ pub const TIERS: &str = r#"{"tiers": [
     {"name": "BUSINESS", "lookup_key": "FMMailBusiness", "usage_plan_id": "usage-plan-business",
      "quota": {"limit": 1000000, "period": "MONTH"}}
 ]}"#;
+/// [`World::metered`]'s catalog: PRO includes 1,000 calls a month and bills the rest (cap
+/// 5,000), BUSINESS includes 10,000 (cap 50,000).
+pub const METERED_TIERS: &str = r#"{"tiers": [
+    {"name": "FREE", "usage_plan_id": "usage-plan-free", "quota": {"limit": 1000, "period": "MONTH"}},
+    {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro",
+     "quota": {"limit": 5000, "period": "MONTH"}, "metered": {"lookup_key": "FMMailProCalls", "included": 1000}},
+    {"name": "BUSINESS", "lookup_key": "FMMailBusiness", "usage_plan_id": "usage-plan-business",
+     "quota": {"limit": 50000, "period": "MONTH"}, "metered": {"lookup_key": "FMMailBusinessCalls", "included": 10000}}
+]}"#;
 pub const FREE_PLAN: &str = "usage-plan-free";
 pub const PRO_PLAN: &str = "usage-plan-pro";
 pub const BUSINESS_PLAN: &str = "usage-plan-business";
@@ -75,6 +84,18 @@ impl World {
         let mut w = Self::new();
         w.app.settings.catalog = paykey::domain::Catalog::parse(TIERS).unwrap();
         w.app.payments.add_price("FMMailBusiness", 4980, "jpy");
+        w.app.keys.define_catalog(&w.app.settings.catalog);
+        w.app.keys.use_clock(w.clock.clone());
+        w
+    }
+
+    /// [`METERED_TIERS`], with their flat and metered prices (¥0.5 a call beyond the included).
+    pub fn metered() -> Self {
+        let mut w = Self::new();
+        w.app.settings.catalog = paykey::domain::Catalog::parse(METERED_TIERS).unwrap();
+        w.app.payments.add_price("FMMailBusiness", 4980, "jpy");
+        w.app.payments.add_metered_price("FMMailProCalls", 1000, "0.5", "jpy");
+        w.app.payments.add_metered_price("FMMailBusinessCalls", 10000, "0.3", "jpy");
         w.app.keys.define_catalog(&w.app.settings.catalog);
         w.app.keys.use_clock(w.clock.clone());
         w

@@ -28,6 +28,8 @@ const EVENT_PREFIX: &str = "EVENT#";
 const OPEN_CHECKOUT_PREFIX: &str = "OPEN#";
 /// Per-caller request budgets live in the sessions table under this prefix, with a TTL.
 const BUDGET_PREFIX: &str = "BUDGET#";
+/// The usage reporter's cursor: one item of the sessions table.
+const USAGE_CURSOR_KEY: &str = "USAGE#reported-through";
 /// How often a transaction that DynamoDB cancelled for a conflict with another one is tried.
 const TRANSACTION_ATTEMPTS: u32 = 4;
 type Item = HashMap<String, AttributeValue>;
@@ -772,6 +774,52 @@ impl ProcessedEvents for DynamoStore {
             .await
             .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         Ok(())
+    }
+}
+
+impl crate::ports::metering::UsageCursor for DynamoStore {
+    async fn reported_through(&self) -> Result<Option<chrono::NaiveDate>> {
+        const OP: &str = "GetItem(usage cursor)";
+        let out = self
+            .client
+            .get()
+            .get_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(USAGE_CURSOR_KEY))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        out.item
+            .as_ref()
+            .map(|i| {
+                chrono::NaiveDate::parse_from_str(req_s(i, "Day", OP)?, "%Y-%m-%d").map_err(|e| bad(OP, e.to_string()))
+            })
+            .transpose()
+    }
+
+    async fn set_reported_through(&self, day: chrono::NaiveDate) -> Result<()> {
+        const OP: &str = "UpdateItem(usage cursor)";
+        // Forward only: ISO dates compare as strings.
+        let r = self
+            .client
+            .get()
+            .update_item()
+            .table_name(&self.tables.sessions)
+            .key("SessionID", s(USAGE_CURSOR_KEY))
+            .update_expression("SET #d = :d, #t = :t")
+            .condition_expression("attribute_not_exists(#d) OR #d < :d")
+            .expression_attribute_names("#d", "Day")
+            .expression_attribute_names("#t", "RecordType")
+            .expression_attribute_values(":d", s(day.format("%Y-%m-%d").to_string()))
+            .expression_attribute_values(":t", s("usage-cursor"))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
+        }
     }
 }
 

@@ -1,0 +1,176 @@
+//! Usage-based billing on memory (issue 26): checkout sells the flat and the metered price, the
+//! hourly reporter sends each customer's daily totals (replacing, never adding), settles a day
+//! three hours after it ends, sums a customer's keys and metered plans, bills nobody for a key
+//! no record names, reports a day too old for Stripe instead of dropping it, and the closing
+//! invoice gets its period's days before Stripe finalizes it. The crash matrix is in
+//! `crash_matrix.rs`; the Stripe adapter and the emulator's meter in `stripe_contract.rs`.
+
+mod support;
+
+use chrono::{Duration, NaiveDate, TimeZone, Utc};
+use paykey::domain::{CustomerId, User};
+use paykey::flows::{self, metering};
+use paykey::ports::metering::UsageCursor;
+use paykey::ports::{EventSubject, StripeEvent};
+use support::{World, BUSINESS_PLAN, FREE_PLAN, PRO_PLAN};
+
+fn day(d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, d).unwrap()
+}
+
+fn at(d: u32, h: u32) -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, d, h, 0, 0).unwrap()
+}
+
+/// Moves the world's clock to `t` (never back).
+fn set(w: &World, t: chrono::DateTime<Utc>) {
+    use paykey::ports::Clock;
+    let now = w.clock.now();
+    assert!(t >= now, "the clock only moves forward");
+    w.clock.advance(t - now);
+}
+
+/// A user who bought PRO (metered) on 2026-11-23: (user, key id, customer).
+async fn subscriber(w: &World, name: &str) -> (User, String, CustomerId) {
+    let u = w.user(name);
+    let (id, key) = w.checkout_and_pay(&u).await;
+    assert!(w.complete(&id, &key).await.unwrap().is_success());
+    let a = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    (u, a.api_key_id.unwrap(), a.customer_id.unwrap())
+}
+
+async fn report(w: &World) -> metering::UsageReport {
+    let accounts = w.app.store.accounts();
+    metering::report_usage(&w.app.keys, &w.app.payments, &w.app.store, w.app.ctx(), &accounts).await.unwrap()
+}
+
+#[tokio::test]
+async fn checkout_sells_the_flat_and_the_metered_price_and_the_subscription_grants_the_tier() {
+    let w = World::metered();
+    let (u, key, _) = subscriber(&w, "alice").await;
+    let sub = w.app.payments.subscriptions().into_iter().find(|s| s.user_id.as_deref() == Some(u.id.as_str())).unwrap();
+    assert_eq!(sub.item_lookup_keys, [Some("FMMailPro".to_string()), Some("FMMailProCalls".to_string())]);
+    assert_eq!(w.app.keys.plan_of(&key).as_deref(), Some(PRO_PLAN));
+    let plans = flows::list_plans(&w.app.payments, &w.app.settings).await.unwrap();
+    let pro = plans.plans.iter().find(|p| p.name == "PRO").unwrap();
+    let m = pro.metered.as_ref().unwrap();
+    assert_eq!((m.included, m.unit_amount_decimal.as_deref(), m.currency.as_deref()), (1000, Some("0.5"), Some("jpy")));
+    assert_eq!(pro.quota.unwrap().limit, 5000, "the quota is the spend cap");
+    assert!(plans.plans.iter().find(|p| p.name == "FREE").unwrap().metered.is_none());
+}
+
+#[tokio::test]
+async fn a_day_is_sent_after_it_ends_sent_again_until_it_settles_and_a_resend_replaces_it() {
+    let w = World::metered();
+    let (_, key, customer) = subscriber(&w, "alice").await;
+    w.app.keys.add_use(&key, PRO_PLAN, day(23), 700);
+    set(&w, at(24, 0));
+    let r = report(&w).await;
+    assert_eq!((r.events, r.calls, r.reported_through), (1, 700, Some(day(22))), "{r:?}");
+    // Late counts of the 23rd (GetUsage's delay) arrive; the next run's total replaces the first.
+    w.app.keys.add_use(&key, PRO_PLAN, day(23), 500);
+    set(&w, at(24, 1));
+    let r = report(&w).await;
+    assert_eq!((r.events, r.calls), (1, 1200));
+    assert_eq!(w.app.payments.meter_total(&customer, day(23), day(23)), 1200, "replaced, not 700 + 1,200");
+    set(&w, at(24, 3));
+    let r = report(&w).await;
+    assert_eq!(r.reported_through, Some(day(23)), "settled three hours after the day ended");
+    // Settled days are not sent again; the same total sent twice is one event.
+    set(&w, at(24, 4));
+    let r = report(&w).await;
+    assert_eq!(r.events, 0);
+    let events: Vec<u64> = w.app.payments.meter_events().iter().map(|e| e.value).collect();
+    assert_eq!(events, [700, 1200], "the settling run's 1,200 was the 1:00 run's identifier: one event");
+    assert_eq!(w.app.payments.meter_total(&customer, day(1), day(30)), 1200);
+}
+
+#[tokio::test]
+async fn a_customers_keys_and_metered_plans_of_one_day_are_one_total_and_free_use_is_not_billed() {
+    let w = World::metered();
+    let (u, key, customer) = subscriber(&w, "alice").await;
+    // A rotation: the new key and the previous one both served calls on the 23rd …
+    let rotated = flows::rotate_key(
+        &w.app.store,
+        &w.app.keys,
+        w.app.ctx(),
+        &u,
+        flows::RotateRequest { grace_seconds: 3600, request_id: None },
+    )
+    .await
+    .unwrap();
+    w.app.keys.add_use(&key, PRO_PLAN, day(23), 300);
+    w.app.keys.add_use(&rotated.api_key.id, PRO_PLAN, day(23), 200);
+    // … and in BUSINESS's plan after a move that day, and in the free plan before the purchase.
+    w.app.keys.add_use(&rotated.api_key.id, BUSINESS_PLAN, day(23), 50);
+    w.app.keys.add_use(&key, FREE_PLAN, day(23), 999);
+    // The grace ends and the record no longer names the previous key: found by its name.
+    set(&w, at(23, 14));
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    let a = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    assert_eq!(a.previous_key_id, None);
+    // A key no record names (created by hand) is not billed to anyone.
+    let stray = paykey::ports::KeyRegistry::create(&w.app.keys, "someone-elses-key").await.unwrap();
+    w.app.keys.add_use(&stray.id, PRO_PLAN, day(23), 40);
+    set(&w, at(24, 3));
+    let r = report(&w).await;
+    assert_eq!((r.events, r.calls, r.unattributed), (1, 550, 40), "{r:?}");
+    assert_eq!(w.app.payments.meter_total(&customer, day(23), day(23)), 550);
+}
+
+#[tokio::test]
+async fn days_too_old_for_stripe_are_reported_as_unbilled_and_a_backlog_is_caught_up_a_few_days_a_run() {
+    let w = World::metered();
+    let (_, key, customer) = subscriber(&w, "alice").await;
+    w.app.store.set_reported_through(day(22)).await.unwrap();
+    for d in 23..=30 {
+        w.app.keys.add_use(&key, PRO_PLAN, day(d), 10);
+    }
+    // The reporter was down: 40 days later, the 23rd to the 26th are older than Stripe takes.
+    set(&w, at(23, 12) + Duration::days(40));
+    let r = report(&w).await;
+    assert_eq!(r.unreported, [(day(23), 10), (day(24), 10), (day(25), 10), (day(26), 10)]);
+    assert_eq!((r.events, r.reported_through), (0, Some(day(26))), "{} days a run", metering::DAYS_PER_RUN);
+    let r = report(&w).await;
+    assert_eq!(r.unreported.len(), 2, "the 27th and 28th: 34 days is the limit");
+    assert_eq!((r.events, r.days.len()), (2, 2), "the 29th and 30th are sent");
+    assert_eq!(w.app.payments.meter_total(&customer, day(1), day(30)), 20);
+}
+
+#[tokio::test]
+async fn the_closing_invoice_gets_its_periods_days_and_another_products_invoice_gets_nothing() {
+    let w = World::metered();
+    let (u, key, customer) = subscriber(&w, "alice").await;
+    let a = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    let sub = a.subscription_id.clone().unwrap();
+    for d in 23..=30 {
+        w.app.keys.add_use(&key, PRO_PLAN, day(d), 150);
+    }
+    w.app.keys.add_use(&key, PRO_PLAN, NaiveDate::from_ymd_opt(2026, 12, 23).unwrap(), 1);
+    // The hourly reporter settled the 23rd to the 29th; the period ends 2026-12-23 12:00.
+    w.app.store.set_reported_through(day(27)).await.unwrap();
+    set(&w, Utc.with_ymd_and_hms(2026, 12, 23, 12, 0, 5).unwrap());
+    let event = |id: &str, subscription| StripeEvent {
+        id: id.into(),
+        kind: "invoice.created".into(),
+        subject: EventSubject::ClosingInvoice {
+            subscription,
+            customer: customer.clone(),
+            period_start: at(23, 12),
+            period_end: Utc.with_ymd_and_hms(2026, 12, 23, 12, 0, 0).unwrap(),
+        },
+    };
+    let other = w.app.payments.subscribe_elsewhere(Some(&customer), "Newsletter", 300);
+    let w = &w;
+    let handle = |e: StripeEvent| async move {
+        flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &e).await
+    };
+    handle(event("evt_other", other.id.clone())).await.unwrap();
+    assert!(w.app.payments.meter_events().is_empty(), "another product's invoice sends nothing");
+    let out = handle(event("evt_close", sub)).await.unwrap();
+    assert!(matches!(&out, flows::EventOutcome::Processed(m) if m.contains("days of usage sent: 3")), "{out:?}");
+    let mut days: Vec<NaiveDate> = w.app.payments.meter_events().iter().map(|e| e.day).collect();
+    days.sort(); // sent side by side
+    assert_eq!(days, [day(28), day(29), day(30)], "the days after the cursor, through the period");
+    assert_eq!(w.app.payments.meter_total(&customer, day(28), day(30)), 450);
+}

@@ -119,7 +119,6 @@ async fn secrets_of(function: &str) -> BTreeSet<String> {
             ("DYNAMODB_STRIPE_TABLE", "s"),
             ("DYNAMODB_API_KEY_TABLE", "k"),
             ("USER_POOL_ID", "us-east-1_pool"),
-            ("USAGE_PLAN_ID", "plan"),
             ("STRIPE_PORTAL_CONFIGURATION", "bpc_derive"),
             // a catalog with a metered tier: the sweep then reports usage to Stripe
             ("PAYKEY_CATALOG", support::METERED_TIERS),

@@ -289,7 +289,7 @@ async fn a_correctly_wired_stack_passes_and_each_fault_alone_gives_its_failure()
         "✓ the Stripe secret key is stored in SSM parameter ",
         "✓ the webhook signing secret is stored in SSM parameter ",
         "✓ the Stripe key works (test mode)",
-        "✓ it sends the 7 event types paykey acts on",
+        "✓ it sends the 8 event types paykey acts on",
         "✓ billing portal configuration bpc_",
         "✓ tier price with lookup key FMMailPro exists",
         "✓ user pool ",

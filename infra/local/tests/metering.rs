@@ -119,6 +119,15 @@ async fn twelve_hundred_calls_on_a_tier_that_includes_a_thousand_bill_two_hundre
     // 500 more on the second day: left to the period's invoice.created.
     hello(500).await;
     println!("# 1,200 product calls in {:.1} s", started.elapsed().as_secs_f64());
+    // /account: the included amount, the cap, and the thresholds reached
+    let (_, _, body) = call("GET", &format!("{base}/api/account"), &auth, "").await;
+    let usage = serde_json::from_str::<Value>(&body).unwrap()["usage"].clone();
+    assert_eq!(
+        (usage["used"].as_u64(), usage["included"].as_u64(), usage["limit"].as_u64()),
+        (Some(1200), Some(1000), Some(5000)),
+        "{usage}"
+    );
+    assert_eq!(usage["alerts"], json!(["included_80", "included_100"]), "{usage}");
 
     // The period ends: a draft invoice (invoice.created) whose meter events Stripe refuses four
     // times (every attempt of the first delivery's call): the webhook fails, Stripe redelivers,

@@ -155,6 +155,14 @@ function UpgradeContent({ account, plans, choose, portal }: { account: Account; 
   );
 }
 
+/** What each usage threshold tells the user (`/account`'s `usage.alerts`). */
+const ALERT_TEXT: Record<string, string> = {
+  included_80: "80 % of your included requests used",
+  included_100: "all included requests used: further requests are billed",
+  limit_80: "80 % of your limit used",
+  limit_100: "limit reached: requests are refused until the next period",
+};
+
 function KeyBox({ account, refresh, fail }: { account: Account; refresh: () => Promise<void>; fail: (m: string) => void }) {
   const [grace, setGrace] = useState("0");
   const [rotated, setRotated] = useState("");
@@ -185,6 +193,16 @@ function KeyBox({ account, refresh, fail }: { account: Account; refresh: () => P
             {`${spent.toLocaleString()} of ${u.limit.toLocaleString()} requests used, ${u.remaining.toLocaleString()} left this ${u.period.toLowerCase()} (${u.period_start} – ${u.period_end}, UTC)`}
             {u.billing_period_end ? `; billing period ends ${day(u.billing_period_end)}` : ""}
           </p>
+          {u.included != null ? (
+            <p id="usage-included" className="muted">
+              {`${u.included.toLocaleString()} included; ${Math.max(0, spent - u.included).toLocaleString()} beyond them are billed at period end; calls stop at ${u.limit.toLocaleString()} (your spend cap)`}
+            </p>
+          ) : null}
+          {u.alerts.length ? (
+            <p id="usage-alerts" className="banner warn">
+              {u.alerts.map((a) => ALERT_TEXT[a] ?? a).join(" · ")}
+            </p>
+          ) : null}
         </div>
       ) : null}
       <label htmlFor="grace">Keep the old key working for (seconds)</label>

@@ -38,6 +38,37 @@ pub struct UsageView {
     /// When Stripe's billing period ends (renewal or end), for comparison; `null` without a
     /// subscription.
     pub billing_period_end: Option<String>,
+    /// A metered tier's calls included each billing period (beyond them each call is billed,
+    /// up to `limit`, the spend cap); `null` on a flat tier, whose `limit` is a hard limit.
+    pub included: Option<u64>,
+    /// The thresholds this period's use has reached, of [`USAGE_THRESHOLDS`]: `included_80`,
+    /// `included_100` (of the included amount, on a metered tier), `limit_80`, `limit_100` (of
+    /// the quota: the spend cap on a metered tier, where calls stop).
+    pub alerts: Vec<&'static str>,
+}
+
+/// The thresholds `/account` reports (`UsageView::alerts`), in percent.
+pub const USAGE_THRESHOLDS: [u64; 2] = [80, 100];
+
+/// The thresholds `used` has reached: of the included amount (when the tier has one) and of the
+/// quota. Measured over API Gateway's quota period (the UTC calendar month), which is not
+/// Stripe's billing period unless the subscription started on the 1st.
+pub fn usage_alerts(used: u64, included: Option<u64>, limit: u64) -> Vec<&'static str> {
+    let mut alerts = Vec::new();
+    let reached = |of: u64, pct: u64| of > 0 && used * 100 >= of * pct;
+    if let Some(i) = included {
+        for (pct, name) in USAGE_THRESHOLDS.iter().zip(["included_80", "included_100"]) {
+            if reached(i, *pct) {
+                alerts.push(name);
+            }
+        }
+    }
+    for (pct, name) in USAGE_THRESHOLDS.iter().zip(["limit_80", "limit_100"]) {
+        if reached(limit, *pct) {
+            alerts.push(name);
+        }
+    }
+    alerts
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -97,6 +128,12 @@ where
                 period_start: start.format("%Y-%m-%d").to_string(),
                 period_end: end.format("%Y-%m-%d").to_string(),
                 billing_period_end: a.period_end.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                included: tier.and_then(|t| t.metered.as_ref()).map(|m| m.included),
+                alerts: usage_alerts(
+                    u.used,
+                    tier.and_then(|t| t.metered.as_ref()).map(|m| m.included),
+                    quota.limit.into(),
+                ),
             });
             (view, usage)
         }
@@ -119,4 +156,21 @@ where
         api_key,
         usage,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_alerts;
+
+    #[test]
+    fn alerts_name_each_threshold_reached_of_the_included_amount_and_the_limit() {
+        assert_eq!(usage_alerts(0, Some(1000), 5000), Vec::<&str>::new());
+        assert_eq!(usage_alerts(799, Some(1000), 5000), Vec::<&str>::new());
+        assert_eq!(usage_alerts(800, Some(1000), 5000), ["included_80"]);
+        assert_eq!(usage_alerts(1200, Some(1000), 5000), ["included_80", "included_100"]);
+        assert_eq!(usage_alerts(4000, Some(1000), 5000), ["included_80", "included_100", "limit_80"]);
+        assert_eq!(usage_alerts(5000, Some(1000), 5000), ["included_80", "included_100", "limit_80", "limit_100"]);
+        assert_eq!(usage_alerts(900, None, 1000), ["limit_80"], "a flat tier: its quota only");
+        assert_eq!(usage_alerts(5, Some(0), 10), Vec::<&str>::new(), "pay-per-call: nothing included to reach");
+    }
 }

@@ -14,7 +14,7 @@ mod portal;
 mod reclaim;
 mod rotate;
 
-pub use account::{get_account, AccountView, ApiKeyView, UsageView};
+pub use account::{get_account, usage_alerts, AccountView, ApiKeyView, UsageView, USAGE_THRESHOLDS};
 pub use budget::{spend_budget, Spending};
 pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
 pub use free_key::{issue_free_key, FreeKey};

@@ -993,8 +993,12 @@ def test_the_paykey_alarms_watch_metrics_the_functions_write_in_their_namespace(
         assert fn["Properties"]["Environment"]["Variables"]["PAYKEY_METRICS_NAMESPACE"] == NAMESPACE, name
     own = {n: a for n, a in alarms(cfn).items() if a["Namespace"] != "AWS/Lambda"}
     assert {a["MetricName"] for a in own.values()} == {
-        "WebhookFailed", "WebhookRefused", "InitFailed", "BackendThrottled", "BackendFailed", "KeyCount"
+        "WebhookFailed", "WebhookRefused", "InitFailed", "BackendThrottled", "BackendFailed", "KeyCount",
+        "UsageAlert", "UsageUnreported",
     }
+    for usage in ("UsageAlertAlarm", "UsageUnreportedAlarm"):
+        a = own[usage]
+        assert (a["Statistic"], a["Threshold"], a["Period"], a["TreatMissingData"]) == ("Sum", 1, 3600, "notBreaching")
     ceiling = own["KeyCeilingAlarm"]
     assert (ceiling["Statistic"], ceiling["Threshold"], ceiling["Period"]) == ("Maximum", 8000, 3600)
     for name, a in own.items():

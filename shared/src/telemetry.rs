@@ -152,6 +152,13 @@ pub fn usage_unreported(calls: u64) {
     emit(&[], &[("UsageUnreported", calls as f64, Unit::Count)]);
 }
 
+/// A metered tier's customer reached a threshold this quota period (`included_80`,
+/// `included_100`, `limit_80`, `limit_100`): `UsageAlert` by `Threshold`, once per customer,
+/// period and threshold.
+pub fn usage_alert(threshold: &str) {
+    emit(&[("Threshold", threshold)], &[("UsageAlert", 1.0, Unit::Count)]);
+}
+
 /// The account's API keys (hourly, from the sweeper), against API Gateway's 10,000.
 pub fn key_count(n: usize) {
     emit(&[], &[("KeyCount", n as f64, Unit::Count)]);

@@ -344,7 +344,7 @@ async fn sweep_calls() -> Vec<&'static str> {
     let eve_key = w.app.store.accounts()[0].api_key_id.clone().unwrap();
     let stray = w.app.keys.create("made-by-hand").await.unwrap();
     let day = w.clock.now().date_naive();
-    w.app.keys.add_use(&eve_key, support::PRO_PLAN, day, 10);
+    w.app.keys.add_use(&eve_key, support::PRO_PLAN, day, 900); // 90 % of the included 1,000: announced
     w.app.keys.add_use(&stray.id, support::PRO_PLAN, day, 1);
     w.clock.advance(chrono::Duration::hours(16));
     let to_hour = 60 - i64::from(w.clock.now().minute());
@@ -352,7 +352,8 @@ async fn sweep_calls() -> Vec<&'static str> {
     w.meter.reset_calls();
     let run =
         flows::scheduled_run(&w.app.store, &w.app.keys, &w.app.users, Some(&w.app.payments), w.app.ctx(), None).await;
-    assert_eq!(run.usage.unwrap().unwrap().events, 1, "usage reported");
+    let usage = run.usage.unwrap().unwrap();
+    assert_eq!((usage.events, usage.alerts.len()), (1, 1), "usage reported, a threshold announced");
     calls.extend(w.meter.calls());
     calls
 }

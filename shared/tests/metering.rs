@@ -174,3 +174,24 @@ async fn the_closing_invoice_gets_its_periods_days_and_another_products_invoice_
     assert_eq!(days, [day(28), day(29), day(30)], "the days after the cursor, through the period");
     assert_eq!(w.app.payments.meter_total(&customer, day(28), day(30)), 450);
 }
+
+#[tokio::test]
+async fn thresholds_are_announced_once_per_customer_period_and_threshold() {
+    let w = World::metered();
+    let (_, key, customer) = subscriber(&w, "alice").await;
+    let announce = || async {
+        let accounts = w.app.store.accounts();
+        metering::announce_thresholds(&w.app.store, &w.app.keys, w.app.ctx(), &accounts).await.unwrap()
+    };
+    w.app.keys.add_use(&key, PRO_PLAN, day(23), 799);
+    assert!(announce().await.is_empty(), "79.9 % of the included 1,000");
+    w.app.keys.add_use(&key, PRO_PLAN, day(23), 1);
+    assert_eq!(announce().await, [(customer.clone(), "included_80")]);
+    assert!(announce().await.is_empty(), "once");
+    w.app.keys.add_use(&key, PRO_PLAN, day(23), 3400); // 4,200 of the cap 5,000
+    assert_eq!(announce().await, [(customer.clone(), "included_100"), (customer.clone(), "limit_80")]);
+    // the next quota period starts over
+    set(&w, Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap());
+    w.app.keys.add_use(&key, PRO_PLAN, NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(), 900);
+    assert_eq!(announce().await, [(customer.clone(), "included_80")]);
+}

@@ -455,7 +455,7 @@ async fn report_usage<S, K, M>(
     ctx: paykey::flows::Ctx<'_>,
 ) -> Result<usize, paykey::Error>
 where
-    S: paykey::ports::AccountListing + paykey::ports::metering::UsageCursor,
+    S: paykey::ports::AccountListing + paykey::ports::metering::UsageCursor + paykey::ports::ProcessedEvents,
     K: paykey::ports::KeyRegistry,
     M: paykey::ports::metering::UsageMeter,
 {
@@ -464,7 +464,8 @@ where
     }
     let accounts = store.list_accounts().await?;
     let r = paykey::flows::metering::report_usage(keys, meter, store, ctx, &accounts).await?;
-    Ok(r.events + r.days.len())
+    let alerts = paykey::flows::metering::announce_thresholds(store, keys, ctx, &accounts).await?;
+    Ok(r.events + r.days.len() + alerts.len())
 }
 
 /// The paid tiers' products and monthly prices (PRO ¥980 `FMMailPro`, BUSINESS ¥4,980

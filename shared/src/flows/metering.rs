@@ -54,6 +54,8 @@ pub struct UsageReport {
     pub unreported: Vec<(NaiveDate, u64)>,
     /// The cursor after the run.
     pub reported_through: Option<NaiveDate>,
+    /// Thresholds announced to the operator in this run ([`announce_thresholds`]).
+    pub alerts: Vec<(CustomerId, &'static str)>,
 }
 
 /// The metered tiers' usage plans (distinct).
@@ -235,6 +237,60 @@ where
     }
     crate::telemetry::usage_reported(report.events, report.calls);
     Ok(report)
+}
+
+/// Tells the operator, once per customer, quota period and threshold, that a metered tier's
+/// customer reached 80 % or 100 % of the included amount or of the cap (`/account`'s
+/// `usage.alerts`): a `UsageAlert` metric by `Threshold` (the stack alarms on it, to the alarm
+/// topic an operator subscribes email to) and a log line naming the user and customer. Each
+/// customer's use this quota period is summed over their keys on the metered plans (one
+/// paginated GetUsage per plan). Remembered in the processed-events items (`usage-alert:…`,
+/// kept 40 days): a crash between the announcement and the note announces it again on the next
+/// run (at least once). Returns the announcements made.
+pub async fn announce_thresholds<S, K>(
+    store: &S,
+    keys: &K,
+    ctx: Ctx<'_>,
+    accounts: &[AccountRecord],
+) -> Result<Vec<(CustomerId, &'static str)>, Error>
+where
+    S: crate::ports::ProcessedEvents,
+    K: KeyRegistry,
+{
+    let today = ctx.clock.now().date_naive();
+    let owners = Owners::new(accounts);
+    let mut announced = Vec::new();
+    // (customer) → (use this period, the record's tier)
+    let mut used: BTreeMap<CustomerId, u64> = BTreeMap::new();
+    let mut periods = Vec::new();
+    for tier in ctx.settings.catalog.metered() {
+        let (Some(plan), Some(quota)) = (&tier.usage_plan_id, tier.quota) else { continue };
+        let (start, _) = quota.period.containing(today);
+        periods.push((tier, start));
+        for (key, n) in keys.plan_usage(plan, start, today).await? {
+            if let Some(c) = owners.owner(keys, ctx, &key).await?.and_then(|a| a.customer_id.clone()) {
+                *used.entry(c).or_default() += n;
+            }
+        }
+    }
+    for (customer, n) in used {
+        let Some(account) = accounts.iter().find(|a| a.customer_id.as_ref() == Some(&customer)) else { continue };
+        let Some((tier, start)) = periods.iter().find(|(t, _)| t.name.as_str() == account.plan.as_str()) else {
+            continue; // no longer on a metered tier
+        };
+        let (Some(m), Some(quota)) = (&tier.metered, tier.quota) else { continue };
+        for alert in super::usage_alerts(n, Some(m.included), quota.limit.into()) {
+            let id = format!("usage-alert:{customer}:{start}:{alert}");
+            if store.event_seen(&id).await? {
+                continue;
+            }
+            tracing::warn!(user = %account.user(), customer = %customer, threshold = alert, used = n, included = m.included, limit = quota.limit, "usage threshold reached");
+            crate::telemetry::usage_alert(alert);
+            store.mark_event(&id, "usage-alert", ctx.clock.now() + Duration::days(40)).await?;
+            announced.push((customer.clone(), alert));
+        }
+    }
+    Ok(announced)
 }
 
 /// A period's invoice was created (`invoice.created`, a draft that Stripe finalizes after the

@@ -472,7 +472,7 @@ pub async fn scheduled_run<S, K, U, M>(
     scheduled: Option<&str>,
 ) -> ScheduledRun
 where
-    S: Accounts + crate::ports::AccountListing + crate::ports::metering::UsageCursor,
+    S: Accounts + crate::ports::AccountListing + crate::ports::metering::UsageCursor + crate::ports::ProcessedEvents,
     K: crate::ports::admin::KeyDeletion,
     U: crate::ports::UserDirectory,
     M: crate::ports::metering::UsageMeter,
@@ -505,7 +505,13 @@ where
                 false => None,
             };
             let usage = match (hourly, meter) {
-                (true, Some(m)) => Some(super::metering::report_usage(keys, m, store, ctx, &accounts).await),
+                (true, Some(m)) => Some(match super::metering::report_usage(keys, m, store, ctx, &accounts).await {
+                    Ok(mut r) => super::metering::announce_thresholds(store, keys, ctx, &accounts).await.map(|a| {
+                        r.alerts = a;
+                        r
+                    }),
+                    Err(e) => Err(e),
+                }),
                 _ => None,
             };
             (disabled, comps, reclaimed, usage)

@@ -586,6 +586,9 @@ pub mod metering {
         pub customer: CustomerId,
         pub day: NaiveDate,
         pub value: u64,
+        /// When this send was decided (Unix seconds of the run's clock): part of the
+        /// identifier, so each send is a new event that replaces the day's value.
+        pub sent_at: i64,
     }
 
     impl MeterEvent {
@@ -595,11 +598,15 @@ pub mod metering {
             self.day.and_hms_opt(23, 59, 59).expect("a valid time").and_utc()
         }
 
-        /// Unique per customer, day and value (Stripe drops an identifier it saw in the last
-        /// 24 hours: the same total sent twice is one event; a new total is a new event, which
-        /// replaces the day's earlier one). At most 100 characters, as Stripe allows.
+        /// Unique per customer, day, total and send: retries of one send (the same
+        /// identifier and idempotency key) count once, and every later send is a new event that
+        /// replaces the day's value — so the last total sent is the day's value, even when an
+        /// older total (a run that overlapped) arrived after a newer one, or a total went back
+        /// down. Stripe refuses an identifier it saw within 24 hours; keeping the total out of
+        /// the deciding part would let such a refusal pin a stale value. At most 100 characters.
         pub fn identifier(&self) -> String {
-            let mut id = format!("paykey-{}-{}-{}", self.customer, self.day.format("%Y%m%d"), self.value);
+            let mut id =
+                format!("paykey-{}-{}-{}-{}", self.customer, self.day.format("%Y%m%d"), self.value, self.sent_at);
             id.truncate(100);
             id
         }
@@ -609,6 +616,11 @@ pub mod metering {
     pub trait UsageMeter: Send + Sync {
         /// Sends the event (`POST /v1/billing/meter_events`).
         fn send_meter_event(&self, event: &MeterEvent) -> impl Future<Output = Result<()>> + Send;
+        /// Whether the active meter with this event name sums daily totals that replace each
+        /// other (`default_aggregation.formula: sum`, `event_time_window: day`): `None` when no
+        /// active meter has it. paykey's events are only right on such a meter (on a meter
+        /// without the daily window, every resend of a day would add to the bill).
+        fn meter_sums_days(&self, event_name: &str) -> impl Future<Output = Result<Option<bool>>> + Send;
     }
 
     /// How far the usage reporter has reported: every day up to and including it was sent after

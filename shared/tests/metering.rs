@@ -81,7 +81,7 @@ async fn a_day_is_sent_after_it_ends_sent_again_until_it_settles_and_a_resend_re
     let r = report(&w).await;
     assert_eq!(r.events, 0);
     let events: Vec<u64> = w.app.payments.meter_events().iter().map(|e| e.value).collect();
-    assert_eq!(events, [700, 1200], "the settling run's 1,200 was the 1:00 run's identifier: one event");
+    assert_eq!(events, [700, 1200, 1200], "every send is an event; each replaces the day's value");
     assert_eq!(w.app.payments.meter_total(&customer, day(1), day(30)), 1200);
 }
 
@@ -194,4 +194,78 @@ async fn thresholds_are_announced_once_per_customer_period_and_threshold() {
     set(&w, Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap());
     w.app.keys.add_use(&key, PRO_PLAN, NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(), 900);
     assert_eq!(announce().await, [(customer.clone(), "included_80")]);
+}
+
+#[tokio::test]
+async fn nothing_is_sent_to_a_meter_that_would_add_resends_and_a_comped_users_calls_are_not_billed() {
+    let w = World::metered();
+    let (_, key, customer) = subscriber(&w, "alice").await;
+    w.app.keys.add_use(&key, PRO_PLAN, day(23), 300);
+    set(&w, at(24, 4));
+    w.app.payments.add_meter("paykey_api_requests", false); // made by hand, without the daily window
+    let accounts = w.app.store.accounts();
+    let e =
+        metering::report_usage(&w.app.keys, &w.app.payments, &w.app.store, w.app.ctx(), &accounts).await.unwrap_err();
+    assert!(e.to_string().contains("daily"), "{e}");
+    assert!(w.app.payments.meter_events().is_empty(), "nothing sent");
+    assert_eq!(w.app.store.reported_through().await.unwrap(), None, "the cursor stays");
+    w.app.payments.add_meter("paykey_api_requests", true);
+    // bob is on PRO by an operator's comp (no subscription): his calls are not billed
+    let bob = w.user("bob");
+    let until = Utc.with_ymd_and_hms(2026, 12, 31, 0, 0, 0).unwrap();
+    flows::admin::set_comp(
+        &w.app.store,
+        &w.app.keys,
+        &w.app.users,
+        w.app.ctx(),
+        &bob,
+        Some((paykey::domain::Plan::PRO, until, String::new())),
+    )
+    .await
+    .unwrap();
+    let mut b = w.app.store.accounts().into_iter().find(|a| a.user_id == bob.id).unwrap();
+    b.customer_id = Some(CustomerId::parse("cus_bobonce").unwrap()); // a customer from an earlier purchase
+    w.app.store.restore(
+        w.app.store.sessions(),
+        w.app.store.accounts().into_iter().filter(|a| a.user_id != bob.id).chain([b.clone()]).collect(),
+        Vec::new(),
+    );
+    w.app.keys.add_use(b.api_key_id.as_deref().unwrap(), PRO_PLAN, day(23), 50);
+    let r = report(&w).await;
+    assert_eq!((r.events, r.calls), (1, 300), "alice's only: {r:?}");
+    assert_eq!(w.app.payments.meter_total(&customer, day(23), day(23)), 300);
+}
+
+#[tokio::test]
+async fn a_closing_invoice_before_its_last_day_settled_is_sent_and_answered_as_a_failure_until_it_has() {
+    let w = World::metered();
+    let (u, key, customer) = subscriber(&w, "alice").await;
+    let a = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    w.app.keys.add_use(&key, PRO_PLAN, day(29), 40);
+    w.app.store.set_reported_through(day(28)).await.unwrap();
+    // the period ends at 01:00 on the 30th... no: on 12-01 01:00; its last day is the 30th
+    let end = Utc.with_ymd_and_hms(2026, 12, 1, 1, 0, 0).unwrap();
+    set(&w, end + Duration::seconds(5));
+    w.app.keys.add_use(&key, PRO_PLAN, day(30), 60);
+    let event = StripeEvent {
+        id: "evt_early".into(),
+        kind: "invoice.created".into(),
+        subject: EventSubject::ClosingInvoice {
+            subscription: a.subscription_id.clone().unwrap(),
+            customer: customer.clone(),
+            period_start: at(23, 12),
+            period_end: end,
+        },
+    };
+    let handle =
+        || flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &event);
+    let e = handle().await.unwrap_err();
+    assert!(matches!(e, paykey::Error::UsageNotSettled(d) if d == day(30)), "{e}");
+    assert_eq!(e.status(), 503, "Stripe delivers it again and holds the draft");
+    assert_eq!(w.app.payments.meter_total(&customer, day(29), day(30)), 100, "sent as it stands meanwhile");
+    // late counts of the 30th; Stripe's redelivery after 03:00 finishes it
+    w.app.keys.add_use(&key, PRO_PLAN, day(30), 5);
+    set(&w, Utc.with_ymd_and_hms(2026, 12, 1, 3, 30, 0).unwrap());
+    assert!(matches!(handle().await.unwrap(), flows::EventOutcome::Processed(_)));
+    assert_eq!(w.app.payments.meter_total(&customer, day(29), day(30)), 105);
 }

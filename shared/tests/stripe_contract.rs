@@ -25,6 +25,8 @@ trait Driver {
     fn add_metered_price(&self, lookup_key: &str, included: u64, rate: &str) -> PriceInfo;
     /// What the meter bills the customer for the UTC day.
     fn meter_day(&self, customer: &CustomerId, day: chrono::NaiveDate) -> u64;
+    /// A meter that sums raw events (no daily window).
+    fn add_raw_meter(&self, event_name: &str);
 }
 
 impl Driver for MemoryPayments {
@@ -48,6 +50,9 @@ impl Driver for MemoryPayments {
     }
     fn meter_day(&self, customer: &CustomerId, day: chrono::NaiveDate) -> u64 {
         self.meter_total(customer, day, day)
+    }
+    fn add_raw_meter(&self, event_name: &str) {
+        self.add_meter(event_name, false)
     }
 }
 
@@ -141,6 +146,11 @@ impl Driver for Emulated {
         let meter = meters["data"][0]["id"].as_str().unwrap().to_string();
         let start = day.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp();
         self.0.shared.meter_usage(&meter, customer.as_str(), start, start + 24 * 3600)
+    }
+    fn add_raw_meter(&self, event_name: &str) {
+        let form = format!("display_name=raw&event_name={event_name}&default_aggregation[formula]=sum");
+        let (s, m) = self.0.shared.call("POST", "/v1/billing/meters", &form);
+        assert_eq!(s, 200, "{m}");
     }
 }
 
@@ -287,12 +297,27 @@ async fn metering_contract<P: Payments + paykey::ports::metering::UsageMeter, D:
     assert_eq!(sub.item_lookup_keys, [Some(flat_key.to_string()), Some(calls_key.to_string())]);
     let customer = state.customer.unwrap();
     let day = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
-    let event = |value| MeterEvent { event_name: "paykey_api_requests".into(), customer: customer.clone(), day, value };
-    p.send_meter_event(&event(700)).await.unwrap();
-    p.send_meter_event(&event(700)).await.expect("a total Stripe holds already is delivered");
+    let event = |value, sent_at| MeterEvent {
+        event_name: "paykey_api_requests".into(),
+        customer: customer.clone(),
+        day,
+        value,
+        sent_at,
+    };
+    p.send_meter_event(&event(700, 1)).await.unwrap();
+    p.send_meter_event(&event(700, 1)).await.expect("an event Stripe holds already is delivered");
     assert_eq!(d.meter_day(&customer, day), 700);
-    p.send_meter_event(&event(1200)).await.unwrap();
+    p.send_meter_event(&event(1200, 2)).await.unwrap();
     assert_eq!(d.meter_day(&customer, day), 1200, "the newer total replaces the day's");
+    p.send_meter_event(&event(1150, 3)).await.unwrap();
+    assert_eq!(d.meter_day(&customer, day), 1150, "the last one sent is the day's value");
+    p.send_meter_event(&event(1200, 4)).await.unwrap();
+    assert_eq!(d.meter_day(&customer, day), 1200, "a total sent before is sent again, not refused");
+    // the meter paykey's events need: sums daily totals (a raw one would add every resend)
+    assert_eq!(p.meter_sums_days("paykey_api_requests").await.unwrap(), Some(true));
+    d.add_raw_meter("raw_requests");
+    assert_eq!(p.meter_sums_days("raw_requests").await.unwrap(), Some(false));
+    assert_eq!(p.meter_sums_days("nobody_sends_this").await.unwrap(), None);
     // a pay-per-call checkout: the metered price alone
     let payg = NewCheckout { price_metered: true, ..checkout(&calls.id, &bob, Some(&customer), "idem-m2") };
     p.create_checkout(payg).await.expect("a metered price alone");

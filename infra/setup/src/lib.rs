@@ -613,6 +613,13 @@ async fn metered_price(
                     && r.usage_type.as_str() == "metered"
                     && r.meter.as_deref() == Some(meter)
             })
+            // graduated (a volume price bills every call at the last tier's rate), no flat
+            // amounts, no quantity transform
+            && p.tiers_mode.as_ref().map(|m| m.as_str()) == Some("graduated")
+            && p.transform_quantity.is_none()
+            && p.tiers.iter().flatten().all(|t| {
+                t.flat_amount.unwrap_or(0) == 0 && t.flat_amount_decimal.as_deref().is_none_or(|f| same_decimal(f, "0"))
+            })
             && tiers.len() == wanted.len()
             && tiers.iter().zip(&wanted).all(|(a, b)| a.0 == b.0 && same_decimal(&a.1, &b.1))
     });

@@ -90,6 +90,10 @@ impl<P: crate::ports::metering::UsageMeter> crate::ports::metering::UsageMeter f
     async fn send_meter_event(&self, event: &crate::ports::metering::MeterEvent) -> Result<()> {
         self.inner.send_meter_event(event).await
     }
+
+    async fn meter_sums_days(&self, event_name: &str) -> Result<Option<bool>> {
+        self.inner.meter_sums_days(event_name).await
+    }
 }
 
 /// Usage key: (key id, usage plan, first day, last day).

@@ -1307,6 +1307,8 @@ struct PaymentsState {
     /// Every meter event received (identifiers Stripe saw are dropped as duplicates).
     meter_events: Vec<crate::ports::metering::MeterEvent>,
     meter_identifiers: std::collections::HashSet<String>,
+    /// Meters by event name: whether each sums daily totals (`event_time_window: day`).
+    meters: BTreeMap<String, bool>,
 }
 
 /// Stripe prices, Checkout Sessions, customers and portal sessions in memory, with
@@ -1341,10 +1343,17 @@ impl MemoryPayments {
         p
     }
 
+    /// Adds a meter: `sums_days` for one like `paykey-setup` makes (sum, daily window).
+    pub fn add_meter(&self, event_name: &str, sums_days: bool) {
+        lock(&self.state).meters.insert(event_name.to_string(), sums_days);
+    }
+
     /// Adds an active metered price with graduated tiers: `included` calls at 0, then
-    /// `rate` (a decimal string, in the currency's minor unit) per call.
+    /// `rate` (a decimal string, in the currency's minor unit) per call, on the meter
+    /// `paykey_api_requests` (made, summing daily totals, if missing).
     pub fn add_metered_price(&self, lookup_key: &str, included: u64, rate: &str, currency: &str) -> PriceInfo {
         let mut st = lock(&self.state);
+        st.meters.entry(crate::domain::DEFAULT_METER_EVENT.to_string()).or_insert(true);
         st.next += 1;
         let mut tiers = Vec::new();
         if included > 0 {
@@ -1743,6 +1752,13 @@ impl crate::ports::metering::UsageMeter for MemoryPayments {
             }
         }
         self.meter.exit(STRIPE, "stripe.meter_event", call)
+    }
+
+    async fn meter_sums_days(&self, event_name: &str) -> Result<Option<bool>> {
+        let call = self.meter.enter(STRIPE, "stripe.meters").await?;
+        let found = lock(&self.state).meters.get(event_name).copied();
+        self.meter.exit(STRIPE, "stripe.meters", call)?;
+        Ok(found)
     }
 }
 

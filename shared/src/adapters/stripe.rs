@@ -348,6 +348,18 @@ mod wire {
     }
 
     #[derive(Debug, Deserialize)]
+    pub struct Meter {
+        pub event_name: String,
+        pub event_time_window: Option<String>,
+        pub default_aggregation: Aggregation,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Aggregation {
+        pub formula: String,
+    }
+
+    #[derive(Debug, Deserialize)]
     pub struct MeterEvent {
         #[allow(dead_code)] // read to check the answer is a meter event
         pub identifier: String,
@@ -648,6 +660,23 @@ impl crate::ports::metering::UsageMeter for StripePayments {
             Err(e) if describe(&e).contains(DUPLICATE_METER_EVENT) => Ok(()),
             Err(e) => Err(BackendError::new(SERVICE, OP, describe(&e))),
         }
+    }
+
+    async fn meter_sums_days(&self, event_name: &str) -> Result<Option<bool>> {
+        const OP: &str = "GET /v1/billing/meters";
+        let list = retrying(OP, || async {
+            let req = stripe_billing::billing_meter::ListBillingMeter::new()
+                .status(stripe_billing::BillingMeterStatus::Active)
+                .limit(100);
+            self.client.call::<wire::List<wire::Meter>>(req.build(), None).await
+        })
+        .await
+        .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+        Ok(list
+            .data
+            .into_iter()
+            .find(|m| m.event_name == event_name)
+            .map(|m| m.default_aggregation.formula == "sum" && m.event_time_window.as_deref() == Some("day")))
     }
 }
 

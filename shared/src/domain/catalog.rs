@@ -131,6 +131,12 @@ impl Tier {
         self.sold_keys().any(|k| k.as_str() == lookup_key)
     }
 
+    /// Whether a subscription to this price grants the tier: its own price or a retired one
+    /// (not its overage price alone).
+    pub fn grants(&self, lookup_key: &str) -> bool {
+        self.lookup_key.iter().chain(&self.retired_lookup_keys).any(|k| k.as_str() == lookup_key)
+    }
+
     /// Every lookup key whose price belongs to this tier: its price, its metered price, retired
     /// prices.
     fn sold_keys(&self) -> impl Iterator<Item = &LookupKey> {
@@ -274,6 +280,13 @@ impl Catalog {
                             tier.name
                         )))
                     }
+                    // Stripe bills by month; a DAY or WEEK quota would cap a part of it only.
+                    Some(q) if q.period != QuotaPeriod::Month => {
+                        return Err(CatalogError(format!(
+                            "metered tier {}: the quota (the spend cap) must be monthly",
+                            tier.name
+                        )))
+                    }
                     Some(q) if u64::from(q.limit) < m.included => {
                         return Err(CatalogError(format!(
                             "metered tier {}: the quota ({}) is below the included amount ({})",
@@ -392,7 +405,9 @@ impl Catalog {
     /// subscription is not paykey's — the Stripe account sells it, paykey does not, and paykey
     /// never grants, downgrades, cancels or refunds for it.
     pub fn tier_of_items(&self, items: &[Option<String>]) -> Option<&Tier> {
-        items.iter().flatten().find_map(|k| self.paid().find(|t| t.sells(k)))
+        // The tier's own price (or a retired one) grants it; its overage price alone does not
+        // (the included calls come with the flat price).
+        items.iter().flatten().find_map(|k| self.paid().find(|t| t.grants(k)))
     }
 
     /// Whether every item of the subscription is a price paykey sells: only such a subscription
@@ -468,7 +483,8 @@ mod tests {
         let k = |s: &str| Some(s.to_string());
         let tier = |items: &[Option<String>]| c.tier_of_items(items).map(|t| t.name.as_str().to_string());
         assert_eq!(tier(&[k("Pro"), k("ProCalls")]).as_deref(), Some("PRO"));
-        assert_eq!(tier(&[k("ProCalls")]).as_deref(), Some("PRO"), "the metered item alone is paykey's too");
+        assert_eq!(tier(&[k("ProCalls")]), None, "the overage price alone grants nothing (no flat price paid)");
+        assert!(c.sells_every_item(&[k("ProCalls")]), "but it is paykey's (a duplicate may be cancelled)");
         assert_eq!(tier(&[k("Payg")]).as_deref(), Some("PAYG"));
         assert!(c.sells_every_item(&[k("Pro"), k("ProCalls")]));
         assert!(!c.sells_every_item(&[k("Pro"), k("ProCalls"), k("Newsletter")]));
@@ -578,6 +594,10 @@ mod tests {
             (
                 r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p"}], "meter_event_name": "a b"}"#,
                 "meter_event_name",
+            ),
+            (
+                r#"{"tiers": [{"name": "PRO", "lookup_key": "a", "usage_plan_id": "p", "quota": {"limit": 9000, "period": "DAY"}, "metered": {"lookup_key": "m", "included": 1}}]}"#,
+                "monthly",
             ),
         ];
         for (json, why) in cases {

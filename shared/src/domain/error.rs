@@ -66,6 +66,12 @@ pub enum Error {
     /// An operator suspended the account (`paykey-admin suspend`).
     #[error("this account is suspended; contact support")]
     Suspended,
+    /// A period's draft invoice arrived before its last day's usage settled: sent as it stands,
+    /// and answered 503 so that Stripe delivers the event again (and holds the draft: Stripe
+    /// finalizes an invoice an hour after a successful answer to its `invoice.created`, or
+    /// after 72 hours of failed ones).
+    #[error("the closing period's last day ({0}) has not settled yet; deliver again later")]
+    UsageNotSettled(chrono::NaiveDate),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -90,6 +96,7 @@ impl Error {
             Error::BadSignature(_) => 400,
             Error::FulfilmentInProgress => 503,
             Error::Suspended => 403,
+            Error::UsageNotSettled(_) => 503,
             Error::Backend(_) => 502,
         }
     }
@@ -115,6 +122,7 @@ impl Error {
             Error::BadSignature(_) => "bad_signature",
             Error::FulfilmentInProgress => "fulfilment_in_progress",
             Error::Suspended => "account_suspended",
+            Error::UsageNotSettled(_) => "usage_not_settled",
             Error::Backend(_) => "backend_unavailable",
         }
     }

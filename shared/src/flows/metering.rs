@@ -132,6 +132,10 @@ async fn day_totals<K: KeyRegistry>(
     let mut unattributed = 0;
     for (key, n) in per_key.into_iter().filter(|(_, n)| *n > 0) {
         match owners.owner(keys, ctx, &key).await? {
+            // On a tier an operator's comp grants (no subscription buys it): not billed.
+            Some(a) if comped(a, ctx) => {
+                tracing::info!(user = %a.user(), day = %day, calls = n, "metered calls on a complimentary tier: not billed")
+            }
             Some(a) => match &a.customer_id {
                 Some(c) => *totals.entry(c.clone()).or_default() += n,
                 // A metered tier without a customer: a comp (nothing to bill).
@@ -146,6 +150,29 @@ async fn day_totals<K: KeyRegistry>(
         }
     }
     Ok((totals, unattributed))
+}
+
+/// Whether the record's tier is an operator's comp rather than what a subscription buys.
+fn comped(a: &AccountRecord, ctx: Ctx<'_>) -> bool {
+    a.comp.as_ref().is_some_and(|c| c.active(ctx.clock.now()) && c.plan == a.plan)
+        && a.subscription_plan.as_ref() != Some(&a.plan)
+}
+
+/// Refuses to send unless the catalog's meter sums daily totals (a newer event of a day
+/// replaces the older): on any other meter a resend would add to the bill.
+async fn check_meter<M: UsageMeter>(meter: &M, ctx: Ctx<'_>) -> Result<(), Error> {
+    let name = ctx.settings.catalog.meter_event_name();
+    let why = match meter.meter_sums_days(name).await? {
+        Some(true) => return Ok(()),
+        Some(false) => "is not a meter that sums daily totals (default_aggregation sum, event_time_window day); Stripe cannot change a meter: make one with paykey-setup --metered and another meter_event_name",
+        None => "has no active meter: run paykey-setup --metered",
+    };
+    tracing::error!(meter_event_name = name, "usage not sent: the meter {why}");
+    Err(Error::Backend(crate::domain::BackendError::new(
+        "stripe",
+        "meter",
+        format!("the meter event name {name} {why}"),
+    )))
 }
 
 /// Sends every total, [`CONCURRENT_EVENTS`] at a time; the first failure after all were tried.
@@ -198,6 +225,7 @@ where
     let now = ctx.clock.now();
     let today = now.date_naive();
     let yesterday = today - Duration::days(1);
+    check_meter(meter, ctx).await?;
     let through = cursor.reported_through().await?;
     report.reported_through = through;
     // A first run starts the day before yesterday (no metered tier was sold before it).
@@ -220,7 +248,13 @@ where
         } else {
             let events: Vec<MeterEvent> = totals
                 .into_iter()
-                .map(|(customer, value)| MeterEvent { event_name: event_name.clone(), customer, day, value })
+                .map(|(customer, value)| MeterEvent {
+                    event_name: event_name.clone(),
+                    customer,
+                    day,
+                    value,
+                    sent_at: now.timestamp(),
+                })
                 .collect();
             report.events += events.len();
             report.calls += events.iter().map(|e| e.value).sum::<u64>();
@@ -344,6 +378,7 @@ where
             ids.push(k.id);
         }
     }
+    check_meter(meter, ctx).await?;
     let mut events = Vec::new();
     let event_name = ctx.settings.catalog.meter_event_name();
     let mut day = first;
@@ -355,12 +390,26 @@ where
             }
         }
         if value > 0 {
-            events.push(MeterEvent { event_name: event_name.to_string(), customer: customer.clone(), day, value });
+            events.push(MeterEvent {
+                event_name: event_name.to_string(),
+                customer: customer.clone(),
+                day,
+                value,
+                sent_at: ctx.clock.now().timestamp(),
+            });
         }
         day += Duration::days(1);
     }
     send_all(meter, events.clone()).await?;
     tracing::info!(customer = %customer, events = events.len(), "closing period's usage sent");
+    // The period's last day has not settled (GetUsage may still add to it): answered as a
+    // failure, so Stripe delivers the event again and holds the draft meanwhile (an invoice is
+    // finalized an hour after a successful answer to its invoice.created, else after 72 hours:
+    // Stripe's "Configure an invoice finalization grace period" and webhook docs).
+    let period_last = period_end.date_naive() - Duration::days(1);
+    if !settled(period_last, ctx.clock.now()) && period_last >= today - Duration::days(SENDABLE_DAYS) {
+        return Err(Error::UsageNotSettled(period_last));
+    }
     Ok(events)
 }
 
@@ -383,10 +432,11 @@ mod tests {
             customer: CustomerId::parse("cus_123").unwrap(),
             day: NaiveDate::from_ymd_opt(2026, 12, 3).unwrap(),
             value: 200,
+            sent_at: 1_796_000_000,
         };
         assert_eq!(e.timestamp().to_rfc3339(), "2026-12-03T23:59:59+00:00");
-        assert_eq!(e.identifier(), "paykey-cus_123-20261203-200");
-        let again = MeterEvent { value: 201, ..e.clone() };
-        assert_ne!(again.identifier(), e.identifier(), "a new total is a new event (it replaces the day's)");
+        assert_eq!(e.identifier(), "paykey-cus_123-20261203-200-1796000000");
+        let later = MeterEvent { sent_at: 1_796_003_600, ..e.clone() };
+        assert_ne!(later.identifier(), e.identifier(), "each send is a new event (it replaces the day's value)");
     }
 }

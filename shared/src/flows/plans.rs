@@ -55,6 +55,11 @@ pub struct PriceView {
     pub interval_count: Option<u32>,
 }
 
+/// A decimal string equal to zero ("0", "0.00").
+fn zero(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c == '0' || c == '.')
+}
+
 /// Every tier, in the catalog's order. The paid tiers' prices are looked up one after the
 /// other: a handful of tiers, and after the first view each is a cache hit.
 pub async fn list_plans<P: Payments>(payments: &P, settings: &Settings) -> Result<PlansView, Error> {
@@ -73,8 +78,23 @@ pub async fn list_plans<P: Payments>(payments: &P, settings: &Settings) -> Resul
                     None => price.clone(),
                 };
                 // The rate: the last tier of the graduated price (the first is the included
-                // amount at 0).
-                let rate = p.as_ref().and_then(|p| p.tiers.last()).and_then(|t| t.unit_amount_decimal.clone());
+                // amount at 0). A price whose tiers do not say what the catalog says (included
+                // calls free, then one rate) shows no rate: what customers read must be what
+                // they pay.
+                let tiers = p.as_ref().map(|p| p.tiers.as_slice()).unwrap_or_default();
+                let agrees = match tiers {
+                    [first, rest] => {
+                        first.up_to == Some(m.included)
+                            && first.unit_amount_decimal.as_deref().is_some_and(zero)
+                            && rest.up_to.is_none()
+                    }
+                    [only] => m.included == 0 && only.up_to.is_none(),
+                    _ => false,
+                };
+                if !agrees && p.is_some() {
+                    tracing::warn!(tier = %t.name, included = m.included, "the metered price's tiers do not match the catalog's included amount: no rate shown");
+                }
+                let rate = tiers.last().filter(|_| agrees).and_then(|t| t.unit_amount_decimal.clone());
                 Some(MeteredView { included: m.included, unit_amount_decimal: rate, currency: p.map(|p| p.currency) })
             }
             None => None,

@@ -353,7 +353,14 @@ where
             http::json(200, &WebhookAnswer { received: true, outcome }, origin)
         }
         Err(e) => {
-            telemetry::webhook(&event_type, if e.status() < 500 { "refused" } else { "failed" });
+            // A period's invoice before its last day's usage settled: asked to be delivered
+            // again, not a failure (the failure alarm would page for every such period).
+            let outcome = match &e {
+                Error::UsageNotSettled(_) => "deferred",
+                e if e.status() < 500 => "refused",
+                _ => "failed",
+            };
+            telemetry::webhook(&event_type, outcome);
             http::error_response(&e, origin)
         }
     })

@@ -600,15 +600,20 @@ pub mod metering {
 
         /// Unique per customer, day, total and send: retries of one send (the same
         /// identifier and idempotency key) count once, and every later send is a new event that
-        /// replaces the day's value — so the last total sent is the day's value, even when an
-        /// older total (a run that overlapped) arrived after a newer one, or a total went back
-        /// down. Stripe refuses an identifier it saw within 24 hours; keeping the total out of
-        /// the deciding part would let such a refusal pin a stale value. At most 100 characters.
+        /// replaces the day's value — the day's value is the total Stripe *received* last
+        /// (Stripe's rule), so a total that went back down, or a refusal of a seen identifier,
+        /// cannot pin an old value once a later send arrives. A stale total that arrives after
+        /// the last send (an overlapping sender) stays. At most 100 characters (a digest of the
+        /// whole beyond that).
         pub fn identifier(&self) -> String {
-            let mut id =
-                format!("paykey-{}-{}-{}-{}", self.customer, self.day.format("%Y%m%d"), self.value, self.sent_at);
-            id.truncate(100);
-            id
+            let id = format!("paykey-{}-{}-{}-{}", self.customer, self.day.format("%Y%m%d"), self.value, self.sent_at);
+            if id.len() <= 100 {
+                return id;
+            }
+            // A long customer id: a digest of the whole (cutting would drop the total and the
+            // send time, and two sends would share an identifier).
+            use sha2::Digest;
+            format!("paykey-{}", hex::encode(sha2::Sha256::digest(id.as_bytes())))
         }
     }
 

@@ -230,7 +230,8 @@ async fn nothing_is_sent_to_a_meter_that_would_add_resends_and_a_comped_users_ca
         w.app.store.accounts().into_iter().filter(|a| a.user_id != bob.id).chain([b.clone()]).collect(),
         Vec::new(),
     );
-    w.app.keys.add_use(b.api_key_id.as_deref().unwrap(), PRO_PLAN, day(23), 50);
+    w.app.keys.add_use(b.api_key_id.as_deref().unwrap(), PRO_PLAN, day(24), 50); // after the grant
+    set(&w, at(25, 4));
     let r = report(&w).await;
     assert_eq!((r.events, r.calls), (1, 300), "alice's only: {r:?}");
     assert_eq!(w.app.payments.meter_total(&customer, day(23), day(23)), 300);
@@ -268,4 +269,70 @@ async fn a_closing_invoice_before_its_last_day_settled_is_sent_and_answered_as_a
     set(&w, Utc.with_ymd_and_hms(2026, 12, 1, 3, 30, 0).unwrap());
     assert!(matches!(handle().await.unwrap(), flows::EventOutcome::Processed(_)));
     assert_eq!(w.app.payments.meter_total(&customer, day(29), day(30)), 105);
+}
+
+#[tokio::test]
+async fn a_flat_tiers_closing_invoice_is_left_to_stripe_at_once_and_a_long_customer_id_keeps_sends_apart() {
+    let w = World::tiered(); // no metered tier... PRO flat, with a meter anyway
+    w.app.payments.add_meter("paykey_api_requests", true);
+    let mut metered_elsewhere = World::metered();
+    // a catalog where PRO is flat and BUSINESS metered
+    metered_elsewhere.app.settings.catalog = paykey::domain::Catalog::parse(
+        r#"{"tiers": [{"name": "FREE", "usage_plan_id": "usage-plan-free", "quota": {"limit": 1000, "period": "MONTH"}},
+        {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro", "quota": {"limit": 5000, "period": "MONTH"}},
+        {"name": "BUSINESS", "lookup_key": "FMMailBusiness", "usage_plan_id": "usage-plan-business",
+         "quota": {"limit": 50000, "period": "MONTH"}, "metered": {"lookup_key": "FMMailBusinessCalls", "included": 10000}}]}"#,
+    )
+    .unwrap();
+    let w2 = metered_elsewhere;
+    let (u, _, customer) = subscriber(&w2, "alice").await;
+    let a = w2.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    // a period ending at 01:00: its last day has not settled, but a flat tier has nothing to wait for
+    let end = Utc.with_ymd_and_hms(2026, 12, 1, 1, 0, 0).unwrap();
+    set(&w2, end + Duration::seconds(5));
+    let event = StripeEvent {
+        id: "evt_flat".into(),
+        kind: "invoice.created".into(),
+        subject: EventSubject::ClosingInvoice {
+            subscription: a.subscription_id.clone().unwrap(),
+            customer: customer.clone(),
+            period_start: at(23, 12),
+            period_end: end,
+        },
+    };
+    let out =
+        flows::handle_stripe_event(&w2.app.store, &w2.app.keys, &w2.app.users, &w2.app.payments, w2.app.ctx(), &event)
+            .await
+            .unwrap();
+    assert!(matches!(&out, flows::EventOutcome::Processed(m) if m.contains("days of usage sent: 0")), "{out:?}");
+    drop(w);
+    // identifiers: at most 100 characters, distinct per total and send even for a long customer id
+    let long = CustomerId::parse(&format!("cus_{}", "x".repeat(120))).unwrap();
+    let e = |value, sent_at| paykey::ports::metering::MeterEvent {
+        event_name: "paykey_api_requests".into(),
+        customer: long.clone(),
+        day: day(23),
+        value,
+        sent_at,
+    };
+    let ids = [e(1, 1).identifier(), e(2, 1).identifier(), e(1, 2).identifier()];
+    assert!(ids.iter().all(|i| i.len() <= 100), "{ids:?}");
+    assert!(ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2], "{ids:?}");
+}
+
+#[tokio::test]
+async fn the_pricing_table_shows_no_rate_when_the_stripe_price_disagrees_with_the_catalog() {
+    let w = World::new();
+    let mut w = w;
+    w.app.settings.catalog = paykey::domain::Catalog::parse(support::METERED_TIERS).unwrap();
+    w.app.payments.add_price("FMMailBusiness", 4980, "jpy");
+    // PRO's metered price includes 500, the catalog says 1,000; BUSINESS's agrees
+    w.app.payments.add_metered_price("FMMailProCalls", 500, "0.5", "jpy");
+    w.app.payments.add_metered_price("FMMailBusinessCalls", 10000, "0.3", "jpy");
+    let plans = flows::list_plans(&w.app.payments, &w.app.settings).await.unwrap();
+    let rate = |n: &str| {
+        plans.plans.iter().find(|p| p.name == n).unwrap().metered.as_ref().unwrap().unit_amount_decimal.clone()
+    };
+    assert_eq!(rate("PRO"), None, "what customers read must be what they pay");
+    assert_eq!(rate("BUSINESS").as_deref(), Some("0.3"));
 }

@@ -48,6 +48,15 @@ async fn twelve_hundred_calls_on_a_tier_that_includes_a_thousand_bill_two_hundre
     let base = stack.base_url();
     let emulator = stack.state.emulator.clone().expect("the emulator");
     let day_secs = 24 * 3600;
+    // The test clock to the 2nd of next month, 10:00 UTC: the walk's days stay in one calendar
+    // month (one quota period) and its period ends at 10:00, after that day's usage settled.
+    {
+        use chrono::{Datelike, TimeZone};
+        let now = chrono::Utc::now();
+        let (y, m) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
+        let target = chrono::Utc.with_ymd_and_hms(y, m, 2, 10, 0, 0).unwrap();
+        emulator.advance((target - now).num_seconds());
+    }
 
     // The pricing table shows the included amount and the rate.
     let (s, _, body) = call("GET", &format!("{base}/api/plans"), &[], "").await;

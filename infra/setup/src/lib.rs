@@ -235,6 +235,12 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
             return Err(SetupError(format!("two tiers have the lookup key {}", t.lookup_key)));
         }
     }
+    if !c.metered.is_empty() && c.interval != "month" {
+        return Err(SetupError(format!(
+            "--metered needs monthly prices (--interval month, not {}): paykey's spend cap is a monthly quota",
+            c.interval
+        )));
+    }
     for m in &c.metered {
         if !c.tiers.iter().any(|t| t.lookup_key == m.tier_lookup_key) {
             return Err(SetupError(format!(

@@ -261,6 +261,9 @@ async fn metered_prices_get_the_meter_and_a_graduated_price_once_and_a_new_rate_
     // bad arguments
     assert!(MeteredPrice::parse("FMMailPro:Calls:many:0.5").is_err());
     assert!(MeteredPrice::parse("FMMailPro:Calls:10:0.5.1").is_err());
+    let yearly = Catalog { interval: "year".into(), ..metered.clone() };
+    let refused = run(&client, &yearly).await.unwrap_err().to_string();
+    assert!(refused.contains("monthly"), "a yearly invoice would carry 12 quotas: {refused}");
     let mut orphan = catalog();
     orphan.metered = vec![MeteredPrice::parse("Nope:Calls:10:1").unwrap()];
     assert!(run(&client, &orphan).await.unwrap_err().to_string().contains("Nope"));

@@ -26,7 +26,9 @@ function Plans({ plans, current, signedIn, choose }: { plans: Plan[]; current: s
           <div className="price">{t.lookup_key ? `${money(t.price, config.locale)} ${every(t.price)}`.trim() : "Free"}</div>
           {t.metered ? (
             <div className="metered" id={`metered-${t.name}`}>
-              {t.metered.included.toLocaleString()} requests included, then {perCall(t.metered, config.locale) || "a metered rate"} per request
+              {perCall(t.metered, config.locale)
+                ? `${t.metered.included.toLocaleString()} requests included, then ${perCall(t.metered, config.locale)} per request`
+                : "usage-based (the per-request price is not available)"}
             </div>
           ) : null}
           <div className="muted">
@@ -158,9 +160,9 @@ function UpgradeContent({ account, plans, choose, portal }: { account: Account; 
 /** What each usage threshold tells the user (`/account`'s `usage.alerts`). */
 const ALERT_TEXT: Record<string, string> = {
   included_80: "80 % of your included requests used",
-  included_100: "all included requests used: further requests are billed",
-  limit_80: "80 % of your limit used",
-  limit_100: "limit reached: requests are refused until the next period",
+  included_100: "all included requests used: further requests are billed at the metered rate",
+  limit_80: "80 % of this key's monthly limit used",
+  limit_100: "this key's monthly limit reached: it is refused until the next month",
 };
 
 function KeyBox({ account, refresh, fail }: { account: Account; refresh: () => Promise<void>; fail: (m: string) => void }) {
@@ -195,7 +197,7 @@ function KeyBox({ account, refresh, fail }: { account: Account; refresh: () => P
           </p>
           {u.included != null ? (
             <p id="usage-included" className="muted">
-              {`${u.included.toLocaleString()} included; ${Math.max(0, spent - u.included).toLocaleString()} beyond them are billed at period end; calls stop at ${u.limit.toLocaleString()} (your spend cap)`}
+              {`${u.included.toLocaleString()} requests included each billing period; this key has used ${Math.max(0, spent - u.included).toLocaleString()} beyond that this calendar month (an estimate: Stripe bills the billing period's total at its end); requests stop at ${u.limit.toLocaleString()} a month (your spend cap)`}
             </p>
           ) : null}
           {u.alerts.length ? (

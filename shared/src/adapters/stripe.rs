@@ -267,6 +267,8 @@ mod wire {
     #[derive(Debug, Deserialize)]
     pub struct List<T> {
         pub data: Vec<T>,
+        #[serde(default)]
+        pub has_more: bool,
     }
 
     #[derive(Debug, Deserialize)]
@@ -349,9 +351,17 @@ mod wire {
 
     #[derive(Debug, Deserialize)]
     pub struct Meter {
+        pub id: String,
         pub event_name: String,
         pub event_time_window: Option<String>,
         pub default_aggregation: Aggregation,
+        pub customer_mapping: PayloadKey,
+        pub value_settings: PayloadKey,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct PayloadKey {
+        pub event_payload_key: String,
     }
 
     #[derive(Debug, Deserialize)]
@@ -664,19 +674,33 @@ impl crate::ports::metering::UsageMeter for StripePayments {
 
     async fn meter_sums_days(&self, event_name: &str) -> Result<Option<bool>> {
         const OP: &str = "GET /v1/billing/meters";
-        let list = retrying(OP, || async {
-            let req = stripe_billing::billing_meter::ListBillingMeter::new()
-                .status(stripe_billing::BillingMeterStatus::Active)
-                .limit(100);
-            self.client.call::<wire::List<wire::Meter>>(req.build(), None).await
-        })
-        .await
-        .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
-        Ok(list
-            .data
-            .into_iter()
-            .find(|m| m.event_name == event_name)
-            .map(|m| m.default_aggregation.formula == "sum" && m.event_time_window.as_deref() == Some("day")))
+        let mut after: Option<String> = None;
+        loop {
+            let list = retrying(OP, || async {
+                let mut req = stripe_billing::billing_meter::ListBillingMeter::new()
+                    .status(stripe_billing::BillingMeterStatus::Active)
+                    .limit(100);
+                if let Some(a) = &after {
+                    req = req.starting_after(a.as_str());
+                }
+                self.client.call::<wire::List<wire::Meter>>(req.build(), None).await
+            })
+            .await
+            .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
+            if let Some(m) = list.data.iter().find(|m| m.event_name == event_name) {
+                // what paykey-setup makes: sum of daily totals, keyed by stripe_customer_id and value
+                return Ok(Some(
+                    m.default_aggregation.formula == "sum"
+                        && m.event_time_window.as_deref() == Some("day")
+                        && m.customer_mapping.event_payload_key == "stripe_customer_id"
+                        && m.value_settings.event_payload_key == "value",
+                ));
+            }
+            match (list.has_more, list.data.last()) {
+                (true, Some(last)) => after = Some(last.id.clone()),
+                _ => return Ok(None),
+            }
+        }
     }
 }
 

@@ -133,7 +133,7 @@ async fn day_totals<K: KeyRegistry>(
     for (key, n) in per_key.into_iter().filter(|(_, n)| *n > 0) {
         match owners.owner(keys, ctx, &key).await? {
             // On a tier an operator's comp grants (no subscription buys it): not billed.
-            Some(a) if comped(a, ctx) => {
+            Some(a) if comped(a, ctx, day) => {
                 tracing::info!(user = %a.user(), day = %day, calls = n, "metered calls on a complimentary tier: not billed")
             }
             Some(a) => match &a.customer_id {
@@ -152,9 +152,11 @@ async fn day_totals<K: KeyRegistry>(
     Ok((totals, unattributed))
 }
 
-/// Whether the record's tier is an operator's comp rather than what a subscription buys.
-fn comped(a: &AccountRecord, ctx: Ctx<'_>) -> bool {
-    a.comp.as_ref().is_some_and(|c| c.active(ctx.clock.now()) && c.plan == a.plan)
+/// Whether the record's tier is an operator's comp rather than what a subscription buys, on
+/// `day` (from the day it was granted). A comp that ended is cleared from the record: its last
+/// unsettled days are then billed like the others (README).
+fn comped(a: &AccountRecord, ctx: Ctx<'_>, day: NaiveDate) -> bool {
+    a.comp.as_ref().is_some_and(|c| c.active(ctx.clock.now()) && c.plan == a.plan && day >= c.granted_at.date_naive())
         && a.subscription_plan.as_ref() != Some(&a.plan)
 }
 
@@ -276,9 +278,10 @@ where
 /// Tells the operator, once per customer, quota period and threshold, that a metered tier's
 /// customer reached 80 % or 100 % of the included amount or of the cap (`/account`'s
 /// `usage.alerts`): a `UsageAlert` metric by `Threshold` (the stack alarms on it, to the alarm
-/// topic an operator subscribes email to) and a log line naming the user and customer. Each
-/// customer's use this quota period is summed over their keys on the metered plans (one
-/// paginated GetUsage per plan). Remembered in the processed-events items (`usage-alert:…`,
+/// topic an operator subscribes email to) and a log line naming the user and customer. The use
+/// measured is what API Gateway counts against the quota: the customer's current key on their
+/// current tier's plan this quota period (one paginated GetUsage per plan); comped and
+/// suspended users are skipped. Remembered in the processed-events items (`usage-alert:…`,
 /// kept 40 days): a crash between the announcement and the note announces it again on the next
 /// run (at least once). Returns the announcements made.
 pub async fn announce_thresholds<S, K>(
@@ -291,28 +294,29 @@ where
     S: crate::ports::ProcessedEvents,
     K: KeyRegistry,
 {
-    let today = ctx.clock.now().date_naive();
-    let owners = Owners::new(accounts);
+    let now = ctx.clock.now();
+    let today = now.date_naive();
     let mut announced = Vec::new();
-    // (customer) → (use this period, the record's tier)
-    let mut used: BTreeMap<CustomerId, u64> = BTreeMap::new();
-    let mut periods = Vec::new();
+    // What API Gateway counts against each key's quota: its plan's use this quota period (one
+    // GetUsage per plan), read for the customer's current key on their current tier's plan.
+    let mut used_on: HashMap<String, (NaiveDate, HashMap<String, u64>)> = HashMap::new();
     for tier in ctx.settings.catalog.metered() {
         let (Some(plan), Some(quota)) = (&tier.usage_plan_id, tier.quota) else { continue };
-        let (start, _) = quota.period.containing(today);
-        periods.push((tier, start));
-        for (key, n) in keys.plan_usage(plan, start, today).await? {
-            if let Some(c) = owners.owner(keys, ctx, &key).await?.and_then(|a| a.customer_id.clone()) {
-                *used.entry(c).or_default() += n;
-            }
+        if used_on.contains_key(plan) {
+            continue;
         }
+        let (start, _) = quota.period.containing(today);
+        used_on.insert(plan.clone(), (start, keys.plan_usage(plan, start, today).await?));
     }
-    for (customer, n) in used {
-        let Some(account) = accounts.iter().find(|a| a.customer_id.as_ref() == Some(&customer)) else { continue };
-        let Some((tier, start)) = periods.iter().find(|(t, _)| t.name.as_str() == account.plan.as_str()) else {
-            continue; // no longer on a metered tier
-        };
-        let (Some(m), Some(quota)) = (&tier.metered, tier.quota) else { continue };
+    for account in accounts {
+        let (Some(customer), Some(key)) = (&account.customer_id, &account.api_key_id) else { continue };
+        let Some(tier) = ctx.settings.tier_of(&account.plan) else { continue };
+        let (Some(m), Some(quota), Some(plan)) = (&tier.metered, tier.quota, &tier.usage_plan_id) else { continue };
+        if comped(account, ctx, today) || account.suspension.is_some() {
+            continue; // nothing billed, nothing to warn about
+        }
+        let Some((start, used)) = used_on.get(plan) else { continue };
+        let n = used.get(key).copied().unwrap_or(0);
         for alert in super::usage_alerts(n, Some(m.included), quota.limit.into()) {
             let id = format!("usage-alert:{customer}:{start}:{alert}");
             if store.event_seen(&id).await? {
@@ -320,7 +324,7 @@ where
             }
             tracing::warn!(user = %account.user(), customer = %customer, threshold = alert, used = n, included = m.included, limit = quota.limit, "usage threshold reached");
             crate::telemetry::usage_alert(alert);
-            store.mark_event(&id, "usage-alert", ctx.clock.now() + Duration::days(40)).await?;
+            store.mark_event(&id, "usage-alert", now + Duration::days(40)).await?;
             announced.push((customer.clone(), alert));
         }
     }
@@ -362,6 +366,12 @@ where
     else {
         return Ok(Vec::new());
     };
+    // Only a subscription to a metered tier has usage to bill (a flat tier's invoice is left
+    // to Stripe at once).
+    let tier = account.subscription_plan.as_ref().unwrap_or(&account.plan);
+    if ctx.settings.tier_of(tier).is_none_or(|t| t.metered.is_none()) {
+        return Ok(Vec::new());
+    }
     let today = ctx.clock.now().date_naive();
     let last = period_end.date_naive() - Duration::days(1);
     let mut first = period_start.date_naive().max(today - Duration::days(SENDABLE_DAYS));
@@ -384,6 +394,10 @@ where
     let mut day = first;
     while day <= last {
         let mut value = 0;
+        if comped(&account, ctx, day) {
+            day += Duration::days(1);
+            continue;
+        }
         for id in &ids {
             for plan in &plans {
                 value += keys.usage(id, plan, day, day).await?.used;

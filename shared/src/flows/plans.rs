@@ -82,7 +82,8 @@ pub async fn list_plans<P: Payments>(payments: &P, settings: &Settings) -> Resul
                 // calls free, then one rate) shows no rate: what customers read must be what
                 // they pay.
                 let tiers = p.as_ref().map(|p| p.tiers.as_slice()).unwrap_or_default();
-                let agrees = match tiers {
+                let no_flat = tiers.iter().all(|t| t.flat_amount.unwrap_or(0) == 0);
+                let agrees = no_flat && p.as_ref().is_some_and(|p| p.metered) && match tiers {
                     [first, rest] => {
                         first.up_to == Some(m.included)
                             && first.unit_amount_decimal.as_deref().is_some_and(zero)

@@ -391,13 +391,12 @@ impl Catalog {
 
     /// Every usage plan a tier names (distinct): where a key may be attached.
     pub fn usage_plans(&self) -> Vec<&str> {
-        let mut plans: Vec<&str> = Vec::new();
-        for p in self.tiers.iter().filter_map(|t| t.usage_plan_id.as_deref()) {
-            if !plans.contains(&p) {
-                plans.push(p);
-            }
-        }
-        plans
+        distinct_plans(self.tiers.iter())
+    }
+
+    /// The usage plans of the metered tiers (distinct): where billed usage is counted.
+    pub fn metered_usage_plans(&self) -> Vec<&str> {
+        distinct_plans(self.metered())
     }
 
     /// The paid tier a subscription with these items (each item's price lookup key) buys: the
@@ -415,6 +414,17 @@ impl Catalog {
     pub fn sells_every_item(&self, items: &[Option<String>]) -> bool {
         !items.is_empty() && items.iter().all(|k| k.as_deref().is_some_and(|k| self.paid().any(|t| t.sells(k))))
     }
+}
+
+/// The usage plans the tiers name, each once, in the tiers' order.
+fn distinct_plans<'a>(tiers: impl Iterator<Item = &'a Tier>) -> Vec<&'a str> {
+    let mut plans: Vec<&str> = Vec::new();
+    for p in tiers.filter_map(|t| t.usage_plan_id.as_deref()) {
+        if !plans.contains(&p) {
+            plans.push(p);
+        }
+    }
+    plans
 }
 
 #[cfg(test)]

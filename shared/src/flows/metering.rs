@@ -60,13 +60,7 @@ pub struct UsageReport {
 
 /// The metered tiers' usage plans (distinct).
 fn metered_plans(ctx: Ctx<'_>) -> Vec<String> {
-    let mut plans: Vec<String> = Vec::new();
-    for p in ctx.settings.catalog.metered().filter_map(|t| t.usage_plan_id.clone()) {
-        if !plans.contains(&p) {
-            plans.push(p);
-        }
-    }
-    plans
+    ctx.settings.catalog.metered_usage_plans().into_iter().map(str::to_string).collect()
 }
 
 /// Whether `day`'s counts are final at `now`.

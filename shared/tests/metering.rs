@@ -39,6 +39,26 @@ async fn subscriber(w: &World, name: &str) -> (User, String, CustomerId) {
     (u, a.api_key_id.unwrap(), a.customer_id.unwrap())
 }
 
+/// `invoice.created` for the draft of the period `2026-11-23 12:00 .. end` (Stripe's closing
+/// invoice of a subscription's period).
+fn closing_invoice(
+    id: &str,
+    subscription: paykey::domain::SubscriptionId,
+    customer: &CustomerId,
+    end: chrono::DateTime<Utc>,
+) -> StripeEvent {
+    StripeEvent {
+        id: id.into(),
+        kind: "invoice.created".into(),
+        subject: EventSubject::ClosingInvoice {
+            subscription,
+            customer: customer.clone(),
+            period_start: at(23, 12),
+            period_end: end,
+        },
+    }
+}
+
 async fn report(w: &World) -> metering::UsageReport {
     let accounts = w.app.store.accounts();
     metering::report_usage(&w.app.keys, &w.app.payments, &w.app.store, w.app.ctx(), &accounts).await.unwrap()
@@ -150,16 +170,8 @@ async fn the_closing_invoice_gets_its_periods_days_and_another_products_invoice_
     // The hourly reporter settled the 23rd to the 29th; the period ends 2026-12-23 12:00.
     w.app.store.set_reported_through(day(27)).await.unwrap();
     set(&w, Utc.with_ymd_and_hms(2026, 12, 23, 12, 0, 5).unwrap());
-    let event = |id: &str, subscription| StripeEvent {
-        id: id.into(),
-        kind: "invoice.created".into(),
-        subject: EventSubject::ClosingInvoice {
-            subscription,
-            customer: customer.clone(),
-            period_start: at(23, 12),
-            period_end: Utc.with_ymd_and_hms(2026, 12, 23, 12, 0, 0).unwrap(),
-        },
-    };
+    let end = Utc.with_ymd_and_hms(2026, 12, 23, 12, 0, 0).unwrap();
+    let event = |id: &str, subscription| closing_invoice(id, subscription, &customer, end);
     let other = w.app.payments.subscribe_elsewhere(Some(&customer), "Newsletter", 300);
     let w = &w;
     let handle = |e: StripeEvent| async move {
@@ -244,20 +256,11 @@ async fn a_closing_invoice_before_its_last_day_settled_is_sent_and_answered_as_a
     let a = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
     w.app.keys.add_use(&key, PRO_PLAN, day(29), 40);
     w.app.store.set_reported_through(day(28)).await.unwrap();
-    // the period ends at 01:00 on the 30th... no: on 12-01 01:00; its last day is the 30th
+    // the period ends on 12-01 at 01:00: its last day, the 30th, settles at 03:00
     let end = Utc.with_ymd_and_hms(2026, 12, 1, 1, 0, 0).unwrap();
     set(&w, end + Duration::seconds(5));
     w.app.keys.add_use(&key, PRO_PLAN, day(30), 60);
-    let event = StripeEvent {
-        id: "evt_early".into(),
-        kind: "invoice.created".into(),
-        subject: EventSubject::ClosingInvoice {
-            subscription: a.subscription_id.clone().unwrap(),
-            customer: customer.clone(),
-            period_start: at(23, 12),
-            period_end: end,
-        },
-    };
+    let event = closing_invoice("evt_early", a.subscription_id.clone().unwrap(), &customer, end);
     let handle =
         || flows::handle_stripe_event(&w.app.store, &w.app.keys, &w.app.users, &w.app.payments, w.app.ctx(), &event);
     let e = handle().await.unwrap_err();
@@ -273,8 +276,6 @@ async fn a_closing_invoice_before_its_last_day_settled_is_sent_and_answered_as_a
 
 #[tokio::test]
 async fn a_flat_tiers_closing_invoice_is_left_to_stripe_at_once_and_a_long_customer_id_keeps_sends_apart() {
-    let w = World::tiered(); // no metered tier... PRO flat, with a meter anyway
-    w.app.payments.add_meter("paykey_api_requests", true);
     let mut metered_elsewhere = World::metered();
     // a catalog where PRO is flat and BUSINESS metered
     metered_elsewhere.app.settings.catalog = paykey::domain::Catalog::parse(
@@ -290,22 +291,12 @@ async fn a_flat_tiers_closing_invoice_is_left_to_stripe_at_once_and_a_long_custo
     // a period ending at 01:00: its last day has not settled, but a flat tier has nothing to wait for
     let end = Utc.with_ymd_and_hms(2026, 12, 1, 1, 0, 0).unwrap();
     set(&w2, end + Duration::seconds(5));
-    let event = StripeEvent {
-        id: "evt_flat".into(),
-        kind: "invoice.created".into(),
-        subject: EventSubject::ClosingInvoice {
-            subscription: a.subscription_id.clone().unwrap(),
-            customer: customer.clone(),
-            period_start: at(23, 12),
-            period_end: end,
-        },
-    };
+    let event = closing_invoice("evt_flat", a.subscription_id.clone().unwrap(), &customer, end);
     let out =
         flows::handle_stripe_event(&w2.app.store, &w2.app.keys, &w2.app.users, &w2.app.payments, w2.app.ctx(), &event)
             .await
             .unwrap();
     assert!(matches!(&out, flows::EventOutcome::Processed(m) if m.contains("days of usage sent: 0")), "{out:?}");
-    drop(w);
     // identifiers: at most 100 characters, distinct per total and send even for a long customer id
     let long = CustomerId::parse(&format!("cus_{}", "x".repeat(120))).unwrap();
     let e = |value, sent_at| paykey::ports::metering::MeterEvent {

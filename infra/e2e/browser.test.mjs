@@ -22,9 +22,9 @@ const CATALOG = JSON.stringify({ tiers: [
   { name: "BUSINESS", lookup_key: "FMMailBusiness", usage_plan_id: "usage-plan-business", quota: { limit: 1000000, period: "MONTH" } },
 ] });
 
-function startStack(dataDir) {
+function startStack(dataDir, catalog = CATALOG) {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, [], { env: { ...process.env, PAYKEY_PORT: "0", PAYKEY_DATA_DIR: dataDir, PAYKEY_CATALOG: CATALOG, RUST_LOG: "warn" }, stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(bin, [], { env: { ...process.env, PAYKEY_PORT: "0", PAYKEY_DATA_DIR: dataDir, PAYKEY_CATALOG: catalog, RUST_LOG: "warn" }, stdio: ["ignore", "pipe", "inherit"] });
     const lines = createInterface({ input: child.stdout });
     lines.once("line", (l) => {
       const m = l.match(/on (http:\/\/127\.0\.0\.1:\d+)/);
@@ -218,6 +218,78 @@ test("usage bar, key rotation with a grace, quota exhausted", { timeout: 120_000
     await page.reload();
     await page.waitForSelector("#usage-text:text('0 left')");
     file = path.join(shots, "12-quota-exhausted.png"); await page.screenshot({ path: file, fullPage: true }); saved.push(file);
+  } finally {
+    await browser.close();
+    child.kill();
+    rmSync(dataDir, { recursive: true, force: true });
+    for (const f of saved) console.log(`screenshot: ${f}`);
+  }
+});
+
+// Issue 26: a metered tier (PRO includes 1,000 requests a month, then ¥0.5 each, quota 5,000):
+// 1,200 calls → the usage chart with the included amount, the cap and the projection; the
+// customer lowers the spend cap to 1,500 → the key serves 300 more, then 429.
+test("usage chart with included amount, spend cap and projected overage; the cap stops the key", { timeout: 120_000 }, async () => {
+  const metered = JSON.stringify({ tiers: [
+    { name: "FREE", usage_plan_id: "usage-plan-free", quota: { limit: 1000, period: "MONTH" } },
+    { name: "PRO", lookup_key: "FMMailPro", usage_plan_id: "usage-plan-pro", quota: { limit: 5000, period: "MONTH" },
+      metered: { lookup_key: "FMMailProCalls", included: 1000 } },
+  ] });
+  mkdirSync(shots, { recursive: true });
+  const dataDir = mkdtempSync(path.join(tmpdir(), "paykey-browser-"));
+  const { child, base } = await startStack(dataDir, metered);
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, timeout: 30_000,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"] });
+  const product = async (key) => (await fetch(base + "/product/hello", { headers: { "x-api-key": key } })).status;
+  const saved = [];
+  const shot = async (page, name) => { const f = path.join(shots, name); await page.screenshot({ path: f, fullPage: true }); saved.push(f); };
+  try {
+    const page = await browser.newPage({ locale: "en-US" });
+    await page.goto(base + "/");
+    await page.waitForSelector("#metered-PRO:text('1,000 requests included, then ¥0.5 per request')");
+    await page.fill("#username", "mia");
+    await page.fill("#password", "correct horse");
+    await page.click("#signup-btn");
+    await page.waitForSelector("#plan:text('FREE')");
+    await page.click("#choose-PRO");
+    await page.waitForURL(/\/stripe\/checkout\/cs_test_/);
+    await page.fill("#card", "4242 4242 4242 4242");
+    await page.fill("#exp", "12 / 34");
+    await page.fill("#cvc", "123");
+    await page.click("#pay");
+    await page.waitForURL(/\/thanks_upgrade$/);
+    await page.waitForSelector("#plan:text('PRO')");
+    await page.waitForSelector("#key-box");
+    const key = (await page.textContent("#api-key")).trim();
+    let served = 0;
+    for (let i = 0; i < 1200; i++) served += (await product(key)) === 200 ? 1 : 0;
+    assert.equal(served, 1200);
+    await page.reload();
+    await page.waitForSelector("#usage-chart svg rect.over");
+    const caption = await page.textContent("#usage-projection");
+    assert.match(caption, /beyond the included 1,000: about ¥[\d,]+ of usage/, caption);
+    assert.match(await page.textContent("#usage-chart"), /included 1,000/);
+    assert.match(await page.textContent("#usage-chart"), /limit 5,000|spend cap 5,000/);
+    assert.match(await page.textContent("#cap-text"), /Spend cap: 5,000 requests a month \(the plan's default; you may set 1,000 to 5,000\): at most ¥2,000 of usage a month/);
+    await shot(page, "13-usage-chart.png");
+
+    // below the included amount: refused with the range, nothing changed
+    await page.fill("#cap", "999");
+    await page.click("#set-cap");
+    await page.waitForSelector("#error:text('from 1000')");
+    await page.fill("#cap", "1500");
+    await page.click("#set-cap");
+    await page.waitForSelector("#cap-saved:text('Spend cap set to 1,500 requests a month; 300 left this month.')");
+    await page.waitForSelector("#cap-text:text('set by you')");
+    assert.match(await page.textContent("#cap-text"), /at most ¥250 of usage a month/);
+    served = 0;
+    let refused = 0;
+    for (let i = 0; i < 400; i++) (await product(key)) === 200 ? served++ : refused++;
+    assert.deepEqual([served, refused], [300, 100], "the cap stops the key at 1,500 this month");
+    await page.reload();
+    await page.waitForSelector("#usage-text:text('1,500 of 1,500 requests used, 0 left this month')");
+    await page.waitForSelector("#usage-alerts:text('monthly limit reached')");
+    await shot(page, "14-spend-cap.png");
   } finally {
     await browser.close();
     child.kill();

@@ -83,6 +83,7 @@ ROUTES = {
     ("/account", "get"): ("GetAccountFunction", "CognitoAuthorizer"),
     ("/api-key", "post"): ("GetAccountFunction", "CognitoAuthorizer"),
     ("/api-key/rotate", "post"): ("GetAccountFunction", "CognitoAuthorizer"),
+    ("/api-key/cap", "put"): ("GetAccountFunction", "CognitoAuthorizer"),
     ("/plans", "get"): ("CreateCheckoutSessionFunction", None),
     ("/stripe/webhook", "post"): ("StripeWebhookFunction", None),
 }

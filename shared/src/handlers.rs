@@ -173,7 +173,9 @@ where
 
 /// The `get-account` function's routes: `GET /account` → plan, subscription status, trial end
 /// and the caller's API key; `POST /api-key` → the caller's free-tier key (created on the
-/// first call, the same key after; 404 `no_free_tier` when the catalog has none with keys).
+/// first call, the same key after; 404 `no_free_tier` when the catalog has none with keys);
+/// `POST /api-key/rotate` → a new key; `PUT /api-key/cap` → the caller's spend cap on a metered
+/// tier.
 pub async fn get_account<S, K, U, P>(app: &App<S, K, U, P>, req: Request) -> HandlerResult
 where
     S: Accounts + Budgets,
@@ -185,8 +187,31 @@ where
     let resource = resource.trim_end_matches('/');
     let free_key = resource.ends_with("/api-key");
     let rotate = resource.ends_with("/api-key/rotate");
+    let cap = resource.ends_with("/api-key/cap");
     if req.method() == Method::OPTIONS {
-        return Ok(http::preflight(origin, if free_key || rotate { "POST, OPTIONS" } else { "GET, OPTIONS" }));
+        let allowed = match () {
+            _ if cap => "PUT, OPTIONS",
+            _ if free_key || rotate => "POST, OPTIONS",
+            _ => "GET, OPTIONS",
+        };
+        return Ok(http::preflight(origin, allowed));
+    }
+    if cap {
+        let result = async {
+            if req.method() != Method::PUT {
+                return Err(Error::BadRequest(format!("method {} is not allowed; use PUT", req.method())));
+            }
+            let user = http::caller(&req)?;
+            let body: flows::CapRequest = http::json_body(&req)?;
+            flows::set_spend_cap(&app.store, &app.keys, app.ctx(), &user, body)
+                .instrument(http::user_span(&req, &user))
+                .await
+        }
+        .await;
+        return Ok(match result {
+            Ok(r) => http::json(200, &r, origin),
+            Err(e) => http::error_response(&e, origin),
+        });
     }
     if rotate {
         let result = async {

@@ -289,11 +289,15 @@ pub trait KeyRegistry: Send + Sync {
 }
 
 /// A key's use of its plan's quota in a period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyUsage {
     pub used: u64,
     /// `None` when the plan has no quota (or nothing was reported).
     pub remaining: Option<u64>,
+    /// Requests per day from the first day asked for, in order, as GetUsage's daily entries
+    /// report them (its documentation shows one entry per day of the range; the in-memory
+    /// registry gives one per day up to today). For showing: `used` is the figure to decide on.
+    pub days: Vec<u64>,
 }
 
 /// User attributes (Cognito).

@@ -95,6 +95,11 @@ fn account(user: &User, key: &str) -> AccountRecord {
             since: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 1).unwrap(),
             reason: "abuse".into(),
         }),
+        spend_cap: Some(paykey::domain::SpendCap {
+            plan: Plan::PRO,
+            requests: 2500,
+            period_start: chrono::NaiveDate::from_ymd_opt(2026, 11, 1),
+        }),
         updated_at: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 5).unwrap(),
     }
 }

@@ -598,3 +598,66 @@ async fn the_usage_report_converges_after_a_fault_at_any_call_and_never_counts_t
     )
     .await;
 }
+
+/// A metered PRO user (quota 5,000, 1,000 included) who used 600 calls and rotated with a grace
+/// (two working keys): (user, the two key values).
+async fn metered_in_grace() -> (Arc<World>, (User, [String; 2])) {
+    let w = Arc::new(World::metered());
+    let u = w.user("erin");
+    let (id, key) = w.checkout_and_pay(&u).await;
+    w.complete(&id, &key).await.unwrap();
+    let now = paykey::ports::Clock::now(&*w.clock);
+    let a = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    let first =
+        paykey::ports::KeyRegistry::key_value(&w.app.keys, a.api_key_id.as_deref().unwrap()).await.unwrap().unwrap();
+    for _ in 0..600 {
+        w.app.keys.call(&first, now).unwrap();
+    }
+    let req = flows::RotateRequest { grace_seconds: 3600, request_id: None };
+    let second = flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &u, req).await.unwrap().api_key.value;
+    (w, (u, [first, second]))
+}
+
+/// The spend cap (issue 26) fails or crashes at any call, then the customer sets it again: the
+/// two keys of a grace together serve exactly the cap less what was used — never more, however
+/// the first attempt ended.
+#[tokio::test]
+async fn a_spend_cap_converges_after_a_fault_at_any_call_and_never_serves_beyond_it() {
+    matrix(
+        "spend cap during a grace",
+        metered_in_grace,
+        |w, (u, _)| async move {
+            let _ = flows::set_spend_cap(
+                &w.app.store,
+                &w.app.keys,
+                w.app.ctx(),
+                &u,
+                flows::CapRequest { requests: Some(1500) },
+            )
+            .await;
+        },
+        |w, (u, values), case| async move {
+            let r = flows::set_spend_cap(
+                &w.app.store,
+                &w.app.keys,
+                w.app.ctx(),
+                &u,
+                flows::CapRequest { requests: Some(1500) },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{case}: the retry: {e}"));
+            assert_eq!(r.spend_cap.requests, 1500, "{case}");
+            let now = paykey::ports::Clock::now(&*w.clock);
+            let mut served = 0;
+            for v in &values {
+                while served < 10_000 && w.app.keys.call(v, now).is_ok() {
+                    served += 1;
+                }
+            }
+            assert_eq!(served, 900, "{case}: 1,500 less the 600 used, over both keys");
+            let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+            assert_eq!(account.pending_key_work, None, "{case}");
+        },
+    )
+    .await;
+}

@@ -483,6 +483,60 @@ async fn the_rotate_route_refuses_bad_input_without_writing() {
     assert!(body_json(&r)["previous_key_until"].is_string());
 }
 
+/// `PUT /api-key/cap` (issue 26): bad input answered with its code, nothing written; a metered
+/// subscriber's cap set.
+#[tokio::test]
+async fn the_spend_cap_route_refuses_bad_input_without_writing() {
+    let w = World::metered();
+    let alice = w.user("alice");
+    let cap = |body: &str| Event::new("PUT", "/api-key/cap", "/api-key/cap").body(body);
+    let post = |v: &mut Value| {
+        v["httpMethod"] = json!("POST");
+        v["requestContext"]["httpMethod"] = json!("POST");
+    };
+    let mut cases: Vec<(&str, Event, u16, &str)> = vec![
+        ("no key yet", cap(r#"{"requests":2000}"#), 409, "no_key"),
+        ("without sign-in", cap(r#"{"requests":2000}"#).no_claims(), 401, "unauthorized"),
+    ];
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    let setup: Vec<(&str, Event, u16, &str)> = vec![
+        ("with POST", cap(r#"{"requests":2000}"#).with(post), 400, "bad_request"),
+        ("empty body", cap(""), 400, "bad_request"),
+        ("no requests field", cap("{}"), 400, "bad_request"),
+        ("unknown field", cap(r#"{"requests":2000,"cap":1}"#), 400, "bad_request"),
+        ("negative", cap(r#"{"requests":-1}"#), 400, "bad_request"),
+        ("fractional", cap(r#"{"requests":1500.5}"#), 400, "bad_request"),
+        ("a string", cap(r#"{"requests":"2000"}"#), 400, "bad_request"),
+        ("below the included amount", cap(r#"{"requests":999}"#), 400, "bad_request"),
+        ("above the quota", cap(r#"{"requests":5001}"#), 400, "bad_request"),
+        ("user not in the pool", cap(r#"{"requests":2000}"#).user("ghost"), 409, "no_key"),
+    ];
+    cases.extend(setup);
+    let mut paid = false;
+    for (name, ev, status, code) in cases {
+        if !paid && name == "with POST" {
+            assert!(w.complete(&id, &key).await.unwrap().is_success());
+            paid = true;
+        }
+        let before = w.snapshot();
+        let r = handlers::get_account(&w.app, ev.request()).await.unwrap();
+        assert_eq!(r.status(), status, "{name}: {:?}", r.body());
+        assert_json_with_cors(&r);
+        assert_eq!(body_json(&r)["error"], code, "{name}");
+        assert_eq!(w.snapshot(), before, "{name}: nothing written");
+    }
+    let r = handlers::get_account(&w.app, cap(r#"{"requests": 2000.0}"#).request()).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let body = body_json(&r);
+    assert_eq!(body["spend_cap"], json!({"requests": 2000, "custom": true, "min": 1000, "max": 5000}));
+    assert_eq!(body["remaining"], 2000);
+    let r = handlers::get_account(&w.app, cap(r#"{"requests": null}"#).request()).await.unwrap();
+    assert_eq!(body_json(&r)["spend_cap"]["custom"], false);
+    let pre =
+        handlers::get_account(&w.app, Event::new("OPTIONS", "/api-key/cap", "/api-key/cap").request()).await.unwrap();
+    assert_eq!(pre.headers()["access-control-allow-methods"], "PUT, OPTIONS");
+}
+
 /// A user over the route's budget: 429, `Retry-After`, a JSON error with CORS; nothing else
 /// done (no session recorded beyond the admitted ones).
 #[tokio::test]

@@ -355,6 +355,14 @@ async fn sweep_calls() -> Vec<&'static str> {
     let usage = run.usage.unwrap().unwrap();
     assert_eq!((usage.events, usage.alerts.len()), (1, 1), "usage reported, a threshold announced");
     calls.extend(w.meter.calls());
+    // eve's spend cap, set in one month, applied again by the sweep when the next one begins
+    let cap = flows::CapRequest { requests: Some(2000) };
+    flows::set_spend_cap(&w.app.store, &w.app.keys, w.app.ctx(), &eve, cap).await.unwrap();
+    w.clock.advance(chrono::Duration::days(40));
+    w.meter.reset_calls();
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    assert!(w.meter.count("apigw.set_remaining") > 0, "the cap applied to the new month");
+    calls.extend(w.meter.calls());
     calls
 }
 
@@ -413,6 +421,17 @@ async fn account_calls() -> Vec<&'static str> {
     let rot = |g| flows::RotateRequest { grace_seconds: g, request_id: None };
     flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &carol, rot(60)).await.unwrap();
     flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &carol, rot(0)).await.unwrap();
+    calls.extend(w.meter.calls());
+    // PUT /api-key/cap: a metered subscriber's cap, set with a rotated-out key in its grace
+    let w = World::metered().spending_budgets();
+    let gil = w.user("gil");
+    let (id, key) = w.checkout_and_pay(&gil).await;
+    w.complete(&id, &key).await.unwrap();
+    flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &gil, rot(60)).await.unwrap();
+    w.meter.reset_calls();
+    let cap = |n| flows::CapRequest { requests: Some(n) };
+    flows::set_spend_cap(&w.app.store, &w.app.keys, w.app.ctx(), &gil, cap(2000)).await.unwrap();
+    flows::set_spend_cap(&w.app.store, &w.app.keys, w.app.ctx(), &gil, cap(1)).await.unwrap_err();
     calls.extend(w.meter.calls());
     calls
 }

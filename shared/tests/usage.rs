@@ -81,7 +81,7 @@ async fn adapter(url: &str) -> ApiGatewayKeys {
 async fn usage_contract<K: KeyRegistry>(keys: &K, key: &str, plan: &str, after_set: impl AsyncFn() -> KeyUsage) {
     let (start, end) = QuotaPeriod::Month.containing(d(2026, 12, 2));
     let u = keys.usage(key, plan, start, end).await.unwrap();
-    assert_eq!(u, KeyUsage { used: 8, remaining: Some(92) });
+    assert_eq!(u, KeyUsage { used: 8, remaining: Some(92), days: vec![3, 5] });
     keys.set_remaining(key, plan, 40).await.unwrap();
     assert_eq!(after_set().await.remaining, Some(40));
 }

@@ -28,6 +28,7 @@ pub const ROUTES: &[(&str, &str, bool, Function)] = &[
     ("GET", "/account", true, Function::GetAccount),
     ("POST", "/api-key", true, Function::GetAccount),
     ("POST", "/api-key/rotate", true, Function::GetAccount),
+    ("PUT", "/api-key/cap", true, Function::GetAccount),
     ("GET", "/plans", false, Function::CreateCheckoutSession),
     ("POST", "/stripe/webhook", false, Function::StripeWebhook),
 ];

@@ -2,7 +2,7 @@ import { useCallback, useEffect, useRef, useState } from "react";
 import { api, ok, SignedOut, type Account, type Plan } from "./api";
 import * as auth from "./auth";
 import { config } from "./config";
-import { every, money, perCall } from "./format";
+import { amount, every, money, overageCost, perCall } from "./format";
 
 const day = (s?: string | null) => (s ? s.slice(0, 10) : "");
 
@@ -165,7 +165,102 @@ const ALERT_TEXT: Record<string, string> = {
   limit_100: "this key's monthly limit reached: it is refused until the next month",
 };
 
-function KeyBox({ account, refresh, fail }: { account: Account; refresh: () => Promise<void>; fail: (m: string) => void }) {
+type Usage = NonNullable<Account["usage"]>;
+
+/** Days from `a` to `b`, both included (YYYY-MM-DD, UTC). */
+const daysFrom = (a: string, b: string) => Math.round((Date.parse(b) - Date.parse(a)) / 86_400_000) + 1;
+
+/** The quota period's use, day by day: each bar is the calls so far (beyond the included amount
+ * in a darker colour); the rest of the period is projected at the average daily rate so far,
+ * stopping at the cap (where calls stop); lines mark the included amount and the cap. */
+function UsageChart({ u, metered }: { u: Usage; metered: Plan["metered"] }) {
+  const days = Math.max(1, daysFrom(u.period_start, u.period_end));
+  let sum = 0;
+  const soFar = u.daily.map((d) => (sum += d.used));
+  const elapsed = soFar.length;
+  const perDay = elapsed ? u.used / elapsed : 0;
+  const projected = Math.min(u.limit, Math.round(u.used + perDay * (days - elapsed)));
+  const included = u.included ?? 0;
+  const [W, H, left, bottom] = [640, 200, 44, 18];
+  const top = Math.max(u.limit, projected, 1) * 1.1;
+  const y = (v: number) => H - bottom - (v / top) * (H - bottom - 8);
+  const bw = (W - left) / days;
+  const bar = (i: number, from: number, to: number, cls: string) =>
+    to > from ? <rect key={`${cls}-${i}`} className={cls} x={left + i * bw + 1} width={Math.max(1, bw - 2)} y={y(to)} height={y(from) - y(to)} /> : null;
+  const bars = [];
+  for (let i = 0; i < days; i++) {
+    if (i < elapsed) {
+      const v = soFar[i];
+      bars.push(bar(i, 0, Math.min(v, included), "used"), bar(i, included, v, "over"));
+    } else {
+      const v = Math.min(u.limit, Math.round(u.used + perDay * (i + 1 - elapsed)));
+      bars.push(bar(i, 0, v, "projected"));
+    }
+  }
+  const cost = overageCost(metered, projected);
+  const line = (v: number, cls: string, label: string) => (
+    <g className={cls}>
+      <line x1={left} x2={W} y1={y(v)} y2={y(v)} />
+      <text x={left + 4} y={y(v) - 4}>{label}</text>
+    </g>
+  );
+  return (
+    <figure id="usage-chart">
+      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label={`Requests so far this ${u.period.toLowerCase()}, by day, and the projection`}>
+        <text x={0} y={y(0)}>0</text>
+        <text x={0} y={y(u.limit) + 4}>{u.limit.toLocaleString()}</text>
+        {bars}
+        {u.included != null ? line(included, "included", `included ${included.toLocaleString()}`) : null}
+        {line(u.limit, "cap", `${u.spend_cap ? "spend cap" : "limit"} ${u.limit.toLocaleString()}`)}
+        <text x={left} y={H - 2}>{u.period_start}</text>
+        <text x={W} y={H - 2} textAnchor="end">{u.period_end}</text>
+      </svg>
+      <figcaption id="usage-projection" className="muted">
+        {`At ${Math.round(perDay).toLocaleString()} requests a day so far, about ${projected.toLocaleString()} by ${u.period_end}`}
+        {u.included != null ? `, ${Math.max(0, projected - included).toLocaleString()} beyond the included ${included.toLocaleString()}` : ""}
+        {cost != null && metered?.currency ? `: about ${amount(cost, metered.currency, config.locale)} of usage` : ""}
+        {u.included != null ? " (an estimate over this calendar month: Stripe bills your billing period's total at its end)" : ""}
+      </figcaption>
+    </figure>
+  );
+}
+
+/** A metered tier's spend cap: where the key's requests stop each month, from the included
+ * amount to the plan's quota (`PUT /api-key/cap`). */
+function SpendCap({ u, metered, refresh, fail }: { u: Usage; metered: Plan["metered"]; refresh: () => Promise<void>; fail: (m: string) => void }) {
+  const cap = u.spend_cap!;
+  const [value, setValue] = useState(String(cap.requests));
+  const [saved, setSaved] = useState("");
+  const put = async (requests: number | null) => {
+    fail("");
+    if (requests !== null && !Number.isInteger(requests)) return fail("Enter a whole number of requests.");
+    try {
+      const r = ok(await api.PUT("/api-key/cap", { body: { requests } }));
+      setValue(String(r.spend_cap.requests));
+      setSaved(`Spend cap set to ${r.spend_cap.requests.toLocaleString()} requests a month; ${r.remaining.toLocaleString()} left this month.`);
+      await refresh();
+    } catch (e) {
+      fail((e as Error).message);
+    }
+  };
+  const most = overageCost(metered, cap.requests);
+  return (
+    <div id="spend-cap">
+      <p id="cap-text" className="muted">
+        {`Spend cap: ${cap.requests.toLocaleString()} requests a month (${cap.custom ? "set by you" : "the plan's default"}; you may set ${cap.min.toLocaleString()} to ${cap.max.toLocaleString()})`}
+        {most != null && metered?.currency ? `: at most ${amount(most, metered.currency, config.locale)} of usage a month beyond the included requests` : ""}
+      </p>
+      <label htmlFor="cap">Stop my requests each month at</label>
+      <input id="cap" type="number" min={cap.min} max={cap.max} step="1" value={value} onChange={(e) => setValue(e.target.value)} />
+      <button id="set-cap" className="secondary" onClick={() => put(Number(value))}>Set spend cap</button>
+      {cap.custom ? <button id="default-cap" className="secondary" onClick={() => put(null)}>Use the plan's default</button> : null}
+      <p id="cap-saved">{saved}</p>
+    </div>
+  );
+}
+
+function KeyBox({ account, plans, refresh, fail }: { account: Account; plans: Plan[]; refresh: () => Promise<void>; fail: (m: string) => void }) {
+  const metered = plans.find((t) => t.name === account.plan)?.metered ?? null;
   const [grace, setGrace] = useState("0");
   const [rotated, setRotated] = useState("");
   const u = account.usage;
@@ -200,6 +295,8 @@ function KeyBox({ account, refresh, fail }: { account: Account; refresh: () => P
               {`${u.included.toLocaleString()} requests included each billing period; this key has used ${Math.max(0, spent - u.included).toLocaleString()} beyond that this calendar month (an estimate: Stripe bills the billing period's total at its end); requests stop at ${u.limit.toLocaleString()} a month (your spend cap)`}
             </p>
           ) : null}
+          {u.daily.length ? <UsageChart u={u} metered={metered} /> : null}
+          {u.spend_cap ? <SpendCap u={u} metered={metered} refresh={refresh} fail={fail} /> : null}
           {u.alerts.length ? (
             <p id="usage-alerts" className="banner warn">
               {u.alerts.map((a) => ALERT_TEXT[a] ?? a).join(" · ")}
@@ -340,7 +437,7 @@ export default function App() {
             <p id="period">{account.cancel_at_period_end ? `Ends on ${day(account.current_period_end)}` : `Renews on ${day(account.current_period_end)}`}</p>
           ) : null}
           {account?.trial_end && account.subscription_status === "trialing" ? <p id="trial">Trial ends on {day(account.trial_end)}</p> : null}
-          {account && key ? <KeyBox account={account} refresh={load} fail={setError} /> : null}
+          {account && key ? <KeyBox account={account} plans={plans} refresh={load} fail={setError} /> : null}
           {account && !key && !paid && freeTier?.has_api_key ? (
             <button id="free-key" className="secondary" onClick={freeKey}>Get a free API key</button>
           ) : null}

@@ -9,14 +9,26 @@ const THREE_DECIMAL = new Set("bhd jod kwd omr tnd".split(" "));
 
 export function money(p: Plan["price"], locale?: string): string {
   if (!p || p.unit_amount == null) return "";
-  const c = p.currency.toLowerCase();
+  return amount(p.unit_amount, p.currency, locale);
+}
+
+/** An amount in the currency's minor unit (Stripe's), written for the reader's locale. */
+export function amount(minor: number, currency: string, locale?: string): string {
+  const c = currency.toLowerCase();
   const exponent = ZERO_DECIMAL.has(c) ? 0 : THREE_DECIMAL.has(c) ? 3 : 2;
-  const amount = p.unit_amount / 10 ** exponent;
+  const major = minor / 10 ** exponent;
   try {
-    return new Intl.NumberFormat(locale, { style: "currency", currency: c.toUpperCase() }).format(amount);
+    return new Intl.NumberFormat(locale, { style: "currency", currency: c.toUpperCase() }).format(major);
   } catch {
-    return `${amount} ${c.toUpperCase()}`;
+    return `${major} ${c.toUpperCase()}`;
   }
+}
+
+/** What `calls` beyond a metered tier's included ones cost at its per-call rate, in the minor
+ * unit (graduated: the included ones are free); `null` without a rate. */
+export function overageCost(m: Plan["metered"], calls: number): number | null {
+  if (!m || m.unit_amount_decimal == null) return null;
+  return Math.max(0, calls - m.included) * Number(m.unit_amount_decimal);
 }
 
 /** "/ month", "/ 3 months", "/ year"; "" for a price that does not recur. */

@@ -178,7 +178,7 @@ impl<K: crate::ports::KeyRegistry> crate::ports::KeyRegistry for CachedKeyValues
         let key = (id.to_string(), plan.to_string(), start, end);
         if let Some((at, u)) = self.usage.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             if at.elapsed() < Self::USAGE_TTL {
-                return Ok(*u);
+                return Ok(u.clone());
             }
         }
         let u = self.inner.usage(id, plan, start, end).await?;
@@ -186,7 +186,7 @@ impl<K: crate::ports::KeyRegistry> crate::ports::KeyRegistry for CachedKeyValues
         if cache.len() >= Self::CAPACITY {
             cache.clear();
         }
-        cache.insert(key, (Instant::now(), u));
+        cache.insert(key, (Instant::now(), u.clone()));
         Ok(u)
     }
     async fn set_remaining(&self, id: &str, plan: &str, remaining: u64) -> Result<()> {

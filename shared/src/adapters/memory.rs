@@ -1046,6 +1046,7 @@ impl KeyRegistry for MemoryKeys {
     async fn usage(&self, id: &str, plan: &str, start: NaiveDate, end: NaiveDate) -> Result<KeyUsage> {
         let call = self.meter.enter(APIGW, "apigw.usage").await?;
         self.admit("apigw.usage")?;
+        let today = self.today();
         let r = {
             let st = lock(&self.state);
             if !st.keys.contains_key(id) {
@@ -1060,13 +1061,19 @@ impl KeyRegistry for MemoryKeys {
                 .range((id.to_string(), plan.to_string(), start)..=(id.to_string(), plan.to_string(), end))
                 .map(|(_, n)| *n)
                 .sum();
+            // One entry per day of the range up to today, as GetUsage answers (0: no calls).
+            let days: Vec<u64> = start
+                .iter_days()
+                .take_while(|d| *d <= end && *d <= today)
+                .map(|d| st.used.get(&(id.to_string(), plan.to_string(), d)).copied().unwrap_or(0))
+                .collect();
             // Remaining as API Gateway reports it: the quota of the period holding `end`, less
             // what was used in it and what UpdateUsage took or gave.
             let remaining = st.limits.get(plan).and_then(|(q, _)| *q).map(|q| {
                 let (ps, pe) = q.period.containing(end);
                 (i64::from(q.limit) - period_use(&st, id, plan, ps, pe)).max(0) as u64
             });
-            KeyUsage { used, remaining }
+            KeyUsage { used, remaining, days }
         };
         self.meter.exit(APIGW, "apigw.usage", call)?;
         Ok(r)

@@ -72,6 +72,9 @@ pub enum Error {
     /// after 72 hours of failed ones).
     #[error("the closing period's last day ({0}) has not settled yet; deliver again later")]
     UsageNotSettled(chrono::NaiveDate),
+    /// A spend cap asked for on a tier that bills no usage (its quota is a hard limit).
+    #[error("the {0} plan has no usage-based billing: its quota is fixed, there is no spend cap to set")]
+    NotMetered(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -97,6 +100,7 @@ impl Error {
             Error::FulfilmentInProgress => 503,
             Error::Suspended => 403,
             Error::UsageNotSettled(_) => 503,
+            Error::NotMetered(_) => 409,
             Error::Backend(_) => 502,
         }
     }
@@ -123,6 +127,7 @@ impl Error {
             Error::FulfilmentInProgress => "fulfilment_in_progress",
             Error::Suspended => "account_suspended",
             Error::UsageNotSettled(_) => "usage_not_settled",
+            Error::NotMetered(_) => "not_metered",
             Error::Backend(_) => "backend_unavailable",
         }
     }

@@ -11,6 +11,6 @@ pub use error::{BackendError, Error};
 pub use ids::{CustomerId, IdError, LookupKey, OneTimeKey, SessionId, SubscriptionId, User, UserId, UserName};
 pub use records::{
     AccountRecord, CheckoutRecord, CheckoutStatus, Comp, IssuedKey, KeyWork, Plan, QuotaTarget, RotationAnswer,
-    Suspension, UserProfile,
+    SpendCap, Suspension, UserProfile,
 };
 pub use secret::{Connect, Secret};

@@ -171,7 +171,23 @@ pub struct AccountRecord {
     /// key is issued, rotated or sold to them, whatever Stripe says, until it is lifted.
     #[serde(default)]
     pub suspension: Option<Suspension>,
+    /// The customer's own spend cap on a metered tier (`PUT /api-key/cap`): the calls a quota
+    /// period may serve, below the tier's quota (its default and highest cap). Applies while
+    /// the user is on `plan`; `None`: the tier's quota.
+    #[serde(default)]
+    pub spend_cap: Option<SpendCap>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A spend cap: API Gateway gives every key its plan's whole quota again at the start of each
+/// quota period, so the cap is applied to the key (UpdateUsage) once per period —
+/// `period_start` says for which period it was last applied (the sweep applies it to the next).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendCap {
+    pub plan: Plan,
+    /// Calls per quota period, at least the tier's included amount.
+    pub requests: u64,
+    pub period_start: Option<chrono::NaiveDate>,
 }
 
 /// A complimentary tier: the user is on `plan` until `until`, unless a subscription buys them a
@@ -224,6 +240,7 @@ impl AccountRecord {
             subscription_plan: None,
             comp: None,
             suspension: None,
+            spend_cap: None,
             updated_at,
         }
     }

@@ -27,7 +27,9 @@ pub struct AccountView {
 /// months, not Stripe's billing period: both ends are shown.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct UsageView {
-    pub limit: u32,
+    /// Where calls stop this period: the tier's quota, or on a metered tier the customer's
+    /// spend cap (`spend_cap`).
+    pub limit: u64,
     pub used: u64,
     pub remaining: u64,
     /// `DAY`, `WEEK` or `MONTH`.
@@ -45,6 +47,20 @@ pub struct UsageView {
     /// `included_100` (of the included amount, on a metered tier), `limit_80`, `limit_100` (of
     /// the quota: the spend cap on a metered tier, where calls stop).
     pub alerts: Vec<&'static str>,
+    /// A metered tier's spend cap and the range the customer may set it in (`PUT
+    /// /api-key/cap`); `null` on a flat tier.
+    pub spend_cap: Option<super::SpendCapView>,
+    /// The key's calls per UTC day of the quota period so far, oldest first (as API Gateway
+    /// reports them: its counts arrive with a delay).
+    pub daily: Vec<DayUse>,
+}
+
+/// One day's calls.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DayUse {
+    /// `YYYY-MM-DD` (UTC).
+    pub date: String,
+    pub used: u64,
 }
 
 /// The thresholds `/account` reports (`UsageView::alerts`), in percent.
@@ -109,8 +125,10 @@ where
             let (value, usage) = tokio::try_join!(keys.key_value(id), async {
                 match metered {
                     Some((plan, quota)) => {
-                        let (start, end) = quota.period.containing(ctx.clock.now().date_naive());
-                        keys.recent_usage(id, plan, start, end).await.map(|u| Some((quota, start, end, u)))
+                        let today = ctx.clock.now().date_naive();
+                        let (start, end) = quota.period.containing(today);
+                        // through today: the days the chart shows (the use is the same)
+                        keys.recent_usage(id, plan, start, today).await.map(|u| Some((quota, start, end, u)))
                     }
                     None => Ok(None),
                 }
@@ -120,20 +138,27 @@ where
                 value,
                 enabled: tier.is_some() && a.suspension.is_none(),
             });
-            let usage = usage.map(|(quota, start, end, u)| UsageView {
-                limit: quota.limit,
-                used: u.used,
-                remaining: u.remaining.unwrap_or_else(|| u64::from(quota.limit).saturating_sub(u.used)),
-                period: quota.period,
-                period_start: start.format("%Y-%m-%d").to_string(),
-                period_end: end.format("%Y-%m-%d").to_string(),
-                billing_period_end: a.period_end.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-                included: tier.and_then(|t| t.metered.as_ref()).map(|m| m.included),
-                alerts: usage_alerts(
-                    u.used,
-                    tier.and_then(|t| t.metered.as_ref()).map(|m| m.included),
-                    quota.limit.into(),
-                ),
+            let usage = usage.map(|(quota, start, end, u)| {
+                let t = tier.expect("a tier with a quota");
+                let limit = super::account_keys::quota_limit(Some(a), t).unwrap_or(u64::from(quota.limit));
+                let included = t.metered.as_ref().map(|m| m.included);
+                UsageView {
+                    limit,
+                    used: u.used,
+                    remaining: u.remaining.unwrap_or_else(|| limit.saturating_sub(u.used)),
+                    period: quota.period,
+                    period_start: start.format("%Y-%m-%d").to_string(),
+                    period_end: end.format("%Y-%m-%d").to_string(),
+                    billing_period_end: a.period_end.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    included,
+                    alerts: usage_alerts(u.used, included, limit),
+                    spend_cap: super::spend_cap_view(Some(a), t),
+                    daily: start
+                        .iter_days()
+                        .zip(u.days.iter())
+                        .map(|(d, n)| DayUse { date: d.format("%Y-%m-%d").to_string(), used: *n })
+                        .collect(),
+                }
             });
             (view, usage)
         }

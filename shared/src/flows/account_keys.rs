@@ -66,25 +66,39 @@ pub(crate) async fn place_in_plan<K: KeyRegistry>(keys: &K, id: &str, plan: &str
     Ok(entered)
 }
 
+/// The calls `tier`'s plan serves `account` in a quota period: the tier's quota, or on a metered
+/// tier the spend cap the customer set for it ([`crate::domain::SpendCap`]), never below the
+/// included amount nor above the quota. `None`: the tier has no quota.
+pub(crate) fn quota_limit(account: Option<&AccountRecord>, tier: &crate::domain::Tier) -> Option<u64> {
+    let limit = u64::from(tier.quota?.limit);
+    let cap = account
+        .and_then(|a| a.spend_cap.as_ref())
+        .filter(|c| c.plan.as_str() == tier.name.as_str())
+        .zip(tier.metered.as_ref())
+        .map(|(c, m)| c.requests.clamp(m.included.min(limit), limit));
+    Some(cap.unwrap_or(limit))
+}
+
 /// [`place_in_plan`] for the user's key `id`, and when it entered a plan with a quota, its
 /// remaining quota for the period set to what the user's keys (every generation, by name) left
-/// of it: API Gateway counts per key and plan, so a key new to the plan — one made by a rotation
+/// of its limit ([`quota_limit`]: the quota, or the customer's spend cap): API Gateway counts per key and plan, so a key new to the plan — one made by a rotation
 /// while the user was on another tier — would otherwise start with the whole quota again. A key
 /// API Gateway reports no usage for counts 0 (the one place the quota bound rests on GetUsage
 /// reporting the use of keys no longer in the plan).
 pub(crate) async fn move_into_plan<K: KeyRegistry>(
     keys: &K,
     ctx: Ctx<'_>,
+    account: Option<&AccountRecord>,
     named: &[IssuedKey],
     id: &str,
     plan: &str,
     fresh: bool,
 ) -> Result<(), Error> {
     let entered = place_in_plan(keys, id, plan, fresh).await?;
-    let quota =
-        ctx.settings.catalog.tiers().iter().find(|t| t.usage_plan_id.as_deref() == Some(plan)).and_then(|t| t.quota);
-    let (true, Some(q)) = (entered, quota) else { return Ok(()) };
-    if fresh && named.is_empty() {
+    let tier = ctx.settings.catalog.tiers().iter().find(|t| t.usage_plan_id.as_deref() == Some(plan));
+    let (true, Some(t), Some(q)) = (entered, tier, tier.and_then(|t| t.quota)) else { return Ok(()) };
+    let limit = quota_limit(account, t).unwrap_or(u64::from(q.limit));
+    if fresh && named.is_empty() && limit == u64::from(q.limit) {
         return Ok(()); // the user's first key: nothing used the plan, the whole quota is theirs
     }
     let (start, end) = q.period.containing(ctx.clock.now().date_naive());
@@ -98,7 +112,7 @@ pub(crate) async fn move_into_plan<K: KeyRegistry>(
             used += u.used;
         }
     }
-    keys.set_remaining(id, plan, u64::from(q.limit).saturating_sub(used)).await?;
+    keys.set_remaining(id, plan, limit.saturating_sub(used)).await?;
     Ok(())
 }
 

@@ -300,7 +300,7 @@ impl std::fmt::Display for UserReport {
                 k.role,
                 if k.key.enabled { "enabled" } else { "disabled" },
                 k.plans.join(", "),
-                match k.usage {
+                match &k.usage {
                     Some(u) => format!(
                         ", this period {} used, {} left",
                         u.used,

@@ -18,6 +18,8 @@ pub enum Spending {
     FreeKey,
     /// `POST /api-key/rotate`: ~14 control-plane calls.
     Rotation,
+    /// `PUT /api-key/cap`: a GetUsage per generation of the key, an UpdateUsage or two.
+    SpendCap,
 }
 
 impl Spending {
@@ -27,6 +29,7 @@ impl Spending {
             Spending::Portal => "portal",
             Spending::FreeKey => "free-key",
             Spending::Rotation => "rotation",
+            Spending::SpendCap => "spend-cap",
         }
     }
 }

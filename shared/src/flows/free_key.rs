@@ -87,7 +87,15 @@ where
             Ok::<_, Error>(())
         };
         tokio::try_join!(
-            account_keys::move_into_plan(keys, ctx, &locked.named, &key.id, &free_plan_id, fresh),
+            account_keys::move_into_plan(
+                keys,
+                ctx,
+                locked.account.as_ref(),
+                &locked.named,
+                &key.id,
+                &free_plan_id,
+                fresh
+            ),
             write_plan
         )?;
         next.plan = plan.clone();

@@ -602,7 +602,10 @@ where
             let spare = grace_through(keys, next, &plan, now).await?;
             let (key, fresh) =
                 account_keys::ensure_key(keys, key_name, named, next.api_key_id.as_deref(), spare.as_deref()).await?;
-            tokio::try_join!(account_keys::move_into_plan(keys, ctx, named, &key.id, usage_plan, fresh), set_plan)?;
+            tokio::try_join!(
+                account_keys::move_into_plan(keys, ctx, Some(next), named, &key.id, usage_plan, fresh),
+                set_plan
+            )?;
             next.api_key_id = Some(key.id);
         }
         None => {
@@ -637,7 +640,7 @@ async fn hold_keys<K: KeyRegistry>(
     }
     if let (Some(id), Some(usage_plan)) = (next.api_key_id.as_deref(), usage_plan) {
         if keys.get(id).await?.is_some() {
-            account_keys::move_into_plan(keys, ctx, named, id, usage_plan, false).await?;
+            account_keys::move_into_plan(keys, ctx, Some(next), named, id, usage_plan, false).await?;
         }
     }
     Ok(())

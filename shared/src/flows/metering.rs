@@ -305,18 +305,23 @@ where
     for account in accounts {
         let (Some(customer), Some(key)) = (&account.customer_id, &account.api_key_id) else { continue };
         let Some(tier) = ctx.settings.tier_of(&account.plan) else { continue };
-        let (Some(m), Some(quota), Some(plan)) = (&tier.metered, tier.quota, &tier.usage_plan_id) else { continue };
+        let (Some(m), Some(limit), Some(plan)) =
+            (&tier.metered, super::account_keys::quota_limit(Some(account), tier), &tier.usage_plan_id)
+        else {
+            continue;
+        };
         if comped(account, ctx, today) || account.suspension.is_some() {
             continue; // nothing billed, nothing to warn about
         }
         let Some((start, used)) = used_on.get(plan) else { continue };
         let n = used.get(key).copied().unwrap_or(0);
-        for alert in super::usage_alerts(n, Some(m.included), quota.limit.into()) {
+        // of the customer's spend cap when they set one
+        for alert in super::usage_alerts(n, Some(m.included), limit) {
             let id = format!("usage-alert:{customer}:{start}:{alert}");
             if store.event_seen(&id).await? {
                 continue;
             }
-            tracing::warn!(user = %account.user(), customer = %customer, threshold = alert, used = n, included = m.included, limit = quota.limit, "usage threshold reached");
+            tracing::warn!(user = %account.user(), customer = %customer, threshold = alert, used = n, included = m.included, limit, "usage threshold reached");
             crate::telemetry::usage_alert(alert);
             store.mark_event(&id, "usage-alert", now + Duration::days(40)).await?;
             announced.push((customer.clone(), alert));

@@ -13,8 +13,9 @@ mod plans;
 mod portal;
 mod reclaim;
 mod rotate;
+mod spend_cap;
 
-pub use account::{get_account, usage_alerts, AccountView, ApiKeyView, UsageView, USAGE_THRESHOLDS};
+pub use account::{get_account, usage_alerts, AccountView, ApiKeyView, DayUse, UsageView, USAGE_THRESHOLDS};
 pub use budget::{spend_budget, Spending};
 pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
 pub use free_key::{issue_free_key, FreeKey};
@@ -29,6 +30,7 @@ pub use reclaim::{reclaim_idle_free_keys, RECLAIMS_PER_RUN};
 pub use rotate::{
     end_expired_comps, rotate_key, scheduled_run, sweep_expired_keys, RotateRequest, Rotated, ScheduledRun,
 };
+pub use spend_cap::{set_spend_cap, spend_cap_view, CapRequest, CapSet, SpendCapView};
 
 use std::time::Duration;
 

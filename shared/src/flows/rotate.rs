@@ -161,8 +161,9 @@ where
         }
         if let Some(q) = tier.quota {
             let (start, end) = q.period.containing(now.date_naive());
+            let limit = account_keys::quota_limit(Some(&next), tier).unwrap_or(u64::from(q.limit));
             let old_use = keys.usage(&old, &plan, start, end).await?;
-            let mut pool = old_use.remaining.unwrap_or_else(|| u64::from(q.limit).saturating_sub(old_use.used));
+            let mut pool = old_use.remaining.unwrap_or_else(|| limit.saturating_sub(old_use.used));
             let mut counted_old = vec![(old.clone(), old_use.used)];
             if let Some(prev) = &previous {
                 if keys.plans_of(prev).await?.contains(&plan) {
@@ -175,7 +176,7 @@ where
                         // Never more than the period's quota less what the two used of it (a
                         // grace that ran into a new period before the sweep split it anew has
                         // the whole new quota on each key).
-                        None => (pool + left).min(u64::from(q.limit).saturating_sub(old_use.used + p.used)),
+                        None => (pool + left).min(limit.saturating_sub(old_use.used + p.used)),
                     };
                     counted_old.push((prev.clone(), p.used));
                 }
@@ -287,7 +288,11 @@ where
     let mut disabled = Vec::new();
     for account in accounts {
         let expired = account.previous_key_id.is_some() && account.previous_key_until.is_none_or(|u| u <= now);
-        if !expired && account.pending_key_work.is_none() && !grace_in_new_period(ctx, account, now) {
+        if !expired
+            && account.pending_key_work.is_none()
+            && !grace_in_new_period(ctx, account, now)
+            && !super::spend_cap::cap_due(ctx, account, now)
+        {
             continue;
         }
         let user = account.user();
@@ -316,7 +321,16 @@ where
                 next.previous_key_remaining = None;
                 next.previous_key_period_start = None;
             } else if grace_in_new_period(ctx, &next, now) {
+                // split from the period's limit: the spend cap, when set, applies with it
                 work = split_anew(keys, ctx, &mut next, now).await?;
+                if work.is_some() {
+                    super::spend_cap::mark_applied(ctx, &mut next, now);
+                }
+            } else if super::spend_cap::cap_due(ctx, &next, now) {
+                // A new quota period gave the key the plan's whole quota: the customer's cap again.
+                let named = keys.find_by_name(&ctx.settings.key_name(&user)).await?;
+                work = super::spend_cap::limit_work(keys, ctx, &next, &named, now).await?;
+                super::spend_cap::mark_applied(ctx, &mut next, now);
             }
             next.updated_at = now;
             if let Some(work) = &work {
@@ -375,8 +389,9 @@ async fn split_anew<K: KeyRegistry>(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<KeyWork>, Error> {
     let tier = ctx.settings.tier_of(&account.plan);
-    let metered = tier.and_then(|t| Some((t.usage_plan_id.clone()?, t.quota?)));
-    let (Some(prev), Some(current), Some((plan, q))) =
+    let metered =
+        tier.and_then(|t| Some((t.usage_plan_id.clone()?, t.quota?, account_keys::quota_limit(Some(account), t)?)));
+    let (Some(prev), Some(current), Some((plan, q, limit))) =
         (account.previous_key_id.clone(), account.api_key_id.clone(), metered)
     else {
         return Ok(None);
@@ -387,7 +402,7 @@ async fn split_anew<K: KeyRegistry>(
         return Ok(None);
     }
     let (p, c) = tokio::try_join!(keys.usage(&prev, &plan, start, end), keys.usage(&current, &plan, start, end))?;
-    let pool = u64::from(q.limit).saturating_sub(p.used + c.used);
+    let pool = limit.saturating_sub(p.used + c.used);
     let keep = pool - pool / 2;
     Ok(Some(KeyWork {
         plan: Some(plan),
@@ -412,8 +427,11 @@ async fn end_grace<K: KeyRegistry>(
 ) -> Result<KeyWork, Error> {
     let mut work = KeyWork { plan: None, period_start: None, targets: Vec::new(), retire: vec![prev.to_string()] };
     let current = account.api_key_id.clone().filter(|c| c != prev);
-    let metered = ctx.settings.tier_of(&account.plan).and_then(|t| Some((t.usage_plan_id.clone()?, t.quota?)));
-    let (Some(current), Some((plan, q))) = (current, metered) else {
+    let metered = ctx
+        .settings
+        .tier_of(&account.plan)
+        .and_then(|t| Some((t.usage_plan_id.clone()?, t.quota?, account_keys::quota_limit(Some(account), t)?)));
+    let (Some(current), Some((plan, q, limit))) = (current, metered) else {
         return Ok(work);
     };
     if !keys.plans_of(prev).await?.contains(&plan) {
@@ -427,7 +445,7 @@ async fn end_grace<K: KeyRegistry>(
         // previous key used in it comes off the current key.
         Some(at) => mine.saturating_sub(at.saturating_sub(left)),
         // never more than the period's quota less what the two used of it (see `rotate_key`)
-        None => (mine + left).min(u64::from(q.limit).saturating_sub(c.used + p.used)),
+        None => (mine + left).min(limit.saturating_sub(c.used + p.used)),
     };
     work.targets.push(QuotaTarget {
         key_id: current.clone(),

@@ -207,7 +207,9 @@ impl KeyRegistry for ApiGatewayKeys {
             // {"values": {"<key id>": [[used, remaining], …one per day]}}
             if let Some(days) = out.items().and_then(|m| m.get(id)) {
                 for day in days {
-                    usage.used += day.first().copied().unwrap_or(0).max(0) as u64;
+                    let n = day.first().copied().unwrap_or(0).max(0) as u64;
+                    usage.used += n;
+                    usage.days.push(n);
                     if let Some(r) = day.get(1) {
                         usage.remaining = Some((*r).max(0) as u64);
                     }

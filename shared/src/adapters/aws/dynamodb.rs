@@ -182,6 +182,7 @@ fn account_item(a: &AccountRecord) -> Item {
         ("SubscriptionPlan", a.subscription_plan.as_ref().map(|p| p.to_string())),
         ("Comp", a.comp.as_ref().map(|c| serde_json::to_string(c).expect("plain data serializes"))),
         ("Suspension", a.suspension.as_ref().map(|c| serde_json::to_string(c).expect("plain data serializes"))),
+        ("SpendCap", a.spend_cap.as_ref().map(|c| serde_json::to_string(c).expect("plain data serializes"))),
     ];
     item.insert("CancelAtPeriodEnd".to_string(), AttributeValue::Bool(a.cancel_at_period_end));
     for (k, v) in optional {
@@ -272,6 +273,9 @@ fn account_from_item(item: &Item, user_id: UserId, user_name: UserName, op: &'st
             .transpose()?,
         suspension: get_s(item, "Suspension")
             .map(|json| serde_json::from_str(json).map_err(|e| bad(op, format!("Suspension: {e}"))))
+            .transpose()?,
+        spend_cap: get_s(item, "SpendCap")
+            .map(|json| serde_json::from_str(json).map_err(|e| bad(op, format!("SpendCap: {e}"))))
             .transpose()?,
         // Records written by the Python version have no UpdatedAt.
         updated_at: get_time(item, "UpdatedAt", op).unwrap_or(DateTime::UNIX_EPOCH),

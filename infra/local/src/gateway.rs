@@ -249,6 +249,8 @@ mod tests {
             Error::NoCustomer,
             Error::BadSignature("x".into()),
             Error::FulfilmentInProgress,
+            Error::Suspended,
+            Error::NotMetered("FREE".into()),
             Error::Backend(BackendError::new("dynamodb", "GetItem", "x")),
         ];
         let doc: Value = serde_json::from_str(OPENAPI).unwrap();

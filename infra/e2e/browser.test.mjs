@@ -270,7 +270,7 @@ test("usage chart with included amount, spend cap and projected overage; the cap
     assert.match(caption, /beyond the included 1,000: about ¥[\d,]+ of usage/, caption);
     assert.match(await page.textContent("#usage-chart"), /included 1,000/);
     assert.match(await page.textContent("#usage-chart"), /limit 5,000|spend cap 5,000/);
-    assert.match(await page.textContent("#cap-text"), /Spend cap: 5,000 requests a month \(the plan's default; you may set 1,000 to 5,000\): at most ¥2,000 of usage a month/);
+    assert.match(await page.textContent("#cap-text"), /Spend cap: 5,000 requests a month \(the plan's default; you may set 1,000 to 5,000\): up to ¥2,000 of usage beyond the included requests in a calendar month/);
     await shot(page, "13-usage-chart.png");
 
     // below the included amount: refused with the range, nothing changed
@@ -281,7 +281,7 @@ test("usage chart with included amount, spend cap and projected overage; the cap
     await page.click("#set-cap");
     await page.waitForSelector("#cap-saved:text('Spend cap set to 1,500 requests a month; 300 left this month.')");
     await page.waitForSelector("#cap-text:text('set by you')");
-    assert.match(await page.textContent("#cap-text"), /at most ¥250 of usage a month/);
+    assert.match(await page.textContent("#cap-text"), /up to ¥250 of usage beyond the included requests in a calendar month/);
     served = 0;
     let refused = 0;
     for (let i = 0; i < 400; i++) (await product(key)) === 200 ? served++ : refused++;

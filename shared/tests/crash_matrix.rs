@@ -599,6 +599,62 @@ async fn the_usage_report_converges_after_a_fault_at_any_call_and_never_counts_t
     .await;
 }
 
+/// A metered PRO subscriber with 150 calls a day from 23 to 30 November, the hourly report
+/// settled through the 27th, and Stripe opening the period's invoice on 23 December 12:00:
+/// (world, (customer, the invoice.created event)).
+async fn closing_period() -> (Arc<World>, (CustomerId, StripeEvent)) {
+    use chrono::TimeZone;
+    use paykey::ports::metering::UsageCursor;
+    let w = Arc::new(World::metered());
+    let u = w.user("fay");
+    let (id, key) = w.checkout_and_pay(&u).await;
+    w.complete(&id, &key).await.unwrap();
+    let a = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    let day = |d| chrono::NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    for d in 23..=30 {
+        w.app.keys.add_use(a.api_key_id.as_deref().unwrap(), PRO_PLAN, day(d), 150);
+    }
+    w.app.store.set_reported_through(day(27)).await.unwrap();
+    let start = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+    let end = chrono::Utc.with_ymd_and_hms(2026, 12, 23, 12, 0, 0).unwrap();
+    let now = paykey::ports::Clock::now(&*w.clock);
+    w.clock.advance(end + chrono::Duration::seconds(5) - now);
+    let customer = a.customer_id.clone().unwrap();
+    let e = StripeEvent {
+        id: "evt_close".into(),
+        kind: "invoice.created".into(),
+        subject: EventSubject::ClosingInvoice {
+            subscription: a.subscription_id.clone().unwrap(),
+            customer: customer.clone(),
+            period_start: start,
+            period_end: end,
+        },
+    };
+    (w, (customer, e))
+}
+
+/// The period's invoice.created fails or crashes at any call, then Stripe redelivers it (a 5xx
+/// or no answer: it retries; an answered event is a duplicate): the days after the cursor hold
+/// exactly the calls served, never twice.
+#[tokio::test]
+async fn the_closing_invoices_usage_converges_after_a_fault_at_any_call_and_never_counts_twice() {
+    matrix(
+        "closing invoice (invoice.created)",
+        closing_period,
+        |w, (_, e)| async move {
+            let _ = handle(&w, &e).await;
+        },
+        |w, (customer, e), case| async move {
+            handle(&w, &e).await.unwrap_or_else(|err| panic!("{case}: redelivery: {err}"));
+            let day = |d| chrono::NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+            for d in 28..=30 {
+                assert_eq!(w.app.payments.meter_total(&customer, day(d), day(d)), 150, "{case}: day {d}");
+            }
+        },
+    )
+    .await;
+}
+
 /// A metered PRO user (quota 5,000, 1,000 included) who used 600 calls and rotated with a grace
 /// (two working keys): (user, the two key values).
 async fn metered_in_grace() -> (Arc<World>, (User, [String; 2])) {
@@ -657,6 +713,38 @@ async fn a_spend_cap_converges_after_a_fault_at_any_call_and_never_serves_beyond
             assert_eq!(served, 900, "{case}: 1,500 less the 600 used, over both keys");
             let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
             assert_eq!(account.pending_key_work, None, "{case}");
+        },
+    )
+    .await;
+}
+
+/// The same faults, settled by the sweep alone (no retry by the customer): what the first
+/// attempt wrote down is finished; if it wrote nothing, the quota is as it was. Either way the
+/// two keys serve the cap less what was used (when the cap was recorded) or the quota's rest.
+#[tokio::test]
+async fn a_failed_spend_cap_is_finished_by_the_sweep_or_left_as_it_was() {
+    matrix(
+        "spend cap during a grace, then only the sweep",
+        metered_in_grace,
+        |w, (u, _)| async move {
+            let req = flows::CapRequest { requests: Some(1500) };
+            let _ = flows::set_spend_cap(&w.app.store, &w.app.keys, w.app.ctx(), &u, req).await;
+        },
+        |w, (u, values), case| async move {
+            flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx())
+                .await
+                .unwrap_or_else(|e| panic!("{case}: sweep: {e}"));
+            let account = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+            assert_eq!(account.pending_key_work, None, "{case}: finished");
+            let now = paykey::ports::Clock::now(&*w.clock);
+            let mut served = 0;
+            for v in &values {
+                while served < 10_000 && w.app.keys.call(v, now).is_ok() {
+                    served += 1;
+                }
+            }
+            let want = if account.spend_cap.is_some() { 900 } else { 4400 };
+            assert_eq!(served, want, "{case}: cap recorded: {}", account.spend_cap.is_some());
         },
     )
     .await;

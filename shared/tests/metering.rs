@@ -326,4 +326,17 @@ async fn the_pricing_table_shows_no_rate_when_the_stripe_price_disagrees_with_th
     };
     assert_eq!(rate("PRO"), None, "what customers read must be what they pay");
     assert_eq!(rate("BUSINESS").as_deref(), Some("0.3"));
+    // … and checkout does not sell it: 500 misconfigured, nothing written, no Stripe write
+    let u = w.user("alice");
+    let before = w.snapshot();
+    let writes = w.meter.count("stripe.create_checkout");
+    let buy = |k: &str| flows::CheckoutRequest { lookup_key: k.into() };
+    let e = flows::start_checkout(&w.app.users, &w.app.payments, &w.app.store, w.app.ctx(), &u, buy("FMMailPro"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (500, "misconfigured"), "{e}");
+    assert_eq!(w.snapshot(), before);
+    assert_eq!(w.meter.count("stripe.create_checkout"), writes);
+    let ok = flows::start_checkout(&w.app.users, &w.app.payments, &w.app.store, w.app.ctx(), &u, buy("FMMailBusiness"));
+    assert!(ok.await.is_ok(), "the tier whose price agrees is sold");
 }

@@ -221,3 +221,74 @@ async fn on_another_tier_its_own_quota_applies_and_moving_back_applies_the_cap_a
     let e = cap(&w, &u, Some(999)).await.unwrap_err();
     assert_eq!(e.code(), "bad_request");
 }
+
+#[tokio::test]
+async fn a_cap_set_after_a_grace_ended_but_before_the_sweep_gives_the_old_key_nothing_more() {
+    let w = World::metered();
+    let (u, first) = subscriber(&w, "alice").await;
+    let now = at(2026, 11, 23, 13);
+    assert_eq!(serve(&w, &first, now, 1000), 1000);
+    let req = flows::RotateRequest { grace_seconds: 60, request_id: None };
+    let second = flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &u, req).await.unwrap().api_key.value;
+    // The grace is over; the sweep has not run: the old key is still enabled and in the plan.
+    set(&w, at(2026, 11, 23, 14));
+    cap(&w, &u, Some(1500)).await.unwrap();
+    let later = at(2026, 11, 23, 14);
+    assert_eq!(serve(&w, &first, later, 10_000), 0, "the old key gets nothing more");
+    assert_eq!(serve(&w, &second, later, 10_000), 500);
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    assert_eq!(serve(&w, &second, later, 10_000), 0, "the grace's end adds nothing beyond the cap");
+    assert_eq!(november_served(&w), 1500);
+}
+
+#[tokio::test]
+async fn a_rotation_in_a_new_month_before_the_sweep_never_hands_out_more_than_the_cap() {
+    let w = World::metered();
+    let (u, first) = subscriber(&w, "alice").await;
+    cap(&w, &u, Some(1500)).await.unwrap();
+    set(&w, Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 10).unwrap());
+    let dec = paykey::ports::Clock::now(&*w.clock);
+    assert_eq!(serve(&w, &first, dec, 200), 200, "the plan's whole quota until the sweep");
+    let req = flows::RotateRequest { grace_seconds: 0, request_id: None };
+    let second = flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &u, req).await.unwrap().api_key.value;
+    assert_eq!(serve(&w, &second, dec, 10_000), 1300, "the cap less the 200 served");
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    assert_eq!(serve(&w, &second, dec, 10_000), 0);
+}
+
+#[tokio::test]
+async fn a_suspended_customer_cannot_set_a_cap_and_the_cap_is_applied_again_once_lifted() {
+    let w = World::metered();
+    let (u, value) = subscriber(&w, "alice").await;
+    cap(&w, &u, Some(1500)).await.unwrap();
+    let suspend = |r: Option<&str>| {
+        flows::admin::set_suspension(&w.app.store, &w.app.keys, &w.app.users, w.app.ctx(), &u, r.map(String::from))
+    };
+    suspend(Some("abuse")).await.unwrap();
+    let e = cap(&w, &u, Some(2000)).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (403, "account_suspended"));
+    // lifted in the next month: the sweep applies the cap to it
+    set(&w, Utc.with_ymd_and_hms(2026, 12, 2, 0, 0, 0).unwrap());
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    suspend(None).await.unwrap();
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    let dec = paykey::ports::Clock::now(&*w.clock);
+    assert_eq!(serve(&w, &value, dec, 10_000), 1500);
+}
+
+#[tokio::test]
+async fn the_operator_is_told_when_a_customer_reaches_80_and_100_percent_of_their_cap() {
+    let w = World::metered();
+    let (u, value) = subscriber(&w, "alice").await;
+    cap(&w, &u, Some(2000)).await.unwrap();
+    let announce = || async {
+        let accounts = w.app.store.accounts();
+        flows::metering::announce_thresholds(&w.app.store, &w.app.keys, w.app.ctx(), &accounts).await.unwrap()
+    };
+    let now = at(2026, 11, 23, 13);
+    serve(&w, &value, now, 1600);
+    let names = |v: Vec<(paykey::domain::CustomerId, &'static str)>| v.into_iter().map(|(_, a)| a).collect::<Vec<_>>();
+    assert_eq!(names(announce().await), ["included_80", "included_100", "limit_80"], "80 % of the 2,000 cap");
+    serve(&w, &value, now, 10_000);
+    assert_eq!(names(announce().await), ["limit_100"]);
+}

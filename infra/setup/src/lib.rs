@@ -281,7 +281,15 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
 
     // Billing portal configuration: ours is marked with metadata. With two tiers or more,
     // customers switch between their prices there (Stripe prorates and invoices at once).
-    let switching = offered.len() > 1;
+    // With metered tiers: no switching (the portal swaps one price of a subscription, so a
+    // switch would neither add nor move the overage price, and Stripe bills no usage of a
+    // metered price removed mid-period), and cancellation at the period's end: "any metered
+    // usage is charged for in a final invoice when the subscription cancels at the end of the
+    // billing period", whereas an immediate cancellation without `invoice_now` discards it
+    // (Stripe's "Cancel subscriptions" docs).
+    let metered = !c.metered.is_empty();
+    let switching = offered.len() > 1 && !metered;
+    let cancel_mode = if metered { "at_period_end" } else { "immediately" };
     let configs = ListBillingPortalConfiguration::new()
         .limit(100)
         .send(client)
@@ -306,7 +314,7 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
             want.sort();
             let ok = cfg.active
                 && f.subscription_cancel.enabled
-                && f.subscription_cancel.mode.as_str() == "immediately"
+                && f.subscription_cancel.mode.as_str() == cancel_mode
                 && f.invoice_history.enabled
                 && f.subscription_update.enabled == switching
                 && (!switching || has == want)
@@ -318,7 +326,10 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
                 let mut features = UpdateBillingPortalConfigurationFeatures::new();
                 let mut cancel = UpdateBillingPortalConfigurationFeaturesSubscriptionCancel::new();
                 cancel.enabled = Some(true);
-                cancel.mode = Some(UpdateBillingPortalConfigurationFeaturesSubscriptionCancelMode::Immediately);
+                cancel.mode = Some(match metered {
+                    true => UpdateBillingPortalConfigurationFeaturesSubscriptionCancelMode::AtPeriodEnd,
+                    false => UpdateBillingPortalConfigurationFeaturesSubscriptionCancelMode::Immediately,
+                });
                 features.subscription_cancel = Some(cancel);
                 features.invoice_history = Some(InvoiceListParam::new(true));
                 let mut update = UpdateBillingPortalConfigurationFeaturesSubscriptionUpdate::new();
@@ -339,8 +350,9 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
                 }
                 req.send(client).await.map_err(|e| err("update portal configuration", e))?;
                 report.changes.push(Change::Updated(format!(
-                    "billing portal configuration {} (cancel, invoice history{})",
+                    "billing portal configuration {} (cancel {}, invoice history{})",
                     cfg.id,
+                    cancel_mode.replace('_', " "),
                     if switching { ", switching between the tiers" } else { "" }
                 )));
             }
@@ -348,7 +360,10 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
         None => {
             let mut features = CreateBillingPortalConfigurationFeatures::new();
             let mut cancel = CreateBillingPortalConfigurationFeaturesSubscriptionCancel::new(true);
-            cancel.mode = Some(CreateBillingPortalConfigurationFeaturesSubscriptionCancelMode::Immediately);
+            cancel.mode = Some(match metered {
+                true => CreateBillingPortalConfigurationFeaturesSubscriptionCancelMode::AtPeriodEnd,
+                false => CreateBillingPortalConfigurationFeaturesSubscriptionCancelMode::Immediately,
+            });
             features.subscription_cancel = Some(cancel);
             features.invoice_history = Some(InvoiceListParam::new(true));
             if switching {
@@ -368,7 +383,8 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
             let cfg = req
                 .customize()
                 .request_strategy(idem(format!(
-                    "paykey-setup-portal-{}-{}",
+                    "paykey-setup-portal-{}{}-{}",
+                    if metered { "metered-" } else { "" },
                     c.portal_return_url.as_deref().unwrap_or("-"),
                     report.price_ids.join("-")
                 ))?)
@@ -376,8 +392,9 @@ pub async fn run(client: &Client, c: &Catalog) -> Result<Report, SetupError> {
                 .await
                 .map_err(|e| err("create portal configuration", e))?;
             report.changes.push(Change::Created(format!(
-                "billing portal configuration {} (cancel immediately, invoice history)",
-                cfg.id
+                "billing portal configuration {} (cancel {}, invoice history)",
+                cfg.id,
+                cancel_mode.replace('_', " ")
             )));
             report.portal_configuration = Some(cfg.id.to_string());
         }

@@ -241,7 +241,16 @@ async fn metered_prices_get_the_meter_and_a_graduated_price_once_and_a_new_rate_
     assert_eq!(calls["product"], "paykey_FMMailPro", "the tier's product");
     assert_eq!(calls["tiers"][0]["up_to"], 1000);
     assert_eq!(calls["tiers"][1]["unit_amount_decimal"], "0.5");
-    // a pay-per-call tier: its metered price is its only price, and the portal offers it
+    // With metered tiers the portal cancels at the period's end (Stripe then bills the period's
+    // usage in a final invoice) and offers no switching (a switch would not move the overage
+    // price).
+    let (_, configs) = emu.shared.call("GET", "/v1/billing_portal/configurations", "");
+    let ours =
+        configs["data"].as_array().unwrap().iter().find(|c| c["metadata"]["paykey"] == "true").expect("paykey's");
+    assert_eq!(ours["features"]["subscription_cancel"]["mode"], "at_period_end");
+    assert_eq!(ours["features"]["subscription_update"]["enabled"], false);
+    assert!(first.changes.iter().any(|c| c.to_string().contains("cancel at period end")), "{:?}", first.changes);
+    // a pay-per-call tier: its metered price is its only price
     let (_, payg) = emu.shared.call("GET", "/v1/prices", "lookup_keys[0]=FMMailPayg&expand[0]=data.tiers");
     assert_eq!(payg["data"].as_array().unwrap().len(), 1);
     assert_eq!(payg["data"][0]["tiers"].as_array().unwrap().len(), 1, "nothing included");

@@ -179,10 +179,11 @@ function UsageChart({ u, metered }: { u: Usage; metered: Plan["metered"] }) {
   const soFar = u.daily.map((d) => (sum += d.used));
   const elapsed = soFar.length;
   const perDay = elapsed ? u.used / elapsed : 0;
-  const projected = Math.min(u.limit, Math.round(u.used + perDay * (days - elapsed)));
+  // calls stop at the cap; a cap lowered below the use so far serves nothing more
+  const projected = Math.max(u.used, Math.min(u.limit, Math.round(u.used + perDay * (days - elapsed))));
   const included = u.included ?? 0;
   const [W, H, left, bottom] = [640, 200, 44, 18];
-  const top = Math.max(u.limit, projected, 1) * 1.1;
+  const top = Math.max(u.limit, projected, soFar[elapsed - 1] ?? 0, 1) * 1.1;
   const y = (v: number) => H - bottom - (v / top) * (H - bottom - 8);
   const bw = (W - left) / days;
   const bar = (i: number, from: number, to: number, cls: string) =>
@@ -193,7 +194,7 @@ function UsageChart({ u, metered }: { u: Usage; metered: Plan["metered"] }) {
       const v = soFar[i];
       bars.push(bar(i, 0, Math.min(v, included), "used"), bar(i, included, v, "over"));
     } else {
-      const v = Math.min(u.limit, Math.round(u.used + perDay * (i + 1 - elapsed)));
+      const v = Math.max(u.used, Math.min(u.limit, Math.round(u.used + perDay * (i + 1 - elapsed))));
       bars.push(bar(i, 0, v, "projected"));
     }
   }
@@ -248,7 +249,7 @@ function SpendCap({ u, metered, refresh, fail }: { u: Usage; metered: Plan["mete
     <div id="spend-cap">
       <p id="cap-text" className="muted">
         {`Spend cap: ${cap.requests.toLocaleString()} requests a month (${cap.custom ? "set by you" : "the plan's default"}; you may set ${cap.min.toLocaleString()} to ${cap.max.toLocaleString()})`}
-        {most != null && metered?.currency ? `: at most ${amount(most, metered.currency, config.locale)} of usage a month beyond the included requests` : ""}
+        {most != null && metered?.currency ? `: up to ${amount(most, metered.currency, config.locale)} of usage beyond the included requests in a calendar month (a billing period spanning two months can carry more)` : ""}
       </p>
       <label htmlFor="cap">Stop my requests each month at</label>
       <input id="cap" type="number" min={cap.min} max={cap.max} step="1" value={value} onChange={(e) => setValue(e.target.value)} />
@@ -296,7 +297,7 @@ function KeyBox({ account, plans, refresh, fail }: { account: Account; plans: Pl
             </p>
           ) : null}
           {u.daily.length ? <UsageChart u={u} metered={metered} /> : null}
-          {u.spend_cap ? <SpendCap u={u} metered={metered} refresh={refresh} fail={fail} /> : null}
+          {u.spend_cap ? <SpendCap key={account.plan} u={u} metered={metered} refresh={refresh} fail={fail} /> : null}
           {u.alerts.length ? (
             <p id="usage-alerts" className="banner warn">
               {u.alerts.map((a) => ALERT_TEXT[a] ?? a).join(" · ")}

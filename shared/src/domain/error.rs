@@ -72,6 +72,10 @@ pub enum Error {
     /// after 72 hours of failed ones).
     #[error("the closing period's last day ({0}) has not settled yet; deliver again later")]
     UsageNotSettled(chrono::NaiveDate),
+    /// A metered tier's Stripe price does not say what the catalog says (included amount, one
+    /// rate): an operator error; nothing is sold.
+    #[error("the price {0:?} does not match the catalog's metered tier (included calls, then one rate)")]
+    PriceMismatch(String),
     /// A spend cap asked for on a tier that bills no usage (its quota is a hard limit).
     #[error("the {0} plan has no usage-based billing: its quota is fixed, there is no spend cap to set")]
     NotMetered(String),
@@ -94,7 +98,7 @@ impl Error {
             Error::NoKey => 409,
             Error::RotationLimited(_) => 429,
             Error::TooManyRequests(_) => 429,
-            Error::TierWithoutUsagePlan(_) | Error::PortalNotConfigured => 500,
+            Error::TierWithoutUsagePlan(_) | Error::PortalNotConfigured | Error::PriceMismatch(_) => 500,
             Error::NoCustomer => 409,
             Error::BadSignature(_) => 400,
             Error::FulfilmentInProgress => 503,
@@ -121,7 +125,7 @@ impl Error {
             Error::NoKey => "no_key",
             Error::RotationLimited(_) => "rotation_limited",
             Error::TooManyRequests(_) => "too_many_requests",
-            Error::TierWithoutUsagePlan(_) | Error::PortalNotConfigured => "misconfigured",
+            Error::TierWithoutUsagePlan(_) | Error::PortalNotConfigured | Error::PriceMismatch(_) => "misconfigured",
             Error::NoCustomer => "no_customer",
             Error::BadSignature(_) => "bad_signature",
             Error::FulfilmentInProgress => "fulfilment_in_progress",

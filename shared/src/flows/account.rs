@@ -63,6 +63,21 @@ pub struct DayUse {
     pub used: u64,
 }
 
+/// The days of `start..=today` with their counts, when GetUsage gave one per day (its
+/// documented shape); otherwise none (a chart with shifted dates would mislead), logged.
+fn daily(start: chrono::NaiveDate, today: chrono::NaiveDate, days: &[u64]) -> Vec<DayUse> {
+    let want = (today - start).num_days() + 1;
+    if days.len() as i64 != want {
+        tracing::warn!(
+            days = days.len(),
+            expected = want,
+            "GetUsage's daily entries do not cover the period so far: no daily figures"
+        );
+        return Vec::new();
+    }
+    start.iter_days().zip(days).map(|(d, n)| DayUse { date: d.format("%Y-%m-%d").to_string(), used: *n }).collect()
+}
+
 /// The thresholds `/account` reports (`UsageView::alerts`), in percent.
 pub const USAGE_THRESHOLDS: [u64; 2] = [80, 100];
 
@@ -153,11 +168,7 @@ where
                     included,
                     alerts: usage_alerts(u.used, included, limit),
                     spend_cap: super::spend_cap_view(Some(a), t),
-                    daily: start
-                        .iter_days()
-                        .zip(u.days.iter())
-                        .map(|(d, n)| DayUse { date: d.format("%Y-%m-%d").to_string(), used: *n })
-                        .collect(),
+                    daily: daily(start, ctx.clock.now().date_naive(), &u.days),
                 }
             });
             (view, usage)

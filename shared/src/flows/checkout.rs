@@ -74,6 +74,15 @@ where
         Some(Ok(p)) => Some(p),
         None => None,
     };
+    // What a metered tier sells must be what the catalog (and `/plans`) says: a price whose
+    // tiers disagree (another included amount, a flat fee) is not sold. Nothing written.
+    if let Some(m) = &tier.metered {
+        let sold = overage.as_ref().unwrap_or(&price);
+        if !super::plans::metered_price_agrees(Some(sold), m.included) {
+            tracing::error!(tier = %tier.name, price = %sold.id, included = m.included, "the metered price's tiers do not match the catalog: not sold");
+            return Err(Error::PriceMismatch(sold.lookup_key.clone()));
+        }
+    }
     let priced = Priced { price: &price, overage: overage.as_ref() };
 
     let now = ctx.clock.now();

@@ -60,6 +60,23 @@ fn zero(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c == '0' || c == '.')
 }
 
+/// Whether a metered tier's price says what the catalog says: metered, graduated, the first
+/// `included` calls at 0 and then one rate, no flat amounts (a pay-per-call tier: one tier).
+pub(crate) fn metered_price_agrees(p: Option<&crate::ports::PriceInfo>, included: u64) -> bool {
+    let Some(p) = p.filter(|p| p.metered) else { return false };
+    let no_flat = p.tiers.iter().all(|t| t.flat_amount.unwrap_or(0) == 0);
+    no_flat
+        && match p.tiers.as_slice() {
+            [first, rest] => {
+                first.up_to == Some(included)
+                    && first.unit_amount_decimal.as_deref().is_some_and(zero)
+                    && rest.up_to.is_none()
+            }
+            [only] => included == 0 && only.up_to.is_none(),
+            _ => false,
+        }
+}
+
 /// Every tier, in the catalog's order. The paid tiers' prices are looked up one after the
 /// other: a handful of tiers, and after the first view each is a cache hit.
 pub async fn list_plans<P: Payments>(payments: &P, settings: &Settings) -> Result<PlansView, Error> {
@@ -82,16 +99,7 @@ pub async fn list_plans<P: Payments>(payments: &P, settings: &Settings) -> Resul
                 // calls free, then one rate) shows no rate: what customers read must be what
                 // they pay.
                 let tiers = p.as_ref().map(|p| p.tiers.as_slice()).unwrap_or_default();
-                let no_flat = tiers.iter().all(|t| t.flat_amount.unwrap_or(0) == 0);
-                let agrees = no_flat && p.as_ref().is_some_and(|p| p.metered) && match tiers {
-                    [first, rest] => {
-                        first.up_to == Some(m.included)
-                            && first.unit_amount_decimal.as_deref().is_some_and(zero)
-                            && rest.up_to.is_none()
-                    }
-                    [only] => m.included == 0 && only.up_to.is_none(),
-                    _ => false,
-                };
+                let agrees = metered_price_agrees(p.as_ref(), m.included);
                 if !agrees && p.is_some() {
                     tracing::warn!(tier = %t.name, included = m.included, "the metered price's tiers do not match the catalog's included amount: no rate shown");
                 }

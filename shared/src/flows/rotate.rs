@@ -163,7 +163,9 @@ where
             let (start, end) = q.period.containing(now.date_naive());
             let limit = account_keys::quota_limit(Some(&next), tier).unwrap_or(u64::from(q.limit));
             let old_use = keys.usage(&old, &plan, start, end).await?;
-            let mut pool = old_use.remaining.unwrap_or_else(|| limit.saturating_sub(old_use.used));
+            // never more than the period's limit less what the key used (a new period's whole
+            // quota before the sweep set the spend cap again)
+            let mut pool = old_use.remaining.unwrap_or(u64::MAX).min(limit.saturating_sub(old_use.used));
             let mut counted_old = vec![(old.clone(), old_use.used)];
             if let Some(prev) = &previous {
                 if keys.plans_of(prev).await?.contains(&plan) {
@@ -321,15 +323,26 @@ where
                 next.previous_key_remaining = None;
                 next.previous_key_period_start = None;
             } else if grace_in_new_period(ctx, &next, now) {
-                // split from the period's limit: the spend cap, when set, applies with it
                 work = split_anew(keys, ctx, &mut next, now).await?;
-                if work.is_some() {
-                    super::spend_cap::mark_applied(ctx, &mut next, now);
-                }
+            }
+            if work.as_ref().is_some_and(|w| !w.targets.is_empty()) {
+                // the quotas set above are of the period's limit: the spend cap, when set
+                super::spend_cap::mark_applied(ctx, &mut next, now);
             } else if super::spend_cap::cap_due(ctx, &next, now) {
-                // A new quota period gave the key the plan's whole quota: the customer's cap again.
+                // A new quota period (or a lifted suspension in one) gave the key the plan's
+                // whole quota: the customer's cap again, beside a grace's end when one ended.
                 let named = keys.find_by_name(&ctx.settings.key_name(&user)).await?;
-                work = super::spend_cap::limit_work(keys, ctx, &next, &named, now).await?;
+                if let Some(capped) = super::spend_cap::limit_work(keys, ctx, &next, &named, now).await? {
+                    work = Some(match work {
+                        Some(ended) => KeyWork {
+                            targets: capped.targets,
+                            plan: capped.plan,
+                            period_start: capped.period_start,
+                            ..ended
+                        },
+                        None => capped,
+                    });
+                }
                 super::spend_cap::mark_applied(ctx, &mut next, now);
             }
             next.updated_at = now;

@@ -195,55 +195,66 @@ pub(crate) async fn limit_work<K: KeyRegistry>(
         return Ok(None);
     };
     let (start, end) = q.period.containing(now.date_naive());
-    let spare = account_keys::spared(account, now).filter(|p| p != current);
+    // The rotated-out key: sharing the rest while its grace runs; after it, until the sweep
+    // retires it, still enabled and in the plan: it gets nothing more.
+    let previous = account.previous_key_id.as_deref().filter(|p| p != current);
+    let in_grace = account_keys::spared(account, now).is_some();
     let mut ids: Vec<&str> = named.iter().map(|k| k.id.as_str()).collect();
-    for id in [Some(current.as_str()), spare, account.previous_key_id.as_deref()].into_iter().flatten() {
+    for id in [Some(current.as_str()), previous].into_iter().flatten() {
         if !ids.contains(&id) {
             ids.push(id);
         }
     }
-    let (mut used_all, mut current_used, mut spare_used) = (0u64, 0u64, 0u64);
+    let (mut used_all, mut current_used, mut previous_used) = (0u64, 0u64, 0u64);
     for id in ids {
         let used = match keys.usage(id, plan, start, end).await {
             Ok(u) => u.used,
             // a key deleted by hand serves nothing; what it served is lost to the count
             Err(_) if keys.get(id).await?.is_none() => 0,
+            // an old generation in no plan now (API Gateway may refuse GetUsage for a key not
+            // in the plan): counted as 0, as a tier change counts it (`move_into_plan`)
+            Err(e) if !keys.plans_of(id).await?.iter().any(|p| p == plan) => {
+                tracing::warn!(api_key_id = %id, error = %e, "usage of a key no longer in the plan unreadable: counted as 0");
+                0
+            }
             Err(e) => return Err(e.into()),
         };
         used_all += used;
         if id == current {
             current_used = used;
         }
-        if Some(id) == spare {
-            spare_used = used;
+        if Some(id) == previous {
+            previous_used = used;
         }
     }
     let pool = limit.saturating_sub(used_all);
-    let spare = match spare {
+    let previous = match previous {
         Some(p) if keys.plans_of(p).await?.contains(plan) => Some(p),
         _ => None,
     };
-    let keep = if spare.is_some() { pool - pool / 2 } else { 0 };
+    let keep = if previous.is_some() && in_grace { pool - pool / 2 } else { 0 };
     let mut targets = vec![QuotaTarget {
         key_id: current.clone(),
         remaining: pool - keep,
         counted: vec![(current.clone(), current_used)],
     }];
-    if let Some(p) = spare {
+    if let Some(p) = previous {
         targets.push(QuotaTarget {
             key_id: p.to_string(),
             remaining: keep,
-            counted: vec![(p.to_string(), spare_used)],
+            counted: vec![(p.to_string(), previous_used)],
         });
     }
     Ok(Some(KeyWork { plan: Some(plan.clone()), period_start: Some(start), targets, retire: Vec::new() }))
 }
 
 /// Marks the account's spend cap as applied to the current quota period.
+/// (Only while the user is on the cap's tier: elsewhere nothing applied it.)
 pub(crate) fn mark_applied(ctx: Ctx<'_>, account: &mut AccountRecord, now: DateTime<Utc>) {
     let start =
         ctx.settings.tier_of(&account.plan).and_then(|t| t.quota).map(|q| q.period.containing(now.date_naive()).0);
-    if let (Some(cap), Some(start)) = (account.spend_cap.as_mut(), start) {
+    let plan = account.plan.clone();
+    if let (Some(cap), Some(start)) = (account.spend_cap.as_mut().filter(|c| c.plan == plan), start) {
         cap.period_start = Some(start);
     }
 }

@@ -22,6 +22,25 @@ const CATALOG = JSON.stringify({ tiers: [
   { name: "BUSINESS", lookup_key: "FMMailBusiness", usage_plan_id: "usage-plan-business", quota: { limit: 1000000, period: "MONTH" } },
 ] });
 
+// Headless Chromium: Playwright gives it a fresh, empty profile; these keep it off the (closed)
+// network.
+const launch = () => chromium.launch({
+  executablePath: chromiumPath,
+  headless: true,
+  timeout: 30_000,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+
+// Pays on the emulator's Checkout page with a card that succeeds; waits for the thanks page.
+async function payWithCard(page) {
+  await page.fill("#card", "4242 4242 4242 4242");
+  await page.fill("#exp", "12 / 34");
+  await page.fill("#cvc", "123");
+  await page.click("#pay");
+  await page.waitForURL(/\/thanks_upgrade$/);
+}
+
 function startStack(dataDir, catalog = CATALOG) {
   return new Promise((resolve, reject) => {
     const child = spawn(bin, [], { env: { ...process.env, PAYKEY_PORT: "0", PAYKEY_DATA_DIR: dataDir, PAYKEY_CATALOG: catalog, RUST_LOG: "warn" }, stdio: ["ignore", "pipe", "inherit"] });
@@ -39,14 +58,7 @@ test("free → trial → paid → another tier → cancel → free, on one key",
   mkdirSync(shots, { recursive: true });
   const dataDir = mkdtempSync(path.join(tmpdir(), "paykey-browser-"));
   const { child, base } = await startStack(dataDir);
-  const browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    timeout: 30_000,
-    // Playwright gives it a fresh, empty profile; these keep it off the (closed) network.
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   const saved = [];
   const shot = async (page, name) => {
     const file = path.join(shots, name);
@@ -96,11 +108,7 @@ test("free → trial → paid → another tier → cancel → free, on one key",
     await page.click("#pay");
     await page.waitForSelector("#error:text('Your card was declined.')");
     await shot(page, "03-checkout-declined.png");
-    await page.fill("#card", "4242 4242 4242 4242");
-    await page.fill("#exp", "12 / 34");
-    await page.fill("#cvc", "123");
-    await page.click("#pay");
-    await page.waitForURL(/\/thanks_upgrade$/);
+    await payWithCard(page);
     await page.waitForSelector("#thanks");
     await page.waitForSelector("#plan:text('PRO')");
     await page.waitForSelector("#sub-status:text('(trialing)')");
@@ -174,15 +182,8 @@ test("usage bar, key rotation with a grace, quota exhausted", { timeout: 120_000
   ] });
   mkdirSync(shots, { recursive: true });
   const dataDir = mkdtempSync(path.join(tmpdir(), "paykey-browser-"));
-  const { child, base } = await new Promise((resolve, reject) => {
-    const c = spawn(bin, [], { env: { ...process.env, PAYKEY_PORT: "0", PAYKEY_DATA_DIR: dataDir, PAYKEY_CATALOG: small, RUST_LOG: "warn" }, stdio: ["ignore", "pipe", "inherit"] });
-    createInterface({ input: c.stdout }).once("line", (l) => {
-      const m = l.match(/on (http:\/\/127\.0\.0\.1:\d+)/);
-      m ? resolve({ child: c, base: m[1] }) : reject(new Error(`unexpected first line: ${l}`));
-    });
-  });
-  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, timeout: 30_000,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"] });
+  const { child, base } = await startStack(dataDir, small);
+  const browser = await launch();
   const product = async (key) => (await fetch(base + "/product/hello", { headers: { "x-api-key": key } }));
   const saved = [];
   try {
@@ -238,8 +239,7 @@ test("usage chart with included amount, spend cap and projected overage; the cap
   mkdirSync(shots, { recursive: true });
   const dataDir = mkdtempSync(path.join(tmpdir(), "paykey-browser-"));
   const { child, base } = await startStack(dataDir, metered);
-  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, timeout: 30_000,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"] });
+  const browser = await launch();
   const product = async (key) => (await fetch(base + "/product/hello", { headers: { "x-api-key": key } })).status;
   const saved = [];
   const shot = async (page, name) => { const f = path.join(shots, name); await page.screenshot({ path: f, fullPage: true }); saved.push(f); };
@@ -253,11 +253,7 @@ test("usage chart with included amount, spend cap and projected overage; the cap
     await page.waitForSelector("#plan:text('FREE')");
     await page.click("#choose-PRO");
     await page.waitForURL(/\/stripe\/checkout\/cs_test_/);
-    await page.fill("#card", "4242 4242 4242 4242");
-    await page.fill("#exp", "12 / 34");
-    await page.fill("#cvc", "123");
-    await page.click("#pay");
-    await page.waitForURL(/\/thanks_upgrade$/);
+    await payWithCard(page);
     await page.waitForSelector("#plan:text('PRO')");
     await page.waitForSelector("#key-box");
     const key = (await page.textContent("#api-key")).trim();
@@ -345,8 +341,7 @@ test("deployed user pool (moto, template's settings): sign up with email, confir
     });
     c.once("exit", (code) => reject(new Error(`paykey-local exited with ${code}`)));
   });
-  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, timeout: 30_000,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"] });
+  const browser = await launch();
   const saved = [];
   const shot = async (page, name) => { const f = path.join(shots, name); await page.screenshot({ path: f, fullPage: true }); saved.push(f); };
   const calls = [];

@@ -331,6 +331,9 @@ pub struct PriceInfo {
     pub metered: bool,
     /// A tiered price's tiers in order (`billing_scheme: tiered`); empty for a per-unit price.
     pub tiers: Vec<PriceTier>,
+    /// A tiered price's `tiers_mode` is `graduated` (each tier bills the units within it; with
+    /// `volume` every unit is billed at the tier the total lands in).
+    pub graduated: bool,
 }
 
 /// One tier of a tiered price (Stripe's `tiers[]`): units up to `up_to` (`None`: the rest) cost

@@ -444,6 +444,19 @@ async fn the_free_key_and_plans_routes_answer_and_refuse_bad_input_without_writi
     assert_eq!(single.snapshot(), before);
 }
 
+/// Each `(name, event, status, code)` answered by the get-account function with that status and
+/// error code, as JSON with CORS, and nothing written.
+async fn refused_without_writing(w: &World, cases: Vec<(&str, Event, u16, &str)>) {
+    for (name, ev, status, code) in cases {
+        let before = w.snapshot();
+        let r = handlers::get_account(&w.app, ev.request()).await.unwrap();
+        assert_eq!(r.status(), status, "{name}: {:?}", r.body());
+        assert_json_with_cors(&r);
+        assert_eq!(body_json(&r)["error"], code, "{name}");
+        assert_eq!(w.snapshot(), before, "{name}: nothing written");
+    }
+}
+
 /// `POST /api-key/rotate` (issue 12): bad input answered with its code, nothing written.
 #[tokio::test]
 async fn the_rotate_route_refuses_bad_input_without_writing() {
@@ -467,14 +480,7 @@ async fn the_rotate_route_refuses_bad_input_without_writing() {
         ("empty request id", rotate(r#"{"request_id":""}"#), 400, "bad_request"),
         ("user not in the pool", rotate("").user("ghost"), 409, "no_key"),
     ];
-    for (name, ev, status, code) in cases {
-        let before = w.snapshot();
-        let r = handlers::get_account(&w.app, ev.request()).await.unwrap();
-        assert_eq!(r.status(), status, "{name}: {:?}", r.body());
-        assert_json_with_cors(&r);
-        assert_eq!(body_json(&r)["error"], code, "{name}");
-        assert_eq!(w.snapshot(), before, "{name}: nothing written");
-    }
+    refused_without_writing(&w, cases).await;
     // with a key: 200, a new key
     handlers::get_account(&w.app, Event::new("POST", "/api-key", "/api-key").request()).await.unwrap();
     // 60.0 is the integer 60 to JSON Schema (and to the OpenAPI document): Schemathesis sent it
@@ -494,37 +500,32 @@ async fn the_spend_cap_route_refuses_bad_input_without_writing() {
         v["httpMethod"] = json!("POST");
         v["requestContext"]["httpMethod"] = json!("POST");
     };
-    let mut cases: Vec<(&str, Event, u16, &str)> = vec![
-        ("no key yet", cap(r#"{"requests":2000}"#), 409, "no_key"),
-        ("without sign-in", cap(r#"{"requests":2000}"#).no_claims(), 401, "unauthorized"),
-    ];
+    refused_without_writing(
+        &w,
+        vec![
+            ("no key yet", cap(r#"{"requests":2000}"#), 409, "no_key"),
+            ("without sign-in", cap(r#"{"requests":2000}"#).no_claims(), 401, "unauthorized"),
+        ],
+    )
+    .await;
     let (id, key) = w.checkout_and_pay(&alice).await;
-    let setup: Vec<(&str, Event, u16, &str)> = vec![
-        ("with POST", cap(r#"{"requests":2000}"#).with(post), 400, "bad_request"),
-        ("empty body", cap(""), 400, "bad_request"),
-        ("no requests field", cap("{}"), 400, "bad_request"),
-        ("unknown field", cap(r#"{"requests":2000,"cap":1}"#), 400, "bad_request"),
-        ("negative", cap(r#"{"requests":-1}"#), 400, "bad_request"),
-        ("fractional", cap(r#"{"requests":1500.5}"#), 400, "bad_request"),
-        ("a string", cap(r#"{"requests":"2000"}"#), 400, "bad_request"),
-        ("below the included amount", cap(r#"{"requests":999}"#), 400, "bad_request"),
-        ("above the quota", cap(r#"{"requests":5001}"#), 400, "bad_request"),
-        ("user not in the pool", cap(r#"{"requests":2000}"#).user("ghost"), 409, "no_key"),
-    ];
-    cases.extend(setup);
-    let mut paid = false;
-    for (name, ev, status, code) in cases {
-        if !paid && name == "with POST" {
-            assert!(w.complete(&id, &key).await.unwrap().is_success());
-            paid = true;
-        }
-        let before = w.snapshot();
-        let r = handlers::get_account(&w.app, ev.request()).await.unwrap();
-        assert_eq!(r.status(), status, "{name}: {:?}", r.body());
-        assert_json_with_cors(&r);
-        assert_eq!(body_json(&r)["error"], code, "{name}");
-        assert_eq!(w.snapshot(), before, "{name}: nothing written");
-    }
+    assert!(w.complete(&id, &key).await.unwrap().is_success());
+    refused_without_writing(
+        &w,
+        vec![
+            ("with POST", cap(r#"{"requests":2000}"#).with(post), 400, "bad_request"),
+            ("empty body", cap(""), 400, "bad_request"),
+            ("no requests field", cap("{}"), 400, "bad_request"),
+            ("unknown field", cap(r#"{"requests":2000,"cap":1}"#), 400, "bad_request"),
+            ("negative", cap(r#"{"requests":-1}"#), 400, "bad_request"),
+            ("fractional", cap(r#"{"requests":1500.5}"#), 400, "bad_request"),
+            ("a string", cap(r#"{"requests":"2000"}"#), 400, "bad_request"),
+            ("below the included amount", cap(r#"{"requests":999}"#), 400, "bad_request"),
+            ("above the quota", cap(r#"{"requests":5001}"#), 400, "bad_request"),
+            ("user not in the pool", cap(r#"{"requests":2000}"#).user("ghost"), 409, "no_key"),
+        ],
+    )
+    .await;
     let r = handlers::get_account(&w.app, cap(r#"{"requests": 2000.0}"#).request()).await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.body());
     let body = body_json(&r);

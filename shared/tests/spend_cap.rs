@@ -292,3 +292,39 @@ async fn the_operator_is_told_when_a_customer_reaches_80_and_100_percent_of_thei
     serve(&w, &value, now, 10_000);
     assert_eq!(names(announce().await), ["limit_100"]);
 }
+
+#[tokio::test]
+async fn a_grace_running_into_a_new_month_is_split_from_the_cap_not_the_quota() {
+    let w = World::metered();
+    let (u, first) = subscriber(&w, "alice").await;
+    cap(&w, &u, Some(1500)).await.unwrap();
+    set(&w, at(2026, 11, 30, 12));
+    let req = flows::RotateRequest { grace_seconds: 86_400, request_id: None };
+    let second = flows::rotate_key(&w.app.store, &w.app.keys, w.app.ctx(), &u, req).await.unwrap().api_key.value;
+    // 1 December, the grace still running: the sweep splits the new month's cap between the keys
+    set(&w, Utc.with_ymd_and_hms(2026, 12, 1, 0, 1, 0).unwrap());
+    flows::sweep_expired_keys(&w.app.store, &w.app.keys, w.app.ctx()).await.unwrap();
+    let a = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    assert_eq!(
+        a.spend_cap.and_then(|c| c.period_start),
+        NaiveDate::from_ymd_opt(2026, 12, 1),
+        "applied with the split"
+    );
+    let dec = paykey::ports::Clock::now(&*w.clock);
+    let served = serve(&w, &first, dec, 10_000) + serve(&w, &second, dec, 10_000);
+    assert_eq!(served, 1500, "the cap, not the quota, over both keys");
+}
+
+#[tokio::test]
+async fn a_usage_read_that_fails_fails_the_cap_and_changes_no_quota() {
+    let w = World::metered();
+    let (u, value) = subscriber(&w, "alice").await;
+    let updates = w.meter.count("apigw.set_remaining");
+    w.meter.inject("apigw.usage", paykey::adapters::memory::Fault::Before);
+    let e = cap(&w, &u, Some(1500)).await.unwrap_err();
+    assert_eq!(e.status(), 502, "{e}");
+    assert_eq!(w.meter.count("apigw.set_remaining"), updates, "nothing counted as 0, nothing handed out");
+    let a = w.app.store.accounts().into_iter().find(|a| a.user_id == u.id).unwrap();
+    assert_eq!(a.spend_cap, None);
+    assert_eq!(serve(&w, &value, at(2026, 11, 23, 13), 10_000), 5000, "the tier's quota stands");
+}

@@ -76,6 +76,7 @@ impl Driver for Emulated {
             recurring: Some(paykey::ports::Recurring::monthly()),
             metered: false,
             tiers: Vec::new(),
+            graduated: false,
         }
     }
     fn pay(&self, id: &SessionId) {
@@ -139,6 +140,7 @@ impl Driver for Emulated {
                 },
                 paykey::ports::PriceTier { up_to: None, unit_amount_decimal: Some(rate.into()), flat_amount: None },
             ],
+            graduated: true,
         }
     }
     fn meter_day(&self, customer: &CustomerId, day: chrono::NaiveDate) -> u64 {

@@ -1345,6 +1345,7 @@ impl MemoryPayments {
             recurring: Some(crate::ports::Recurring::monthly()),
             metered: false,
             tiers: Vec::new(),
+            graduated: false,
         };
         st.prices.insert(lookup_key.to_string(), p.clone());
         p
@@ -1379,6 +1380,7 @@ impl MemoryPayments {
             recurring: Some(crate::ports::Recurring::monthly()),
             metered: true,
             tiers,
+            graduated: true,
         };
         st.prices.insert(lookup_key.to_string(), p.clone());
         p

@@ -306,6 +306,9 @@ mod wire {
         /// Present when expanded (`expand[]=data.tiers`).
         #[serde(default)]
         pub tiers: Option<Vec<PriceTier>>,
+        /// `graduated` or `volume` on a tiered price.
+        #[serde(default)]
+        pub tiers_mode: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -465,6 +468,7 @@ impl Payments for StripePayments {
         .await
         .map_err(|e| BackendError::new(SERVICE, OP, describe(&e)))?;
         Ok(list.data.into_iter().next().map(|p| PriceInfo {
+            graduated: p.tiers_mode.as_deref() == Some("graduated"),
             id: p.id,
             lookup_key: p.lookup_key.unwrap_or_else(|| lookup_key.to_string()),
             unit_amount: p.unit_amount,

@@ -391,6 +391,35 @@ pub(crate) async fn lock_with_key_lookup<S: Accounts, K: KeyRegistry>(
     finish_locking(store, keys, ctx, user, token, key_name, first).await
 }
 
+/// Writes the held account with its key `work` (if any) noted and the lock kept, makes the work
+/// under the lock, then writes the account with the work cleared as the lock is given back. A
+/// crash or failure in between leaves the work noted for the next holder of the lock (a retry,
+/// any flow, the sweep within a minute), which makes it again with the same result
+/// ([`KeyWork`]'s targets are stated against the use they were computed from).
+pub(crate) async fn commit_with_work<S: Accounts, K: KeyRegistry>(
+    store: &S,
+    keys: &K,
+    ctx: Ctx<'_>,
+    token: &str,
+    next: &mut AccountRecord,
+    work: Option<&KeyWork>,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    if let Some(work) = work {
+        next.pending_key_work = Some(work.clone());
+        match store.save_account(next, token, lease_until(ctx, now)).await? {
+            crate::ports::Commit::Done => {}
+            crate::ports::Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
+        }
+        apply_key_work(keys, ctx, work).await?;
+        next.pending_key_work = None;
+    }
+    match store.put_account(next, token).await? {
+        crate::ports::Commit::Done => Ok(()),
+        crate::ports::Commit::LeaseLost => Err(Error::FulfilmentInProgress),
+    }
+}
+
 pub(crate) fn lease_until(ctx: Ctx<'_>, now: DateTime<Utc>) -> DateTime<Utc> {
     now + super::chrono_duration(ctx.settings.lease)
 }

@@ -61,14 +61,17 @@ fn zero(s: &str) -> bool {
 }
 
 /// Whether a metered tier's price says what the catalog says: metered, graduated, the first
-/// `included` calls at 0 and then one rate, no flat amounts (a pay-per-call tier: one tier).
+/// `included` calls at 0 and then one rate, no flat amounts (a pay-per-call tier: one tier, where
+/// graduated and volume bill alike). A per-unit metered price is not one paykey sells
+/// (`paykey-setup` makes graduated ones).
 pub(crate) fn metered_price_agrees(p: Option<&crate::ports::PriceInfo>, included: u64) -> bool {
     let Some(p) = p.filter(|p| p.metered) else { return false };
     let no_flat = p.tiers.iter().all(|t| t.flat_amount.unwrap_or(0) == 0);
     no_flat
         && match p.tiers.as_slice() {
             [first, rest] => {
-                first.up_to == Some(included)
+                p.graduated
+                    && first.up_to == Some(included)
                     && first.unit_amount_decimal.as_deref().is_some_and(zero)
                     && rest.up_to.is_none()
             }
@@ -131,4 +134,51 @@ pub async fn list_plans<P: Payments>(payments: &P, settings: &Settings) -> Resul
         })
         .collect();
     Ok(PlansView { plans })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metered_price_agrees;
+    use crate::ports::{PriceInfo, PriceTier, Recurring};
+
+    fn price(graduated: bool, tiers: &[(Option<u64>, &str)]) -> PriceInfo {
+        PriceInfo {
+            id: "price_1".into(),
+            lookup_key: "calls".into(),
+            unit_amount: None,
+            currency: "jpy".into(),
+            recurring: Some(Recurring::monthly()),
+            metered: true,
+            tiers: tiers
+                .iter()
+                .map(|(up_to, rate)| PriceTier {
+                    up_to: *up_to,
+                    unit_amount_decimal: Some(rate.to_string()),
+                    flat_amount: None,
+                })
+                .collect(),
+            graduated,
+        }
+    }
+
+    #[test]
+    fn a_metered_price_agrees_only_when_it_bills_what_the_catalog_says() {
+        let ok = price(true, &[(Some(1000), "0.00"), (None, "0.50")]);
+        assert!(metered_price_agrees(Some(&ok), 1000));
+        assert!(!metered_price_agrees(Some(&ok), 500), "another included amount");
+        // volume: past 1,000 every call (the first thousand too) at the rate
+        assert!(!metered_price_agrees(Some(&price(false, &[(Some(1000), "0"), (None, "0.5")])), 1000));
+        assert!(!metered_price_agrees(Some(&price(true, &[(Some(1000), "0.1"), (None, "0.5")])), 1000), "not free");
+        let flat = PriceInfo {
+            tiers: vec![PriceTier { flat_amount: Some(100), ..ok.tiers[0].clone() }, ok.tiers[1].clone()],
+            ..ok.clone()
+        };
+        assert!(!metered_price_agrees(Some(&flat), 1000), "a flat fee");
+        assert!(!metered_price_agrees(Some(&PriceInfo { metered: false, ..ok.clone() }), 1000), "licensed");
+        // pay-per-call: one tier, either mode
+        assert!(metered_price_agrees(Some(&price(false, &[(None, "0.25")])), 0));
+        assert!(!metered_price_agrees(Some(&price(true, &[(None, "0.25")])), 10));
+        assert!(!metered_price_agrees(Some(&price(true, &[])), 0), "per-unit: not sold");
+        assert!(!metered_price_agrees(None, 0));
+    }
 }

@@ -346,21 +346,8 @@ where
                 super::spend_cap::mark_applied(ctx, &mut next, now);
             }
             next.updated_at = now;
-            if let Some(work) = &work {
-                // noted with the lock kept, made under it, cleared as the lock is given back
-                next.pending_key_work = Some(work.clone());
-                match store.save_account(&next, &token, account_keys::lease_until(ctx, now)).await? {
-                    Commit::Done => {}
-                    Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
-                }
-                account_keys::apply_key_work(keys, ctx, work).await?;
-                next.pending_key_work = None;
-            }
-            match store.put_account(&next, &token).await? {
-                Commit::Done => {}
-                Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
-            }
-            Ok(ended)
+            account_keys::commit_with_work(store, keys, ctx, &token, &mut next, work.as_ref(), now).await?;
+            Ok::<_, Error>(ended)
         }
         .await;
         match result {
@@ -455,8 +442,8 @@ async fn end_grace<K: KeyRegistry>(
     let (left, mine) = (p.remaining.unwrap_or(0), c.remaining.unwrap_or(0));
     let remaining = match account.previous_key_remaining {
         // A grace begun by an earlier version gave both keys the whole remaining: what the
-        // previous key used in it comes off the current key.
-        Some(at) => mine.saturating_sub(at.saturating_sub(left)),
+        // previous key used in it comes off the current key (and never above the limit).
+        Some(at) => mine.saturating_sub(at.saturating_sub(left)).min(limit.saturating_sub(c.used + p.used)),
         // never more than the period's quota less what the two used of it (see `rotate_key`)
         None => (mine + left).min(limit.saturating_sub(c.used + p.used)),
     };

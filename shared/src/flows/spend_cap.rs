@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{account_keys, Ctx};
 use crate::domain::{AccountRecord, Error, IssuedKey, KeyWork, Plan, QuotaTarget, SpendCap, Tier, User};
-use crate::ports::{Accounts, Commit, KeyRegistry};
+use crate::ports::{Accounts, KeyRegistry};
 
 /// Body of `PUT /api-key/cap`.
 #[derive(Debug, Clone, Deserialize)]
@@ -132,21 +132,7 @@ where
             req.requests.map(|requests| SpendCap { plan: Plan::of(&tier.name), requests, period_start: Some(start) });
         let work = limit_work(keys, ctx, &next, &locked.named, now).await?;
         next.updated_at = now;
-        if let Some(work) = &work {
-            // noted with the lock kept, made under it, cleared as the lock is given back (a
-            // crash in between: the next holder — the sweep within a minute — makes it)
-            next.pending_key_work = Some(work.clone());
-            match store.save_account(&next, &token, account_keys::lease_until(ctx, now)).await? {
-                Commit::Done => {}
-                Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
-            }
-            account_keys::apply_key_work(keys, ctx, work).await?;
-            next.pending_key_work = None;
-        }
-        match store.put_account(&next, &token).await? {
-            Commit::Done => {}
-            Commit::LeaseLost => return Err(Error::FulfilmentInProgress),
-        }
+        account_keys::commit_with_work(store, keys, ctx, &token, &mut next, work.as_ref(), now).await?;
         let view = spend_cap_view(Some(&next), tier).expect("a capped tier");
         let (plan, current) = (tier.usage_plan_id.as_deref().expect("capped"), next.api_key_id.as_deref());
         let (first, last) = tier.quota.expect("capped").period.containing(now.date_naive());
@@ -211,10 +197,14 @@ pub(crate) async fn limit_work<K: KeyRegistry>(
             Ok(u) => u.used,
             // a key deleted by hand serves nothing; what it served is lost to the count
             Err(_) if keys.get(id).await?.is_none() => 0,
-            // an old generation in no plan now (API Gateway may refuse GetUsage for a key not
-            // in the plan): counted as 0, as a tier change counts it (`move_into_plan`)
-            Err(e) if !keys.plans_of(id).await?.iter().any(|p| p == plan) => {
-                tracing::warn!(api_key_id = %id, error = %e, "usage of a key no longer in the plan unreadable: counted as 0");
+            // An old generation in no plan now, refused as not found (API Gateway may refuse
+            // GetUsage for a key not in the plan): counted as 0, as a tier change counts it
+            // (`move_into_plan`). Any other failure (throttling, 5xx) fails the cap: counting
+            // it as 0 would hand out what the key used.
+            Err(e)
+                if e.message.contains("NotFoundException") && !keys.plans_of(id).await?.iter().any(|p| p == plan) =>
+            {
+                tracing::warn!(api_key_id = %id, error = %e, "usage of a key no longer in the plan refused: counted as 0");
                 0
             }
             Err(e) => return Err(e.into()),
@@ -233,11 +223,13 @@ pub(crate) async fn limit_work<K: KeyRegistry>(
         _ => None,
     };
     let keep = if previous.is_some() && in_grace { pool - pool / 2 } else { 0 };
-    let mut targets = vec![QuotaTarget {
-        key_id: current.clone(),
-        remaining: pool - keep,
-        counted: vec![(current.clone(), current_used)],
-    }];
+    let mut counted = vec![(current.clone(), current_used)];
+    if let Some(p) = previous.filter(|_| !in_grace) {
+        // its grace is over: what it still serves until the sweep retires it comes off the
+        // current key's share, as after a rotation without grace
+        counted.push((p.to_string(), previous_used));
+    }
+    let mut targets = vec![QuotaTarget { key_id: current.clone(), remaining: pool - keep, counted }];
     if let Some(p) = previous {
         targets.push(QuotaTarget {
             key_id: p.to_string(),

@@ -41,14 +41,26 @@ async function payWithCard(page) {
   await page.waitForURL(/\/thanks_upgrade$/);
 }
 
+// Resolves with the stack's base URL from its "paykey local stack on …" line; log lines of its
+// background work may come first (printed).
+function onUrlLine(child, resolve) {
+  const lines = createInterface({ input: child.stdout });
+  let found = false;
+  lines.on("line", (l) => {
+    const m = !found && l.match(/^paykey local stack on (http:\/\/127\.0\.0\.1:\d+)/);
+    if (m) {
+      found = true;
+      resolve({ child, base: m[1] });
+    } else if (!found) {
+      console.log(`paykey-local: ${l}`);
+    }
+  });
+}
+
 function startStack(dataDir, catalog = CATALOG) {
   return new Promise((resolve, reject) => {
     const child = spawn(bin, [], { env: { ...process.env, PAYKEY_PORT: "0", PAYKEY_DATA_DIR: dataDir, PAYKEY_CATALOG: catalog, RUST_LOG: "warn" }, stdio: ["ignore", "pipe", "inherit"] });
-    const lines = createInterface({ input: child.stdout });
-    lines.once("line", (l) => {
-      const m = l.match(/on (http:\/\/127\.0\.0\.1:\d+)/);
-      m ? resolve({ child, base: m[1] }) : reject(new Error(`unexpected first line: ${l}`));
-    });
+    onUrlLine(child, resolve);
     child.once("exit", (code) => reject(new Error(`paykey-local exited with ${code}`)));
   });
 }
@@ -335,10 +347,7 @@ test("deployed user pool (moto, template's settings): sign up with email, confir
       PAYKEY_BACKEND: "aws", PAYKEY_AWS_PREFIX: prefix, PAYKEY_AWS_PROVISION: "1", AWS_ENDPOINT_URL: moto,
       AWS_REGION: "us-east-1", AWS_ACCESS_KEY_ID: "testing", AWS_SECRET_ACCESS_KEY: "testing",
       PAYKEY_PRODUCT_NAME: "Acme Maps", RUST_LOG: "warn" }, stdio: ["ignore", "pipe", "inherit"] });
-    createInterface({ input: c.stdout }).once("line", (l) => {
-      const m = l.match(/on (http:\/\/127\.0\.0\.1:\d+)/);
-      m ? resolve({ child: c, base: m[1] }) : reject(new Error(`unexpected first line: ${l}`));
-    });
+    onUrlLine(c, resolve);
     c.once("exit", (code) => reject(new Error(`paykey-local exited with ${code}`)));
   });
   const browser = await launch();

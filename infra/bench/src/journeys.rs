@@ -109,11 +109,14 @@ pub async fn run(local_bin: &Path, label: &str, env: &[(&str, &str)], users: usi
     }
     let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", local_bin.display()))?;
     let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    // Log lines of the stack's background work may come before its URL line.
+    let base = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("paykey local stack on ").map(|b| b.trim().to_string()));
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     let result = async {
-        let base = first.strip_prefix("paykey local stack on ").ok_or(format!("unexpected first line {first:?}"))?;
-        let base = base.trim().to_string();
+        let base = base.ok_or("paykey-local printed no URL line")?;
         let started = Instant::now();
         let tasks: Vec<_> = (0..users).map(|n| tokio::spawn(journey(base.clone(), format!("bench{n:03}")))).collect();
         let mut journeys = Vec::new();

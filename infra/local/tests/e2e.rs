@@ -34,6 +34,20 @@ const TIERS_WITH_TRIAL: &str = r#"{"tiers": [
     {"name": "PRO", "lookup_key": "FMMailPro", "usage_plan_id": "usage-plan-pro", "trial_days": 14},
     {"name": "BUSINESS", "lookup_key": "FMMailBusiness", "usage_plan_id": "usage-plan-business"}]}"#;
 
+/// The stack's base URL from its "paykey local stack on …" line. Log lines of its background
+/// work (a restarted stack delivers the webhooks it still owes, the sweep runs) may come first:
+/// printed, not taken for it.
+fn url_line(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> String {
+    for line in lines.by_ref() {
+        let line = line.expect("paykey-local's output");
+        match line.strip_prefix("paykey local stack on ") {
+            Some(base) => return base.trim().to_string(),
+            None => println!("paykey-local: {line}"),
+        }
+    }
+    panic!("paykey-local ended without printing its URL line")
+}
+
 fn start(data: &std::path::Path) -> Stack {
     start_with(data, SINGLE_TIER)
 }
@@ -50,8 +64,7 @@ fn start_with(data: &std::path::Path, catalog: &str) -> Stack {
         .spawn()
         .expect("start paykey-local");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("a first line").unwrap();
-    let base = first.strip_prefix("paykey local stack on ").expect("the URL line").trim().to_string();
+    let base = url_line(&mut lines);
     // JSON logs go to stdout: keep them, and print them when the test fails (captured by the
     // test harness like any test output).
     std::thread::spawn(move || {
@@ -611,8 +624,7 @@ async fn the_upgrade_flow_on_the_aws_adapters_against_moto() {
             .spawn()
             .expect("start paykey-local");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().expect("a first line").unwrap();
-        let base = first.strip_prefix("paykey local stack on ").unwrap_or_else(|| panic!("{first}")).trim().to_string();
+        let base = url_line(&mut lines);
         let mut pool = String::new();
         for line in lines.by_ref() {
             let line = line.unwrap();

@@ -231,11 +231,13 @@ pub(crate) async fn limit_work<K: KeyRegistry>(
     }
     let mut targets = vec![QuotaTarget { key_id: current.clone(), remaining: pool - keep, counted }];
     if let Some(p) = previous {
-        targets.push(QuotaTarget {
-            key_id: p.to_string(),
-            remaining: keep,
-            counted: vec![(p.to_string(), previous_used)],
-        });
+        let old = QuotaTarget { key_id: p.to_string(), remaining: keep, counted: vec![(p.to_string(), previous_used)] };
+        // An ended grace's key is stopped first: what it serves until then comes off the
+        // current key's share, which is set after it.
+        match in_grace {
+            true => targets.push(old),
+            false => targets.insert(0, old),
+        }
     }
     Ok(Some(KeyWork { plan: Some(plan.clone()), period_start: Some(start), targets, retire: Vec::new() }))
 }

@@ -175,3 +175,13 @@ pub struct Ctx<'a> {
 fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
+
+/// A JSON number that is a whole number ≥ 0, as JSON Schema reads it (`300.0` is 300: JSON does
+/// not tell integers from floats, and Schemathesis sends both); `None` otherwise.
+pub(crate) fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    if let Some(v) = n.as_u64() {
+        return Some(v);
+    }
+    // below 2^53 every whole f64 is exact
+    n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 9_007_199_254_740_992.0).map(|f| f as u64)
+}

@@ -34,14 +34,9 @@ pub struct RotateRequest {
 
 fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
-    if let Some(v) = n.as_u64() {
-        return Ok(v);
-    }
-    match n.as_f64() {
-        // below 2^53 every whole f64 is exact
-        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => Ok(f as u64),
-        _ => Err(serde::de::Error::custom(format!("grace_seconds must be a whole number of seconds ≥ 0, got {n}"))),
-    }
+    super::whole_number(&n).ok_or_else(|| {
+        serde::de::Error::custom(format!("grace_seconds must be a whole number of seconds ≥ 0, got {n}"))
+    })
 }
 
 /// Answer of `POST /api-key/rotate`.

@@ -32,14 +32,9 @@ pub struct CapRequest {
 /// read as 1500, as JSON Schema reads it (JSON does not tell integers from floats).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
-    if let Some(v) = n.as_u64() {
-        return Ok(Some(v));
-    }
-    match n.as_f64() {
-        // below 2^53 every whole f64 is exact
-        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => Ok(Some(f as u64)),
-        _ => Err(serde::de::Error::custom(format!("requests must be a whole number of calls ≥ 0 or null, got {n}"))),
-    }
+    super::whole_number(&n).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!("requests must be a whole number of calls ≥ 0 or null, got {n}"))
+    })
 }
 
 /// A metered tier's spend cap as `/account` and `PUT /api-key/cap` show it.

@@ -392,6 +392,10 @@ pub struct CheckoutState {
     pub client_reference_id: Option<String>,
     pub customer: Option<CustomerId>,
     pub subscription: Option<SubscriptionId>,
+    /// The subscription as Stripe reported it in the same answer (`expand[]=subscription`): as
+    /// old as the session's read, so a caller that must act on the subscription's current state
+    /// uses it only when nothing can have changed since (see `flows::complete_checkout`).
+    pub subscription_state: Option<SubscriptionState>,
 }
 
 /// A subscription's status as Stripe reports it.

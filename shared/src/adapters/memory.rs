@@ -45,6 +45,10 @@ struct MeterState {
     faults: Vec<(&'static str, Fault, Option<usize>)>,
     /// (operation, which call of it, what happens in the world just before that call acts).
     hooks: Vec<(&'static str, usize, Hook)>,
+    /// (operation, which call of it, what happens in the world just after that call acted).
+    after_hooks: Vec<(&'static str, usize, Hook)>,
+    /// Latency of one operation, instead of the common one.
+    latency_of: Vec<(&'static str, Duration)>,
 }
 
 type Hook = Box<dyn FnOnce() + Send>;
@@ -88,6 +92,19 @@ impl Meter {
     /// between a check and a write, say).
     pub fn on_call(&self, op: &'static str, n: usize, f: impl FnOnce() + Send + 'static) {
         self.lock().hooks.push((op, n, Box::new(f)));
+    }
+
+    /// Every call of `op` takes `d` (instead of the common latency): to order calls made side by
+    /// side on tokio's paused clock.
+    pub fn set_latency_of(&self, op: &'static str, d: Duration) {
+        self.lock().latency_of.push((op, d));
+    }
+
+    /// Runs `f` when the call of `op` with index `n` has acted, before its caller sees the
+    /// answer: something happening elsewhere right after a read (a webhook landing between a
+    /// flow's read and its lock, say).
+    pub fn after_call(&self, op: &'static str, n: usize, f: impl FnOnce() + Send + 'static) {
+        self.lock().after_hooks.push((op, n, Box::new(f)));
     }
 
     /// Whether an injected fault has not struck yet.
@@ -143,7 +160,8 @@ impl Meter {
         }
         let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(n, Ordering::SeqCst);
-        let latency = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let own = self.lock().latency_of.iter().rev().find(|(o, _)| *o == op).map(|(_, d)| *d);
+        let latency = own.unwrap_or_else(|| *self.latency.lock().unwrap_or_else(|p| p.into_inner()));
         if latency.is_zero() {
             // Let other tasks run between calls, so concurrency tests interleave.
             tokio::task::yield_now().await;
@@ -161,6 +179,13 @@ impl Meter {
     }
 
     fn exit(&self, service: &'static str, op: &'static str, index: usize) -> Result<()> {
+        let hook = {
+            let mut st = self.lock();
+            st.after_hooks.iter().position(|(o, n, _)| *o == op && *n == index).map(|i| st.after_hooks.remove(i).2)
+        };
+        if let Some(f) = hook {
+            f();
+        }
         if self.take_fault(op, Fault::CrashAfter, index) {
             panic!("injected crash after {op}");
         }
@@ -1636,6 +1661,7 @@ impl Payments for MemoryPayments {
                             client_reference_id: Some(req.user.id.to_string()),
                             customer: req.customer.cloned(),
                             subscription: None,
+                            subscription_state: None,
                         },
                         user: req.user.clone(),
                         price_id: req.price_id.to_string(),
@@ -1656,7 +1682,18 @@ impl Payments for MemoryPayments {
 
     async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
         let call = self.meter.enter(STRIPE, "stripe.get_checkout").await?;
-        let r = lock(&self.state).checkouts.get(id.as_str()).map(|c| c.state.clone());
+        let r = {
+            let st = lock(&self.state);
+            // `expand[]=subscription`: the subscription as it stands at this read.
+            st.checkouts.get(id.as_str()).map(|c| CheckoutState {
+                subscription_state: c
+                    .state
+                    .subscription
+                    .as_ref()
+                    .and_then(|s| st.subscriptions.get(s.as_str()).cloned()),
+                ..c.state.clone()
+            })
+        };
         self.meter.exit(STRIPE, "stripe.get_checkout", call)?;
         Ok(r)
     }

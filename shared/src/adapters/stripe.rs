@@ -344,7 +344,7 @@ mod wire {
         pub status: Option<String>,
         pub client_reference_id: Option<String>,
         pub customer: Option<Expandable<Object>>,
-        pub subscription: Option<Expandable<Object>>,
+        pub subscription: Option<Expandable<Subscription>>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -544,7 +544,10 @@ impl Payments for StripePayments {
     async fn get_checkout(&self, id: &SessionId) -> Result<Option<CheckoutState>> {
         const OP: &str = "GET /v1/checkout/sessions/{id}";
         let session = match retrying(OP, || async {
-            self.client.call::<wire::CheckoutSession>(RetrieveCheckoutSession::new(id.as_str()).build(), None).await
+            // The subscription in the same answer: fulfilment decides from it when nothing can
+            // have changed since (one round trip fewer on the success redirect).
+            let req = RetrieveCheckoutSession::new(id.as_str()).expand(vec!["subscription".to_string()]);
+            self.client.call::<wire::CheckoutSession>(req.build(), None).await
         })
         .await
         {
@@ -560,18 +563,23 @@ impl Payments for StripePayments {
             .map(|c| CustomerId::parse(c.id()))
             .transpose()
             .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
-        let subscription = session
-            .subscription
-            .as_ref()
-            .map(|s| SubscriptionId::parse(s.id()))
-            .transpose()
-            .map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?;
+        let (subscription, subscription_state) = match &session.subscription {
+            None => (None, None),
+            Some(wire::Expandable::Id(s)) => {
+                (Some(SubscriptionId::parse(s).map_err(|e| BackendError::new(SERVICE, OP, e.to_string()))?), None)
+            }
+            Some(wire::Expandable::Object(s)) => {
+                let state = subscription_state(s, OP)?;
+                (Some(state.id.clone()), Some(state))
+            }
+        };
         Ok(Some(CheckoutState {
             id: id.clone(),
             paid,
             client_reference_id: session.client_reference_id,
             customer,
             subscription,
+            subscription_state,
         }))
     }
 

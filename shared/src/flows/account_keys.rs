@@ -367,6 +367,18 @@ impl Locked {
     }
 }
 
+impl Locked {
+    /// [`Locked::adopt_legacy`] with the name-keyed record read beside the lock (valid when the
+    /// lock was taken at the first attempt: no holder since can have adopted it).
+    pub(crate) fn adopt(&mut self, legacy: Option<AccountRecord>) {
+        if let (None, Some(legacy)) = (&self.account, legacy) {
+            tracing::info!(user_id = %legacy.user_id, "adopting the record an earlier version keyed by the user name");
+            self.account = Some(legacy);
+            self.from_legacy = true;
+        }
+    }
+}
+
 /// After the new record is written: the name-keyed one is retired (best effort; while it is
 /// not, it is never read, as the user now has a record of their own).
 pub(crate) async fn retire_legacy<S: Accounts>(store: &S, user: &User, locked_from_legacy: bool) {

@@ -9,7 +9,12 @@
 //! - Under the user's account lock, the plan is decided from the subscription's *current*
 //!   state with the webhooks' policy (`lifecycle::converge`): a paid session of a subscription
 //!   cancelled meanwhile grants nothing, and a second subscription of a user who has one is
-//!   cancelled and refunded.
+//!   cancelled and refunded. The subscription comes with the session (one read beside the
+//!   lease and the lock); it is read again under the lock when the account record was written
+//!   since that read began, or the lock had to be waited for ([`UNCHANGED_MARGIN`]).
+//! - Five sequential round trips for a first purchase: our record; Stripe's session beside the
+//!   lease, the lock, the key lookup and the name check; the key created; attached beside the
+//!   Cognito write; the commit.
 //! - The key has a deterministic name per user and is looked up (again after waiting for a
 //!   lock) before one is created; attaching and the Cognito write are idempotent.
 //! - The session turns FULFILLED and the account record is written in one transaction that
@@ -17,8 +22,10 @@
 
 use super::lifecycle::{converge, SyncOutcome};
 use super::{account_keys, Ctx};
-use crate::domain::{BackendError, CheckoutStatus, Error, OneTimeKey, SessionId, User};
-use crate::ports::{AccountLock, Accounts, Checkouts, Claim, Commit, KeyRegistry, Payments, UserDirectory};
+use crate::domain::{BackendError, CheckoutRecord, CheckoutStatus, Error, OneTimeKey, SessionId, SubscriptionId, User};
+use crate::ports::{
+    AccountLock, Accounts, CheckoutState, Checkouts, Claim, Commit, KeyRegistry, Payments, UserDirectory,
+};
 
 /// Why a verification was turned away (the user is sent to the cancel page; nothing written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,43 +101,39 @@ where
     if record.status == CheckoutStatus::Fulfilled {
         return Ok(Completion::AlreadyFulfilled);
     }
-    // Round trip 2: Stripe's view of the session.
-    let Some(state) = payments.get_checkout(session_id).await?.filter(|s| s.paid) else {
-        return Ok(Completion::Rejected(Rejection::Unpaid));
-    };
-    // Stripe's reference is the user's sub (a session of an earlier version: the user name).
-    let reference = match &record.user_id {
-        Some(id) => id.as_str(),
-        None => record.user_name.as_str(),
-    };
-    if state.client_reference_id.as_deref() != Some(reference) {
-        tracing::warn!(session_id = %session_id, "checkout session belongs to another user");
-        return Ok(Completion::Rejected(Rejection::UserMismatch));
-    }
-    let subscription = state.subscription.clone().ok_or_else(|| {
-        Error::Backend(BackendError::new(
-            "stripe",
-            "stripe.get_checkout",
-            "a paid checkout session has no subscription",
-        ))
-    })?;
-    let user = match &record.user_id {
-        Some(id) => User { id: id.clone(), name: record.user_name.clone() },
-        // A session of an earlier version names only the user: bind it to the name's holder.
-        None => match users.get_user(&record.user_name).await?.and_then(|p| p.sub) {
-            Some(id) => User { id, name: record.user_name.clone() },
+    // A session of an earlier version names only the user: bound to the name's holder (one
+    // Cognito read first: the account lock is the holder's sub).
+    let (user, profile) = match &record.user_id {
+        Some(id) => (User { id: id.clone(), name: record.user_name.clone() }, None),
+        None => match users.get_user(&record.user_name).await? {
+            Some(p) => match p.sub.clone() {
+                Some(id) => (User { id, name: record.user_name.clone() }, Some(Some(p))),
+                None => return Ok(Completion::Rejected(Rejection::UserMismatch)),
+            },
             None => return Ok(Completion::Rejected(Rejection::UserMismatch)),
         },
     };
     let key_name = settings.key_name(&user);
 
-    // Round trip 3: take the session's lease and the user's account lock (which returns the
-    // account record); the key lookup is a read and runs beside them.
+    // Round trip 2, everything that depends only on the record, side by side: Stripe's view of
+    // the session with its subscription; the session's lease; the user's account lock (which
+    // returns the account record) beside the key lookup by name; whether the user still holds
+    // their name (a deleted user's name may be someone else's now); and a record an earlier
+    // version keyed by the name (used only if the user has no record of their own). The lease
+    // and the lock are given back at once if Stripe turns the session away.
     let token = ctx.ids.token();
     let now = ctx.clock.now();
-    let (claim, first_lock) = tokio::join!(
+    let (state, claim, first_lock, profile, legacy) = tokio::join!(
+        payments.get_checkout(session_id),
         store.claim(session_id, &token, now, account_keys::lease_until(ctx, now)),
         account_keys::try_lock_with_key_lookup(store, keys, ctx, &user, &token, &key_name),
+        async {
+            match profile {
+                Some(known) => Ok(known),
+                None => users.get_user(&user.name).await,
+            }
+        },
+        store.legacy_account(&user),
     );
     let holds_lock = matches!(first_lock, Ok((AccountLock::Acquired(_), _)));
     let claim = match claim {
@@ -157,27 +160,50 @@ where
             Err(()) => wait_for_peer(store, ctx, session_id).await,
         };
     }
+    // From here this call holds the lease (and maybe the lock): every way out gives both back.
+    let checked = check_session(state, &record, &user, session_id);
+    let (state, subscription) = match checked {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(rejection)) => {
+            give_back(store, &user, session_id, &token).await;
+            return Ok(Completion::Rejected(rejection));
+        }
+        Err(e) => {
+            give_back(store, &user, session_id, &token).await;
+            return Err(e);
+        }
+    };
 
     let result = async {
+        let waited = matches!(first_lock, Ok((AccountLock::Busy, _)));
         let mut locked = account_keys::finish_locking(store, keys, ctx, &user, &token, &key_name, first_lock?).await?;
-        // Round trip 4: the subscription as it stands now, read under the lock; whether the
-        // user still holds their name (a deleted user's name may be someone else's now); and,
-        // for a user without a record, one an earlier version keyed by the name.
-        let (current, profile, ()) = tokio::try_join!(
-            async { payments.get_subscription(&subscription).await.map_err(Error::from) },
-            async { users.get_user(&user.name).await.map_err(Error::from) },
-            locked.adopt_legacy(store, &user),
-        )?;
-        let current = current.ok_or_else(|| {
-            BackendError::new("stripe", "stripe.get_subscription", "the paid session's subscription does not exist")
-        })?;
-        if !profile.is_some_and(|p| p.is(&user)) {
+        if !profile?.is_some_and(|p| p.is(&user)) {
             return Err(Error::UserGone);
         }
-        // Round trips 5–6: the key found or created and enabled; attach and Cognito side by side.
+        if waited {
+            // The holder we waited for may have adopted (and retired) the name-keyed record.
+            locked.adopt_legacy(store, &user).await?;
+        } else {
+            locked.adopt(legacy?);
+        }
+        // The subscription as read with the session is its current state unless something
+        // may have changed it since: the read began before the lock was ours. Every writer of
+        // the account record holds the lock and stamps `updated_at` after its own Stripe read,
+        // so a record last written `UNCHANGED_MARGIN` before this read began holds nothing
+        // newer than it; after a wait for another holder, or a later write, it is read again
+        // now, under the lock (round trip 2b): a paid session of a subscription cancelled
+        // meanwhile grants nothing.
+        let unchanged = !waited && locked.account.as_ref().is_none_or(|a| a.updated_at + chrono_margin() < now);
+        let current = match state.subscription_state.filter(|s| unchanged && s.id == subscription) {
+            Some(s) => s,
+            None => payments.get_subscription(&subscription).await?.ok_or_else(|| {
+                BackendError::new("stripe", "stripe.get_subscription", "the paid session's subscription does not exist")
+            })?,
+        };
+        // Round trips 3–4: the key found or created and enabled; attach and Cognito side by side.
         let (next, outcome) =
             converge(keys, users, payments, ctx, &user, &key_name, &locked.named, locked.account, current).await?;
-        // Round trip 7: session FULFILLED and account record, in one transaction.
+        // Round trip 5: session FULFILLED and account record, in one transaction.
         let commit = store.fulfil(session_id, &token, &next, ctx.clock.now()).await?;
         if commit == Commit::Done {
             account_keys::retire_legacy(store, &user, locked.from_legacy).await;
@@ -213,10 +239,57 @@ where
         Err(e) => {
             // Give both locks back so a retry (the redirect refreshed, the webhook redelivered)
             // need not wait for the leases to expire.
-            tokio::join!(account_keys::release(store, &user, &token), release_claim(store, session_id, &token));
+            give_back(store, &user, session_id, &token).await;
             Err(e)
         }
     }
+}
+
+/// How long before a read of Stripe the account record must have been last written for that
+/// read to be newer than anything the record holds. Timestamps are written to the millisecond
+/// and Lambda's clocks are kept by the Amazon Time Sync Service (well within a millisecond of
+/// each other); a second covers both with room to spare. A later write only costs a second
+/// read of the subscription.
+pub const UNCHANGED_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn chrono_margin() -> chrono::Duration {
+    super::chrono_duration(UNCHANGED_MARGIN)
+}
+
+/// Stripe's answer about the session, checked against our record: paid, created for this user,
+/// with a subscription. `Ok(Err(_))`: turned away (nothing is kept).
+fn check_session(
+    state: Result<Option<CheckoutState>, BackendError>,
+    record: &CheckoutRecord,
+    user: &User,
+    session_id: &SessionId,
+) -> Result<Result<(CheckoutState, SubscriptionId), Rejection>, Error> {
+    let Some(state) = state?.filter(|s| s.paid) else {
+        return Ok(Err(Rejection::Unpaid));
+    };
+    // Stripe's reference is the user's sub (a session of an earlier version: the user name).
+    let reference = match &record.user_id {
+        Some(_) => user.id.as_str(),
+        None => record.user_name.as_str(),
+    };
+    if state.client_reference_id.as_deref() != Some(reference) {
+        tracing::warn!(session_id = %session_id, "checkout session belongs to another user");
+        return Ok(Err(Rejection::UserMismatch));
+    }
+    let subscription = state.subscription.clone().ok_or_else(|| {
+        Error::Backend(BackendError::new(
+            "stripe",
+            "stripe.get_checkout",
+            "a paid checkout session has no subscription",
+        ))
+    })?;
+    Ok(Ok((state, subscription)))
+}
+
+/// Gives back the session's lease and the user's account lock (either may not be held: the
+/// give-back is conditional on the token).
+async fn give_back<S: Checkouts + Accounts>(store: &S, user: &User, session_id: &SessionId, token: &str) {
+    tokio::join!(account_keys::release(store, user, token), release_claim(store, session_id, token));
 }
 
 async fn release_claim<S: Checkouts>(store: &S, session_id: &SessionId, token: &str) {

@@ -19,7 +19,7 @@ pub use account::{get_account, usage_alerts, AccountView, ApiKeyView, DayUse, Us
 pub use budget::{spend_budget, Spending};
 pub use checkout::{start_checkout, CheckoutRequest, CheckoutStarted};
 pub use free_key::{issue_free_key, FreeKey};
-pub use fulfil::{complete_checkout, Completion, Rejection};
+pub use fulfil::{complete_checkout, Completion, Rejection, UNCHANGED_MARGIN};
 pub use lifecycle::{
     count_keys, desired_plan, handle_stripe_event, handled_event_types, resync, sync_subscription, Access, Drift,
     EventOutcome, KeyCount, SyncOutcome, API_KEY_QUOTA,

@@ -592,7 +592,7 @@ def test_stripe_secrets_come_from_ssm_never_from_plain_values(cfn):
     for name, fn in functions(cfn).items():
         env = fn["Properties"]["Environment"]["Variables"]
         assert "STRIPE_API_KEY" not in env and "STRIPE_WEBHOOK_SECRET" not in env, name
-        if "ssm:GetParameter" in actions(cfn, name):
+        if actions(cfn, name) & {"ssm:GetParameter", "ssm:GetParameters"}:
             assert env["STRIPE_API_KEY_PARAMETER"] == {"Ref": "StripeSecretKeyParameter"}, name
     webhook = functions(cfn)["StripeWebhookFunction"]["Properties"]["Environment"]["Variables"]
     assert webhook["STRIPE_WEBHOOK_SECRET_PARAMETER"] == {"Ref": "StripeWebhookSecretParameter"}

@@ -37,6 +37,25 @@ async fn resolve(source: SecretSource, aws: &aws_config::SdkConfig) -> Result<Se
     })
 }
 
+/// Both secrets of a function that needs two: the ones in SSM read in one `GetParameters`
+/// (the webhook's Stripe key and signing secret: one round trip at init instead of two).
+async fn resolve_pair(
+    a: SecretSource,
+    b: SecretSource,
+    aws: &aws_config::SdkConfig,
+) -> Result<(Secret, Secret), InitError> {
+    match (a, b) {
+        (SecretSource::SsmParameter(x), SecretSource::SsmParameter(y)) => {
+            let mut both = aws::secure_parameters(aws, &[x, y]).await?.into_iter();
+            match (both.next(), both.next()) {
+                (Some(x), Some(y)) => Ok((x, y)),
+                _ => Err(BackendError::new("ssm", "GetParameters", "fewer values than names").into()),
+            }
+        }
+        (a, b) => Ok((resolve(a, aws).await?, resolve(b, aws).await?)),
+    }
+}
+
 /// The Stripe client, its key from `STRIPE_API_KEY` or the SSM parameter named by
 /// `STRIPE_API_KEY_PARAMETER`.
 async fn stripe(
@@ -44,7 +63,11 @@ async fn stripe(
     source: SecretSource,
     aws: &aws_config::SdkConfig,
 ) -> Result<(StripePayments, StripeConfig), InitError> {
-    let cfg = StripeConfig::with_secret(env, resolve(source, aws).await?)?;
+    stripe_with(env, resolve(source, aws).await?)
+}
+
+fn stripe_with(env: &Env, key: Secret) -> Result<(StripePayments, StripeConfig), InitError> {
+    let cfg = StripeConfig::with_secret(env, key)?;
     Ok((StripePayments::new(&cfg)?, cfg))
 }
 
@@ -143,8 +166,8 @@ pub async fn sweep_app(env: &Env) -> Result<SweepApp, InitError> {
 /// `stripe-webhook`.
 pub async fn webhook_app(env: &Env) -> Result<WebhookApp, InitError> {
     let hook = config::secret_source(env, "STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PARAMETER");
-    let (mut app, aws) = all_ports(env).await?;
-    app.settings.webhook_secrets = config::check_webhook_secrets(resolve(hook?, &aws).await?)?;
+    let (mut app, hook) = all_ports_and(env, hook).await?;
+    app.settings.webhook_secrets = config::check_webhook_secrets(hook)?;
     Ok(app)
 }
 
@@ -161,14 +184,38 @@ async fn all_ports(env: &Env) -> Result<(WebhookApp, aws_config::SdkConfig), Ini
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let aws = aws::load_config().await;
     let (payments, _) = stripe(env, key, &aws).await?;
-    let app = app(
-        DynamoStore::new(&aws, tables),
-        Patient::new(ApiGatewayKeys::new(&aws)),
-        CognitoUsers::new(&aws, pool),
+    Ok((ports(&aws, tables, pool, payments, settings), aws))
+}
+
+/// [`all_ports`] and a second secret (`extra`), both read from SSM in one call when both are
+/// parameters. The extra variable is checked after the others (the first missing is named).
+async fn all_ports_and(env: &Env, extra: Result<SecretSource, ConfigError>) -> Result<(WebhookApp, Secret), InitError> {
+    let settings = config::settings(env)?;
+    let tables = Tables::from_env(env)?;
+    let pool = config::user_pool_id(env)?;
+    config::require_usage_plans(&settings.catalog)?;
+    let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
+    let extra = extra?;
+    let aws = aws::load_config().await;
+    let (key, extra) = resolve_pair(key, extra, &aws).await?;
+    let (payments, _) = stripe_with(env, key)?;
+    Ok((ports(&aws, tables, pool, payments, settings), extra))
+}
+
+fn ports(
+    aws: &aws_config::SdkConfig,
+    tables: Tables,
+    pool: String,
+    payments: StripePayments,
+    settings: Settings,
+) -> WebhookApp {
+    app(
+        DynamoStore::new(aws, tables),
+        Patient::new(ApiGatewayKeys::new(aws)),
+        CognitoUsers::new(aws, pool),
         payments,
         settings,
-    );
-    Ok((app, aws))
+    )
 }
 
 #[cfg(test)]

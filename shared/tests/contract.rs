@@ -1033,6 +1033,22 @@ mod moto {
         assert_eq!(secret.expose(), "sk_test_from_ssm");
         let err = paykey::adapters::aws::secure_parameter(&m.config, "/paykey/missing").await.unwrap_err();
         assert!(err.message.contains("ParameterNotFound"), "{err}");
+        // two in one GetParameters, in the order asked; a missing one is named
+        let second = format!("{name}-hook");
+        aws_sdk_ssm::Client::new(&m.config)
+            .put_parameter()
+            .name(&second)
+            .value("whsec_from_ssm")
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send()
+            .await
+            .unwrap();
+        let both = paykey::adapters::aws::secure_parameters(&m.config, &[second.clone(), name.clone()]).await.unwrap();
+        assert_eq!(both.iter().map(|s| s.expose()).collect::<Vec<_>>(), ["whsec_from_ssm", "sk_test_from_ssm"]);
+        let err = paykey::adapters::aws::secure_parameters(&m.config, &[name.clone(), "/paykey/missing".into()])
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("/paykey/missing") && !err.message.contains("sk_test"), "{err}");
 
         // paykey-setup's key: from the parameter, unless the variable holds one
         let from_ssm = paykey::config::Env::from_pairs([("STRIPE_API_KEY_PARAMETER", name.as_str())]);

@@ -549,8 +549,11 @@ async fn each_functions_permissions_are_what_its_code_calls() {
     derived.insert("StripeWebhookFunction", grants_of(&webhook_calls().await));
     derived.insert("SweepKeysFunction", grants_of(&sweep_calls().await));
     for (function, grants) in &mut derived {
-        for secret in secrets_of(function).await {
-            grants.entry(format!("ssm:parameter/{secret}")).or_default().insert("ssm:GetParameter".to_string());
+        // wiring reads one secret with GetParameter, two in one GetParameters (resolve_pair)
+        let secrets = secrets_of(function).await;
+        let action = if secrets.len() > 1 { "ssm:GetParameters" } else { "ssm:GetParameter" };
+        for secret in secrets {
+            grants.entry(format!("ssm:parameter/{secret}")).or_default().insert(action.to_string());
         }
     }
     let text = serde_json::to_string_pretty(&derived).unwrap() + "\n";

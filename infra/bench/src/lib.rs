@@ -3,5 +3,6 @@
 
 pub mod connections;
 pub mod journeys;
+pub mod latency;
 pub mod runtime_api;
 pub mod warm;

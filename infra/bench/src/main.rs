@@ -10,7 +10,7 @@
 //! paykey-bench --short                           # a quick check that the harness works
 //! ```
 
-use paykey_bench::{connections, runtime_api, warm};
+use paykey_bench::{connections, latency, runtime_api, warm};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,6 +24,8 @@ const FUNCTIONS: [&str; 5] =
 struct Opts {
     runs: usize,
     short: bool,
+    /// Only the latency model (issue 27).
+    latency_only: bool,
     bin_dir: PathBuf,
     lambda_dir: PathBuf,
     python: PathBuf,
@@ -36,9 +38,14 @@ fn parse_args() -> Result<Opts, String> {
     let mut o = Opts {
         runs: 10,
         short: false,
+        latency_only: false,
         bin_dir: target.join("release"),
         lambda_dir: target.join("lambda"),
-        python: PathBuf::from(format!("{home}/.cache/paykey/venv/bin/python")),
+        // the test command's venv (`PAYKEY_CACHE`, default ~/.cache/paykey): boto3 + stripe
+        python: std::env::var("PAYKEY_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(format!("{home}/.cache/paykey")))
+            .join("venv/bin/python"),
         out: PathBuf::from("BENCHMARKS.md"),
     };
     let mut args = std::env::args().skip(1);
@@ -47,6 +54,7 @@ fn parse_args() -> Result<Opts, String> {
         match a.as_str() {
             "--runs" => o.runs = v()?.parse().map_err(|_| "--runs takes a number")?,
             "--short" => o.short = true,
+            "--latency" => o.latency_only = true,
             "--bin-dir" => o.bin_dir = PathBuf::from(v()?),
             "--lambda-dir" => o.lambda_dir = PathBuf::from(v()?),
             "--python" => o.python = PathBuf::from(v()?),
@@ -241,6 +249,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(o: &Opts) -> Result<(), String> {
+    let moto = std::env::var("PAYKEY_MOTO_URL").ok().filter(|u| !u.is_empty());
+    let (lat_runs, lat_warm) = if o.short { (1, 1) } else { (3, 3) };
+    if o.latency_only {
+        let md = latency_section(moto.clone(), o.bin_dir.clone(), o.python.clone(), lat_runs, lat_warm).await?;
+        std::fs::write(&o.out, &md).map_err(|e| format!("{}: {e}", o.out.display()))?;
+        println!("{md}");
+        return Ok(());
+    }
     let mut md = String::new();
     md.push_str("# paykey benchmarks\n\n");
     md.push_str(&format!(
@@ -328,7 +344,7 @@ async fn run(o: &Opts) -> Result<(), String> {
     // ---- round trips and warm overhead
     md.push_str(&warm::round_trips().await);
     md.push_str(&warm::warm_overhead(if o.short { 50 } else { 2000 }).await);
-    let moto = std::env::var("PAYKEY_MOTO_URL").ok();
+    let moto_for_connections = moto.clone();
     // On a current-thread runtime, as the functions run (`#[tokio::main(flavor = "current_thread")]`).
     let invocations = if o.short { 3 } else { 20 };
     let section = tokio::task::spawn_blocking(move || {
@@ -336,14 +352,29 @@ async fn run(o: &Opts) -> Result<(), String> {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?
-            .block_on(connections::warm_connections(invocations, moto.as_deref()))
+            .block_on(connections::warm_connections(invocations, moto_for_connections.as_deref()))
     })
     .await
     .map_err(|e| e.to_string())??;
     md.push_str(&section);
+    md.push_str(&latency_section(moto, o.bin_dir.clone(), o.python.clone(), lat_runs, lat_warm).await?);
 
     std::fs::write(&o.out, &md).map_err(|e| format!("{}: {e}", o.out.display()))?;
     println!("{md}");
     println!("written to {}", o.out.display());
     Ok(())
+}
+
+/// The latency model's section, on its own runtime thread (the proxies and the emulator serve
+/// while the harness waits for the functions).
+async fn latency_section(
+    moto: Option<String>,
+    bin_dir: PathBuf,
+    python: PathBuf,
+    runs: usize,
+    warm: usize,
+) -> Result<String, String> {
+    tokio::spawn(async move { latency::section(moto.as_deref(), &bin_dir, &python, runs, warm).await })
+        .await
+        .map_err(|e| e.to_string())?
 }

@@ -48,6 +48,16 @@ fn the_short_mode_measures_every_target_and_writes_the_table() {
     }
     if std::env::var("PAYKEY_MOTO_URL").is_ok() {
         assert!(md.contains("| AWS on moto | AWS SDK clients"), "the AWS rows, moto being up:\n{md}");
+        // the latency model: every flow answered as expected by the deployable binaries with
+        // their secrets in SSM (a wrong status fails the run), cold and warm
+        for row in [
+            "| success redirect (first purchase) |",
+            "| checkout (POST /checkout-sessions) |",
+            "| /account (PRO user) |",
+            "| webhook (customer.subscription.deleted) |",
+        ] {
+            assert_eq!(md.matches(row).count(), 2, "{row}: the flow's two rows:\n{md}");
+        }
     }
     let _ = std::fs::remove_file(out);
 }

@@ -10,7 +10,7 @@ mod ssm;
 pub use apigateway::ApiGatewayKeys;
 pub use cognito::CognitoUsers;
 pub use dynamodb::{DynamoStore, CUSTOMER_INDEX};
-pub use ssm::secure_parameter;
+pub use ssm::{secure_parameter, secure_parameters};
 
 use std::sync::{Arc, OnceLock};
 

@@ -177,7 +177,10 @@ where
     let result = async {
         let waited = matches!(first_lock, Ok((AccountLock::Busy, _)));
         let mut locked = account_keys::finish_locking(store, keys, ctx, &user, &token, &key_name, first_lock?).await?;
-        if !profile?.is_some_and(|p| p.is(&user)) {
+        // After a wait, the holder may have erased the user (and the name be someone else's
+        // now): the name is checked again under the lock.
+        let profile = if waited { users.get_user(&user.name).await? } else { profile? };
+        if !profile.is_some_and(|p| p.is(&user)) {
             return Err(Error::UserGone);
         }
         if waited {

@@ -116,7 +116,8 @@ async fn unpaid_unknown_mismatched_and_foreign_sessions_are_rejected_without_wri
     let (paid, paid_key) = w.checkout_and_pay(&bob).await;
     let before = w.snapshot();
 
-    assert_eq!(w.complete(&unpaid, &unpaid_key).await.unwrap(), Completion::Rejected(Rejection::Unpaid));
+    // A wrong one-time key or an unknown session: our record's read, nothing else.
+    w.meter.reset_calls();
     assert_eq!(
         w.complete(&paid, &OneTimeKey::new_random()).await.unwrap(),
         Completion::Rejected(Rejection::WrongOneTimeKey)
@@ -125,7 +126,15 @@ async fn unpaid_unknown_mismatched_and_foreign_sessions_are_rejected_without_wri
     assert_eq!(w.complete(&paid, &unpaid_key).await.unwrap(), Completion::Rejected(Rejection::WrongOneTimeKey));
     let unknown = paykey::domain::SessionId::parse("cs_test_nope").unwrap();
     assert_eq!(w.complete(&unknown, &paid_key).await.unwrap(), Completion::Rejected(Rejection::UnknownSession));
-    assert_eq!(w.snapshot(), before, "nothing written");
+    assert_eq!(w.meter.calls(), ["ddb.get_session"; 3], "one read each, no write, no other service");
+    // Unpaid, with the right key: the lease and the lock were taken beside Stripe's read (the
+    // second wave) and are given back; the records are as they were (on DynamoDB the session
+    // item's UpdatedAt is rewritten and a user without a record keeps an empty lock item).
+    w.meter.reset_calls();
+    assert_eq!(w.complete(&unpaid, &unpaid_key).await.unwrap(), Completion::Rejected(Rejection::Unpaid));
+    let calls = w.meter.calls();
+    assert!(calls.contains(&"ddb.claim") && calls.contains(&"ddb.lock_account"), "{calls:?}");
+    assert_eq!(w.snapshot(), before, "leases given back, nothing else written");
 }
 
 #[tokio::test]

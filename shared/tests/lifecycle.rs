@@ -473,3 +473,48 @@ async fn a_free_key_for_a_name_taken_over_before_the_lock_writes_nothing_to_the_
     assert_eq!(w.meter.count("cognito.set_plan"), 0, "{:?}", w.meter.calls());
     assert!(w.app.keys.all().iter().all(|k| !k.enabled || w.app.keys.plan_of(&k.id).is_none()), "no working key");
 }
+
+/// A cancellation's webhook for a record last written long before: the subscription read
+/// before the lock is its current state (no second read), and the user is FREE.
+#[tokio::test]
+async fn a_webhook_for_a_record_unchanged_since_its_read_reads_the_subscription_once() {
+    let w = World::new();
+    let (u, sub) = pro_user(&w, "alice").await;
+    w.clock.advance(chrono::Duration::hours(1));
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled);
+    w.meter.reset_calls();
+    let out = handle(&w, &sub_event("evt_once", "customer.subscription.deleted", &sub)).await.unwrap();
+    assert!(matches!(out, EventOutcome::Processed(_)), "{out:?}");
+    assert_eq!(w.meter.count("stripe.get_subscription"), 1, "{:?}", w.meter.calls());
+    assert_eq!(w.meter.count("cognito.get_user"), 1, "the name checked once, before the lock");
+    assert_eq!(w.app.users.get_user(&u.name).await.unwrap().unwrap().plan, Some(Plan::FREE));
+}
+
+/// Between the webhook's first read and its lock another event lands (the subscription came
+/// back to active and its webhook wrote the record): the record is newer than the read, so the
+/// subscription is read again under the lock and the user stays PRO — an older read never
+/// overwrites a newer state.
+#[tokio::test(start_paused = true)]
+async fn a_record_written_between_the_webhooks_read_and_its_lock_makes_it_read_again() {
+    let w = Arc::new(World::new());
+    let (u, sub) = pro_user(&w, "alice").await;
+    w.clock.advance(chrono::Duration::hours(1));
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Unpaid);
+    w.meter.reset_calls();
+    let (w2, sub2) = (Arc::clone(&w), sub.clone());
+    w.meter.after_call("stripe.get_subscription", 0, move || {
+        // the invoice paid meanwhile; that event's webhook rewrote the record (same content,
+        // this clock)
+        w2.app.payments.update_subscription(&sub2, |s| s.status = SubscriptionStatus::Active);
+        let mut records = w2.app.store.accounts();
+        for r in &mut records {
+            r.updated_at = paykey::ports::Clock::now(&*w2.clock);
+        }
+        w2.app.store.restore(w2.app.store.sessions(), records, vec![]);
+    });
+    // a stale read (unpaid) would downgrade her
+    let out = handle(&w, &sub_event("evt_late", "customer.subscription.updated", &sub)).await.unwrap();
+    assert!(matches!(out, EventOutcome::Processed(_)), "{out:?}");
+    assert_eq!(w.meter.count("stripe.get_subscription"), 2, "read again under the lock");
+    assert_eq!(w.app.users.get_user(&u.name).await.unwrap().unwrap().plan, Some(Plan::PRO));
+}

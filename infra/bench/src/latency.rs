@@ -211,7 +211,7 @@ impl Flow {
             Flow::Checkout => "checkout (POST /checkout-sessions)",
             Flow::Redirect => "success redirect (first purchase)",
             Flow::Account => "/account (PRO user)",
-            Flow::Webhook => "webhook (customer.subscription.deleted)",
+            Flow::Webhook => "webhook (customer.subscription.deleted, record > 1 s old)",
         }
     }
 
@@ -428,6 +428,10 @@ impl World {
             }
             Flow::Webhook => {
                 let (_, sub) = self.pro().await?;
+                // A cancellation comes long after the purchase: the record is older than the
+                // webhook's first read (within `UNCHANGED_MARGIN` it reads the subscription
+                // again under the lock, one more Stripe call).
+                tokio::time::sleep(flows::UNCHANGED_MARGIN + Duration::from_millis(100)).await;
                 let req = Request::delete(format!("{}/v1/subscriptions/{sub}", self.stripe_base))
                     .header("authorization", format!("Bearer {STRIPE_KEY}"))
                     .body(Full::new(Bytes::new()))

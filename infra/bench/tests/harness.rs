@@ -54,7 +54,7 @@ fn the_short_mode_measures_every_target_and_writes_the_table() {
             "| success redirect (first purchase) |",
             "| checkout (POST /checkout-sessions) |",
             "| /account (PRO user) |",
-            "| webhook (customer.subscription.deleted) |",
+            "| webhook (customer.subscription.deleted, record > 1 s old) |",
         ] {
             assert_eq!(md.matches(row).count(), 2, "{row}: the flow's two rows:\n{md}");
         }

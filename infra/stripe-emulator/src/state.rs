@@ -300,7 +300,8 @@ impl Emu {
             _ => None,
         };
         if let Some(o) = found {
-            obj[field] = o.clone();
+            // as its own GET answers it: without the emulator's private fields
+            obj[field] = strip_private(o.clone());
         }
     }
 
@@ -1412,6 +1413,22 @@ mod tests {
         emu.pay(&session).unwrap();
         let sub = emu.sessions[&session]["subscription"].as_str().unwrap().to_string();
         (emu, sub, prices[1].clone())
+    }
+
+    /// `expand[]=subscription` on a session gives the subscription as its own GET does: no
+    /// private `_…` field (Stripe has none; the oracle found the expanded one carried some).
+    #[test]
+    fn an_expanded_subscription_is_the_public_object() {
+        let (mut emu, sub, _) = subscribed(0, true);
+        let session = emu.sessions.keys().next().unwrap().clone();
+        let got = strip_private(call(&mut emu, Method::GET, &format!("/v1/checkout/sessions/{session}"), ""));
+        let expanded = emu.expand(got, &["subscription".to_string()]);
+        let own = strip_private(call(&mut emu, Method::GET, &format!("/v1/subscriptions/{sub}"), ""));
+        assert_eq!(expanded["subscription"], own);
+        assert!(
+            emu.subscriptions[&sub].as_object().unwrap().keys().any(|k| k.starts_with('_')),
+            "the stored one has some"
+        );
     }
 
     fn kinds(emu: &Emu, from: usize) -> Vec<String> {

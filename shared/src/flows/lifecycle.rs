@@ -249,6 +249,7 @@ where
     U: UserDirectory,
     P: Payments,
 {
+    let read_started = ctx.clock.now();
     let Some(state) = payments.get_subscription(subscription).await? else {
         return Ok(SyncOutcome::UnknownSubscription);
     };
@@ -264,24 +265,39 @@ where
     };
     let token = ctx.ids.token();
     let key_name = ctx.settings.key_name(&user);
-    let mut locked = account_keys::lock_with_key_lookup(store, keys, ctx, &user, &token, &key_name).await?;
+    let first = account_keys::try_lock_with_key_lookup(store, keys, ctx, &user, &token, &key_name).await?;
+    let waited = matches!(first.0, crate::ports::AccountLock::Busy);
+    let mut locked = account_keys::finish_locking(store, keys, ctx, &user, &token, &key_name, first).await?;
+    // The first read is the subscription's current state when nothing can have changed since:
+    // the lock was free at once, and the user's record (it exists: not a new or erased user)
+    // was last written more than `UNCHANGED_MARGIN` before that read began (every writer
+    // holds the lock and stamps the record after its own Stripe read, as in fulfilment).
+    let unchanged = !waited
+        && locked
+            .account
+            .as_ref()
+            .is_some_and(|a| a.updated_at + super::chrono_duration(super::UNCHANGED_MARGIN) < read_started);
     let result = async {
-        // Read the subscription again now that we hold the lock: a state read before it may
-        // already be older than what another event applied meanwhile.
+        // Otherwise read the subscription again now that we hold the lock: a state read before
+        // it may already be older than what another event applied meanwhile.
         // And whether the user still holds their name, now: it was checked before the lock,
         // and a deletion (the name then free for someone else) may have come in between; the
         // directory write below goes by name. Side by side with the other reads.
-        let (state, profile, ()) = tokio::try_join!(
-            async { payments.get_subscription(subscription).await.map_err(Error::from) },
-            async { users.get_user(&user.name).await.map_err(Error::from) },
-            locked.adopt_legacy(store, &user),
-        )?;
-        let from_legacy = locked.from_legacy;
-        if !profile.is_some_and(|p| p.is(&user)) {
-            tracing::warn!(user = %user, "the subscription's user no longer holds the name; nothing written");
-            account_keys::release(store, &user, &token).await;
-            return Ok(SyncOutcome::UnknownCustomer);
-        }
+        let (state, from_legacy) = if unchanged {
+            (Some(state), false)
+        } else {
+            let (state, profile, ()) = tokio::try_join!(
+                async { payments.get_subscription(subscription).await.map_err(Error::from) },
+                async { users.get_user(&user.name).await.map_err(Error::from) },
+                locked.adopt_legacy(store, &user),
+            )?;
+            if !profile.is_some_and(|p| p.is(&user)) {
+                tracing::warn!(user = %user, "the subscription's user no longer holds the name; nothing written");
+                account_keys::release(store, &user, &token).await;
+                return Ok(SyncOutcome::UnknownCustomer);
+            }
+            (state, locked.from_legacy)
+        };
         let Some(state) = state else {
             account_keys::release(store, &user, &token).await;
             return Ok(SyncOutcome::UnknownSubscription);

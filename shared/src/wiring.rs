@@ -37,23 +37,30 @@ async fn resolve(source: SecretSource, aws: &aws_config::SdkConfig) -> Result<Se
     })
 }
 
-/// Both secrets of a function that needs two: the ones in SSM read in one `GetParameters`
-/// (the webhook's Stripe key and signing secret: one round trip at init instead of two).
+/// Both secrets of a function that needs two: the ones in SSM read in one `GetParameters` (the
+/// webhook's Stripe key and signing secret: one round trip at init instead of two; its role is
+/// granted `GetParameters` only, also when one of the two is set as a plain value instead).
 async fn resolve_pair(
     a: SecretSource,
     b: SecretSource,
     aws: &aws_config::SdkConfig,
 ) -> Result<(Secret, Secret), InitError> {
-    match (a, b) {
-        (SecretSource::SsmParameter(x), SecretSource::SsmParameter(y)) => {
-            let mut both = aws::secure_parameters(aws, &[x, y]).await?.into_iter();
-            match (both.next(), both.next()) {
-                (Some(x), Some(y)) => Ok((x, y)),
-                _ => Err(BackendError::new("ssm", "GetParameters", "fewer values than names").into()),
-            }
-        }
-        (a, b) => Ok((resolve(a, aws).await?, resolve(b, aws).await?)),
-    }
+    let names: Vec<String> = [&a, &b]
+        .into_iter()
+        .filter_map(|s| match s {
+            SecretSource::SsmParameter(n) => Some(n.clone()),
+            SecretSource::Value(_) => None,
+        })
+        .collect();
+    let mut read = if names.is_empty() { Vec::new() } else { aws::secure_parameters(aws, &names).await? }.into_iter();
+    let mut take = |s: SecretSource| match s {
+        SecretSource::Value(v) => Ok(v),
+        SecretSource::SsmParameter(_) => read
+            .next()
+            .ok_or_else(|| InitError::from(BackendError::new("ssm", "GetParameters", "fewer values than names"))),
+    };
+    let a = take(a)?;
+    Ok((a, take(b)?))
 }
 
 /// The Stripe client, its key from `STRIPE_API_KEY` or the SSM parameter named by

@@ -451,15 +451,24 @@ async fn resync_reports_a_repair_that_failed_and_goes_on_with_the_others() {
 /// newcomer.
 #[tokio::test]
 async fn a_name_taken_over_between_the_lookup_and_the_lock_gets_no_write() {
-    let w = World::new();
-    let (u, sub) = pro_user(&w, "alice").await;
-    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled).unwrap();
-    let newcomer = w.name_taken_over_at_the_lock(&u, "0f0f0f0f-0000-4000-8000-000000000001");
-    let out = handle(&w, &sub_event("evt_late", "customer.subscription.deleted", &sub)).await.unwrap();
-    assert_eq!(out, EventOutcome::Ignored("unknown customer".into()));
-    assert_eq!(w.meter.count("cognito.set_plan"), 0, "nothing written to the newcomer: {:?}", w.meter.calls());
-    let profile = w.app.users.get_user(&newcomer.name).await.unwrap().unwrap();
-    assert_eq!((profile.sub, profile.plan), (Some(newcomer.id), None));
+    // a record just written (the subscription read again under the lock) and one an hour old
+    // (the first read trusted): the name is checked under the lock on both paths
+    for old_record in [false, true] {
+        let w = World::new();
+        let (u, sub) = pro_user(&w, "alice").await;
+        if old_record {
+            w.clock.advance(chrono::Duration::hours(1));
+        }
+        w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Canceled).unwrap();
+        let newcomer = w.name_taken_over_at_the_lock(&u, "0f0f0f0f-0000-4000-8000-000000000001");
+        w.meter.reset_calls();
+        let out = handle(&w, &sub_event("evt_late", "customer.subscription.deleted", &sub)).await.unwrap();
+        assert_eq!(out, EventOutcome::Ignored("unknown customer".into()), "old record: {old_record}");
+        assert_eq!(w.meter.count("stripe.get_subscription"), if old_record { 1 } else { 2 });
+        assert_eq!(w.meter.count("cognito.set_plan"), 0, "nothing written to the newcomer: {:?}", w.meter.calls());
+        let profile = w.app.users.get_user(&newcomer.name).await.unwrap().unwrap();
+        assert_eq!((profile.sub, profile.plan), (Some(newcomer.id), None));
+    }
 }
 
 /// The same for the free key: the name changes hands between the first check and the lock.
@@ -486,7 +495,7 @@ async fn a_webhook_for_a_record_unchanged_since_its_read_reads_the_subscription_
     let out = handle(&w, &sub_event("evt_once", "customer.subscription.deleted", &sub)).await.unwrap();
     assert!(matches!(out, EventOutcome::Processed(_)), "{out:?}");
     assert_eq!(w.meter.count("stripe.get_subscription"), 1, "{:?}", w.meter.calls());
-    assert_eq!(w.meter.count("cognito.get_user"), 1, "the name checked once, before the lock");
+    assert_eq!(w.meter.count("cognito.get_user"), 2, "the name checked before the lock and under it");
     assert_eq!(w.app.users.get_user(&u.name).await.unwrap().unwrap().plan, Some(Plan::FREE));
 }
 
@@ -517,4 +526,16 @@ async fn a_record_written_between_the_webhooks_read_and_its_lock_makes_it_read_a
     assert!(matches!(out, EventOutcome::Processed(_)), "{out:?}");
     assert_eq!(w.meter.count("stripe.get_subscription"), 2, "read again under the lock");
     assert_eq!(w.app.users.get_user(&u.name).await.unwrap().unwrap().plan, Some(Plan::PRO));
+}
+
+/// A record written half a second before the webhook's read (within `UNCHANGED_MARGIN`, which
+/// covers clocks that disagree) is not trusted: the subscription is read again under the lock.
+#[tokio::test]
+async fn a_record_written_within_the_margin_before_the_read_is_not_trusted() {
+    let w = World::new();
+    let (_, sub) = pro_user(&w, "alice").await;
+    w.clock.advance(chrono::Duration::milliseconds(500));
+    w.meter.reset_calls();
+    handle(&w, &sub_event("evt_margin", "customer.subscription.updated", &sub)).await.unwrap();
+    assert_eq!(w.meter.count("stripe.get_subscription"), 2, "{:?}", w.meter.calls());
 }

@@ -330,7 +330,8 @@ def get_account(event):
 #        [DynamoDB Query(customer index) first   metadata: find_account_by_customer)]
 #     4. DynamoDB UpdateItem(lock account)      } account_keys::try_lock_with_key_lookup:
 #     5. API Gateway GetApiKeys(nameQuery)      } side by side in paykey
-#     6. Stripe Subscription.retrieve again     } under the lock (sync_subscription_of):
+#     6. Stripe Subscription.retrieve again     } under the lock (sync_subscription_of), unless
+#                                               }   the record is > 1 s older than step 2
 #     7. Cognito AdminGetUser again             } side by side in paykey
 #        [DynamoDB GetItem(name-keyed record)   Locked::adopt_legacy, only without a record]
 #        [Stripe Subscription.retrieve(recorded) converge, only when the record names another]
@@ -477,6 +478,7 @@ def ensure_key(record, key_name, named):
 
 def sync_subscription(sub_id):
     """What paykey's sync_subscription_of does; returns the outcome's words."""
+    read_started = now()
     state = retrieve_subscription(sub_id)
     if state is None:
         return "unknown subscription"
@@ -523,7 +525,14 @@ def sync_subscription(sub_id):
             if not position or not out.get("items"):
                 break
         has_record = "UserSub" in locked and "Type" in locked
-        state = retrieve_subscription(sub_id)
+        # paykey (UNCHANGED_MARGIN): the first read stands when the record was last written
+        # more than a second before it began; otherwise it is read again under the lock
+        written = locked.get("UpdatedAt")
+        unchanged = has_record and written and (
+            datetime.datetime.fromisoformat(written.replace("Z", "+00:00")) + datetime.timedelta(seconds=1) < read_started
+        )
+        if not unchanged:
+            state = retrieve_subscription(sub_id)
         profile = user_attributes(username)
         if not has_record:  # paykey looks for a name-keyed record to adopt; read, not adopted here
             ACCOUNTS.get_item(Key={"UserID": username}, ConsistentRead=True)

@@ -75,7 +75,7 @@ pub const MODEL: [Service; 5] = [
         name: "API Gateway",
         handshake_ms: 8,
         request_ms: |_, _, _| 200,
-        source: "estimate: no published figure for the control plane (SDK logs of 0.4–0.8 s for getRestApis, aws/aws-sdk-js#1014, location unknown); 200 ms per call, rate-limited to 10 calls/s (docs: API Gateway quotas)",
+        source: "estimate: no published figure for the control plane (SDK logs of 0.4–0.8 s for getRestApis, aws/aws-sdk-js#1014, location unknown); 200 ms per call (its 10 calls/s per account quota is not modelled)",
     },
     Service {
         name: "SSM",
@@ -638,7 +638,7 @@ pub async fn section(
     let proxies = Proxies(proxies);
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/flows.py");
     md.push_str(&format!(
-        "Each backend behind its own loopback proxy that holds every new connection for a handshake and every request for the service's time (figures below); the functions reach them through `AWS_ENDPOINT_URL_<SERVICE>` and `STRIPE_API_BASE`, their secrets in SSM (`STRIPE_API_KEY_PARAMETER`, `STRIPE_WEBHOOK_SECRET_PARAMETER`). Cold: exec → first answer posted to the Runtime API emulator (init, SSM, every first connection); warm: event handed out → answer, in the same process. {runs} processes per flow and target, each answering 1 cold and {warm} warm invocations; medians. Each invocation has its own user and state, prepared beforehand straight to moto and the emulator. The reference is `infra/bench/reference/flows.py` (boto3 + stripe; routes 1–2 the original Python design's calls in its order, 3–4 paykey's calls one after another). moto and the emulator answer in well under a millisecond; the model's figures are what is measured.\n\n"
+        "Each backend behind its own loopback proxy that holds every new connection for a handshake and every request for the service's time (figures below); the functions reach them through `AWS_ENDPOINT_URL_<SERVICE>` and `STRIPE_API_BASE`, their secrets in SSM (`STRIPE_API_KEY_PARAMETER`, `STRIPE_WEBHOOK_SECRET_PARAMETER`). Cold: exec → first answer posted to the Runtime API emulator (init, SSM, every first connection); warm: event handed out → answer, in the same process. {runs} processes per flow and target, each answering 1 cold and {warm} warm invocations; medians. Each invocation has its own user and state, prepared beforehand straight to moto and the emulator. The reference is `infra/bench/reference/flows.py` (boto3 + stripe; routes 1–2 the original Python design's calls in its order, 3–4 paykey's calls one after another). The proxies' waits are the model; moto (a Python server, a new loopback connection per request: it closes each one) and the emulator add their own few milliseconds per call, and each process its own work.\n\n"
     ));
     md.push_str("| service | per request | per new connection | source |\n|---|---|---|---|\n");
     let per_request = [

@@ -280,24 +280,27 @@ where
     let result = async {
         // Otherwise read the subscription again now that we hold the lock: a state read before
         // it may already be older than what another event applied meanwhile.
-        // And whether the user still holds their name, now: it was checked before the lock,
-        // and a deletion (the name then free for someone else) may have come in between; the
+        // And, always, whether the user still holds their name, now: it was checked before the
+        // lock, and a deletion (the name then free for someone else; a user may delete
+        // themselves outside paykey, their record stays) may have come in between; the
         // directory write below goes by name. Side by side with the other reads.
-        let (state, from_legacy) = if unchanged {
-            (Some(state), false)
-        } else {
-            let (state, profile, ()) = tokio::try_join!(
-                async { payments.get_subscription(subscription).await.map_err(Error::from) },
-                async { users.get_user(&user.name).await.map_err(Error::from) },
-                locked.adopt_legacy(store, &user),
-            )?;
-            if !profile.is_some_and(|p| p.is(&user)) {
-                tracing::warn!(user = %user, "the subscription's user no longer holds the name; nothing written");
-                account_keys::release(store, &user, &token).await;
-                return Ok(SyncOutcome::UnknownCustomer);
+        let subscription_now = async {
+            match unchanged {
+                true => Ok(Some(state.clone())),
+                false => payments.get_subscription(subscription).await.map_err(Error::from),
             }
-            (state, locked.from_legacy)
         };
+        let (state, profile, ()) = tokio::try_join!(
+            subscription_now,
+            async { users.get_user(&user.name).await.map_err(Error::from) },
+            locked.adopt_legacy(store, &user),
+        )?;
+        let from_legacy = locked.from_legacy;
+        if !profile.is_some_and(|p| p.is(&user)) {
+            tracing::warn!(user = %user, "the subscription's user no longer holds the name; nothing written");
+            account_keys::release(store, &user, &token).await;
+            return Ok(SyncOutcome::UnknownCustomer);
+        }
         let Some(state) = state else {
             account_keys::release(store, &user, &token).await;
             return Ok(SyncOutcome::UnknownSubscription);

@@ -111,7 +111,7 @@ pub async fn checkout_app(env: &Env) -> Result<CheckoutApp, InitError> {
 
 /// `create-api-key`: the same ports as the webhook, without its secret.
 pub async fn fulfil_app(env: &Env) -> Result<FulfilApp, InitError> {
-    Ok(all_ports(env).await?.0)
+    Ok(all_ports(env, None).await?.0)
 }
 
 /// `create-billing-portal`.
@@ -173,7 +173,8 @@ pub async fn sweep_app(env: &Env) -> Result<SweepApp, InitError> {
 /// `stripe-webhook`.
 pub async fn webhook_app(env: &Env) -> Result<WebhookApp, InitError> {
     let hook = config::secret_source(env, "STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PARAMETER");
-    let (mut app, hook) = all_ports_and(env, hook).await?;
+    let (mut app, hook) = all_ports(env, Some(hook)).await?;
+    let hook = hook.ok_or_else(|| BackendError::new("ssm", "GetParameters", "no signing secret read"))?;
     app.settings.webhook_secrets = config::check_webhook_secrets(hook)?;
     Ok(app)
 }
@@ -183,28 +184,24 @@ pub async fn resync_app(env: &Env) -> Result<WebhookApp, InitError> {
     fulfil_app(env).await
 }
 
-async fn all_ports(env: &Env) -> Result<(WebhookApp, aws_config::SdkConfig), InitError> {
+/// Every port; with `extra`, a second secret too (the webhook's signing secret), read with the
+/// Stripe key in one `GetParameters` when both are parameters. The extra variable is checked
+/// after the others (the first missing is named).
+async fn all_ports(
+    env: &Env,
+    extra: Option<Result<SecretSource, ConfigError>>,
+) -> Result<(WebhookApp, Option<Secret>), InitError> {
     let settings = config::settings(env)?;
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
     config::require_usage_plans(&settings.catalog)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
+    let extra = extra.transpose()?;
     let aws = aws::load_config().await;
-    let (payments, _) = stripe(env, key, &aws).await?;
-    Ok((ports(&aws, tables, pool, payments, settings), aws))
-}
-
-/// [`all_ports`] and a second secret (`extra`), both read from SSM in one call when both are
-/// parameters. The extra variable is checked after the others (the first missing is named).
-async fn all_ports_and(env: &Env, extra: Result<SecretSource, ConfigError>) -> Result<(WebhookApp, Secret), InitError> {
-    let settings = config::settings(env)?;
-    let tables = Tables::from_env(env)?;
-    let pool = config::user_pool_id(env)?;
-    config::require_usage_plans(&settings.catalog)?;
-    let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
-    let extra = extra?;
-    let aws = aws::load_config().await;
-    let (key, extra) = resolve_pair(key, extra, &aws).await?;
+    let (key, extra) = match extra {
+        Some(extra) => resolve_pair(key, extra, &aws).await.map(|(k, e)| (k, Some(e)))?,
+        None => (resolve(key, &aws).await?, None),
+    };
     let (payments, _) = stripe_with(env, key)?;
     Ok((ports(&aws, tables, pool, payments, settings), extra))
 }

@@ -308,11 +308,19 @@ impl StripeConfig {
                 reason: "expected a secret (sk_…) or restricted (rk_…) key".into(),
             });
         }
-        let api_base = match env.optional("STRIPE_API_BASE") {
-            Some(b) => Some(format!("{}/", http_url("STRIPE_API_BASE", b)?)),
-            None => None,
-        };
-        Ok(Self { secret_key, api_base, price_cache: env.parse_secs("PRICE_CACHE_SECONDS", 300)? })
+        Ok(Self {
+            secret_key,
+            api_base: stripe_api_base(env)?,
+            price_cache: env.parse_secs("PRICE_CACHE_SECONDS", 300)?,
+        })
+    }
+}
+
+/// `STRIPE_API_BASE` with a trailing `/`, or `None` (api.stripe.com).
+pub fn stripe_api_base(env: &Env) -> Result<Option<String>, ConfigError> {
+    match env.optional("STRIPE_API_BASE") {
+        Some(b) => Ok(Some(format!("{}/", http_url("STRIPE_API_BASE", b)?))),
+        None => Ok(None),
     }
 }
 

@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use crate::adapters::aws::{self, ApiGatewayKeys, CognitoUsers, DynamoStore};
 use crate::adapters::cached::{CachedKeyValues, CachedPrices};
+use crate::adapters::https::Connector;
 use crate::adapters::patient::Patient;
 use crate::adapters::stripe::StripePayments;
+use crate::adapters::stripe_client::{early_connector, ClientSettings};
 use crate::config::{self, ConfigError, Env, Secret, SecretSource, StripeConfig, Tables};
 use crate::domain::BackendError;
 use crate::flows::Settings;
@@ -69,13 +71,24 @@ async fn stripe(
     env: &Env,
     source: SecretSource,
     aws: &aws_config::SdkConfig,
+    early: Option<Connector>,
 ) -> Result<(StripePayments, StripeConfig), InitError> {
-    stripe_with(env, resolve(source, aws).await?)
+    stripe_with(env, resolve(source, aws).await?, early)
 }
 
-fn stripe_with(env: &Env, key: Secret) -> Result<(StripePayments, StripeConfig), InitError> {
+fn stripe_with(env: &Env, key: Secret, early: Option<Connector>) -> Result<(StripePayments, StripeConfig), InitError> {
     let cfg = StripeConfig::with_secret(env, key)?;
-    Ok((StripePayments::new(&cfg)?, cfg))
+    let settings = ClientSettings { connector: early, ..ClientSettings::default() };
+    Ok((StripePayments::with_settings(&cfg, settings)?, cfg))
+}
+
+/// The connector of the Stripe client a function will build once its key is read, with one
+/// connection to the Stripe API already being opened: its handshake runs beside the read of
+/// the key from SSM instead of on the first request's critical path.
+fn stripe_early(env: &Env) -> Result<Connector, InitError> {
+    let base = config::stripe_api_base(env)?;
+    early_connector(base.as_deref())
+        .map_err(|e| InitError::Client(BackendError::new("stripe", "client", e.to_string())))
 }
 
 /// Stripe's settings with the key from `STRIPE_API_KEY`, or else read through `aws` from the
@@ -103,10 +116,17 @@ pub async fn checkout_app(env: &Env) -> Result<CheckoutApp, InitError> {
     let pool = config::user_pool_id(env)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let connect = config::connect(env)?;
-    let aws = aws::load_config().await;
-    let (stripe, cfg) = stripe(env, key, &aws).await?;
+    let (aws, connector) = aws::load().await;
+    let early = stripe_early(env)?;
+    let store = DynamoStore::new(&aws, tables);
+    let users = CognitoUsers::new(&aws, pool);
+    // A first checkout's widest wave: the budget and the open-checkout lookup (DynamoDB) beside
+    // the Cognito read.
+    store.open_early(&connector, 2);
+    users.open_early(&connector);
+    let (stripe, cfg) = stripe(env, key, &aws, Some(early)).await?;
     let payments = CachedPrices::new(stripe.with_connect(connect), cfg.price_cache);
-    Ok(app(DynamoStore::new(&aws, tables), (), CognitoUsers::new(&aws, pool), payments, settings))
+    Ok(app(store, (), users, payments, settings))
 }
 
 /// `create-api-key`: the same ports as the webhook, without its secret.
@@ -121,9 +141,14 @@ pub async fn portal_app(env: &Env) -> Result<PortalApp, InitError> {
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
-    let aws = aws::load_config().await;
-    let (payments, _) = stripe(env, key, &aws).await?;
-    Ok(app(DynamoStore::new(&aws, tables), (), CognitoUsers::new(&aws, pool), payments, settings))
+    let (aws, connector) = aws::load().await;
+    let early = stripe_early(env)?;
+    let store = DynamoStore::new(&aws, tables);
+    let users = CognitoUsers::new(&aws, pool);
+    store.open_early(&connector, 1);
+    users.open_early(&connector);
+    let (payments, _) = stripe(env, key, &aws, Some(early)).await?;
+    Ok(app(store, (), users, payments, settings))
 }
 
 /// `get-account`.
@@ -157,8 +182,9 @@ pub async fn sweep_app(env: &Env) -> Result<SweepApp, InitError> {
         None => None,
     };
     let aws = aws::load_config().await;
+    // Scheduled, nobody waits: no connection is opened early.
     let payments = match key {
-        Some(key) => Some(stripe(env, key, &aws).await?.0),
+        Some(key) => Some(stripe(env, key, &aws, None).await?.0),
         None => None,
     };
     Ok(app(
@@ -197,29 +223,21 @@ async fn all_ports(
     config::require_usage_plans(&settings.catalog)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let extra = extra.transpose()?;
-    let aws = aws::load_config().await;
+    let (aws, connector) = aws::load().await;
+    let early = stripe_early(env)?;
+    let (store, keys, users) =
+        (DynamoStore::new(&aws, tables), ApiGatewayKeys::new(&aws), CognitoUsers::new(&aws, pool));
+    // The redirect's widest wave: the session's lease, the account lock and the legacy record
+    // (DynamoDB) beside Stripe, API Gateway and Cognito.
+    store.open_early(&connector, 3);
+    keys.open_early(&connector);
+    users.open_early(&connector);
     let (key, extra) = match extra {
         Some(extra) => resolve_pair(key, extra, &aws).await.map(|(k, e)| (k, Some(e)))?,
         None => (resolve(key, &aws).await?, None),
     };
-    let (payments, _) = stripe_with(env, key)?;
-    Ok((ports(&aws, tables, pool, payments, settings), extra))
-}
-
-fn ports(
-    aws: &aws_config::SdkConfig,
-    tables: Tables,
-    pool: String,
-    payments: StripePayments,
-    settings: Settings,
-) -> WebhookApp {
-    app(
-        DynamoStore::new(aws, tables),
-        Patient::new(ApiGatewayKeys::new(aws)),
-        CognitoUsers::new(aws, pool),
-        payments,
-        settings,
-    )
+    let (payments, _) = stripe_with(env, key, Some(early))?;
+    Ok((app(store, Patient::new(keys), users, payments, settings), extra))
 }
 
 #[cfg(test)]

@@ -19,14 +19,11 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::adapters::https;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use hyper::{Method, Request, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-
-use crate::adapters::https;
 use hyper_util::client::legacy::Client;
 use stripe_client_core::{IdempotencyKey, RequestBuilder, StripeMethod};
 
@@ -93,19 +90,37 @@ pub struct ClientSettings {
     /// Idle connections kept per host: 0 is async-stripe's behaviour (a connection per call),
     /// kept for the benchmark's reference.
     pub max_idle_per_host: usize,
+    /// A connector made beforehand (to open a connection early, before the secret key is
+    /// known: [`early_connector`]); `None`: one over `roots` with `timeout`.
+    pub connector: Option<https::Connector>,
 }
+
+/// The default time a request (and a connection) may take.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for ClientSettings {
     fn default() -> Self {
-        Self { api_base: None, timeout: Duration::from_secs(10), roots: TrustRoots::Bundled, max_idle_per_host: 8 }
+        Self { api_base: None, timeout: TIMEOUT, roots: TrustRoots::Bundled, max_idle_per_host: 8, connector: None }
     }
+}
+
+/// A connector for the default settings that starts opening one connection to the Stripe API
+/// at `api_base` (api.stripe.com when `None`), for a [`PooledClient`] built later with it:
+/// the handshake runs while the secret key is still being read.
+pub fn early_connector(api_base: Option<&str>) -> Result<https::Connector, CallError> {
+    let base = api_base.unwrap_or(DEFAULT_API_BASE);
+    let uri = base.parse::<Uri>().map_err(|e| CallError::Config(format!("invalid Stripe API base: {e}")))?;
+    let tls = https::tls_config(&TrustRoots::Bundled).map_err(|e| CallError::Config(e.to_string()))?;
+    let connector = https::connector(tls, TIMEOUT);
+    connector.open_early(&uri, 1);
+    Ok(connector)
 }
 
 /// A Stripe API client over one pooled hyper client on paykey's HTTPS stack
 /// ([`crate::adapters::https`]). Cloning shares the pool.
 #[derive(Clone)]
 pub struct PooledClient {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: Client<https::Connector, Full<Bytes>>,
     base: Arc<str>,
     secret: HeaderValue,
     user_agent: HeaderValue,
@@ -133,8 +148,14 @@ impl PooledClient {
         let version = HeaderValue::from_str(stripe_shared::version::VERSION.as_str())
             .map_err(|_| CallError::Config("the Stripe API version is not a valid header value".into()))?;
 
-        let tls = https::tls_config(&settings.roots).map_err(|e| CallError::Config(e.to_string()))?;
-        let http = https::client(https::connector(tls, settings.timeout), settings.max_idle_per_host, POOL_IDLE);
+        let connector = match settings.connector {
+            Some(c) => c,
+            None => {
+                let tls = https::tls_config(&settings.roots).map_err(|e| CallError::Config(e.to_string()))?;
+                https::connector(tls, settings.timeout)
+            }
+        };
+        let http = https::client(connector, settings.max_idle_per_host, POOL_IDLE);
         Ok(Self { http, base: base.into(), secret, user_agent, version, timeout: settings.timeout })
     }
 

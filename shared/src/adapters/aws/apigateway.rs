@@ -2,6 +2,7 @@ use aws_sdk_apigateway::types::{Op, PatchOperation};
 use aws_sdk_apigateway::Client;
 
 use super::{describe, OnFirstUse};
+use crate::adapters::https::Connector;
 use crate::domain::{BackendError, IssuedKey};
 use crate::ports::{KeyRegistry, KeyUsage, Result};
 
@@ -18,6 +19,15 @@ pub struct ApiGatewayKeys {
 impl ApiGatewayKeys {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self { client: OnFirstUse::new(config, Client::new) }
+    }
+
+    /// Opens a connection to API Gateway's endpoint in the background (the client built there
+    /// too). Nothing is sent: the account's 10 management calls/s are not touched.
+    pub fn open_early(&self, connector: &Connector) {
+        let client = self.client.clone();
+        super::open_early(connector, 1, move |only| async move {
+            let _ = client.get().get_rest_apis().customize().interceptor(only).send().await;
+        });
     }
 
     async fn in_plan(&self, id: &str, plan: &str) -> Result<bool> {

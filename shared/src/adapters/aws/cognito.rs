@@ -2,6 +2,7 @@ use aws_sdk_cognitoidentityprovider::types::AttributeType;
 use aws_sdk_cognitoidentityprovider::Client;
 
 use super::{describe, OnFirstUse};
+use crate::adapters::https::Connector;
 use crate::domain::{BackendError, CustomerId, Plan, UserId, UserName, UserProfile};
 use crate::ports::{Result, UserDirectory};
 
@@ -20,6 +21,14 @@ pub struct CognitoUsers {
 impl CognitoUsers {
     pub fn new(config: &aws_config::SdkConfig, pool_id: String) -> Self {
         Self { client: OnFirstUse::new(config, Client::new), pool_id }
+    }
+
+    /// Opens a connection to Cognito's endpoint in the background (the client built there too).
+    pub fn open_early(&self, connector: &Connector) {
+        let client = self.client.clone();
+        super::open_early(connector, 1, move |only| async move {
+            let _ = client.get().list_user_pools().max_results(1).customize().interceptor(only).send().await;
+        });
     }
 }
 

@@ -8,6 +8,7 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{describe, OnFirstUse};
+use crate::adapters::https::Connector;
 use crate::config::Tables;
 use crate::domain::{
     AccountRecord, BackendError, CheckoutRecord, CheckoutStatus, CustomerId, OneTimeKey, Plan, SessionId,
@@ -49,6 +50,15 @@ impl DynamoStore {
 
     pub fn from_client(client: Client, tables: Tables) -> Self {
         Self { client: OnFirstUse::built(client), tables }
+    }
+
+    /// Opens `count` connections to DynamoDB's endpoint in the background (the client built
+    /// there too), for a first request's calls in one wave.
+    pub fn open_early(&self, connector: &Connector, count: usize) {
+        let client = self.client.clone();
+        super::open_early(connector, count, move |only| async move {
+            let _ = client.get().list_tables().customize().interceptor(only).send().await;
+        });
     }
 }
 

@@ -16,14 +16,78 @@ use std::sync::{Arc, OnceLock};
 
 use aws_config::{BehaviorVersion, SdkConfig};
 
-use crate::adapters::https::{AwsHttpClient, TrustRoots};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+
+use crate::adapters::https::{AwsHttpClient, Connector, TrustRoots};
 
 /// Loads region, credentials and endpoint from the environment, once, with paykey's HTTP
 /// client ([`crate::adapters::https::AwsHttpClient`]: compiled-in roots, one pool for every
 /// SDK client built from this config).
 pub async fn load_config() -> aws_config::SdkConfig {
+    load().await.0
+}
+
+/// [`load_config`], and the connector of its clients' pool, to open connections early with
+/// ([`DynamoStore::open_early`] and the others).
+pub async fn load() -> (aws_config::SdkConfig, Connector) {
     let http = AwsHttpClient::new(&TrustRoots::Bundled).expect("the compiled-in roots are usable");
-    aws_config::defaults(BehaviorVersion::latest()).http_client(http.shared()).load().await
+    let connector = http.connector().clone();
+    (aws_config::defaults(BehaviorVersion::latest()).http_client(http.shared()).load().await, connector)
+}
+
+/// Stops an operation after its endpoint is resolved, before it is signed or sent, keeping the
+/// request's URI: the host a client's calls go to, as the SDK resolves it (region, FIPS,
+/// dual-stack, `AWS_ENDPOINT_URL_<SERVICE>`), without a request or a quota spent.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EndpointOnly(Arc<std::sync::Mutex<Option<hyper::Uri>>>);
+
+impl EndpointOnly {
+    pub(crate) fn uri(&self) -> Option<hyper::Uri> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl Intercept for EndpointOnly {
+    fn name(&self) -> &'static str {
+        "EndpointOnly"
+    }
+
+    fn read_before_signing(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Ok(mut uri) = self.0.lock() {
+            *uri = context.request().uri().parse().ok();
+        }
+        Err("stopped after resolving the endpoint: nothing is sent".into())
+    }
+}
+
+/// In the background: resolves a client's endpoint with `resolve` (an operation run with
+/// [`EndpointOnly`]) and opens `count` connections to it early.
+pub(crate) fn open_early<F>(
+    connector: &Connector,
+    count: usize,
+    resolve: impl FnOnce(EndpointOnly) -> F + Send + 'static,
+) where
+    F: std::future::Future<Output = ()> + Send,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let connector = connector.clone();
+    runtime.spawn(async move {
+        let endpoint = EndpointOnly::default();
+        resolve(endpoint.clone()).await;
+        match endpoint.uri() {
+            Some(uri) => connector.open_early(&uri, count),
+            None => tracing::debug!("no endpoint resolved: no connection opened early"),
+        }
+    });
 }
 
 /// An SDK client built when it is first used, then kept for the life of the process.
@@ -92,7 +156,61 @@ where
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use aws_sdk_dynamodb::config::{Credentials, Region, SharedCredentialsProvider};
+
     use super::*;
+    use crate::adapters::https::tests::{accepted, answer_with, server};
+
+    fn config(endpoint: Option<&str>) -> (SdkConfig, Connector) {
+        let http = AwsHttpClient::new(&TrustRoots::Bundled).unwrap();
+        let connector = http.connector().clone();
+        let mut b = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new("AKID", "s", None, None, "test")))
+            .http_client(http.shared());
+        if let Some(e) = endpoint {
+            b = b.endpoint_url(e);
+        }
+        (b.build(), connector)
+    }
+
+    #[tokio::test]
+    async fn a_clients_endpoint_is_the_sdks_own_resolution_and_nothing_is_sent() {
+        let (cfg, _) = config(None);
+        let only = EndpointOnly::default();
+        let r = aws_sdk_dynamodb::Client::new(&cfg).list_tables().customize().interceptor(only.clone()).send().await;
+        assert!(r.is_err(), "the operation stops before it is sent");
+        assert_eq!(only.uri().unwrap().to_string(), "https://dynamodb.eu-west-1.amazonaws.com/");
+        let only = EndpointOnly::default();
+        let client = aws_sdk_cognitoidentityprovider::Client::new(&cfg);
+        let _ = client.list_user_pools().max_results(1).customize().interceptor(only.clone()).send().await;
+        assert_eq!(only.uri().unwrap().to_string(), "https://cognito-idp.eu-west-1.amazonaws.com/");
+        let only = EndpointOnly::default();
+        let _ =
+            aws_sdk_apigateway::Client::new(&cfg).get_rest_apis().customize().interceptor(only.clone()).send().await;
+        assert_eq!(only.uri().unwrap().host(), Some("apigateway.eu-west-1.amazonaws.com"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_connections_an_adapter_opens_early_carry_its_clients_first_calls() {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        let (url, count) = server(move |s| answer_with(s, seen.clone(), r#"{"TableNames":[]}"#)).await;
+        let (cfg, connector) = config(Some(&url));
+        let store = DynamoStore::new(&cfg, crate::config::Tables { sessions: "s".into(), api_keys: "k".into() });
+        store.open_early(&connector, 2);
+        accepted(&count, 2).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!((count.load(Ordering::SeqCst), requests.load(Ordering::SeqCst)), (2, 0), "no request yet");
+
+        // The SDK's own calls, through the same pool: they find the early connections.
+        let client = aws_sdk_dynamodb::Client::new(&cfg);
+        let (a, b) = tokio::join!(client.list_tables().send(), client.list_tables().send());
+        a.unwrap();
+        b.unwrap();
+        assert_eq!((count.load(Ordering::SeqCst), requests.load(Ordering::SeqCst)), (2, 2));
+    }
 
     static BUILT: AtomicUsize = AtomicUsize::new(0);
 

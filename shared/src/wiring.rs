@@ -120,9 +120,9 @@ pub async fn checkout_app(env: &Env) -> Result<CheckoutApp, InitError> {
     let early = stripe_early(env)?;
     let store = DynamoStore::new(&aws, tables);
     let users = CognitoUsers::new(&aws, pool);
-    // A first checkout's widest wave: the budget and the open-checkout lookup (DynamoDB) beside
-    // the Cognito read.
-    store.open_early(&connector, 2);
+    // The connections a first checkout makes (counted on the latency model: BENCHMARKS.md):
+    // three to DynamoDB (the budget, the open-checkout lookup and its claim), one to Cognito.
+    store.open_early(&connector, 3);
     users.open_early(&connector);
     let (stripe, cfg) = stripe(env, key, &aws, Some(early)).await?;
     let payments = CachedPrices::new(stripe.with_connect(connect), cfg.price_cache);
@@ -227,10 +227,11 @@ async fn all_ports(
     let early = stripe_early(env)?;
     let (store, keys, users) =
         (DynamoStore::new(&aws, tables), ApiGatewayKeys::new(&aws), CognitoUsers::new(&aws, pool));
-    // The redirect's widest wave: the session's lease, the account lock and the legacy record
-    // (DynamoDB) beside Stripe, API Gateway and Cognito.
+    // The connections a first redirect or webhook makes (counted on the latency model:
+    // BENCHMARKS.md): three to DynamoDB (the redirect's session lease, account lock and legacy
+    // record at once), two to API Gateway (the webhook's cancellation), one to Cognito.
     store.open_early(&connector, 3);
-    keys.open_early(&connector);
+    keys.open_early(&connector, 2);
     users.open_early(&connector);
     let (key, extra) = match extra {
         Some(extra) => resolve_pair(key, extra, &aws).await.map(|(k, e)| (k, Some(e)))?,

@@ -21,11 +21,11 @@ impl ApiGatewayKeys {
         Self { client: OnFirstUse::new(config, Client::new) }
     }
 
-    /// Opens a connection to API Gateway's endpoint in the background (the client built there
-    /// too). Nothing is sent: the account's 10 management calls/s are not touched.
-    pub fn open_early(&self, connector: &Connector) {
+    /// Opens `count` connections to API Gateway's endpoint in the background (the client built
+    /// there too). Nothing is sent: the account's 10 management calls/s are not touched.
+    pub fn open_early(&self, connector: &Connector, count: usize) {
         let client = self.client.clone();
-        super::open_early(connector, 1, move |only| async move {
+        super::open_early(connector, count, move |only| async move {
             let _ = client.get().get_rest_apis().customize().interceptor(only).send().await;
         });
     }

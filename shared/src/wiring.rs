@@ -85,9 +85,20 @@ fn stripe_with(env: &Env, key: Secret, early: Option<Connector>) -> Result<(Stri
 /// The connector of the Stripe client a function will build once its key is read, with one
 /// connection to the Stripe API already being opened: its handshake runs beside the read of
 /// the key from SSM instead of on the first request's critical path.
-fn stripe_early(env: &Env) -> Result<Connector, InitError> {
+///
+/// `None` when no secret is read from SSM: connections are opened early only while init waits
+/// on the network. The functions run on one thread, so without that wait the work of opening
+/// them (building the SDK clients, resolving their endpoints) would run before the first
+/// request instead of beside something, and a first request that needs no backend (a
+/// preflight, an unsigned webhook) would pay for it: +1.5–2 ms measured by BENCHMARKS.md's
+/// cold start, whose functions get their secrets as plain values.
+fn stripe_early(env: &Env, secrets: &[&SecretSource]) -> Result<Option<Connector>, InitError> {
+    if !secrets.iter().any(|s| matches!(s, SecretSource::SsmParameter(_))) {
+        return Ok(None);
+    }
     let base = config::stripe_api_base(env)?;
     early_connector(base.as_deref())
+        .map(Some)
         .map_err(|e| InitError::Client(BackendError::new("stripe", "client", e.to_string())))
 }
 
@@ -117,14 +128,16 @@ pub async fn checkout_app(env: &Env) -> Result<CheckoutApp, InitError> {
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let connect = config::connect(env)?;
     let (aws, connector) = aws::load().await;
-    let early = stripe_early(env)?;
+    let early = stripe_early(env, &[&key])?;
     let store = DynamoStore::new(&aws, tables);
     let users = CognitoUsers::new(&aws, pool);
-    // The connections a first checkout makes (counted on the latency model: BENCHMARKS.md):
-    // three to DynamoDB (the budget, the open-checkout lookup and its claim), one to Cognito.
-    store.open_early(&connector, 3);
-    users.open_early(&connector);
-    let (stripe, cfg) = stripe(env, key, &aws, Some(early)).await?;
+    if early.is_some() {
+        // The connections a first checkout makes (counted on the latency model: BENCHMARKS.md):
+        // three to DynamoDB (the budget, the open-checkout lookup and its claim), one to Cognito.
+        store.open_early(&connector, 3);
+        users.open_early(&connector);
+    }
+    let (stripe, cfg) = stripe(env, key, &aws, early).await?;
     let payments = CachedPrices::new(stripe.with_connect(connect), cfg.price_cache);
     Ok(app(store, (), users, payments, settings))
 }
@@ -142,12 +155,14 @@ pub async fn portal_app(env: &Env) -> Result<PortalApp, InitError> {
     let pool = config::user_pool_id(env)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let (aws, connector) = aws::load().await;
-    let early = stripe_early(env)?;
+    let early = stripe_early(env, &[&key])?;
     let store = DynamoStore::new(&aws, tables);
     let users = CognitoUsers::new(&aws, pool);
-    store.open_early(&connector, 1);
-    users.open_early(&connector);
-    let (payments, _) = stripe(env, key, &aws, Some(early)).await?;
+    if early.is_some() {
+        store.open_early(&connector, 1);
+        users.open_early(&connector);
+    }
+    let (payments, _) = stripe(env, key, &aws, early).await?;
     Ok(app(store, (), users, payments, settings))
 }
 
@@ -224,26 +239,45 @@ async fn all_ports(
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let extra = extra.transpose()?;
     let (aws, connector) = aws::load().await;
-    let early = stripe_early(env)?;
+    let early = match &extra {
+        Some(extra) => stripe_early(env, &[&key, extra])?,
+        None => stripe_early(env, &[&key])?,
+    };
     let (store, keys, users) =
         (DynamoStore::new(&aws, tables), ApiGatewayKeys::new(&aws), CognitoUsers::new(&aws, pool));
     // The connections a first redirect or webhook makes (counted on the latency model:
     // BENCHMARKS.md): three to DynamoDB (the redirect's session lease, account lock and legacy
     // record at once), two to API Gateway (the webhook's cancellation), one to Cognito.
-    store.open_early(&connector, 3);
-    keys.open_early(&connector, 2);
-    users.open_early(&connector);
+    if early.is_some() {
+        store.open_early(&connector, 3);
+        keys.open_early(&connector, 2);
+        users.open_early(&connector);
+    }
     let (key, extra) = match extra {
         Some(extra) => resolve_pair(key, extra, &aws).await.map(|(k, e)| (k, Some(e)))?,
         None => (resolve(key, &aws).await?, None),
     };
-    let (payments, _) = stripe_with(env, key, Some(early))?;
+    let (payments, _) = stripe_with(env, key, early)?;
     Ok((app(store, Patient::new(keys), users, payments, settings), extra))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::https::tests::{accepted, server};
+
+    #[tokio::test]
+    async fn connections_are_opened_early_only_beside_a_secret_read_from_ssm() {
+        let (url, count) = server(|s| async move { drop(s) }).await;
+        let env = Env::from_pairs([("STRIPE_API_BASE", url.trim_end_matches('/'))]);
+        let plain = SecretSource::Value(Secret::new("sk_test_plain"));
+        let ssm = SecretSource::SsmParameter("/paykey/stripe".into());
+        assert!(stripe_early(&env, &[&plain, &plain]).unwrap().is_none());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 0, "no wait at init: nothing opened");
+        assert!(stripe_early(&env, &[&plain, &ssm]).unwrap().is_some());
+        accepted(&count, 1).await;
+    }
 
     #[tokio::test]
     async fn every_function_names_the_first_missing_variable_before_any_network_call() {

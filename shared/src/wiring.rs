@@ -280,6 +280,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_stripe_client_built_after_the_secret_read_uses_the_connection_opened_before_it() {
+        use crate::ports::Payments;
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        let (url, count) = server(move |s| {
+            crate::adapters::https::tests::answer_with(
+                s,
+                seen.clone(),
+                r#"{"object":"list","data":[],"has_more":false}"#,
+            )
+        })
+        .await;
+        let env = Env::from_pairs([("STRIPE_API_BASE", url.trim_end_matches('/'))]);
+        let early = stripe_early(&env, &[&SecretSource::SsmParameter("/paykey/stripe".into())]).unwrap();
+        accepted(&count, 1).await;
+        let (payments, _) = stripe_with(&env, Secret::new("sk_test_early"), early).unwrap();
+        let price = payments.find_price(&crate::domain::LookupKey::parse("basic").unwrap()).await.unwrap();
+        assert!(price.is_none());
+        let counted =
+            (count.load(std::sync::atomic::Ordering::SeqCst), requests.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(counted, (1, 1), "the price lookup went over the early connection");
+    }
+
+    #[tokio::test]
     async fn every_function_names_the_first_missing_variable_before_any_network_call() {
         let empty = Env::default();
         assert_eq!(checkout_app(&empty).await.err().unwrap().to_string(), "missing environment variable MY_DOMAIN");

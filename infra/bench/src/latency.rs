@@ -706,6 +706,8 @@ pub async fn section(
             if used {
                 bound += service.handshake_ms;
                 hosts.push(format!("{} {conns:.0}", service.name));
+            } else if conns > 0.0 {
+                hosts.push(format!("{} {conns:.0} (not called)", service.name));
             }
         }
         let over = pc - pw;
@@ -716,7 +718,7 @@ pub async fn section(
             hosts.join(", "),
         ));
     }
-    md.push_str("\n### Cold minus warm (paykey)\n\nThe bound is the issue's: one handshake for each host the cold invocation called (the model's figure per host). New connections counted per host, cold (medians).\n\n| flow | cold ms | warm ms | cold − warm ms | bound ms | within | new connections per host, cold |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("\n### Cold minus warm (paykey)\n\nThe bound is the issue's: one handshake for each host the cold invocation called (the model's figure per host). New connections counted per host, cold (medians; a host connected to early but not called is marked).\n\n| flow | cold ms | warm ms | cold − warm ms | bound ms | within | new connections per host, cold |\n|---|---|---|---|---|---|---|\n");
     md.push_str(&bounds);
     Ok(md)
 }

@@ -91,8 +91,9 @@ pub const EARLY_MAX_AGE: Duration = Duration::from_secs(20);
 /// A cold function reads its secret from SSM before it can build its Stripe client, then opens
 /// a new connection (TCP + TLS) to each service on the critical path of its first request. With
 /// `open_early` at init those handshakes run beside the SSM read instead: a request to a host
-/// with a connection opened early takes it (waiting for its handshake if it is still under
-/// way, which is never longer than a new one) instead of dialing. Nothing is sent on an early
+/// with a connection opened early takes it instead of dialing, waiting for its handshake if it
+/// is still under way (normally less than a new one: it started earlier; but a dial that then
+/// fails, e.g. a connect timeout, is waited out before the request dials its own). Nothing is sent on an early
 /// connection before hyper sends a request on it: no request, no credential, no quota spent.
 /// A failed early dial costs nothing but itself: the request then dials as it would have.
 #[derive(Clone)]
@@ -145,6 +146,7 @@ impl Connector {
         };
         let Ok(mut early) = self.early.lock() else { return };
         let waiting = early.entry(key).or_default();
+        waiting.retain(|e| e.opened.elapsed() < EARLY_MAX_AGE);
         while waiting.len() < count {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let dial = self.inner.clone().call(uri.clone());
@@ -414,6 +416,21 @@ pub(crate) mod tests {
             "two requests at once took the two early connections"
         );
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    /// One thread: the early dials are spawned but not yet run when the requests ask for
+    /// connections, so the requests find them under way.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_while_the_early_dial_is_under_way_waits_for_it_instead_of_dialing() {
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        let (url, count) = server(move |s| answer_ok(s, seen.clone())).await;
+        let connector = plain();
+        connector.open_early(&url.parse().unwrap(), 2);
+        let http = client::<SdkBody>(connector, usize::MAX, AWS_POOL_IDLE);
+        tokio::join!(get_ok(&http, &url), get_ok(&http, &url));
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

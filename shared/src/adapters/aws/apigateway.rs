@@ -25,8 +25,9 @@ impl ApiGatewayKeys {
     /// there too). Nothing is sent: the account's 10 management calls/s are not touched.
     pub fn open_early(&self, connector: &Connector, count: usize) {
         let client = self.client.clone();
+        // The endpoint a `GetApiKey` resolves to (an operation the adapter already makes).
         super::open_early(connector, count, move |only| async move {
-            let _ = client.get().get_rest_apis().customize().interceptor(only).send().await;
+            let _ = client.get().get_api_key().api_key("-").customize().interceptor(only).send().await;
         });
     }
 

@@ -23,11 +23,13 @@ impl CognitoUsers {
         Self { client: OnFirstUse::new(config, Client::new), pool_id }
     }
 
-    /// Opens a connection to Cognito's endpoint in the background (the client built there too).
+    /// Opens a connection to Cognito's endpoint in the background (the client built there too;
+    /// the endpoint an `AdminGetUser` resolves to, an operation the adapter already makes).
     pub fn open_early(&self, connector: &Connector) {
-        let client = self.client.clone();
+        let (client, pool) = (self.client.clone(), self.pool_id.clone());
         super::open_early(connector, 1, move |only| async move {
-            let _ = client.get().list_user_pools().max_results(1).customize().interceptor(only).send().await;
+            let get = client.get().admin_get_user().user_pool_id(pool).username("-");
+            let _ = get.customize().interceptor(only).send().await;
         });
     }
 }

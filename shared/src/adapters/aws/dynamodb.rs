@@ -53,11 +53,14 @@ impl DynamoStore {
     }
 
     /// Opens `count` connections to DynamoDB's endpoint in the background (the client built
-    /// there too), for a first request's calls in one wave.
+    /// there too), for a first request's calls in one wave. The endpoint is the one a `GetItem`
+    /// on the sessions table resolves to (an operation the adapter already makes: no other
+    /// operation's code is linked in).
     pub fn open_early(&self, connector: &Connector, count: usize) {
-        let client = self.client.clone();
+        let (client, table) = (self.client.clone(), self.tables.sessions.clone());
         super::open_early(connector, count, move |only| async move {
-            let _ = client.get().list_tables().customize().interceptor(only).send().await;
+            let get = client.get().get_item().table_name(table).key("SessionId", s(""));
+            let _ = get.customize().interceptor(only).send().await;
         });
     }
 }

@@ -127,17 +127,9 @@ pub async fn checkout_app(env: &Env) -> Result<CheckoutApp, InitError> {
     let pool = config::user_pool_id(env)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
     let connect = config::connect(env)?;
-    let (aws, connector) = aws::load().await;
-    let early = stripe_early(env, &[&key])?;
-    let store = DynamoStore::new(&aws, tables);
-    let users = CognitoUsers::new(&aws, pool);
-    if early.is_some() {
-        // The connections a first checkout makes (counted on the latency model: BENCHMARKS.md):
-        // three to DynamoDB (the budget, the open-checkout lookup and its claim), one to Cognito.
-        store.open_early(&connector, 3);
-        users.open_early(&connector);
-    }
-    let (stripe, cfg) = stripe(env, key, &aws, early).await?;
+    // The connections a first checkout makes (counted on the latency model: BENCHMARKS.md):
+    // three to DynamoDB (the budget, the open-checkout lookup and its claim), one to Cognito.
+    let (store, users, stripe, cfg) = store_users_stripe(env, tables, pool, key, 3).await?;
     let payments = CachedPrices::new(stripe.with_connect(connect), cfg.price_cache);
     Ok(app(store, (), users, payments, settings))
 }
@@ -154,16 +146,29 @@ pub async fn portal_app(env: &Env) -> Result<PortalApp, InitError> {
     let tables = Tables::from_env(env)?;
     let pool = config::user_pool_id(env)?;
     let key = config::secret_source(env, "STRIPE_API_KEY", "STRIPE_API_KEY_PARAMETER")?;
+    let (store, users, payments, _) = store_users_stripe(env, tables, pool, key, 1).await?;
+    Ok(app(store, (), users, payments, settings))
+}
+
+/// DynamoDB, Cognito and Stripe (checkout's and the portal's ports): `dynamodb` connections to
+/// DynamoDB and one to Cognito opened early when the Stripe key is read from SSM.
+async fn store_users_stripe(
+    env: &Env,
+    tables: Tables,
+    pool: String,
+    key: SecretSource,
+    dynamodb: usize,
+) -> Result<(DynamoStore, CognitoUsers, StripePayments, StripeConfig), InitError> {
     let (aws, connector) = aws::load().await;
     let early = stripe_early(env, &[&key])?;
     let store = DynamoStore::new(&aws, tables);
     let users = CognitoUsers::new(&aws, pool);
     if early.is_some() {
-        store.open_early(&connector, 1);
+        store.open_early(&connector, dynamodb);
         users.open_early(&connector);
     }
-    let (payments, _) = stripe(env, key, &aws, early).await?;
-    Ok(app(store, (), users, payments, settings))
+    let (payments, cfg) = stripe(env, key, &aws, early).await?;
+    Ok((store, users, payments, cfg))
 }
 
 /// `get-account`.

@@ -401,6 +401,47 @@ async fn a_cancellation_landed_between_the_session_read_and_the_lock_is_not_revi
     }
 }
 
+/// The other guard on the session's read: after a wait for the account lock it is not trusted,
+/// however old the record. The holder here cancels the subscription after the session's read
+/// and gives the lock back without writing the record (a holder that failed: no stamp), so
+/// only the wait says something may have changed. The fulfilment reads the subscription again
+/// under the lock and grants nothing. (Trusting the early read whenever the record is old
+/// enough, the wait ignored, grants PRO here.)
+#[tokio::test(start_paused = true)]
+async fn after_waiting_for_a_holder_that_wrote_nothing_the_subscription_is_read_again() {
+    use paykey::ports::Accounts;
+    let w = Arc::new(World::new());
+    let alice = w.user("alice");
+    let (id, key) = w.checkout_and_pay(&alice).await;
+    let sub = w.app.payments.get_checkout_state(&id).subscription.unwrap();
+    // an account record written an hour ago: old enough for the early read to be trusted
+    let record = paykey::domain::AccountRecord::new(&alice, paykey::ports::Clock::now(&*w.clock));
+    w.app.store.restore(w.app.store.sessions(), vec![record], vec![]);
+    w.clock.advance(chrono::Duration::seconds(3600));
+    // the holder: it has the lock before the redirect comes
+    let now = paykey::ports::Clock::now(&*w.clock);
+    let held = w.app.store.lock_account(&alice.id, "holder", now, now + chrono::Duration::seconds(60)).await.unwrap();
+    assert!(matches!(held, paykey::ports::AccountLock::Acquired(Some(_))));
+    // after the session's read: the subscription is cancelled, and the holder gives the lock
+    // back 100 ms later, having written nothing
+    let (w2, alice2, sub2) = (Arc::clone(&w), alice.clone(), sub.clone());
+    w.meter.set_latency_of("stripe.get_checkout", std::time::Duration::from_millis(10));
+    w.meter.set_latency_of("ddb.lock_account", std::time::Duration::from_millis(20));
+    w.meter.after_call("stripe.get_checkout", 0, move || {
+        w2.app.payments.update_subscription(&sub2, |s| s.status = paykey::ports::SubscriptionStatus::Canceled);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            w2.app.store.unlock_account(&alice2.id, "holder").await.unwrap();
+        });
+    });
+    w.meter.reset_calls();
+    let done = w.complete(&id, &key).await.unwrap();
+    assert!(matches!(done, Completion::NotGranted { .. }), "{done:?}");
+    assert_eq!(w.meter.count("stripe.get_subscription"), 1, "read again under the lock");
+    assert_ne!(w.app.users.get_user(&alice.name).await.unwrap().unwrap().plan, Some(Plan::PRO));
+    assert!(w.app.keys.all().iter().all(|k| !k.enabled || w.app.keys.plan_of(&k.id).is_none()));
+}
+
 #[tokio::test(start_paused = true)]
 async fn checkout_with_a_cold_price_cache_is_five_sequential_round_trips() {
     let w = World::new().spending_budgets();

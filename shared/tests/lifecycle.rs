@@ -528,6 +528,37 @@ async fn a_record_written_between_the_webhooks_read_and_its_lock_makes_it_read_a
     assert_eq!(w.app.users.get_user(&u.name).await.unwrap().unwrap().plan, Some(Plan::PRO));
 }
 
+/// After a wait for the account lock the webhook's first read is not trusted, however old the
+/// record: the holder here (it had the lock before the event came) sees the subscription back
+/// to active after the webhook's read and gives the lock back without writing (a holder that
+/// failed: no stamp). The subscription is read again under the lock and the user stays PRO.
+/// (Trusting the first read whenever the record is old enough, the wait ignored, downgrades her
+/// on the stale "unpaid".)
+#[tokio::test(start_paused = true)]
+async fn after_waiting_for_a_holder_that_wrote_nothing_the_webhook_reads_again() {
+    use paykey::ports::Accounts;
+    let w = Arc::new(World::new());
+    let (u, sub) = pro_user(&w, "alice").await;
+    w.clock.advance(chrono::Duration::hours(1));
+    let now = paykey::ports::Clock::now(&*w.clock);
+    let held = w.app.store.lock_account(&u.id, "holder", now, now + chrono::Duration::seconds(60)).await.unwrap();
+    assert!(matches!(held, paykey::ports::AccountLock::Acquired(Some(_))));
+    w.app.payments.update_subscription(&sub, |s| s.status = SubscriptionStatus::Unpaid);
+    w.meter.reset_calls();
+    let (w2, u2, sub2) = (Arc::clone(&w), u.clone(), sub.clone());
+    w.meter.after_call("stripe.get_subscription", 0, move || {
+        w2.app.payments.update_subscription(&sub2, |s| s.status = SubscriptionStatus::Active);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            w2.app.store.unlock_account(&u2.id, "holder").await.unwrap();
+        });
+    });
+    let out = handle(&w, &sub_event("evt_waited", "customer.subscription.updated", &sub)).await.unwrap();
+    assert!(matches!(out, EventOutcome::Processed(_)), "{out:?}");
+    assert_eq!(w.meter.count("stripe.get_subscription"), 2, "read again under the lock");
+    assert_eq!(w.app.users.get_user(&u.name).await.unwrap().unwrap().plan, Some(Plan::PRO));
+}
+
 /// A record written half a second before the webhook's read (within `UNCHANGED_MARGIN`, which
 /// covers clocks that disagree) is not trusted: the subscription is read again under the lock.
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The one HTTPS stack of every function: hyper 1 with rustls on aws-lc-rs, checked against
 //! one trust store, the Mozilla roots compiled into the binary (webpki-roots). The Stripe
-//! client and the AWS SDK clients both connect through [`connector`], so a cold start reads
+//! client and the AWS SDK clients both connect through [`Connector`], so a cold start reads
 //! no certificate file and parses no PEM: the AWS SDK's default HTTPS client loads the
 //! platform's roots (`rustls-native-certs`: the CA bundle, or ~300 files on Debian) while
 //! `aws_config` loads, before the first request. [`AwsHttpClient`] replaces it.
@@ -193,12 +193,7 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// [`Connector::new`] (kept as the name the clients use).
-pub fn connector(tls: rustls::ClientConfig, connect_timeout: Duration) -> Connector {
-    Connector::new(tls, connect_timeout)
-}
-
-/// A hyper client over [`connector`] that keeps `max_idle_per_host` idle connections for
+/// A hyper client over a [`Connector`] that keeps `max_idle_per_host` idle connections for
 /// `idle` (0: a connection per request).
 pub fn client<B>(connector: Connector, max_idle_per_host: usize, idle: Duration) -> Client<Connector, B>
 where
@@ -230,7 +225,7 @@ pub struct AwsHttpClient {
 
 impl AwsHttpClient {
     pub fn new(roots: &TrustRoots) -> Result<Self, TrustError> {
-        let connector = connector(tls_config(roots)?, AWS_CONNECT_TIMEOUT);
+        let connector = Connector::new(tls_config(roots)?, AWS_CONNECT_TIMEOUT);
         Ok(Self { client: client(connector.clone(), usize::MAX, AWS_POOL_IDLE), connector })
     }
 
@@ -374,6 +369,14 @@ pub(crate) mod tests {
         }
     }
 
+    /// A server answering `200 ok`: its URL, connections accepted, requests answered.
+    async fn ok_server() -> (String, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        let (url, count) = server(move |s| answer_ok(s, seen.clone())).await;
+        (url, count, requests)
+    }
+
     /// Waits (up to 5 s) until `n` connections were accepted.
     pub(crate) async fn accepted(count: &std::sync::atomic::AtomicUsize, n: usize) {
         for _ in 0..500 {
@@ -396,9 +399,7 @@ pub(crate) mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_opened_early_carry_the_first_requests_and_nothing_before_them() {
-        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = requests.clone();
-        let (url, count) = server(move |s| answer_ok(s, seen.clone())).await;
+        let (url, count, requests) = ok_server().await;
         let connector = plain();
         connector.open_early(&url.parse().unwrap(), 2);
         connector.open_early(&url.parse().unwrap(), 2); // at most `count` per host
@@ -422,9 +423,7 @@ pub(crate) mod tests {
     /// connections, so the requests find them under way.
     #[tokio::test(flavor = "current_thread")]
     async fn a_request_while_the_early_dial_is_under_way_waits_for_it_instead_of_dialing() {
-        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = requests.clone();
-        let (url, count) = server(move |s| answer_ok(s, seen.clone())).await;
+        let (url, count, requests) = ok_server().await;
         let connector = plain();
         connector.open_early(&url.parse().unwrap(), 2);
         let http = client::<SdkBody>(connector, usize::MAX, AWS_POOL_IDLE);
@@ -435,9 +434,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn an_early_connection_older_than_its_limit_is_dropped_and_a_new_one_dialed() {
-        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = requests.clone();
-        let (url, count) = server(move |s| answer_ok(s, seen.clone())).await;
+        let (url, count, _) = ok_server().await;
         let connector = plain();
         connector.open_early(&url.parse().unwrap(), 1);
         accepted(&count, 1).await;

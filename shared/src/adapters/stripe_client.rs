@@ -111,7 +111,7 @@ pub fn early_connector(api_base: Option<&str>) -> Result<https::Connector, CallE
     let base = api_base.unwrap_or(DEFAULT_API_BASE);
     let uri = base.parse::<Uri>().map_err(|e| CallError::Config(format!("invalid Stripe API base: {e}")))?;
     let tls = https::tls_config(&TrustRoots::Bundled).map_err(|e| CallError::Config(e.to_string()))?;
-    let connector = https::connector(tls, TIMEOUT);
+    let connector = https::Connector::new(tls, TIMEOUT);
     connector.open_early(&uri, 1);
     Ok(connector)
 }
@@ -152,7 +152,7 @@ impl PooledClient {
             Some(c) => c,
             None => {
                 let tls = https::tls_config(&settings.roots).map_err(|e| CallError::Config(e.to_string()))?;
-                https::connector(tls, settings.timeout)
+                https::Connector::new(tls, settings.timeout)
             }
         };
         let http = https::client(connector, settings.max_idle_per_host, POOL_IDLE);
